@@ -1,0 +1,17 @@
+//! Rust types generated from `wit/socket.wit`, and nothing else.
+//!
+//! The generated traits are implemented in `net::host`; the socket state machine in
+//! `net::tcp` never sees generated types.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "service",
+    imports: { default: trappable },
+    exports: { default: async | store },
+    with: {
+        "portcullis:socket/tcp.connection": crate::net::Connection,
+        "portcullis:socket/tcp.listener": crate::net::GuestListener,
+    },
+});
+
+pub use portcullis::socket::{tcp, types};

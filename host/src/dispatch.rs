@@ -1,0 +1,315 @@
+//! Which instance runs a callback, and when.
+//!
+//! One **shared instance** serves every connection of a service, so module state
+//! is shared as in Ballerina. Callbacks of different connections run concurrently
+//! inside it (component-model async, `run_concurrent`): each connection has a
+//! *driver*, a future that waits for the connection to become ready and then calls
+//! the guest; a driver blocked in a guest `read(n)` never holds up the others.
+//!
+//! The `on-read-ready` rules live in [`drive`]: at most one callback per
+//! connection at a time, fired again only when something new happened (see
+//! `TcpConn::wait_ready`), `on-close` exactly once at the end.
+//!
+//! A trap ends the instance: its connections are closed, the trap is logged with
+//! the component and connection, and a fresh instance takes over for new
+//! connections. Dispatch knows nothing about address checks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{
+    Accessor, Component, ComponentExportIndex, HasSelf, InstancePre, Linker, Resource, TypedFunc,
+};
+use wasmtime::{Engine, Store};
+
+use crate::bindings::Service;
+use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
+use crate::net::tcp::{ReadMark, Readiness};
+use crate::net::{Connection, NetCtx, SocketError, TcpConn};
+use crate::state::HostState;
+
+/// How long a graceful stop lets running callbacks finish before it closes their
+/// connections under them.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a component offers, worked out once: its pre-linked form, whether it
+/// exports callbacks, whether it has a `main`.
+pub struct Loaded {
+    pub name: String,
+    pre: InstancePre<HostState>,
+    callbacks: Option<GuestIndices>,
+    main: Option<ComponentExportIndex>,
+    env: Vec<(String, String)>,
+}
+
+/// The export name of `wasi:cli/run` in any 0.2.x version.
+const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
+const CALLBACKS_INTERFACE: &str = "portcullis:socket/callbacks@0.1.0";
+
+impl Loaded {
+    /// Links `component` against the portcullis and WASI imports. Fails with a
+    /// message naming the missing import when the component wants something
+    /// portcullis does not provide.
+    pub fn new(engine: &Engine, component: &Component, name: &str, env: Vec<(String, String)>) -> Result<Self> {
+        let mut linker = Linker::<HostState>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Service::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
+        let callbacks = GuestIndices::new(&pre).ok();
+        let main = component
+            .component_type()
+            .exports(engine)
+            .find(|(export, _)| export.starts_with(RUN_INTERFACE))
+            .and_then(|(export, _)| {
+                let iface = component.get_export_index(None, export)?;
+                component.get_export_index(Some(&iface), "run")
+            });
+        Ok(Loaded { name: name.to_string(), pre, callbacks, main, env })
+    }
+
+    pub fn has_callbacks(&self) -> bool {
+        self.callbacks.is_some()
+    }
+
+    pub fn has_main(&self) -> bool {
+        self.main.is_some()
+    }
+
+    /// A service must export the callbacks; the error names what is missing.
+    pub fn require_callbacks(&self) -> Result<()> {
+        if self.callbacks.is_none() {
+            bail!(
+                "{} does not export {CALLBACKS_INTERFACE}, so it cannot serve connections \
+                 (a Rust service exports it with portcullis_sdk::export_service!)",
+                self.name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `loaded` until it is done: a program until its `main` returned and its
+/// callback connections and listeners are gone, a service until `shutdown`.
+/// Connections arrive on `conns`. Returns the program's exit code (0 for a service).
+pub async fn run(
+    loaded: Arc<Loaded>,
+    mut conns: mpsc::UnboundedReceiver<TcpConn>,
+    sink: mpsc::UnboundedSender<TcpConn>,
+    shutdown: CancellationToken,
+) -> Result<i32> {
+    let active_listeners = Arc::new(AtomicUsize::new(0));
+    let mut run_main = loaded.main.is_some();
+    loop {
+        let net = NetCtx {
+            new_connections: sink.clone(),
+            has_callbacks: loaded.callbacks.is_some(),
+            active_listeners: active_listeners.clone(),
+        };
+        let mut store = Store::new(loaded.pre.engine(), HostState::new(&loaded.env, net));
+        let instance = loaded
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::Error::from(e).context(format!("instantiating {}", loaded.name)))?;
+        let callbacks = match &loaded.callbacks {
+            Some(indices) => Some(indices.load(&mut store, &instance)?),
+            None => None,
+        };
+        let main = match (&loaded.main, run_main) {
+            (Some(index), true) => Some(instance.get_typed_func::<(), (Result<(), ()>,)>(&mut store, index)?),
+            _ => None,
+        };
+        let live = Live::default();
+        let instance_run = Instance {
+            name: &loaded.name,
+            callbacks: callbacks.as_ref(),
+            live: &live,
+            active_listeners: &active_listeners,
+        };
+        let ended = store
+            .run_concurrent(async |acc| instance_run.serve(acc, main, &mut conns, &shutdown).await)
+            .await
+            .and_then(|inner| inner);
+        match ended {
+            Ok(code) => return Ok(code),
+            Err(trap) => {
+                if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    return Ok(exit.0);
+                }
+                let closed = live.close_all();
+                tracing::error!(
+                    component = %loaded.name,
+                    "guest trapped: {trap:#}; closed its {closed} connection(s), starting a fresh instance"
+                );
+                if main.is_some() {
+                    // A program whose main trapped has failed; nothing to restart.
+                    return Ok(1);
+                }
+                run_main = false;
+                if shutdown.is_cancelled() {
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+/// The connections an instance is driving, to close them all at a forced stop
+/// or after a trap.
+#[derive(Default)]
+struct Live(Mutex<HashMap<u64, TcpConn>>);
+
+impl Live {
+    fn insert(&self, conn: &TcpConn) {
+        self.0.lock().unwrap().insert(conn.id(), conn.clone());
+    }
+    fn remove(&self, conn: &TcpConn) {
+        self.0.lock().unwrap().remove(&conn.id());
+    }
+    fn close_all(&self) -> usize {
+        let conns: Vec<TcpConn> = self.0.lock().unwrap().drain().map(|(_, c)| c).collect();
+        conns.iter().for_each(TcpConn::close);
+        conns.len()
+    }
+}
+
+/// One instance's view while it serves.
+struct Instance<'a> {
+    name: &'a str,
+    callbacks: Option<&'a Callbacks>,
+    live: &'a Live,
+    active_listeners: &'a AtomicUsize,
+}
+
+type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
+
+impl Instance<'_> {
+    /// The instance's event loop, inside `run_concurrent`: start a driver per new
+    /// connection, run `main` if there is one, and stop when done or told to.
+    async fn serve(
+        &self,
+        acc: &Accessor<HostState>,
+        main: Option<MainFunc>,
+        conns: &mut mpsc::UnboundedReceiver<TcpConn>,
+        shutdown: &CancellationToken,
+    ) -> wasmtime::Result<i32> {
+        let mut drivers = FuturesUnordered::new();
+        let mut main_call = std::pin::pin!(async {
+            match main {
+                Some(main) => Some(main.call_concurrent(acc, ()).await),
+                None => std::future::pending().await,
+            }
+        });
+        let mut main_running = main.is_some();
+        let mut exit_code = 0;
+        let mut stopping = shutdown.is_cancelled();
+        let mut force_at: Option<Instant> = None;
+        let mut forced = false;
+        loop {
+            let program_done = main.is_some()
+                && !main_running
+                && self.active_listeners.load(Ordering::SeqCst) == 0
+                && conns.is_empty();
+            if (program_done || stopping) && drivers.is_empty() {
+                return Ok(exit_code);
+            }
+            let deadline = force_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                Some(conn) = conns.recv(), if !stopping => {
+                    drivers.push(self.drive(acc, conn, shutdown));
+                }
+                Some(ended) = drivers.next() => ended?,
+                result = &mut main_call, if main_running => {
+                    main_running = false;
+                    if let Some(result) = result {
+                        let (status,) = result?;
+                        exit_code = if status.is_ok() { 0 } else { 1 };
+                    }
+                }
+                _ = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    force_at = Some(Instant::now() + STOP_GRACE);
+                }
+                _ = tokio::time::sleep_until(deadline), if force_at.is_some() => {
+                    if forced {
+                        tracing::warn!(component = %self.name, "callbacks still running after a forced stop; abandoning them");
+                        return Ok(exit_code);
+                    }
+                    let n = self.live.close_all();
+                    tracing::warn!(component = %self.name, "{n} connection(s) still busy after {STOP_GRACE:?}; closing them");
+                    forced = true;
+                    force_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Drives one connection from `on-connect` to `on-close`.
+    async fn drive(&self, acc: &Accessor<HostState>, conn: TcpConn, shutdown: &CancellationToken) -> wasmtime::Result<()> {
+        let Some(callbacks) = self.callbacks else {
+            conn.close();
+            return Ok(());
+        };
+        self.live.insert(&conn);
+        let (id, remote) = (conn.id(), conn.remote_addr());
+        tracing::debug!(component = %self.name, id, %remote, "connection open");
+        let result = self.callbacks_for(acc, callbacks, &conn, shutdown).await;
+        self.live.remove(&conn);
+        conn.close();
+        match &result {
+            Ok(()) => tracing::debug!(component = %self.name, id, %remote, "connection closed"),
+            Err(trap) => tracing::error!(component = %self.name, id, %remote, "guest trapped in a callback: {trap:#}"),
+        }
+        result
+    }
+
+    async fn callbacks_for(
+        &self,
+        acc: &Accessor<HostState>,
+        callbacks: &Callbacks,
+        conn: &TcpConn,
+        shutdown: &CancellationToken,
+    ) -> wasmtime::Result<()> {
+        // The dispatcher's own handle; each callback borrows it.
+        let handle = acc.with(|mut a| a.get().table.push(Connection { conn: conn.clone() }))?;
+        let borrow = || Resource::<Connection>::new_borrow(handle.rep());
+
+        if let Err(err) = callbacks.call_on_connect(acc, borrow()).await? {
+            callbacks.call_on_error(acc, borrow(), err).await?;
+        }
+        let mut seen = ReadMark::default();
+        loop {
+            let readiness = tokio::select! {
+                r = conn.wait_ready(seen) => r,
+                _ = shutdown.cancelled() => Readiness::Closed,
+            };
+            if readiness == Readiness::Closed {
+                break;
+            }
+            seen = conn.mark().await;
+            if let Err(err) = callbacks.call_on_read_ready(acc, borrow()).await? {
+                let err = SocketError::from(err);
+                tracing::debug!(component = %self.name, id = conn.id(), "on-read-ready failed: {err}");
+                callbacks.call_on_error(acc, borrow(), err.into()).await?;
+            }
+            if conn.drained().await {
+                // End of stream delivered and nothing left to read: the connection is done.
+                break;
+            }
+        }
+        conn.close();
+        callbacks.call_on_close(acc, borrow()).await?;
+        acc.with(|mut a| a.get().table.delete(handle))?;
+        Ok(())
+    }
+}

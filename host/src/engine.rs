@@ -1,0 +1,93 @@
+//! The wasmtime engine and the on-disk cache of compiled components.
+//!
+//! Compiling a component with Cranelift takes most of a second; a service that
+//! restarts should not pay it again. [`load_component`] keys the cache on the
+//! component's bytes and on the engine's compatibility hash, so a new wasmtime or
+//! different settings never load a stale artifact.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
+
+/// The engine every service in the process shares: component model with async,
+/// epoch interruption so a guest stuck in a loop can be stopped.
+pub fn new_engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.wasm_component_model_async(true);
+    config.concurrency_support(true);
+    config.epoch_interruption(true);
+    Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("creating the wasmtime engine"))
+}
+
+/// Where compiled components are kept: `$PORTCULLIS_CACHE_DIR`, else the user's
+/// cache folder, else none (no caching).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PORTCULLIS_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    dirs::cache_dir().map(|d| d.join("portcullis"))
+}
+
+/// Reads, validates and compiles `path`, or loads it from `cache_dir` when it was
+/// compiled before. Errors are one clear sentence naming the file.
+pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<Component> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !bytes.starts_with(b"\0asm") {
+        bail!("{} is not a WebAssembly file", path.display());
+    }
+    // A core module has version 1; a component has version 0xd (layer 1).
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        bail!(
+            "{} is a core WebAssembly module, not a component (build it for wasm32-wasip2)",
+            path.display()
+        );
+    }
+
+    let cached = cache_dir.map(|dir| dir.join(format!("{}.cwasm", cache_key(engine, &bytes))));
+    if let Some(cached) = &cached {
+        if cached.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this very
+            // engine configuration (the key includes its compatibility hash) into a
+            // cache folder the operator owns; wasmtime still checks its header.
+            match unsafe { Component::deserialize_file(engine, cached) } {
+                Ok(component) => {
+                    tracing::debug!(path = %path.display(), cache = %cached.display(), "component loaded from cache");
+                    return Ok(component);
+                }
+                Err(e) => tracing::warn!(cache = %cached.display(), "ignoring unusable cache entry: {e:#}"),
+            }
+        }
+    }
+
+    let component = Component::new(engine, &bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid component: {e:#}", path.display()))?;
+    if let Some(cached) = &cached {
+        if let Err(e) = store_in_cache(&component, cached) {
+            tracing::warn!(cache = %cached.display(), "could not cache the compiled component: {e:#}");
+        }
+    }
+    Ok(component)
+}
+
+fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{:016x}", hasher.finish())
+}
+
+/// Writes to a temporary file first, so a concurrent reader never sees half a file.
+fn store_in_cache(component: &Component, cached: &Path) -> Result<()> {
+    let dir = cached.parent().context("cache path has no folder")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, component.serialize()?)?;
+    std::fs::rename(&tmp, cached)?;
+    Ok(())
+}

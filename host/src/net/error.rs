@@ -1,0 +1,102 @@
+//! The errors a guest sees from socket operations.
+//!
+//! Every socket operation fails with a [`SocketError`]: a kind the guest can act on
+//! (generic, read time-out, permission denied) and the message Ballerina's API
+//! documents. The WIT host impls convert it to the generated `error` record in one
+//! place (`net::host`), so the socket core never touches generated types.
+
+use std::fmt;
+use std::io;
+
+/// The coarse kind of a [`SocketError`]; mirrors the WIT `error-kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Generic,
+    ReadTimedOut,
+    PermissionDenied,
+}
+
+/// An error returned to the guest: kind, message and an optional cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub cause: Option<String>,
+}
+
+/// Message of a write after `close` or `shutdown-write` (Ballerina's wording).
+pub const WRITE_AFTER_CLOSE: &str = "client socket close already.";
+/// Message of a read that timed out (Ballerina's wording).
+pub const READ_TIMED_OUT: &str = "read timed out";
+/// Message of a read with a length of 0 (Ballerina's wording).
+pub const INVALID_READ_LENGTH: &str = "requested byte length need to be 1 or more";
+/// Prefix of a failed connect (Ballerina's wording).
+pub const CONNECT_FAILED: &str = "unable to start the client socket: ";
+/// Prefix of a failed listener start (Ballerina's wording).
+pub const LISTEN_FAILED: &str = "unable to start the socket service: ";
+
+impl SocketError {
+    pub fn generic(message: impl Into<String>) -> Self {
+        SocketError { kind: ErrorKind::Generic, message: message.into(), cause: None }
+    }
+
+    pub fn read_timed_out() -> Self {
+        SocketError { kind: ErrorKind::ReadTimedOut, message: READ_TIMED_OUT.into(), cause: None }
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        SocketError { kind: ErrorKind::PermissionDenied, message: message.into(), cause: None }
+    }
+
+    /// `prefix` followed by the OS reason, with the full error kept as the cause.
+    pub fn from_io(prefix: &str, err: &io::Error) -> Self {
+        SocketError {
+            kind: ErrorKind::Generic,
+            message: format!("{prefix}{}", os_reason(err)),
+            cause: Some(err.to_string()),
+        }
+    }
+}
+
+impl From<io::Error> for SocketError {
+    fn from(err: io::Error) -> Self {
+        SocketError::from_io("", &err)
+    }
+}
+
+impl fmt::Display for SocketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SocketError {}
+
+/// The OS's wording without Rust's " (os error N)" suffix, so messages read like
+/// Ballerina's (`Connection refused`, `Address already in use`).
+pub fn os_reason(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_reason_drops_the_error_number() {
+        let err = io::Error::from_raw_os_error(111);
+        assert_eq!(os_reason(&err), "Connection refused");
+        let msg = SocketError::from_io(CONNECT_FAILED, &err).message;
+        assert_eq!(msg, "unable to start the client socket: Connection refused");
+    }
+
+    #[test]
+    fn custom_errors_keep_their_text() {
+        let err = io::Error::other("boom");
+        assert_eq!(os_reason(&err), "boom");
+    }
+}

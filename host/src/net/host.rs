@@ -1,0 +1,177 @@
+//! The generated WIT host traits for `portcullis:socket/tcp`, implemented on the
+//! store's [`HostState`]: look the resource up, convert, delegate to `tcp` or
+//! `listener`. A handle the guest does not own is a trap (a broken guest), every
+//! socket failure is an `error` value (an ordinary outcome).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wasmtime::component::{Accessor, HasSelf, Resource};
+
+use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
+use super::{Connection, GuestListener, TcpConn};
+use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener};
+use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
+use crate::state::HostState;
+
+type Outcome<T> = wasmtime::Result<Result<T, types::Error>>;
+
+impl From<SocketError> for types::Error {
+    fn from(e: SocketError) -> Self {
+        types::Error {
+            kind: match e.kind {
+                ErrorKind::Generic => types::ErrorKind::Generic,
+                ErrorKind::ReadTimedOut => types::ErrorKind::ReadTimedOut,
+                ErrorKind::PermissionDenied => types::ErrorKind::PermissionDenied,
+            },
+            message: e.message,
+            cause: e.cause,
+        }
+    }
+}
+
+impl From<types::Error> for SocketError {
+    fn from(e: types::Error) -> Self {
+        SocketError {
+            kind: match e.kind {
+                types::ErrorKind::Generic => ErrorKind::Generic,
+                types::ErrorKind::ReadTimedOut => ErrorKind::ReadTimedOut,
+                types::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            },
+            message: e.message,
+            cause: e.cause,
+        }
+    }
+}
+
+pub fn to_address(addr: SocketAddr) -> Address {
+    Address { host: Some(addr.ip().to_string()), port: addr.port() }
+}
+
+/// The [`TcpConn`] behind a guest handle, cloned out so it can be awaited on
+/// outside the store.
+fn conn_of(acc: &Accessor<HostState>, handle: &Resource<Connection>) -> wasmtime::Result<TcpConn> {
+    acc.with(|mut access| Ok(access.get().table.get(handle)?.conn.clone()))
+}
+
+impl types::Host for HostState {}
+impl crate::bindings::tcp::Host for HostState {}
+
+impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
+    async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> Outcome<Resource<Connection>> {
+        let (has_callbacks, sink) = acc.with(|mut access| {
+            let net = &access.get().net;
+            (net.has_callbacks, net.new_connections.clone())
+        });
+        if config.callback && !has_callbacks {
+            return Ok(Err(SocketError::generic(
+                "a callback client needs the component to export portcullis:socket/callbacks",
+            )
+            .into()));
+        }
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((config.host.as_str(), config.port)).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => return Ok(Err(SocketError::from_io(CONNECT_FAILED, &e).into())),
+        };
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
+        let conn = match TcpConn::connect(&addrs, connect_timeout, read_timeout).await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        tracing::debug!(id = conn.id(), remote = %conn.remote_addr(), "client connection open");
+        if config.callback {
+            // The dispatcher fires on-connect / on-read-ready / on-close for it.
+            let _ = sink.send(conn.clone());
+        }
+        let handle = acc.with(|mut access| access.get().table.push(Connection { conn }))?;
+        Ok(Ok(handle))
+    }
+
+    async fn write(acc: &Accessor<HostState, Self>, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
+        let conn = conn_of(acc, &this)?;
+        Ok(conn.write_all(&data).await.map_err(Into::into))
+    }
+
+    async fn read(acc: &Accessor<HostState, Self>, this: Resource<Connection>, length: Option<u32>) -> Outcome<Vec<u8>> {
+        let conn = conn_of(acc, &this)?;
+        Ok(conn.read(length).await.map_err(Into::into))
+    }
+}
+
+impl HostConnection for HostState {
+    fn close(&mut self, this: Resource<Connection>) -> Outcome<()> {
+        self.table.get(&this)?.conn.close();
+        Ok(Ok(()))
+    }
+
+    fn shutdown_read(&mut self, this: Resource<Connection>) -> Outcome<()> {
+        Ok(self.table.get(&this)?.conn.shutdown_read().map_err(Into::into))
+    }
+
+    fn shutdown_write(&mut self, this: Resource<Connection>) -> Outcome<()> {
+        Ok(self.table.get(&this)?.conn.shutdown_write().map_err(Into::into))
+    }
+
+    fn id(&mut self, this: Resource<Connection>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.conn.id())
+    }
+
+    fn clone_handle(&mut self, this: Resource<Connection>) -> wasmtime::Result<Resource<Connection>> {
+        let conn = self.table.get(&this)?.conn.clone();
+        Ok(self.table.push(Connection { conn })?)
+    }
+
+    fn remote_address(&mut self, this: Resource<Connection>) -> wasmtime::Result<Address> {
+        Ok(to_address(self.table.get(&this)?.conn.remote_addr()))
+    }
+
+    fn local_address(&mut self, this: Resource<Connection>) -> wasmtime::Result<Address> {
+        Ok(to_address(self.table.get(&this)?.conn.local_addr()))
+    }
+
+    fn drop(&mut self, this: Resource<Connection>) -> wasmtime::Result<()> {
+        // Dropping a handle does not close the connection: other handles (and the
+        // dispatcher) may still use it.
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl HostListener for HostState {
+    fn new(&mut self, port: u16, config: ListenerConfig) -> wasmtime::Result<Resource<GuestListener>> {
+        let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
+        Ok(self.table.push(GuestListener::new(port, config.interface, read_timeout))?)
+    }
+
+    fn start(&mut self, this: Resource<GuestListener>) -> Outcome<()> {
+        if !self.net.has_callbacks {
+            return Ok(Err(SocketError::generic(
+                "a listener needs the component to export portcullis:socket/callbacks",
+            )
+            .into()));
+        }
+        let sink = self.net.new_connections.clone();
+        let active = self.net.active_listeners.clone();
+        Ok(self.table.get_mut(&this)?.start(sink, active).map_err(Into::into))
+    }
+
+    fn graceful_stop(&mut self, this: Resource<GuestListener>) -> Outcome<()> {
+        self.table.get_mut(&this)?.stop(false);
+        Ok(Ok(()))
+    }
+
+    fn immediate_stop(&mut self, this: Resource<GuestListener>) -> Outcome<()> {
+        self.table.get_mut(&this)?.stop(true);
+        Ok(Ok(()))
+    }
+
+    fn local_address(&mut self, this: Resource<GuestListener>) -> Outcome<Address> {
+        Ok(self.table.get(&this)?.local_addr().map(to_address).map_err(Into::into))
+    }
+
+    fn drop(&mut self, this: Resource<GuestListener>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}

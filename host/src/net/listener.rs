@@ -1,0 +1,151 @@
+//! Binding TCP listeners: the operator's (`--listen`) and the guest's own.
+//!
+//! Both fail the way Ballerina does (`unable to start the socket service: Address
+//! already in use`). A guest listener accepts on its own tokio task and hands each
+//! connection to the dispatcher, which fires the guest's callbacks.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{LISTEN_FAILED, SocketError};
+use super::tcp::TcpConn;
+
+/// Binds `addr` for listening. Must run inside a tokio runtime.
+pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, SocketError> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        TcpListener::from_std(std_listener)
+    };
+    listen().map_err(|e| SocketError::from_io(LISTEN_FAILED, &e))
+}
+
+/// Accepts on `listener` until `stop`, handing each connection to `sink`.
+/// Accept errors (too many open files, say) are logged and retried after a pause:
+/// one bad moment must not end the listener.
+pub async fn accept_loop(
+    listener: TcpListener,
+    read_timeout: Duration,
+    sink: mpsc::UnboundedSender<TcpConn>,
+    stop: CancellationToken,
+    mut on_accept: impl FnMut(&TcpConn),
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        match accepted.and_then(|(stream, _)| TcpConn::new(stream, read_timeout)) {
+            Ok(conn) => {
+                on_accept(&conn);
+                if sink.send(conn).is_err() {
+                    return; // the dispatcher is gone
+                }
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The WIT `listener` resource: a listener the guest declared itself.
+pub struct GuestListener {
+    port: u16,
+    interface: Option<String>,
+    read_timeout: Duration,
+    state: ListenerState,
+}
+
+enum ListenerState {
+    /// Created, not started.
+    New,
+    /// Accepting on its own task until `stop` is cancelled.
+    Listening { local: SocketAddr, stop: CancellationToken, accepted: Arc<std::sync::Mutex<Vec<TcpConn>>> },
+    /// Stopped; cannot be started again.
+    Stopped,
+}
+
+impl GuestListener {
+    pub fn new(port: u16, interface: Option<String>, read_timeout: Duration) -> Self {
+        GuestListener { port, interface, read_timeout, state: ListenerState::New }
+    }
+
+    /// The address to bind: the configured interface (honoured, unlike Ballerina
+    /// 1.2), or all interfaces.
+    fn bind_addr(&self) -> Result<SocketAddr, SocketError> {
+        let host = self.interface.as_deref().unwrap_or("0.0.0.0");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host, self.port)
+            .to_socket_addrs()
+            .map_err(|e| SocketError::from_io(LISTEN_FAILED, &e))?
+            .next()
+            .ok_or_else(|| SocketError::generic(format!("{LISTEN_FAILED}no address for {host}")))
+    }
+
+    /// Binds and spawns the accept loop, which sends connections to `sink`.
+    pub fn start(
+        &mut self,
+        sink: mpsc::UnboundedSender<TcpConn>,
+        active: Arc<AtomicUsize>,
+    ) -> Result<(), SocketError> {
+        match self.state {
+            ListenerState::New => {}
+            ListenerState::Listening { .. } => return Err(SocketError::generic("listener already started")),
+            ListenerState::Stopped => return Err(SocketError::generic("listener was stopped")),
+        }
+        let listener = bind_tcp(self.bind_addr()?)?;
+        let local = listener.local_addr().map_err(SocketError::from)?;
+        let stop = CancellationToken::new();
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::<TcpConn>::new()));
+        let remember = accepted.clone();
+        active.fetch_add(1, Ordering::SeqCst);
+        let (read_timeout, task_stop) = (self.read_timeout, stop.clone());
+        tokio::spawn(async move {
+            accept_loop(listener, read_timeout, sink, task_stop, move |conn| {
+                let mut list = remember.lock().unwrap();
+                list.retain(|c| !c.is_closed());
+                list.push(conn.clone());
+            })
+            .await;
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+        tracing::info!(%local, "guest listener started");
+        self.state = ListenerState::Listening { local, stop, accepted };
+        Ok(())
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, SocketError> {
+        match &self.state {
+            ListenerState::Listening { local, .. } => Ok(*local),
+            _ => Err(SocketError::generic("listener is not started")),
+        }
+    }
+
+    /// Stops accepting; with `close_connections`, also closes what it accepted.
+    pub fn stop(&mut self, close_connections: bool) {
+        if let ListenerState::Listening { stop, accepted, .. } = &self.state {
+            stop.cancel();
+            if close_connections {
+                for conn in accepted.lock().unwrap().drain(..) {
+                    conn.close();
+                }
+            }
+        }
+        self.state = ListenerState::Stopped;
+    }
+}
+
+impl Drop for GuestListener {
+    fn drop(&mut self) {
+        // A dropped handle stops accepting; its connections live on.
+        self.stop(false);
+    }
+}

@@ -1,0 +1,44 @@
+//! The native backend: WIT socket resources on tokio sockets.
+//!
+//! - [`tcp`]: one connection's state machine (read-ahead, reads, writes, close).
+//! - [`listener`]: binding listeners, for the operator's `--listen` and for guests.
+//! - [`host`]: the generated WIT traits, implemented by looking up the resource,
+//!   converting, and delegating to `tcp` / `listener`.
+//! - [`error`]: the errors a guest sees.
+//!
+//! Nothing here knows about instances or callbacks: new connections that need
+//! callbacks are handed to the dispatcher through [`NetCtx::new_connections`].
+
+pub mod error;
+pub mod host;
+pub mod listener;
+pub mod tcp;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+pub use error::SocketError;
+pub use listener::GuestListener;
+pub use tcp::TcpConn;
+
+/// Ballerina's default read time-out: 300000 ms.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(300_000);
+
+/// The WIT `connection` resource: one guest handle to a shared [`TcpConn`].
+/// Several handles may point to one connection (`clone-handle`).
+pub struct Connection {
+    pub conn: TcpConn,
+}
+
+/// The networking part of a store: what the socket resources need from outside.
+pub struct NetCtx {
+    /// Connections whose events go to the guest's callbacks: accepted by a guest
+    /// listener, or opened by the guest with `callback: true`.
+    pub new_connections: mpsc::UnboundedSender<TcpConn>,
+    /// Whether the component exports `callbacks` (a `callback` client or a guest
+    /// listener needs them).
+    pub has_callbacks: bool,
+    /// How many guest listeners accept right now (a program lives while any does).
+    pub active_listeners: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}

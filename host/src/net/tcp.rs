@@ -1,0 +1,349 @@
+//! One TCP connection on a tokio socket: the state behind the WIT `connection`.
+//!
+//! A [`TcpConn`] is a cheap handle (`Arc`) shared by the guest's handles, the
+//! dispatcher that fires the connection's callbacks, and anything that must close
+//! it (graceful stop). Reads and writes are independent: one callback may write to
+//! a connection while another connection's callback broadcasts to it.
+//!
+//! The read side keeps a small bounded read-ahead buffer. The dispatcher fills it
+//! before firing `on-read-ready` (one wasm call per burst of data rather than one
+//! call plus a spurious `WouldBlock`), and `read` serves from it first. It never
+//! holds more than [`READ_AHEAD_LIMIT`] bytes, so TCP back-pressure still reaches
+//! the sender and host memory per connection stays bounded.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE};
+
+/// Most bytes the host reads ahead of the guest, per connection.
+pub const READ_AHEAD_LIMIT: usize = 64 * 1024;
+
+/// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A shared handle to one TCP connection.
+#[derive(Clone)]
+pub struct TcpConn(Arc<Inner>);
+
+struct Inner {
+    id: u64,
+    stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    read_timeout: Duration,
+    /// Held across awaits by whoever reads (the guest or the dispatcher's read-ahead).
+    read: Mutex<ReadSide>,
+    /// Serialises writers so that each `write` lands whole, never interleaved.
+    write: Mutex<()>,
+    write_shut: AtomicBool,
+    read_shut: AtomicBool,
+    /// Cancelled by `close`: wakes every read, write and dispatcher waiting on it.
+    closed: CancellationToken,
+    /// Wakes the dispatcher when the guest consumed bytes from a full buffer.
+    consumed: Notify,
+}
+
+/// The read half's state: the read-ahead buffer and what happened at the socket.
+struct ReadSide {
+    buf: BytesMut,
+    /// The peer sent FIN (or `shutdown-read` was called).
+    eof: bool,
+    /// A read error seen by the read-ahead, handed to the next guest read.
+    error: Option<io::Error>,
+    /// Counts socket reads that brought bytes or end of stream.
+    arrivals: u64,
+    /// Counts guest reads that took bytes.
+    takes: u64,
+}
+
+/// Where the dispatcher stands with a connection, to tell "new" from "already seen".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadMark {
+    arrivals: u64,
+    takes: u64,
+}
+
+/// What the dispatcher should do next for a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Bytes or end of stream wait for the guest: fire `on-read-ready`.
+    Ready,
+    /// The connection was closed: fire `on-close` and stop.
+    Closed,
+}
+
+impl TcpConn {
+    /// Wraps a connected stream. `TCP_NODELAY` is set: services answer small
+    /// messages and must not wait for Nagle.
+    pub fn new(stream: TcpStream, read_timeout: Duration) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
+        let remote = stream.peer_addr()?;
+        Ok(TcpConn(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+            local,
+            remote,
+            read_timeout,
+            read: Mutex::new(ReadSide {
+                buf: BytesMut::new(),
+                eof: false,
+                error: None,
+                arrivals: 0,
+                takes: 0,
+            }),
+            write: Mutex::new(()),
+            write_shut: AtomicBool::new(false),
+            read_shut: AtomicBool::new(false),
+            closed: CancellationToken::new(),
+            consumed: Notify::new(),
+        })))
+    }
+
+    /// Connects to the first address of `addrs` that answers, within `timeout`.
+    pub async fn connect(
+        addrs: &[SocketAddr],
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<Self, SocketError> {
+        use super::error::CONNECT_FAILED;
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        for addr in addrs {
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    return TcpConn::new(stream, read_timeout)
+                        .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            }
+        }
+        Err(SocketError::from_io(CONNECT_FAILED, &last))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local
+    }
+
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.is_cancelled()
+    }
+
+    /// Reads for the guest. `None`: what is available, waiting for at least one
+    /// byte. `Some(n)`: exactly `n` bytes, fewer only at end of stream. The
+    /// time-out restarts with every chunk. End of stream gives an empty vector.
+    pub async fn read(&self, length: Option<u32>) -> Result<Vec<u8>, SocketError> {
+        let want = match length {
+            Some(0) => return Err(SocketError::generic(INVALID_READ_LENGTH)),
+            Some(n) => n as usize,
+            None => 0,
+        };
+        let inner = &*self.0;
+        let mut side = inner.read.lock().await;
+        if inner.read_shut.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        loop {
+            let take = if want == 0 { side.buf.len() } else { (want - out.len()).min(side.buf.len()) };
+            if take > 0 {
+                out.extend_from_slice(&side.buf.split_to(take));
+                side.takes += 1;
+                inner.consumed.notify_one();
+            }
+            let done = if want == 0 { !out.is_empty() } else { out.len() == want };
+            if done || side.eof {
+                return Ok(out);
+            }
+            if let Some(err) = side.error.take() {
+                return Err(SocketError::from(err));
+            }
+            if inner.closed.is_cancelled() {
+                return Err(SocketError::generic("socket is closed"));
+            }
+            // Nothing buffered: wait for the socket, bounded by the read time-out.
+            let waited = tokio::select! {
+                r = tokio::time::timeout(inner.read_timeout, inner.stream.readable()) => r,
+                _ = inner.closed.cancelled() => continue,
+            };
+            match waited {
+                Err(_) => return Err(SocketError::read_timed_out()),
+                Ok(Err(e)) => return Err(SocketError::from(e)),
+                Ok(Ok(())) => {
+                    side.fill_from(&inner.stream);
+                }
+            }
+        }
+    }
+
+    /// Writes every byte of `data` or fails; never a silent partial write.
+    pub async fn write_all(&self, data: &[u8]) -> Result<u32, SocketError> {
+        let inner = &*self.0;
+        let _writer = inner.write.lock().await;
+        let mut written = 0;
+        loop {
+            if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_cancelled() {
+                return Err(SocketError::generic(WRITE_AFTER_CLOSE));
+            }
+            while written < data.len() {
+                match inner.stream.try_write(&data[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(SocketError::from(e)),
+                }
+            }
+            if written == data.len() {
+                return Ok(written as u32);
+            }
+            // The peer is slow: wait for room (back-pressure), or for a close.
+            tokio::select! {
+                r = inner.stream.writable() => r.map_err(SocketError::from)?,
+                _ = inner.closed.cancelled() => {}
+            }
+        }
+    }
+
+    /// Closes both directions and wakes everything waiting on this connection.
+    /// Closing twice is harmless.
+    pub fn close(&self) {
+        let inner = &*self.0;
+        if !inner.closed.is_cancelled() {
+            inner.write_shut.store(true, Ordering::Release);
+            // The socket may already be gone (reset by the peer): nothing to do then.
+            let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Both);
+            inner.closed.cancel();
+        }
+    }
+
+    /// Stops writing: sends FIN; later writes fail with `client socket close already.`
+    pub fn shutdown_write(&self) -> Result<(), SocketError> {
+        let inner = &*self.0;
+        if inner.closed.is_cancelled() {
+            return Err(SocketError::generic(WRITE_AFTER_CLOSE));
+        }
+        inner.write_shut.store(true, Ordering::Release);
+        socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Write).map_err(SocketError::from)
+    }
+
+    /// Stops reading: later reads see end of stream. The kernel wakes a read
+    /// already waiting (`SHUT_RD` makes it see end of stream), so none hangs.
+    pub fn shutdown_read(&self) -> Result<(), SocketError> {
+        let inner = &*self.0;
+        if inner.closed.is_cancelled() {
+            return Err(SocketError::generic("socket is closed"));
+        }
+        inner.read_shut.store(true, Ordering::Release);
+        let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Read);
+        Ok(())
+    }
+
+    /// Where the dispatcher stands now; pass it to [`TcpConn::wait_ready`].
+    pub async fn mark(&self) -> ReadMark {
+        let side = self.0.read.lock().await;
+        ReadMark { arrivals: side.arrivals, takes: side.takes }
+    }
+
+    /// True when nothing more can ever be read: end of stream (or an error) with
+    /// nothing left buffered.
+    pub async fn drained(&self) -> bool {
+        let side = self.0.read.lock().await;
+        side.buf.is_empty() && (side.eof || side.error.is_some())
+    }
+
+    /// Waits until the guest has something new to read, reading ahead from the
+    /// socket into the bounded buffer meanwhile.
+    ///
+    /// "New" is relative to `seen`, the mark taken when the last callback started:
+    /// bytes arrived since, or the guest took bytes and some remain. A callback that
+    /// returns without reading is therefore not called again until more bytes come,
+    /// so a service that never reads costs no CPU.
+    pub async fn wait_ready(&self, seen: ReadMark) -> Readiness {
+        let inner = &*self.0;
+        loop {
+            if inner.closed.is_cancelled() {
+                return Readiness::Closed;
+            }
+            let mut side = inner.read.lock().await;
+            let fresh = side.arrivals != seen.arrivals || side.takes != seen.takes;
+            let pending = !side.buf.is_empty() || side.eof || side.error.is_some();
+            if fresh && pending {
+                return Readiness::Ready;
+            }
+            if side.eof || side.error.is_some() || side.buf.len() >= READ_AHEAD_LIMIT {
+                // Nothing more to read from the socket: wait for the guest to take
+                // bytes (buffer full) or for a close.
+                let consumed = inner.consumed.notified();
+                drop(side);
+                tokio::select! {
+                    _ = consumed => {}
+                    _ = inner.closed.cancelled() => {}
+                }
+                continue;
+            }
+            if side.fill_from(&inner.stream) {
+                continue;
+            }
+            drop(side);
+            tokio::select! {
+                r = inner.stream.readable() => {
+                    if let Err(e) = r {
+                        inner.read.lock().await.error = Some(e);
+                    }
+                }
+                _ = inner.closed.cancelled() => {}
+            }
+        }
+    }
+}
+
+impl ReadSide {
+    /// Reads from the socket until it would block or the buffer is full.
+    /// Returns whether anything happened (bytes, end of stream or an error).
+    fn fill_from(&mut self, stream: &TcpStream) -> bool {
+        let mut progressed = false;
+        while !self.eof && self.error.is_none() {
+            let room = READ_AHEAD_LIMIT.saturating_sub(self.buf.len());
+            if room == 0 {
+                break;
+            }
+            self.buf.reserve(room.min(16 * 1024));
+            let mut limited = (&mut self.buf).limit(room);
+            match stream.try_read_buf(&mut limited) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => self.error = Some(e),
+            }
+            self.arrivals += 1;
+            progressed = true;
+        }
+        progressed
+    }
+}
+
+impl std::fmt::Debug for TcpConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpConn")
+            .field("id", &self.0.id)
+            .field("local", &self.0.local)
+            .field("remote", &self.0.remote)
+            .finish()
+    }
+}

@@ -1,0 +1,93 @@
+//! Serving one component: bind the operator's listeners, accept, and hand every
+//! connection to the dispatcher until shutdown.
+//!
+//! Shutdown is a parameter (a [`CancellationToken`]): the binary cancels it on
+//! SIGINT/SIGTERM, tests cancel it when they are done.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wasmtime::Engine;
+
+use crate::dispatch::{self, Loaded};
+use crate::engine;
+use crate::net::listener::{accept_loop, bind_tcp};
+
+/// What the operator decides about one component.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Addresses to listen on; connections go to the component's callbacks.
+    pub listen: Vec<SocketAddr>,
+    /// Environment variables the guest sees.
+    pub env: Vec<(String, String)>,
+    /// Read time-out of accepted connections.
+    pub read_timeout: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { listen: Vec::new(), env: Vec::new(), read_timeout: crate::net::DEFAULT_READ_TIMEOUT }
+    }
+}
+
+/// The shared engine and compile cache; load components through it.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Runtime {
+    /// A runtime with the default cache folder (see [`engine::default_cache_dir`]).
+    pub fn new() -> Result<Self> {
+        Ok(Runtime { engine: engine::new_engine()?, cache_dir: engine::default_cache_dir() })
+    }
+
+    /// Uses `dir` for compiled components, or no cache with `None`.
+    pub fn with_cache_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, compiles (or loads from cache) and links the component at `path`.
+    pub fn load(&self, path: &Path, env: Vec<(String, String)>) -> Result<Arc<Loaded>> {
+        let component = engine::load_component(&self.engine, path, self.cache_dir.as_deref())?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Arc::new(Loaded::new(&self.engine, &component, &name, env)?))
+    }
+}
+
+/// Binds every address in `addrs`, failing on the first that cannot be bound
+/// (`unable to start the socket service: Address already in use`).
+pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    addrs.iter().map(|addr| bind_tcp(*addr).map_err(anyhow::Error::from)).collect()
+}
+
+/// Serves `loaded` on `listeners` (already bound) until `shutdown` is cancelled,
+/// or, for a program, until its `main` and callback connections are done.
+/// Returns the exit code.
+pub async fn serve(
+    loaded: Arc<Loaded>,
+    listeners: Vec<TcpListener>,
+    read_timeout: Duration,
+    shutdown: CancellationToken,
+) -> Result<i32> {
+    if !listeners.is_empty() {
+        loaded.require_callbacks()?;
+    }
+    let (sink, conns) = mpsc::unbounded_channel();
+    for listener in listeners {
+        tokio::spawn(accept_loop(listener, read_timeout, sink.clone(), shutdown.clone(), |_| {}));
+    }
+    dispatch::run(loaded, conns, sink, shutdown).await
+}
