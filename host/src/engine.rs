@@ -14,13 +14,12 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 /// The engine every service in the process shares: component model with async,
-/// epoch interruption so a guest stuck in a loop can be stopped.
+/// and concurrent calls into one instance.
 pub fn new_engine() -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.concurrency_support(true);
-    config.epoch_interruption(true);
     Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("creating the wasmtime engine"))
 }
 

@@ -1,0 +1,349 @@
+//! Connections, clients and guest listeners: the SDK face of `portcullis:socket/tcp`.
+
+use std::mem::ManuallyDrop;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::Error;
+use crate::__bindings::portcullis::socket::{tcp, types};
+
+/// One TCP connection: accepted by a listener (handed to your [`Service`]
+/// callbacks) or opened with [`Client::connect`]. Ballerina's `Client` and
+/// `Caller` are this one type.
+///
+/// A callback receives `&Connection`, valid during that callback. To keep the
+/// connection beyond it (to broadcast to it later, say), `clone` it: the clone
+/// is a new handle to the same connection.
+///
+/// [`Service`]: crate::Service
+///
+/// ```no_run
+/// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+/// let head = conn.read_exact(4).await?; // exactly 4 bytes (fewer only at end of stream)
+/// conn.write_all(&head).await?;
+/// let kept = conn.clone(); // outlives the callback
+/// # Ok(()) }
+/// ```
+pub struct Connection {
+    handle: ManuallyDrop<tcp::Connection>,
+    /// False for the host's handle lent to a callback: the host drops that one.
+    owned: bool,
+}
+
+impl Connection {
+    /// Wraps a handle the host lends for the length of one callback.
+    ///
+    /// # Safety
+    /// `handle` must be a live borrowed handle for the duration of the returned value.
+    pub(crate) unsafe fn borrowed(handle: u32) -> Self {
+        Connection { handle: ManuallyDrop::new(unsafe { tcp::Connection::from_handle(handle) }), owned: false }
+    }
+
+    fn owned(handle: tcp::Connection) -> Self {
+        Connection { handle: ManuallyDrop::new(handle), owned: true }
+    }
+
+    /// Reads whatever bytes are available, waiting for at least one. An empty
+    /// vector means the peer ended the stream.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// let data = conn.read().await?;
+    /// if data.is_empty() {
+    ///     conn.close()?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn read(&self) -> Result<Vec<u8>, Error> {
+        self.handle.read(None).await.map_err(Error::from)
+    }
+
+    /// Reads exactly `n` bytes, gathering chunks as they come; fewer only at end
+    /// of stream. The read time-out restarts with every chunk. `n` of 0 is an
+    /// error (`requested byte length need to be 1 or more`).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// let header = conn.read_exact(18).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_exact(&self, n: u32) -> Result<Vec<u8>, Error> {
+        self.handle.read(Some(n)).await.map_err(Error::from)
+    }
+
+    /// Writes every byte of `data`, waiting while the peer is slow; fails rather
+    /// than writing part of it. Returns the number of bytes written.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// conn.write_all(b"Hello Client").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_all(&self, data: &[u8]) -> Result<usize, Error> {
+        self.handle.write(data.to_vec()).await.map(|n| n as usize).map_err(Error::from)
+    }
+
+    /// Closes the connection both ways. The host then calls `on_close`.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// conn.close()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) -> Result<(), Error> {
+        self.handle.close().map_err(Error::from)
+    }
+
+    /// Stops reading: later reads return end of stream.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// conn.shutdown_read()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_read(&self) -> Result<(), Error> {
+        self.handle.shutdown_read().map_err(Error::from)
+    }
+
+    /// Stops writing (the peer sees end of stream); later writes fail with
+    /// `client socket close already.`
+    ///
+    /// ```no_run
+    /// # fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// conn.shutdown_write()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_write(&self) -> Result<(), Error> {
+        self.handle.shutdown_write().map_err(Error::from)
+    }
+
+    /// An id unique among the host's connections.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &portcullis_sdk::Connection) {
+    /// println!("connection {}", conn.id());
+    /// # }
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.handle.id()
+    }
+
+    /// The peer's address.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &portcullis_sdk::Connection) {
+    /// println!("from {}", conn.remote_addr());
+    /// # }
+    /// ```
+    pub fn remote_addr(&self) -> SocketAddr {
+        to_socket_addr(self.handle.remote_address())
+    }
+
+    /// This side's address.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &portcullis_sdk::Connection) {
+    /// println!("on port {}", conn.local_addr().port());
+    /// # }
+    /// ```
+    pub fn local_addr(&self) -> SocketAddr {
+        to_socket_addr(self.handle.local_address())
+    }
+}
+
+impl Clone for Connection {
+    /// A new handle to the same connection, valid until dropped.
+    fn clone(&self) -> Self {
+        Connection::owned(self.handle.clone_handle())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: an owned handle is dropped exactly once, here.
+            unsafe { ManuallyDrop::drop(&mut self.handle) }
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("id", &self.id()).finish()
+    }
+}
+
+/// The host always reports IP literals; anything else would be a host bug, so
+/// it maps to the unspecified address rather than panicking.
+fn to_socket_addr(addr: types::Address) -> SocketAddr {
+    let ip = addr
+        .host
+        .as_deref()
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    SocketAddr::new(ip, addr.port)
+}
+
+/// How to open a client connection.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use portcullis_sdk::{Client, ClientConfig};
+///
+/// # async fn f() -> Result<(), portcullis_sdk::Error> {
+/// let config = ClientConfig::new("127.0.0.1", 7000)
+///     .read_timeout(Duration::from_secs(5))
+///     .callback(true); // deliver its events to this component's Service
+/// let conn = Client::connect_with(config).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    host: String,
+    port: u16,
+    read_timeout: Duration,
+    connect_timeout: Duration,
+    callback: bool,
+}
+
+impl ClientConfig {
+    /// Connect to `host:port` with Ballerina's defaults: a 300 s read time-out,
+    /// a 30 s connect time-out, no callbacks.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        ClientConfig {
+            host: host.into(),
+            port,
+            read_timeout: Duration::from_millis(300_000),
+            connect_timeout: Duration::from_secs(30),
+            callback: false,
+        }
+    }
+
+    /// Time-out of every read on this connection.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Time-out of the connect itself.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// With `true`, the host calls this component's exported [`Service`]
+    /// (`on_connect`, `on_read_ready`, `on_close`) for this connection.
+    ///
+    /// [`Service`]: crate::Service
+    pub fn callback(mut self, callback: bool) -> Self {
+        self.callback = callback;
+        self
+    }
+}
+
+/// Opens TCP client connections (Ballerina's `socket:Client`).
+///
+/// ```no_run
+/// use portcullis_sdk::Client;
+///
+/// # async fn f() -> Result<(), portcullis_sdk::Error> {
+/// let conn = Client::connect("127.0.0.1", 7000).await?;
+/// conn.write_all(b"Hello Ballerina").await?;
+/// let echo = conn.read().await?;
+/// # Ok(()) }
+/// ```
+pub struct Client;
+
+impl Client {
+    /// Connects to `host:port` with the default [`ClientConfig`]. The host
+    /// resolves names. A refused connect fails with
+    /// `unable to start the client socket: Connection refused`.
+    pub async fn connect(host: &str, port: u16) -> Result<Connection, Error> {
+        Client::connect_with(ClientConfig::new(host, port)).await
+    }
+
+    /// Connects as `config` says.
+    pub async fn connect_with(config: ClientConfig) -> Result<Connection, Error> {
+        let wit_config = types::ClientConfig {
+            host: config.host,
+            port: config.port,
+            read_timeout_ms: config.read_timeout.as_millis() as u64,
+            connect_timeout_ms: config.connect_timeout.as_millis() as u64,
+            callback: config.callback,
+        };
+        tcp::Connection::connect(wit_config).await.map(Connection::owned).map_err(Error::from)
+    }
+}
+
+/// A listener the guest declares itself (Ballerina's `socket:Listener`). Its
+/// connections go to this component's exported [`Service`].
+///
+/// [`Service`]: crate::Service
+///
+/// ```no_run
+/// use portcullis_sdk::Listener;
+///
+/// # fn f() -> Result<(), portcullis_sdk::Error> {
+/// let listener = Listener::new(61598).interface("127.0.0.1");
+/// listener.start()?;
+/// println!("listening on {}", listener.local_addr()?);
+/// # Ok(()) }
+/// ```
+pub struct Listener {
+    port: u16,
+    interface: Option<String>,
+    read_timeout: Duration,
+    handle: std::cell::OnceCell<tcp::Listener>,
+}
+
+impl Listener {
+    /// A listener on `port` (0 picks a free port) on all interfaces.
+    pub fn new(port: u16) -> Self {
+        Listener { port, interface: None, read_timeout: Duration::from_millis(300_000), handle: Default::default() }
+    }
+
+    /// Binds only `address` (honoured, unlike Ballerina 1.2).
+    pub fn interface(mut self, address: impl Into<String>) -> Self {
+        self.interface = Some(address.into());
+        self
+    }
+
+    /// Time-out of every read on accepted connections.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    fn handle(&self) -> &tcp::Listener {
+        self.handle.get_or_init(|| {
+            tcp::Listener::new(
+                self.port,
+                &types::ListenerConfig {
+                    interface: self.interface.clone(),
+                    read_timeout_ms: self.read_timeout.as_millis() as u64,
+                },
+            )
+        })
+    }
+
+    /// Binds and starts accepting. A port in use fails with
+    /// `unable to start the socket service: Address already in use`.
+    pub fn start(&self) -> Result<(), Error> {
+        self.handle().start().map_err(Error::from)
+    }
+
+    /// The bound address (the real port when 0 was asked).
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.handle().local_address().map(to_socket_addr).map_err(Error::from)
+    }
+
+    /// Stops accepting; open connections run until they end.
+    pub fn graceful_stop(&self) -> Result<(), Error> {
+        self.handle().graceful_stop().map_err(Error::from)
+    }
+
+    /// Stops accepting and closes every connection it accepted.
+    pub fn immediate_stop(&self) -> Result<(), Error> {
+        self.handle().immediate_stop().map_err(Error::from)
+    }
+}

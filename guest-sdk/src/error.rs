@@ -1,0 +1,99 @@
+//! The SDK's error type: what a socket operation returns when it fails.
+
+use std::fmt;
+
+use crate::__bindings::portcullis::socket::types as wit;
+
+/// What kind of failure an [`Error`] is (Ballerina's `GenericError` and
+/// `ReadTimedOutError`, plus permission denials).
+///
+/// ```
+/// use portcullis_sdk::{Error, ErrorKind};
+///
+/// let err = Error::new("bad request");
+/// assert_eq!(err.kind(), ErrorKind::Generic);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Any socket failure that is not a time-out or a denial.
+    Generic,
+    /// A read got no data within the configured read time-out.
+    ReadTimedOut,
+    /// The operator did not grant the address the operation needed.
+    PermissionDenied,
+}
+
+/// A socket error: a kind, a message (Ballerina's wording where it has one) and
+/// an optional cause.
+///
+/// A callback may return its own error; the host then calls `on_error` with it.
+///
+/// ```
+/// use portcullis_sdk::Error;
+///
+/// let err = Error::new("Error while on read");
+/// assert_eq!(err.to_string(), "Error while on read");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    cause: Option<String>,
+}
+
+impl Error {
+    /// A generic error with `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Generic, message: message.into(), cause: None }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, e.g. `read timed out`.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The underlying reason, if any (e.g. the OS error text).
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
+    /// True for a read that timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::ReadTimedOut
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<wit::Error> for Error {
+    fn from(e: wit::Error) -> Self {
+        let kind = match e.kind {
+            wit::ErrorKind::Generic => ErrorKind::Generic,
+            wit::ErrorKind::ReadTimedOut => ErrorKind::ReadTimedOut,
+            wit::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        };
+        Error { kind, message: e.message, cause: e.cause }
+    }
+}
+
+impl From<Error> for wit::Error {
+    fn from(e: Error) -> Self {
+        let kind = match e.kind {
+            ErrorKind::Generic => wit::ErrorKind::Generic,
+            ErrorKind::ReadTimedOut => wit::ErrorKind::ReadTimedOut,
+            ErrorKind::PermissionDenied => wit::ErrorKind::PermissionDenied,
+        };
+        wit::Error { kind, message: e.message, cause: e.cause }
+    }
+}

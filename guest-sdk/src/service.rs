@@ -1,0 +1,107 @@
+//! The [`Service`] trait and the glue that exports it as WIT callbacks.
+
+use std::any::Any;
+use std::cell::OnceCell;
+use std::marker::PhantomData;
+
+use crate::__bindings::exports::portcullis::socket::callbacks::Guest;
+use crate::__bindings::portcullis::socket::{tcp, types};
+use crate::{Connection, Error};
+
+/// A socket service: the callbacks the host calls for each connection
+/// (Ballerina's `onConnect`, `onReadReady`, `onError`, plus `on_close`).
+///
+/// Data is never pushed: `on_read_ready` says bytes (or end of stream) wait, and
+/// the service pulls them with [`Connection::read`]. At most one `on_read_ready`
+/// runs per connection at a time; different connections run concurrently, and
+/// one waiting in `read_exact` never holds up the others. One value of the type
+/// serves every connection, so its fields are shared state (use `Cell` /
+/// `RefCell`: callbacks interleave but never run in parallel).
+///
+/// ```no_run
+/// use std::cell::Cell;
+/// use portcullis_sdk::{Connection, Error, Service, export_service};
+///
+/// #[derive(Default)]
+/// struct JoinCounter {
+///     joins: Cell<u32>,
+/// }
+///
+/// impl Service for JoinCounter {
+///     async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
+///         self.joins.set(self.joins.get() + 1);
+///         conn.write_all(format!("you are visitor {}\n", self.joins.get()).as_bytes()).await?;
+///         Ok(())
+///     }
+///
+///     async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error> {
+///         if conn.read().await?.is_empty() {
+///             conn.close()?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// export_service!(JoinCounter);
+/// ```
+#[allow(async_fn_in_trait)] // callbacks run on the component's single thread
+pub trait Service: Default + 'static {
+    /// A connection was accepted (or a callback client connected).
+    async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
+        let _ = conn;
+        Ok(())
+    }
+
+    /// Bytes or end of stream wait on `conn`; read them. Returning without
+    /// reading is allowed: the host then waits for more bytes before calling again.
+    async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error>;
+
+    /// `on_connect` or `on_read_ready` returned `err`. By default it is printed
+    /// to stderr.
+    async fn on_error(&self, conn: &Connection, err: Error) {
+        eprintln!("connection {}: {err}", conn.id());
+    }
+
+    /// The connection ended (end of stream, close, reset or stop); called
+    /// exactly once per connection.
+    async fn on_close(&self, conn: &Connection) {
+        let _ = conn;
+    }
+}
+
+thread_local! {
+    /// The one service value; leaked so callbacks can hold `&'static` to it
+    /// across awaits.
+    static SERVICE: OnceCell<&'static dyn Any> = const { OnceCell::new() };
+}
+
+fn service<S: Service>() -> &'static S {
+    let any = SERVICE.with(|cell| *cell.get_or_init(|| Box::leak(Box::new(S::default()))));
+    any.downcast_ref::<S>().expect("export_service! is used once per component")
+}
+
+/// Adapts a [`Service`] to the generated export trait. Used by `export_service!`.
+#[doc(hidden)]
+pub struct Dispatch<S>(PhantomData<S>);
+
+impl<S: Service> Guest for Dispatch<S> {
+    async fn on_connect(conn: &tcp::Connection) -> Result<(), types::Error> {
+        let conn = unsafe { Connection::borrowed(conn.handle()) };
+        service::<S>().on_connect(&conn).await.map_err(Into::into)
+    }
+
+    async fn on_read_ready(conn: &tcp::Connection) -> Result<(), types::Error> {
+        let conn = unsafe { Connection::borrowed(conn.handle()) };
+        service::<S>().on_read_ready(&conn).await.map_err(Into::into)
+    }
+
+    async fn on_error(conn: &tcp::Connection, err: types::Error) {
+        let conn = unsafe { Connection::borrowed(conn.handle()) };
+        service::<S>().on_error(&conn, err.into()).await
+    }
+
+    async fn on_close(conn: &tcp::Connection) {
+        let conn = unsafe { Connection::borrowed(conn.handle()) };
+        service::<S>().on_close(&conn).await
+    }
+}
