@@ -25,52 +25,60 @@
 //! export_service!(Echo);
 //! ```
 //!
-//! The map: [`Service`] and [`export_service!`] (callbacks), [`Connection`] (one
-//! TCP connection), [`Client`] (open one), [`Listener`] (listen from the guest),
-//! [`Error`] and [`ErrorKind`], [`block_on`] (await from a synchronous `main`).
+//! The map: [`Service`] and [`export_service!`] (callbacks), [`export_program!`]
+//! (an async `main`), [`Connection`] (one TCP connection), [`Client`] (open one),
+//! [`Listener`] (listen from the guest), [`Error`] and [`ErrorKind`].
 
 mod connection;
 mod error;
+mod program;
 mod service;
 
 pub use connection::{Client, ClientConfig, Connection, Listener};
 pub use error::{Error, ErrorKind};
 pub use service::Service;
 
-/// Runs a future to completion from synchronous code, such as a program's `main`.
-///
-/// ```no_run
-/// use portcullis_sdk::{Client, block_on};
-///
-/// fn main() {
-///     let conn = block_on(Client::connect("127.0.0.1", 7000)).expect("connect");
-///     block_on(conn.write_all(b"hello")).expect("write");
-/// }
-/// ```
-pub fn block_on<T: 'static>(future: impl std::future::Future<Output = T> + 'static) -> T {
-    wit_bindgen::block_on(future)
-}
-
 /// The generated bindings. Not part of the API: use the types above.
+///
+/// One module per world; the program world reuses the service world's import
+/// types (`with`), so `Connection` is one type whichever macro exports. A
+/// program with callbacks invokes both export macros (world
+/// `program-with-callbacks` is their union).
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
         world: "service",
         pub_export_macro: true,
-        export_macro_name: "__export_callbacks",
+        export_macro_name: "__export_service",
         default_bindings_module: "portcullis_sdk::__bindings",
         generate_all,
     });
+
+    pub mod program {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "program",
+            pub_export_macro: true,
+            export_macro_name: "__export_program",
+            default_bindings_module: "portcullis_sdk::__bindings::program",
+            with: {
+                "portcullis:socket/types@0.1.0": crate::__bindings::portcullis::socket::types,
+                "portcullis:socket/tcp@0.1.0": crate::__bindings::portcullis::socket::tcp,
+            },
+        });
+    }
 }
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::program::report;
     pub use crate::service::Dispatch;
 }
 
 /// Exports `$service` (a type implementing [`Service`] and [`Default`]) as this
-/// component's callbacks. Call it once, at the crate root.
+/// component's callbacks: the component is then a `service`. Call it once, at
+/// the crate root of a `cdylib` crate.
 ///
 /// One value of `$service` is created (with `Default`) when the first callback
 /// runs and shared by every connection, like Ballerina's module-level state.
@@ -93,6 +101,43 @@ pub mod __private {
 macro_rules! export_service {
     ($service:ty) => {
         type __PortcullisCallbacks = $crate::__private::Dispatch<$service>;
-        $crate::__bindings::__export_callbacks!(__PortcullisCallbacks with_types_in $crate::__bindings);
+        $crate::__bindings::__export_service!(__PortcullisCallbacks with_types_in $crate::__bindings);
+    };
+}
+
+/// Exports an `async fn main() -> Result<(), E>` (any `E: Display`) as this
+/// component's `wasi:cli/run`: the component is then a `program`, which
+/// `portcullis run` runs to completion (exit code 0, or 1 after printing the
+/// error). Call it once, at the crate root of a `cdylib` crate.
+///
+/// With `callbacks = S`, the component also exports `S` (a [`Service`]) for the
+/// clients it opens with [`ClientConfig::callback`] and the connections its own
+/// [`Listener`]s accept; the program then lives until those are done too.
+///
+/// ```no_run
+/// use portcullis_sdk::{Client, Error, export_program};
+///
+/// async fn main() -> Result<(), Error> {
+///     let conn = Client::connect("127.0.0.1", 7000).await?;
+///     conn.write_all(b"Hello Ballerina").await?;
+///     conn.close()
+/// }
+///
+/// export_program!(main);
+/// ```
+#[macro_export]
+macro_rules! export_program {
+    ($main:path) => {
+        struct __PortcullisMain;
+        impl $crate::__bindings::program::exports::wasi::cli::run::Guest for __PortcullisMain {
+            async fn run() -> Result<(), ()> {
+                $crate::__private::report($main().await)
+            }
+        }
+        $crate::__bindings::program::__export_program!(__PortcullisMain with_types_in $crate::__bindings::program);
+    };
+    ($main:path, callbacks = $service:ty) => {
+        $crate::export_program!($main);
+        $crate::export_service!($service);
     };
 }

@@ -84,24 +84,46 @@ fn service<S: Service>() -> &'static S {
 #[doc(hidden)]
 pub struct Dispatch<S>(PhantomData<S>);
 
-impl<S: Service> Guest for Dispatch<S> {
-    async fn on_connect(conn: &tcp::Connection) -> Result<(), types::Error> {
+impl<S: Service> Dispatch<S> {
+    pub async fn connect(conn: &tcp::Connection) -> Result<(), types::Error> {
+        // SAFETY: the host lends this handle for the whole callback.
         let conn = unsafe { Connection::borrowed(conn.handle()) };
         service::<S>().on_connect(&conn).await.map_err(Into::into)
     }
 
-    async fn on_read_ready(conn: &tcp::Connection) -> Result<(), types::Error> {
+    pub async fn read_ready(conn: &tcp::Connection) -> Result<(), types::Error> {
+        // SAFETY: as above.
         let conn = unsafe { Connection::borrowed(conn.handle()) };
         service::<S>().on_read_ready(&conn).await.map_err(Into::into)
     }
 
-    async fn on_error(conn: &tcp::Connection, err: types::Error) {
+    pub async fn error(conn: &tcp::Connection, err: types::Error) {
+        // SAFETY: as above.
         let conn = unsafe { Connection::borrowed(conn.handle()) };
         service::<S>().on_error(&conn, err.into()).await
     }
 
-    async fn on_close(conn: &tcp::Connection) {
+    pub async fn close(conn: &tcp::Connection) {
+        // SAFETY: as above.
         let conn = unsafe { Connection::borrowed(conn.handle()) };
         service::<S>().on_close(&conn).await
+    }
+}
+
+impl<S: Service> Guest for Dispatch<S> {
+    async fn on_connect(conn: &tcp::Connection) -> Result<(), types::Error> {
+        Self::connect(conn).await
+    }
+
+    async fn on_read_ready(conn: &tcp::Connection) -> Result<(), types::Error> {
+        Self::read_ready(conn).await
+    }
+
+    async fn on_error(conn: &tcp::Connection, err: types::Error) {
+        Self::error(conn, err).await
+    }
+
+    async fn on_close(conn: &tcp::Connection) {
+        Self::close(conn).await
     }
 }

@@ -50,8 +50,9 @@ pub struct Loaded {
     env: Vec<(String, String)>,
 }
 
-/// The export name of `wasi:cli/run` in any 0.2.x version.
-const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
+/// The export name of `wasi:cli/run`: 0.3 (async, what the SDK exports) or 0.2
+/// (sync, what std exports for `fn main`; such a main cannot await socket calls).
+const RUN_INTERFACE: &str = "wasi:cli/run@";
 const CALLBACKS_INTERFACE: &str = "portcullis:socket/callbacks@0.1.0";
 
 impl Loaded {

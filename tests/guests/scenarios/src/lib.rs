@@ -1,0 +1,143 @@
+//! The service side of the conformance scenarios. `MODE` (env) picks the
+//! behaviour; each mode mirrors one service of Ballerina's socket test suite.
+//! Where a test needs to observe something inside the guest (an error message,
+//! a count), the guest writes it back to the client.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use portcullis_sdk::{Connection, Error, Service, export_service};
+
+#[derive(Default)]
+struct Scenarios {
+    joins: Cell<u32>,
+    /// Connections kept beyond their callbacks (the `chat`-style broadcast).
+    kept: RefCell<HashMap<u64, Connection>>,
+}
+
+fn mode() -> String {
+    std::env::var("MODE").unwrap_or_else(|_| "echo".into())
+}
+
+impl Service for Scenarios {
+    async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
+        self.joins.set(self.joins.get() + 1);
+        match mode().as_str() {
+            "connect-error" => Err(Error::new("Error while on connect")),
+            "greet" => conn.write_all(b"welcome\n").await.map(drop),
+            "close-log" => {
+                self.kept.borrow_mut().insert(conn.id(), conn.clone());
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error> {
+        match mode().as_str() {
+            // Read what is there; echo it if any, close at end of stream.
+            "echo" | "greet" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                conn.write_all(&data).await?;
+            }
+            // Ballerina "partial reads": read(5), read(4), read(6), then answer.
+            "partial" => {
+                let mut total = 0;
+                for n in [5, 4, 6] {
+                    total += conn.read_exact(n).await?.len();
+                }
+                conn.write_all(format!("Hello Client {total}").as_bytes()).await?;
+            }
+            // Ballerina "blocking read" and "read time-out": read(18) and echo; a
+            // failed read is reported back as `error: <kind>: <message>`.
+            "blocking" => match conn.read_exact(18).await {
+                Ok(data) if data.is_empty() => conn.close()?,
+                Ok(data) => drop(conn.write_all(&data).await?),
+                Err(e) => {
+                    conn.write_all(format!("error: {:?}: {e}", e.kind()).as_bytes()).await?;
+                    conn.close()?;
+                }
+            },
+            // Ballerina "onError": the callback fails; `on_error` sees the message.
+            "read-error" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                return Err(Error::new("Error while on read"));
+            }
+            // Ballerina "join count": answer each message with the joins so far.
+            "join-count" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                conn.write_all(format!("joins {}\n", self.joins.get()).as_bytes()).await?;
+            }
+            // Never reads: the host must not call this again until new bytes come.
+            "never-read" => {
+                self.joins.set(self.joins.get() + 1000);
+            }
+            // "trap" in the data makes the guest panic (a wasm trap); else echo.
+            "trap" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                if data.windows(4).any(|w| w == b"trap") {
+                    panic!("the test asked this guest to trap");
+                }
+                conn.write_all(&data).await?;
+            }
+            // Count how often on-read-ready ran, answer with the count on "?".
+            "count-calls" => {
+                let calls = self.joins.get() + 1000;
+                self.joins.set(calls);
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                if data.contains(&b'?') {
+                    conn.write_all(format!("calls {}\n", calls - 1000 - 1).as_bytes()).await?;
+                }
+            }
+            // Write to another kept connection (the last line's target) on close.
+            "close-log" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                conn.write_all(&data).await?;
+            }
+            other => return Err(Error::new(format!("unknown MODE {other}"))),
+        }
+        Ok(())
+    }
+
+    async fn on_error(&self, conn: &Connection, err: Error) {
+        // Report the error to the client so the test can see what on_error got.
+        let _ = conn.write_all(format!("on_error: {err}\n").as_bytes()).await;
+        if mode() == "connect-error" {
+            let _ = conn.close();
+        }
+    }
+
+    async fn on_close(&self, conn: &Connection) {
+        // Tell every other kept connection that this one closed: shows on-close
+        // fires, and that kept handles work beyond their own callbacks.
+        let closed = conn.id();
+        let others: Vec<Connection> = {
+            let mut kept = self.kept.borrow_mut();
+            kept.remove(&closed);
+            kept.values().cloned().collect()
+        };
+        for other in others {
+            let _ = other.write_all(format!("closed {closed}\n").as_bytes()).await;
+        }
+    }
+}
+
+export_service!(Scenarios);
