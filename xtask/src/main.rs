@@ -1,1 +1,115 @@
-fn main(){}
+//! `cargo xtask build | demo | test`: the one place that knows how to build the
+//! guests and run everything. A fresh machine needs nothing but Rust: the
+//! `wasm32-wasip2` target is installed here when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <build | demo | test>
+  build  build the host (release) and every guest component (wasm32-wasip2)
+  demo   build, then serve the echo example on 127.0.0.1:61598
+  test   build, then run every test (unit, integration, SDK docs)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => build(),
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs the wasm32-wasip2 target when rustup does not list it yet.
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") => Ok(()),
+        Ok(_) => {
+            eprintln!("xtask: installing the wasm32-wasip2 target");
+            run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
+        }
+        Err(e) => bail!("rustup is needed to install the wasm32-wasip2 target: {e}"),
+    }
+}
+
+/// Every guest crate: the examples and the test guests (package names).
+fn guests() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for dir in ["examples", "tests/guests"] {
+        for entry in std::fs::read_dir(root().join(dir))? {
+            let manifest = entry?.path().join("Cargo.toml");
+            if let Ok(text) = std::fs::read_to_string(&manifest) {
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("name = ").map(|v| v.trim_matches('"').to_string()))
+                    .with_context(|| format!("no package name in {}", manifest.display()))?;
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn build() -> Result<()> {
+    ensure_wasm_target()?;
+    let mut guest_build = cargo();
+    guest_build.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    for guest in guests()? {
+        guest_build.args(["-p", &guest]);
+    }
+    run(&mut guest_build)?;
+    run(cargo().args(["build", "--release", "-p", "portcullis"]))
+}
+
+fn demo() -> Result<()> {
+    build()?;
+    let echo = root().join("target/wasm32-wasip2/release/echo.wasm");
+    eprintln!("xtask: serving {} — try `nc 127.0.0.1 61598`; Ctrl-C stops", echo.display());
+    run(Command::new(root().join("target/release/portcullis"))
+        .arg("run")
+        .arg(&echo)
+        .args(["--listen", "127.0.0.1:61598"]))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    build()?;
+    // Release: the tests share the optimised host build with demo and bench, and
+    // compile guests with an optimised Cranelift.
+    run(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra))?;
+    // The SDK's docs must build without warnings (and its examples type-check).
+    run(cargo()
+        .args(["doc", "--release", "--no-deps", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
+        .env("RUSTDOCFLAGS", "-D warnings"))
+}
