@@ -11,6 +11,8 @@ use portcullis_sdk::{Connection, Error, Service, export_service};
 #[derive(Default)]
 struct Scenarios {
     joins: Cell<u32>,
+    /// How often `on_read_ready` ran (mode `never-read`).
+    read_ready_calls: Cell<u32>,
     /// Connections kept beyond their callbacks (the `chat`-style broadcast).
     kept: RefCell<HashMap<u64, Connection>>,
 }
@@ -24,7 +26,11 @@ impl Service for Scenarios {
         self.joins.set(self.joins.get() + 1);
         match mode().as_str() {
             "connect-error" => Err(Error::new("Error while on connect")),
-            "greet" => conn.write_all(b"welcome\n").await.map(drop),
+            // Tells each new connection how often on-read-ready ran so far.
+            "never-read" => {
+                let calls = self.read_ready_calls.get();
+                conn.write_all(format!("calls {calls}\n").as_bytes()).await.map(drop)
+            }
             "close-log" => {
                 self.kept.borrow_mut().insert(conn.id(), conn.clone());
                 Ok(())
@@ -36,7 +42,7 @@ impl Service for Scenarios {
     async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error> {
         match mode().as_str() {
             // Read what is there; echo it if any, close at end of stream.
-            "echo" | "greet" => {
+            "echo" => {
                 let data = conn.read().await?;
                 if data.is_empty() {
                     return conn.close();
@@ -79,7 +85,7 @@ impl Service for Scenarios {
             }
             // Never reads: the host must not call this again until new bytes come.
             "never-read" => {
-                self.joins.set(self.joins.get() + 1000);
+                self.read_ready_calls.set(self.read_ready_calls.get() + 1);
             }
             // "trap" in the data makes the guest panic (a wasm trap); else echo.
             "trap" => {
@@ -92,19 +98,7 @@ impl Service for Scenarios {
                 }
                 conn.write_all(&data).await?;
             }
-            // Count how often on-read-ready ran, answer with the count on "?".
-            "count-calls" => {
-                let calls = self.joins.get() + 1000;
-                self.joins.set(calls);
-                let data = conn.read().await?;
-                if data.is_empty() {
-                    return conn.close();
-                }
-                if data.contains(&b'?') {
-                    conn.write_all(format!("calls {}\n", calls - 1000 - 1).as_bytes()).await?;
-                }
-            }
-            // Write to another kept connection (the last line's target) on close.
+            // Echo; on-close (below) tells the other kept connections.
             "close-log" => {
                 let data = conn.read().await?;
                 if data.is_empty() {

@@ -1,0 +1,42 @@
+//! A service that never reads its data must cost nothing: no re-dispatch loop.
+//! (Its own test binary: it measures this process's CPU time, which other tests
+//! running in parallel would add to.)
+
+use std::time::Duration;
+
+use portcullis_tests::*;
+use tokio::io::AsyncWriteExt;
+
+/// CPU time this process used so far (user + system).
+fn cpu_time() -> Duration {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_never_reads_is_not_called_again_and_costs_no_cpu() {
+    let service = start_mode("never-read").await;
+    let mut silent = service.connect().await;
+    assert_eq!(read_line(&mut silent).await, "calls 0\n");
+    silent.write_all(b"nobody reads this").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_time() - before;
+    assert!(spent < Duration::from_millis(200), "host used {spent:?} of CPU in 1 s for an idle connection");
+
+    // One call for the one burst of bytes, not one per loop turn.
+    let mut probe = service.connect().await;
+    assert_eq!(read_line(&mut probe).await, "calls 1\n");
+
+    // New bytes do fire the callback again.
+    silent.write_all(b"more").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut probe = service.connect().await;
+    assert_eq!(read_line(&mut probe).await, "calls 2\n");
+    service.stop().await;
+}

@@ -1,0 +1,40 @@
+//! A guest that traps must not take the host down.
+
+use std::time::Duration;
+
+use portcullis_tests::*;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_trap_the_next_connection_is_still_served() {
+    let service = start_mode("trap").await;
+
+    let mut first = service.connect().await;
+    assert_eq!(round_trip(&mut first, b"hello").await, b"hello");
+
+    let mut trapper = service.connect().await;
+    trapper.write_all(b"please trap").await.unwrap();
+    // The trapping connection is closed by the host...
+    assert_eq!(read_to_end(&mut trapper).await, b"");
+    // ...and so is every connection of the instance that trapped: its state is gone.
+    assert_eq!(read_to_end(&mut first).await, b"");
+
+    // A fresh instance serves the next connection.
+    let mut next = service.connect().await;
+    assert_eq!(round_trip(&mut next, b"still here").await, b"still here");
+    assert_eq!(service.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_traps_never_stop_the_service() {
+    let service = start_mode("trap").await;
+    for round in 0..5 {
+        let mut trapper = service.connect().await;
+        trapper.write_all(b"trap").await.unwrap();
+        assert_eq!(read_to_end(&mut trapper).await, b"", "round {round}");
+    }
+    let mut next = service.connect().await;
+    assert_eq!(round_trip(&mut next, b"alive").await, b"alive");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(service.stop().await, 0);
+}

@@ -1,0 +1,134 @@
+//! Helpers shared by the integration tests: where the built guests are, one
+//! runtime per test binary, and starting a service on `127.0.0.1:0`.
+//!
+//! Guests are built by `cargo xtask build` (which `cargo xtask test` runs first).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use portcullis::Runtime;
+use portcullis::server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The component built from guest crate `name` (an example or a test guest).
+pub fn guest(name: &str) -> PathBuf {
+    let path = root().join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
+    path
+}
+
+/// The `portcullis` binary built by `cargo xtask build`.
+pub fn portcullis_bin() -> PathBuf {
+    let path = root().join("target/release/portcullis");
+    assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
+    path
+}
+
+/// One runtime (engine + compile cache) per test binary.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new()
+            .expect("engine")
+            .with_cache_dir(Some(root().join("target/portcullis-test-cache")))
+    })
+}
+
+/// A service running in this process on an ephemeral loopback port.
+pub struct TestService {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<i32>>,
+}
+
+/// Starts guest `name` with `env`, listening on 127.0.0.1:0.
+pub async fn start(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> TestService {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let loaded = runtime().load(&guest(name), env).expect("load guest");
+    let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
+    let addr = listeners[0].local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::serve(loaded, listeners, read_timeout, shutdown.clone()));
+    TestService { addr, shutdown, task }
+}
+
+/// Starts a scenario of the `scenarios` guest (its `MODE`).
+pub async fn start_mode(mode: &str) -> TestService {
+    start("scenarios", &[("MODE", mode)], Duration::from_secs(30)).await
+}
+
+impl TestService {
+    pub async fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).await.expect("connect to the service");
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+
+    /// Stops gracefully and returns the exit code; fails if it takes too long.
+    pub async fn stop(self) -> i32 {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("service did not stop within 10 s")
+            .expect("service task panicked")
+            .expect("service failed")
+    }
+}
+
+/// Reads until `want` bytes came, end of stream, or 5 s passed.
+pub async fn read_n(stream: &mut TcpStream, want: usize) -> Vec<u8> {
+    let mut out = vec![0; want];
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got < want {
+        match tokio::time::timeout_at(deadline, stream.read(&mut out[got..])).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => got += n,
+            Ok(Err(_)) => break,
+        }
+    }
+    out.truncate(got);
+    out
+}
+
+/// Reads one line (through `\n`), or what came before end of stream / 5 s.
+pub async fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Reads everything until end of stream (bounded by 5 s).
+pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    out
+}
+
+/// Writes `data` then reads exactly as many bytes back.
+pub async fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    stream.write_all(data).await.expect("write");
+    read_n(stream, data.len()).await
+}

@@ -1,0 +1,123 @@
+//! The listener-side scenarios of Ballerina's socket test suite, against the real
+//! host and the `scenarios` guest, over loopback.
+
+use std::time::{Duration, Instant};
+
+use portcullis_tests::*;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_echo_returns_the_bytes_exactly() {
+    let service = start_mode("echo").await;
+    let mut client = service.connect().await;
+    assert_eq!(round_trip(&mut client, b"Hello Ballerina\n").await, b"Hello Ballerina\n");
+    // End of stream: the service closes, the client sees end of stream.
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, b"");
+    assert_eq!(service.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_reads_gather_exact_lengths() {
+    let service = start_mode("partial").await;
+    let mut client = service.connect().await;
+    for part in ["Hello", "from", "client"] {
+        client.write_all(part.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reply = read_n(&mut client, "Hello Client 15".len()).await;
+    assert_eq!(String::from_utf8_lossy(&reply), "Hello Client 15");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_read_waits_for_all_eighteen_bytes() {
+    let service = start_mode("blocking").await;
+    let mut client = service.connect().await;
+    client.write_all(b"ThisIs").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    client.write_all(b"BlockingRead").await.unwrap();
+    assert_eq!(read_n(&mut client, 18).await, b"ThisIsBlockingRead");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_receives_the_error_on_read_ready_returned() {
+    let service = start_mode("read-error").await;
+    let mut client = service.connect().await;
+    client.write_all(b"anything").await.unwrap();
+    assert_eq!(read_line(&mut client).await, "on_error: Error while on read\n");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_receives_the_error_on_connect_returned() {
+    let service = start_mode("connect-error").await;
+    let mut client = service.connect().await;
+    assert_eq!(read_line(&mut client).await, "on_error: Error while on connect\n");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_listener_on_the_same_port_fails() {
+    let first = portcullis::server::bind_all(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+    let taken = first[0].local_addr().unwrap();
+    let err = portcullis::server::bind_all(&[taken]).unwrap_err();
+    assert_eq!(err.to_string(), "unable to start the socket service: Address already in use");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_joins_are_counted_in_shared_state() {
+    let service = start_mode("join-count").await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(service.connect().await);
+    }
+    // Each answer is sent after all five connected (the first message goes out
+    // only now), so every one of them sees all five joins.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for client in &mut clients {
+        client.write_all(b"Hello Ballerina\n").await.unwrap();
+        assert_eq!(read_line(client).await, "joins 5\n");
+    }
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_times_out_with_read_timed_out() {
+    let timeout = Duration::from_millis(400);
+    let service = start("scenarios", &[("MODE", "blocking")], timeout).await;
+    let mut client = service.connect().await;
+    let started = Instant::now();
+    client.write_all(b"fifteen bytes!!").await.unwrap(); // 15 of the 18 it waits for
+    let reply = read_to_end(&mut client).await;
+    assert_eq!(String::from_utf8_lossy(&reply), "error: ReadTimedOut: read timed out");
+    assert!(started.elapsed() >= timeout, "the read gave up before its time-out");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_close_fires_once_and_kept_handles_outlive_their_callback() {
+    let service = start_mode("close-log").await;
+    let mut watcher = service.connect().await;
+    let leaver = service.connect().await;
+    // Let both on-connects run, then find out the leaver's id by its absence:
+    // the watcher learns of it only through on-close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(leaver);
+    let line = read_line(&mut watcher).await;
+    assert!(line.starts_with("closed ") && line.ends_with('\n'), "got {line:?}");
+    // Exactly once: nothing more arrives.
+    let more = tokio::time::timeout(Duration::from_millis(500), read_line(&mut watcher)).await;
+    assert!(matches!(more, Err(_)) || more.as_deref() == Ok(""), "on-close fired again: {more:?}");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_closes_open_connections_and_returns() {
+    let service = start_mode("echo").await;
+    let mut client = service.connect().await;
+    assert_eq!(round_trip(&mut client, b"before stop").await, b"before stop");
+    assert_eq!(service.stop().await, 0);
+    assert_eq!(read_to_end(&mut client).await, b"", "the connection is closed at stop");
+}
