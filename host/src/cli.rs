@@ -97,6 +97,10 @@ async fn run(args: RunArgs) -> Result<i32> {
         loaded.require_callbacks()?;
     }
     let listeners = server::bind_all(&args.listen)?;
+    // Signal handlers go in before `listening on` is printed: whoever waits for
+    // that line may send SIGTERM at once.
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone())?;
     for listener in &listeners {
         let addr = listener.local_addr().context("reading the bound address")?;
         println!("listening on {addr}");
@@ -104,23 +108,22 @@ async fn run(args: RunArgs) -> Result<i32> {
     use std::io::Write;
     std::io::stdout().flush().ok();
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     server::serve(loaded, listeners, Duration::from_millis(args.read_timeout_ms.max(1)), shutdown).await
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGINT or SIGTERM. The handlers are installed before
+/// this returns.
+fn stop_on_signal(shutdown: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("cannot listen for signals; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("stopping: no new connections, letting callbacks finish");
-    shutdown.cancel();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: no new connections, letting callbacks finish");
+        shutdown.cancel();
+    });
+    Ok(())
 }
-

@@ -1,0 +1,183 @@
+//! The `portcullis` command line: what an operator sees, errors first.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{guest, portcullis_bin, root};
+
+fn portcullis(args: &[&str], cache: &Path) -> Output {
+    Command::new(portcullis_bin())
+        .args(args)
+        .env("PORTCULLIS_CACHE_DIR", cache)
+        .output()
+        .expect("run portcullis")
+}
+
+fn test_cache() -> PathBuf {
+    root().join("target/portcullis-test-cache")
+}
+
+/// A scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = root().join("target/cli-test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a failed run: exit code 1 and exactly one line on stderr with `needle`.
+fn assert_fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one clear line, got: {stderr}");
+}
+
+#[test]
+fn a_missing_file_is_one_clear_error() {
+    let out = portcullis(&["run", "/nonexistent/service.wasm", "--listen", "127.0.0.1:0"], &test_cache());
+    assert_fails_with(&out, "cannot read /nonexistent/service.wasm");
+}
+
+#[test]
+fn a_file_that_is_not_wasm_is_rejected() {
+    let dir = scratch("not-wasm");
+    let file = dir.join("notes.wasm");
+    std::fs::write(&file, "just text").unwrap();
+    let out = portcullis(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"], &test_cache());
+    assert_fails_with(&out, "is not a WebAssembly file");
+}
+
+#[test]
+fn a_core_module_is_not_a_component() {
+    let dir = scratch("core-module");
+    let file = dir.join("core.wasm");
+    std::fs::write(&file, wat::parse_str("(module)").unwrap()).unwrap();
+    let out = portcullis(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"], &test_cache());
+    assert_fails_with(&out, "is a core WebAssembly module, not a component");
+}
+
+#[test]
+fn a_component_needing_an_unknown_import_names_it() {
+    let dir = scratch("unknown-import");
+    let file = dir.join("wants-more.wasm");
+    let component = wat::parse_str(r#"(component (import "acme:db/query" (instance (export "run" (func)))))"#).unwrap();
+    std::fs::write(&file, component).unwrap();
+    let out = portcullis(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"], &dir);
+    assert_fails_with(&out, "acme:db/query");
+}
+
+#[test]
+fn a_component_without_callbacks_cannot_serve() {
+    let dir = scratch("no-callbacks");
+    let file = dir.join("empty.wasm");
+    std::fs::write(&file, wat::parse_str("(component)").unwrap()).unwrap();
+    let out = portcullis(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"], &dir);
+    assert_fails_with(&out, "does not export portcullis:socket/callbacks@0.1.0");
+}
+
+#[test]
+fn a_program_cannot_take_listeners_without_callbacks() {
+    let clients = guest("clients");
+    let out = portcullis(&["run", clients.to_str().unwrap(), "--listen", "127.0.0.1:0"], &test_cache());
+    assert_fails_with(&out, "does not export portcullis:socket/callbacks@0.1.0");
+}
+
+#[test]
+fn a_service_needs_a_listener() {
+    let echo = guest("echo");
+    let out = portcullis(&["run", echo.to_str().unwrap()], &test_cache());
+    assert_fails_with(&out, "is a service: give it at least one --listen ADDR:PORT");
+}
+
+#[test]
+fn a_port_in_use_is_reported_as_ballerina_does() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let echo = guest("echo");
+    let out = portcullis(&["run", echo.to_str().unwrap(), "--listen", &addr], &test_cache());
+    assert_fails_with(&out, "unable to start the socket service: Address already in use");
+}
+
+/// A running `portcullis run echo.wasm --listen 127.0.0.1:0` and the address it printed.
+struct Running {
+    child: Child,
+    addr: String,
+    stderr_log: PathBuf,
+}
+
+fn serve_echo(cache: &Path, log_level: &str) -> Running {
+    let stderr_log = cache.join(format!("stderr-{}.log", std::process::id()));
+    let mut child = Command::new(portcullis_bin())
+        .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("PORTCULLIS_CACHE_DIR", cache)
+        .env("RUST_LOG", log_level)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.strip_prefix("listening on ").expect("first line is `listening on ADDR`").trim().to_string();
+    Running { child, addr, stderr_log }
+}
+
+impl Running {
+    /// SIGTERM, then wait (at most 10 s) for the exit code.
+    fn terminate(mut self) -> (i32, String) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
+                return (status.code().unwrap_or(-1), log);
+            }
+            assert!(Instant::now() < deadline, "portcullis did not stop within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn port_zero_prints_the_real_port_and_sigterm_stops_gracefully() {
+    let dir = scratch("sigterm");
+    let running = serve_echo(&dir, "portcullis=debug");
+    assert!(!running.addr.ends_with(":0"), "printed {}", running.addr);
+
+    let mut client = TcpStream::connect(&running.addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.write_all(b"Hello Ballerina\n").unwrap();
+    let mut echoed = [0u8; 16];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"Hello Ballerina\n");
+
+    let (code, log) = running.terminate();
+    assert_eq!(code, 0, "log: {log}");
+    // The open connection was closed (on-close ran) before the exit.
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(log.contains("connection open"), "debug log has the open line: {log}");
+    assert!(log.contains("connection closed"), "debug log has the close line: {log}");
+}
+
+#[test]
+fn the_second_start_loads_the_compiled_component_from_the_cache() {
+    let dir = scratch("cache");
+    let (code, _) = serve_echo(&dir, "portcullis=debug").terminate();
+    assert_eq!(code, 0);
+    let cached: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(cached.len(), 1, "one compiled component in the cache");
+
+    let (code, log) = serve_echo(&dir, "portcullis=debug").terminate();
+    assert_eq!(code, 0);
+    assert!(log.contains("component loaded from cache"), "log: {log}");
+}
