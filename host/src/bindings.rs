@@ -14,4 +14,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use portcullis::socket::{tcp, types};
+pub use self::portcullis::socket::{tcp, types};
