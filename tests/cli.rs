@@ -181,3 +181,39 @@ fn the_second_start_loads_the_compiled_component_from_the_cache() {
     assert_eq!(code, 0);
     assert!(log.contains("component loaded from cache"), "log: {log}");
 }
+
+#[test]
+fn a_program_declares_its_own_listener_and_ends_when_it_stops() {
+    let mut child = Command::new(portcullis_bin())
+        .args(["run", guest("listener-program").to_str().unwrap()])
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.strip_prefix("guest listening on ").expect("the guest prints its address").trim().to_string();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "second listener: unable to start the socket service: Address already in use\n");
+
+    let mut client = TcpStream::connect(&addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.write_all(b"guest-made listener").unwrap();
+    let mut echoed = [0u8; 19];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"guest-made listener");
+    drop(client);
+
+    // on-close stops the listener; with main done and nothing listening, the program ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the program did not end after its listener stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+}

@@ -209,6 +209,10 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Connect to `host:port` with Ballerina's defaults: a 300 s read time-out,
     /// a 30 s connect time-out, no callbacks.
+    ///
+    /// ```
+    /// let config = portcullis_sdk::ClientConfig::new("db.internal", 5432);
+    /// ```
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         ClientConfig {
             host: host.into(),
@@ -220,12 +224,22 @@ impl ClientConfig {
     }
 
     /// Time-out of every read on this connection.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = portcullis_sdk::ClientConfig::new("127.0.0.1", 7000).read_timeout(Duration::from_secs(5));
+    /// ```
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
         self
     }
 
     /// Time-out of the connect itself.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = portcullis_sdk::ClientConfig::new("127.0.0.1", 7000).connect_timeout(Duration::from_secs(2));
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -235,6 +249,10 @@ impl ClientConfig {
     /// (`on_connect`, `on_read_ready`, `on_close`) for this connection.
     ///
     /// [`Service`]: crate::Service
+    ///
+    /// ```
+    /// let config = portcullis_sdk::ClientConfig::new("127.0.0.1", 7000).callback(true);
+    /// ```
     pub fn callback(mut self, callback: bool) -> Self {
         self.callback = callback;
         self
@@ -258,11 +276,24 @@ impl Client {
     /// Connects to `host:port` with the default [`ClientConfig`]. The host
     /// resolves names. A refused connect fails with
     /// `unable to start the client socket: Connection refused`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), portcullis_sdk::Error> {
+    /// let conn = portcullis_sdk::Client::connect("127.0.0.1", 7000).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(host: &str, port: u16) -> Result<Connection, Error> {
         Client::connect_with(ClientConfig::new(host, port)).await
     }
 
     /// Connects as `config` says.
+    ///
+    /// ```no_run
+    /// use portcullis_sdk::{Client, ClientConfig};
+    /// # async fn f() -> Result<(), portcullis_sdk::Error> {
+    /// let conn = Client::connect_with(ClientConfig::new("127.0.0.1", 7000).callback(true)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_with(config: ClientConfig) -> Result<Connection, Error> {
         let wit_config = types::ClientConfig {
             host: config.host,
@@ -298,17 +329,36 @@ pub struct Listener {
 
 impl Listener {
     /// A listener on `port` (0 picks a free port) on all interfaces.
+    ///
+    /// ```no_run
+    /// # fn f() -> portcullis_sdk::Listener {
+    /// let listener = portcullis_sdk::Listener::new(0);
+    /// # listener }
+    /// ```
     pub fn new(port: u16) -> Self {
         Listener { port, interface: None, read_timeout: Duration::from_millis(300_000), handle: Default::default() }
     }
 
     /// Binds only `address` (honoured, unlike Ballerina 1.2).
+    ///
+    /// ```no_run
+    /// # fn f() -> portcullis_sdk::Listener {
+    /// let listener = portcullis_sdk::Listener::new(7000).interface("127.0.0.1");
+    /// # listener }
+    /// ```
     pub fn interface(mut self, address: impl Into<String>) -> Self {
         self.interface = Some(address.into());
         self
     }
 
     /// Time-out of every read on accepted connections.
+    ///
+    /// ```no_run
+    /// # fn f() -> portcullis_sdk::Listener {
+    /// # use std::time::Duration;
+    /// let listener = portcullis_sdk::Listener::new(7000).read_timeout(Duration::from_secs(10));
+    /// # listener }
+    /// ```
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
         self
@@ -328,21 +378,47 @@ impl Listener {
 
     /// Binds and starts accepting. A port in use fails with
     /// `unable to start the socket service: Address already in use`.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), portcullis_sdk::Error> {
+    /// portcullis_sdk::Listener::new(7000).start()?;
+    /// # Ok(()) }
+    /// ```
     pub fn start(&self) -> Result<(), Error> {
         self.handle().start().map_err(Error::from)
     }
 
     /// The bound address (the real port when 0 was asked).
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), portcullis_sdk::Error> {
+    /// let listener = portcullis_sdk::Listener::new(0);
+    /// listener.start()?;
+    /// println!("port {}", listener.local_addr()?.port());
+    /// # Ok(()) }
+    /// ```
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
         self.handle().local_address().map(to_socket_addr).map_err(Error::from)
     }
 
     /// Stops accepting; open connections run until they end.
+    ///
+    /// ```no_run
+    /// # fn f(listener: &portcullis_sdk::Listener) -> Result<(), portcullis_sdk::Error> {
+    /// listener.graceful_stop()?;
+    /// # Ok(()) }
+    /// ```
     pub fn graceful_stop(&self) -> Result<(), Error> {
         self.handle().graceful_stop().map_err(Error::from)
     }
 
     /// Stops accepting and closes every connection it accepted.
+    ///
+    /// ```no_run
+    /// # fn f(listener: &portcullis_sdk::Listener) -> Result<(), portcullis_sdk::Error> {
+    /// listener.immediate_stop()?;
+    /// # Ok(()) }
+    /// ```
     pub fn immediate_stop(&self) -> Result<(), Error> {
         self.handle().immediate_stop().map_err(Error::from)
     }

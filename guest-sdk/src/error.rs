@@ -43,26 +43,53 @@ pub struct Error {
 
 impl Error {
     /// A generic error with `message`.
+    ///
+    /// ```
+    /// let err = portcullis_sdk::Error::new("Error while on read");
+    /// assert_eq!(err.message(), "Error while on read");
+    /// ```
     pub fn new(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::Generic, message: message.into(), cause: None }
     }
 
     /// What kind of failure this is.
+    ///
+    /// ```
+    /// use portcullis_sdk::{Error, ErrorKind};
+    /// assert_eq!(Error::new("x").kind(), ErrorKind::Generic);
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
     /// The message, e.g. `read timed out`.
+    ///
+    /// ```
+    /// assert_eq!(portcullis_sdk::Error::new("boom").message(), "boom");
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
 
     /// The underlying reason, if any (e.g. the OS error text).
+    ///
+    /// ```
+    /// assert_eq!(portcullis_sdk::Error::new("boom").cause(), None);
+    /// ```
     pub fn cause(&self) -> Option<&str> {
         self.cause.as_deref()
     }
 
     /// True for a read that timed out.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &portcullis_sdk::Connection) {
+    /// match conn.read_exact(18).await {
+    ///     Err(e) if e.is_timeout() => println!("peer too slow"),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # }
+    /// ```
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::ReadTimedOut
     }

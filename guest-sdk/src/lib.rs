@@ -29,6 +29,8 @@
 //! (an async `main`), [`Connection`] (one TCP connection), [`Client`] (open one),
 //! [`Listener`] (listen from the guest), [`Error`] and [`ErrorKind`].
 
+#![warn(missing_docs)]
+
 mod connection;
 mod error;
 mod program;
@@ -40,20 +42,33 @@ pub use service::Service;
 
 /// The generated bindings. Not part of the API: use the types above.
 ///
-/// One module per world; the program world reuses the service world's import
-/// types (`with`), so `Connection` is one type whichever macro exports. A
-/// program with callbacks invokes both export macros (world
-/// `program-with-callbacks` is their union).
+/// The imports are generated once, here, for world `imports` (so their type
+/// information is linked into every guest that uses them, export macro or not);
+/// each exporting world has its own module that reuses them (`with`), so
+/// `Connection` is one type whichever macro exports. A program with callbacks
+/// invokes both export macros (world `program-with-callbacks` is their union).
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "service",
-        pub_export_macro: true,
-        export_macro_name: "__export_service",
-        default_bindings_module: "portcullis_sdk::__bindings",
+        world: "imports",
         generate_all,
     });
+
+    pub mod service {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "service",
+            pub_export_macro: true,
+            export_macro_name: "__export_service",
+            default_bindings_module: "portcullis_sdk::__bindings::service",
+            with: {
+                "portcullis:socket/types@0.1.0": crate::__bindings::portcullis::socket::types,
+                "portcullis:socket/tcp@0.1.0": crate::__bindings::portcullis::socket::tcp,
+            },
+        });
+    }
 
     pub mod program {
         wit_bindgen::generate!({
@@ -71,6 +86,7 @@ pub mod __bindings {
 }
 
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod __private {
     pub use crate::program::report;
     pub use crate::service::Dispatch;
@@ -101,7 +117,7 @@ pub mod __private {
 macro_rules! export_service {
     ($service:ty) => {
         type __PortcullisCallbacks = $crate::__private::Dispatch<$service>;
-        $crate::__bindings::__export_service!(__PortcullisCallbacks with_types_in $crate::__bindings);
+        $crate::__bindings::service::__export_service!(__PortcullisCallbacks with_types_in $crate::__bindings::service);
     };
 }
 
@@ -117,13 +133,13 @@ macro_rules! export_service {
 /// ```no_run
 /// use portcullis_sdk::{Client, Error, export_program};
 ///
-/// async fn main() -> Result<(), Error> {
+/// async fn run() -> Result<(), Error> {
 ///     let conn = Client::connect("127.0.0.1", 7000).await?;
 ///     conn.write_all(b"Hello Ballerina").await?;
 ///     conn.close()
 /// }
 ///
-/// export_program!(main);
+/// export_program!(run);
 /// ```
 #[macro_export]
 macro_rules! export_program {

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::cell::OnceCell;
 use std::marker::PhantomData;
 
-use crate::__bindings::exports::portcullis::socket::callbacks::Guest;
+use crate::__bindings::service::exports::portcullis::socket::callbacks::Guest;
 use crate::__bindings::portcullis::socket::{tcp, types};
 use crate::{Connection, Error};
 
@@ -46,7 +46,15 @@ use crate::{Connection, Error};
 /// ```
 #[allow(async_fn_in_trait)] // callbacks run on the component's single thread
 pub trait Service: Default + 'static {
-    /// A connection was accepted (or a callback client connected).
+    /// A connection was accepted (or a callback client connected). Returning an
+    /// error sends it to `on_error`.
+    ///
+    /// ```no_run
+    /// # use portcullis_sdk::{Connection, Error};
+    /// # async fn on_connect(conn: &Connection) -> Result<(), Error> {
+    /// conn.write_all(b"welcome\n").await?;
+    /// # Ok(()) }
+    /// ```
     async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
         let _ = conn;
         Ok(())
@@ -54,16 +62,41 @@ pub trait Service: Default + 'static {
 
     /// Bytes or end of stream wait on `conn`; read them. Returning without
     /// reading is allowed: the host then waits for more bytes before calling again.
+    ///
+    /// ```no_run
+    /// # use portcullis_sdk::{Connection, Error};
+    /// # async fn on_read_ready(conn: &Connection) -> Result<(), Error> {
+    /// let data = conn.read().await?;
+    /// if data.is_empty() {
+    ///     return conn.close(); // the peer ended the stream
+    /// }
+    /// conn.write_all(&data).await?;
+    /// # Ok(()) }
+    /// ```
     async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error>;
 
     /// `on_connect` or `on_read_ready` returned `err`. By default it is printed
     /// to stderr.
+    ///
+    /// ```no_run
+    /// # use portcullis_sdk::{Connection, Error};
+    /// # async fn on_error(conn: &Connection, err: Error) {
+    /// let _ = conn.write_all(format!("error: {err}\n").as_bytes()).await;
+    /// # }
+    /// ```
     async fn on_error(&self, conn: &Connection, err: Error) {
         eprintln!("connection {}: {err}", conn.id());
     }
 
     /// The connection ended (end of stream, close, reset or stop); called
     /// exactly once per connection.
+    ///
+    /// ```no_run
+    /// # use portcullis_sdk::Connection;
+    /// # async fn on_close(conn: &Connection) {
+    /// println!("connection {} closed", conn.id());
+    /// # }
+    /// ```
     async fn on_close(&self, conn: &Connection) {
         let _ = conn;
     }

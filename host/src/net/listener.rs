@@ -68,7 +68,15 @@ enum ListenerState {
     /// Created, not started.
     New,
     /// Accepting on its own task until `stop` is cancelled.
-    Listening { local: SocketAddr, stop: CancellationToken, accepted: Arc<std::sync::Mutex<Vec<TcpConn>>> },
+    Listening {
+        local: SocketAddr,
+        stop: CancellationToken,
+        accepted: Arc<std::sync::Mutex<Vec<TcpConn>>>,
+        /// The store's count of accepting listeners, decremented at stop (not
+        /// when the accept task notices), so a program ends right after its
+        /// last listener stops.
+        active: Arc<AtomicUsize>,
+    },
     /// Stopped; cannot be started again.
     Stopped,
 }
@@ -108,17 +116,13 @@ impl GuestListener {
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
         let (read_timeout, task_stop) = (self.read_timeout, stop.clone());
-        tokio::spawn(async move {
-            accept_loop(listener, read_timeout, sink, task_stop, move |conn| {
-                let mut list = remember.lock().unwrap();
-                list.retain(|c| !c.is_closed());
-                list.push(conn.clone());
-            })
-            .await;
-            active.fetch_sub(1, Ordering::SeqCst);
-        });
+        tokio::spawn(accept_loop(listener, read_timeout, sink, task_stop, move |conn| {
+            let mut list = remember.lock().unwrap();
+            list.retain(|c| !c.is_closed());
+            list.push(conn.clone());
+        }));
         tracing::info!(%local, "guest listener started");
-        self.state = ListenerState::Listening { local, stop, accepted };
+        self.state = ListenerState::Listening { local, stop, accepted, active };
         Ok(())
     }
 
@@ -131,8 +135,9 @@ impl GuestListener {
 
     /// Stops accepting; with `close_connections`, also closes what it accepted.
     pub fn stop(&mut self, close_connections: bool) {
-        if let ListenerState::Listening { stop, accepted, .. } = &self.state {
+        if let ListenerState::Listening { stop, accepted, active, .. } = &self.state {
             stop.cancel();
+            active.fetch_sub(1, Ordering::SeqCst);
             if close_connections {
                 for conn in accepted.lock().unwrap().drain(..) {
                     conn.close();
