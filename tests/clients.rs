@@ -8,20 +8,13 @@ use portcullis_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Runs `portcullis run <guest> --env MODE=<mode> --env TARGET=<target>`.
-async fn run_program(guest_name: &str, mode: &str, target: &str) -> Output {
-    let child = tokio::process::Command::new(portcullis_bin())
-        .arg("run")
-        .arg(guest(guest_name))
-        .args(["--env", &format!("MODE={mode}"), "--env", &format!("TARGET={target}")])
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(30), child).await.expect("program did not finish in 30 s").unwrap()
+/// Runs the `guest_name` program with `MODE` and `TARGET` set.
+async fn run_mode(guest_name: &str, mode: &str, target: &str) -> Output {
+    run_program(guest_name, &[("MODE", mode), ("TARGET", target)]).await
 }
 
 fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(out)
 }
 
 /// A one-connection server that records everything it receives until end of
@@ -52,7 +45,7 @@ async fn recording_server(echo: bool) -> (String, tokio::task::JoinHandle<Vec<u8
 #[tokio::test]
 async fn client_one_way_write_reaches_the_server() {
     let (addr, server) = recording_server(false).await;
-    let out = run_program("clients", "one-way", &addr).await;
+    let out = run_mode("clients", "one-way", &addr).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "wrote 15\n");
     assert_eq!(server.await.unwrap(), b"Hello Ballerina");
@@ -61,7 +54,7 @@ async fn client_one_way_write_reaches_the_server() {
 #[tokio::test]
 async fn write_after_shutdown_write_fails_and_the_server_gets_only_the_first() {
     let (addr, server) = recording_server(false).await;
-    let out = run_program("clients", "shutdown-write", &addr).await;
+    let out = run_mode("clients", "shutdown-write", &addr).await;
     assert_eq!(stdout(&out), "second write: client socket close already.\n");
     assert_eq!(server.await.unwrap(), b"Hello Ballerina1");
 }
@@ -69,14 +62,14 @@ async fn write_after_shutdown_write_fails_and_the_server_gets_only_the_first() {
 #[tokio::test]
 async fn client_echo_reads_the_echo() {
     let (addr, _server) = recording_server(true).await;
-    let out = run_program("clients", "echo", &addr).await;
+    let out = run_mode("clients", "echo", &addr).await;
     assert_eq!(stdout(&out), "read: Hello Ballerina Echo\n");
 }
 
 #[tokio::test]
 async fn read_of_zero_bytes_is_an_error() {
     let (addr, _server) = recording_server(false).await;
-    let out = run_program("clients", "invalid-read", &addr).await;
+    let out = run_mode("clients", "invalid-read", &addr).await;
     assert_eq!(stdout(&out), "read(0): requested byte length need to be 1 or more\n");
 }
 
@@ -84,7 +77,7 @@ async fn read_of_zero_bytes_is_an_error() {
 async fn connect_to_a_closed_port_is_refused() {
     // Bind then drop: the port is free and nothing listens on it.
     let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
-    let out = run_program("clients", "connect", &addr).await;
+    let out = run_mode("clients", "connect", &addr).await;
     let text = stdout(&out);
     assert!(
         text.starts_with("error: Generic: unable to start the client socket: Connection refused"),
@@ -95,7 +88,7 @@ async fn connect_to_a_closed_port_is_refused() {
 #[tokio::test]
 async fn std_net_inside_a_guest_has_no_network() {
     let (addr, _server) = recording_server(false).await;
-    let out = run_program("clients", "std-net", &addr).await;
+    let out = run_mode("clients", "std-net", &addr).await;
     let text = stdout(&out);
     assert!(text.starts_with("std::net refused:"), "the guest reached the network itself: {text:?}");
 }
@@ -103,7 +96,7 @@ async fn std_net_inside_a_guest_has_no_network() {
 #[tokio::test]
 async fn a_failing_main_exits_with_one() {
     let (addr, _server) = recording_server(false).await;
-    let out = run_program("clients", "fail", &addr).await;
+    let out = run_mode("clients", "fail", &addr).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: main failed on purpose"));
 }
@@ -111,7 +104,7 @@ async fn a_failing_main_exits_with_one() {
 #[tokio::test]
 async fn client_callback_service_reads_the_echo() {
     let (addr, server) = recording_server(true).await;
-    let out = run_program("client-callback", "", &addr).await;
+    let out = run_mode("client-callback", "", &addr).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "received: Hello Ballerina\n");
     // The callback closed the connection, which ended the program.

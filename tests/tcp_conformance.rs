@@ -121,3 +121,19 @@ async fn graceful_stop_closes_open_connections_and_returns() {
     assert_eq!(service.stop().await, 0);
     assert_eq!(read_to_end(&mut client).await, b"", "the connection is closed at stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_bounds_a_callback_stuck_in_read() {
+    // The callback waits in read(18) with a 60 s time-out; the stop must not.
+    let service = start("scenarios", &[("MODE", "blocking")], Duration::from_secs(60)).await;
+    let mut client = service.connect().await;
+    client.write_all(b"only six").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    assert_eq!(service.stop().await, 0);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "stop took {took:?}, more than its 5 s grace and a margin");
+    // The stuck read was ended by closing its connection.
+    let rest = read_to_end(&mut client).await;
+    assert!(!String::from_utf8_lossy(&rest).contains("BlockingRead"));
+}

@@ -27,7 +27,8 @@
 //!
 //! The map: [`Service`] and [`export_service!`] (callbacks), [`export_program!`]
 //! (an async `main`), [`Connection`] (one TCP connection), [`Client`] (open one),
-//! [`Listener`] (listen from the guest), [`Error`] and [`ErrorKind`].
+//! [`Listener`] (listen from the guest), [`UdpClient`] (datagrams), [`Error`] and
+//! [`ErrorKind`].
 
 #![warn(missing_docs)]
 
@@ -35,10 +36,12 @@ mod connection;
 mod error;
 mod program;
 mod service;
+mod udp;
 
 pub use connection::{Client, ClientConfig, Connection, Listener};
 pub use error::{Error, ErrorKind};
 pub use service::Service;
+pub use udp::{ToAddress, UdpClient, UdpConfig};
 
 /// The generated bindings. Not part of the API: use the types above.
 ///
@@ -66,6 +69,7 @@ pub mod __bindings {
             with: {
                 "portcullis:socket/types@0.1.0": crate::__bindings::portcullis::socket::types,
                 "portcullis:socket/tcp@0.1.0": crate::__bindings::portcullis::socket::tcp,
+                "portcullis:socket/udp@0.1.0": crate::__bindings::portcullis::socket::udp,
             },
         });
     }
@@ -80,6 +84,7 @@ pub mod __bindings {
             with: {
                 "portcullis:socket/types@0.1.0": crate::__bindings::portcullis::socket::types,
                 "portcullis:socket/tcp@0.1.0": crate::__bindings::portcullis::socket::tcp,
+                "portcullis:socket/udp@0.1.0": crate::__bindings::portcullis::socket::udp,
             },
         });
     }

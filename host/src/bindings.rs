@@ -11,7 +11,8 @@ wasmtime::component::bindgen!({
     with: {
         "portcullis:socket/tcp.connection": crate::net::Connection,
         "portcullis:socket/tcp.listener": crate::net::GuestListener,
+        "portcullis:socket/udp.udp-client": crate::net::UdpClient,
     },
 });
 
-pub use self::portcullis::socket::{tcp, types};
+pub use self::portcullis::socket::{tcp, types, udp};

@@ -132,3 +132,37 @@ pub async fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     stream.write_all(data).await.expect("write");
     read_n(stream, data.len()).await
 }
+
+/// Runs `portcullis run <guest> --env K=V ...` to completion (at most 30 s).
+pub async fn run_program(guest_name: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(portcullis_bin());
+    cmd.arg("run").arg(guest(guest_name));
+    for (k, v) in env {
+        cmd.args(["--env", &format!("{k}={v}")]);
+    }
+    let child = cmd
+        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), child).await.expect("program did not finish in 30 s").unwrap()
+}
+
+/// Starts `portcullis run <guest> --env K=V ...` with stdout piped, for tests
+/// that talk to a program while it runs.
+pub fn spawn_program(guest_name: &str, env: &[(&str, &str)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(portcullis_bin());
+    cmd.arg("run").arg(guest(guest_name));
+    for (k, v) in env {
+        cmd.args(["--env", &format!("{k}={v}")]);
+    }
+    cmd.env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start portcullis")
+}
+
+/// The program's stdout as text.
+pub fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -108,15 +108,15 @@ fn test(extra: &[String]) -> Result<()> {
     // Release: the tests share the optimised host build with demo and bench, and
     // compile guests with an optimised Cranelift.
     run(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra))?;
+    // The SDK's docs must build without warnings.
+    run(cargo()
+        .args(["doc", "--release", "--no-deps", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     // The SDK's doc examples compile for wasm32-wasip2, and the runnable ones run
     // as WASI commands under portcullis itself.
     let runner = format!("{} run", root().join("target/release/portcullis").display());
     run(cargo()
         .args(["test", "--release", "--doc", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
         .env("CARGO_TARGET_WASM32_WASIP2_RUNNER", runner)
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache")))?;
-    // The SDK's docs must build without warnings.
-    run(cargo()
-        .args(["doc", "--release", "--no-deps", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
-        .env("RUSTDOCFLAGS", "-D warnings"))
+        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache")))
 }

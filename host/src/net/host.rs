@@ -1,4 +1,4 @@
-//! The generated WIT host traits for `portcullis:socket/tcp`, implemented on the
+//! The generated WIT host traits for `portcullis:socket/{tcp,udp}`, implemented on the
 //! store's [`HostState`]: look the resource up, convert, delegate to `tcp` or
 //! `listener`. A handle the guest does not own is a trap (a broken guest), every
 //! socket failure is an `error` value (an ordinary outcome).
@@ -9,9 +9,11 @@ use std::time::Duration;
 use wasmtime::component::{Accessor, HasSelf, Resource};
 
 use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
-use super::{Connection, GuestListener, TcpConn};
+use super::resolve::resolve;
+use super::{Connection, GuestListener, TcpConn, UdpClient};
 use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener};
 use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
+use crate::bindings::udp::{HostUdpClient, HostUdpClientWithStore, UdpClientConfig};
 use crate::state::HostState;
 
 type Outcome<T> = wasmtime::Result<Result<T, types::Error>>;
@@ -56,6 +58,7 @@ fn conn_of(acc: &Accessor<HostState>, handle: &Resource<Connection>) -> wasmtime
 
 impl types::Host for HostState {}
 impl crate::bindings::tcp::Host for HostState {}
+impl crate::bindings::udp::Host for HostState {}
 
 impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
     async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> Outcome<Resource<Connection>> {
@@ -69,8 +72,8 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             )
             .into()));
         }
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((config.host.as_str(), config.port)).await {
-            Ok(addrs) => addrs.collect(),
+        let addrs = match resolve(&config.host, config.port).await {
+            Ok(addrs) => addrs,
             Err(e) => return Ok(Err(SocketError::from_io(CONNECT_FAILED, &e).into())),
         };
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
@@ -172,6 +175,63 @@ impl HostListener for HostState {
 
     fn drop(&mut self, this: Resource<GuestListener>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+fn udp_of(acc: &Accessor<HostState>, handle: &Resource<UdpClient>) -> wasmtime::Result<UdpClient> {
+    acc.with(|mut access| Ok(access.get().table.get(handle)?.clone()))
+}
+
+impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
+    async fn bind(
+        acc: &Accessor<HostState, Self>,
+        local: Option<Address>,
+        config: UdpClientConfig,
+    ) -> Outcome<Resource<UdpClient>> {
+        let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
+        let client = match UdpClient::bind(local.map(|a| (a.host, a.port)), read_timeout).await {
+            Ok(client) => client,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(Ok(acc.with(|mut access| access.get().table.push(client))?))
+    }
+
+    async fn send_to(
+        acc: &Accessor<HostState, Self>,
+        this: Resource<UdpClient>,
+        data: Vec<u8>,
+        address: Address,
+    ) -> Outcome<u32> {
+        let client = udp_of(acc, &this)?;
+        let Some(host) = address.host else {
+            return Ok(Err(SocketError::generic("send-to needs an address with a host").into()));
+        };
+        Ok(client.send_to(&data, &host, address.port).await.map_err(Into::into))
+    }
+
+    async fn receive_from(
+        acc: &Accessor<HostState, Self>,
+        this: Resource<UdpClient>,
+        length: Option<u32>,
+    ) -> Outcome<(Vec<u8>, Address)> {
+        let client = udp_of(acc, &this)?;
+        Ok(client.receive_from(length).await.map(|(data, from)| (data, to_address(from))).map_err(Into::into))
+    }
+}
+
+impl HostUdpClient for HostState {
+    fn close(&mut self, this: Resource<UdpClient>) -> Outcome<()> {
+        self.table.get(&this)?.close();
+        Ok(Ok(()))
+    }
+
+    fn local_address(&mut self, this: Resource<UdpClient>) -> Outcome<Address> {
+        Ok(self.table.get(&this)?.local_addr().map(to_address).map_err(Into::into))
+    }
+
+    fn drop(&mut self, this: Resource<UdpClient>) -> wasmtime::Result<()> {
+        self.table.delete(this)?.close();
         Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`tcp`]: one connection's state machine (read-ahead, reads, writes, close).
 //! - [`listener`]: binding listeners, for the operator's `--listen` and for guests.
+//! - [`udp`]: one UDP socket (datagrams kept whole, dual-stack by default).
+//! - [`resolve`]: host-side name resolution with a time-out.
 //! - [`host`]: the generated WIT traits, implemented by looking up the resource,
 //!   converting, and delegating to `tcp` / `listener`.
 //! - [`error`]: the errors a guest sees.
@@ -12,7 +14,9 @@
 pub mod error;
 pub mod host;
 pub mod listener;
+pub mod resolve;
 pub mod tcp;
+pub mod udp;
 
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use tokio::sync::mpsc;
 pub use error::SocketError;
 pub use listener::GuestListener;
 pub use tcp::TcpConn;
+pub use udp::UdpClient;
 
 /// Ballerina's default read time-out: 300000 ms.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(300_000);

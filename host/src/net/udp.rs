@@ -1,0 +1,179 @@
+//! A UDP socket on tokio: the state behind the WIT `udp-client`.
+//!
+//! One datagram per send and per receive (boundaries are kept). Without a local
+//! host the socket is dual-stack (`[::]`, IPv4 mapped), so one client can talk
+//! to IPv4 and IPv6 peers alike; addresses are reported unmapped.
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{INVALID_READ_LENGTH, SocketError};
+use super::resolve::resolve;
+
+/// The largest UDP payload over IPv4: 65535 − 8 (UDP header) − 20 (IP header).
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Message of any operation after `close`.
+pub const UDP_CLOSED: &str = "udp client is closed";
+
+/// The WIT `udp-client` resource. Cheap to clone (an `Arc`), so async host calls
+/// take it out of the resource table and await outside the store.
+#[derive(Clone)]
+pub struct UdpClient(Arc<Inner>);
+
+struct Inner {
+    socket: UdpSocket,
+    read_timeout: Duration,
+    closed: CancellationToken,
+    /// One receive buffer per client, kept (not allocated and zeroed per receive).
+    receive_buf: Mutex<Vec<u8>>,
+}
+
+impl UdpClient {
+    /// Binds `local`: `None` is an ephemeral port on all interfaces; a host of
+    /// `None` is all interfaces on that port.
+    pub async fn bind(local: Option<(Option<String>, u16)>, read_timeout: Duration) -> Result<Self, SocketError> {
+        let socket = match local {
+            Some((Some(host), port)) => {
+                let addr = resolve(&host, port).await.map_err(|e| SocketError::from_io("", &e))?[0];
+                UdpSocket::bind(addr).await
+            }
+            Some((None, port)) => bind_all_interfaces(port),
+            None => bind_all_interfaces(0),
+        }
+        .map_err(|e| SocketError::from_io("unable to bind the udp socket: ", &e))?;
+        Ok(UdpClient(Arc::new(Inner {
+            socket,
+            read_timeout,
+            closed: CancellationToken::new(),
+            receive_buf: Mutex::new(vec![0; 65_536]),
+        })))
+    }
+
+    fn check_open(&self) -> Result<(), SocketError> {
+        if self.0.closed.is_cancelled() {
+            return Err(SocketError::generic(UDP_CLOSED));
+        }
+        Ok(())
+    }
+
+    /// Sends `data` as one datagram to `host:port`. Returns the bytes sent.
+    pub async fn send_to(&self, data: &[u8], host: &str, port: u16) -> Result<u32, SocketError> {
+        self.check_open()?;
+        if data.len() > MAX_DATAGRAM {
+            return Err(SocketError::generic(format!(
+                "datagram too large: {} bytes (at most {MAX_DATAGRAM})",
+                data.len()
+            )));
+        }
+        let target = resolve(host, port).await.map_err(|e| SocketError::from_io("", &e))?[0];
+        let target = self.fit_family(target);
+        tokio::select! {
+            sent = self.0.socket.send_to(data, target) => Ok(sent.map_err(SocketError::from)? as u32),
+            _ = self.0.closed.cancelled() => Err(SocketError::generic(UDP_CLOSED)),
+        }
+    }
+
+    /// Receives one datagram (truncated to `length` when given) and its sender.
+    pub async fn receive_from(&self, length: Option<u32>) -> Result<(Vec<u8>, SocketAddr), SocketError> {
+        self.check_open()?;
+        if length == Some(0) {
+            return Err(SocketError::generic(INVALID_READ_LENGTH));
+        }
+        let mut buf = self.0.receive_buf.lock().await;
+        let received = tokio::select! {
+            r = tokio::time::timeout(self.0.read_timeout, self.0.socket.recv_from(&mut buf)) => r,
+            _ = self.0.closed.cancelled() => return Err(SocketError::generic(UDP_CLOSED)),
+        };
+        match received {
+            Err(_) => Err(SocketError::read_timed_out()),
+            Ok(Err(e)) => Err(SocketError::from(e)),
+            Ok(Ok((n, from))) => {
+                let keep = length.map_or(n, |max| n.min(max as usize));
+                Ok((buf[..keep].to_vec(), unmap(from)))
+            }
+        }
+    }
+
+    /// Closes the socket for every handle; waiting receives and sends fail.
+    pub fn close(&self) {
+        self.0.closed.cancel();
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, SocketError> {
+        self.check_open()?;
+        self.0.socket.local_addr().map(unmap).map_err(SocketError::from)
+    }
+
+    /// A dual-stack socket sends to IPv4 peers through their mapped address.
+    fn fit_family(&self, target: SocketAddr) -> SocketAddr {
+        match (self.0.socket.local_addr(), target.ip()) {
+            (Ok(SocketAddr::V6(_)), IpAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), target.port()),
+            _ => target,
+        }
+    }
+}
+
+/// Dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is unavailable.
+fn bind_all_interfaces(port: u16) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let dual = || -> io::Result<std::net::UdpSocket> {
+        let socket = Socket::new(Domain::IPV6, Type::DGRAM, None)?;
+        socket.set_only_v6(false)?;
+        socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+        Ok(socket.into())
+    };
+    let std_socket = match dual() {
+        Ok(socket) => socket,
+        Err(_) => std::net::UdpSocket::bind(("0.0.0.0", port))?,
+    };
+    std_socket.set_nonblocking(true)?;
+    UdpSocket::from_std(std_socket)
+}
+
+/// `::ffff:a.b.c.d` back to `a.b.c.d`.
+fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dual_stack_client_talks_to_an_ipv4_peer_and_reports_it_unmapped() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let client = UdpClient::bind(None, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(client.send_to(b"ping", "127.0.0.1", peer_addr.port()).await.unwrap(), 4);
+        let mut buf = [0u8; 16];
+        let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        peer.send_to(b"pong!", from).await.unwrap();
+        let (data, sender) = client.receive_from(Some(4)).await.unwrap();
+        assert_eq!(data, b"pong", "a longer datagram is truncated to the length asked");
+        assert_eq!(sender, peer_addr);
+    }
+
+    #[tokio::test]
+    async fn oversized_datagrams_and_zero_lengths_are_errors() {
+        let client = UdpClient::bind(Some((Some("127.0.0.1".into()), 0)), Duration::from_secs(5)).await.unwrap();
+        let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1", 9).await.unwrap_err();
+        assert_eq!(err.message, "datagram too large: 65508 bytes (at most 65507)");
+        let err = client.receive_from(Some(0)).await.unwrap_err();
+        assert_eq!(err.message, INVALID_READ_LENGTH);
+        client.close();
+        assert_eq!(client.local_addr().unwrap_err().message, UDP_CLOSED);
+    }
+}

@@ -1,0 +1,127 @@
+//! The UDP client: Ballerina's UDP scenarios, its error cases, and volume through
+//! the `udp-echo` example, against native tokio peers over loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use portcullis_tests::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UdpSocket;
+
+/// A native UDP echo peer; returns its address.
+async fn native_echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+async fn udp_mode(mode: &str, target: SocketAddr) -> String {
+    let out = run_program("udp-clients", &[("MODE", mode), ("TARGET", &target.to_string())]).await;
+    assert!(out.status.success(), "{out:?}");
+    stdout_of(&out)
+}
+
+#[tokio::test]
+async fn udp_echo_returns_the_datagram() {
+    let echo = native_echo().await;
+    let text = udp_mode("echo", echo).await;
+    assert_eq!(text, format!("received: Hello Ballerina echo from port {}\n", echo.port()));
+}
+
+#[tokio::test]
+async fn receive_on_a_bound_port_gets_the_peers_datagram() {
+    let mut program = spawn_program("udp-clients", &[("MODE", "receive")]);
+    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
+    let bound = lines.next_line().await.unwrap().expect("the program prints where it is bound");
+    let addr: SocketAddr = bound.strip_prefix("bound ").unwrap().parse().unwrap();
+
+    // The peer sends `This is server` until the program has received it.
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sender = tokio::spawn(async move {
+        for _ in 0..100 {
+            let _ = peer.send_to(b"This is server", addr).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let received = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap();
+    sender.abort();
+    assert_eq!(received.as_deref(), Some("received: This is server"));
+    assert!(program.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn receive_times_out_with_read_timed_out() {
+    let echo = native_echo().await;
+    assert_eq!(udp_mode("timeout", echo).await, "receive: ReadTimedOut: read timed out\n");
+}
+
+#[tokio::test]
+async fn udp_errors_are_clear() {
+    let echo = native_echo().await;
+    let text = udp_mode("errors", echo).await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "length 0: Generic: requested byte length need to be 1 or more");
+    assert_eq!(lines[1], "too large: Generic: datagram too large: 65508 bytes (at most 65507)");
+    assert_eq!(lines[2], "largest: ok 65507");
+    assert!(lines[3].starts_with("bad host: Generic: cannot resolve host `no such host!`"), "{}", lines[3]);
+    assert_eq!(lines[4], "send after close: Generic: udp client is closed");
+    assert_eq!(lines[5], "receive after close: Generic: udp client is closed");
+    assert_eq!(lines.len(), 6, "{text}");
+}
+
+#[tokio::test]
+async fn two_clients_of_one_instance_work_at_once() {
+    let echo = native_echo().await;
+    assert_eq!(udp_mode("pair", echo).await, "a got: from b from b: true\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing() {
+    const CLIENTS: u64 = 4;
+    const DATAGRAMS: usize = 2_500;
+    let mut server = spawn_program("udp-echo", &[("PORT", "0")]);
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().expect("udp-echo prints its address");
+    let port: u16 = line.rsplit_once(':').unwrap().1.parse().unwrap();
+    let server_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let mut clients = Vec::new();
+    for seed in 0..CLIENTS {
+        clients.push(tokio::spawn(async move {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.connect(server_addr).await.unwrap(); // replies must come from the server
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut buf = vec![0u8; 2048];
+            let mut lost = 0;
+            for i in 0..DATAGRAMS {
+                let len = rng.random_range(1..=1400);
+                let mut datagram: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                datagram[..8.min(len)].copy_from_slice(&(i as u64).to_be_bytes()[..8.min(len)]);
+                socket.send(&datagram).await.unwrap();
+                match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await {
+                    Ok(Ok(n)) => assert!(buf[..n] == datagram[..], "client {seed}, datagram {i}: reply differs"),
+                    _ => lost += 1,
+                }
+            }
+            lost
+        }));
+    }
+    let mut lost = 0;
+    for client in clients {
+        lost += tokio::time::timeout(Duration::from_secs(120), client).await.expect("UDP run took over 120 s").unwrap();
+    }
+    assert_eq!(lost, 0, "datagrams lost on loopback");
+
+    // SIGTERM stops the program gracefully.
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(server.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+}
