@@ -18,6 +18,7 @@ pub mod cli;
 pub mod dispatch;
 pub mod engine;
 pub mod net;
+pub mod policy;
 pub mod server;
 pub mod state;
 

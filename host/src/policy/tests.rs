@@ -1,0 +1,251 @@
+//! The grant matcher as a table: grant strings, a target, and what must happen.
+//! Names resolve through a fixed table, never the network.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use super::*;
+use crate::net::error::ErrorKind;
+
+/// What the fake resolver knows.
+fn lookup_table(name: &str) -> Vec<IpAddr> {
+    let ips: &[&str] = match name {
+        "db.internal" => &["10.1.2.3"],
+        "api.example.com" => &["93.184.216.34", "2606:2800:220:1::1"],
+        "metadata.evil" => &["169.254.169.254"],
+        "rebind.example.com" => &["127.0.0.1"],
+        "mixed.example.com" => &["169.254.1.1", "93.184.216.34"],
+        "web.svc.internal" => &["10.9.9.9"],
+        "v6only.example.com" => &["::ffff:93.184.216.34"],
+        _ => &[],
+    };
+    ips.iter().map(|ip| ip.parse().unwrap()).collect()
+}
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// Allowed, reaching these addresses.
+    Allow(Vec<&'static str>),
+    /// Refused with permission-denied.
+    Deny,
+}
+use Outcome::{Allow, Deny};
+
+fn check(grants: &[&str], block_private: bool, action: Action, host: &str, port: u16) -> Outcome {
+    let policy = policy_of(grants, block_private);
+    let result = futures::executor::block_on(policy.resolve_outbound_with(action, "connect", host, port, |name, port| async move {
+        let ips = lookup_table(&name);
+        if ips.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no such host {name}")));
+        }
+        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+    }));
+    match result {
+        Ok(addrs) => {
+            let ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+            Allow(ips.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect())
+        }
+        Err(e) if e.kind == ErrorKind::PermissionDenied => Deny,
+        Err(e) => panic!("{host}:{port}: expected allow or deny, got {e:?}"),
+    }
+}
+
+fn policy_of(grants: &[&str], block_private: bool) -> Policy {
+    let parsed = grants
+        .iter()
+        .map(|g| {
+            let action = if g.starts_with("udp://") { Action::Udp } else { Action::Connect };
+            Grant::parse(action, g).unwrap()
+        })
+        .collect();
+    Policy::new(parsed, block_private)
+}
+
+const C: Action = Action::Connect;
+const U: Action = Action::Udp;
+
+#[test]
+fn the_grant_matcher_table() {
+    #[rustfmt::skip]
+    let cases: Vec<(&[&str], bool, Action, &str, u16, Outcome)> = vec![
+        // Deny by default.
+        (&[], false, C, "db.internal", 5432, Deny),
+        (&[], false, C, "10.0.0.5", 5432, Deny),
+        (&[], false, U, "10.0.0.5", 53, Deny),
+        // Exact names, case and trailing dot.
+        (&["tcp://db.internal:5432"], false, C, "db.internal", 5432, Allow(vec!["10.1.2.3"])),
+        (&["tcp://db.internal:5432"], false, C, "DB.Internal.", 5432, Allow(vec!["10.1.2.3"])),
+        (&["tcp://DB.INTERNAL.:5432"], false, C, "db.internal", 5432, Allow(vec!["10.1.2.3"])),
+        (&["tcp://db.internal:5432"], false, C, "db.internal", 5433, Deny),
+        (&["tcp://db.internal:5432"], false, C, "db2.internal", 5432, Deny),
+        // A name grant never covers an IP literal, even the one it resolves to.
+        (&["tcp://db.internal:5432"], false, C, "10.1.2.3", 5432, Deny),
+        // Wildcard suffixes.
+        (&["tcp://*.internal:*"], false, C, "db.internal", 1, Allow(vec!["10.1.2.3"])),
+        (&["tcp://*.internal:*"], false, C, "web.svc.internal", 80, Allow(vec!["10.9.9.9"])),
+        (&["tcp://*.internal:*"], false, C, "internal", 80, Deny),
+        (&["tcp://*.internal:*"], false, C, "xinternal", 80, Deny),
+        (&["tcp://*.internal:*"], false, C, "db.internal.evil", 80, Deny),
+        // Port ranges, edges included.
+        (&["tcp://db.internal:8000-8099"], false, C, "db.internal", 7999, Deny),
+        (&["tcp://db.internal:8000-8099"], false, C, "db.internal", 8000, Allow(vec!["10.1.2.3"])),
+        (&["tcp://db.internal:8000-8099"], false, C, "db.internal", 8099, Allow(vec!["10.1.2.3"])),
+        (&["tcp://db.internal:8000-8099"], false, C, "db.internal", 8100, Deny),
+        (&["tcp://10.0.0.5:65535"], false, C, "10.0.0.5", 65535, Allow(vec!["10.0.0.5"])),
+        (&["tcp://10.0.0.5:0-65535"], false, C, "10.0.0.5", 0, Allow(vec!["10.0.0.5"])),
+        // IPs and CIDRs.
+        (&["tcp://10.0.0.5:5432"], false, C, "10.0.0.5", 5432, Allow(vec!["10.0.0.5"])),
+        (&["tcp://10.0.0.5:5432"], false, C, "10.0.0.6", 5432, Deny),
+        (&["tcp://10.1.0.0/16:*"], false, C, "10.1.255.255", 9, Allow(vec!["10.1.255.255"])),
+        (&["tcp://10.1.0.0/16:*"], false, C, "10.2.0.0", 9, Deny),
+        // IP grants are checked after resolution: a name landing in a granted range.
+        (&["tcp://10.1.0.0/16:*"], false, C, "db.internal", 5432, Allow(vec!["10.1.2.3"])),
+        (&["tcp://10.2.0.0/16:*"], false, C, "db.internal", 5432, Deny),
+        // Odd IPv4 spellings are the same address.
+        (&["tcp://127.0.0.1:80"], false, C, "127.1", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://127.0.0.1:80"], false, C, "0x7f.0.0.1", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://127.0.0.1:80"], false, C, "2130706433", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://127.0.0.1:80"], false, C, "017700000001", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://127.0.0.1:80"], false, C, "::ffff:127.0.0.1", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://127.0.0.1:80"], false, C, "[::ffff:7f00:1]", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://10.0.0.5:80"], false, C, "0x7f.1", 80, Deny),
+        // IPv6.
+        (&["tcp://[::1]:7000"], false, C, "::1", 7000, Allow(vec!["::1"])),
+        (&["tcp://[::1]:7000"], false, C, "[::1]", 7000, Allow(vec!["::1"])),
+        (&["tcp://[2001:db8::]/32:*"], false, C, "2001:db8:1::5", 443, Allow(vec!["2001:db8:1::5"])),
+        (&["tcp://[2001:db8::]/32:*"], false, C, "2001:db9::5", 443, Deny),
+        (&["tcp://[::ffff:10.0.0.0]/104:*"], false, C, "10.3.4.5", 1, Allow(vec!["10.3.4.5"])),
+        // `*` reaches names and IPs, but never the blocked networks.
+        (&["tcp://*:*"], false, C, "api.example.com", 443, Allow(vec!["93.184.216.34", "2606:2800:220:1::1"])),
+        (&["tcp://*:443"], false, C, "93.184.216.34", 443, Allow(vec!["93.184.216.34"])),
+        (&["tcp://*:443"], false, C, "93.184.216.34", 80, Deny),
+        (&["tcp://*:*"], false, C, "169.254.169.254", 80, Deny),
+        (&["tcp://*:*"], false, C, "0.0.0.0", 80, Deny),
+        (&["tcp://*:*"], false, C, "224.0.0.1", 80, Deny),
+        (&["tcp://*:*"], false, C, "fe80::1", 80, Deny),
+        (&["tcp://*:*"], false, C, "ff02::1", 80, Deny),
+        (&["tcp://*:*"], false, C, "::ffff:169.254.169.254", 80, Deny),
+        (&["tcp://*:*"], false, C, "127.0.0.1", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://*:*"], true, C, "127.0.0.1", 80, Deny),
+        (&["tcp://*:*"], true, C, "10.0.0.1", 80, Deny),
+        (&["tcp://*:*"], true, C, "172.31.0.1", 80, Deny),
+        (&["tcp://*:*"], true, C, "192.168.1.1", 80, Deny),
+        (&["tcp://*:*"], true, C, "fd00::1", 80, Deny),
+        (&["tcp://*:*"], true, C, "::1", 80, Deny),
+        // DNS rebinding: a granted name that resolves into a blocked network.
+        (&["tcp://metadata.evil:80"], false, C, "metadata.evil", 80, Deny),
+        (&["tcp://rebind.example.com:80"], true, C, "rebind.example.com", 80, Deny),
+        (&["tcp://rebind.example.com:80"], false, C, "rebind.example.com", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://mixed.example.com:80"], false, C, "mixed.example.com", 80, Allow(vec!["93.184.216.34"])),
+        (&["tcp://v6only.example.com:80"], false, C, "v6only.example.com", 80, Allow(vec!["93.184.216.34"])),
+        // An explicit IP grant opens a blocked range on purpose.
+        (&["tcp://169.254.169.254:80"], false, C, "169.254.169.254", 80, Allow(vec!["169.254.169.254"])),
+        (&["tcp://127.0.0.0/8:*"], true, C, "127.0.0.1", 80, Allow(vec!["127.0.0.1"])),
+        (&["tcp://127.0.0.0/8:*", "tcp://rebind.example.com:80"], true, C, "rebind.example.com", 80, Allow(vec!["127.0.0.1"])),
+        // Actions do not leak into each other.
+        (&["udp://10.0.0.5:53"], false, C, "10.0.0.5", 53, Deny),
+        (&["tcp://10.0.0.5:53"], false, U, "10.0.0.5", 53, Deny),
+        (&["udp://10.0.0.5:53"], false, U, "10.0.0.5", 53, Allow(vec!["10.0.0.5"])),
+    ];
+    assert!(cases.len() >= 40);
+    for (i, (grants, block_private, action, host, port, expected)) in cases.into_iter().enumerate() {
+        let got = check(grants, block_private, action, host, port);
+        assert_eq!(got, expected, "case {i}: {grants:?} block_private={block_private} {action:?} {host}:{port}");
+    }
+}
+
+#[test]
+fn names_not_granted_are_not_even_resolved() {
+    let policy = policy_of(&["tcp://db.internal:5432"], false);
+    let result = futures::executor::block_on(policy.resolve_outbound_with(C, "connect", "other.internal", 5432, |name, _| async move {
+        panic!("{name} was resolved although no grant could cover it")
+    }));
+    assert_eq!(result.unwrap_err().message, "permission denied: connect tcp://other.internal:5432 is not granted");
+}
+
+#[test]
+fn denials_name_the_operation_and_target() {
+    let policy = Policy::default();
+    let err = futures::executor::block_on(policy.resolve_outbound(C, "connect", "10.0.0.5", 5432)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::PermissionDenied);
+    assert_eq!(err.message, "permission denied: connect tcp://10.0.0.5:5432 is not granted");
+    let err = futures::executor::block_on(policy.resolve_outbound(C, "connect", "0x7f.1", 80)).unwrap_err();
+    assert_eq!(err.message, "permission denied: connect tcp://127.0.0.1:80 is not granted");
+    let err = futures::executor::block_on(policy.resolve_outbound(U, "send to", "::1", 53)).unwrap_err();
+    assert_eq!(err.message, "permission denied: send to udp://[::1]:53 is not granted");
+    let rebinding = policy_of(&["tcp://metadata.evil:80"], false);
+    let err = futures::executor::block_on(rebinding.resolve_outbound_with(C, "connect", "metadata.evil", 80, |_, port| async move {
+        Ok(vec![SocketAddr::new("169.254.169.254".parse().unwrap(), port)])
+    }))
+    .unwrap_err();
+    assert_eq!(err.message, "permission denied: connect tcp://metadata.evil:80 resolves only to blocked addresses (169.254.169.254)");
+}
+
+#[test]
+fn bad_grants_point_at_the_bad_part() {
+    let cases = [
+        ("db.internal:5432", "it must start with `tcp://` for --allow-connect"),
+        ("udp://db.internal:5432", "it must start with `tcp://` for --allow-connect"),
+        ("tcp://db.internal", "missing `:PORTS`"),
+        ("tcp://db.internal:", "the port is empty"),
+        ("tcp://db.internal:http", "port `http` is not a number from 0 to 65535"),
+        ("tcp://db.internal:70000", "port `70000` is not a number from 0 to 65535"),
+        ("tcp://db.internal:9000-8000", "port range `9000-8000` runs backwards"),
+        ("tcp://db.internal:80-", "port `` is not a number"),
+        ("tcp://:80", "the host is empty"),
+        ("tcp://10.1.0.0/33:80", "`10.1.0.0/33` is not a CIDR range"),
+        ("tcp://[::1:80", "`[` without `]`"),
+        ("tcp://[not-v6]:80", "`[not-v6]` is not an IPv6 address"),
+        ("tcp://db.*.internal:80", "a wildcard is only allowed as `*` or a leading `*.`"),
+        ("tcp://*.:80", "wildcard `*.`: the name is empty"),
+        ("tcp://db internal:80", "host `db internal`: ` ` cannot be part of a host name"),
+    ];
+    for (text, problem) in cases {
+        let err = Grant::parse(Action::Connect, text).unwrap_err();
+        assert!(err.problem.contains(problem), "{text}: got {:?}, wanted {problem:?}", err.problem);
+        assert!(err.to_string().starts_with(&format!("bad grant `{text}`: ")));
+    }
+}
+
+#[test]
+fn inet_aton_spellings() {
+    let cases = [
+        ("127.0.0.1", Some("127.0.0.1")),
+        ("127.1", Some("127.0.0.1")),
+        ("127.0.1", Some("127.0.0.1")),
+        ("0x7f.0.0.1", Some("127.0.0.1")),
+        ("0x7F000001", Some("127.0.0.1")),
+        ("0177.0.0.01", Some("127.0.0.1")),
+        ("2130706433", Some("127.0.0.1")),
+        ("10.258", Some("10.0.1.2")),
+        ("256.0.0.1", None),
+        ("1.2.3.4.5", None),
+        ("1..2", None),
+        ("08.1.1.1", None), // 8 is not an octal digit
+        ("4294967296", None),
+        ("db.internal", None),
+        ("1e100.net", None),
+    ];
+    for (text, expected) in cases {
+        let got = parse_ip_literal(text).map(|ip| ip.to_string());
+        assert_eq!(got.as_deref(), expected, "{text}");
+    }
+}
+
+#[test]
+fn binding_needs_a_grant_too() {
+    let block_on = futures::executor::block_on;
+    let none = Policy::default();
+    assert!(block_on(none.resolve_bind(Action::Listen, "listen", None, 8080)).is_err());
+    assert!(block_on(none.resolve_bind(Action::Udp, "bind", None, 0)).is_err(), "no UDP at all by default");
+
+    let listen = Policy::new(vec![Grant::parse(Action::Listen, "tcp://127.0.0.1:8000-8099").unwrap()], false);
+    assert!(block_on(listen.resolve_bind(Action::Listen, "listen", Some("127.0.0.1"), 8000)).is_ok());
+    assert!(block_on(listen.resolve_bind(Action::Listen, "listen", Some("127.0.0.1"), 8100)).is_err());
+    let err = block_on(listen.resolve_bind(Action::Listen, "listen", None, 8000)).unwrap_err();
+    assert_eq!(err.message, "permission denied: listen tcp://0.0.0.0:8000 is not granted");
+
+    let udp = Policy::new(vec![Grant::parse(Action::Udp, "udp://10.0.0.53:53").unwrap()], false);
+    assert_eq!(block_on(udp.resolve_bind(Action::Udp, "bind", None, 0)).unwrap(), None, "ephemeral is fine with any UDP grant");
+    assert!(block_on(udp.resolve_bind(Action::Udp, "bind", None, 9000)).is_err());
+}
