@@ -185,7 +185,7 @@ fn the_second_start_loads_the_compiled_component_from_the_cache() {
 #[test]
 fn a_program_declares_its_own_listener_and_ends_when_it_stops() {
     let mut child = Command::new(portcullis_bin())
-        .args(["run", guest("listener-program").to_str().unwrap()])
+        .args(["run", guest("listener-program").to_str().unwrap(), "--allow-listen", "tcp://127.0.0.1:*"])
         .env("PORTCULLIS_CACHE_DIR", test_cache())
         .stdout(Stdio::piped())
         .spawn()

@@ -2,15 +2,15 @@
 //! run by the `portcullis` binary against plain tokio servers in the test.
 
 use std::process::Output;
-use std::time::Duration;
 
 use portcullis_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Runs the `guest_name` program with `MODE` and `TARGET` set.
+/// Runs the `guest_name` program with `MODE` and `TARGET` set, allowed to
+/// connect to loopback.
 async fn run_mode(guest_name: &str, mode: &str, target: &str) -> Output {
-    run_program(guest_name, &[("MODE", mode), ("TARGET", target)]).await
+    run_program(guest_name, &[("MODE", mode), ("TARGET", target)], &["--allow-connect", "tcp://127.0.0.1:*"]).await
 }
 
 fn stdout(out: &Output) -> String {

@@ -23,7 +23,9 @@ async fn native_echo() -> SocketAddr {
 }
 
 async fn udp_mode(mode: &str, target: SocketAddr) -> String {
-    let out = run_program("udp-clients", &[("MODE", mode), ("TARGET", &target.to_string())]).await;
+    // `*` rather than 127.0.0.1: the error cases need a name granted so that
+    // its failed lookup (not a denial) is what they see.
+    let out = run_program("udp-clients", &[("MODE", mode), ("TARGET", &target.to_string())], &["--allow-udp", "udp://*:*"]).await;
     assert!(out.status.success(), "{out:?}");
     stdout_of(&out)
 }
@@ -37,7 +39,7 @@ async fn udp_echo_returns_the_datagram() {
 
 #[tokio::test]
 async fn receive_on_a_bound_port_gets_the_peers_datagram() {
-    let mut program = spawn_program("udp-clients", &[("MODE", "receive")]);
+    let mut program = spawn_program("udp-clients", &[("MODE", "receive")], &["--allow-udp", "udp://127.0.0.1:*"]);
     let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
     let bound = lines.next_line().await.unwrap().expect("the program prints where it is bound");
     let addr: SocketAddr = bound.strip_prefix("bound ").unwrap().parse().unwrap();
@@ -86,7 +88,7 @@ async fn two_clients_of_one_instance_work_at_once() {
 async fn four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing() {
     const CLIENTS: u64 = 4;
     const DATAGRAMS: usize = 2_500;
-    let mut server = spawn_program("udp-echo", &[("PORT", "0")]);
+    let mut server = spawn_program("udp-echo", &[("PORT", "0")], &["--allow-udp", "udp://*:*"]);
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().expect("udp-echo prints its address");
     let port: u16 = line.rsplit_once(':').unwrap().1.parse().unwrap();

@@ -314,9 +314,9 @@ impl Client {
 /// ```no_run
 /// use portcullis_sdk::Listener;
 ///
-/// # fn f() -> Result<(), portcullis_sdk::Error> {
+/// # async fn f() -> Result<(), portcullis_sdk::Error> {
 /// let listener = Listener::new(61598).interface("127.0.0.1");
-/// listener.start()?;
+/// listener.start().await?;
 /// println!("listening on {}", listener.local_addr()?);
 /// # Ok(()) }
 /// ```
@@ -379,21 +379,24 @@ impl Listener {
     /// Binds and starts accepting. A port in use fails with
     /// `unable to start the socket service: Address already in use`.
     ///
+    /// The operator must grant the address (`--allow-listen tcp://HOST:PORTS`),
+    /// or this fails with [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied).
+    ///
     /// ```no_run
-    /// # fn f() -> Result<(), portcullis_sdk::Error> {
-    /// portcullis_sdk::Listener::new(7000).start()?;
+    /// # async fn f() -> Result<(), portcullis_sdk::Error> {
+    /// portcullis_sdk::Listener::new(7000).start().await?;
     /// # Ok(()) }
     /// ```
-    pub fn start(&self) -> Result<(), Error> {
-        self.handle().start().map_err(Error::from)
+    pub async fn start(&self) -> Result<(), Error> {
+        self.handle().start().await.map_err(Error::from)
     }
 
     /// The bound address (the real port when 0 was asked).
     ///
     /// ```no_run
-    /// # fn f() -> Result<(), portcullis_sdk::Error> {
+    /// # async fn f() -> Result<(), portcullis_sdk::Error> {
     /// let listener = portcullis_sdk::Listener::new(0);
-    /// listener.start()?;
+    /// listener.start().await?;
     /// println!("port {}", listener.local_addr()?.port());
     /// # Ok(()) }
     /// ```

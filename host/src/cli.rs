@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{self, Grants, ServiceSpec};
+use crate::inspect;
 use crate::server::{self, Runtime};
 
 #[derive(Parser)]
@@ -23,14 +25,23 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a component: serve a `service` on the given listeners, or run a
-    /// `program`'s main to completion.
+    /// `program`'s main to completion. Or run every service of a manifest.
     Run(RunArgs),
+    /// Show a component's world, imports and exports, and the grants it may need.
+    Inspect {
+        /// The component (.wasm) to look at.
+        component: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// The component (.wasm) to run.
-    pub component: PathBuf,
+    #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
+    pub component: Option<PathBuf>,
+    /// Run the services of this manifest (portcullis.toml) instead.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
     /// Listen on ADDR:PORT and send its connections to the component's callbacks
     /// (repeatable; port 0 picks a free port).
     #[arg(long = "listen", value_name = "ADDR:PORT")]
@@ -41,9 +52,48 @@ pub struct RunArgs {
     /// Read time-out of accepted connections, in milliseconds.
     #[arg(long = "read-timeout-ms", value_name = "N", default_value_t = 300_000)]
     pub read_timeout_ms: u64,
+    /// Let the guest open TCP connections to tcp://HOST:PORTS (repeatable). HOST:
+    /// a name, *.suffix, an IP ([v6]), a CIDR or *; PORTS: a port, a range or *.
+    #[arg(long = "allow-connect", value_name = "GRANT")]
+    pub allow_connect: Vec<String>,
+    /// Let the guest create its own listeners on tcp://HOST:PORTS (repeatable).
+    #[arg(long = "allow-listen", value_name = "GRANT")]
+    pub allow_listen: Vec<String>,
+    /// Let the guest bind UDP sockets and exchange datagrams with udp://HOST:PORTS
+    /// (repeatable).
+    #[arg(long = "allow-udp", value_name = "GRANT")]
+    pub allow_udp: Vec<String>,
+    /// Also block private ranges and loopback for names and `*` grants.
+    #[arg(long = "block-private")]
+    pub block_private: bool,
     /// Do not use the on-disk cache of compiled components.
     #[arg(long = "no-cache")]
     pub no_cache: bool,
+}
+
+impl RunArgs {
+    /// The services to run: the manifest's, or the one the flags describe.
+    fn specs(&self) -> Result<Vec<ServiceSpec>> {
+        if let Some(manifest) = &self.manifest {
+            return config::load_manifest(manifest);
+        }
+        let component = self.component.clone().context("give a COMPONENT or --manifest FILE")?;
+        let spec = ServiceSpec {
+            name: config::default_name(&component),
+            component,
+            listen: self.listen.clone(),
+            env: self.env.clone(),
+            read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
+            grants: Grants {
+                connect: self.allow_connect.clone(),
+                listen: self.allow_listen.clone(),
+                udp: self.allow_udp.clone(),
+                block_private: self.block_private,
+            },
+        };
+        spec.grants.policy()?; // a bad grant stops the start-up
+        Ok(vec![spec])
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -66,6 +116,10 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
+        Command::Inspect { component } => inspect::inspect(&component).map(|report| {
+            print!("{report}");
+            0
+        }),
     };
     match result {
         Ok(code) => code,
@@ -83,32 +137,55 @@ fn init_logging() {
 }
 
 async fn run(args: RunArgs) -> Result<i32> {
+    let specs = args.specs()?;
     let mut runtime = Runtime::new()?;
     if args.no_cache {
         runtime = runtime.with_cache_dir(None);
     }
-    let loaded = runtime.load(&args.component, args.env.clone())?;
-    if !loaded.has_main() {
-        loaded.require_callbacks()?;
-        if args.listen.is_empty() {
-            bail!("{} is a service: give it at least one --listen ADDR:PORT", loaded.name);
+    // Load and bind everything before serving anything: an error stops the
+    // start-up as a whole.
+    let mut ready = Vec::new();
+    for spec in &specs {
+        let loaded = runtime.load(&spec.component, spec.env.clone(), spec.grants.policy()?)?;
+        if !loaded.has_main() {
+            loaded.require_callbacks()?;
+            if spec.listen.is_empty() {
+                bail!("{} is a service: give it at least one --listen ADDR:PORT", spec.name);
+            }
+        } else if !spec.listen.is_empty() {
+            loaded.require_callbacks()?;
         }
-    } else if !args.listen.is_empty() {
-        loaded.require_callbacks()?;
+        let listeners = server::bind_all(&spec.listen)?;
+        ready.push((spec, loaded, listeners));
     }
-    let listeners = server::bind_all(&args.listen)?;
     // Signal handlers go in before `listening on` is printed: whoever waits for
     // that line may send SIGTERM at once.
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
-    for listener in &listeners {
-        let addr = listener.local_addr().context("reading the bound address")?;
-        println!("listening on {addr}");
+    for (spec, _, listeners) in &ready {
+        for listener in listeners {
+            let addr = listener.local_addr().context("reading the bound address")?;
+            match args.manifest {
+                Some(_) => println!("{}: listening on {addr}", spec.name),
+                None => println!("listening on {addr}"),
+            }
+        }
     }
     use std::io::Write;
     std::io::stdout().flush().ok();
 
-    server::serve(loaded, listeners, Duration::from_millis(args.read_timeout_ms.max(1)), shutdown).await
+    let runs = ready
+        .into_iter()
+        .map(|(spec, loaded, listeners)| server::serve(loaded, listeners, spec.read_timeout, shutdown.clone()));
+    let codes = futures::future::join_all(runs).await;
+    let mut exit = 0;
+    for code in codes {
+        let code = code?;
+        if exit == 0 {
+            exit = code;
+        }
+    }
+    Ok(exit)
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM. The handlers are installed before

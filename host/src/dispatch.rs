@@ -34,6 +34,7 @@ use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
 use crate::net::tcp::{ReadMark, Readiness};
 use crate::net::{Connection, NetCtx, SocketError, TcpConn};
+use crate::policy::Policy;
 use crate::state::HostState;
 
 /// How long a graceful stop lets running callbacks finish before it closes their
@@ -48,6 +49,7 @@ pub struct Loaded {
     callbacks: Option<GuestIndices>,
     main: Option<ComponentExportIndex>,
     env: Vec<(String, String)>,
+    policy: Arc<Policy>,
 }
 
 /// The export name of `wasi:cli/run`: 0.3 (async, what the SDK exports) or 0.2
@@ -59,7 +61,13 @@ impl Loaded {
     /// Links `component` against the portcullis and WASI imports. Fails with a
     /// message naming the missing import when the component wants something
     /// portcullis does not provide.
-    pub fn new(engine: &Engine, component: &Component, name: &str, env: Vec<(String, String)>) -> Result<Self> {
+    pub fn new(
+        engine: &Engine,
+        component: &Component,
+        name: &str,
+        env: Vec<(String, String)>,
+        policy: Arc<Policy>,
+    ) -> Result<Self> {
         let mut linker = Linker::<HostState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Service::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -75,7 +83,7 @@ impl Loaded {
                 let iface = component.get_export_index(None, export)?;
                 component.get_export_index(Some(&iface), "run")
             });
-        Ok(Loaded { name: name.to_string(), pre, callbacks, main, env })
+        Ok(Loaded { name: name.to_string(), pre, callbacks, main, env, policy })
     }
 
     pub fn has_callbacks(&self) -> bool {
@@ -115,6 +123,8 @@ pub async fn run(
             new_connections: sink.clone(),
             has_callbacks: loaded.callbacks.is_some(),
             active_listeners: active_listeners.clone(),
+            policy: loaded.policy.clone(),
+            component: Arc::from(loaded.name.as_str()),
         };
         let mut store = Store::new(loaded.pre.engine(), HostState::new(&loaded.env, net));
         let instance = loaded

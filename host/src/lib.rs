@@ -3,23 +3,27 @@
 //!
 //! The map, top to bottom (arrows only go down):
 //!
-//! - [`cli`]: `portcullis run ...`, flags to a [`server::ServiceConfig`].
+//! - [`cli`]: `portcullis run | inspect`; [`config`]: flags or a manifest to a
+//!   [`config::ServiceSpec`]; [`inspect`]: what a component needs.
 //! - [`server`]: bind the operator's listeners, accept, hand connections on;
 //!   [`server::Runtime`] owns the engine and the compile cache.
 //! - [`dispatch`]: one shared instance per service; a driver per connection fires
 //!   `on-connect` / `on-read-ready` / `on-error` / `on-close`; traps restart it.
 //! - [`net`]: the WIT socket resources on tokio sockets (`net::tcp` is the
 //!   connection state machine, `net::host` the generated-trait glue).
+//! - [`policy`]: the operator's grants, checked before every connect, bind and send.
 //! - [`engine`]: wasmtime configuration and the on-disk component cache.
 //! - [`state`]: what one store holds. [`bindings`]: generated from `wit/`.
 
 pub mod bindings;
 pub mod cli;
+pub mod config;
 pub mod dispatch;
 pub mod engine;
+pub mod inspect;
 pub mod net;
 pub mod policy;
 pub mod server;
 pub mod state;
 
-pub use server::{Runtime, ServiceConfig};
+pub use server::Runtime;

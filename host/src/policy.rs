@@ -492,7 +492,8 @@ impl Policy {
     }
 }
 
-fn target_text(action: Action, host: &str, port: u16) -> String {
+/// `tcp://db.internal:5432`, `udp://[::1]:53`: a target as denials name it.
+pub fn target_text(action: Action, host: &str, port: u16) -> String {
     let host = match parse_ip_literal(host) {
         Some(IpAddr::V6(v6)) => format!("[{v6}]"),
         Some(IpAddr::V4(v4)) => v4.to_string(),

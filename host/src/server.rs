@@ -18,23 +18,7 @@ use wasmtime::Engine;
 use crate::dispatch::{self, Loaded};
 use crate::engine;
 use crate::net::listener::{accept_loop, bind_tcp};
-
-/// What the operator decides about one component.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    /// Addresses to listen on; connections go to the component's callbacks.
-    pub listen: Vec<SocketAddr>,
-    /// Environment variables the guest sees.
-    pub env: Vec<(String, String)>,
-    /// Read time-out of accepted connections.
-    pub read_timeout: Duration,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        ServiceConfig { listen: Vec::new(), env: Vec::new(), read_timeout: crate::net::DEFAULT_READ_TIMEOUT }
-    }
-}
+use crate::policy::Policy;
 
 /// The shared engine and compile cache; load components through it.
 #[derive(Clone)]
@@ -59,11 +43,17 @@ impl Runtime {
         &self.engine
     }
 
-    /// Reads, compiles (or loads from cache) and links the component at `path`.
-    pub fn load(&self, path: &Path, env: Vec<(String, String)>) -> Result<Arc<Loaded>> {
-        let component = engine::load_component(&self.engine, path, self.cache_dir.as_deref())?;
+    /// Reads, compiles (or loads from cache) and links the component at `path`,
+    /// to run with `env` under `policy`.
+    pub fn load(&self, path: &Path, env: Vec<(String, String)>, policy: Policy) -> Result<Arc<Loaded>> {
+        let component = self.compile(path)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Arc::new(Loaded::new(&self.engine, &component, &name, env)?))
+        Ok(Arc::new(Loaded::new(&self.engine, &component, &name, env, Arc::new(policy))?))
+    }
+
+    /// Reads and compiles (or loads from cache) the component at `path`.
+    pub fn compile(&self, path: &Path) -> Result<wasmtime::component::Component> {
+        engine::load_component(&self.engine, path, self.cache_dir.as_deref())
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use portcullis::Runtime;
+use portcullis::policy::Policy;
 use portcullis::server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,10 +52,15 @@ pub struct TestService {
     task: JoinHandle<anyhow::Result<i32>>,
 }
 
-/// Starts guest `name` with `env`, listening on 127.0.0.1:0.
+/// Starts guest `name` with `env`, listening on 127.0.0.1:0, with no grants.
 pub async fn start(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> TestService {
+    start_with_policy(name, env, read_timeout, Policy::default()).await
+}
+
+/// Starts guest `name` with `env` under `policy`, listening on 127.0.0.1:0.
+pub async fn start_with_policy(name: &str, env: &[(&str, &str)], read_timeout: Duration, policy: Policy) -> TestService {
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let loaded = runtime().load(&guest(name), env).expect("load guest");
+    let loaded = runtime().load(&guest(name), env, policy).expect("load guest");
     let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
     let addr = listeners[0].local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -133,10 +139,10 @@ pub async fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     read_n(stream, data.len()).await
 }
 
-/// Runs `portcullis run <guest> --env K=V ...` to completion (at most 30 s).
-pub async fn run_program(guest_name: &str, env: &[(&str, &str)]) -> std::process::Output {
+/// Runs `portcullis run <guest> --env K=V ... ARGS` to completion (at most 30 s).
+pub async fn run_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(portcullis_bin());
-    cmd.arg("run").arg(guest(guest_name));
+    cmd.arg("run").arg(guest(guest_name)).args(args);
     for (k, v) in env {
         cmd.args(["--env", &format!("{k}={v}")]);
     }
@@ -147,11 +153,11 @@ pub async fn run_program(guest_name: &str, env: &[(&str, &str)]) -> std::process
     tokio::time::timeout(Duration::from_secs(30), child).await.expect("program did not finish in 30 s").unwrap()
 }
 
-/// Starts `portcullis run <guest> --env K=V ...` with stdout piped, for tests
-/// that talk to a program while it runs.
-pub fn spawn_program(guest_name: &str, env: &[(&str, &str)]) -> tokio::process::Child {
+/// Starts `portcullis run <guest> --env K=V ... ARGS` with stdout piped, for
+/// tests that talk to a program while it runs.
+pub fn spawn_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(portcullis_bin());
-    cmd.arg("run").arg(guest(guest_name));
+    cmd.arg("run").arg(guest(guest_name)).args(args);
     for (k, v) in env {
         cmd.args(["--env", &format!("{k}={v}")]);
     }

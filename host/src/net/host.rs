@@ -9,11 +9,12 @@ use std::time::Duration;
 use wasmtime::component::{Accessor, HasSelf, Resource};
 
 use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
-use super::resolve::resolve;
+use super::udp::UdpBind;
 use super::{Connection, GuestListener, TcpConn, UdpClient};
-use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener};
+use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener, HostListenerWithStore};
 use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
 use crate::bindings::udp::{HostUdpClient, HostUdpClientWithStore, UdpClientConfig};
+use crate::policy::{Action, Policy, target_text};
 use crate::state::HostState;
 
 type Outcome<T> = wasmtime::Result<Result<T, types::Error>>;
@@ -56,15 +57,24 @@ fn conn_of(acc: &Accessor<HostState>, handle: &Resource<Connection>) -> wasmtime
     acc.with(|mut access| Ok(access.get().table.get(handle)?.conn.clone()))
 }
 
+fn policy_of(acc: &Accessor<HostState>) -> std::sync::Arc<Policy> {
+    acc.with(|mut access| access.get().net.policy.clone())
+}
+
+/// Logs a denial at warn level (see `NetCtx::logged`) and passes it on.
+fn logged(acc: &Accessor<HostState>, err: SocketError) -> SocketError {
+    acc.with(|mut access| access.get().net.logged(err))
+}
+
 impl types::Host for HostState {}
 impl crate::bindings::tcp::Host for HostState {}
 impl crate::bindings::udp::Host for HostState {}
 
 impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
     async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> Outcome<Resource<Connection>> {
-        let (has_callbacks, sink) = acc.with(|mut access| {
+        let (has_callbacks, sink, policy) = acc.with(|mut access| {
             let net = &access.get().net;
-            (net.has_callbacks, net.new_connections.clone())
+            (net.has_callbacks, net.new_connections.clone(), net.policy.clone())
         });
         if config.callback && !has_callbacks {
             return Ok(Err(SocketError::generic(
@@ -72,9 +82,10 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             )
             .into()));
         }
-        let addrs = match resolve(&config.host, config.port).await {
+        let addrs = match policy.resolve_outbound(Action::Connect, "connect", &config.host, config.port).await {
             Ok(addrs) => addrs,
-            Err(e) => return Ok(Err(SocketError::from_io(CONNECT_FAILED, &e).into())),
+            Err(e) if e.kind == ErrorKind::PermissionDenied => return Ok(Err(logged(acc, e).into())),
+            Err(e) => return Ok(Err(SocketError::generic(format!("{CONNECT_FAILED}{}", e.message)).into())),
         };
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
         let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
@@ -141,22 +152,37 @@ impl HostConnection for HostState {
     }
 }
 
-impl HostListener for HostState {
-    fn new(&mut self, port: u16, config: ListenerConfig) -> wasmtime::Result<Resource<GuestListener>> {
-        let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
-        Ok(self.table.push(GuestListener::new(port, config.interface, read_timeout))?)
-    }
-
-    fn start(&mut self, this: Resource<GuestListener>) -> Outcome<()> {
-        if !self.net.has_callbacks {
+impl HostListenerWithStore<HostState> for HasSelf<HostState> {
+    async fn start(acc: &Accessor<HostState, Self>, this: Resource<GuestListener>) -> Outcome<()> {
+        let (port, interface, policy, has_callbacks) = acc.with(|mut access| -> wasmtime::Result<_> {
+            let state = access.get();
+            let listener = state.table.get(&this)?;
+            let interface = listener.interface().map(str::to_string);
+            Ok((listener.port(), interface, state.net.policy.clone(), state.net.has_callbacks))
+        })?;
+        if !has_callbacks {
             return Ok(Err(SocketError::generic(
                 "a listener needs the component to export portcullis:socket/callbacks",
             )
             .into()));
         }
-        let sink = self.net.new_connections.clone();
-        let active = self.net.active_listeners.clone();
-        Ok(self.table.get_mut(&this)?.start(sink, active).map_err(Into::into))
+        let addr = match policy.resolve_bind(Action::Listen, "listen", interface.as_deref(), port).await {
+            Ok(Some(addr)) => addr,
+            Ok(None) => SocketAddr::from(([0, 0, 0, 0], port)),
+            Err(e) => return Ok(Err(logged(acc, e).into())),
+        };
+        acc.with(|mut access| {
+            let state = access.get();
+            let (sink, active) = (state.net.new_connections.clone(), state.net.active_listeners.clone());
+            Ok(state.table.get_mut(&this)?.start(addr, sink, active).map_err(Into::into))
+        })
+    }
+}
+
+impl HostListener for HostState {
+    fn new(&mut self, port: u16, config: ListenerConfig) -> wasmtime::Result<Resource<GuestListener>> {
+        let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
+        Ok(self.table.push(GuestListener::new(port, config.interface, read_timeout))?)
     }
 
     fn graceful_stop(&mut self, this: Resource<GuestListener>) -> Outcome<()> {
@@ -189,8 +215,18 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         local: Option<Address>,
         config: UdpClientConfig,
     ) -> Outcome<Resource<UdpClient>> {
+        let policy = policy_of(acc);
+        let (host, port) = match &local {
+            Some(address) => (address.host.as_deref(), address.port),
+            None => (None, 0),
+        };
+        let bind = match policy.resolve_bind(Action::Udp, "bind", host, port).await {
+            Ok(Some(addr)) => UdpBind::Addr(addr),
+            Ok(None) => UdpBind::AllInterfaces(port),
+            Err(e) => return Ok(Err(logged(acc, e).into())),
+        };
         let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
-        let client = match UdpClient::bind(local.map(|a| (a.host, a.port)), read_timeout).await {
+        let client = match UdpClient::bind(bind, read_timeout).await {
             Ok(client) => client,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -204,10 +240,17 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         address: Address,
     ) -> Outcome<u32> {
         let client = udp_of(acc, &this)?;
+        if let Err(e) = client.check_send(data.len()) {
+            return Ok(Err(e.into()));
+        }
         let Some(host) = address.host else {
             return Ok(Err(SocketError::generic("send-to needs an address with a host").into()));
         };
-        Ok(client.send_to(&data, &host, address.port).await.map_err(Into::into))
+        let target = match policy_of(acc).resolve_outbound(Action::Udp, "send to", &host, address.port).await {
+            Ok(addrs) => addrs[0],
+            Err(e) => return Ok(Err(logged(acc, e).into())),
+        };
+        Ok(client.send_to(&data, target).await.map_err(Into::into))
     }
 
     async fn receive_from(
@@ -216,7 +259,19 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         length: Option<u32>,
     ) -> Outcome<(Vec<u8>, Address)> {
         let client = udp_of(acc, &this)?;
-        Ok(client.receive_from(length).await.map(|(data, from)| (data, to_address(from))).map_err(Into::into))
+        let (data, from) = match client.receive_from(length).await {
+            Ok(received) => received,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        // Replies from peers it sent to are in; anyone else needs a grant.
+        if !client.sent_to(from) && !policy_of(acc).allows_peer(Action::Udp, from) {
+            let err = SocketError::permission_denied(format!(
+                "permission denied: receive from {} is not granted",
+                target_text(Action::Udp, &from.ip().to_string(), from.port())
+            ));
+            return Ok(Err(logged(acc, err).into()));
+        }
+        Ok(Ok((data, to_address(from))))
     }
 }
 

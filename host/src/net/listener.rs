@@ -4,7 +4,7 @@
 //! already in use`). A guest listener accepts on its own tokio task and hands each
 //! connection to the dispatcher, which fires the guest's callbacks.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -86,21 +86,22 @@ impl GuestListener {
         GuestListener { port, interface, read_timeout, state: ListenerState::New }
     }
 
-    /// The address to bind: the configured interface (honoured, unlike Ballerina
-    /// 1.2), or all interfaces.
-    fn bind_addr(&self) -> Result<SocketAddr, SocketError> {
-        let host = self.interface.as_deref().unwrap_or("0.0.0.0");
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        (host, self.port)
-            .to_socket_addrs()
-            .map_err(|e| SocketError::from_io(LISTEN_FAILED, &e))?
-            .next()
-            .ok_or_else(|| SocketError::generic(format!("{LISTEN_FAILED}no address for {host}")))
+    /// The port asked for (0: ephemeral).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
-    /// Binds and spawns the accept loop, which sends connections to `sink`.
+    /// The interface asked for; `None` is all interfaces (honoured, unlike
+    /// Ballerina 1.2).
+    pub fn interface(&self) -> Option<&str> {
+        self.interface.as_deref()
+    }
+
+    /// Binds `addr` (already checked against the grants) and spawns the accept
+    /// loop, which sends connections to `sink`.
     pub fn start(
         &mut self,
+        addr: SocketAddr,
         sink: mpsc::UnboundedSender<TcpConn>,
         active: Arc<AtomicUsize>,
     ) -> Result<(), SocketError> {
@@ -109,7 +110,7 @@ impl GuestListener {
             ListenerState::Listening { .. } => return Err(SocketError::generic("listener already started")),
             ListenerState::Stopped => return Err(SocketError::generic("listener was stopped")),
         }
-        let listener = bind_tcp(self.bind_addr()?)?;
+        let listener = bind_tcp(addr)?;
         let local = listener.local_addr().map_err(SocketError::from)?;
         let stop = CancellationToken::new();
         let accepted = Arc::new(std::sync::Mutex::new(Vec::<TcpConn>::new()));

@@ -46,4 +46,18 @@ pub struct NetCtx {
     pub has_callbacks: bool,
     /// How many guest listeners accept right now (a program lives while any does).
     pub active_listeners: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The operator's grants: every address a guest asks for is checked here first.
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+    /// The component's name, for log lines (denials are logged at warn level).
+    pub component: std::sync::Arc<str>,
+}
+
+impl NetCtx {
+    /// Logs a denial (visible with the default log settings) and passes it on.
+    pub fn logged(&self, err: SocketError) -> SocketError {
+        if err.kind == error::ErrorKind::PermissionDenied {
+            tracing::warn!(component = %self.component, "{}", err.message);
+        }
+        err
+    }
 }

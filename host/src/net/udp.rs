@@ -14,7 +14,6 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{INVALID_READ_LENGTH, SocketError};
-use super::resolve::resolve;
 
 /// The largest UDP payload over IPv4: 65535 − 8 (UDP header) − 20 (IP header).
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -26,8 +25,23 @@ pub const UDP_CLOSED: &str = "udp client is closed";
 #[derive(Clone)]
 pub struct UdpClient(Arc<Inner>);
 
+/// Where a UDP client binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpBind {
+    /// All interfaces (dual-stack where possible) on this port; 0 is ephemeral.
+    AllInterfaces(u16),
+    /// Exactly this address.
+    Addr(SocketAddr),
+}
+
+/// How many peers a client remembers having sent to (their replies are let in).
+const MAX_PEERS: usize = 4096;
+
 struct Inner {
     socket: UdpSocket,
+    /// Peers this client sent to; a reply from one of them is always let in,
+    /// even when the grant was by name (and so covers no IP).
+    peers: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
     read_timeout: Duration,
     closed: CancellationToken,
     /// One receive buffer per client, kept (not allocated and zeroed per receive).
@@ -35,20 +49,16 @@ struct Inner {
 }
 
 impl UdpClient {
-    /// Binds `local`: `None` is an ephemeral port on all interfaces; a host of
-    /// `None` is all interfaces on that port.
-    pub async fn bind(local: Option<(Option<String>, u16)>, read_timeout: Duration) -> Result<Self, SocketError> {
+    /// Binds `local` (already checked against the grants).
+    pub async fn bind(local: UdpBind, read_timeout: Duration) -> Result<Self, SocketError> {
         let socket = match local {
-            Some((Some(host), port)) => {
-                let addr = resolve(&host, port).await.map_err(|e| SocketError::from_io("", &e))?[0];
-                UdpSocket::bind(addr).await
-            }
-            Some((None, port)) => bind_all_interfaces(port),
-            None => bind_all_interfaces(0),
+            UdpBind::Addr(addr) => UdpSocket::bind(addr).await,
+            UdpBind::AllInterfaces(port) => bind_all_interfaces(port),
         }
         .map_err(|e| SocketError::from_io("unable to bind the udp socket: ", &e))?;
         Ok(UdpClient(Arc::new(Inner {
             socket,
+            peers: Default::default(),
             read_timeout,
             closed: CancellationToken::new(),
             receive_buf: Mutex::new(vec![0; 65_536]),
@@ -62,21 +72,36 @@ impl UdpClient {
         Ok(())
     }
 
-    /// Sends `data` as one datagram to `host:port`. Returns the bytes sent.
-    pub async fn send_to(&self, data: &[u8], host: &str, port: u16) -> Result<u32, SocketError> {
+    /// Fails for a closed client or an oversized datagram: checked before the
+    /// target is resolved.
+    pub fn check_send(&self, len: usize) -> Result<(), SocketError> {
         self.check_open()?;
-        if data.len() > MAX_DATAGRAM {
-            return Err(SocketError::generic(format!(
-                "datagram too large: {} bytes (at most {MAX_DATAGRAM})",
-                data.len()
-            )));
+        if len > MAX_DATAGRAM {
+            return Err(SocketError::generic(format!("datagram too large: {len} bytes (at most {MAX_DATAGRAM})")));
         }
-        let target = resolve(host, port).await.map_err(|e| SocketError::from_io("", &e))?[0];
+        Ok(())
+    }
+
+    /// Sends `data` as one datagram to `target` (already checked against the
+    /// grants). Returns the bytes sent.
+    pub async fn send_to(&self, data: &[u8], target: SocketAddr) -> Result<u32, SocketError> {
+        self.check_send(data.len())?;
+        {
+            let mut peers = self.0.peers.lock().unwrap();
+            if peers.len() < MAX_PEERS {
+                peers.insert(target);
+            }
+        }
         let target = self.fit_family(target);
         tokio::select! {
             sent = self.0.socket.send_to(data, target) => Ok(sent.map_err(SocketError::from)? as u32),
             _ = self.0.closed.cancelled() => Err(SocketError::generic(UDP_CLOSED)),
         }
+    }
+
+    /// Whether this client sent to `peer` before.
+    pub fn sent_to(&self, peer: SocketAddr) -> bool {
+        self.0.peers.lock().unwrap().contains(&peer)
     }
 
     /// Receives one datagram (truncated to `length` when given) and its sender.
@@ -155,8 +180,9 @@ mod tests {
     async fn a_dual_stack_client_talks_to_an_ipv4_peer_and_reports_it_unmapped() {
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let peer_addr = peer.local_addr().unwrap();
-        let client = UdpClient::bind(None, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(client.send_to(b"ping", "127.0.0.1", peer_addr.port()).await.unwrap(), 4);
+        let client = UdpClient::bind(UdpBind::AllInterfaces(0), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(client.send_to(b"ping", peer_addr).await.unwrap(), 4);
+        assert!(client.sent_to(peer_addr));
         let mut buf = [0u8; 16];
         let (n, from) = peer.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"ping");
@@ -168,8 +194,8 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_datagrams_and_zero_lengths_are_errors() {
-        let client = UdpClient::bind(Some((Some("127.0.0.1".into()), 0)), Duration::from_secs(5)).await.unwrap();
-        let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1", 9).await.unwrap_err();
+        let client = UdpClient::bind(UdpBind::Addr("127.0.0.1:0".parse().unwrap()), Duration::from_secs(5)).await.unwrap();
+        let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1:9".parse().unwrap()).await.unwrap_err();
         assert_eq!(err.message, "datagram too large: 65508 bytes (at most 65507)");
         let err = client.receive_from(Some(0)).await.unwrap_err();
         assert_eq!(err.message, INVALID_READ_LENGTH);

@@ -13,10 +13,10 @@ thread_local! {
 
 async fn main() -> Result<(), Error> {
     let listener = Listener::new(0).interface("127.0.0.1");
-    listener.start()?;
+    listener.start().await?;
     let addr = listener.local_addr()?;
     println!("guest listening on {addr}");
-    match Listener::new(addr.port()).interface("127.0.0.1").start() {
+    match Listener::new(addr.port()).interface("127.0.0.1").start().await {
         Ok(()) => println!("second listener started"),
         Err(e) => println!("second listener: {e}"),
     }

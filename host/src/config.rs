@@ -1,0 +1,192 @@
+//! What the operator decides about a service, from CLI flags or a manifest.
+//!
+//! A manifest (`portcullis.toml`) runs several services in one process:
+//!
+//! ```toml
+//! [[service]]
+//! name = "proxy"                                # optional; default: the file name
+//! component = "tcp_proxy.wasm"                  # relative to the manifest's folder
+//! listen = ["127.0.0.1:7000"]
+//! env = { UPSTREAM = "db.internal:5432" }
+//! read-timeout-ms = 300000
+//! allow-connect = ["tcp://db.internal:5432"]
+//! allow-listen = []
+//! allow-udp = []
+//! block-private = false
+//! ```
+//!
+//! Unknown keys are errors (a misspelt grant must not silently grant nothing).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::net::DEFAULT_READ_TIMEOUT;
+use crate::policy::Policy;
+
+/// Everything needed to run one service.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// For logs and messages.
+    pub name: String,
+    pub component: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub env: Vec<(String, String)>,
+    pub read_timeout: Duration,
+    pub grants: Grants,
+}
+
+/// The grant strings of one service, as the operator wrote them.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub connect: Vec<String>,
+    pub listen: Vec<String>,
+    pub udp: Vec<String>,
+    pub block_private: bool,
+}
+
+impl Grants {
+    /// Parses the grants; a bad one is an error naming it and its bad part.
+    pub fn policy(&self) -> Result<Policy> {
+        Ok(Policy::parse(&self.connect, &self.listen, &self.udp, self.block_private)?)
+    }
+}
+
+/// The name a component gets when none is given: its file name.
+pub fn default_name(component: &Path) -> String {
+    component.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "component".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    service: Vec<ManifestService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ManifestService {
+    name: Option<String>,
+    component: PathBuf,
+    #[serde(default)]
+    listen: Vec<SocketAddr>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    read_timeout_ms: Option<u64>,
+    #[serde(default)]
+    allow_connect: Vec<String>,
+    #[serde(default)]
+    allow_listen: Vec<String>,
+    #[serde(default)]
+    allow_udp: Vec<String>,
+    #[serde(default)]
+    block_private: bool,
+}
+
+/// Reads a manifest. Component paths are relative to the manifest's folder;
+/// every grant is parsed here, so a bad one stops the start-up.
+pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let manifest: Manifest =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e.to_string())))?;
+    if manifest.service.is_empty() {
+        bail!("{}: no [[service]] in the manifest", path.display());
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut specs = Vec::new();
+    for entry in manifest.service {
+        let component = base.join(&entry.component);
+        let name = entry.name.unwrap_or_else(|| default_name(&component));
+        if specs.iter().any(|s: &ServiceSpec| s.name == name) {
+            bail!("{}: two services are named `{name}`", path.display());
+        }
+        let spec = ServiceSpec {
+            component,
+            listen: entry.listen,
+            env: entry.env.into_iter().collect(),
+            read_timeout: entry.read_timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_READ_TIMEOUT),
+            grants: Grants {
+                connect: entry.allow_connect,
+                listen: entry.allow_listen,
+                udp: entry.allow_udp,
+                block_private: entry.block_private,
+            },
+            name,
+        };
+        spec.grants
+            .policy()
+            .with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// toml's errors span several lines (with a caret); an operator gets one.
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("portcullis-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("portcullis.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_manifest_with_two_services() {
+        let path = write(
+            "two",
+            r#"
+            [[service]]
+            component = "echo.wasm"
+            listen = ["127.0.0.1:7000"]
+
+            [[service]]
+            name = "proxy"
+            component = "sub/proxy.wasm"
+            listen = ["127.0.0.1:7001", "[::1]:7001"]
+            env = { UPSTREAM = "db.internal:5432" }
+            read-timeout-ms = 5000
+            allow-connect = ["tcp://db.internal:5432"]
+            block-private = true
+            "#,
+        );
+        let specs = load_manifest(&path).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].name, "echo.wasm");
+        assert_eq!(specs[0].component, path.parent().unwrap().join("echo.wasm"));
+        assert_eq!(specs[0].read_timeout, DEFAULT_READ_TIMEOUT);
+        assert_eq!(specs[1].name, "proxy");
+        assert_eq!(specs[1].listen.len(), 2);
+        assert_eq!(specs[1].env, vec![("UPSTREAM".to_string(), "db.internal:5432".to_string())]);
+        assert_eq!(specs[1].read_timeout, Duration::from_millis(5000));
+        assert_eq!(specs[1].grants.connect, vec!["tcp://db.internal:5432"]);
+        assert!(specs[1].grants.block_private);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let path = write("unknown", "[[service]]\ncomponent = \"a.wasm\"\nallow-conect = [\"tcp://x:1\"]\n");
+        let err = load_manifest(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `allow-conect`"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn bad_grants_are_errors_naming_the_service() {
+        let path = write("bad-grant", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nallow-udp = [\"udp://x:99999\"]\n");
+        let err = format!("{:#}", load_manifest(&path).unwrap_err());
+        assert!(err.contains("service `db`"), "{err}");
+        assert!(err.contains("bad grant `udp://x:99999`: port `99999` is not a number"), "{err}");
+    }
+}

@@ -1,0 +1,75 @@
+//! `portcullis inspect`: what a component is and what it may need.
+//!
+//! Reads the component's type only (its world, imports and exports); nothing is
+//! instantiated. The grant hints come from which socket functions it imports:
+//! a component that never imports `connection.connect` cannot open clients.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Result;
+use wasmtime::component::types::ComponentItem;
+
+use crate::engine;
+
+/// The report printed by `portcullis inspect COMPONENT`.
+pub fn inspect(path: &Path) -> Result<String> {
+    let engine = engine::new_engine()?;
+    let component = engine::load_component(&engine, path, engine::default_cache_dir().as_deref())?;
+    let ty = component.component_type();
+
+    let mut imports = Vec::new();
+    for (name, item) in ty.imports(&engine) {
+        let functions: Vec<String> = match item.ty {
+            ComponentItem::ComponentInstance(instance) => instance.exports(&engine).map(|(f, _)| f.to_string()).collect(),
+            _ => Vec::new(),
+        };
+        imports.push((name.to_string(), functions));
+    }
+    let exports: Vec<String> = ty.exports(&engine).map(|(name, _)| name.to_string()).collect();
+
+    let has = |prefix: &str| exports.iter().any(|e| e.starts_with(prefix));
+    let world = match (has("portcullis:socket/callbacks@"), has("wasi:cli/run@")) {
+        (true, true) => "program-with-callbacks (a main, and callbacks for its clients and listeners)",
+        (false, true) => "program (a main that runs to completion)",
+        (true, false) => "service (callbacks; attach it with --listen ADDR:PORT)",
+        (false, false) => "none: it exports neither portcullis:socket/callbacks nor wasi:cli/run, so portcullis cannot run it",
+    };
+    let imports_fn = |iface: &str, func: &str| {
+        imports.iter().any(|(name, fs)| name.starts_with(iface) && fs.iter().any(|f| f == func))
+    };
+
+    let mut out = String::new();
+    writeln!(out, "component: {}", path.display())?;
+    writeln!(out, "world: {world}")?;
+    writeln!(out, "imports:")?;
+    for (name, functions) in &imports {
+        if functions.is_empty() {
+            writeln!(out, "  {name}")?;
+        } else {
+            writeln!(out, "  {name}: {}", functions.join(", "))?;
+        }
+    }
+    writeln!(out, "exports:")?;
+    for name in &exports {
+        writeln!(out, "  {name}")?;
+    }
+    writeln!(out, "grants it may need:")?;
+    let mut needs = Vec::new();
+    if imports_fn("portcullis:socket/tcp@", "[static]connection.connect") {
+        needs.push("  --allow-connect tcp://HOST:PORTS  (it opens TCP client connections)");
+    }
+    if imports_fn("portcullis:socket/tcp@", "[constructor]listener") {
+        needs.push("  --allow-listen tcp://HOST:PORTS   (it creates its own listeners)");
+    }
+    if imports_fn("portcullis:socket/udp@", "[static]udp-client.bind") {
+        needs.push("  --allow-udp udp://HOST:PORTS      (it binds UDP sockets and exchanges datagrams)");
+    }
+    if needs.is_empty() {
+        needs.push("  none (it reaches no network by itself)");
+    }
+    for need in needs {
+        writeln!(out, "{need}")?;
+    }
+    Ok(out)
+}
