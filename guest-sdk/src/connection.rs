@@ -128,6 +128,21 @@ impl Connection {
         self.handle.id()
     }
 
+    /// True for a connection a listener accepted; false for one this component
+    /// opened with [`Client::connect`] (a callback client's events reach the same
+    /// [`Service`](crate::Service), so this tells them apart).
+    ///
+    /// ```no_run
+    /// # async fn on_connect(conn: &portcullis_sdk::Connection) {
+    /// if !conn.is_accepted() {
+    ///     return; // our own upstream connection announcing itself
+    /// }
+    /// # }
+    /// ```
+    pub fn is_accepted(&self) -> bool {
+        self.handle.accepted()
+    }
+
     /// The peer's address.
     ///
     /// ```no_run

@@ -32,7 +32,7 @@ use wasmtime::{Engine, Store};
 
 use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
-use crate::net::tcp::{ReadMark, Readiness};
+use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, SocketError, TcpConn};
 use crate::policy::Policy;
 use crate::state::HostState;
@@ -313,9 +313,21 @@ impl Instance<'_> {
                 tracing::debug!(component = %self.name, id = conn.id(), "on-read-ready failed: {err}");
                 callbacks.call_on_error(acc, borrow(), err.into()).await?;
             }
-            if conn.drained().await {
-                // End of stream delivered and nothing left to read: the connection is done.
-                break;
+            match conn.read_state().await {
+                ReadState::Open => {}
+                ReadState::Failed => break,
+                ReadState::Ended => {
+                    // The peer is done sending. The service may still write (a
+                    // half-close, as a proxy needs): the connection ends when it
+                    // closes or shuts its writing, at stop, or after the read
+                    // time-out, so a service that ignores the end cannot leak it.
+                    tokio::select! {
+                        _ = conn.write_done() => {}
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(conn.read_timeout()) => {}
+                    }
+                    break;
+                }
             }
         }
         conn.close();

@@ -136,6 +136,10 @@ impl HostConnection for HostState {
         Ok(self.table.push(Connection { conn })?)
     }
 
+    fn accepted(&mut self, this: Resource<Connection>) -> wasmtime::Result<bool> {
+        Ok(self.table.get(&this)?.conn.accepted())
+    }
+
     fn remote_address(&mut self, this: Resource<Connection>) -> wasmtime::Result<Address> {
         Ok(to_address(self.table.get(&this)?.conn.remote_addr()))
     }

@@ -41,7 +41,7 @@ pub async fn accept_loop(
             r = listener.accept() => r,
             _ = stop.cancelled() => return,
         };
-        match accepted.and_then(|(stream, _)| TcpConn::new(stream, read_timeout)) {
+        match accepted.and_then(|(stream, _)| TcpConn::new(stream, read_timeout, true)) {
             Ok(conn) => {
                 on_accept(&conn);
                 if sink.send(conn).is_err() {

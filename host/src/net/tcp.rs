@@ -36,6 +36,8 @@ pub struct TcpConn(Arc<Inner>);
 
 struct Inner {
     id: u64,
+    /// Accepted by a listener (true) or opened by the guest (false).
+    accepted: bool,
     stream: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
@@ -48,6 +50,8 @@ struct Inner {
     read_shut: AtomicBool,
     /// Cancelled by `close`: wakes every read, write and dispatcher waiting on it.
     closed: CancellationToken,
+    /// Cancelled by `shutdown-write` and by `close` (a child of `closed`).
+    write_done: CancellationToken,
     /// Wakes the dispatcher when the guest consumed bytes from a full buffer.
     consumed: Notify,
 }
@@ -72,6 +76,17 @@ pub struct ReadMark {
     takes: u64,
 }
 
+/// The read side after a callback, for the dispatcher.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadState {
+    /// More may come (or bytes are still buffered).
+    Open,
+    /// The peer ended its stream and everything was read.
+    Ended,
+    /// The connection broke (reset); nothing more will work.
+    Failed,
+}
+
 /// What the dispatcher should do next for a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -82,14 +97,17 @@ pub enum Readiness {
 }
 
 impl TcpConn {
-    /// Wraps a connected stream. `TCP_NODELAY` is set: services answer small
-    /// messages and must not wait for Nagle.
-    pub fn new(stream: TcpStream, read_timeout: Duration) -> io::Result<Self> {
+    /// Wraps a connected stream, `accepted` by a listener or opened by a guest.
+    /// `TCP_NODELAY` is set: services answer small messages and must not wait
+    /// for Nagle.
+    pub fn new(stream: TcpStream, read_timeout: Duration, accepted: bool) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
         let remote = stream.peer_addr()?;
+        let closed = CancellationToken::new();
         Ok(TcpConn(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            accepted,
             stream,
             local,
             remote,
@@ -104,7 +122,8 @@ impl TcpConn {
             write: Mutex::new(()),
             write_shut: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
-            closed: CancellationToken::new(),
+            write_done: closed.child_token(),
+            closed,
             consumed: Notify::new(),
         })))
     }
@@ -120,7 +139,7 @@ impl TcpConn {
         for addr in addrs {
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
-                    return TcpConn::new(stream, read_timeout)
+                    return TcpConn::new(stream, read_timeout, false)
                         .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
                 }
                 Ok(Err(e)) => last = e,
@@ -132,6 +151,14 @@ impl TcpConn {
 
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+
+    pub fn accepted(&self) -> bool {
+        self.0.accepted
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        self.0.read_timeout
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -239,6 +266,7 @@ impl TcpConn {
             return Err(SocketError::generic(WRITE_AFTER_CLOSE));
         }
         inner.write_shut.store(true, Ordering::Release);
+        inner.write_done.cancel();
         socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Write).map_err(SocketError::from)
     }
 
@@ -260,11 +288,25 @@ impl TcpConn {
         ReadMark { arrivals: side.arrivals, takes: side.takes }
     }
 
-    /// True when nothing more can ever be read: end of stream (or an error) with
-    /// nothing left buffered.
-    pub async fn drained(&self) -> bool {
+    /// Where the read side stands once a callback returned.
+    pub async fn read_state(&self) -> ReadState {
         let side = self.0.read.lock().await;
-        side.buf.is_empty() && (side.eof || side.error.is_some())
+        if !side.buf.is_empty() {
+            ReadState::Open
+        } else if side.error.is_some() {
+            ReadState::Failed
+        } else if side.eof {
+            ReadState::Ended
+        } else {
+            ReadState::Open
+        }
+    }
+
+    /// Resolves once this side can write no more: `shutdown-write` or `close`.
+    /// A connection whose peer ended its stream lives until then, so a service
+    /// can still answer after a half-close.
+    pub async fn write_done(&self) {
+        self.0.write_done.cancelled().await
     }
 
     /// Waits until the guest has something new to read, reading ahead from the
