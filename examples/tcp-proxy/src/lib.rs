@@ -64,9 +64,11 @@ impl Service for Proxy {
         let peer = self.peer.borrow().get(&conn.id()).cloned();
         match peer {
             Some(peer) if data.is_empty() => {
-                // One side ended: end the other's writing, then close this one.
+                // This side ended its stream: pass the end on (a half-close).
+                // The host closes each connection once both of its directions
+                // are done, and on_close then closes the other.
                 let _ = peer.shutdown_write();
-                conn.close()
+                Ok(())
             }
             Some(peer) => peer.write_all(&data).await.map(drop),
             // Only an upstream can be unpaired here: a client's on_read_ready

@@ -59,10 +59,15 @@ struct Inner {
 /// The read half's state: the read-ahead buffer and what happened at the socket.
 struct ReadSide {
     buf: BytesMut,
-    /// The peer sent FIN (or `shutdown-read` was called).
+    /// No more bytes will come: the peer sent FIN, or the socket failed.
     eof: bool,
     /// A read error seen by the read-ahead, handed to the next guest read.
     error: Option<io::Error>,
+    /// The socket failed (reset); `eof` is set too.
+    failed: bool,
+    /// The guest has seen the end (an empty read at end of stream, or the
+    /// error): only then is the read side over for the dispatcher.
+    end_seen: bool,
     /// Counts socket reads that brought bytes or end of stream.
     arrivals: u64,
     /// Counts guest reads that took bytes.
@@ -116,6 +121,8 @@ impl TcpConn {
                 buf: BytesMut::new(),
                 eof: false,
                 error: None,
+                failed: false,
+                end_seen: false,
                 arrivals: 0,
                 takes: 0,
             }),
@@ -196,11 +203,19 @@ impl TcpConn {
                 inner.consumed.notify_one();
             }
             let done = if want == 0 { !out.is_empty() } else { out.len() == want };
-            if done || side.eof {
+            if done {
                 return Ok(out);
             }
-            if let Some(err) = side.error.take() {
-                return Err(SocketError::from(err));
+            if side.eof {
+                // Bytes gathered so far come first; the end (or the error) is
+                // reported by the read that finds nothing.
+                if out.is_empty() {
+                    side.end_seen = true;
+                    if let Some(err) = side.error.take() {
+                        return Err(SocketError::from(err));
+                    }
+                }
+                return Ok(out);
             }
             if inner.closed.is_cancelled() {
                 return Err(SocketError::generic("socket is closed"));
@@ -212,7 +227,7 @@ impl TcpConn {
             };
             match waited {
                 Err(_) => return Err(SocketError::read_timed_out()),
-                Ok(Err(e)) => return Err(SocketError::from(e)),
+                Ok(Err(e)) => side.fail(e),
                 Ok(Ok(())) => {
                     side.fill_from(&inner.stream);
                 }
@@ -290,15 +305,14 @@ impl TcpConn {
 
     /// Where the read side stands once a callback returned.
     pub async fn read_state(&self) -> ReadState {
+        if self.0.read_shut.load(Ordering::Acquire) {
+            return ReadState::Ended;
+        }
         let side = self.0.read.lock().await;
-        if !side.buf.is_empty() {
-            ReadState::Open
-        } else if side.error.is_some() {
-            ReadState::Failed
-        } else if side.eof {
-            ReadState::Ended
-        } else {
-            ReadState::Open
+        match (side.end_seen, side.failed) {
+            (true, true) => ReadState::Failed,
+            (true, false) => ReadState::Ended,
+            (false, _) => ReadState::Open,
         }
     }
 
@@ -324,11 +338,11 @@ impl TcpConn {
             }
             let mut side = inner.read.lock().await;
             let fresh = side.arrivals != seen.arrivals || side.takes != seen.takes;
-            let pending = !side.buf.is_empty() || side.eof || side.error.is_some();
+            let pending = !side.buf.is_empty() || (side.eof && !side.end_seen);
             if fresh && pending {
                 return Readiness::Ready;
             }
-            if side.eof || side.error.is_some() || side.buf.len() >= READ_AHEAD_LIMIT {
+            if side.eof || side.buf.len() >= READ_AHEAD_LIMIT {
                 // Nothing more to read from the socket: wait for the guest to take
                 // bytes (buffer full) or for a close.
                 let consumed = inner.consumed.notified();
@@ -346,7 +360,7 @@ impl TcpConn {
             tokio::select! {
                 r = inner.stream.readable() => {
                     if let Err(e) = r {
-                        inner.read.lock().await.error = Some(e);
+                        inner.read.lock().await.fail(e);
                     }
                 }
                 _ = inner.closed.cancelled() => {}
@@ -356,11 +370,18 @@ impl TcpConn {
 }
 
 impl ReadSide {
+    /// The socket broke: nothing more will come; the next read reports `err`.
+    fn fail(&mut self, err: io::Error) {
+        self.error = Some(err);
+        self.failed = true;
+        self.eof = true;
+    }
+
     /// Reads from the socket until it would block or the buffer is full.
     /// Returns whether anything happened (bytes, end of stream or an error).
     fn fill_from(&mut self, stream: &TcpStream) -> bool {
         let mut progressed = false;
-        while !self.eof && self.error.is_none() {
+        while !self.eof {
             let room = READ_AHEAD_LIMIT.saturating_sub(self.buf.len());
             if room == 0 {
                 break;
@@ -371,7 +392,7 @@ impl ReadSide {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => self.error = Some(e),
+                Err(e) => self.fail(e),
             }
             self.arrivals += 1;
             progressed = true;
@@ -387,5 +408,61 @@ impl std::fmt::Debug for TcpConn {
             .field("local", &self.0.local)
             .field("remote", &self.0.remote)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpConn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        (TcpConn::new(stream, Duration::from_secs(5), true).unwrap(), peer)
+    }
+
+    #[tokio::test]
+    async fn the_end_counts_only_once_the_guest_saw_it() {
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"last words").await.unwrap();
+        peer.shutdown().await.unwrap(); // data and FIN, likely in one read-ahead
+        assert_eq!(conn.wait_ready(ReadMark::default()).await, Readiness::Ready);
+        let seen = conn.mark().await;
+        assert_eq!(conn.read(None).await.unwrap(), b"last words");
+        assert_eq!(conn.read_state().await, ReadState::Open, "the guest has not seen the end yet");
+        // It took bytes and the end is pending: fire again.
+        assert_eq!(conn.wait_ready(seen).await, Readiness::Ready);
+        assert_eq!(conn.read(None).await.unwrap(), b"");
+        assert_eq!(conn.read_state().await, ReadState::Ended);
+    }
+
+    #[tokio::test]
+    async fn read_exact_gathers_and_returns_a_short_read_only_at_the_end() {
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"Hello").await.unwrap();
+        let reader = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.read(Some(9)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peer.write_all(b"from").await.unwrap();
+        assert_eq!(reader.await.unwrap().unwrap(), b"Hellofrom");
+        peer.write_all(b"abc").await.unwrap();
+        peer.shutdown().await.unwrap();
+        assert_eq!(conn.read(Some(10)).await.unwrap(), b"abc");
+        assert_eq!(conn.read(Some(10)).await.unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn writes_after_shutdown_write_fail_with_ballerinas_message() {
+        let (conn, _peer) = pair().await;
+        assert_eq!(conn.write_all(b"one").await.unwrap(), 3);
+        conn.shutdown_write().unwrap();
+        assert_eq!(conn.write_all(b"two").await.unwrap_err().message, WRITE_AFTER_CLOSE);
+        conn.close();
+        assert_eq!(conn.write_all(b"").await.unwrap_err().message, WRITE_AFTER_CLOSE);
     }
 }
