@@ -86,6 +86,22 @@ impl Loaded {
         Ok(Loaded { name: name.to_string(), pre, callbacks, main, env, policy })
     }
 
+    /// Creates a fresh store and instance and drops them: what a new instance
+    /// costs (the bench measures it).
+    pub async fn instantiate_once(&self) -> Result<()> {
+        let (sink, _conns) = mpsc::unbounded_channel();
+        let net = NetCtx {
+            new_connections: sink,
+            has_callbacks: self.callbacks.is_some(),
+            active_listeners: Arc::new(AtomicUsize::new(0)),
+            policy: self.policy.clone(),
+            component: Arc::from(self.name.as_str()),
+        };
+        let mut store = Store::new(self.pre.engine(), HostState::new(&self.env, net));
+        self.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+        Ok(())
+    }
+
     pub fn has_callbacks(&self) -> bool {
         self.callbacks.is_some()
     }

@@ -16,7 +16,26 @@ use wasmtime::{Config, Engine};
 /// The engine every service in the process shares: component model with async,
 /// and concurrent calls into one instance.
 pub fn new_engine() -> Result<Engine> {
+    engine_with(Config::new())
+}
+
+/// The same engine with the pooling instance allocator, which pre-reserves
+/// instance slots so that instantiating costs microseconds (for instance per
+/// connection; measured by `cargo xtask bench`).
+pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
+    let mut pooling = wasmtime::PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(max_instances)
+        .total_core_instances(max_instances * 4)
+        .total_memories(max_instances * 2)
+        .total_tables(max_instances * 4)
+        .max_memory_size(256 << 20);
     let mut config = Config::new();
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+    engine_with(config)
+}
+
+fn engine_with(mut config: Config) -> Result<Engine> {
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.concurrency_support(true);

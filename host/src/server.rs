@@ -33,6 +33,11 @@ impl Runtime {
         Ok(Runtime { engine: engine::new_engine()?, cache_dir: engine::default_cache_dir() })
     }
 
+    /// A runtime on a pooled engine (see [`engine::new_pooled_engine`]).
+    pub fn pooled(max_instances: u32) -> Result<Self> {
+        Ok(Runtime { engine: engine::new_pooled_engine(max_instances)?, cache_dir: engine::default_cache_dir() })
+    }
+
     /// Uses `dir` for compiled components, or no cache with `None`.
     pub fn with_cache_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
         self.cache_dir = dir;

@@ -7,10 +7,12 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <build | demo | test>
+const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick]>
   build  build the host (release) and every guest component (wasm32-wasip2)
   demo   build, then serve the echo example on 127.0.0.1:61598
-  test   build, then run every test (unit, integration, SDK docs)";
+  test   build, then run every test (unit, integration, SDK docs)
+  bench  build, then measure portcullis against a native tokio baseline
+         (--quick: a short smoke run, under 2 minutes)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,6 +20,7 @@ fn main() -> ExitCode {
         Some("build") => build(),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -101,6 +104,12 @@ fn demo() -> Result<()> {
         .arg("run")
         .arg(&echo)
         .args(["--listen", "127.0.0.1:61598"]))
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    build()?;
+    run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))?;
+    run(Command::new(root().join("target/release/portcullis-bench")).args(extra))
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -1,0 +1,168 @@
+//! The load generator: closed-loop echo, connection churn, fixed-rate latency,
+//! UDP echo and idle connections. Each function drives one server for a while
+//! and returns what it measured; it knows nothing about which server it is.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.expect("connect to the server under test");
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// `conns` connections each sending `size`-byte messages and reading the echo,
+/// back to back, for `duration`. Returns messages per second.
+pub async fn tcp_echo(addr: SocketAddr, conns: usize, size: usize, duration: Duration) -> f64 {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = connect(addr).await;
+            let message = vec![0x5a; size];
+            let mut reply = vec![0; size];
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                stream.write_all(&message).await.unwrap();
+                stream.read_exact(&mut reply).await.unwrap();
+                count += 1;
+            }
+            count
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Connect, one 64-byte round trip, close; `workers` at a time, for `duration`.
+/// Returns connections per second. Clients close with RST (linger 0) so that
+/// TIME_WAIT does not exhaust the ephemeral ports over many rounds.
+pub async fn churn(addr: SocketAddr, workers: usize, duration: Duration) -> f64 {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        tasks.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            let mut reply = [0u8; 64];
+            while Instant::now() < deadline {
+                let mut stream = connect(addr).await;
+                stream.write_all(&[7u8; 64]).await.unwrap();
+                stream.read_exact(&mut reply).await.unwrap();
+                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+                drop(stream);
+                count += 1;
+            }
+            count
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Round-trip latency percentiles (µs) at a fixed total `rate` over `conns`
+/// connections. Sends follow a schedule; a send that falls behind goes out at
+/// once. Latency counts from the actual send: tokio's timer fires up to a
+/// millisecond late, which would otherwise drown the server's share.
+pub async fn fixed_rate(addr: SocketAddr, conns: usize, rate: f64, duration: Duration) -> (f64, f64, f64) {
+    let interval = Duration::from_secs_f64(conns as f64 / rate);
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = connect(addr).await;
+            let mut histogram = Histogram::<u64>::new(3).unwrap();
+            let offset = interval.mul_f64(i as f64 / conns as f64);
+            let mut reply = [0u8; 64];
+            let mut k = 0u32;
+            loop {
+                let scheduled = start + offset + interval * k;
+                if scheduled > start + duration {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                let sent = Instant::now();
+                stream.write_all(&[1u8; 64]).await.unwrap();
+                stream.read_exact(&mut reply).await.unwrap();
+                histogram.record(sent.elapsed().as_micros() as u64).unwrap();
+                k += 1;
+            }
+            histogram
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3).unwrap();
+    for task in tasks {
+        all.add(task.await.unwrap()).unwrap();
+    }
+    (
+        all.value_at_quantile(0.5) as f64,
+        all.value_at_quantile(0.99) as f64,
+        all.value_at_quantile(0.999) as f64,
+    )
+}
+
+/// `clients` UDP sockets, one 64-byte datagram in flight each, for `duration`.
+/// Returns datagrams per second (a lost datagram counts nothing and is resent
+/// after 100 ms).
+pub async fn udp_echo(addr: SocketAddr, clients: usize, duration: Duration) -> f64 {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.connect(addr).await.unwrap();
+            let mut buf = [0u8; 128];
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                socket.send(&[3u8; 64]).await.unwrap();
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await {
+                    count += 1;
+                }
+            }
+            count
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Opens `n` idle connections, waits for the server to settle, and returns the
+/// growth of its resident memory per connection, in bytes.
+pub async fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> f64 {
+    let before = rss_bytes(pid);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(connect(addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_bytes(pid);
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (after as f64 - before as f64) / n as f64
+}
+
+/// VmRSS of `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

@@ -1,0 +1,312 @@
+//! `portcullis-bench`: portcullis against a native tokio baseline, in one run.
+//!
+//! Every scenario runs against both servers, alternating native and portcullis
+//! over several rounds (A B A B ...), and reports medians and their ratio
+//! (portcullis / native). Servers run in their own processes pinned to core 0;
+//! this load generator is pinned to core 1. Results: a Markdown table on stdout
+//! and `target/bench/results.json`.
+//!
+//! Run it with `cargo xtask bench [--quick]`.
+
+mod load;
+mod native;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+/// One line of `results.json`.
+#[derive(Serialize, Clone)]
+struct Row {
+    scenario: String,
+    mode: String,
+    metric: String,
+    portcullis: f64,
+    native: Option<f64>,
+    ratio: Option<f64>,
+}
+
+struct Settings {
+    rounds: usize,
+    run: Duration,
+    latency_run: Duration,
+    idle_conns: usize,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("native-server") {
+        return native::serve();
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings { rounds: 5, run: Duration::from_millis(400), latency_run: Duration::from_millis(800), idle_conns: 1000 }
+    } else {
+        Settings { rounds: 5, run: Duration::from_secs(2), latency_run: Duration::from_secs(3), idle_conns: 5000 }
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    raise_fd_limit();
+    pin_to_core(1);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rows = runtime.block_on(run_all(&root, &settings))?;
+
+    print_table(&rows, quick, cores);
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&rows)?)?;
+    println!("\nwrote {}", out.join("results.json").display());
+    Ok(())
+}
+
+/// A server under test, in its own process; killed when dropped.
+struct Server {
+    child: Child,
+    tcp: Option<SocketAddr>,
+    udp: Option<SocketAddr>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `taskset -c 0 PROGRAM ARGS` where taskset exists, else the program alone.
+fn on_core_0(program: &Path, args: &[&str]) -> Command {
+    if Path::new("/usr/bin/taskset").exists() {
+        let mut cmd = Command::new("/usr/bin/taskset");
+        cmd.arg("-c").arg("0").arg(program).args(args);
+        cmd
+    } else {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        cmd
+    }
+}
+
+fn spawn(mut cmd: Command) -> Result<(Child, BufReader<std::process::ChildStdout>)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("starting a server")?;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    Ok((child, stdout))
+}
+
+fn line(reader: &mut BufReader<std::process::ChildStdout>) -> Result<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        bail!("the server exited before announcing its address");
+    }
+    Ok(line.trim().to_string())
+}
+
+fn native_server() -> Result<Server> {
+    let exe = std::env::current_exe()?;
+    let (child, mut out) = spawn(on_core_0(&exe, &["native-server"]))?;
+    let tcp = line(&mut out)?.strip_prefix("tcp ").context("tcp line")?.parse()?;
+    let udp = line(&mut out)?.strip_prefix("udp ").context("udp line")?.parse()?;
+    Ok(Server { child, tcp: Some(tcp), udp: Some(udp) })
+}
+
+fn portcullis_bin(root: &Path) -> PathBuf {
+    root.join("target/release/portcullis")
+}
+
+fn guest(root: &Path, name: &str) -> String {
+    root.join("target/wasm32-wasip2/release").join(format!("{name}.wasm")).display().to_string()
+}
+
+fn portcullis_tcp(root: &Path, cache: &Path) -> Result<Server> {
+    let mut cmd = on_core_0(&portcullis_bin(root), &["run", &guest(root, "echo"), "--listen", "127.0.0.1:0"]);
+    cmd.env("PORTCULLIS_CACHE_DIR", cache);
+    let (child, mut out) = spawn(cmd)?;
+    let addr = line(&mut out)?.strip_prefix("listening on ").context("listening line")?.parse()?;
+    Ok(Server { child, tcp: Some(addr), udp: None })
+}
+
+fn portcullis_udp(root: &Path, cache: &Path) -> Result<Server> {
+    let mut cmd = on_core_0(
+        &portcullis_bin(root),
+        &["run", &guest(root, "udp_echo"), "--env", "PORT=0", "--allow-udp", "udp://*:*"],
+    );
+    cmd.env("PORTCULLIS_CACHE_DIR", cache);
+    let (child, mut out) = spawn(cmd)?;
+    let announced = line(&mut out)?;
+    let port: u16 = announced.rsplit_once(':').context("udp-echo line")?.1.parse()?;
+    Ok(Server { child, tcp: None, udp: Some(SocketAddr::from(([127, 0, 0, 1], port))) })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] }
+}
+
+fn row(scenario: &str, mode: &str, metric: &str, portcullis: f64, native: Option<f64>) -> Row {
+    Row {
+        scenario: scenario.into(),
+        mode: mode.into(),
+        metric: metric.into(),
+        portcullis,
+        native,
+        ratio: native.filter(|n| *n != 0.0).map(|n| portcullis / n),
+    }
+}
+
+/// Runs `measure` against native and portcullis, alternating, `rounds` times;
+/// returns the medians (native, portcullis) of every value it yields.
+async fn alternate<F, Fut>(rounds: usize, native: SocketAddr, ours: SocketAddr, mut measure: F) -> (Vec<f64>, Vec<f64>)
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Vec<f64>>,
+{
+    let (mut a, mut b): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        a.push(measure(native).await);
+        b.push(measure(ours).await);
+    }
+    let medians = |runs: Vec<Vec<f64>>| -> Vec<f64> {
+        (0..runs[0].len()).map(|i| median(runs.iter().map(|r| r[i]).collect())).collect()
+    };
+    (medians(a), medians(b))
+}
+
+async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
+    let cache = root.join("target/bench/cache");
+    std::fs::create_dir_all(&cache)?;
+    let mut rows = Vec::new();
+    let native = native_server()?;
+    let ours = portcullis_tcp(root, &cache)?;
+    let (n_tcp, p_tcp) = (native.tcp.unwrap(), ours.tcp.unwrap());
+
+    for (size, label) in [(64usize, "64 B"), (16 * 1024, "16 KiB")] {
+        eprintln!("bench: tcp echo {label}");
+        let run = s.run;
+        let (n, p) = alternate(s.rounds, n_tcp, p_tcp, |addr| async move {
+            vec![load::tcp_echo(addr, 50, size, run).await]
+        })
+        .await;
+        let scenario = format!("tcp echo {label}, 50 conns");
+        rows.push(row(&scenario, "shared", "msg/s", p[0], Some(n[0])));
+        let mb = |msgs: f64| msgs * size as f64 / 1e6;
+        rows.push(row(&scenario, "shared", "MB/s", mb(p[0]), Some(mb(n[0]))));
+    }
+
+    eprintln!("bench: connection churn");
+    let run = s.run;
+    let (n, p) = alternate(s.rounds, n_tcp, p_tcp, |addr| async move { vec![load::churn(addr, 8, run).await] }).await;
+    rows.push(row("connection churn, 64 B round trip", "shared", "conn/s", p[0], Some(n[0])));
+
+    eprintln!("bench: fixed-rate latency");
+    let run = s.latency_run;
+    let (n, p) = alternate(s.rounds, n_tcp, p_tcp, |addr| async move {
+        let (p50, p99, p999) = load::fixed_rate(addr, 50, 10_000.0, run).await;
+        vec![p50, p99, p999]
+    })
+    .await;
+    for (i, metric) in ["p50 µs", "p99 µs", "p99.9 µs"].iter().enumerate() {
+        rows.push(row("fixed rate 10k msg/s, 50 conns", "shared", metric, p[i], Some(n[i])));
+    }
+
+    eprintln!("bench: idle memory");
+    let (conns, native_pid, our_pid) = (s.idle_conns, native.child.id(), ours.child.id());
+    let mut samples = (Vec::new(), Vec::new());
+    for _ in 0..s.rounds.min(3) {
+        samples.0.push(load::idle_memory(n_tcp, native_pid, conns).await);
+        samples.1.push(load::idle_memory(p_tcp, our_pid, conns).await);
+    }
+    let (n_mem, p_mem) = (median(samples.0), median(samples.1));
+    let scenario = format!("idle memory, {conns} conns");
+    rows.push(row(&scenario, "shared", "bytes/conn", p_mem, Some(n_mem)));
+    rows.push(row(&scenario, "shared", "bytes/conn above native", p_mem - n_mem, None));
+    drop(ours);
+
+    eprintln!("bench: udp echo");
+    let ours_udp = portcullis_udp(root, &cache)?;
+    let run = s.run;
+    let (n, p) = alternate(s.rounds, native.udp.unwrap(), ours_udp.udp.unwrap(), |addr| async move {
+        vec![load::udp_echo(addr, 16, run).await]
+    })
+    .await;
+    rows.push(row("udp echo 64 B, 16 clients", "shared", "dgram/s", p[0], Some(n[0])));
+    drop(ours_udp);
+    drop(native);
+
+    eprintln!("bench: start-up");
+    let mut native_start = Vec::new();
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for round in 0..s.rounds {
+        let started = Instant::now();
+        let server = native_server()?;
+        native_start.push(started.elapsed().as_secs_f64() * 1e3);
+        drop(server);
+        let fresh = root.join(format!("target/bench/cold-cache-{round}"));
+        let _ = std::fs::remove_dir_all(&fresh);
+        let started = Instant::now();
+        drop(portcullis_tcp(root, &fresh)?);
+        cold.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        drop(portcullis_tcp(root, &fresh)?);
+        warm.push(started.elapsed().as_secs_f64() * 1e3);
+        let _ = std::fs::remove_dir_all(&fresh);
+    }
+    let native_ms = median(native_start);
+    rows.push(row("start-up to `listening on`", "cold cache", "ms", median(cold), Some(native_ms)));
+    rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
+
+    eprintln!("bench: instantiation");
+    let runtime = portcullis::Runtime::pooled(64)?.with_cache_dir(Some(cache.clone()));
+    let loaded = runtime.load(Path::new(&guest(root, "echo")), Vec::new(), Default::default())?;
+    for _ in 0..20 {
+        loaded.instantiate_once().await?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..500 {
+        let started = Instant::now();
+        loaded.instantiate_once().await?;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    rows.push(row("instantiation from InstancePre", "pooling", "µs", median(times), None));
+    Ok(rows)
+}
+
+fn print_table(rows: &[Row], quick: bool, cores: usize) {
+    println!("| scenario | mode | metric | portcullis | native | ratio |");
+    println!("|---|---|---|---:|---:|---:|");
+    for r in rows {
+        let native = r.native.map(|n| format!("{n:.1}")).unwrap_or_else(|| "—".into());
+        let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "—".into());
+        println!("| {} | {} | {} | {:.1} | {native} | {ratio} |", r.scenario, r.mode, r.metric, r.portcullis);
+    }
+    println!(
+        "\n{} run, {} cores; servers pinned to core 0, load generator to core 1; medians of alternating rounds.",
+        if quick { "quick" } else { "full" },
+        cores
+    );
+}
+
+/// 5,000 idle connections need more descriptors than the usual soft limit.
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on our own process; children inherit it.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn pin_to_core(core: usize) {
+    // SAFETY: sched_setaffinity on this thread with a set we built.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
