@@ -214,17 +214,23 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     }
 
     eprintln!("bench: idle memory");
-    let (conns, native_pid, our_pid) = (s.idle_conns, native.child.id(), ours.child.id());
+    // Fresh servers each round: what a previous round allocated (and the
+    // allocator kept) must not count.
+    drop(ours);
+    let conns = s.idle_conns;
     let mut samples = (Vec::new(), Vec::new());
     for _ in 0..s.rounds.min(3) {
-        samples.0.push(load::idle_memory(n_tcp, native_pid, conns).await);
-        samples.1.push(load::idle_memory(p_tcp, our_pid, conns).await);
+        let fresh_native = native_server()?;
+        samples.0.push(load::idle_memory(fresh_native.tcp.unwrap(), fresh_native.child.id(), conns).await);
+        drop(fresh_native);
+        let fresh_ours = portcullis_tcp(root, &cache)?;
+        samples.1.push(load::idle_memory(fresh_ours.tcp.unwrap(), fresh_ours.child.id(), conns).await);
+        drop(fresh_ours);
     }
     let (n_mem, p_mem) = (median(samples.0), median(samples.1));
     let scenario = format!("idle memory, {conns} conns");
     rows.push(row(&scenario, "shared", "bytes/conn", p_mem, Some(n_mem)));
     rows.push(row(&scenario, "shared", "bytes/conn above native", p_mem - n_mem, None));
-    drop(ours);
 
     eprintln!("bench: udp echo");
     let ours_udp = portcullis_udp(root, &cache)?;

@@ -320,10 +320,10 @@ impl Instance<'_> {
                 r = conn.wait_ready(seen) => r,
                 _ = shutdown.cancelled() => Readiness::Closed,
             };
-            if readiness == Readiness::Closed {
-                break;
+            match readiness {
+                Readiness::Ready(now) => seen = now,
+                Readiness::Closed => break,
             }
-            seen = conn.mark().await;
             if let Err(err) = callbacks.call_on_read_ready(acc, borrow()).await? {
                 let err = SocketError::from(err);
                 tracing::debug!(component = %self.name, id = conn.id(), "on-read-ready failed: {err}");

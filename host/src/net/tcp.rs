@@ -95,8 +95,9 @@ pub enum ReadState {
 /// What the dispatcher should do next for a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Readiness {
-    /// Bytes or end of stream wait for the guest: fire `on-read-ready`.
-    Ready,
+    /// Bytes or end of stream wait for the guest: fire `on-read-ready`. The
+    /// mark is where things stand now, to pass to the next `wait_ready`.
+    Ready(ReadMark),
     /// The connection was closed: fire `on-close` and stop.
     Closed,
 }
@@ -297,12 +298,6 @@ impl TcpConn {
         Ok(())
     }
 
-    /// Where the dispatcher stands now; pass it to [`TcpConn::wait_ready`].
-    pub async fn mark(&self) -> ReadMark {
-        let side = self.0.read.lock().await;
-        ReadMark { arrivals: side.arrivals, takes: side.takes }
-    }
-
     /// Where the read side stands once a callback returned.
     pub async fn read_state(&self) -> ReadState {
         if self.0.read_shut.load(Ordering::Acquire) {
@@ -340,7 +335,7 @@ impl TcpConn {
             let fresh = side.arrivals != seen.arrivals || side.takes != seen.takes;
             let pending = !side.buf.is_empty() || (side.eof && !side.end_seen);
             if fresh && pending {
-                return Readiness::Ready;
+                return Readiness::Ready(ReadMark { arrivals: side.arrivals, takes: side.takes });
             }
             if side.eof || side.buf.len() >= READ_AHEAD_LIMIT {
                 // Nothing more to read from the socket: wait for the guest to take
@@ -429,12 +424,11 @@ mod tests {
         let (conn, mut peer) = pair().await;
         peer.write_all(b"last words").await.unwrap();
         peer.shutdown().await.unwrap(); // data and FIN, likely in one read-ahead
-        assert_eq!(conn.wait_ready(ReadMark::default()).await, Readiness::Ready);
-        let seen = conn.mark().await;
+        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
         assert_eq!(conn.read(None).await.unwrap(), b"last words");
         assert_eq!(conn.read_state().await, ReadState::Open, "the guest has not seen the end yet");
         // It took bytes and the end is pending: fire again.
-        assert_eq!(conn.wait_ready(seen).await, Readiness::Ready);
+        assert!(matches!(conn.wait_ready(seen).await, Readiness::Ready(_)));
         assert_eq!(conn.read(None).await.unwrap(), b"");
         assert_eq!(conn.read_state().await, ReadState::Ended);
     }
