@@ -15,25 +15,14 @@ async fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-/// `conns` connections each sending `size`-byte messages and reading the echo,
-/// back to back, for `duration`. Returns messages per second.
-pub async fn tcp_echo(addr: SocketAddr, conns: usize, size: usize, duration: Duration) -> f64 {
-    let deadline = Instant::now() + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        tasks.push(tokio::spawn(async move {
-            let mut stream = connect(addr).await;
-            let message = vec![0x5a; size];
-            let mut reply = vec![0; size];
-            let mut count = 0u64;
-            while Instant::now() < deadline {
-                stream.write_all(&message).await.unwrap();
-                stream.read_exact(&mut reply).await.unwrap();
-                count += 1;
-            }
-            count
-        }));
-    }
+/// Runs `workers` copies of a counting task until they finish; returns their
+/// total count per second of wall time.
+async fn rate<F, Fut>(workers: usize, task: F) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..workers).map(|_| tokio::spawn(task())).collect();
     let started = Instant::now();
     let mut total = 0;
     for task in tasks {
@@ -42,33 +31,44 @@ pub async fn tcp_echo(addr: SocketAddr, conns: usize, size: usize, duration: Dur
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// `conns` connections each sending `size`-byte messages and reading the echo,
+/// back to back, for `duration`. Returns messages per second.
+pub async fn tcp_echo(addr: SocketAddr, conns: usize, size: usize, duration: Duration) -> f64 {
+    let deadline = Instant::now() + duration;
+    rate(conns, || async move {
+        let mut stream = connect(addr).await;
+        let message = vec![0x5a; size];
+        let mut reply = vec![0; size];
+        let mut count = 0u64;
+        while Instant::now() < deadline {
+            stream.write_all(&message).await.unwrap();
+            stream.read_exact(&mut reply).await.unwrap();
+            count += 1;
+        }
+        count
+    })
+    .await
+}
+
 /// Connect, one 64-byte round trip, close; `workers` at a time, for `duration`.
 /// Returns connections per second. Clients close with RST (linger 0) so that
 /// TIME_WAIT does not exhaust the ephemeral ports over many rounds.
 pub async fn churn(addr: SocketAddr, workers: usize, duration: Duration) -> f64 {
     let deadline = Instant::now() + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        tasks.push(tokio::spawn(async move {
-            let mut count = 0u64;
-            let mut reply = [0u8; 64];
-            while Instant::now() < deadline {
-                let mut stream = connect(addr).await;
-                stream.write_all(&[7u8; 64]).await.unwrap();
-                stream.read_exact(&mut reply).await.unwrap();
-                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
-                drop(stream);
-                count += 1;
-            }
-            count
-        }));
-    }
-    let started = Instant::now();
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    total as f64 / started.elapsed().as_secs_f64()
+    rate(workers, || async move {
+        let mut count = 0u64;
+        let mut reply = [0u8; 64];
+        while Instant::now() < deadline {
+            let mut stream = connect(addr).await;
+            stream.write_all(&[7u8; 64]).await.unwrap();
+            stream.read_exact(&mut reply).await.unwrap();
+            socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+            drop(stream);
+            count += 1;
+        }
+        count
+    })
+    .await
 }
 
 /// Round-trip latency percentiles (µs) at a fixed total `rate` over `conns`
@@ -117,28 +117,20 @@ pub async fn fixed_rate(addr: SocketAddr, conns: usize, rate: f64, duration: Dur
 /// after 100 ms).
 pub async fn udp_echo(addr: SocketAddr, clients: usize, duration: Duration) -> f64 {
     let deadline = Instant::now() + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        tasks.push(tokio::spawn(async move {
-            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            socket.connect(addr).await.unwrap();
-            let mut buf = [0u8; 128];
-            let mut count = 0u64;
-            while Instant::now() < deadline {
-                socket.send(&[3u8; 64]).await.unwrap();
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await {
-                    count += 1;
-                }
+    rate(clients, || async move {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(addr).await.unwrap();
+        let mut buf = [0u8; 128];
+        let mut count = 0u64;
+        while Instant::now() < deadline {
+            socket.send(&[3u8; 64]).await.unwrap();
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await {
+                count += 1;
             }
-            count
-        }));
-    }
-    let started = Instant::now();
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    total as f64 / started.elapsed().as_secs_f64()
+        }
+        count
+    })
+    .await
 }
 
 /// Opens `n` idle connections, waits for the server to settle, and returns the
