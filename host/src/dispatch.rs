@@ -102,10 +102,6 @@ impl Loaded {
         Ok(())
     }
 
-    pub fn has_callbacks(&self) -> bool {
-        self.callbacks.is_some()
-    }
-
     pub fn has_main(&self) -> bool {
         self.main.is_some()
     }
