@@ -1,4 +1,4 @@
-//! A guest that traps must not take the host down.
+//! A guest that traps or loops must not take the host down.
 
 use std::time::Duration;
 
@@ -37,4 +37,28 @@ async fn repeated_traps_never_stop_the_service() {
     assert_eq!(round_trip(&mut next, b"alive").await, b"alive");
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(service.stop().await, 0);
+}
+
+/// Current-thread, like the `portcullis` binary: a looping guest must not
+/// freeze the thread for everyone else, and is stopped after its budget.
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on() {
+    let looping = start_mode("trap").await;
+    let neighbour = start("echo", &[], Duration::from_secs(30)).await;
+
+    let mut spinner = looping.connect().await;
+    spinner.write_all(b"spin").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Meanwhile another service on the same thread still answers.
+    let mut other = neighbour.connect().await;
+    assert_eq!(round_trip(&mut other, b"still served").await, b"still served");
+
+    // The spinning instance is stopped (its connection closed) and replaced.
+    let closed = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut spinner)).await;
+    assert_eq!(closed.expect("the looping guest was never stopped"), b"");
+    let mut next = looping.connect().await;
+    assert_eq!(round_trip(&mut next, b"fresh instance").await, b"fresh instance");
+    assert_eq!(looping.stop().await, 0);
+    assert_eq!(neighbour.stop().await, 0);
 }

@@ -28,14 +28,14 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::{
     Accessor, Component, ComponentExportIndex, HasSelf, InstancePre, Linker, Resource, TypedFunc,
 };
-use wasmtime::{Engine, Store};
+use wasmtime::Engine;
 
 use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, SocketError, TcpConn};
 use crate::policy::Policy;
-use crate::state::HostState;
+use crate::state::{HostState, new_store};
 
 /// How long a graceful stop lets running callbacks finish before it closes their
 /// connections under them.
@@ -97,7 +97,7 @@ impl Loaded {
             policy: self.policy.clone(),
             component: Arc::from(self.name.as_str()),
         };
-        let mut store = Store::new(self.pre.engine(), HostState::new(&self.env, net));
+        let mut store = new_store(self.pre.engine(), &self.env, net);
         self.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
         Ok(())
     }
@@ -138,7 +138,7 @@ pub async fn run(
             policy: loaded.policy.clone(),
             component: Arc::from(loaded.name.as_str()),
         };
-        let mut store = Store::new(loaded.pre.engine(), HostState::new(&loaded.env, net));
+        let mut store = new_store(loaded.pre.engine(), &loaded.env, net);
         let instance = loaded
             .pre
             .instantiate_async(&mut store)
@@ -307,7 +307,10 @@ impl Instance<'_> {
         let handle = acc.with(|mut a| a.get().table.push(Connection { conn: conn.clone() }))?;
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
+        let touch = || acc.with(|mut a| a.get().touch());
+        touch();
         if let Err(err) = callbacks.call_on_connect(acc, borrow()).await? {
+            touch();
             callbacks.call_on_error(acc, borrow(), err).await?;
         }
         let mut seen = ReadMark::default();
@@ -320,7 +323,9 @@ impl Instance<'_> {
                 Readiness::Ready(now) => seen = now,
                 Readiness::Closed => break,
             }
+            touch();
             if let Err(err) = callbacks.call_on_read_ready(acc, borrow()).await? {
+                touch();
                 let err = SocketError::from(err);
                 tracing::debug!(component = %self.name, id = conn.id(), "on-read-ready failed: {err}");
                 callbacks.call_on_error(acc, borrow(), err.into()).await?;
@@ -343,6 +348,7 @@ impl Instance<'_> {
             }
         }
         conn.close();
+        touch();
         callbacks.call_on_close(acc, borrow()).await?;
         acc.with(|mut a| a.get().table.delete(handle))?;
         Ok(())

@@ -7,6 +7,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -14,7 +15,8 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 /// The engine every service in the process shares: component model with async,
-/// and concurrent calls into one instance.
+/// concurrent calls into one instance, and an epoch that ticks every
+/// [`EPOCH_TICK`] so that no guest can hold its thread.
 pub fn new_engine() -> Result<Engine> {
     engine_with(Config::new())
 }
@@ -35,11 +37,27 @@ pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
     engine_with(config)
 }
 
+/// How often the epoch advances (see `state::new_store` for what it is for).
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
 fn engine_with(mut config: Config) -> Result<Engine> {
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.concurrency_support(true);
-    Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("creating the wasmtime engine"))
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("creating the wasmtime engine"))?;
+    // The ticker lives as long as the process; it only bumps a counter.
+    let ticking = engine.clone();
+    std::thread::Builder::new()
+        .name("portcullis-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                ticking.increment_epoch();
+            }
+        })
+        .context("starting the epoch ticker")?;
+    Ok(engine)
 }
 
 /// Where compiled components are kept: `$PORTCULLIS_CACHE_DIR`, else the user's

@@ -52,13 +52,21 @@ pub fn to_address(addr: SocketAddr) -> Address {
 }
 
 /// The [`TcpConn`] behind a guest handle, cloned out so it can be awaited on
-/// outside the store.
+/// outside the store. Entering the host resets the guest's slice budget.
 fn conn_of(acc: &Accessor<HostState>, handle: &Resource<Connection>) -> wasmtime::Result<TcpConn> {
-    acc.with(|mut access| Ok(access.get().table.get(handle)?.conn.clone()))
+    acc.with(|mut access| {
+        let state = access.get();
+        state.touch();
+        Ok(state.table.get(handle)?.conn.clone())
+    })
 }
 
 fn policy_of(acc: &Accessor<HostState>) -> std::sync::Arc<Policy> {
-    acc.with(|mut access| access.get().net.policy.clone())
+    acc.with(|mut access| {
+        let state = access.get();
+        state.touch();
+        state.net.policy.clone()
+    })
 }
 
 /// Logs a denial at warn level (see `NetCtx::logged`) and passes it on.
@@ -210,7 +218,11 @@ impl HostListener for HostState {
 }
 
 fn udp_of(acc: &Accessor<HostState>, handle: &Resource<UdpClient>) -> wasmtime::Result<UdpClient> {
-    acc.with(|mut access| Ok(access.get().table.get(handle)?.clone()))
+    acc.with(|mut access| {
+        let state = access.get();
+        state.touch();
+        Ok(state.table.get(handle)?.clone())
+    })
 }
 
 impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {

@@ -87,7 +87,8 @@ impl Service for Scenarios {
             "never-read" => {
                 self.read_ready_calls.set(self.read_ready_calls.get() + 1);
             }
-            // "trap" in the data makes the guest panic (a wasm trap); else echo.
+            // "trap" in the data makes the guest panic (a wasm trap), "spin" makes
+            // it loop forever; anything else is echoed.
             "trap" => {
                 let data = conn.read().await?;
                 if data.is_empty() {
@@ -95,6 +96,13 @@ impl Service for Scenarios {
                 }
                 if data.windows(4).any(|w| w == b"trap") {
                     panic!("the test asked this guest to trap");
+                }
+                if data.windows(4).any(|w| w == b"spin") {
+                    // Computes forever, never returning to the host.
+                    let mut x = 0u64;
+                    loop {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
                 }
                 conn.write_all(&data).await?;
             }
