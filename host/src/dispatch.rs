@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::{
     Accessor, Component, ComponentExportIndex, HasSelf, InstancePre, Linker, Resource, TypedFunc,
 };
-use wasmtime::Engine;
+use wasmtime::{Engine, Store};
 
 use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
@@ -90,14 +90,7 @@ impl Loaded {
     /// costs (the bench measures it).
     pub async fn instantiate_once(&self) -> Result<()> {
         let (sink, _conns) = mpsc::unbounded_channel();
-        let net = NetCtx {
-            new_connections: sink,
-            has_callbacks: self.callbacks.is_some(),
-            active_listeners: Arc::new(AtomicUsize::new(0)),
-            policy: self.policy.clone(),
-            component: Arc::from(self.name.as_str()),
-        };
-        let mut store = new_store(self.pre.engine(), &self.env, net);
+        let mut store = self.new_store(sink, Arc::new(AtomicUsize::new(0)));
         self.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
         Ok(())
     }
@@ -107,6 +100,19 @@ impl Loaded {
     }
 
     /// A service must export the callbacks; the error names what is missing.
+    /// A store for a new instance of this component: its env, its grants, and
+    /// where its callback connections go.
+    fn new_store(&self, sink: mpsc::UnboundedSender<TcpConn>, active_listeners: Arc<AtomicUsize>) -> Store<HostState> {
+        let net = NetCtx {
+            new_connections: sink,
+            has_callbacks: self.callbacks.is_some(),
+            active_listeners,
+            policy: self.policy.clone(),
+            component: Arc::from(self.name.as_str()),
+        };
+        new_store(self.pre.engine(), &self.env, net)
+    }
+
     pub fn require_callbacks(&self) -> Result<()> {
         if self.callbacks.is_none() {
             bail!(
@@ -131,14 +137,7 @@ pub async fn run(
     let active_listeners = Arc::new(AtomicUsize::new(0));
     let mut run_main = loaded.main.is_some();
     loop {
-        let net = NetCtx {
-            new_connections: sink.clone(),
-            has_callbacks: loaded.callbacks.is_some(),
-            active_listeners: active_listeners.clone(),
-            policy: loaded.policy.clone(),
-            component: Arc::from(loaded.name.as_str()),
-        };
-        let mut store = new_store(loaded.pre.engine(), &loaded.env, net);
+        let mut store = loaded.new_store(sink.clone(), active_listeners.clone());
         let instance = loaded
             .pre
             .instantiate_async(&mut store)
@@ -170,14 +169,15 @@ pub async fn run(
                     return Ok(exit.0);
                 }
                 let closed = live.close_all();
+                if main.is_some() {
+                    // A program whose main trapped has failed; nothing to restart.
+                    tracing::error!(component = %loaded.name, "guest trapped: {trap:#}; closed its {closed} connection(s)");
+                    return Ok(1);
+                }
                 tracing::error!(
                     component = %loaded.name,
                     "guest trapped: {trap:#}; closed its {closed} connection(s), starting a fresh instance"
                 );
-                if main.is_some() {
-                    // A program whose main trapped has failed; nothing to restart.
-                    return Ok(1);
-                }
                 run_main = false;
                 if shutdown.is_cancelled() {
                     return Ok(0);
