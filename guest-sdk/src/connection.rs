@@ -55,7 +55,15 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn read(&self) -> Result<Vec<u8>, Error> {
-        self.handle.read(None).await.map_err(Error::from)
+        self.read_with(None).await
+    }
+
+    /// A plain (cheap) call first; the async one only when it must wait.
+    async fn read_with(&self, length: Option<u32>) -> Result<Vec<u8>, Error> {
+        if let Some(ready) = self.handle.try_read(length).map_err(Error::from)? {
+            return Ok(ready);
+        }
+        self.handle.read(length).await.map_err(Error::from)
     }
 
     /// Reads exactly `n` bytes, gathering chunks as they come; fewer only at end
@@ -68,7 +76,7 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn read_exact(&self, n: u32) -> Result<Vec<u8>, Error> {
-        self.handle.read(Some(n)).await.map_err(Error::from)
+        self.read_with(Some(n)).await
     }
 
     /// Writes every byte of `data`, waiting while the peer is slow; fails rather

@@ -127,6 +127,11 @@ impl HostConnection for HostState {
         Ok(Ok(()))
     }
 
+    fn try_read(&mut self, this: Resource<Connection>, length: Option<u32>) -> Outcome<Option<Vec<u8>>> {
+        self.touch();
+        Ok(self.table.get(&this)?.conn.try_read(length).map_err(Into::into))
+    }
+
     fn shutdown_read(&mut self, this: Resource<Connection>) -> Outcome<()> {
         Ok(self.table.get(&this)?.conn.shutdown_read().map_err(Into::into))
     }

@@ -236,6 +236,48 @@ impl TcpConn {
         }
     }
 
+    /// [`TcpConn::read`] without waiting: `Some` with what it would return now
+    /// (bytes, or empty at the end), `None` when it would have to wait or
+    /// another read is under way.
+    pub fn try_read(&self, length: Option<u32>) -> Result<Option<Vec<u8>>, SocketError> {
+        let want = match length {
+            Some(0) => return Err(SocketError::generic(INVALID_READ_LENGTH)),
+            Some(n) => n as usize,
+            None => 0,
+        };
+        let inner = &*self.0;
+        if inner.read_shut.load(Ordering::Acquire) {
+            return Ok(Some(Vec::new()));
+        }
+        let Ok(mut side) = inner.read.try_lock() else {
+            return Ok(None);
+        };
+        if !side.eof && side.buf.len() < want.max(1) {
+            side.fill_from(&inner.stream);
+        }
+        let available = side.buf.len();
+        let take = match want {
+            0 => available,
+            n if available >= n => n,
+            _ if side.eof => available, // the last bytes before the end
+            _ => 0,
+        };
+        if take > 0 {
+            let out = side.buf.split_to(take).to_vec();
+            side.takes += 1;
+            inner.consumed.notify_one();
+            return Ok(Some(out));
+        }
+        if side.eof {
+            side.end_seen = true;
+            if let Some(err) = side.error.take() {
+                return Err(SocketError::from(err));
+            }
+            return Ok(Some(Vec::new()));
+        }
+        Ok(None)
+    }
+
     /// Writes every byte of `data` or fails; never a silent partial write.
     pub async fn write_all(&self, data: &[u8]) -> Result<u32, SocketError> {
         let inner = &*self.0;
@@ -448,6 +490,24 @@ mod tests {
         peer.shutdown().await.unwrap();
         assert_eq!(conn.read(Some(10)).await.unwrap(), b"abc");
         assert_eq!(conn.read(Some(10)).await.unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn try_read_answers_only_what_needs_no_waiting() {
+        let (conn, mut peer) = pair().await;
+        assert_eq!(conn.try_read(None).unwrap(), None, "nothing there yet");
+        peer.write_all(b"Hello").await.unwrap();
+        let _ = conn.wait_ready(ReadMark::default()).await;
+        assert_eq!(conn.try_read(Some(9)).unwrap(), None, "read(9) would wait for 4 more");
+        assert_eq!(conn.try_read(Some(2)).unwrap().unwrap(), b"He");
+        assert_eq!(conn.try_read(None).unwrap().unwrap(), b"llo");
+        peer.write_all(b"end").await.unwrap();
+        peer.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(conn.try_read(Some(9)).unwrap().unwrap(), b"end", "short only at the end");
+        assert_eq!(conn.try_read(None).unwrap().unwrap(), b"");
+        assert_eq!(conn.read_state().await, ReadState::Ended);
+        assert!(conn.try_read(Some(0)).is_err());
     }
 
     #[tokio::test]
