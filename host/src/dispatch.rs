@@ -291,7 +291,9 @@ impl Instance<'_> {
         conn.close();
         match &result {
             Ok(()) => tracing::debug!(component = %self.name, id, %remote, "connection closed"),
-            Err(trap) => tracing::error!(component = %self.name, id, %remote, "guest trapped in a callback: {trap:#}"),
+            // Which connection: the trap itself (with its backtrace) is logged
+            // once, by `run`, when the instance ends.
+            Err(_) => tracing::error!(component = %self.name, id, %remote, "guest trapped in a callback of this connection"),
         }
         result
     }
