@@ -9,11 +9,7 @@ use std::time::{Duration, Instant};
 use portcullis_tests::{guest, portcullis_bin, root};
 
 fn portcullis(args: &[&str], cache: &Path) -> Output {
-    Command::new(portcullis_bin())
-        .args(args)
-        .env("PORTCULLIS_CACHE_DIR", cache)
-        .output()
-        .expect("run portcullis")
+    Command::new(portcullis_bin()).args(args).env("PORTCULLIS_CACHE_DIR", cache).output().expect("run portcullis")
 }
 
 fn test_cache() -> PathBuf {
@@ -87,6 +83,13 @@ fn a_program_cannot_take_listeners_without_callbacks() {
 }
 
 #[test]
+fn a_program_cannot_have_an_instance_per_connection() {
+    let clients = guest("clients");
+    let out = portcullis(&["run", clients.to_str().unwrap(), "--instances", "per-connection"], &test_cache());
+    assert_fails_with(&out, "is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
+}
+
+#[test]
 fn a_service_needs_a_listener() {
     let echo = guest("echo");
     let out = portcullis(&["run", echo.to_str().unwrap()], &test_cache());
@@ -110,9 +113,14 @@ struct Running {
 }
 
 fn serve_echo(cache: &Path, log_level: &str) -> Running {
+    serve_echo_with(cache, log_level, &[])
+}
+
+fn serve_echo_with(cache: &Path, log_level: &str, extra: &[&str]) -> Running {
     let stderr_log = cache.join(format!("stderr-{}.log", std::process::id()));
     let mut child = Command::new(portcullis_bin())
         .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("PORTCULLIS_CACHE_DIR", cache)
         .env("RUST_LOG", log_level)
         .stdout(Stdio::piped())
@@ -163,6 +171,24 @@ fn port_zero_prints_the_real_port_and_sigterm_stops_gracefully() {
     assert!(rest.is_empty());
     assert!(log.contains("connection open"), "debug log has the open line: {log}");
     assert!(log.contains("connection closed"), "debug log has the close line: {log}");
+}
+
+#[test]
+fn instances_per_connection_from_the_command_line() {
+    let dir = scratch("per-connection");
+    let running = serve_echo_with(&dir, "portcullis=debug", &["--instances", "per-connection"]);
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&running.addr).unwrap()).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let message = format!("client {i}");
+        client.write_all(message.as_bytes()).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message.as_bytes());
+    }
+    let (code, log) = running.terminate();
+    assert_eq!(code, 0, "log: {log}");
+    assert_eq!(log.matches("connection closed").count(), 3, "log: {log}");
 }
 
 #[test]

@@ -51,8 +51,10 @@ pub async fn tcp_echo(addr: SocketAddr, conns: usize, size: usize, duration: Dur
 }
 
 /// Connect, one 64-byte round trip, close; `workers` at a time, for `duration`.
-/// Returns connections per second. Clients close with RST (linger 0) so that
-/// TIME_WAIT does not exhaust the ephemeral ports over many rounds.
+/// Returns connections per second. The client ends its stream and waits for
+/// the server to close (a clean end, no error on either side); it then drops
+/// its socket with linger 0 so that TIME_WAIT does not exhaust the ephemeral
+/// ports over many rounds.
 pub async fn churn(addr: SocketAddr, workers: usize, duration: Duration) -> f64 {
     let deadline = Instant::now() + duration;
     rate(workers, || async move {
@@ -62,6 +64,8 @@ pub async fn churn(addr: SocketAddr, workers: usize, duration: Duration) -> f64 
             let mut stream = connect(addr).await;
             stream.write_all(&[7u8; 64]).await.unwrap();
             stream.read_exact(&mut reply).await.unwrap();
+            stream.shutdown().await.unwrap();
+            assert_eq!(stream.read(&mut reply).await.unwrap(), 0, "the server echoes nothing after the end");
             socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
             drop(stream);
             count += 1;
@@ -105,11 +109,7 @@ pub async fn fixed_rate(addr: SocketAddr, conns: usize, rate: f64, duration: Dur
     for task in tasks {
         all.add(task.await.unwrap()).unwrap();
     }
-    (
-        all.value_at_quantile(0.5) as f64,
-        all.value_at_quantile(0.99) as f64,
-        all.value_at_quantile(0.999) as f64,
-    )
+    (all.value_at_quantile(0.5) as f64, all.value_at_quantile(0.99) as f64, all.value_at_quantile(0.999) as f64)
 }
 
 /// `clients` UDP sockets, one 64-byte datagram in flight each, for `duration`.

@@ -43,9 +43,17 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("native-server") {
         return native::serve();
     }
+    if let Some(kind @ ("echo-load" | "churn-load")) = args.first().map(String::as_str) {
+        return load_only(kind, &args[1..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let settings = if quick {
-        Settings { rounds: 5, run: Duration::from_millis(400), latency_run: Duration::from_millis(800), idle_conns: 1000 }
+        Settings {
+            rounds: 5,
+            run: Duration::from_millis(400),
+            latency_run: Duration::from_millis(800),
+            idle_conns: 1000,
+        }
     } else {
         Settings { rounds: 5, run: Duration::from_secs(2), latency_run: Duration::from_secs(3), idle_conns: 5000 }
     };
@@ -61,6 +69,26 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&rows)?)?;
     println!("\nwrote {}", out.join("results.json").display());
+    Ok(())
+}
+
+/// `portcullis-bench echo-load ADDR [SIZE] [SECONDS]` or `churn-load ADDR
+/// [SECONDS]`: one load against a server started by hand, to profile that server.
+fn load_only(kind: &str, args: &[String]) -> Result<()> {
+    let addr: SocketAddr =
+        args.first().context("usage: echo-load ADDR [SIZE] [SECONDS] | churn-load ADDR [SECONDS]")?.parse()?;
+    let number =
+        |i: usize, default: f64| args.get(i).map(|s| s.parse::<f64>()).transpose().map(|n| n.unwrap_or(default));
+    pin_to_core(1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if kind == "echo-load" {
+        let (size, seconds) = (number(1, 64.0)? as usize, number(2, 5.0)?);
+        let rate = runtime.block_on(load::tcp_echo(addr, 50, size, Duration::from_secs_f64(seconds)));
+        println!("{rate:.0} msg/s");
+    } else {
+        let rate = runtime.block_on(load::churn(addr, 8, Duration::from_secs_f64(number(1, 5.0)?)));
+        println!("{rate:.0} conn/s");
+    }
     Ok(())
 }
 
@@ -121,8 +149,12 @@ fn guest(root: &Path, name: &str) -> String {
     root.join("target/wasm32-wasip2/release").join(format!("{name}.wasm")).display().to_string()
 }
 
-fn portcullis_tcp(root: &Path, cache: &Path) -> Result<Server> {
-    let mut cmd = on_core_0(&portcullis_bin(root), &["run", &guest(root, "echo"), "--listen", "127.0.0.1:0"]);
+/// `portcullis run echo` with `--instances MODE` (`shared` or `per-connection`).
+fn portcullis_tcp(root: &Path, cache: &Path, mode: &str) -> Result<Server> {
+    let mut cmd = on_core_0(
+        &portcullis_bin(root),
+        &["run", &guest(root, "echo"), "--listen", "127.0.0.1:0", "--instances", mode],
+    );
     cmd.env("PORTCULLIS_CACHE_DIR", cache);
     let (child, mut out) = spawn(cmd)?;
     let addr = line(&mut out)?.strip_prefix("listening on ").context("listening line")?.parse()?;
@@ -181,26 +213,36 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     std::fs::create_dir_all(&cache)?;
     let mut rows = Vec::new();
     let native = native_server()?;
-    let ours = portcullis_tcp(root, &cache)?;
+    let ours = portcullis_tcp(root, &cache, "shared")?;
+    let ours_per_conn = portcullis_tcp(root, &cache, "per-connection")?;
     let (n_tcp, p_tcp) = (native.tcp.unwrap(), ours.tcp.unwrap());
 
     for (size, label) in [(64usize, "64 B"), (16 * 1024, "16 KiB")] {
         eprintln!("bench: tcp echo {label}");
         let run = s.run;
-        let (n, p) = alternate(s.rounds, n_tcp, p_tcp, |addr| async move {
-            vec![load::tcp_echo(addr, 50, size, run).await]
-        })
-        .await;
+        let (n, p) =
+            alternate(s.rounds, n_tcp, p_tcp, |addr| async move { vec![load::tcp_echo(addr, 50, size, run).await] })
+                .await;
         let scenario = format!("tcp echo {label}, 50 conns");
         rows.push(row(&scenario, "shared", "msg/s", p[0], Some(n[0])));
         let mb = |msgs: f64| msgs * size as f64 / 1e6;
         rows.push(row(&scenario, "shared", "MB/s", mb(p[0]), Some(mb(n[0]))));
     }
 
-    eprintln!("bench: connection churn");
+    eprintln!("bench: tcp echo 64 B, an instance per connection");
     let run = s.run;
-    let (n, p) = alternate(s.rounds, n_tcp, p_tcp, |addr| async move { vec![load::churn(addr, 8, run).await] }).await;
-    rows.push(row("connection churn, 64 B round trip", "shared", "conn/s", p[0], Some(n[0])));
+    let (n, p) = alternate(s.rounds, n_tcp, ours_per_conn.tcp.unwrap(), |addr| async move {
+        vec![load::tcp_echo(addr, 50, 64, run).await]
+    })
+    .await;
+    rows.push(row("tcp echo 64 B, 50 conns", "per-connection", "msg/s", p[0], Some(n[0])));
+
+    eprintln!("bench: connection churn");
+    for (mode, server) in [("shared", p_tcp), ("per-connection", ours_per_conn.tcp.unwrap())] {
+        let (n, p) =
+            alternate(s.rounds, n_tcp, server, |addr| async move { vec![load::churn(addr, 8, run).await] }).await;
+        rows.push(row("connection churn, 64 B round trip", mode, "conn/s", p[0], Some(n[0])));
+    }
 
     eprintln!("bench: fixed-rate latency");
     let run = s.latency_run;
@@ -217,20 +259,27 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     // Fresh servers each round: what a previous round allocated (and the
     // allocator kept) must not count.
     drop(ours);
+    drop(ours_per_conn);
     let conns = s.idle_conns;
-    let mut samples = (Vec::new(), Vec::new());
+    let mut samples = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..s.rounds.min(3) {
         let fresh_native = native_server()?;
         samples.0.push(load::idle_memory(fresh_native.tcp.unwrap(), fresh_native.child.id(), conns).await);
         drop(fresh_native);
-        let fresh_ours = portcullis_tcp(root, &cache)?;
+        let fresh_ours = portcullis_tcp(root, &cache, "shared")?;
         samples.1.push(load::idle_memory(fresh_ours.tcp.unwrap(), fresh_ours.child.id(), conns).await);
         drop(fresh_ours);
+        let fresh_ours = portcullis_tcp(root, &cache, "per-connection")?;
+        samples.2.push(load::idle_memory(fresh_ours.tcp.unwrap(), fresh_ours.child.id(), conns).await);
+        drop(fresh_ours);
     }
-    let (n_mem, p_mem) = (median(samples.0), median(samples.1));
+    let n_mem = median(samples.0);
     let scenario = format!("idle memory, {conns} conns");
-    rows.push(row(&scenario, "shared", "bytes/conn", p_mem, Some(n_mem)));
-    rows.push(row(&scenario, "shared", "bytes/conn above native", p_mem - n_mem, None));
+    for (mode, ours) in [("shared", samples.1), ("per-connection", samples.2)] {
+        let p_mem = median(ours);
+        rows.push(row(&scenario, mode, "bytes/conn", p_mem, Some(n_mem)));
+        rows.push(row(&scenario, mode, "bytes/conn above native", p_mem - n_mem, None));
+    }
 
     eprintln!("bench: udp echo");
     let ours_udp = portcullis_udp(root, &cache)?;
@@ -254,10 +303,10 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
         let fresh = root.join(format!("target/bench/cold-cache-{round}"));
         let _ = std::fs::remove_dir_all(&fresh);
         let started = Instant::now();
-        drop(portcullis_tcp(root, &fresh)?);
+        drop(portcullis_tcp(root, &fresh, "shared")?);
         cold.push(started.elapsed().as_secs_f64() * 1e3);
         let started = Instant::now();
-        drop(portcullis_tcp(root, &fresh)?);
+        drop(portcullis_tcp(root, &fresh, "shared")?);
         warm.push(started.elapsed().as_secs_f64() * 1e3);
         let _ = std::fs::remove_dir_all(&fresh);
     }
@@ -266,7 +315,8 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
 
     eprintln!("bench: instantiation");
-    let runtime = portcullis::Runtime::pooled(64)?.with_cache_dir(Some(cache.clone()));
+    let runtime =
+        portcullis::Runtime::pooled(portcullis::engine::POOLED_INSTANCES)?.with_cache_dir(Some(cache.clone()));
     let loaded = runtime.load(Path::new(&guest(root, "echo")), Vec::new(), Default::default())?;
     for _ in 0..20 {
         loaded.instantiate_once().await?;

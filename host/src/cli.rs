@@ -11,12 +11,16 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Grants, ServiceSpec};
+use crate::config::{self, Grants, Instances, ServiceSpec};
 use crate::inspect;
 use crate::server::{self, Runtime};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Run socket services compiled to WebAssembly components, with the network gated.")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Run socket services compiled to WebAssembly components, with the network gated."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +56,10 @@ pub struct RunArgs {
     /// Read time-out of accepted connections, in milliseconds.
     #[arg(long = "read-timeout-ms", value_name = "N", default_value_t = 300_000)]
     pub read_timeout_ms: u64,
+    /// `shared`: one instance serves every connection (module state shared);
+    /// `per-connection`: a fresh instance per accepted connection (isolated).
+    #[arg(long = "instances", value_enum, default_value_t = Instances::Shared)]
+    pub instances: Instances,
     /// Let the guest open TCP connections to tcp://HOST:PORTS (repeatable). HOST:
     /// a name, *.suffix, an IP ([v6]), a CIDR or *; PORTS: a port, a range or *.
     #[arg(long = "allow-connect", value_name = "GRANT")]
@@ -84,6 +92,7 @@ impl RunArgs {
             listen: self.listen.clone(),
             env: self.env.clone(),
             read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
+            instances: self.instances,
             grants: Grants {
                 connect: self.allow_connect.clone(),
                 listen: self.allow_listen.clone(),
@@ -138,7 +147,13 @@ fn init_logging() {
 
 async fn run(args: RunArgs) -> Result<i32> {
     let specs = args.specs()?;
-    let mut runtime = Runtime::new()?;
+    // Instances per connection come from a pool: instantiating one then costs
+    // microseconds instead of mapping fresh memory each time.
+    let mut runtime = if specs.iter().any(|s| s.instances == Instances::PerConnection) {
+        Runtime::pooled(crate::engine::POOLED_INSTANCES)?
+    } else {
+        Runtime::new()?
+    };
     if args.no_cache {
         runtime = runtime.with_cache_dir(None);
     }
@@ -154,6 +169,9 @@ async fn run(args: RunArgs) -> Result<i32> {
             }
         } else if !spec.listen.is_empty() {
             loaded.require_callbacks()?;
+        }
+        if spec.instances == Instances::PerConnection && loaded.has_main() {
+            bail!("{} is a program (it exports wasi:cli/run): `--instances per-connection` is for services", spec.name);
         }
         let listeners = server::bind_all(&spec.listen)?;
         ready.push((spec, loaded, listeners));
@@ -174,9 +192,9 @@ async fn run(args: RunArgs) -> Result<i32> {
     use std::io::Write;
     std::io::stdout().flush().ok();
 
-    let runs = ready
-        .into_iter()
-        .map(|(spec, loaded, listeners)| server::serve(loaded, listeners, spec.read_timeout, shutdown.clone()));
+    let runs = ready.into_iter().map(|(spec, loaded, listeners)| {
+        server::serve(loaded, listeners, spec.read_timeout, spec.instances, shutdown.clone())
+    });
     let codes = futures::future::join_all(runs).await;
     let mut exit = 0;
     for code in codes {

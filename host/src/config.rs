@@ -9,6 +9,7 @@
 //! listen = ["127.0.0.1:7000"]
 //! env = { UPSTREAM = "db.internal:5432" }
 //! read-timeout-ms = 300000
+//! instances = "shared"                          # or "per-connection"
 //! allow-connect = ["tcp://db.internal:5432"]
 //! allow-listen = []
 //! allow-udp = []
@@ -37,7 +38,21 @@ pub struct ServiceSpec {
     pub listen: Vec<SocketAddr>,
     pub env: Vec<(String, String)>,
     pub read_timeout: Duration,
+    pub instances: Instances,
     pub grants: Grants,
+}
+
+/// Which instance serves an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    /// One instance serves every connection: module state is shared (as in
+    /// Ballerina), and a trap closes every connection of the instance.
+    #[default]
+    Shared,
+    /// A fresh instance for every accepted connection, dropped when it closes:
+    /// nothing is shared between connections, and a trap ends only its own.
+    PerConnection,
 }
 
 /// The grant strings of one service, as the operator wrote them.
@@ -78,6 +93,8 @@ struct ManifestService {
     env: BTreeMap<String, String>,
     read_timeout_ms: Option<u64>,
     #[serde(default)]
+    instances: Instances,
+    #[serde(default)]
     allow_connect: Vec<String>,
     #[serde(default)]
     allow_listen: Vec<String>,
@@ -109,6 +126,7 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
             listen: entry.listen,
             env: entry.env.into_iter().collect(),
             read_timeout: entry.read_timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_READ_TIMEOUT),
+            instances: entry.instances,
             grants: Grants {
                 connect: entry.allow_connect,
                 listen: entry.allow_listen,
@@ -117,9 +135,7 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
             },
             name,
         };
-        spec.grants
-            .policy()
-            .with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
+        spec.grants.policy().with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
         specs.push(spec);
     }
     Ok(specs)
@@ -127,7 +143,11 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
 
 /// toml's errors span several lines (with a caret); an operator gets one.
 fn one_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')).collect::<Vec<_>>().join(" ")
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -157,6 +177,7 @@ mod tests {
             listen = ["127.0.0.1:7001", "[::1]:7001"]
             env = { UPSTREAM = "db.internal:5432" }
             read-timeout-ms = 5000
+            instances = "per-connection"
             allow-connect = ["tcp://db.internal:5432"]
             block-private = true
             "#,
@@ -170,6 +191,8 @@ mod tests {
         assert_eq!(specs[1].listen.len(), 2);
         assert_eq!(specs[1].env, vec![("UPSTREAM".to_string(), "db.internal:5432".to_string())]);
         assert_eq!(specs[1].read_timeout, Duration::from_millis(5000));
+        assert_eq!(specs[0].instances, Instances::Shared);
+        assert_eq!(specs[1].instances, Instances::PerConnection);
         assert_eq!(specs[1].grants.connect, vec!["tcp://db.internal:5432"]);
         assert!(specs[1].grants.block_private);
     }
@@ -184,7 +207,8 @@ mod tests {
 
     #[test]
     fn bad_grants_are_errors_naming_the_service() {
-        let path = write("bad-grant", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nallow-udp = [\"udp://x:99999\"]\n");
+        let path =
+            write("bad-grant", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nallow-udp = [\"udp://x:99999\"]\n");
         let err = format!("{:#}", load_manifest(&path).unwrap_err());
         assert!(err.contains("service `db`"), "{err}");
         assert!(err.contains("bad grant `udp://x:99999`: port `99999` is not a number"), "{err}");

@@ -5,6 +5,8 @@
 //! inside it (component-model async, `run_concurrent`): each connection has a
 //! *driver*, a future that waits for the connection to become ready and then calls
 //! the guest; a driver blocked in a guest `read(n)` never holds up the others.
+//! Or, with `--instances per-connection` ([`run_per_connection`]), every accepted
+//! connection gets an instance of its own, driven the same way in its own task.
 //!
 //! The `on-read-ready` rules live in [`drive`]: at most one callback per
 //! connection at a time, fired again only when something new happened (see
@@ -71,28 +73,42 @@ impl Loaded {
         let mut linker = Linker::<HostState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Service::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
+        let pre = linker.instantiate_pre(component).map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
         let callbacks = GuestIndices::new(&pre).ok();
-        let main = component
-            .component_type()
-            .exports(engine)
-            .find(|(export, _)| export.starts_with(RUN_INTERFACE))
-            .and_then(|(export, _)| {
-                let iface = component.get_export_index(None, export)?;
-                component.get_export_index(Some(&iface), "run")
-            });
+        let main =
+            component.component_type().exports(engine).find(|(export, _)| export.starts_with(RUN_INTERFACE)).and_then(
+                |(export, _)| {
+                    let iface = component.get_export_index(None, export)?;
+                    component.get_export_index(Some(&iface), "run")
+                },
+            );
         Ok(Loaded { name: name.to_string(), pre, callbacks, main, env, policy })
     }
 
-    /// Creates a fresh store and instance and drops them: what a new instance
-    /// costs (the bench measures it).
+    /// Creates a fresh store and instance, as a per-connection instance gets,
+    /// and drops them: what a new instance costs (the bench measures it).
     pub async fn instantiate_once(&self) -> Result<()> {
         let (sink, _conns) = mpsc::unbounded_channel();
         let mut store = self.new_store(sink, Arc::new(AtomicUsize::new(0)));
-        self.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+        self.instantiate(&mut store).await?;
         Ok(())
+    }
+
+    /// A new instance in `store`, with its callbacks looked up.
+    async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> Result<(wasmtime::component::Instance, Option<Callbacks>)> {
+        let instance = self
+            .pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| anyhow::Error::from(e).context(format!("instantiating {}", self.name)))?;
+        let callbacks = match &self.callbacks {
+            Some(indices) => Some(indices.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok((instance, callbacks))
     }
 
     pub fn has_main(&self) -> bool {
@@ -138,15 +154,7 @@ pub async fn run(
     let mut run_main = loaded.main.is_some();
     loop {
         let mut store = loaded.new_store(sink.clone(), active_listeners.clone());
-        let instance = loaded
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| anyhow::Error::from(e).context(format!("instantiating {}", loaded.name)))?;
-        let callbacks = match &loaded.callbacks {
-            Some(indices) => Some(indices.load(&mut store, &instance)?),
-            None => None,
-        };
+        let (instance, callbacks) = loaded.instantiate(&mut store).await?;
         let main = match (&loaded.main, run_main) {
             (Some(index), true) => Some(instance.get_typed_func::<(), (Result<(), ()>,)>(&mut store, index)?),
             _ => None,
@@ -157,6 +165,7 @@ pub async fn run(
             callbacks: callbacks.as_ref(),
             live: &live,
             active_listeners: &active_listeners,
+            until_idle: false,
         };
         let ended = store
             .run_concurrent(async |acc| instance_run.serve(acc, main, &mut conns, &shutdown).await)
@@ -187,6 +196,72 @@ pub async fn run(
     }
 }
 
+/// Runs `loaded` with a fresh instance for every connection that arrives on
+/// `conns`, until `shutdown`; then waits for those instances to finish (each
+/// stops as a shared instance does: [`STOP_GRACE`], then its connection is
+/// closed). A trap ends only the instance of its own connection.
+pub async fn run_per_connection(
+    loaded: Arc<Loaded>,
+    mut conns: mpsc::UnboundedReceiver<TcpConn>,
+    shutdown: CancellationToken,
+) -> Result<i32> {
+    let mut instances = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            conn = conns.recv() => match conn {
+                Some(conn) => {
+                    instances.spawn(serve_alone(loaded.clone(), conn, shutdown.clone()));
+                }
+                None => break,
+            },
+            Some(_) = instances.join_next() => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    conns.close();
+    while let Ok(conn) = conns.try_recv() {
+        conn.close();
+    }
+    while instances.join_next().await.is_some() {}
+    Ok(0)
+}
+
+/// One connection in an instance of its own, from instantiation to `on-close`
+/// (and to the end of any client connection the instance opened meanwhile).
+async fn serve_alone(loaded: Arc<Loaded>, conn: TcpConn, shutdown: CancellationToken) {
+    let (sink, mut conns) = mpsc::unbounded_channel();
+    let active_listeners = Arc::new(AtomicUsize::new(0));
+    let (id, remote) = (conn.id(), conn.remote_addr());
+    let mut store = loaded.new_store(sink.clone(), active_listeners.clone());
+    let (_instance, callbacks) = match loaded.instantiate(&mut store).await {
+        Ok(started) => started,
+        Err(e) => {
+            // Typically the instance pool is exhausted: refuse this connection,
+            // keep serving the others.
+            tracing::warn!(component = %loaded.name, id, %remote, "no instance for this connection: {e:#}");
+            conn.close();
+            return;
+        }
+    };
+    let _ = sink.send(conn);
+    let live = Live::default();
+    let instance_run = Instance {
+        name: &loaded.name,
+        callbacks: callbacks.as_ref(),
+        live: &live,
+        active_listeners: &active_listeners,
+        until_idle: true,
+    };
+    let ended = store
+        .run_concurrent(async |acc| instance_run.serve(acc, None, &mut conns, &shutdown).await)
+        .await
+        .and_then(|inner| inner);
+    if let Err(trap) = ended {
+        let closed = live.close_all();
+        tracing::error!(component = %loaded.name, id, %remote, "guest trapped: {trap:#}; closed this connection's instance ({closed} connection(s))");
+    }
+}
+
 /// The connections an instance is driving, to close them all at a forced stop
 /// or after a trap.
 #[derive(Default)]
@@ -212,6 +287,9 @@ struct Instance<'a> {
     callbacks: Option<&'a Callbacks>,
     live: &'a Live,
     active_listeners: &'a AtomicUsize,
+    /// Done once no connection, listener or queued connection is left (an
+    /// instance per connection); otherwise a service runs until shutdown.
+    until_idle: bool,
 }
 
 type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
@@ -239,11 +317,11 @@ impl Instance<'_> {
         let mut force_at: Option<Instant> = None;
         let mut forced = false;
         loop {
-            let program_done = main.is_some()
+            let idle = (main.is_some() || self.until_idle)
                 && !main_running
                 && self.active_listeners.load(Ordering::SeqCst) == 0
                 && conns.is_empty();
-            if (program_done || stopping) && drivers.is_empty() {
+            if (idle || stopping) && drivers.is_empty() {
                 return Ok(exit_code);
             }
             let deadline = force_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -278,7 +356,12 @@ impl Instance<'_> {
     }
 
     /// Drives one connection from `on-connect` to `on-close`.
-    async fn drive(&self, acc: &Accessor<HostState>, conn: TcpConn, shutdown: &CancellationToken) -> wasmtime::Result<()> {
+    async fn drive(
+        &self,
+        acc: &Accessor<HostState>,
+        conn: TcpConn,
+        shutdown: &CancellationToken,
+    ) -> wasmtime::Result<()> {
         let Some(callbacks) = self.callbacks else {
             conn.close();
             return Ok(());
@@ -293,7 +376,9 @@ impl Instance<'_> {
             Ok(()) => tracing::debug!(component = %self.name, id, %remote, "connection closed"),
             // Which connection: the trap itself (with its backtrace) is logged
             // once, by `run`, when the instance ends.
-            Err(_) => tracing::error!(component = %self.name, id, %remote, "guest trapped in a callback of this connection"),
+            Err(_) => {
+                tracing::error!(component = %self.name, id, %remote, "guest trapped in a callback of this connection")
+            }
         }
         result
     }

@@ -29,13 +29,18 @@ pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
     pooling
         .total_component_instances(max_instances)
         .total_core_instances(max_instances * 4)
-        .total_memories(max_instances * 2)
+        .total_memories(max_instances)
         .total_tables(max_instances * 4)
         .max_memory_size(256 << 20);
     let mut config = Config::new();
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     engine_with(config)
 }
+
+/// Instance slots of the pooled engine: the most connections a service with
+/// instances per connection holds open at once. Slots only reserve address
+/// space until used.
+pub const POOLED_INSTANCES: u32 = 10_000;
 
 /// How often the epoch advances (see `state::new_store` for what it is for).
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -78,10 +83,7 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) ->
     }
     // A core module has version 1; a component has version 0xd (layer 1).
     if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
-        bail!(
-            "{} is a core WebAssembly module, not a component (build it for wasm32-wasip2)",
-            path.display()
-        );
+        bail!("{} is a core WebAssembly module, not a component (build it for wasm32-wasip2)", path.display());
     }
 
     let cached = cache_dir.map(|dir| dir.join(format!("{}.cwasm", cache_key(engine, &bytes))));
@@ -95,7 +97,9 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) ->
                     tracing::debug!(path = %path.display(), cache = %cached.display(), "component loaded from cache");
                     return Ok(component);
                 }
-                Err(e) => tracing::warn!(cache = %cached.display(), "ignoring unusable cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(cache = %cached.display(), "ignoring unusable cache entry: {e:#}")
+                }
             }
         }
     }

@@ -7,8 +7,9 @@
 //!   [`config::ServiceSpec`]; [`inspect`]: what a component needs.
 //! - [`server`]: bind the operator's listeners, accept, hand connections on;
 //!   [`server::Runtime`] owns the engine and the compile cache.
-//! - [`dispatch`]: one shared instance per service; a driver per connection fires
-//!   `on-connect` / `on-read-ready` / `on-error` / `on-close`; traps restart it.
+//! - [`dispatch`]: one shared instance per service (or one per connection); a
+//!   driver per connection fires `on-connect` / `on-read-ready` / `on-error` /
+//!   `on-close`; traps restart it.
 //! - [`net`]: the WIT socket resources on tokio sockets (`net::tcp` is the
 //!   connection state machine, `net::host` the generated-trait glue).
 //! - [`policy`]: the operator's grants, checked before every connect, bind and send.

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
+use crate::config::Instances;
 use crate::dispatch::{self, Loaded};
 use crate::engine;
 use crate::net::listener::{accept_loop, bind_tcp};
@@ -70,11 +71,13 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
 
 /// Serves `loaded` on `listeners` (already bound) until `shutdown` is cancelled,
 /// or, for a program, until its `main` and callback connections are done.
-/// Returns the exit code.
+/// Returns the exit code. `instances` says which instance serves an accepted
+/// connection.
 pub async fn serve(
     loaded: Arc<Loaded>,
     listeners: Vec<TcpListener>,
     read_timeout: Duration,
+    instances: Instances,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     if !listeners.is_empty() {
@@ -84,5 +87,11 @@ pub async fn serve(
     for listener in listeners {
         tokio::spawn(accept_loop(listener, read_timeout, sink.clone(), shutdown.clone(), |_| {}));
     }
-    dispatch::run(loaded, conns, sink, shutdown).await
+    match instances {
+        Instances::Shared => dispatch::run(loaded, conns, sink, shutdown).await,
+        Instances::PerConnection => {
+            drop(sink);
+            dispatch::run_per_connection(loaded, conns, shutdown).await
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use portcullis::Runtime;
+pub use portcullis::config::Instances;
 use portcullis::policy::Policy;
 use portcullis::server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,9 +40,7 @@ pub fn portcullis_bin() -> PathBuf {
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        Runtime::new()
-            .expect("engine")
-            .with_cache_dir(Some(root().join("target/portcullis-test-cache")))
+        Runtime::new().expect("engine").with_cache_dir(Some(root().join("target/portcullis-test-cache")))
     })
 }
 
@@ -58,13 +57,37 @@ pub async fn start(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> 
 }
 
 /// Starts guest `name` with `env` under `policy`, listening on 127.0.0.1:0.
-pub async fn start_with_policy(name: &str, env: &[(&str, &str)], read_timeout: Duration, policy: Policy) -> TestService {
+pub async fn start_with_policy(
+    name: &str,
+    env: &[(&str, &str)],
+    read_timeout: Duration,
+    policy: Policy,
+) -> TestService {
+    start_on(runtime(), name, env, read_timeout, policy, Instances::Shared)
+}
+
+/// A runtime with a pool of `slots` instances (as `--instances per-connection`
+/// uses), its own engine: a test can exhaust it without touching the others.
+pub fn pooled_runtime(slots: u32) -> Runtime {
+    Runtime::pooled(slots).expect("pooled engine").with_cache_dir(Some(root().join("target/portcullis-test-cache")))
+}
+
+/// Starts guest `name` with `env` in `runtime`, with `instances`, listening on
+/// 127.0.0.1:0, with no grants.
+pub fn start_on(
+    runtime: &Runtime,
+    name: &str,
+    env: &[(&str, &str)],
+    read_timeout: Duration,
+    policy: Policy,
+    instances: Instances,
+) -> TestService {
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let loaded = runtime().load(&guest(name), env, policy).expect("load guest");
+    let loaded = runtime.load(&guest(name), env, policy).expect("load guest");
     let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
     let addr = listeners[0].local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::serve(loaded, listeners, read_timeout, shutdown.clone()));
+    let task = tokio::spawn(server::serve(loaded, listeners, read_timeout, instances, shutdown.clone()));
     TestService { addr, shutdown, task }
 }
 
@@ -146,10 +169,8 @@ pub async fn run_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) 
     for (k, v) in env {
         cmd.args(["--env", &format!("{k}={v}")]);
     }
-    let child = cmd
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
-        .kill_on_drop(true)
-        .output();
+    let child =
+        cmd.env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache")).kill_on_drop(true).output();
     tokio::time::timeout(Duration::from_secs(30), child).await.expect("program did not finish in 30 s").unwrap()
 }
 
