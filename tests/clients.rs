@@ -79,10 +79,7 @@ async fn connect_to_a_closed_port_is_refused() {
     let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
     let out = run_mode("clients", "connect", &addr).await;
     let text = stdout(&out);
-    assert!(
-        text.starts_with("error: Generic: unable to start the client socket: Connection refused"),
-        "got {text:?}"
-    );
+    assert!(text.starts_with("error: Generic: unable to start the client socket: Connection refused"), "got {text:?}");
 }
 
 #[tokio::test]

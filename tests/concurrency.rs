@@ -30,7 +30,8 @@ async fn hundred_connections_thousand_random_messages_each_echo_exactly() {
     }
     let mut total = 0;
     for client in clients {
-        total += tokio::time::timeout(Duration::from_secs(120), client).await.expect("echo run took over 120 s").unwrap();
+        total +=
+            tokio::time::timeout(Duration::from_secs(120), client).await.expect("echo run took over 120 s").unwrap();
     }
     assert!(total > 0);
     assert_eq!(service.stop().await, 0);

@@ -87,7 +87,10 @@ async fn a_name_resolving_into_a_blocked_network_is_refused() {
     let grant = format!("tcp://localhost:{}", echo.port());
     let out = client_echo(&format!("localhost:{}", echo.port()), &["--allow-connect", &grant, "--block-private"]).await;
     let text = stdout_of(&out);
-    let expected = format!("error: PermissionDenied: permission denied: connect tcp://localhost:{} resolves only to blocked addresses (", echo.port());
+    let expected = format!(
+        "error: PermissionDenied: permission denied: connect tcp://localhost:{} resolves only to blocked addresses (",
+        echo.port()
+    );
     assert!(text.starts_with(&expected), "{text}");
     assert!(text.contains("127.0.0.1") || text.contains("::1"), "{text}");
 }
@@ -111,7 +114,8 @@ fn grant(action: Action, text: &str) -> Grant {
 async fn the_proxy_pipes_both_ways_with_its_grant() {
     let echo = native_echo().await;
     let policy = Policy::new(vec![grant(Action::Connect, &format!("tcp://127.0.0.1:{}", echo.port()))], false);
-    let proxy = start_with_policy("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), policy).await;
+    let proxy =
+        start_with_policy("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), policy).await;
     let mut client = proxy.connect().await;
     assert_eq!(round_trip(&mut client, b"through the proxy").await, b"through the proxy");
     // Half-close: the answer still comes back after the client ended its stream.
@@ -124,7 +128,9 @@ async fn the_proxy_pipes_both_ways_with_its_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_grant_the_proxy_closes_every_client() {
     let echo = native_echo().await;
-    let proxy = start_with_policy("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), Policy::default()).await;
+    let proxy =
+        start_with_policy("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), Policy::default())
+            .await;
     for _ in 0..3 {
         let mut client = proxy.connect().await;
         let _ = client.write_all(b"let me through").await;
@@ -207,7 +213,14 @@ fn inspect_names_the_world_and_the_grants_a_component_may_need() {
 #[test]
 fn bad_grants_stop_the_start_up_with_the_bad_part_named() {
     let out = Command::new(portcullis_bin())
-        .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--allow-connect", "tcp://db.internal:80-70"])
+        .args([
+            "run",
+            guest("echo").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-connect",
+            "tcp://db.internal:80-70",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

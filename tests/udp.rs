@@ -25,7 +25,9 @@ async fn native_echo() -> SocketAddr {
 async fn udp_mode(mode: &str, target: SocketAddr) -> String {
     // `*` rather than 127.0.0.1: the error cases need a name granted so that
     // its failed lookup (not a denial) is what they see.
-    let out = run_program("udp-clients", &[("MODE", mode), ("TARGET", &target.to_string())], &["--allow-udp", "udp://*:*"]).await;
+    let out =
+        run_program("udp-clients", &[("MODE", mode), ("TARGET", &target.to_string())], &["--allow-udp", "udp://*:*"])
+            .await;
     assert!(out.status.success(), "{out:?}");
     stdout_of(&out)
 }

@@ -4,8 +4,8 @@ use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::Error;
 use crate::__bindings::portcullis::socket::{tcp, types};
+use crate::Error;
 
 /// One TCP connection: accepted by a listener (handed to your [`Service`]
 /// callbacks) or opened with [`Client::connect`]. Ballerina's `Client` and
@@ -199,11 +199,7 @@ impl std::fmt::Debug for Connection {
 /// The host always reports IP literals; anything else would be a host bug, so
 /// it maps to the unspecified address rather than panicking.
 fn to_socket_addr(addr: types::Address) -> SocketAddr {
-    let ip = addr
-        .host
-        .as_deref()
-        .and_then(|h| h.parse::<IpAddr>().ok())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let ip = addr.host.as_deref().and_then(|h| h.parse::<IpAddr>().ok()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     SocketAddr::new(ip, addr.port)
 }
 

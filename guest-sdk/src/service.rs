@@ -4,8 +4,8 @@ use std::any::Any;
 use std::cell::OnceCell;
 use std::marker::PhantomData;
 
-use crate::__bindings::service::exports::portcullis::socket::callbacks::Guest;
 use crate::__bindings::portcullis::socket::{tcp, types};
+use crate::__bindings::service::exports::portcullis::socket::callbacks::Guest;
 use crate::{Connection, Error};
 
 /// A socket service: the callbacks the host calls for each connection

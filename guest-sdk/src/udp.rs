@@ -3,8 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::Error;
 use crate::__bindings::portcullis::socket::{types, udp};
+use crate::Error;
 
 /// Something to send a datagram to: a [`SocketAddr`] or a `(host, port)` pair
 /// (the host resolves names).
@@ -135,10 +135,7 @@ impl UdpClient {
     /// ```
     pub async fn bind_with(config: UdpConfig) -> Result<UdpClient, Error> {
         let wit_config = udp::UdpClientConfig { read_timeout_ms: config.read_timeout.as_millis() as u64 };
-        udp::UdpClient::bind(config.local, wit_config)
-            .await
-            .map(|handle| UdpClient { handle })
-            .map_err(Error::from)
+        udp::UdpClient::bind(config.local, wit_config).await.map(|handle| UdpClient { handle }).map_err(Error::from)
     }
 
     /// Sends `data` as one datagram; returns the bytes sent. More than 65507

@@ -21,7 +21,9 @@ pub fn inspect(path: &Path) -> Result<String> {
     let mut imports = Vec::new();
     for (name, item) in ty.imports(&engine) {
         let functions: Vec<String> = match item.ty {
-            ComponentItem::ComponentInstance(instance) => instance.exports(&engine).map(|(f, _)| f.to_string()).collect(),
+            ComponentItem::ComponentInstance(instance) => {
+                instance.exports(&engine).map(|(f, _)| f.to_string()).collect()
+            }
             _ => Vec::new(),
         };
         imports.push((name.to_string(), functions));
@@ -33,7 +35,9 @@ pub fn inspect(path: &Path) -> Result<String> {
         (true, true) => "program-with-callbacks (a main, and callbacks for its clients and listeners)",
         (false, true) => "program (a main that runs to completion)",
         (true, false) => "service (callbacks; attach it with --listen ADDR:PORT)",
-        (false, false) => "none: it exports neither portcullis:socket/callbacks nor wasi:cli/run, so portcullis cannot run it",
+        (false, false) => {
+            "none: it exports neither portcullis:socket/callbacks nor wasi:cli/run, so portcullis cannot run it"
+        }
     };
     let imports_fn = |iface: &str, func: &str| {
         imports.iter().any(|(name, fs)| name.starts_with(iface) && fs.iter().any(|f| f == func))

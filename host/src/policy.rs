@@ -119,12 +119,13 @@ impl Grant {
             .ok_or_else(|| fail(format!("it must start with `{scheme}://` for {}", action.flag())))?;
         // The port is after the last colon; an IPv6 host is in brackets.
         let (host, ports) = if let Some(inner) = rest.strip_prefix('[') {
-            let (host, after) = inner
-                .split_once(']')
-                .ok_or_else(|| fail("`[` without `]`: write IPv6 hosts as `[::1]`".into()))?;
+            let (host, after) =
+                inner.split_once(']').ok_or_else(|| fail("`[` without `]`: write IPv6 hosts as `[::1]`".into()))?;
             // `[2001:db8::]/32:PORTS` is an IPv6 CIDR.
             let (prefix, after) = match after.strip_prefix('/') {
-                Some(rest) => rest.split_once(':').map(|(p, a)| (format!("/{p}"), a)).unwrap_or((format!("/{rest}"), "")),
+                Some(rest) => {
+                    rest.split_once(':').map(|(p, a)| (format!("/{p}"), a)).unwrap_or((format!("/{rest}"), ""))
+                }
                 None => (String::new(), after.strip_prefix(':').unwrap_or(after)),
             };
             if prefix.is_empty() && !rest.contains("]:") {
@@ -153,10 +154,7 @@ impl Grant {
 }
 
 fn parse_ports(text: &str) -> Result<Ports, String> {
-    let number = |s: &str| {
-        s.parse::<u16>()
-            .map_err(|_| format!("port `{s}` is not a number from 0 to 65535"))
-    };
+    let number = |s: &str| s.parse::<u16>().map_err(|_| format!("port `{s}` is not a number from 0 to 65535"));
     if text == "*" {
         return Ok(Ports { first: 0, last: u16::MAX });
     }
@@ -224,9 +222,7 @@ pub fn normalise_name(name: &str) -> String {
 fn normalise_net(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
-            Some(v4) if v6.prefix_len() >= 96 => {
-                IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net)
-            }
+            Some(v4) if v6.prefix_len() >= 96 => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
             _ => net,
         },
         IpNet::V4(_) => net,
@@ -292,9 +288,9 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 
 /// Never reachable through a name or `*`: an explicit IP/CIDR grant is needed.
 const ALWAYS_BLOCKED: &[&str] = &[
-    "0.0.0.0/8",       // "this network"
-    "169.254.0.0/16",  // link-local, including the cloud metadata 169.254.169.254
-    "224.0.0.0/4",     // multicast
+    "0.0.0.0/8",      // "this network"
+    "169.254.0.0/16", // link-local, including the cloud metadata 169.254.169.254
+    "224.0.0.0/4",    // multicast
     "255.255.255.255/32",
     "::/128",
     "fe80::/10", // link-local
@@ -341,7 +337,12 @@ impl Policy {
         for grant in &grants {
             if let HostPattern::Net(net) = grant.host {
                 let end = grant.ports.last.checked_add(1);
-                ip_pools[index(grant.action)].insert_ip_net_port_range(net, grant.ports.first, end, ambient_authority());
+                ip_pools[index(grant.action)].insert_ip_net_port_range(
+                    net,
+                    grant.ports.first,
+                    end,
+                    ambient_authority(),
+                );
             }
         }
         let mut blocked = Pool::new();
@@ -356,7 +357,12 @@ impl Policy {
     }
 
     /// Parses grant strings (as given to the CLI or in a manifest).
-    pub fn parse(connect: &[String], listen: &[String], udp: &[String], block_private: bool) -> Result<Self, GrantError> {
+    pub fn parse(
+        connect: &[String],
+        listen: &[String],
+        udp: &[String],
+        block_private: bool,
+    ) -> Result<Self, GrantError> {
         let mut grants = Vec::new();
         for (action, list) in [(Action::Connect, connect), (Action::Listen, listen), (Action::Udp, udp)] {
             for text in list {
@@ -383,15 +389,11 @@ impl Policy {
     }
 
     fn any_granted(&self, action: Action, port: u16) -> bool {
-        self.grants
-            .iter()
-            .any(|g| g.action == action && g.host == HostPattern::Any && g.ports.contains(port))
+        self.grants.iter().any(|g| g.action == action && g.host == HostPattern::Any && g.ports.contains(port))
     }
 
     fn name_granted(&self, action: Action, name: &str, port: u16) -> bool {
-        self.grants
-            .iter()
-            .any(|g| g.action == action && g.ports.contains(port) && g.matches_name(name))
+        self.grants.iter().any(|g| g.action == action && g.ports.contains(port) && g.matches_name(name))
     }
 
     fn ip_grants_for_port(&self, action: Action, port: u16) -> bool {
@@ -408,7 +410,13 @@ impl Policy {
 
     /// Resolves an outbound target (`connect`, UDP `send-to`) under the grants:
     /// the addresses it may reach, or a `permission-denied` error naming it.
-    pub async fn resolve_outbound(&self, action: Action, verb: &str, host: &str, port: u16) -> Result<Vec<SocketAddr>, SocketError> {
+    pub async fn resolve_outbound(
+        &self,
+        action: Action,
+        verb: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, SocketError> {
         self.resolve_outbound_with(action, verb, host, port, |name, port| async move { resolve(&name, port).await })
             .await
     }
@@ -463,7 +471,13 @@ impl Policy {
     /// Resolves a local address to bind (`listen`, UDP `bind`) under the grants.
     /// `None` as host is all interfaces (checked as `0.0.0.0`); port 0 is an
     /// ephemeral port (a grant must cover port 0, or for UDP any grant will do).
-    pub async fn resolve_bind(&self, action: Action, verb: &str, host: Option<&str>, port: u16) -> Result<Option<SocketAddr>, SocketError> {
+    pub async fn resolve_bind(
+        &self,
+        action: Action,
+        verb: &str,
+        host: Option<&str>,
+        port: u16,
+    ) -> Result<Option<SocketAddr>, SocketError> {
         let shown = host.unwrap_or("0.0.0.0");
         let denied = || denial(action, verb, shown, port);
         if action == Action::Udp && host.is_none() && port == 0 {

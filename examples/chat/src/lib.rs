@@ -39,13 +39,8 @@ impl Service for Chat {
         }
         // Copy the recipients out first: writes await, and other callbacks may
         // change the room meanwhile.
-        let others: Vec<Connection> = self
-            .members
-            .borrow()
-            .iter()
-            .filter(|(id, _)| **id != conn.id())
-            .map(|(_, c)| c.clone())
-            .collect();
+        let others: Vec<Connection> =
+            self.members.borrow().iter().filter(|(id, _)| **id != conn.id()).map(|(_, c)| c.clone()).collect();
         for other in others {
             // A member that left meanwhile is not this sender's problem.
             let _ = other.write_all(&lines).await;

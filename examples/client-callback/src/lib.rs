@@ -10,9 +10,7 @@ async fn main() -> Result<(), String> {
     let message = std::env::var("MESSAGE").unwrap_or_else(|_| "Hello Ballerina".into());
     let (host, port) = target.rsplit_once(':').ok_or("TARGET must be host:port")?;
     let port = port.parse().map_err(|_| format!("bad port in TARGET={target}"))?;
-    let conn = Client::connect_with(ClientConfig::new(host, port).callback(true))
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = Client::connect_with(ClientConfig::new(host, port).callback(true)).await.map_err(|e| e.to_string())?;
     conn.write_all(message.as_bytes()).await.map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -115,7 +115,11 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
         Ok(conn.write_all(&data).await.map_err(Into::into))
     }
 
-    async fn read(acc: &Accessor<HostState, Self>, this: Resource<Connection>, length: Option<u32>) -> Outcome<Vec<u8>> {
+    async fn read(
+        acc: &Accessor<HostState, Self>,
+        this: Resource<Connection>,
+        length: Option<u32>,
+    ) -> Outcome<Vec<u8>> {
         let conn = conn_of(acc, &this)?;
         Ok(conn.read(length).await.map_err(Into::into))
     }

@@ -194,7 +194,8 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_datagrams_and_zero_lengths_are_errors() {
-        let client = UdpClient::bind(UdpBind::Addr("127.0.0.1:0".parse().unwrap()), Duration::from_secs(5)).await.unwrap();
+        let client =
+            UdpClient::bind(UdpBind::Addr("127.0.0.1:0".parse().unwrap()), Duration::from_secs(5)).await.unwrap();
         let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1:9".parse().unwrap()).await.unwrap_err();
         assert_eq!(err.message, "datagram too large: 65508 bytes (at most 65507)");
         let err = client.receive_from(Some(0)).await.unwrap_err();

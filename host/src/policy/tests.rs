@@ -33,13 +33,19 @@ use Outcome::{Allow, Deny};
 
 fn check(grants: &[&str], block_private: bool, action: Action, host: &str, port: u16) -> Outcome {
     let policy = policy_of(grants, block_private);
-    let result = futures::executor::block_on(policy.resolve_outbound_with(action, "connect", host, port, |name, port| async move {
-        let ips = lookup_table(&name);
-        if ips.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no such host {name}")));
-        }
-        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
-    }));
+    let result = futures::executor::block_on(policy.resolve_outbound_with(
+        action,
+        "connect",
+        host,
+        port,
+        |name, port| async move {
+            let ips = lookup_table(&name);
+            if ips.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::NotFound, format!("no such host {name}")));
+            }
+            Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+        },
+    ));
     match result {
         Ok(addrs) => {
             let ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
@@ -157,9 +163,13 @@ fn the_grant_matcher_table() {
 #[test]
 fn names_not_granted_are_not_even_resolved() {
     let policy = policy_of(&["tcp://db.internal:5432"], false);
-    let result = futures::executor::block_on(policy.resolve_outbound_with(C, "connect", "other.internal", 5432, |name, _| async move {
-        panic!("{name} was resolved although no grant could cover it")
-    }));
+    let result = futures::executor::block_on(policy.resolve_outbound_with(
+        C,
+        "connect",
+        "other.internal",
+        5432,
+        |name, _| async move { panic!("{name} was resolved although no grant could cover it") },
+    ));
     assert_eq!(result.unwrap_err().message, "permission denied: connect tcp://other.internal:5432 is not granted");
 }
 
@@ -174,11 +184,18 @@ fn denials_name_the_operation_and_target() {
     let err = futures::executor::block_on(policy.resolve_outbound(U, "send to", "::1", 53)).unwrap_err();
     assert_eq!(err.message, "permission denied: send to udp://[::1]:53 is not granted");
     let rebinding = policy_of(&["tcp://metadata.evil:80"], false);
-    let err = futures::executor::block_on(rebinding.resolve_outbound_with(C, "connect", "metadata.evil", 80, |_, port| async move {
-        Ok(vec![SocketAddr::new("169.254.169.254".parse().unwrap(), port)])
-    }))
+    let err = futures::executor::block_on(rebinding.resolve_outbound_with(
+        C,
+        "connect",
+        "metadata.evil",
+        80,
+        |_, port| async move { Ok(vec![SocketAddr::new("169.254.169.254".parse().unwrap(), port)]) },
+    ))
     .unwrap_err();
-    assert_eq!(err.message, "permission denied: connect tcp://metadata.evil:80 resolves only to blocked addresses (169.254.169.254)");
+    assert_eq!(
+        err.message,
+        "permission denied: connect tcp://metadata.evil:80 resolves only to blocked addresses (169.254.169.254)"
+    );
 }
 
 #[test]
@@ -246,6 +263,10 @@ fn binding_needs_a_grant_too() {
     assert_eq!(err.message, "permission denied: listen tcp://0.0.0.0:8000 is not granted");
 
     let udp = Policy::new(vec![Grant::parse(Action::Udp, "udp://10.0.0.53:53").unwrap()], false);
-    assert_eq!(block_on(udp.resolve_bind(Action::Udp, "bind", None, 0)).unwrap(), None, "ephemeral is fine with any UDP grant");
+    assert_eq!(
+        block_on(udp.resolve_bind(Action::Udp, "bind", None, 0)).unwrap(),
+        None,
+        "ephemeral is fine with any UDP grant"
+    );
     assert!(block_on(udp.resolve_bind(Action::Udp, "bind", None, 9000)).is_err());
 }
