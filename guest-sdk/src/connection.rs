@@ -88,7 +88,21 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn write_all(&self, data: &[u8]) -> Result<usize, Error> {
-        self.handle.write(data.to_vec()).await.map(|n| n as usize).map_err(Error::from)
+        self.write_vec(data.to_vec()).await
+    }
+
+    /// [`Connection::write_all`] for bytes the caller owns: they go to the host
+    /// as they are, without the copy `write_all` makes (what an echo or a proxy
+    /// wants for what it just read).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// let data = conn.read().await?;
+    /// conn.write_vec(data).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_vec(&self, data: Vec<u8>) -> Result<usize, Error> {
+        self.handle.write(data).await.map(|n| n as usize).map_err(Error::from)
     }
 
     /// Closes the connection both ways. The host then calls `on_close`.
