@@ -57,3 +57,115 @@ async fn a_connection_parked_in_read_n_does_not_delay_the_others() {
     assert_eq!(read_n(&mut parked, 18).await, b"ThisIsBlockingRead");
     service.stop().await;
 }
+
+/// A large echo to a reader that drains slowly: the socket takes only part of
+/// each write (`try-write` writes what fits, `write` the rest under
+/// back-pressure), and every byte still arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_byte_of_a_large_echo() {
+    const TOTAL: usize = 8 << 20;
+    let service = start("echo", &[], Duration::from_secs(30)).await;
+    let stream = service.connect().await;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut rng = StdRng::seed_from_u64(7);
+    let sent: Vec<u8> = (0..TOTAL).map(|_| rng.random()).collect();
+    let to_send = sent.clone();
+    let sending = tokio::spawn(async move {
+        for chunk in to_send.chunks(256 * 1024) {
+            writer.write_all(chunk).await.unwrap();
+        }
+        writer
+    });
+    let mut received = Vec::with_capacity(TOTAL);
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.len() < TOTAL {
+        assert!(Instant::now() < deadline, "only {} of {TOTAL} bytes came back", received.len());
+        let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut reader, &mut buf))
+            .await
+            .expect("the echo stalled")
+            .unwrap();
+        assert!(n > 0, "closed after {} bytes", received.len());
+        received.extend_from_slice(&buf[..n]);
+        if received.len() < TOTAL / 2 {
+            // Slow at first, so the server's socket buffer fills up.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert!(received == sent, "the echo differs from what was sent");
+    drop(sending.await.unwrap());
+    assert_eq!(service.stop().await, 0);
+}
+
+/// `chat` writes each sender's lines to every other member from that sender's
+/// callback; with several senders at once, writes to one member race. Each
+/// write must land whole: no line may be cut by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_from_many_senders_never_interleave() {
+    const SENDERS: usize = 4;
+    const LINES: usize = 200;
+    let service = start("chat", &[], Duration::from_secs(30)).await;
+    // A small receive buffer, and no reading for a while: the service's writes
+    // to this member fill its socket and go out in parts.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let listener = socket.connect(service.addr).await.unwrap();
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(service.connect().await);
+    }
+    // Every member is in the room before anyone speaks.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (reader, _keep) = listener.into_split();
+    let reading = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(reader));
+        let mut got = Vec::new();
+        while got.len() < SENDERS * LINES {
+            match tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
+                Ok(Ok(Some(line))) => got.push(line),
+                other => panic!("after {} lines: {other:?}", got.len()),
+            }
+        }
+        got
+    });
+    let mut tasks = Vec::new();
+    for (s, sender) in senders.into_iter().enumerate() {
+        // Senders are members too: they get the others' lines, and must read
+        // them, or the service's writes to them would wait forever.
+        let (mut incoming, mut sender) = sender.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut incoming, &mut tokio::io::sink()).await });
+        tasks.push(tokio::spawn(async move {
+            for i in 0..LINES {
+                // Long lines (up to ~40 KiB), so writes to the listener are partial.
+                let filler = char::from(b'a' + s as u8).to_string().repeat(1 + (i * 211) % 40_000);
+                sender.write_all(format!("{s} {i} {filler}\n").as_bytes()).await.unwrap();
+            }
+            sender
+        }));
+    }
+    let _senders: Vec<_> = futures_join(tasks).await;
+    let got = reading.await.unwrap();
+    let mut next = [0usize; SENDERS];
+    for line in got {
+        let mut parts = line.splitn(3, ' ');
+        let s: usize = parts.next().unwrap().parse().expect("a line starts with its sender");
+        let i: usize = parts.next().unwrap().parse().expect("then its number");
+        let filler = parts.next().unwrap();
+        let letter = char::from(b'a' + s as u8);
+        assert_eq!(i, next[s], "sender {s}'s lines arrive in order");
+        assert_eq!(filler.len(), 1 + (i * 211) % 40_000, "line {s} {i} is whole");
+        assert!(filler.chars().all(|c| c == letter), "line {s} {i} has bytes of another line in it");
+        next[s] += 1;
+    }
+    assert_eq!(next, [LINES; SENDERS]);
+    assert_eq!(service.stop().await, 0);
+}
+
+async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}

@@ -88,21 +88,13 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn write_all(&self, data: &[u8]) -> Result<usize, Error> {
-        self.write_vec(data.to_vec()).await
-    }
-
-    /// [`Connection::write_all`] for bytes the caller owns: they go to the host
-    /// as they are, without the copy `write_all` makes (what an echo or a proxy
-    /// wants for what it just read).
-    ///
-    /// ```no_run
-    /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
-    /// let data = conn.read().await?;
-    /// conn.write_vec(data).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn write_vec(&self, data: Vec<u8>) -> Result<usize, Error> {
-        self.handle.write(data).await.map(|n| n as usize).map_err(Error::from)
+        // A plain call first (no copy, no async call); what the socket did not
+        // take goes by the async call at once, so no other write interleaves.
+        let now = self.handle.try_write(data).map_err(Error::from)? as usize;
+        if now < data.len() {
+            self.handle.write(data[now..].to_vec()).await.map_err(Error::from)?;
+        }
+        Ok(data.len())
     }
 
     /// Closes the connection both ways. The host then calls `on_close`.

@@ -12,7 +12,7 @@ impl Service for Echo {
         if data.is_empty() {
             return conn.close();
         }
-        conn.write_vec(data).await?;
+        conn.write_all(&data).await?;
         Ok(())
     }
 }

@@ -136,6 +136,11 @@ impl HostConnection for HostState {
         Ok(self.table.get(&this)?.conn.try_read(length).map_err(Into::into))
     }
 
+    fn try_write(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
+        self.touch();
+        Ok(self.table.get(&this)?.conn.try_write(&data).map_err(Into::into))
+    }
+
     fn shutdown_read(&mut self, this: Resource<Connection>) -> Outcome<()> {
         Ok(self.table.get(&this)?.conn.shutdown_read().map_err(Into::into))
     }

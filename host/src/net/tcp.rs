@@ -309,6 +309,30 @@ impl TcpConn {
         }
     }
 
+    /// [`TcpConn::write_all`] without waiting: writes what the socket takes now
+    /// and returns how many bytes that was; 0 when it would wait or another
+    /// write holds the connection. An error after some bytes went out is left
+    /// for the write of the rest to report.
+    pub fn try_write(&self, data: &[u8]) -> Result<u32, SocketError> {
+        let inner = &*self.0;
+        if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_cancelled() {
+            return Err(SocketError::generic(WRITE_AFTER_CLOSE));
+        }
+        let Ok(_writer) = inner.write.try_lock() else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        while written < data.len() {
+            match inner.stream.try_write(&data[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) if written > 0 => break,
+                Err(e) => return Err(SocketError::from(e)),
+            }
+        }
+        Ok(written as u32)
+    }
+
     /// Closes both directions and wakes everything waiting on this connection.
     /// Closing twice is harmless.
     pub fn close(&self) {
