@@ -397,6 +397,9 @@ impl TcpConn {
     /// so a service that never reads costs no CPU.
     pub async fn wait_ready(&self, seen: ReadMark) -> Readiness {
         let inner = &*self.0;
+        // The socket is read once it says it is readable, not before: right
+        // after a callback took everything, a read would only find it empty.
+        let mut readable = false;
         loop {
             if inner.closed.is_cancelled() {
                 return Readiness::Closed;
@@ -418,7 +421,7 @@ impl TcpConn {
                 }
                 continue;
             }
-            if side.fill_from(&inner.stream) {
+            if readable && side.fill_from(&inner.stream) {
                 continue;
             }
             drop(side);
@@ -427,6 +430,7 @@ impl TcpConn {
                     if let Err(e) = r {
                         inner.read.lock().await.fail(e);
                     }
+                    readable = true;
                 }
                 _ = inner.closed.cancelled() => {}
             }
@@ -465,7 +469,13 @@ impl ReadSide {
             match stream.try_read_buf(&mut limited) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.buf.is_empty() {
+                        // Nothing came: an idle connection holds no buffer.
+                        self.buf = BytesMut::new();
+                    }
+                    break;
+                }
                 Err(e) => self.fail(e),
             }
             self.arrivals += 1;
