@@ -43,6 +43,15 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("native-server") {
         return native::serve();
     }
+    if args.first().map(String::as_str) == Some("instantiate") {
+        // `portcullis-bench instantiate [N]`: only the instantiation loop, to profile it.
+        let n = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let micros = runtime.block_on(instantiation(&root, n))?;
+        println!("{micros:.1} µs median over {n}");
+        return Ok(());
+    }
     if let Some(kind @ ("echo-load" | "churn-load")) = args.first().map(String::as_str) {
         return load_only(kind, &args[1..]);
     }
@@ -315,20 +324,26 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
 
     eprintln!("bench: instantiation");
-    let runtime =
-        portcullis::Runtime::pooled(portcullis::engine::POOLED_INSTANCES)?.with_cache_dir(Some(cache.clone()));
+    rows.push(row("instantiation from InstancePre", "pooling", "µs", instantiation(root, 500).await?, None));
+    Ok(rows)
+}
+
+/// The median time, in µs, of `n` instantiations of `echo` (a fresh store and
+/// instance each, as a connection gets with `--instances per-connection`).
+async fn instantiation(root: &Path, n: usize) -> Result<f64> {
+    let cache = root.join("target/bench/cache");
+    let runtime = portcullis::Runtime::pooled(portcullis::engine::POOLED_INSTANCES)?.with_cache_dir(Some(cache));
     let loaded = runtime.load(Path::new(&guest(root, "echo")), Vec::new(), Default::default())?;
     for _ in 0..20 {
         loaded.instantiate_once().await?;
     }
-    let mut times = Vec::new();
-    for _ in 0..500 {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
         let started = Instant::now();
         loaded.instantiate_once().await?;
         times.push(started.elapsed().as_secs_f64() * 1e6);
     }
-    rows.push(row("instantiation from InstancePre", "pooling", "µs", median(times), None));
-    Ok(rows)
+    Ok(median(times))
 }
 
 fn print_table(rows: &[Row], quick: bool, cores: usize) {
