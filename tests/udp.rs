@@ -61,6 +61,40 @@ async fn receive_on_a_bound_port_gets_the_peers_datagram() {
 }
 
 #[tokio::test]
+async fn datagrams_from_a_peer_nobody_granted_are_refused() {
+    // Only binding an ephemeral port is granted (port 0); the peer sends from
+    // a real port, which no grant covers.
+    let mut program = spawn_program("udp-clients", &[("MODE", "stranger")], &["--allow-udp", "udp://127.0.0.1:0"]);
+    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
+    let bound = lines.next_line().await.unwrap().expect("the program prints where it is bound");
+    let addr: SocketAddr = bound.strip_prefix("bound ").unwrap().parse().unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_port = peer.local_addr().unwrap().port();
+    let sender = tokio::spawn(async move {
+        for _ in 0..100 {
+            // Two at once: one wakes a waiting receive, the next is queued.
+            let _ = peer.send_to(b"let me in", addr).await;
+            let _ = peer.send_to(b"let me in", addr).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    for i in 1..=2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some(
+                format!(
+                    "{i}: PermissionDenied: permission denied: receive from udp://127.0.0.1:{peer_port} is not granted"
+                )
+                .as_str()
+            )
+        );
+    }
+    sender.abort();
+    assert!(program.wait().await.unwrap().success());
+}
+
+#[tokio::test]
 async fn receive_times_out_with_read_timed_out() {
     let echo = native_echo().await;
     assert_eq!(udp_mode("timeout", echo).await, "receive: ReadTimedOut: read timed out\n");

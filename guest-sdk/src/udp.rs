@@ -175,8 +175,12 @@ impl UdpClient {
         self.receive(Some(max)).await
     }
 
+    /// A plain (cheap) call first; the async one only when it must wait.
     async fn receive(&self, length: Option<u32>) -> Result<(Vec<u8>, SocketAddr), Error> {
-        let (data, from) = self.handle.receive_from(length).await.map_err(Error::from)?;
+        let (data, from) = match self.handle.try_receive_from(length).map_err(Error::from)? {
+            Some(received) => received,
+            None => self.handle.receive_from(length).await.map_err(Error::from)?,
+        };
         Ok((data, to_socket_addr(from)))
     }
 

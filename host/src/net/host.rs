@@ -293,19 +293,43 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
             Ok(received) => received,
             Err(e) => return Ok(Err(e.into())),
         };
-        // Replies from peers it sent to are in; anyone else needs a grant.
-        if !client.sent_to(from) && !policy_of(acc).allows_peer(Action::Udp, from) {
-            let err = SocketError::permission_denied(format!(
-                "permission denied: receive from {} is not granted",
-                target_text(Action::Udp, &from.ip().to_string(), from.port())
-            ));
-            return Ok(Err(logged(acc, err).into()));
+        if let Err(denied) = check_sender(&client, &policy_of(acc), from) {
+            return Ok(Err(logged(acc, denied).into()));
         }
         Ok(Ok((data, to_address(from))))
     }
 }
 
+/// Replies from peers a client sent to are in; anyone else needs a grant.
+fn check_sender(client: &UdpClient, policy: &Policy, from: SocketAddr) -> Result<(), SocketError> {
+    if client.sent_to(from) || policy.allows_peer(Action::Udp, from) {
+        return Ok(());
+    }
+    Err(SocketError::permission_denied(format!(
+        "permission denied: receive from {} is not granted",
+        target_text(Action::Udp, &from.ip().to_string(), from.port())
+    )))
+}
+
 impl HostUdpClient for HostState {
+    fn try_receive_from(
+        &mut self,
+        this: Resource<UdpClient>,
+        length: Option<u32>,
+    ) -> Outcome<Option<(Vec<u8>, Address)>> {
+        self.touch();
+        let client = self.table.get(&this)?.clone();
+        let (data, from) = match client.try_receive_from(length) {
+            Ok(Some(received)) => received,
+            Ok(None) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e.into())),
+        };
+        if let Err(denied) = check_sender(&client, &self.net.policy, from) {
+            return Ok(Err(self.net.logged(denied).into()));
+        }
+        Ok(Ok(Some((data, to_address(from)))))
+    }
+
     fn close(&mut self, this: Resource<UdpClient>) -> Outcome<()> {
         self.table.get(&this)?.close();
         Ok(Ok(()))

@@ -125,6 +125,26 @@ impl UdpClient {
         }
     }
 
+    /// [`UdpClient::receive_from`] without waiting: `None` when no datagram is
+    /// queued, or while another receive is under way.
+    pub fn try_receive_from(&self, length: Option<u32>) -> Result<Option<(Vec<u8>, SocketAddr)>, SocketError> {
+        self.check_open()?;
+        if length == Some(0) {
+            return Err(SocketError::generic(INVALID_READ_LENGTH));
+        }
+        let Ok(mut buf) = self.0.receive_buf.try_lock() else {
+            return Ok(None);
+        };
+        match self.0.socket.try_recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let keep = length.map_or(n, |max| n.min(max as usize));
+                Ok(Some((buf[..keep].to_vec(), unmap(from))))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(SocketError::from(e)),
+        }
+    }
+
     /// Closes the socket for every handle; waiting receives and sends fail.
     pub fn close(&self) {
         self.0.closed.cancel();

@@ -42,6 +42,18 @@ async fn scenario(mode: &str, host: &str, port: u16) -> Result<(), Error> {
             let (data, _) = udp.recv_from().await?;
             println!("received: {}", String::from_utf8_lossy(&data));
         }
+        // Receives from a peer nobody granted: each receive is refused (the
+        // first usually waits, the second usually finds a datagram queued).
+        "stranger" => {
+            let udp = UdpClient::bind_with(UdpConfig::local("127.0.0.1", 0)).await?;
+            println!("bound {}", udp.local_addr()?);
+            for i in 1..=2 {
+                match udp.recv_from().await {
+                    Ok((data, from)) => println!("{i}: got {} bytes from {from}", data.len()),
+                    Err(e) => println!("{i}: {:?}: {e}", e.kind()),
+                }
+            }
+        }
         "timeout" => {
             let udp = UdpClient::bind_with(UdpConfig::ephemeral().read_timeout(Duration::from_millis(300))).await?;
             let err = udp.recv_from().await.expect_err("nobody sends");
