@@ -39,12 +39,21 @@ async fn udp_echo_returns_the_datagram() {
     assert_eq!(text, format!("received: Hello Ballerina echo from port {}\n", echo.port()));
 }
 
-#[tokio::test]
-async fn receive_on_a_bound_port_gets_the_peers_datagram() {
-    let mut program = spawn_program("udp-clients", &[("MODE", "receive")], &["--allow-udp", "udp://127.0.0.1:*"]);
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `udp-clients` in `mode` with one UDP grant; returns it, its output
+/// lines, and the address it printed (`bound ADDR`).
+async fn spawn_bound(mode: &str, grant: &str) -> (tokio::process::Child, Lines, SocketAddr) {
+    let mut program = spawn_program("udp-clients", &[("MODE", mode)], &["--allow-udp", grant]);
     let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
     let bound = lines.next_line().await.unwrap().expect("the program prints where it is bound");
-    let addr: SocketAddr = bound.strip_prefix("bound ").unwrap().parse().unwrap();
+    let addr = bound.strip_prefix("bound ").expect("`bound ADDR`").parse().unwrap();
+    (program, lines, addr)
+}
+
+#[tokio::test]
+async fn receive_on_a_bound_port_gets_the_peers_datagram() {
+    let (mut program, mut lines, addr) = spawn_bound("receive", "udp://127.0.0.1:*").await;
 
     // The peer sends `This is server` until the program has received it.
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -64,10 +73,7 @@ async fn receive_on_a_bound_port_gets_the_peers_datagram() {
 async fn datagrams_from_a_peer_nobody_granted_are_refused() {
     // Only binding an ephemeral port is granted (port 0); the peer sends from
     // a real port, which no grant covers.
-    let mut program = spawn_program("udp-clients", &[("MODE", "stranger")], &["--allow-udp", "udp://127.0.0.1:0"]);
-    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
-    let bound = lines.next_line().await.unwrap().expect("the program prints where it is bound");
-    let addr: SocketAddr = bound.strip_prefix("bound ").unwrap().parse().unwrap();
+    let (mut program, mut lines, addr) = spawn_bound("stranger", "udp://127.0.0.1:0").await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_port = peer.local_addr().unwrap().port();
     let sender = tokio::spawn(async move {
