@@ -81,18 +81,18 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `portcullis-bench echo-load ADDR [SIZE] [SECONDS]` or `churn-load ADDR
+/// `portcullis-bench echo-load ADDR [SIZE] [SECONDS] [CONNS]` or `churn-load ADDR
 /// [SECONDS]`: one load against a server started by hand, to profile that server.
 fn load_only(kind: &str, args: &[String]) -> Result<()> {
     let addr: SocketAddr =
-        args.first().context("usage: echo-load ADDR [SIZE] [SECONDS] | churn-load ADDR [SECONDS]")?.parse()?;
+        args.first().context("usage: echo-load ADDR [SIZE] [SECONDS] [CONNS] | churn-load ADDR [SECONDS]")?.parse()?;
     let number =
         |i: usize, default: f64| args.get(i).map(|s| s.parse::<f64>()).transpose().map(|n| n.unwrap_or(default));
     pin_to_core(1);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if kind == "echo-load" {
-        let (size, seconds) = (number(1, 64.0)? as usize, number(2, 5.0)?);
-        let rate = runtime.block_on(load::tcp_echo(addr, 50, size, Duration::from_secs_f64(seconds)));
+        let (size, seconds, conns) = (number(1, 64.0)? as usize, number(2, 5.0)?, number(3, 50.0)? as usize);
+        let rate = runtime.block_on(load::tcp_echo(addr, conns, size, Duration::from_secs_f64(seconds)));
         println!("{rate:.0} msg/s");
     } else {
         let rate = runtime.block_on(load::churn(addr, 8, Duration::from_secs_f64(number(1, 5.0)?)));
