@@ -150,18 +150,25 @@ impl Running {
     }
 }
 
+/// Connects to `addr`, sends `message` and checks it comes back; returns the
+/// connection, still open.
+fn echo_once(addr: &str, message: &[u8]) -> TcpStream {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.write_all(message).unwrap();
+    let mut echoed = vec![0u8; message.len()];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, message);
+    client
+}
+
 #[test]
 fn port_zero_prints_the_real_port_and_sigterm_stops_gracefully() {
     let dir = scratch("sigterm");
     let running = serve_echo(&dir, "portcullis=debug");
     assert!(!running.addr.ends_with(":0"), "printed {}", running.addr);
 
-    let mut client = TcpStream::connect(&running.addr).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    client.write_all(b"Hello Ballerina\n").unwrap();
-    let mut echoed = [0u8; 16];
-    client.read_exact(&mut echoed).unwrap();
-    assert_eq!(&echoed, b"Hello Ballerina\n");
+    let mut client = echo_once(&running.addr, b"Hello Ballerina\n");
 
     let (code, log) = running.terminate();
     assert_eq!(code, 0, "log: {log}");
@@ -177,18 +184,30 @@ fn port_zero_prints_the_real_port_and_sigterm_stops_gracefully() {
 fn instances_per_connection_from_the_command_line() {
     let dir = scratch("per-connection");
     let running = serve_echo_with(&dir, "portcullis=debug", &["--instances", "per-connection"]);
-    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&running.addr).unwrap()).collect();
-    for (i, client) in clients.iter_mut().enumerate() {
-        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let message = format!("client {i}");
-        client.write_all(message.as_bytes()).unwrap();
-        let mut echoed = vec![0u8; message.len()];
-        client.read_exact(&mut echoed).unwrap();
-        assert_eq!(echoed, message.as_bytes());
-    }
+    // All three open at once, each in an instance of its own.
+    let _clients: Vec<TcpStream> = (0..3).map(|i| echo_once(&running.addr, format!("client {i}").as_bytes())).collect();
     let (code, log) = running.terminate();
     assert_eq!(code, 0, "log: {log}");
     assert_eq!(log.matches("connection closed").count(), 3, "log: {log}");
+}
+
+#[test]
+fn max_instances_bounds_the_connections_served_at_once() {
+    let dir = scratch("max-instances");
+    let running = serve_echo_with(&dir, "info", &["--instances", "per-connection", "--max-instances", "1"]);
+    let _first = echo_once(&running.addr, b"one");
+
+    // The only slot is taken: the next connection is closed unserved.
+    let mut second = TcpStream::connect(&running.addr).unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = second.write_all(b"two");
+    let mut rest = Vec::new();
+    let _ = second.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "got {rest:?}");
+
+    let (code, log) = running.terminate();
+    assert_eq!(code, 0, "log: {log}");
+    assert!(log.contains("no instance for this connection"), "log: {log}");
 }
 
 #[test]

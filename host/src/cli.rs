@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// `per-connection`: a fresh instance per accepted connection (isolated).
     #[arg(long = "instances", value_enum, default_value_t = Instances::Shared)]
     pub instances: Instances,
+    /// With `--instances per-connection`: how many instances may live at once
+    /// (the most connections served at once; each slot reserves address space).
+    #[arg(long = "max-instances", value_name = "N", default_value_t = crate::engine::POOLED_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
     /// Let the guest open TCP connections to tcp://HOST:PORTS (repeatable). HOST:
     /// a name, *.suffix, an IP ([v6]), a CIDR or *; PORTS: a port, a range or *.
     #[arg(long = "allow-connect", value_name = "GRANT")]
@@ -150,7 +155,13 @@ async fn run(args: RunArgs) -> Result<i32> {
     // Instances per connection come from a pool: instantiating one then costs
     // microseconds instead of mapping fresh memory each time.
     let mut runtime = if specs.iter().any(|s| s.instances == Instances::PerConnection) {
-        Runtime::pooled(crate::engine::POOLED_INSTANCES)?
+        Runtime::pooled(args.max_instances).with_context(|| {
+            format!(
+                "cannot reserve {} instance slots for --instances per-connection (is address space limited? \
+                 try a smaller --max-instances)",
+                args.max_instances
+            )
+        })?
     } else {
         Runtime::new()?
     };

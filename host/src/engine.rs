@@ -37,9 +37,9 @@ pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
     engine_with(config)
 }
 
-/// Instance slots of the pooled engine: the most connections a service with
-/// instances per connection holds open at once. Slots only reserve address
-/// space until used.
+/// Instance slots of the pooled engine by default (`--max-instances`): the most
+/// connections a service with instances per connection holds open at once.
+/// Slots only reserve address space (about 4 GiB each) until used.
 pub const POOLED_INSTANCES: u32 = 10_000;
 
 /// How often the epoch advances (see `state::new_store` for what it is for).
