@@ -115,7 +115,6 @@ impl Loaded {
         self.main.is_some()
     }
 
-    /// A service must export the callbacks; the error names what is missing.
     /// A store for a new instance of this component: its env, its grants, and
     /// where its callback connections go.
     fn new_store(&self, sink: mpsc::UnboundedSender<TcpConn>, active_listeners: Arc<AtomicUsize>) -> Store<HostState> {
@@ -129,6 +128,30 @@ impl Loaded {
         new_store(self.pre.engine(), &self.env, net)
     }
 
+    /// Runs the event loop of the instance in `store` (see [`Instance::serve`])
+    /// until it ends. Returns how it ended and the connections it was still
+    /// driving, for the caller to close after a trap.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_instance(
+        &self,
+        store: &mut Store<HostState>,
+        callbacks: Option<&Callbacks>,
+        main: Option<MainFunc>,
+        conns: &mut mpsc::UnboundedReceiver<TcpConn>,
+        active_listeners: &AtomicUsize,
+        until_idle: bool,
+        shutdown: &CancellationToken,
+    ) -> (wasmtime::Result<i32>, Live) {
+        let live = Live::default();
+        let instance = Instance { name: &self.name, callbacks, live: &live, active_listeners, until_idle };
+        let ended = store
+            .run_concurrent(async |acc| instance.serve(acc, main, conns, shutdown).await)
+            .await
+            .and_then(|inner| inner);
+        (ended, live)
+    }
+
+    /// A service must export the callbacks; the error names what is missing.
     pub fn require_callbacks(&self) -> Result<()> {
         if self.callbacks.is_none() {
             bail!(
@@ -159,18 +182,9 @@ pub async fn run(
             (Some(index), true) => Some(instance.get_typed_func::<(), (Result<(), ()>,)>(&mut store, index)?),
             _ => None,
         };
-        let live = Live::default();
-        let instance_run = Instance {
-            name: &loaded.name,
-            callbacks: callbacks.as_ref(),
-            live: &live,
-            active_listeners: &active_listeners,
-            until_idle: false,
-        };
-        let ended = store
-            .run_concurrent(async |acc| instance_run.serve(acc, main, &mut conns, &shutdown).await)
-            .await
-            .and_then(|inner| inner);
+        let (ended, live) = loaded
+            .serve_instance(&mut store, callbacks.as_ref(), main, &mut conns, &active_listeners, false, &shutdown)
+            .await;
         match ended {
             Ok(code) => return Ok(code),
             Err(trap) => {
@@ -244,18 +258,9 @@ async fn serve_alone(loaded: Arc<Loaded>, conn: TcpConn, shutdown: CancellationT
         }
     };
     let _ = sink.send(conn);
-    let live = Live::default();
-    let instance_run = Instance {
-        name: &loaded.name,
-        callbacks: callbacks.as_ref(),
-        live: &live,
-        active_listeners: &active_listeners,
-        until_idle: true,
-    };
-    let ended = store
-        .run_concurrent(async |acc| instance_run.serve(acc, None, &mut conns, &shutdown).await)
-        .await
-        .and_then(|inner| inner);
+    let (ended, live) = loaded
+        .serve_instance(&mut store, callbacks.as_ref(), None, &mut conns, &active_listeners, true, &shutdown)
+        .await;
     if let Err(trap) = ended {
         let closed = live.close_all();
         tracing::error!(component = %loaded.name, id, %remote, "guest trapped: {trap:#}; closed this connection's instance ({closed} connection(s))");
@@ -375,7 +380,7 @@ impl Instance<'_> {
         match &result {
             Ok(()) => tracing::debug!(component = %self.name, id, %remote, "connection closed"),
             // Which connection: the trap itself (with its backtrace) is logged
-            // once, by `run`, when the instance ends.
+            // once, when the instance ends (`run`, `serve_alone`).
             Err(_) => {
                 tracing::error!(component = %self.name, id, %remote, "guest trapped in a callback of this connection")
             }
