@@ -39,7 +39,7 @@ impl Connection {
         Connection { handle: ManuallyDrop::new(unsafe { tcp::Connection::from_handle(handle) }), owned: false }
     }
 
-    fn owned(handle: tcp::Connection) -> Self {
+    pub(crate) fn owned(handle: tcp::Connection) -> Self {
         Connection { handle: ManuallyDrop::new(handle), owned: true }
     }
 

@@ -4,6 +4,8 @@ use std::any::Any;
 use std::cell::OnceCell;
 use std::marker::PhantomData;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+
 use crate::__bindings::portcullis::socket::{tcp, types};
 use crate::__bindings::service::exports::portcullis::socket::callbacks::Guest;
 use crate::{Connection, Error};
@@ -124,10 +126,21 @@ impl<S: Service> Dispatch<S> {
         service::<S>().on_connect(&conn).await.map_err(Into::into)
     }
 
-    pub async fn read_ready(conn: &tcp::Connection) -> Result<(), types::Error> {
-        // SAFETY: as above.
-        let conn = unsafe { Connection::borrowed(conn.handle()) };
-        service::<S>().on_read_ready(&conn).await.map_err(Into::into)
+    /// Serves every connection of the batch at once. Each handle is dropped as
+    /// soon as its own callback (and `on_error` after a failure) is done: that
+    /// is what tells the host it may deliver that connection again, so one
+    /// connection waiting in `read` holds up no other.
+    pub async fn read_ready(ready: Vec<tcp::Connection>) {
+        let mut serving: FuturesUnordered<_> = ready
+            .into_iter()
+            .map(|handle| async move {
+                let conn = Connection::owned(handle);
+                if let Err(err) = service::<S>().on_read_ready(&conn).await {
+                    service::<S>().on_error(&conn, err).await;
+                }
+            })
+            .collect();
+        while serving.next().await.is_some() {}
     }
 
     pub async fn error(conn: &tcp::Connection, err: types::Error) {
@@ -148,8 +161,8 @@ impl<S: Service> Guest for Dispatch<S> {
         Self::connect(conn).await
     }
 
-    async fn on_read_ready(conn: &tcp::Connection) -> Result<(), types::Error> {
-        Self::read_ready(conn).await
+    async fn on_read_ready(ready: Vec<tcp::Connection>) {
+        Self::read_ready(ready).await
     }
 
     async fn on_error(conn: &tcp::Connection, err: types::Error) {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{
@@ -35,7 +35,7 @@ use wasmtime::{Engine, Store};
 use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
-use crate::net::{Connection, NetCtx, SocketError, TcpConn};
+use crate::net::{Connection, NetCtx, TcpConn};
 use crate::policy::Policy;
 use crate::state::{HostState, new_store};
 
@@ -143,9 +143,10 @@ impl Loaded {
         shutdown: &CancellationToken,
     ) -> (wasmtime::Result<i32>, Live) {
         let live = Live::default();
-        let instance = Instance { name: &self.name, callbacks, live: &live, active_listeners, until_idle };
+        let (ready, mut ready_rx) = mpsc::unbounded_channel();
+        let instance = Instance { name: &self.name, callbacks, live: &live, active_listeners, until_idle, ready };
         let ended = store
-            .run_concurrent(async |acc| instance.serve(acc, main, conns, shutdown).await)
+            .run_concurrent(async |acc| instance.serve(acc, main, conns, &mut ready_rx, shutdown).await)
             .await
             .and_then(|inner| inner);
         (ended, live)
@@ -295,6 +296,9 @@ struct Instance<'a> {
     /// Done once no connection, listener or queued connection is left (an
     /// instance per connection); otherwise a service runs until shutdown.
     until_idle: bool,
+    /// Connections ready for `on-read-ready`, each as the handle to lend; the
+    /// event loop sends all that are waiting in one call.
+    ready: mpsc::UnboundedSender<Resource<Connection>>,
 }
 
 type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
@@ -307,9 +311,12 @@ impl Instance<'_> {
         acc: &Accessor<HostState>,
         main: Option<MainFunc>,
         conns: &mut mpsc::UnboundedReceiver<TcpConn>,
+        ready: &mut mpsc::UnboundedReceiver<Resource<Connection>>,
         shutdown: &CancellationToken,
     ) -> wasmtime::Result<i32> {
         let mut drivers = FuturesUnordered::new();
+        // `on-read-ready` calls under way; each is done when all its connections are.
+        let mut batches = FuturesUnordered::new();
         let mut main_call = std::pin::pin!(async {
             match main {
                 Some(main) => Some(main.call_concurrent(acc, ()).await),
@@ -335,6 +342,17 @@ impl Instance<'_> {
                     drivers.push(self.drive(acc, conn, shutdown));
                 }
                 Some(ended) = drivers.next() => ended?,
+                Some(first) = ready.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(next) = ready.try_recv() {
+                        batch.push(next);
+                    }
+                    if let Some(callbacks) = self.callbacks {
+                        acc.with(|mut a| a.get().touch());
+                        batches.push(callbacks.call_on_read_ready(acc, batch));
+                    }
+                }
+                Some(served) = batches.next() => served?,
                 result = &mut main_call, if main_running => {
                     main_running = false;
                     if let Some(result) = result {
@@ -396,7 +414,7 @@ impl Instance<'_> {
         shutdown: &CancellationToken,
     ) -> wasmtime::Result<()> {
         // The dispatcher's own handle; each callback borrows it.
-        let handle = acc.with(|mut a| a.get().table.push(Connection { conn: conn.clone() }))?;
+        let handle = acc.with(|mut a| a.get().table.push(Connection::new(conn.clone())))?;
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
         let touch = || acc.with(|mut a| a.get().touch());
@@ -415,13 +433,14 @@ impl Instance<'_> {
                 Readiness::Ready(now) => seen = now,
                 Readiness::Closed => break,
             }
-            touch();
-            if let Err(err) = callbacks.call_on_read_ready(acc, borrow()).await? {
-                touch();
-                let err = SocketError::from(err);
-                tracing::debug!(component = %self.name, id = conn.id(), "on-read-ready failed: {err}");
-                callbacks.call_on_error(acc, borrow(), err.into()).await?;
+            // Hand a handle of its own to the next `on-read-ready` batch and wait
+            // until the guest dropped it, i.e. is done with this connection.
+            let (served, done) = oneshot::channel();
+            let lent = acc.with(|mut a| a.get().table.push(Connection { conn: conn.clone(), served: Some(served) }))?;
+            if self.ready.send(lent).is_err() {
+                break;
             }
+            let _ = done.await;
             match conn.read_state().await {
                 ReadState::Open => {}
                 ReadState::Failed => break,

@@ -106,7 +106,7 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             // The dispatcher fires on-connect / on-read-ready / on-close for it.
             let _ = sink.send(conn.clone());
         }
-        let handle = acc.with(|mut access| access.get().table.push(Connection { conn }))?;
+        let handle = acc.with(|mut access| access.get().table.push(Connection::new(conn)))?;
         Ok(Ok(handle))
     }
 
@@ -155,7 +155,7 @@ impl HostConnection for HostState {
 
     fn clone_handle(&mut self, this: Resource<Connection>) -> wasmtime::Result<Resource<Connection>> {
         let conn = self.table.get(&this)?.conn.clone();
-        Ok(self.table.push(Connection { conn })?)
+        Ok(self.table.push(Connection::new(conn))?)
     }
 
     fn accepted(&mut self, this: Resource<Connection>) -> wasmtime::Result<bool> {

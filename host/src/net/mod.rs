@@ -20,7 +20,7 @@ pub mod udp;
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub use error::SocketError;
 pub use listener::GuestListener;
@@ -34,6 +34,16 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(300_000);
 /// Several handles may point to one connection (`clone-handle`).
 pub struct Connection {
     pub conn: TcpConn,
+    /// Set on the handle lent to `on-read-ready`: dropping the handle (the guest
+    /// is done with that callback) drops the sender, which wakes the dispatcher.
+    pub served: Option<oneshot::Sender<()>>,
+}
+
+impl Connection {
+    /// A handle of the guest's own (a client it opened, or a clone).
+    pub fn new(conn: TcpConn) -> Self {
+        Connection { conn, served: None }
+    }
 }
 
 /// The networking part of a store: what the socket resources need from outside.
