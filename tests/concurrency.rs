@@ -58,6 +58,51 @@ async fn a_connection_parked_in_read_n_does_not_delay_the_others() {
     service.stop().await;
 }
 
+/// Connections that become ready together are served by one `on-read-ready`
+/// batch. One of them waiting in `read(18)` must hold up none of the others,
+/// not even their *next* message: the host learns that a connection is done
+/// when the guest drops its handle, not when the whole batch returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_parked_in_a_batch_holds_up_none_of_the_others() {
+    const OTHERS: usize = 11;
+    let service = start_mode("blocking").await;
+    let mut staller = service.connect().await;
+    let mut parked = service.connect().await;
+    let mut others = Vec::new();
+    for _ in 0..OTHERS {
+        others.push(service.connect().await);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // While the instance computes, the first 6 bytes of an 18-byte message
+    // reach every connection; afterwards they are all ready at once.
+    staller.write_all(b"stall-for-a-moment").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    parked.write_all(b"ThisIs").await.unwrap();
+    for other in &mut others {
+        other.write_all(b"ThisIs").await.unwrap();
+    }
+    assert_eq!(read_n(&mut staller, 18).await, b"stall-for-a-moment");
+
+    // The others complete their message; `parked` stays in read(18).
+    for (i, other) in others.iter_mut().enumerate() {
+        other.write_all(b"BlockingRead").await.unwrap();
+        assert_eq!(read_n(other, 18).await, b"ThisIsBlockingRead", "connection {i}");
+    }
+    // And are served again, still while `parked` waits.
+    for (i, other) in others.iter_mut().enumerate() {
+        let message = format!("second message {i:>3}");
+        let started = Instant::now();
+        assert_eq!(round_trip(other, message.as_bytes()).await, message.as_bytes(), "connection {i}");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(1), "connection {i} waited {waited:?} behind the parked read");
+    }
+
+    parked.write_all(b"BlockingRead").await.unwrap();
+    assert_eq!(read_n(&mut parked, 18).await, b"ThisIsBlockingRead");
+    service.stop().await;
+}
+
 /// A large echo to a reader that drains slowly: the socket takes only part of
 /// each write (`try-write` writes what fits, `write` the rest under
 /// back-pressure), and every byte still arrives once, in order.

@@ -126,19 +126,26 @@ impl<S: Service> Dispatch<S> {
         service::<S>().on_connect(&conn).await.map_err(Into::into)
     }
 
+    pub async fn read_ready(conn: &tcp::Connection) {
+        // SAFETY: as above.
+        let conn = unsafe { Connection::borrowed(conn.handle()) };
+        Self::serve_ready(&conn).await
+    }
+
+    async fn serve_ready(conn: &Connection) {
+        if let Err(err) = service::<S>().on_read_ready(conn).await {
+            service::<S>().on_error(conn, err).await;
+        }
+    }
+
     /// Serves every connection of the batch at once. Each handle is dropped as
     /// soon as its own callback (and `on_error` after a failure) is done: that
     /// is what tells the host it may deliver that connection again, so one
     /// connection waiting in `read` holds up no other.
-    pub async fn read_ready(ready: Vec<tcp::Connection>) {
+    pub async fn read_ready_batch(ready: Vec<tcp::Connection>) {
         let mut serving: FuturesUnordered<_> = ready
             .into_iter()
-            .map(|handle| async move {
-                let conn = Connection::owned(handle);
-                if let Err(err) = service::<S>().on_read_ready(&conn).await {
-                    service::<S>().on_error(&conn, err).await;
-                }
-            })
+            .map(|handle| async move { Self::serve_ready(&Connection::owned(handle)).await })
             .collect();
         while serving.next().await.is_some() {}
     }
@@ -161,8 +168,12 @@ impl<S: Service> Guest for Dispatch<S> {
         Self::connect(conn).await
     }
 
-    async fn on_read_ready(ready: Vec<tcp::Connection>) {
-        Self::read_ready(ready).await
+    async fn on_read_ready(conn: &tcp::Connection) {
+        Self::read_ready(conn).await
+    }
+
+    async fn on_read_ready_batch(ready: Vec<tcp::Connection>) {
+        Self::read_ready_batch(ready).await
     }
 
     async fn on_error(conn: &tcp::Connection, err: types::Error) {

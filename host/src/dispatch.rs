@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -143,10 +144,16 @@ impl Loaded {
         shutdown: &CancellationToken,
     ) -> (wasmtime::Result<i32>, Live) {
         let live = Live::default();
-        let (ready, mut ready_rx) = mpsc::unbounded_channel();
-        let instance = Instance { name: &self.name, callbacks, live: &live, active_listeners, until_idle, ready };
+        let instance = Instance {
+            name: &self.name,
+            callbacks,
+            live: &live,
+            active_listeners,
+            until_idle,
+            ready: Mutex::default(),
+        };
         let ended = store
-            .run_concurrent(async |acc| instance.serve(acc, main, conns, &mut ready_rx, shutdown).await)
+            .run_concurrent(async |acc| instance.serve(acc, main, conns, shutdown).await)
             .await
             .and_then(|inner| inner);
         (ended, live)
@@ -297,11 +304,31 @@ struct Instance<'a> {
     /// instance per connection); otherwise a service runs until shutdown.
     until_idle: bool,
     /// Connections ready for `on-read-ready`, each as the handle to lend; the
-    /// event loop sends all that are waiting in one call.
-    ready: mpsc::UnboundedSender<Resource<Connection>>,
+    /// event loop sends all that are waiting in one call. Only drivers fill it,
+    /// and the event loop looks at it right after polling them, so it needs no
+    /// waker of its own (and costs no extra wake-up per message).
+    ready: Mutex<Vec<Resource<Connection>>>,
 }
 
 type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
+
+/// Fires `on-read-ready` for the connections in `batch`: the plain export for a
+/// lone connection (it borrows the handle, which the host then drops: no list
+/// to lower, no drop call from the guest), the batch export for several.
+async fn call_on_read_ready(
+    acc: &Accessor<HostState>,
+    callbacks: &Callbacks,
+    mut batch: Vec<Resource<Connection>>,
+) -> wasmtime::Result<()> {
+    if batch.len() > 1 {
+        tracing::trace!(connections = batch.len(), "on-read-ready-batch");
+        return callbacks.call_on_read_ready_batch(acc, batch).await;
+    }
+    let Some(lent) = batch.pop() else { return Ok(()) };
+    let result = callbacks.call_on_read_ready(acc, Resource::new_borrow(lent.rep())).await;
+    acc.with(|mut a| a.get().table.delete(lent))?;
+    result
+}
 
 impl Instance<'_> {
     /// The instance's event loop, inside `run_concurrent`: start a driver per new
@@ -311,7 +338,6 @@ impl Instance<'_> {
         acc: &Accessor<HostState>,
         main: Option<MainFunc>,
         conns: &mut mpsc::UnboundedReceiver<TcpConn>,
-        ready: &mut mpsc::UnboundedReceiver<Resource<Connection>>,
         shutdown: &CancellationToken,
     ) -> wasmtime::Result<i32> {
         let mut drivers = FuturesUnordered::new();
@@ -328,6 +354,13 @@ impl Instance<'_> {
         let mut stopping = shutdown.is_cancelled();
         let mut force_at: Option<Instant> = None;
         let mut forced = false;
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let ready_batch = || {
+            std::future::poll_fn(|_| {
+                let mut ready = self.ready.lock().unwrap();
+                if ready.is_empty() { Poll::Pending } else { Poll::Ready(std::mem::take(&mut *ready)) }
+            })
+        };
         loop {
             let idle = (main.is_some() || self.until_idle)
                 && !main_running
@@ -338,21 +371,19 @@ impl Instance<'_> {
             }
             let deadline = force_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                Some(conn) = conns.recv(), if !stopping => {
-                    drivers.push(self.drive(acc, conn, shutdown));
-                }
+                // In this order: `ready_batch` relies on the drivers having just been polled.
+                biased;
                 Some(ended) = drivers.next() => ended?,
-                Some(first) = ready.recv() => {
-                    let mut batch = vec![first];
-                    while let Ok(next) = ready.try_recv() {
-                        batch.push(next);
-                    }
+                batch = ready_batch() => {
                     if let Some(callbacks) = self.callbacks {
                         acc.with(|mut a| a.get().touch());
-                        batches.push(callbacks.call_on_read_ready(acc, batch));
+                        batches.push(call_on_read_ready(acc, callbacks, batch));
                     }
                 }
                 Some(served) = batches.next() => served?,
+                Some(conn) = conns.recv(), if !stopping => {
+                    drivers.push(self.drive(acc, conn, shutdown));
+                }
                 result = &mut main_call, if main_running => {
                     main_running = false;
                     if let Some(result) = result {
@@ -360,7 +391,7 @@ impl Instance<'_> {
                         exit_code = if status.is_ok() { 0 } else { 1 };
                     }
                 }
-                _ = shutdown.cancelled(), if !stopping => {
+                _ = &mut cancelled, if !stopping => {
                     stopping = true;
                     force_at = Some(Instant::now() + STOP_GRACE);
                 }
@@ -437,9 +468,7 @@ impl Instance<'_> {
             // until the guest dropped it, i.e. is done with this connection.
             let (served, done) = oneshot::channel();
             let lent = acc.with(|mut a| a.get().table.push(Connection { conn: conn.clone(), served: Some(served) }))?;
-            if self.ready.send(lent).is_err() {
-                break;
-            }
+            self.ready.lock().unwrap().push(lent);
             let _ = done.await;
             match conn.read_state().await {
                 ReadState::Open => {}

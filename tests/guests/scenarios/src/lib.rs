@@ -59,9 +59,20 @@ impl Service for Scenarios {
             }
             // Ballerina "blocking read" and "read time-out": read(18) and echo; a
             // failed read is reported back as `error: <kind>: <message>`.
+            // A message starting with "stall" keeps the instance computing for
+            // 300 ms first (connections that become ready meanwhile are then
+            // ready together).
             "blocking" => match conn.read_exact(18).await {
                 Ok(data) if data.is_empty() => conn.close()?,
-                Ok(data) => drop(conn.write_all(&data).await?),
+                Ok(data) => {
+                    if data.starts_with(b"stall") {
+                        let started = std::time::Instant::now();
+                        while started.elapsed() < std::time::Duration::from_millis(300) {
+                            std::hint::black_box(0);
+                        }
+                    }
+                    conn.write_all(&data).await?;
+                }
                 Err(e) => {
                     conn.write_all(format!("error: {:?}: {e}", e.kind()).as_bytes()).await?;
                     conn.close()?;
