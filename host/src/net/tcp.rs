@@ -13,13 +13,13 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE};
@@ -42,10 +42,14 @@ struct Inner {
     local: SocketAddr,
     remote: SocketAddr,
     read_timeout: Duration,
-    /// Held across awaits by whoever reads (the guest or the dispatcher's read-ahead).
+    /// The buffer and what is known of the read side; locked only briefly,
+    /// never across an await.
     read: Mutex<ReadSide>,
-    /// Serialises writers so that each `write` lands whole, never interleaved.
-    write: Mutex<()>,
+    /// Held by a guest `read` that waits, for as long as it gathers: reads
+    /// complete in order, and no plain read or read-ahead overtakes one.
+    reader: Gate,
+    /// Held by a `write` that waits, so that each lands whole, never interleaved.
+    writer: Gate,
     write_shut: AtomicBool,
     read_shut: AtomicBool,
     /// Cancelled by `close`: wakes every read, write and dispatcher waiting on it.
@@ -118,6 +122,8 @@ impl TcpConn {
             local,
             remote,
             read_timeout,
+            reader: Gate::default(),
+            writer: Gate::default(),
             read: Mutex::new(ReadSide {
                 buf: BytesMut::new(),
                 eof: false,
@@ -127,7 +133,6 @@ impl TcpConn {
                 arrivals: 0,
                 takes: 0,
             }),
-            write: Mutex::new(()),
             write_shut: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
             write_done: closed.child_token(),
@@ -191,39 +196,43 @@ impl TcpConn {
             None => 0,
         };
         let inner = &*self.0;
-        let mut side = inner.read.lock().await;
+        let _reading = inner.reader.enter().await;
         if inner.read_shut.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
         loop {
-            let take = if want == 0 { side.buf.len() } else { (want - out.len()).min(side.buf.len()) };
-            if take > 0 {
-                if out.is_empty() {
-                    out = side.take(take);
-                } else {
-                    out.extend_from_slice(&side.buf.split_to(take));
-                }
-                side.takes += 1;
-                inner.consumed.notify_one();
-            }
-            let done = if want == 0 { !out.is_empty() } else { out.len() == want };
-            if done {
-                return Ok(out);
-            }
-            if side.eof {
-                // Bytes gathered so far come first; the end (or the error) is
-                // reported by the read that finds nothing.
-                if out.is_empty() {
-                    side.end_seen = true;
-                    if let Some(err) = side.error.take() {
-                        return Err(SocketError::from(err));
+            // What the buffer answers now (the lock is never held across an await).
+            {
+                let mut side = self.side();
+                let take = if want == 0 { side.buf.len() } else { (want - out.len()).min(side.buf.len()) };
+                if take > 0 {
+                    if out.is_empty() {
+                        out = side.take(take);
+                    } else {
+                        out.extend_from_slice(&side.buf.split_to(take));
                     }
+                    side.takes += 1;
+                    inner.consumed.notify_one();
                 }
-                return Ok(out);
-            }
-            if inner.closed.is_cancelled() {
-                return Err(SocketError::generic("socket is closed"));
+                let done = if want == 0 { !out.is_empty() } else { out.len() == want };
+                if done {
+                    return Ok(out);
+                }
+                if side.eof {
+                    // Bytes gathered so far come first; the end (or the error) is
+                    // reported by the read that finds nothing.
+                    if out.is_empty() {
+                        side.end_seen = true;
+                        if let Some(err) = side.error.take() {
+                            return Err(SocketError::from(err));
+                        }
+                    }
+                    return Ok(out);
+                }
+                if inner.closed.is_cancelled() {
+                    return Err(SocketError::generic("socket is closed"));
+                }
             }
             // Nothing buffered: wait for the socket, bounded by the read time-out.
             let waited = tokio::select! {
@@ -232,9 +241,9 @@ impl TcpConn {
             };
             match waited {
                 Err(_) => return Err(SocketError::read_timed_out()),
-                Ok(Err(e)) => side.fail(e),
+                Ok(Err(e)) => self.side().fail(e),
                 Ok(Ok(())) => {
-                    side.fill_from(&inner.stream);
+                    self.side().fill_from(&inner.stream);
                 }
             }
         }
@@ -253,9 +262,10 @@ impl TcpConn {
         if inner.read_shut.load(Ordering::Acquire) {
             return Ok(Some(Vec::new()));
         }
-        let Ok(mut side) = inner.read.try_lock() else {
+        if inner.reader.busy() {
             return Ok(None);
-        };
+        }
+        let mut side = self.side();
         if !side.eof && side.buf.len() < want.max(1) {
             side.fill_from(&inner.stream);
         }
@@ -285,7 +295,7 @@ impl TcpConn {
     /// Writes every byte of `data` or fails; never a silent partial write.
     pub async fn write_all(&self, data: &[u8]) -> Result<u32, SocketError> {
         let inner = &*self.0;
-        let _writer = inner.write.lock().await;
+        let _writing = inner.writer.enter().await;
         let mut written = 0;
         loop {
             if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_cancelled() {
@@ -318,9 +328,9 @@ impl TcpConn {
         if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_cancelled() {
             return Err(SocketError::generic(WRITE_AFTER_CLOSE));
         }
-        let Ok(_writer) = inner.write.try_lock() else {
+        if inner.writer.busy() {
             return Ok(0);
-        };
+        }
         let mut written = 0;
         while written < data.len() {
             match inner.stream.try_write(&data[written..]) {
@@ -373,7 +383,8 @@ impl TcpConn {
         if self.0.read_shut.load(Ordering::Acquire) {
             return ReadState::Ended;
         }
-        let side = self.0.read.lock().await;
+        self.0.reader.wait_free().await;
+        let side = self.side();
         match (side.end_seen, side.failed) {
             (true, true) => ReadState::Failed,
             (true, false) => ReadState::Ended,
@@ -404,36 +415,103 @@ impl TcpConn {
             if inner.closed.is_cancelled() {
                 return Readiness::Closed;
             }
-            let mut side = inner.read.lock().await;
-            let fresh = side.arrivals != seen.arrivals || side.takes != seen.takes;
-            let pending = !side.buf.is_empty() || (side.eof && !side.end_seen);
-            if fresh && pending {
-                return Readiness::Ready(ReadMark { arrivals: side.arrivals, takes: side.takes });
-            }
-            if side.eof || side.buf.len() >= READ_AHEAD_LIMIT {
+            inner.reader.wait_free().await;
+            // Decided under the lock, waited for without it.
+            let socket_done = {
+                let mut side = self.side();
+                let fresh = side.arrivals != seen.arrivals || side.takes != seen.takes;
+                let pending = !side.buf.is_empty() || (side.eof && !side.end_seen);
+                if fresh && pending {
+                    return Readiness::Ready(ReadMark { arrivals: side.arrivals, takes: side.takes });
+                }
+                if !(side.eof || side.buf.len() >= READ_AHEAD_LIMIT) && readable && side.fill_from(&inner.stream) {
+                    continue;
+                }
+                side.eof || side.buf.len() >= READ_AHEAD_LIMIT
+            };
+            if socket_done {
                 // Nothing more to read from the socket: wait for the guest to take
-                // bytes (buffer full) or for a close.
-                let consumed = inner.consumed.notified();
-                drop(side);
+                // bytes (buffer full) or for a close. A take since the lock was
+                // released left a permit (`notify_one`), so none is missed.
                 tokio::select! {
-                    _ = consumed => {}
+                    _ = inner.consumed.notified() => {}
                     _ = inner.closed.cancelled() => {}
                 }
                 continue;
             }
-            if readable && side.fill_from(&inner.stream) {
-                continue;
-            }
-            drop(side);
             tokio::select! {
                 r = inner.stream.readable() => {
                     if let Err(e) = r {
-                        inner.read.lock().await.fail(e);
+                        self.side().fail(e);
                     }
                     readable = true;
                 }
                 _ = inner.closed.cancelled() => {}
             }
+        }
+    }
+}
+
+impl TcpConn {
+    fn side(&self) -> MutexGuard<'_, ReadSide> {
+        // Every update of the read side is complete before it unlocks; a panic
+        // elsewhere leaves nothing half done, so a poisoned lock is still sound.
+        self.0.read.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serialises the waiting (async) reads, or writes, of one connection, and tells
+/// the plain calls (`try-read`, `try-write`, the read-ahead) whether one is queued
+/// or under way, so that they keep off: nothing overtakes it or lands inside it.
+/// The plain calls, made for every message, then cost one atomic load instead of
+/// locking and unlocking an async mutex.
+#[derive(Default)]
+struct Gate {
+    lock: tokio::sync::Mutex<()>,
+    /// Async users holding or waiting for `lock`.
+    users: AtomicUsize,
+    /// Wakes those waiting for the gate to be free.
+    freed: Notify,
+}
+
+/// One async user's place at the [`Gate`], from queueing to leaving (also when
+/// its future is dropped while queued).
+struct Queued<'a>(&'a Gate);
+
+/// Holds the [`Gate`]. Fields drop in order: the lock first, then the place.
+struct Entered<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    _queued: Queued<'a>,
+}
+
+impl Gate {
+    async fn enter(&self) -> Entered<'_> {
+        self.users.fetch_add(1, Ordering::AcqRel);
+        let queued = Queued(self);
+        Entered { _lock: self.lock.lock().await, _queued: queued }
+    }
+
+    fn busy(&self) -> bool {
+        self.users.load(Ordering::Acquire) != 0
+    }
+
+    async fn wait_free(&self) {
+        while self.busy() {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if !self.busy() {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.0.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.freed.notify_waiters();
         }
     }
 }
