@@ -121,6 +121,27 @@ async fn udp_errors_are_clear() {
 }
 
 #[tokio::test]
+async fn sends_outside_the_grants_are_refused_to_literals_and_names_alike() {
+    let echo = native_echo().await;
+    let out = run_program(
+        "udp-clients",
+        &[("MODE", "denied"), ("TARGET", &echo.to_string())],
+        &["--allow-udp", "udp://127.0.0.1:0", "--allow-udp", &format!("udp://127.0.0.1:{}", echo.port())],
+    )
+    .await;
+    let port = echo.port();
+    assert_eq!(
+        stdout_of(&out),
+        format!(
+            "granted: ok 4\n\
+             literal: PermissionDenied: permission denied: send to udp://127.0.0.2:{port} is not granted\n\
+             name: PermissionDenied: permission denied: send to udp://localhost:{} is not granted\n",
+            port ^ 1
+        )
+    );
+}
+
+#[tokio::test]
 async fn two_clients_of_one_instance_work_at_once() {
     let echo = native_echo().await;
     assert_eq!(udp_mode("pair", echo).await, "a got: from b from b: true\n");

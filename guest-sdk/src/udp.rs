@@ -147,7 +147,13 @@ impl UdpClient {
     /// # Ok(()) }
     /// ```
     pub async fn send_to(&self, data: &[u8], to: impl ToAddress) -> Result<usize, Error> {
-        self.handle.send_to(data.to_vec(), to.to_wit()).await.map(|n| n as usize).map_err(Error::from)
+        // A plain call first: it sends at once unless the socket is full or the
+        // host is a name to look up.
+        let to = to.to_wit();
+        if let Some(sent) = self.handle.try_send_to(data, &to).map_err(Error::from)? {
+            return Ok(sent as usize);
+        }
+        self.handle.send_to(data.to_vec(), to).await.map(|n| n as usize).map_err(Error::from)
     }
 
     /// Receives one whole datagram and its sender. Times out with

@@ -421,6 +421,19 @@ impl Policy {
             .await
     }
 
+    /// [`Policy::resolve_outbound`] for an IP literal, which needs no lookup (so
+    /// no waiting): `None` when `host` is a name.
+    pub fn check_literal(
+        &self,
+        action: Action,
+        verb: &str,
+        host: &str,
+        port: u16,
+    ) -> Option<Result<SocketAddr, SocketError>> {
+        let addr = SocketAddr::new(parse_ip_literal(host)?, port);
+        Some(if self.allows_peer(action, addr) { Ok(addr) } else { Err(denial(action, verb, host, port)) })
+    }
+
     /// [`Policy::resolve_outbound`] with the name lookup passed in (tests use a table).
     pub async fn resolve_outbound_with<F, Fut>(
         &self,
@@ -435,9 +448,8 @@ impl Policy {
         Fut: Future<Output = io::Result<Vec<SocketAddr>>>,
     {
         let denied = || denial(action, verb, host, port);
-        if let Some(ip) = parse_ip_literal(host) {
-            let addr = SocketAddr::new(ip, port);
-            return if self.allows_peer(action, addr) { Ok(vec![addr]) } else { Err(denied()) };
+        if let Some(checked) = self.check_literal(action, verb, host, port) {
+            return checked.map(|addr| vec![addr]);
         }
         let name = normalise_name(host);
         let by_name = self.name_granted(action, &name, port);

@@ -312,6 +312,23 @@ fn check_sender(client: &UdpClient, policy: &Policy, from: SocketAddr) -> Result
 }
 
 impl HostUdpClient for HostState {
+    fn try_send_to(&mut self, this: Resource<UdpClient>, data: Vec<u8>, address: Address) -> Outcome<Option<u32>> {
+        self.touch();
+        let client = self.table.get(&this)?.clone();
+        if let Err(e) = client.check_send(data.len()) {
+            return Ok(Err(e.into()));
+        }
+        let Some(host) = address.host else {
+            return Ok(Err(SocketError::generic("send-to needs an address with a host").into()));
+        };
+        let target = match self.net.policy.check_literal(Action::Udp, "send to", &host, address.port) {
+            Some(Ok(target)) => target,
+            Some(Err(denied)) => return Ok(Err(self.net.logged(denied).into())),
+            None => return Ok(Ok(None)), // a name: `send-to` looks it up
+        };
+        Ok(client.try_send_to(&data, target).map_err(Into::into))
+    }
+
     fn try_receive_from(
         &mut self,
         this: Resource<UdpClient>,

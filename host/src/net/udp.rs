@@ -85,18 +85,35 @@ impl UdpClient {
     /// Sends `data` as one datagram to `target` (already checked against the
     /// grants). Returns the bytes sent.
     pub async fn send_to(&self, data: &[u8], target: SocketAddr) -> Result<u32, SocketError> {
-        self.check_send(data.len())?;
+        let target = self.prepare_send(data.len(), target)?;
+        tokio::select! {
+            sent = self.0.socket.send_to(data, target) => Ok(sent.map_err(SocketError::from)? as u32),
+            _ = self.0.closed.cancelled() => Err(SocketError::generic(UDP_CLOSED)),
+        }
+    }
+
+    /// [`UdpClient::send_to`] without waiting: `None` when the socket's send
+    /// buffer is full.
+    pub fn try_send_to(&self, data: &[u8], target: SocketAddr) -> Result<Option<u32>, SocketError> {
+        let target = self.prepare_send(data.len(), target)?;
+        match self.0.socket.try_send_to(data, target) {
+            Ok(sent) => Ok(Some(sent as u32)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(SocketError::from(e)),
+        }
+    }
+
+    /// Checks a send, remembers the peer (its replies are let in) and returns
+    /// the address in the socket's family.
+    fn prepare_send(&self, len: usize, target: SocketAddr) -> Result<SocketAddr, SocketError> {
+        self.check_send(len)?;
         {
             let mut peers = self.0.peers.lock().unwrap();
             if peers.len() < MAX_PEERS {
                 peers.insert(target);
             }
         }
-        let target = self.fit_family(target);
-        tokio::select! {
-            sent = self.0.socket.send_to(data, target) => Ok(sent.map_err(SocketError::from)? as u32),
-            _ = self.0.closed.cancelled() => Err(SocketError::generic(UDP_CLOSED)),
-        }
+        Ok(self.fit_family(target))
     }
 
     /// Whether this client sent to `peer` before.

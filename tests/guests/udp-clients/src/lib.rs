@@ -54,6 +54,16 @@ async fn scenario(mode: &str, host: &str, port: u16) -> Result<(), Error> {
                 }
             }
         }
+        // One send to TARGET (the only peer granted), then two the grants
+        // refuse: an IP literal (checked by the plain call, which can send at
+        // once now that the socket is known to be writable) and a name on
+        // another port (checked by the async call, before any lookup).
+        "denied" => {
+            let udp = UdpClient::bind_with(UdpConfig::local("127.0.0.1", 0)).await?;
+            println!("granted: {}", show(udp.send_to(b"ping", (host, port)).await));
+            println!("literal: {}", show(udp.send_to(b"x", ("127.0.0.2", port)).await));
+            println!("name: {}", show(udp.send_to(b"x", ("localhost", port ^ 1)).await));
+        }
         "timeout" => {
             let udp = UdpClient::bind_with(UdpConfig::ephemeral().read_timeout(Duration::from_millis(300))).await?;
             let err = udp.recv_from().await.expect_err("nobody sends");
