@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
+use futures::FutureExt;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -543,10 +545,34 @@ impl ReadSide {
             // Room for everything up to the limit at once: growing a full
             // buffer (reserve a bit, read, reserve more) copies what it holds.
             self.buf.reserve(room);
-            let mut limited = (&mut self.buf).limit(room);
-            match stream.try_read_buf(&mut limited) {
-                Ok(0) => self.eof = true,
-                Ok(_) => {}
+            // A short read emptied the socket of data, but an end of stream
+            // already signalled still needs the next `recv` to be seen.
+            let end_signalled = stream
+                .ready(Interest::READABLE)
+                .now_or_never()
+                .and_then(Result::ok)
+                .is_some_and(|ready| ready.is_read_closed());
+            let mut got = 0;
+            let read = stream.try_io(Interest::READABLE, || {
+                got = socket2::SockRef::from(stream).recv(&mut self.buf.spare_capacity_mut()[..room])?;
+                // Otherwise, saying "would block" after a short read makes tokio
+                // forget the readiness, which saves the second `recv` that would
+                // only find nothing (one syscall per message). Whatever arrives
+                // later raises a new readiness event, so nothing is missed.
+                if got > 0 && got < room && !end_signalled { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+            });
+            if got > 0 {
+                // SAFETY: `recv` initialised `got` bytes of the spare capacity.
+                unsafe { self.buf.set_len(self.buf.len() + got) };
+                self.arrivals += 1;
+                progressed = true;
+                if read.is_err() {
+                    break;
+                }
+                continue;
+            }
+            match read {
+                Ok(_) => self.eof = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.buf.is_empty() {
                         // Nothing came: an idle connection holds no buffer.
