@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{
@@ -36,7 +36,7 @@ use wasmtime::{Engine, Store};
 use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
-use crate::net::{Connection, NetCtx, TcpConn};
+use crate::net::{Connection, NetCtx, Served, TcpConn};
 use crate::policy::Policy;
 use crate::state::{HostState, new_store};
 
@@ -303,31 +303,46 @@ struct Instance<'a> {
     /// Done once no connection, listener or queued connection is left (an
     /// instance per connection); otherwise a service runs until shutdown.
     until_idle: bool,
-    /// Connections ready for `on-read-ready`, each as the handle to lend; the
+    /// Connections ready for `on-read-ready`; the
     /// event loop sends all that are waiting in one call. Only drivers fill it,
     /// and the event loop looks at it right after polling them, so it needs no
     /// waker of its own (and costs no extra wake-up per message).
-    ready: Mutex<Vec<Resource<Connection>>>,
+    ready: Mutex<Vec<Ready>>,
+}
+
+/// A connection waiting for `on-read-ready`.
+struct Ready {
+    conn: TcpConn,
+    /// The dispatcher's own handle to it (the plain call borrows it).
+    handle: u32,
+    served: Arc<Served>,
 }
 
 type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
 
 /// Fires `on-read-ready` for the connections in `batch`: the plain export for a
-/// lone connection (it borrows the handle, which the host then drops: no list
-/// to lower, no drop call from the guest), the batch export for several.
+/// lone connection (it borrows the dispatcher's handle: no handle to create, no
+/// list to lower, no drop call from the guest), the batch export for several,
+/// each with a handle of its own that the guest drops when done with it.
 async fn call_on_read_ready(
     acc: &Accessor<HostState>,
     callbacks: &Callbacks,
-    mut batch: Vec<Resource<Connection>>,
+    batch: Vec<Ready>,
 ) -> wasmtime::Result<()> {
-    if batch.len() > 1 {
-        tracing::trace!(connections = batch.len(), "on-read-ready-batch");
-        return callbacks.call_on_read_ready_batch(acc, batch).await;
+    if let [one] = &batch[..] {
+        let result = callbacks.call_on_read_ready(acc, Resource::new_borrow(one.handle)).await;
+        one.served.finish();
+        return result;
     }
-    let Some(lent) = batch.pop() else { return Ok(()) };
-    let result = callbacks.call_on_read_ready(acc, Resource::new_borrow(lent.rep())).await;
-    acc.with(|mut a| a.get().table.delete(lent))?;
-    result
+    tracing::trace!(connections = batch.len(), "on-read-ready-batch");
+    let lent = acc.with(|mut a| {
+        let table = &mut a.get().table;
+        batch
+            .into_iter()
+            .map(|ready| table.push(Connection { conn: ready.conn, served: Some(ready.served) }))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    callbacks.call_on_read_ready_batch(acc, lent).await
 }
 
 impl Instance<'_> {
@@ -358,7 +373,8 @@ impl Instance<'_> {
         let ready_batch = || {
             std::future::poll_fn(|_| {
                 let mut ready = self.ready.lock().unwrap();
-                if ready.is_empty() { Poll::Pending } else { Poll::Ready(std::mem::take(&mut *ready)) }
+                // Drained, not taken: the queue keeps its capacity.
+                if ready.is_empty() { Poll::Pending } else { Poll::Ready(ready.drain(..).collect::<Vec<_>>()) }
             })
         };
         loop {
@@ -454,6 +470,7 @@ impl Instance<'_> {
             touch();
             callbacks.call_on_error(acc, borrow(), err).await?;
         }
+        let served = Arc::new(Served::default());
         let mut seen = ReadMark::default();
         loop {
             let readiness = tokio::select! {
@@ -464,12 +481,11 @@ impl Instance<'_> {
                 Readiness::Ready(now) => seen = now,
                 Readiness::Closed => break,
             }
-            // Hand a handle of its own to the next `on-read-ready` batch and wait
-            // until the guest dropped it, i.e. is done with this connection.
-            let (served, done) = oneshot::channel();
-            let lent = acc.with(|mut a| a.get().table.push(Connection { conn: conn.clone(), served: Some(served) }))?;
-            self.ready.lock().unwrap().push(lent);
-            let _ = done.await;
+            // Queue for the next `on-read-ready` and wait until the guest is done
+            // with this connection (the whole batch need not be).
+            served.reset();
+            self.ready.lock().unwrap().push(Ready { conn: conn.clone(), handle: handle.rep(), served: served.clone() });
+            served.wait().await;
             match conn.read_state().await {
                 ReadState::Open => {}
                 ReadState::Failed => break,

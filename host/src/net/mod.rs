@@ -20,7 +20,12 @@ pub mod udp;
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use futures::task::AtomicWaker;
+use tokio::sync::mpsc;
 
 pub use error::SocketError;
 pub use listener::GuestListener;
@@ -34,15 +39,56 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(300_000);
 /// Several handles may point to one connection (`clone-handle`).
 pub struct Connection {
     pub conn: TcpConn,
-    /// Set on the handle lent to `on-read-ready`: dropping the handle (the guest
-    /// is done with that callback) drops the sender, which wakes the dispatcher.
-    pub served: Option<oneshot::Sender<()>>,
+    /// Set on a handle lent to `on-read-ready-batch`: when the guest drops the
+    /// handle (it is done with that connection), the dispatcher hears of it.
+    pub served: Option<Arc<Served>>,
 }
 
 impl Connection {
     /// A handle of the guest's own (a client it opened, or a clone).
     pub fn new(conn: TcpConn) -> Self {
         Connection { conn, served: None }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(served) = &self.served {
+            served.finish();
+        }
+    }
+}
+
+/// "The guest is done with this delivery of the connection": set when the
+/// lent handle is dropped or the plain `on-read-ready` returns, awaited by the
+/// connection's driver. One per connection, reused for every delivery.
+#[derive(Default)]
+pub struct Served {
+    done: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Served {
+    /// Starts a delivery.
+    pub fn reset(&self) {
+        self.done.store(false, Ordering::Release);
+    }
+
+    pub fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves once [`Served::finish`] was called after the last reset.
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.done.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.done.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await
     }
 }
 
