@@ -44,11 +44,13 @@ fn main() -> Result<()> {
         return native::serve();
     }
     if args.first().map(String::as_str) == Some("instantiate") {
-        // `portcullis-bench instantiate [N]`: only the instantiation loop, to profile it.
+        // `portcullis-bench instantiate [N] [SLOTS]`: only the instantiation loop, to
+        // profile it (valgrind cannot reserve the default pool: pass a few SLOTS).
         let n = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+        let slots = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let micros = runtime.block_on(instantiation(&root, n))?;
+        let micros = runtime.block_on(instantiation(&root, n, slots))?;
         println!("{micros:.1} µs median over {n}");
         return Ok(());
     }
@@ -324,15 +326,21 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
 
     eprintln!("bench: instantiation");
-    rows.push(row("instantiation from InstancePre", "pooling", "µs", instantiation(root, 500).await?, None));
+    rows.push(row(
+        "instantiation from InstancePre",
+        "pooling",
+        "µs",
+        instantiation(root, 500, portcullis::engine::POOLED_INSTANCES).await?,
+        None,
+    ));
     Ok(rows)
 }
 
 /// The median time, in µs, of `n` instantiations of `echo` (a fresh store and
 /// instance each, as a connection gets with `--instances per-connection`).
-async fn instantiation(root: &Path, n: usize) -> Result<f64> {
+async fn instantiation(root: &Path, n: usize, slots: u32) -> Result<f64> {
     let cache = root.join("target/bench/cache");
-    let runtime = portcullis::Runtime::pooled(portcullis::engine::POOLED_INSTANCES)?.with_cache_dir(Some(cache));
+    let runtime = portcullis::Runtime::pooled(slots)?.with_cache_dir(Some(cache));
     let loaded = runtime.load(Path::new(&guest(root, "echo")), Vec::new(), Default::default())?;
     for _ in 0..20 {
         loaded.instantiate_once().await?;
