@@ -113,6 +113,28 @@ async fn on_close_fires_once_and_kept_handles_outlive_their_callback() {
     service.stop().await;
 }
 
+/// A service that keeps the default (empty) `on_connect` tells the host so, and
+/// the host stops calling it; its own `on_close` must still run for every
+/// connection, the third included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_on_connect_is_skipped_but_on_close_still_fires_every_time() {
+    let service = start("close-counter", &[], Duration::from_secs(30)).await;
+    for expected in 0..3 {
+        let mut client = service.connect().await;
+        assert_eq!(read_line_after(&mut client, b"count?").await, format!("closed {expected}\n"));
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut client).await, b"", "the service closes at the end of stream");
+        // on-close runs after the connection closed: give it a moment.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.stop().await;
+}
+
+async fn read_line_after(stream: &mut tokio::net::TcpStream, message: &[u8]) -> String {
+    stream.write_all(message).await.unwrap();
+    read_line(stream).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_closes_open_connections_and_returns() {
     let service = start_mode("echo").await;

@@ -1,13 +1,13 @@
 //! The [`Service`] trait and the glue that exports it as WIT callbacks.
 
 use std::any::Any;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::marker::PhantomData;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::__bindings::portcullis::socket::{tcp, types};
-use crate::__bindings::service::exports::portcullis::socket::callbacks::Guest;
+use crate::__bindings::service::exports::portcullis::socket::callbacks::{CallbackUse, Guest};
 use crate::{Connection, Error};
 
 /// A socket service: the callbacks the host calls for each connection
@@ -49,7 +49,9 @@ use crate::{Connection, Error};
 #[allow(async_fn_in_trait)] // callbacks run on the component's single thread
 pub trait Service: Default + 'static {
     /// A connection was accepted (or a callback client connected). Returning an
-    /// error sends it to `on_error`.
+    /// error sends it to `on_error`. The default does nothing, and a service
+    /// that keeps it is not called here at all after the first connection (one
+    /// async call fewer per connection).
     ///
     /// ```no_run
     /// # use portcullis_sdk::{Connection, Error};
@@ -59,6 +61,7 @@ pub trait Service: Default + 'static {
     /// ```
     async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
         let _ = conn;
+        DEFAULT_ON_CONNECT.set(true);
         Ok(())
     }
 
@@ -91,7 +94,8 @@ pub trait Service: Default + 'static {
     }
 
     /// The connection ended (end of stream, close, reset or stop); called
-    /// exactly once per connection.
+    /// exactly once per connection. As with `on_connect`, keeping the default
+    /// (nothing) spares the call.
     ///
     /// ```no_run
     /// # use portcullis_sdk::Connection;
@@ -101,10 +105,18 @@ pub trait Service: Default + 'static {
     /// ```
     async fn on_close(&self, conn: &Connection) {
         let _ = conn;
+        DEFAULT_ON_CLOSE.set(true);
     }
 }
 
 thread_local! {
+    /// Set by the default `on_connect` (which does nothing), so that the host
+    /// can be told not to call it again. A service type either keeps the default
+    /// or not, so once set it stays true, whatever callbacks interleave.
+    static DEFAULT_ON_CONNECT: Cell<bool> = const { Cell::new(false) };
+    /// The same for `on_close`.
+    static DEFAULT_ON_CLOSE: Cell<bool> = const { Cell::new(false) };
+
     /// The one service value; leaked so callbacks can hold `&'static` to it
     /// across awaits.
     static SERVICE: OnceCell<&'static dyn Any> = const { OnceCell::new() };
@@ -115,15 +127,21 @@ fn service<S: Service>() -> &'static S {
     any.downcast_ref::<S>().expect("export_service! is used once per component")
 }
 
+/// `Unwanted` once the service's callback turned out to be the default.
+fn callback_use(default_ran: &'static std::thread::LocalKey<Cell<bool>>) -> CallbackUse {
+    if default_ran.get() { CallbackUse::Unwanted } else { CallbackUse::Wanted }
+}
+
 /// Adapts a [`Service`] to the generated export trait. Used by `export_service!`.
 #[doc(hidden)]
 pub struct Dispatch<S>(PhantomData<S>);
 
 impl<S: Service> Dispatch<S> {
-    pub async fn connect(conn: &tcp::Connection) -> Result<(), types::Error> {
+    pub async fn connect(conn: &tcp::Connection) -> Result<CallbackUse, types::Error> {
         // SAFETY: the host lends this handle for the whole callback.
         let conn = unsafe { Connection::borrowed(conn.handle()) };
-        service::<S>().on_connect(&conn).await.map_err(Into::into)
+        service::<S>().on_connect(&conn).await.map_err(types::Error::from)?;
+        Ok(callback_use(&DEFAULT_ON_CONNECT))
     }
 
     pub async fn read_ready(conn: &tcp::Connection) {
@@ -156,15 +174,16 @@ impl<S: Service> Dispatch<S> {
         service::<S>().on_error(&conn, err.into()).await
     }
 
-    pub async fn close(conn: &tcp::Connection) {
+    pub async fn close(conn: &tcp::Connection) -> CallbackUse {
         // SAFETY: as above.
         let conn = unsafe { Connection::borrowed(conn.handle()) };
-        service::<S>().on_close(&conn).await
+        service::<S>().on_close(&conn).await;
+        callback_use(&DEFAULT_ON_CLOSE)
     }
 }
 
 impl<S: Service> Guest for Dispatch<S> {
-    async fn on_connect(conn: &tcp::Connection) -> Result<(), types::Error> {
+    async fn on_connect(conn: &tcp::Connection) -> Result<CallbackUse, types::Error> {
         Self::connect(conn).await
     }
 
@@ -180,7 +199,7 @@ impl<S: Service> Guest for Dispatch<S> {
         Self::error(conn, err).await
     }
 
-    async fn on_close(conn: &tcp::Connection) {
+    async fn on_close(conn: &tcp::Connection) -> CallbackUse {
         Self::close(conn).await
     }
 }

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use wasmtime::component::{
 use wasmtime::{Engine, Store};
 
 use crate::bindings::Service;
-use crate::bindings::exports::portcullis::socket::callbacks::{Guest as Callbacks, GuestIndices};
+use crate::bindings::exports::portcullis::socket::callbacks::{CallbackUse, Guest as Callbacks, GuestIndices};
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, Served, TcpConn};
 use crate::policy::Policy;
@@ -53,6 +53,23 @@ pub struct Loaded {
     main: Option<ComponentExportIndex>,
     env: Vec<(String, String)>,
     policy: Arc<Policy>,
+    /// Callbacks the guest answered `unwanted` (it does nothing there): not
+    /// called again, in any instance of this component.
+    unwanted: Unwanted,
+}
+
+#[derive(Default)]
+struct Unwanted {
+    on_connect: AtomicBool,
+    on_close: AtomicBool,
+}
+
+impl Unwanted {
+    fn note(flag: &AtomicBool, answer: CallbackUse) {
+        if answer == CallbackUse::Unwanted {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The export name of `wasi:cli/run`: 0.3 (async, what the SDK exports) or 0.2
@@ -84,7 +101,7 @@ impl Loaded {
                     component.get_export_index(Some(&iface), "run")
                 },
             );
-        Ok(Loaded { name: name.to_string(), pre, callbacks, main, env, policy })
+        Ok(Loaded { name: name.to_string(), pre, callbacks, main, env, policy, unwanted: Unwanted::default() })
     }
 
     /// Creates a fresh store and instance, as a per-connection instance gets,
@@ -148,6 +165,7 @@ impl Loaded {
         let instance = Instance {
             name: &self.name,
             callbacks,
+            unwanted: &self.unwanted,
             live: &live,
             active_listeners,
             until_idle,
@@ -299,6 +317,7 @@ impl Live {
 struct Instance<'a> {
     name: &'a str,
     callbacks: Option<&'a Callbacks>,
+    unwanted: &'a Unwanted,
     live: &'a Live,
     active_listeners: &'a AtomicUsize,
     /// Done once no connection, listener or queued connection is left (an
@@ -466,10 +485,15 @@ impl Instance<'_> {
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
         let touch = || acc.with(|mut a| a.get().touch());
-        touch();
-        if let Err(err) = callbacks.call_on_connect(acc, borrow()).await? {
+        if !self.unwanted.on_connect.load(Ordering::Relaxed) {
             touch();
-            callbacks.call_on_error(acc, borrow(), err).await?;
+            match callbacks.call_on_connect(acc, borrow()).await? {
+                Ok(answer) => Unwanted::note(&self.unwanted.on_connect, answer),
+                Err(err) => {
+                    touch();
+                    callbacks.call_on_error(acc, borrow(), err).await?;
+                }
+            }
         }
         let served = Arc::new(Served::default());
         let mut seen = ReadMark::default();
@@ -505,8 +529,10 @@ impl Instance<'_> {
             }
         }
         conn.close();
-        touch();
-        callbacks.call_on_close(acc, borrow()).await?;
+        if !self.unwanted.on_close.load(Ordering::Relaxed) {
+            touch();
+            Unwanted::note(&self.unwanted.on_close, callbacks.call_on_close(acc, borrow()).await?);
+        }
         acc.with(|mut a| a.get().table.delete(handle))?;
         Ok(())
     }
