@@ -66,7 +66,7 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
     /// Let the guest open TCP connections to tcp://HOST:PORTS (repeatable). HOST:
-    /// a name, *.suffix, an IP ([v6]), a CIDR or *; PORTS: a port, a range or *.
+    /// a name, *.suffix, an IP (`[v6]`), a CIDR or *; PORTS: a port, a range or *.
     #[arg(long = "allow-connect", value_name = "GRANT")]
     pub allow_connect: Vec<String>,
     /// Let the guest create its own listeners on tcp://HOST:PORTS (repeatable).

@@ -3,13 +3,16 @@
 //! One **shared instance** serves every connection of a service, so module state
 //! is shared as in Ballerina. Callbacks of different connections run concurrently
 //! inside it (component-model async, `run_concurrent`): each connection has a
-//! *driver*, a future that waits for the connection to become ready and then calls
-//! the guest; a driver blocked in a guest `read(n)` never holds up the others.
+//! *driver*, a future that waits for the connection to become ready and queues
+//! it; the event loop hands all queued connections to the guest in one call
+//! (`on-read-ready`, or `on-read-ready-batch` for several), and each driver waits
+//! only for its own connection to be served, so one blocked in a guest `read(n)`
+//! never holds up the others.
 //! Or, with `--instances per-connection` ([`run_per_connection`]), every accepted
 //! connection gets an instance of its own, driven the same way in its own task.
 //!
-//! The `on-read-ready` rules live in [`drive`]: at most one callback per
-//! connection at a time, fired again only when something new happened (see
+//! The `on-read-ready` rules live in `Instance::callbacks_for`: at most one
+//! callback per connection at a time, fired again only when something new happened (see
 //! `TcpConn::wait_ready`), `on-close` exactly once at the end.
 //!
 //! A trap ends the instance: its connections are closed, the trap is logged with

@@ -92,29 +92,29 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) ->
     }
 
     let cached = cache_dir.map(|dir| dir.join(format!("{}.cwasm", cache_key(engine, &bytes))));
-    if let Some(cached) = &cached {
-        if cached.exists() {
-            // SAFETY: the file was written by `Component::serialize` of this very
-            // engine configuration (the key includes its compatibility hash) into a
-            // cache folder the operator owns; wasmtime still checks its header.
-            match unsafe { Component::deserialize_file(engine, cached) } {
-                Ok(component) => {
-                    tracing::debug!(path = %path.display(), cache = %cached.display(), "component loaded from cache");
-                    return Ok(component);
-                }
-                Err(e) => {
-                    tracing::warn!(cache = %cached.display(), "ignoring unusable cache entry: {e:#}")
-                }
+    if let Some(cached) = &cached
+        && cached.exists()
+    {
+        // SAFETY: the file was written by `Component::serialize` of this very
+        // engine configuration (the key includes its compatibility hash) into a
+        // cache folder the operator owns; wasmtime still checks its header.
+        match unsafe { Component::deserialize_file(engine, cached) } {
+            Ok(component) => {
+                tracing::debug!(path = %path.display(), cache = %cached.display(), "component loaded from cache");
+                return Ok(component);
+            }
+            Err(e) => {
+                tracing::warn!(cache = %cached.display(), "ignoring unusable cache entry: {e:#}")
             }
         }
     }
 
     let component = Component::new(engine, &bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a valid component: {e:#}", path.display()))?;
-    if let Some(cached) = &cached {
-        if let Err(e) = store_in_cache(&component, cached) {
-            tracing::warn!(cache = %cached.display(), "could not cache the compiled component: {e:#}");
-        }
+    if let Some(cached) = &cached
+        && let Err(e) = store_in_cache(&component, cached)
+    {
+        tracing::warn!(cache = %cached.display(), "could not cache the compiled component: {e:#}");
     }
     Ok(component)
 }
