@@ -54,7 +54,7 @@ fn main() -> Result<()> {
         println!("{micros:.1} µs median over {n}");
         return Ok(());
     }
-    if let Some(kind @ ("echo-load" | "churn-load")) = args.first().map(String::as_str) {
+    if let Some(kind @ ("echo-load" | "churn-load" | "latency-load")) = args.first().map(String::as_str) {
         return load_only(kind, &args[1..]);
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -87,7 +87,9 @@ fn main() -> Result<()> {
 /// [SECONDS]`: one load against a server started by hand, to profile that server.
 fn load_only(kind: &str, args: &[String]) -> Result<()> {
     let addr: SocketAddr =
-        args.first().context("usage: echo-load ADDR [SIZE] [SECONDS] [CONNS] | churn-load ADDR [SECONDS]")?.parse()?;
+        args.first()
+            .context("usage: echo-load ADDR [SIZE] [SECONDS] [CONNS] | churn-load ADDR [SECONDS] | latency-load ADDR [RATE] [SECONDS] [CONNS]")?
+            .parse()?;
     let number =
         |i: usize, default: f64| args.get(i).map(|s| s.parse::<f64>()).transpose().map(|n| n.unwrap_or(default));
     pin_to_core(1);
@@ -96,6 +98,10 @@ fn load_only(kind: &str, args: &[String]) -> Result<()> {
         let (size, seconds, conns) = (number(1, 64.0)? as usize, number(2, 5.0)?, number(3, 50.0)? as usize);
         let rate = runtime.block_on(load::tcp_echo(addr, conns, size, Duration::from_secs_f64(seconds)));
         println!("{rate:.0} msg/s");
+    } else if kind == "latency-load" {
+        let (rate, seconds, conns) = (number(1, 10_000.0)?, number(2, 3.0)?, number(3, 50.0)? as usize);
+        let (p50, p99, p999) = runtime.block_on(load::fixed_rate(addr, conns, rate, Duration::from_secs_f64(seconds)));
+        println!("p50 {p50:.0} µs, p99 {p99:.0} µs, p99.9 {p999:.0} µs");
     } else {
         let rate = runtime.block_on(load::churn(addr, 8, Duration::from_secs_f64(number(1, 5.0)?)));
         println!("{rate:.0} conn/s");
