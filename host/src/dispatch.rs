@@ -12,8 +12,8 @@
 //! connection gets an instance of its own, driven the same way in its own task.
 //!
 //! The `on-read-ready` rules live in `Instance::callbacks_for`: at most one
-//! callback per connection at a time, fired again only when something new happened (see
-//! `TcpConn::wait_ready`), `on-close` exactly once at the end.
+//! callback per connection at a time, fired again only when something new
+//! happened (see `TcpConn::wait_ready`), `on-close` exactly once at the end.
 //!
 //! A trap ends the instance: its connections are closed, the trap is logged with
 //! the component and connection, and a fresh instance takes over for new
@@ -326,10 +326,10 @@ struct Instance<'a> {
     /// Done once no connection, listener or queued connection is left (an
     /// instance per connection); otherwise a service runs until shutdown.
     until_idle: bool,
-    /// Connections ready for `on-read-ready`; the
-    /// event loop sends all that are waiting in one call. Only drivers fill it,
-    /// and the event loop looks at it right after polling them, so it needs no
-    /// waker of its own (and costs no extra wake-up per message).
+    /// Connections ready for `on-read-ready`; the event loop sends all that are
+    /// waiting in one call. Only drivers fill it, and the event loop looks at it
+    /// right after polling them, so it needs no waker of its own (and costs no
+    /// extra wake-up per message).
     ready: Mutex<Vec<Ready>>,
 }
 
