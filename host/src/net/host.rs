@@ -271,11 +271,9 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         address: Address,
     ) -> Outcome<u32> {
         let client = udp_of(acc, &this)?;
-        if let Err(e) = client.check_send(data.len()) {
-            return Ok(Err(e.into()));
-        }
-        let Some(host) = address.host else {
-            return Ok(Err(SocketError::generic("send-to needs an address with a host").into()));
+        let host = match send_host(&client, data.len(), address.host) {
+            Ok(host) => host,
+            Err(e) => return Ok(Err(e.into())),
         };
         let target = match policy_of(acc).resolve_outbound(Action::Udp, "send to", &host, address.port).await {
             Ok(addrs) => addrs[0],
@@ -301,6 +299,13 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
     }
 }
 
+/// What `send-to` and `try-send-to` check before the target: the client is
+/// open, the datagram fits, and there is a host to send to (returned).
+fn send_host(client: &UdpClient, len: usize, host: Option<String>) -> Result<String, SocketError> {
+    client.check_send(len)?;
+    host.ok_or_else(|| SocketError::generic("send-to needs an address with a host"))
+}
+
 /// Replies from peers a client sent to are in; anyone else needs a grant.
 fn check_sender(client: &UdpClient, policy: &Policy, from: SocketAddr) -> Result<(), SocketError> {
     if client.sent_to(from) || policy.allows_peer(Action::Udp, from) {
@@ -316,11 +321,9 @@ impl HostUdpClient for HostState {
     fn try_send_to(&mut self, this: Resource<UdpClient>, data: Vec<u8>, address: Address) -> Outcome<Option<u32>> {
         self.touch();
         let client = self.table.get(&this)?.clone();
-        if let Err(e) = client.check_send(data.len()) {
-            return Ok(Err(e.into()));
-        }
-        let Some(host) = address.host else {
-            return Ok(Err(SocketError::generic("send-to needs an address with a host").into()));
+        let host = match send_host(&client, data.len(), address.host) {
+            Ok(host) => host,
+            Err(e) => return Ok(Err(e.into())),
         };
         let target = match self.net.policy.check_literal(Action::Udp, "send to", &host, address.port) {
             Some(Ok(target)) => target,

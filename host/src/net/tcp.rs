@@ -426,10 +426,11 @@ impl TcpConn {
                 if fresh && pending {
                     return Readiness::Ready(ReadMark { arrivals: side.arrivals, takes: side.takes });
                 }
-                if !(side.eof || side.buf.len() >= READ_AHEAD_LIMIT) && readable && side.fill_from(&inner.stream) {
+                let socket_done = side.eof || side.buf.len() >= READ_AHEAD_LIMIT;
+                if !socket_done && readable && side.fill_from(&inner.stream) {
                     continue;
                 }
-                side.eof || side.buf.len() >= READ_AHEAD_LIMIT
+                socket_done
             };
             if socket_done {
                 // Nothing more to read from the socket: wait for the guest to take
