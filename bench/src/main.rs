@@ -11,6 +11,12 @@
 mod load;
 mod native;
 
+// The allocator the `portcullis` binary uses, so that the instantiation loop
+// measured in this process costs what it costs in the server (and the native
+// baseline servers get it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
