@@ -195,19 +195,36 @@ fn instances_per_connection_from_the_command_line() {
 fn max_instances_bounds_the_connections_served_at_once() {
     let dir = scratch("max-instances");
     let running = serve_echo_with(&dir, "info", &["--instances", "per-connection", "--max-instances", "1"]);
-    let _first = echo_once(&running.addr, b"one");
+    let first = echo_once(&running.addr, b"one");
 
-    // The only slot is taken: the next connection is closed unserved.
+    // The only slot is taken: the next connection waits in the listen backlog,
+    // unserved (`--max-connections` defaults to `--max-instances`)...
     let mut second = TcpStream::connect(&running.addr).unwrap();
+    second.write_all(b"two").unwrap();
+    second.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut reply = [0u8; 3];
+    assert!(second.read_exact(&mut reply).is_err(), "served while the only instance was busy");
+    // ...until the first one ends.
+    drop(first);
     second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = second.write_all(b"two");
-    let mut rest = Vec::new();
-    let _ = second.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "got {rest:?}");
+    second.read_exact(&mut reply).expect("the waiting connection was not served");
+    assert_eq!(&reply, b"two");
 
     let (code, log) = running.terminate();
     assert_eq!(code, 0, "log: {log}");
-    assert!(log.contains("no instance for this connection"), "log: {log}");
+    assert!(!log.contains("no instance for this connection"), "log: {log}");
+}
+
+#[test]
+fn max_connections_must_be_at_least_one() {
+    let dir = scratch("max-connections-zero");
+    let out = portcullis(
+        &["run", &guest("echo").display().to_string(), "--listen", "127.0.0.1:0", "--max-connections", "0"],
+        &dir,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with --max-connections 0");
+    assert!(stderr.contains("--max-connections"), "stderr: {stderr}");
 }
 
 #[test]

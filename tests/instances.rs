@@ -113,6 +113,41 @@ async fn when_the_pool_is_full_new_connections_are_refused_until_a_slot_frees() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance() {
+    // As `portcullis run --instances per-connection` does by default:
+    // `--max-connections` is `--max-instances`.
+    let runtime = pooled_runtime(2);
+    let options = ServeOptions {
+        read_timeout: Duration::from_secs(30),
+        instances: Instances::PerConnection,
+        max_connections: Some(2),
+    };
+    let service = start_with_options(&runtime, "scenarios", &[("MODE", "echo")], Policy::default(), options);
+    let mut first = service.connect().await;
+    let mut second = service.connect().await;
+    assert_eq!(round_trip(&mut first, b"one").await, b"one");
+    assert_eq!(round_trip(&mut second, b"two").await, b"two");
+
+    // Not refused (as without a limit): it waits for an instance.
+    let mut third = service.connect().await;
+    third.write_all(b"three").await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
+    assert!(early.is_err(), "the third connection was answered (or refused) while the pool was full: {early:?}");
+
+    // Every time one ends, the next waiting connection gets its instance.
+    for round in 0..3 {
+        drop(second);
+        assert_eq!(read_n(&mut third, 5).await, b"three", "round {round}");
+        second = third;
+        third = service.connect().await;
+        third.write_all(b"three").await.unwrap();
+    }
+    assert_eq!(round_trip(&mut first, b"one again").await, b"one again");
+    assert_eq!(service.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_ends_every_instance_with_its_idle_connection() {
     let runtime = pooled_runtime(SLOTS);
     let service = start_per_connection(&runtime, "echo");

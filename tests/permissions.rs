@@ -155,6 +155,7 @@ fn a_manifest_runs_two_services_at_once() {
 name = "echo"
 component = "{release}/echo.wasm"
 listen = ["127.0.0.1:0"]
+max-connections = 100
 
 [[service]]
 name = "proxy"

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Grants, Instances, ServiceSpec};
 use crate::inspect;
-use crate::server::{self, Runtime};
+use crate::server::{self, Runtime, ServeOptions};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +65,12 @@ pub struct RunArgs {
     #[arg(long = "max-instances", value_name = "N", default_value_t = crate::engine::POOLED_INSTANCES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
+    /// The most connections a service serves at once; further ones wait in the
+    /// listen backlog until one closes. Default: no limit with shared instances,
+    /// `--max-instances` with an instance per connection (so that a full pool
+    /// makes connections wait instead of refusing them).
+    #[arg(long = "max-connections", value_name = "N", conflicts_with = "manifest")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
     /// Let the guest open TCP connections to tcp://HOST:PORTS (repeatable). HOST:
     /// a name, *.suffix, an IP (`[v6]`), a CIDR or *; PORTS: a port, a range or *.
     #[arg(long = "allow-connect", value_name = "GRANT")]
@@ -98,6 +104,7 @@ impl RunArgs {
             env: self.env.clone(),
             read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
             instances: self.instances,
+            max_connections: self.max_connections.map(std::num::NonZeroUsize::get),
             grants: Grants {
                 connect: self.allow_connect.clone(),
                 listen: self.allow_listen.clone(),
@@ -204,7 +211,12 @@ async fn run(args: RunArgs) -> Result<i32> {
     std::io::stdout().flush().ok();
 
     let runs = ready.into_iter().map(|(spec, loaded, listeners)| {
-        server::serve(loaded, listeners, spec.read_timeout, spec.instances, shutdown.clone())
+        let max_connections = match spec.instances {
+            Instances::Shared => spec.max_connections,
+            Instances::PerConnection => spec.max_connections.or(Some(args.max_instances as usize)),
+        };
+        let options = ServeOptions { read_timeout: spec.read_timeout, instances: spec.instances, max_connections };
+        server::serve(loaded, listeners, options, shutdown.clone())
     });
     let codes = futures::future::join_all(runs).await;
     let mut exit = 0;

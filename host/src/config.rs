@@ -10,6 +10,7 @@
 //! env = { UPSTREAM = "db.internal:5432" }
 //! read-timeout-ms = 300000
 //! instances = "shared"                          # or "per-connection"
+//! max-connections = 1000                        # optional; more wait in the backlog
 //! allow-connect = ["tcp://db.internal:5432"]
 //! allow-listen = []
 //! allow-udp = []
@@ -39,6 +40,8 @@ pub struct ServiceSpec {
     pub env: Vec<(String, String)>,
     pub read_timeout: Duration,
     pub instances: Instances,
+    /// The most connections served at once (`None`: no limit of its own).
+    pub max_connections: Option<usize>,
     pub grants: Grants,
 }
 
@@ -94,6 +97,7 @@ struct ManifestService {
     read_timeout_ms: Option<u64>,
     #[serde(default)]
     instances: Instances,
+    max_connections: Option<usize>,
     #[serde(default)]
     allow_connect: Vec<String>,
     #[serde(default)]
@@ -127,6 +131,7 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
             env: entry.env.into_iter().collect(),
             read_timeout: entry.read_timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_READ_TIMEOUT),
             instances: entry.instances,
+            max_connections: entry.max_connections,
             grants: Grants {
                 connect: entry.allow_connect,
                 listen: entry.allow_listen,
@@ -135,6 +140,9 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
             },
             name,
         };
+        if spec.max_connections == Some(0) {
+            bail!("{}: service `{}`: max-connections must be at least 1", path.display(), spec.name);
+        }
         spec.grants.policy().with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
         specs.push(spec);
     }
@@ -178,6 +186,7 @@ mod tests {
             env = { UPSTREAM = "db.internal:5432" }
             read-timeout-ms = 5000
             instances = "per-connection"
+            max-connections = 200
             allow-connect = ["tcp://db.internal:5432"]
             block-private = true
             "#,
@@ -193,6 +202,7 @@ mod tests {
         assert_eq!(specs[1].read_timeout, Duration::from_millis(5000));
         assert_eq!(specs[0].instances, Instances::Shared);
         assert_eq!(specs[1].instances, Instances::PerConnection);
+        assert_eq!((specs[0].max_connections, specs[1].max_connections), (None, Some(200)));
         assert_eq!(specs[1].grants.connect, vec!["tcp://db.internal:5432"]);
         assert!(specs[1].grants.block_private);
     }
@@ -203,6 +213,13 @@ mod tests {
         let err = load_manifest(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `allow-conect`"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn a_limit_of_zero_connections_is_an_error() {
+        let path = write("zero", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nmax-connections = 0\n");
+        let err = load_manifest(&path).unwrap_err().to_string();
+        assert!(err.contains("service `db`: max-connections must be at least 1"), "{err}");
     }
 
     #[test]

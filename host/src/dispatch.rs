@@ -273,6 +273,9 @@ pub async fn run_per_connection(
 /// One connection in an instance of its own, from instantiation to `on-close`
 /// (and to the end of any client connection the instance opened meanwhile).
 async fn serve_alone(loaded: Arc<Loaded>, conn: TcpConn, shutdown: CancellationToken) {
+    // The connection's place under `--max-connections` is given back after the
+    // store (declared later, dropped earlier) has returned its pool slot.
+    let _slot = conn.take_slot();
     let (sink, mut conns) = mpsc::unbounded_channel();
     let active_listeners = Arc::new(AtomicUsize::new(0));
     let (id, remote) = (conn.id(), conn.remote_addr());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
@@ -69,25 +69,48 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     addrs.iter().map(|addr| bind_tcp(*addr).map_err(anyhow::Error::from)).collect()
 }
 
+/// How a service treats what its listeners accept.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Read time-out of accepted connections.
+    pub read_timeout: Duration,
+    /// Which instance serves an accepted connection.
+    pub instances: Instances,
+    /// The most connections served at once, over all the listeners; further
+    /// ones wait in the listen backlog until one closes. `None`: no limit.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            read_timeout: crate::net::DEFAULT_READ_TIMEOUT,
+            instances: Instances::Shared,
+            max_connections: None,
+        }
+    }
+}
+
 /// Serves `loaded` on `listeners` (already bound) until `shutdown` is cancelled,
 /// or, for a program, until its `main` and callback connections are done.
-/// Returns the exit code. `instances` says which instance serves an accepted
-/// connection.
+/// Returns the exit code.
 pub async fn serve(
     loaded: Arc<Loaded>,
     listeners: Vec<TcpListener>,
-    read_timeout: Duration,
-    instances: Instances,
+    options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     if !listeners.is_empty() {
         loaded.require_callbacks()?;
     }
     let (sink, conns) = mpsc::unbounded_channel();
+    let limit = options.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     for listener in listeners {
-        tokio::spawn(accept_loop(listener, read_timeout, sink.clone(), shutdown.clone(), |_| {}));
+        let accepting =
+            accept_loop(listener, options.read_timeout, sink.clone(), limit.clone(), shutdown.clone(), |_| {});
+        tokio::spawn(accepting);
     }
-    match instances {
+    match options.instances {
         Instances::Shared => dispatch::run(loaded, conns, sink, shutdown).await,
         Instances::PerConnection => {
             drop(sink);

@@ -12,6 +12,7 @@ use portcullis::Runtime;
 pub use portcullis::config::Instances;
 use portcullis::policy::Policy;
 use portcullis::server;
+pub use portcullis::server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -82,12 +83,25 @@ pub fn start_on(
     policy: Policy,
     instances: Instances,
 ) -> TestService {
+    let options = ServeOptions { read_timeout, instances, max_connections: None };
+    start_with_options(runtime, name, env, policy, options)
+}
+
+/// Starts guest `name` with `env` in `runtime`, served as `options` say,
+/// listening on 127.0.0.1:0.
+pub fn start_with_options(
+    runtime: &Runtime,
+    name: &str,
+    env: &[(&str, &str)],
+    policy: Policy,
+    options: ServeOptions,
+) -> TestService {
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let loaded = runtime.load(&guest(name), env, policy).expect("load guest");
     let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
     let addr = listeners[0].local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::serve(loaded, listeners, read_timeout, instances, shutdown.clone()));
+    let task = tokio::spawn(server::serve(loaded, listeners, options, shutdown.clone()));
     TestService { addr, shutdown, task }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{LISTEN_FAILED, SocketError};
@@ -29,20 +29,35 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, SocketError> {
 /// Accepts on `listener` until `stop`, handing each connection to `sink`.
 /// Accept errors (too many open files, say) are logged and retried after a pause:
 /// one bad moment must not end the listener.
+///
+/// With a `limit`, a connection is accepted only when the limit has room for
+/// it: at the limit, new connections wait in the kernel's listen backlog (and
+/// their clients wait) until one of the service's connections closes.
 pub async fn accept_loop(
     listener: TcpListener,
     read_timeout: Duration,
     sink: mpsc::UnboundedSender<TcpConn>,
+    limit: Option<Arc<Semaphore>>,
     stop: CancellationToken,
     mut on_accept: impl FnMut(&TcpConn),
 ) {
     loop {
+        let slot = match &limit {
+            Some(limit) => tokio::select! {
+                slot = limit.clone().acquire_owned() => slot.ok(),
+                _ = stop.cancelled() => return,
+            },
+            None => None,
+        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.cancelled() => return,
         };
         match accepted.and_then(|(stream, _)| TcpConn::new(stream, read_timeout, true)) {
             Ok(conn) => {
+                if let Some(slot) = slot {
+                    conn.hold_slot(slot);
+                }
                 on_accept(&conn);
                 if sink.send(conn).is_err() {
                     return; // the dispatcher is gone
@@ -117,7 +132,7 @@ impl GuestListener {
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
         let (read_timeout, task_stop) = (self.read_timeout, stop.clone());
-        tokio::spawn(accept_loop(listener, read_timeout, sink, task_stop, move |conn| {
+        tokio::spawn(accept_loop(listener, read_timeout, sink, None, task_stop, move |conn| {
             let mut list = remember.lock().unwrap();
             list.retain(|c| !c.is_closed());
             list.push(conn.clone());

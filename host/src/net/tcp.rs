@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use futures::FutureExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE};
@@ -60,6 +60,9 @@ struct Inner {
     write_done: CancellationToken,
     /// Wakes the dispatcher when the guest consumed bytes from a full buffer.
     consumed: Notify,
+    /// This connection's place under its service's `--max-connections`, given
+    /// back at `close` (or when the last handle goes).
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 /// The read half's state: the read-ahead buffer and what happened at the socket.
@@ -140,6 +143,7 @@ impl TcpConn {
             write_done: closed.child_token(),
             closed,
             consumed: Notify::new(),
+            slot: Mutex::new(None),
         })))
     }
 
@@ -355,6 +359,19 @@ impl TcpConn {
             let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Both);
             inner.closed.cancel();
         }
+        drop(self.take_slot());
+    }
+
+    /// Counts this connection under a connection limit until it closes.
+    pub fn hold_slot(&self, slot: OwnedSemaphorePermit) {
+        *self.0.slot.lock().unwrap() = Some(slot);
+    }
+
+    /// Takes the connection's place under its limit, for a caller that must
+    /// keep it past `close` (an instance per connection keeps it until the
+    /// instance is gone, so the next connection finds a free pool slot).
+    pub fn take_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.slot.lock().unwrap().take()
     }
 
     /// Stops writing: sends FIN; later writes fail with `client socket close already.`
