@@ -123,17 +123,12 @@ async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance(
         max_connections: Some(2),
     };
     let service = start_with_options(&runtime, "scenarios", &[("MODE", "echo")], Policy::default(), options);
-    let mut first = service.connect().await;
-    let mut second = service.connect().await;
-    assert_eq!(round_trip(&mut first, b"one").await, b"one");
-    assert_eq!(round_trip(&mut second, b"two").await, b"two");
+    let mut clients = echoing_clients(&service, 2).await;
+    let (mut first, mut second) = (clients.remove(0), clients.remove(0));
 
     // Not refused (as without a limit): it waits for an instance.
     let mut third = service.connect().await;
-    third.write_all(b"three").await.unwrap();
-    let mut byte = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
-    assert!(early.is_err(), "the third connection was answered (or refused) while the pool was full: {early:?}");
+    assert_unserved(&mut third, b"three", Duration::from_millis(300)).await;
 
     // Every time one ends, the next waiting connection gets its instance.
     for round in 0..3 {
@@ -141,7 +136,7 @@ async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance(
         assert_eq!(read_n(&mut third, 5).await, b"three", "round {round}");
         second = third;
         third = service.connect().await;
-        third.write_all(b"three").await.unwrap();
+        assert_unserved(&mut third, b"three", Duration::from_millis(100)).await;
     }
     assert_eq!(round_trip(&mut first, b"one again").await, b"one again");
     assert_eq!(service.stop().await, 0);

@@ -63,31 +63,20 @@ async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on() {
     assert_eq!(neighbour.stop().await, 0);
 }
 
-/// Nothing came on `stream` within `wait` (the connection is not being served).
-async fn silent_for(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut byte = [0u8; 1];
-    tokio::time::timeout(wait, stream.read(&mut byte)).await.is_err()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
     let options = ServeOptions { max_connections: Some(2), ..ServeOptions::default() };
     let service = start_with_options(runtime(), "scenarios", &[("MODE", "echo")], Default::default(), options);
-    let mut first = service.connect().await;
-    let mut second = service.connect().await;
-    assert_eq!(round_trip(&mut first, b"one").await, b"one");
-    assert_eq!(round_trip(&mut second, b"two").await, b"two");
+    let mut clients = echoing_clients(&service, 2).await;
 
     // The third handshake completes in the kernel's backlog, but nobody serves it...
     let mut third = service.connect().await;
-    third.write_all(b"three").await.unwrap();
-    assert!(silent_for(&mut third, Duration::from_millis(300)).await, "a third connection was served");
+    assert_unserved(&mut third, b"three", Duration::from_millis(300)).await;
     // ...and the two below the limit go on meanwhile.
-    assert_eq!(round_trip(&mut first, b"one again").await, b"one again");
+    assert_eq!(round_trip(&mut clients[1], b"again").await, b"again");
 
     // A connection that ends makes room: the waiting one is served, with what it sent.
-    drop(first);
+    drop(clients.remove(0));
     assert_eq!(read_n(&mut third, 5).await, b"three");
     assert_eq!(service.stop().await, 0);
 }

@@ -170,6 +170,27 @@ pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// Connects `n` clients and checks that each is served (an echo round trip).
+pub async fn echoing_clients(service: &TestService, n: usize) -> Vec<TcpStream> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut client = service.connect().await;
+        let hello = format!("client {i}");
+        assert_eq!(round_trip(&mut client, hello.as_bytes()).await, hello.as_bytes());
+        clients.push(client);
+    }
+    clients
+}
+
+/// Sends `data` on a connection that should be waiting for its turn, and
+/// checks that nothing comes back (neither bytes nor the end) within `wait`.
+pub async fn assert_unserved(stream: &mut TcpStream, data: &[u8], wait: Duration) {
+    stream.write_all(data).await.expect("write");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(wait, stream.read(&mut byte)).await;
+    assert!(early.is_err(), "the connection was answered (or closed) while it should wait: {early:?}");
+}
+
 /// Writes `data` then reads exactly as many bytes back.
 pub async fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     stream.write_all(data).await.expect("write");
