@@ -76,38 +76,65 @@ pub async fn churn(addr: SocketAddr, workers: usize, duration: Duration) -> f64 
 }
 
 /// Round-trip latency percentiles (µs) at a fixed total `rate` over `conns`
-/// connections. Sends follow a schedule; a send that falls behind goes out at
-/// once. Latency counts from the actual send: tokio's timer fires up to a
-/// millisecond late, which would otherwise drown the server's share.
+/// connections, open loop: message `j` is due at `start + j / rate` on
+/// connection `j % conns` and goes out then whether or not earlier replies came
+/// back, so a slow server cannot slow the sends down (no coordinated
+/// omission); its latency counts from when it was sent.
+///
+/// The sender paces itself on the clock, yielding between checks (each yield
+/// lets tokio poll its sockets, so replies are read at once): tokio's timer has
+/// a 1 ms resolution, and sleeping on it sent the messages of each millisecond
+/// in one burst, which measured queueing within the burst rather than the
+/// server's latency. The client's core is busy for the whole run.
 pub async fn fixed_rate(addr: SocketAddr, conns: usize, rate: f64, duration: Duration) -> (f64, f64, f64) {
-    let interval = Duration::from_secs_f64(conns as f64 / rate);
-    let start = Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::new();
-    for i in 0..conns {
-        tasks.push(tokio::spawn(async move {
-            let mut stream = connect(addr).await;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..conns {
+        let (mut read, write) = connect(addr).await.into_split();
+        let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+        writers.push((write, sent.clone()));
+        readers.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).unwrap();
-            let offset = interval.mul_f64(i as f64 / conns as f64);
             let mut reply = [0u8; 64];
-            let mut k = 0u32;
-            loop {
-                let scheduled = start + offset + interval * k;
-                if scheduled > start + duration {
-                    break;
-                }
-                tokio::time::sleep_until(scheduled.into()).await;
-                let sent = Instant::now();
-                stream.write_all(&[1u8; 64]).await.unwrap();
-                stream.read_exact(&mut reply).await.unwrap();
+            while read.read_exact(&mut reply).await.is_ok() {
+                let Some(sent) = sent.lock().unwrap().pop_front() else { break };
                 histogram.record(sent.elapsed().as_micros() as u64).unwrap();
-                k += 1;
             }
             histogram
         }));
     }
+
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(50);
+    let total = (duration.as_secs_f64() * rate) as u32;
+    for j in 0..total {
+        let due = start + interval * j;
+        if let Some(ahead) = due.checked_duration_since(Instant::now())
+            && ahead > Duration::from_millis(2)
+        {
+            tokio::time::sleep(ahead - Duration::from_millis(2)).await;
+        }
+        while Instant::now() < due {
+            tokio::task::yield_now().await;
+        }
+        let (write, queue) = &mut writers[j as usize % conns];
+        queue.lock().unwrap().push_back(Instant::now());
+        write.write_all(&[1u8; 64]).await.unwrap();
+    }
+    // Every reply is in once the servers have answered; then end the streams.
+    let settle = Instant::now() + Duration::from_secs(5);
+    while writers.iter().any(|(_, queue)| !queue.lock().unwrap().is_empty()) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (mut write, _) in writers {
+        let _ = write.shutdown().await;
+    }
     let mut all = Histogram::<u64>::new(3).unwrap();
-    for task in tasks {
-        all.add(task.await.unwrap()).unwrap();
+    for reader in readers {
+        all.add(reader.await.unwrap()).unwrap();
     }
     (all.value_at_quantile(0.5) as f64, all.value_at_quantile(0.99) as f64, all.value_at_quantile(0.999) as f64)
 }
