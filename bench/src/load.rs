@@ -140,24 +140,33 @@ pub async fn fixed_rate(addr: SocketAddr, conns: usize, rate: f64, duration: Dur
 }
 
 /// `clients` UDP sockets, one 64-byte datagram in flight each, for `duration`.
-/// Returns datagrams per second (a lost datagram counts nothing and is resent
-/// after 100 ms).
-pub async fn udp_echo(addr: SocketAddr, clients: usize, duration: Duration) -> f64 {
+/// Returns datagrams per second, and how many went unanswered: a lost datagram
+/// counts nothing and is resent after 100 ms, so a few losses weigh heavily.
+pub async fn udp_echo(addr: SocketAddr, clients: usize, duration: Duration) -> (f64, u64) {
     let deadline = Instant::now() + duration;
-    rate(clients, || async move {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        socket.connect(addr).await.unwrap();
-        let mut buf = [0u8; 128];
-        let mut count = 0u64;
-        while Instant::now() < deadline {
-            socket.send(&[3u8; 64]).await.unwrap();
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await {
-                count += 1;
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = lost.clone();
+    let rate = rate(clients, move || {
+        let lost = counted.clone();
+        async move {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.connect(addr).await.unwrap();
+            let mut buf = [0u8; 128];
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                socket.send(&[3u8; 64]).await.unwrap();
+                match tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await {
+                    Ok(Ok(_)) => count += 1,
+                    _ => {
+                        lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
+            count
         }
-        count
     })
-    .await
+    .await;
+    (rate, lost.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Opens `n` idle connections, waits for the server to settle, and returns the

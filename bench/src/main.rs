@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         println!("{micros:.1} µs median over {n}");
         return Ok(());
     }
-    if let Some(kind @ ("echo-load" | "churn-load" | "latency-load")) = args.first().map(String::as_str) {
+    if let Some(kind @ ("echo-load" | "churn-load" | "latency-load" | "udp-load")) = args.first().map(String::as_str) {
         return load_only(kind, &args[1..]);
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -94,7 +94,7 @@ fn main() -> Result<()> {
 fn load_only(kind: &str, args: &[String]) -> Result<()> {
     let addr: SocketAddr =
         args.first()
-            .context("usage: echo-load ADDR [SIZE] [SECONDS] [CONNS] | churn-load ADDR [SECONDS] | latency-load ADDR [RATE] [SECONDS] [CONNS]")?
+            .context("usage: echo-load ADDR [SIZE] [SECONDS] [CONNS] | churn-load ADDR [SECONDS] | latency-load ADDR [RATE] [SECONDS] [CONNS] | udp-load ADDR [SECONDS] [CLIENTS]")?
             .parse()?;
     let number =
         |i: usize, default: f64| args.get(i).map(|s| s.parse::<f64>()).transpose().map(|n| n.unwrap_or(default));
@@ -104,6 +104,10 @@ fn load_only(kind: &str, args: &[String]) -> Result<()> {
         let (size, seconds, conns) = (number(1, 64.0)? as usize, number(2, 5.0)?, number(3, 50.0)? as usize);
         let rate = runtime.block_on(load::tcp_echo(addr, conns, size, Duration::from_secs_f64(seconds)));
         println!("{rate:.0} msg/s");
+    } else if kind == "udp-load" {
+        let (seconds, clients) = (number(1, 3.0)?, number(2, 16.0)? as usize);
+        let (rate, lost) = runtime.block_on(load::udp_echo(addr, clients, Duration::from_secs_f64(seconds)));
+        println!("{rate:.0} dgram/s, {lost} unanswered");
     } else if kind == "latency-load" {
         let (rate, seconds, conns) = (number(1, 10_000.0)?, number(2, 3.0)?, number(3, 50.0)? as usize);
         let (p50, p99, p999) = runtime.block_on(load::fixed_rate(addr, conns, rate, Duration::from_secs_f64(seconds)));
@@ -308,7 +312,11 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     let ours_udp = portcullis_udp(root, &cache)?;
     let run = s.run;
     let (n, p) = alternate(s.rounds, native.udp.unwrap(), ours_udp.udp.unwrap(), |addr| async move {
-        vec![load::udp_echo(addr, 16, run).await]
+        let (rate, lost) = load::udp_echo(addr, 16, run).await;
+        if lost > 0 {
+            eprintln!("bench: udp {addr}: {lost} datagram(s) unanswered within 100 ms");
+        }
+        vec![rate]
     })
     .await;
     rows.push(row("udp echo 64 B, 16 clients", "shared", "dgram/s", p[0], Some(n[0])));

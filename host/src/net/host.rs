@@ -48,7 +48,27 @@ impl From<types::Error> for SocketError {
 }
 
 pub fn to_address(addr: SocketAddr) -> Address {
-    Address { host: Some(addr.ip().to_string()), port: addr.port() }
+    Address { host: Some(ip_text(addr.ip())), port: addr.port() }
+}
+
+/// `ip.to_string()`, with IPv4 (every received datagram's sender, mostly)
+/// written digit by digit instead of through `fmt` (4% of a UDP echo).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else { return ip.to_string() };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 /// The [`TcpConn`] behind a guest handle, cloned out so it can be awaited on
@@ -384,4 +404,21 @@ pub fn add_zero_copy_writes(linker: &mut wasmtime::component::Linker<HostState>)
     )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn ip_text_writes_what_to_string_writes() {
+        for octet in 0..=255u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(octet, 255 - octet, octet / 3, 10));
+            assert_eq!(super::ip_text(ip), ip.to_string());
+        }
+        for ip in ["::1", "fe80::1:2", "::ffff:127.0.0.1", "0.0.0.0"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(super::ip_text(ip), ip.to_string());
+        }
+    }
 }
