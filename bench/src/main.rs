@@ -11,12 +11,6 @@
 mod load;
 mod native;
 
-// The allocator the `portcullis` binary uses, so that the instantiation loop
-// measured in this process costs what it costs in the server (and the native
-// baseline servers get it too).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,17 +42,6 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("native-server") {
         return native::serve();
-    }
-    if args.first().map(String::as_str) == Some("instantiate") {
-        // `portcullis-bench instantiate [N] [SLOTS]`: only the instantiation loop, to
-        // profile it (valgrind cannot reserve the default pool: pass a few SLOTS).
-        let n = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
-        let slots = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let micros = runtime.block_on(instantiation(&root, n, slots))?;
-        println!("{micros:.1} µs median over {n}");
-        return Ok(());
     }
     if let Some(kind @ ("echo-load" | "churn-load" | "latency-load" | "udp-load")) = args.first().map(String::as_str) {
         return load_only(kind, &args[1..]);
@@ -346,32 +329,21 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
 
     eprintln!("bench: instantiation");
-    rows.push(row(
-        "instantiation from InstancePre",
-        "pooling",
-        "µs",
-        instantiation(root, 500, portcullis::engine::POOLED_INSTANCES).await?,
-        None,
-    ));
+    rows.push(row("instantiation from InstancePre", "pooling", "µs", instantiation(20_000)?, None));
     Ok(rows)
 }
 
-/// The median time, in µs, of `n` instantiations of `echo` (a fresh store and
-/// instance each, as a connection gets with `--instances per-connection`).
-async fn instantiation(root: &Path, n: usize, slots: u32) -> Result<f64> {
-    let cache = root.join("target/bench/cache");
-    let runtime = portcullis::Runtime::pooled(slots)?.with_cache_dir(Some(cache));
-    let loaded = runtime.load(Path::new(&guest(root, "echo")), Vec::new(), Default::default())?;
-    for _ in 0..20 {
-        loaded.instantiate_once().await?;
+/// The median time, in µs, of `n` instantiations of `echo`, measured by
+/// `portcullis-instantiate` in a process of its own (with the server's allocator).
+fn instantiation(n: usize) -> Result<f64> {
+    let exe = std::env::current_exe()?.with_file_name("portcullis-instantiate");
+    let out = Command::new(&exe).arg(n.to_string()).output().with_context(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", exe.display(), String::from_utf8_lossy(&out.stderr));
     }
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let started = Instant::now();
-        loaded.instantiate_once().await?;
-        times.push(started.elapsed().as_secs_f64() * 1e6);
-    }
-    Ok(median(times))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let micros = text.split_whitespace().next().context("no output from portcullis-instantiate")?;
+    Ok(micros.parse()?)
 }
 
 fn print_table(rows: &[Row], quick: bool, cores: usize) {

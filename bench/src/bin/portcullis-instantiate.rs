@@ -1,0 +1,42 @@
+//! `portcullis-instantiate [N] [SLOTS]`: the median time of N instantiations of
+//! the `echo` guest from its `InstancePre` on the pooled engine (a fresh store
+//! and instance each, as a connection gets with `--instances per-connection`).
+//!
+//! A process of its own, with the allocator the `portcullis` binary uses
+//! (mimalloc), while `portcullis-bench` and its native baseline keep the system
+//! allocator. `cargo xtask bench` runs it; run it alone to profile the loop
+//! (valgrind cannot reserve the default pool: pass a few SLOTS).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.first().map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+    let slots = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let guest = root.join("target/wasm32-wasip2/release/echo.wasm");
+    let runtime = portcullis::Runtime::pooled(slots)?.with_cache_dir(Some(root.join("target/bench/cache")));
+    let loaded = runtime.load(Path::new(&guest), Vec::new(), Default::default())?;
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut times = tokio.block_on(async {
+        for _ in 0..20 {
+            loaded.instantiate_once().await?;
+        }
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            loaded.instantiate_once().await?;
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        anyhow::Ok(times)
+    })?;
+    times.sort_by(f64::total_cmp);
+    println!("{:.1} µs median over {n}", times[n / 2]);
+    Ok(())
+}
