@@ -104,7 +104,8 @@ pub async fn serve(
         loaded.require_callbacks()?;
     }
     let (sink, conns) = mpsc::unbounded_channel();
-    let limit = options.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    // Beyond tokio's permit ceiling (2^61) a cap is no cap at all.
+    let limit = options.max_connections.map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
     for listener in listeners {
         let accepting =
             accept_loop(listener, options.read_timeout, sink.clone(), limit.clone(), shutdown.clone(), |_| {});
