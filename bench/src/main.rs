@@ -186,7 +186,7 @@ fn portcullis_udp(root: &Path, cache: &Path) -> Result<Server> {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] }
+    if values.len().is_multiple_of(2) { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] }
 }
 
 fn row(scenario: &str, mode: &str, metric: &str, portcullis: f64, native: Option<f64>) -> Row {

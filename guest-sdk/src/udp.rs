@@ -168,17 +168,12 @@ impl UdpClient {
         // A plain call first: it sends at once unless the socket is full or the
         // host is a name to look up.
         if let Some(addr) = to.socket_addr() {
-            let mut last = self.last_peer.borrow_mut();
-            if let Some((ip, known)) = &mut *last
-                && *ip == addr.ip()
-            {
-                known.port = addr.port();
-                if let Some(sent) = self.handle.try_send_to(data, known).map_err(Error::from)? {
-                    return Ok(sent as usize);
+            match self.try_send_to_last_peer(data, addr)? {
+                LastPeer::Sent(sent) => return Ok(sent),
+                LastPeer::Full(known) => {
+                    return self.handle.send_to(data.to_vec(), known).await.map(|n| n as usize).map_err(Error::from);
                 }
-                let known = known.clone();
-                drop(last);
-                return self.handle.send_to(data.to_vec(), known).await.map(|n| n as usize).map_err(Error::from);
+                LastPeer::Other => {}
             }
         }
         let to = to.to_wit();
@@ -186,6 +181,21 @@ impl UdpClient {
             return Ok(sent as usize);
         }
         self.handle.send_to(data.to_vec(), to).await.map(|n| n as usize).map_err(Error::from)
+    }
+
+    /// The plain send to `addr` with the text the host gave for its IP, when
+    /// that IP is the last peer seen.
+    fn try_send_to_last_peer(&self, data: &[u8], addr: SocketAddr) -> Result<LastPeer, Error> {
+        let mut last = self.last_peer.borrow_mut();
+        let Some((ip, known)) = &mut *last else { return Ok(LastPeer::Other) };
+        if *ip != addr.ip() {
+            return Ok(LastPeer::Other);
+        }
+        known.port = addr.port();
+        Ok(match self.handle.try_send_to(data, known).map_err(Error::from)? {
+            Some(sent) => LastPeer::Sent(sent as usize),
+            None => LastPeer::Full(known.clone()),
+        })
     }
 
     /// Receives one whole datagram and its sender. Times out with
@@ -226,7 +236,9 @@ impl UdpClient {
             return Ok((data, SocketAddr::new(*ip, from.port)));
         }
         let peer = to_socket_addr(&from);
-        *last = Some((peer.ip(), from));
+        if from.host.as_deref().is_some_and(|h| h.parse::<IpAddr>().is_ok()) {
+            *last = Some((peer.ip(), from));
+        }
         Ok((data, peer))
     }
 
@@ -251,6 +263,15 @@ impl UdpClient {
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
         self.handle.local_address().map(|addr| to_socket_addr(&addr)).map_err(Error::from)
     }
+}
+
+/// What a send to the last peer seen came to.
+enum LastPeer {
+    Sent(usize),
+    /// The socket is full: the async send, to this address.
+    Full(types::Address),
+    /// Another IP: the address needs its text.
+    Other,
 }
 
 fn to_socket_addr(addr: &types::Address) -> SocketAddr {

@@ -149,15 +149,10 @@ pub async fn read_line(stream: &mut TcpStream) -> String {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut byte)).await {
-            Ok(Ok(1)) => {
-                line.push(byte[0]);
-                if byte[0] == b'\n' {
-                    break;
-                }
-            }
-            _ => break,
+    while let Ok(Ok(1)) = tokio::time::timeout_at(deadline, stream.read(&mut byte)).await {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
         }
     }
     String::from_utf8_lossy(&line).into_owned()

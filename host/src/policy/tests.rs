@@ -70,10 +70,13 @@ fn policy_of(grants: &[&str], block_private: bool) -> Policy {
 const C: Action = Action::Connect;
 const U: Action = Action::Udp;
 
+/// Grants, `--block-private`, then the action, host, port and what should happen.
+type Case = (&'static [&'static str], bool, Action, &'static str, u16, Outcome);
+
 #[test]
 fn the_grant_matcher_table() {
     #[rustfmt::skip]
-    let cases: Vec<(&[&str], bool, Action, &str, u16, Outcome)> = vec![
+    let cases: Vec<Case> = vec![
         // Deny by default.
         (&[], false, C, "db.internal", 5432, Deny),
         (&[], false, C, "10.0.0.5", 5432, Deny),
