@@ -18,6 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+    anyhow::ensure!(n > 0, "usage: portcullis-instantiate [N] [SLOTS], with N at least 1");
     let slots = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let guest = root.join("target/wasm32-wasip2/release/echo.wasm");
