@@ -55,7 +55,7 @@ fn main() -> Result<()> {
             idle_conns: 1000,
         }
     } else {
-        Settings { rounds: 5, run: Duration::from_secs(2), latency_run: Duration::from_secs(3), idle_conns: 5000 }
+        Settings { rounds: 10, run: Duration::from_secs(1), latency_run: Duration::from_millis(1500), idle_conns: 5000 }
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     raise_fd_limit();
@@ -200,22 +200,62 @@ fn row(scenario: &str, mode: &str, metric: &str, portcullis: f64, native: Option
     }
 }
 
-/// Runs `measure` against native and portcullis, alternating, `rounds` times;
-/// returns the medians (native, portcullis) of every value it yields.
-async fn alternate<F, Fut>(rounds: usize, native: SocketAddr, ours: SocketAddr, mut measure: F) -> (Vec<f64>, Vec<f64>)
+/// What [`alternate`] found for each value a measurement yields: the medians
+/// of native's and portcullis's rounds, and the median of the per-round ratios.
+struct Paired {
+    native: Vec<f64>,
+    ours: Vec<f64>,
+    ratio: Vec<f64>,
+}
+
+impl Paired {
+    /// The table row of value `i`.
+    fn row(&self, scenario: &str, mode: &str, metric: &str, i: usize) -> Row {
+        self.scaled_row(scenario, mode, metric, i, 1.0)
+    }
+
+    /// The row of value `i` in another unit (`scale` times it; same ratio).
+    fn scaled_row(&self, scenario: &str, mode: &str, metric: &str, i: usize, scale: f64) -> Row {
+        Row {
+            scenario: scenario.into(),
+            mode: mode.into(),
+            metric: metric.into(),
+            portcullis: self.ours[i] * scale,
+            native: Some(self.native[i] * scale),
+            ratio: Some(self.ratio[i]),
+        }
+    }
+}
+
+/// Runs `measure` against native and portcullis `rounds` times each, in pairs
+/// that alternate which goes first (N P, P N, N P, ...).
+///
+/// The ratio is the median of each pair's ratio, not the ratio of the two
+/// medians: this machine's speed swings by up to 1.8x within seconds (a CPU
+/// loop on one core takes 275-515 ms from one second to the next), and the two
+/// halves of a pair run back to back, so they mostly see the same speed.
+async fn alternate<F, Fut>(rounds: usize, native: SocketAddr, ours: SocketAddr, mut measure: F) -> Paired
 where
     F: FnMut(SocketAddr) -> Fut,
     Fut: std::future::Future<Output = Vec<f64>>,
 {
     let (mut a, mut b): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        a.push(measure(native).await);
-        b.push(measure(ours).await);
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            a.push(measure(native).await);
+            b.push(measure(ours).await);
+        } else {
+            b.push(measure(ours).await);
+            a.push(measure(native).await);
+        }
     }
-    let medians = |runs: Vec<Vec<f64>>| -> Vec<f64> {
-        (0..runs[0].len()).map(|i| median(runs.iter().map(|r| r[i]).collect())).collect()
-    };
-    (medians(a), medians(b))
+    let values = a[0].len();
+    let medians =
+        |runs: &[Vec<f64>]| -> Vec<f64> { (0..values).map(|i| median(runs.iter().map(|r| r[i]).collect())).collect() };
+    let ratio = (0..values)
+        .map(|i| median(a.iter().zip(&b).filter(|(n, _)| n[i] != 0.0).map(|(n, p)| p[i] / n[i]).collect()))
+        .collect();
+    Paired { native: medians(&a), ours: medians(&b), ratio }
 }
 
 async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
@@ -230,39 +270,38 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     for (size, label) in [(64usize, "64 B"), (16 * 1024, "16 KiB")] {
         eprintln!("bench: tcp echo {label}");
         let run = s.run;
-        let (n, p) =
+        let paired =
             alternate(s.rounds, n_tcp, p_tcp, |addr| async move { vec![load::tcp_echo(addr, 50, size, run).await] })
                 .await;
         let scenario = format!("tcp echo {label}, 50 conns");
-        rows.push(row(&scenario, "shared", "msg/s", p[0], Some(n[0])));
-        let mb = |msgs: f64| msgs * size as f64 / 1e6;
-        rows.push(row(&scenario, "shared", "MB/s", mb(p[0]), Some(mb(n[0]))));
+        rows.push(paired.row(&scenario, "shared", "msg/s", 0));
+        rows.push(paired.scaled_row(&scenario, "shared", "MB/s", 0, size as f64 / 1e6));
     }
 
     eprintln!("bench: tcp echo 64 B, an instance per connection");
     let run = s.run;
-    let (n, p) = alternate(s.rounds, n_tcp, ours_per_conn.tcp.unwrap(), |addr| async move {
+    let paired = alternate(s.rounds, n_tcp, ours_per_conn.tcp.unwrap(), |addr| async move {
         vec![load::tcp_echo(addr, 50, 64, run).await]
     })
     .await;
-    rows.push(row("tcp echo 64 B, 50 conns", "per-connection", "msg/s", p[0], Some(n[0])));
+    rows.push(paired.row("tcp echo 64 B, 50 conns", "per-connection", "msg/s", 0));
 
     eprintln!("bench: connection churn");
     for (mode, server) in [("shared", p_tcp), ("per-connection", ours_per_conn.tcp.unwrap())] {
-        let (n, p) =
+        let paired =
             alternate(s.rounds, n_tcp, server, |addr| async move { vec![load::churn(addr, 8, run).await] }).await;
-        rows.push(row("connection churn, 64 B round trip", mode, "conn/s", p[0], Some(n[0])));
+        rows.push(paired.row("connection churn, 64 B round trip", mode, "conn/s", 0));
     }
 
     eprintln!("bench: fixed-rate latency");
     let run = s.latency_run;
-    let (n, p) = alternate(s.rounds, n_tcp, p_tcp, |addr| async move {
+    let paired = alternate(s.rounds, n_tcp, p_tcp, |addr| async move {
         let (p50, p99, p999) = load::fixed_rate(addr, 50, 10_000.0, run).await;
         vec![p50, p99, p999]
     })
     .await;
     for (i, metric) in ["p50 µs", "p99 µs", "p99.9 µs"].iter().enumerate() {
-        rows.push(row("fixed rate 10k msg/s, 50 conns", "shared", metric, p[i], Some(n[i])));
+        rows.push(paired.row("fixed rate 10k msg/s, 50 conns", "shared", metric, i));
     }
 
     eprintln!("bench: idle memory");
@@ -294,7 +333,7 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     eprintln!("bench: udp echo");
     let ours_udp = portcullis_udp(root, &cache)?;
     let run = s.run;
-    let (n, p) = alternate(s.rounds, native.udp.unwrap(), ours_udp.udp.unwrap(), |addr| async move {
+    let paired = alternate(s.rounds, native.udp.unwrap(), ours_udp.udp.unwrap(), |addr| async move {
         let (rate, lost) = load::udp_echo(addr, 16, run).await;
         if lost > 0 {
             eprintln!("bench: udp {addr}: {lost} datagram(s) unanswered within 100 ms");
@@ -302,7 +341,7 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
         vec![rate]
     })
     .await;
-    rows.push(row("udp echo 64 B, 16 clients", "shared", "dgram/s", p[0], Some(n[0])));
+    rows.push(paired.row("udp echo 64 B, 16 clients", "shared", "dgram/s", 0));
     drop(ours_udp);
     drop(native);
 
@@ -329,21 +368,28 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
 
     eprintln!("bench: instantiation");
-    rows.push(row("instantiation from InstancePre", "pooling", "µs", instantiation(20_000)?, None));
+    let (up, down, both) = instantiation(20_000)?;
+    rows.push(row("instantiation from InstancePre", "pooling", "µs", up, None));
+    rows.push(row("tear-down of that instance", "pooling", "µs", down, None));
+    rows.push(row("instantiation + tear-down", "pooling", "µs", both, None));
     Ok(rows)
 }
 
-/// The median time, in µs, of `n` instantiations of `echo`, measured by
-/// `portcullis-instantiate` in a process of its own (with the server's allocator).
-fn instantiation(n: usize) -> Result<f64> {
+/// The medians, in µs, of `n` instantiations of `echo`, of their tear-downs
+/// and of both, measured by `portcullis-instantiate` in a process of its own
+/// (with the server's allocator).
+fn instantiation(n: usize) -> Result<(f64, f64, f64)> {
     let exe = std::env::current_exe()?.with_file_name("portcullis-instantiate");
     let out = Command::new(&exe).arg(n.to_string()).output().with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
         bail!("{} failed: {}", exe.display(), String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let micros = text.split_whitespace().next().context("no output from portcullis-instantiate")?;
-    Ok(micros.parse()?)
+    let numbers: Vec<f64> = text.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    match numbers[..] {
+        [up, _n, down, both] => Ok((up, down, both)),
+        _ => bail!("unexpected output from portcullis-instantiate: {text}"),
+    }
 }
 
 fn print_table(rows: &[Row], quick: bool, cores: usize) {
@@ -355,7 +401,8 @@ fn print_table(rows: &[Row], quick: bool, cores: usize) {
         println!("| {} | {} | {} | {:.1} | {native} | {ratio} |", r.scenario, r.mode, r.metric, r.portcullis);
     }
     println!(
-        "\n{} run, {} cores; servers pinned to core 0, load generator to core 1; medians of alternating rounds.",
+        "\n{} run, {} cores; servers pinned to core 0, load generator to core 1; medians of alternating rounds; \
+         ratio: median of the per-round ratios.",
         if quick { "quick" } else { "full" },
         cores
     );

@@ -47,6 +47,11 @@ use crate::state::{HostState, new_store};
 /// connections under them.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// An instance from [`Loaded::instantiate_once`], kept until dropped.
+pub struct FreshInstance {
+    _store: Store<HostState>,
+}
+
 /// What a component offers, worked out once: its pre-linked form, whether it
 /// exports callbacks, whether it has a `main`.
 pub struct Loaded {
@@ -108,12 +113,13 @@ impl Loaded {
     }
 
     /// Creates a fresh store and instance, as a per-connection instance gets,
-    /// and drops them: what a new instance costs (the bench measures it).
-    pub async fn instantiate_once(&self) -> Result<()> {
+    /// with its callbacks looked up: what a new instance costs (the bench
+    /// measures it). Dropping the result tears it down and frees its pool slot.
+    pub async fn instantiate_once(&self) -> Result<FreshInstance> {
         let (sink, _conns) = mpsc::unbounded_channel();
         let mut store = self.new_store(sink, Arc::new(AtomicUsize::new(0)));
         self.instantiate(&mut store).await?;
-        Ok(())
+        Ok(FreshInstance { _store: store })
     }
 
     /// A new instance in `store`, with its callbacks looked up.
@@ -525,7 +531,11 @@ impl Instance<'_> {
                     // half-close, as a proxy needs): the connection ends when it
                     // closes or shuts its writing, at stop, or after the read
                     // time-out, so a service that ignores the end cannot leak it.
+                    // Biased: a service that already closed (the usual case)
+                    // never arms the timer; arming one wakes tokio's driver
+                    // through its eventfd, a syscall per connection.
                     tokio::select! {
+                        biased;
                         _ = conn.write_done() => {}
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(conn.read_timeout()) => {}

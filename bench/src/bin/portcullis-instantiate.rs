@@ -1,6 +1,8 @@
 //! `portcullis-instantiate [N] [SLOTS]`: the median time of N instantiations of
 //! the `echo` guest from its `InstancePre` on the pooled engine (a fresh store
-//! and instance each, as a connection gets with `--instances per-connection`).
+//! and instance each, callbacks looked up, as a connection gets with
+//! `--instances per-connection`), and of tearing each down again (dropping the
+//! store, which resets its pool slot): a connection pays both.
 //!
 //! A process of its own, with the allocator the `portcullis` binary uses
 //! (mimalloc), while `portcullis-bench` and its native baseline keep the system
@@ -25,19 +27,31 @@ fn main() -> Result<()> {
     let runtime = portcullis::Runtime::pooled(slots)?.with_cache_dir(Some(root.join("target/bench/cache")));
     let loaded = runtime.load(Path::new(&guest), Vec::new(), Default::default())?;
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut times = tokio.block_on(async {
+    let (mut up, mut down) = tokio.block_on(async {
         for _ in 0..20 {
             loaded.instantiate_once().await?;
         }
-        let mut times = Vec::with_capacity(n);
+        let (mut up, mut down) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for _ in 0..n {
             let started = Instant::now();
-            loaded.instantiate_once().await?;
-            times.push(started.elapsed().as_secs_f64() * 1e6);
+            let instance = loaded.instantiate_once().await?;
+            let ready = Instant::now();
+            drop(instance);
+            up.push((ready - started).as_secs_f64() * 1e6);
+            down.push(ready.elapsed().as_secs_f64() * 1e6);
         }
-        anyhow::Ok(times)
+        anyhow::Ok((up, down))
     })?;
-    times.sort_by(f64::total_cmp);
-    println!("{:.1} µs median over {n}", times[n / 2]);
+    let mut both: Vec<f64> = up.iter().zip(&down).map(|(u, d)| u + d).collect();
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[n / 2]
+    };
+    println!(
+        "{:.1} µs median over {n} to instantiate; {:.1} µs to tear down; {:.1} µs both",
+        median(&mut up),
+        median(&mut down),
+        median(&mut both)
+    );
     Ok(())
 }

@@ -53,7 +53,7 @@ pub async fn accept_loop(
             r = listener.accept() => r,
             _ = stop.cancelled() => return,
         };
-        match accepted.and_then(|(stream, _)| TcpConn::new(stream, read_timeout, true)) {
+        match accepted.and_then(|(stream, peer)| TcpConn::from_accept(stream, peer, read_timeout)) {
             Ok(conn) => {
                 if let Some(slot) = slot {
                     conn.hold_slot(slot);

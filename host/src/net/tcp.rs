@@ -112,13 +112,23 @@ pub enum Readiness {
 }
 
 impl TcpConn {
-    /// Wraps a connected stream, `accepted` by a listener or opened by a guest.
-    /// `TCP_NODELAY` is set: services answer small messages and must not wait
-    /// for Nagle.
-    pub fn new(stream: TcpStream, read_timeout: Duration, accepted: bool) -> io::Result<Self> {
+    /// Wraps a stream a listener accepted from `peer` (as `accept` told it:
+    /// asking the socket again would cost a syscall per connection).
+    pub fn from_accept(stream: TcpStream, peer: SocketAddr, read_timeout: Duration) -> io::Result<Self> {
+        Self::new(stream, Some(peer), read_timeout)
+    }
+
+    /// Wraps a connected stream, accepted by a listener (`peer` known) or
+    /// opened by a guest (`None`). `TCP_NODELAY` is set: services answer small
+    /// messages and must not wait for Nagle.
+    fn new(stream: TcpStream, peer: Option<SocketAddr>, read_timeout: Duration) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
-        let remote = stream.peer_addr()?;
+        let accepted = peer.is_some();
+        let remote = match peer {
+            Some(peer) => peer,
+            None => stream.peer_addr()?,
+        };
         let closed = CancellationToken::new();
         Ok(TcpConn(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -158,7 +168,7 @@ impl TcpConn {
         for addr in addrs {
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
-                    return TcpConn::new(stream, read_timeout, false)
+                    return TcpConn::new(stream, None, read_timeout)
                         .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
                 }
                 Ok(Err(e)) => last = e,
@@ -626,8 +636,9 @@ mod tests {
     async fn pair() -> (TcpConn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        (TcpConn::new(stream, Duration::from_secs(5), true).unwrap(), peer)
+        let (stream, from) = listener.accept().await.unwrap();
+        assert_eq!(from, peer.local_addr().unwrap());
+        (TcpConn::from_accept(stream, from, Duration::from_secs(5)).unwrap(), peer)
     }
 
     #[tokio::test]
