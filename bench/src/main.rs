@@ -1,8 +1,8 @@
 //! `portcullis-bench`: portcullis against a native tokio baseline, in one run.
 //!
-//! Every scenario runs against both servers, alternating native and portcullis
-//! over several rounds (A B A B ...), and reports medians and their ratio
-//! (portcullis / native). Servers run in their own processes pinned to core 0;
+//! Every scenario runs against both servers over several rounds, native and
+//! portcullis back to back in each (N P, P N, N P, ...), and reports the medians
+//! of each side and the median of the per-round ratios (portcullis / native). Servers run in their own processes pinned to core 0;
 //! this load generator is pinned to core 1. Results: a Markdown table on stdout
 //! and `target/bench/results.json`.
 //!
