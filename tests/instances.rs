@@ -120,7 +120,7 @@ async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance(
     let options = ServeOptions {
         read_timeout: Duration::from_secs(30),
         instances: Instances::PerConnection,
-        max_connections: Some(2),
+        max_connections: std::num::NonZeroUsize::new(2),
     };
     let service = start_with_options(&runtime, "scenarios", &[("MODE", "echo")], Policy::default(), options);
     let mut clients = echoing_clients(&service, 2).await;

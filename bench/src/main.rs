@@ -201,17 +201,24 @@ fn row(scenario: &str, mode: &str, metric: &str, portcullis: f64, native: Option
 }
 
 /// What [`alternate`] found for each value a measurement yields: the medians
-/// of native's and portcullis's rounds, and the median of the per-round ratios.
+/// of native's and portcullis's rounds, and the medians of the per-round
+/// ratios and differences.
 struct Paired {
     native: Vec<f64>,
     ours: Vec<f64>,
     ratio: Vec<f64>,
+    difference: Vec<f64>,
 }
 
 impl Paired {
     /// The table row of value `i`.
     fn row(&self, scenario: &str, mode: &str, metric: &str, i: usize) -> Row {
         self.scaled_row(scenario, mode, metric, i, 1.0)
+    }
+
+    /// How far above native value `i` is (for targets stated as a difference).
+    fn difference_row(&self, scenario: &str, mode: &str, metric: &str, i: usize) -> Row {
+        row(scenario, mode, metric, self.difference[i], None)
     }
 
     /// The row of value `i` in another unit (`scale` times it; same ratio).
@@ -255,7 +262,8 @@ where
     let ratio = (0..values)
         .map(|i| median(a.iter().zip(&b).filter(|(n, _)| n[i] != 0.0).map(|(n, p)| p[i] / n[i]).collect()))
         .collect();
-    Paired { native: medians(&a), ours: medians(&b), ratio }
+    let difference = (0..values).map(|i| median(a.iter().zip(&b).map(|(n, p)| p[i] - n[i]).collect())).collect();
+    Paired { native: medians(&a), ours: medians(&b), ratio, difference }
 }
 
 async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
@@ -303,6 +311,7 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     for (i, metric) in ["p50 µs", "p99 µs", "p99.9 µs"].iter().enumerate() {
         rows.push(paired.row("fixed rate 10k msg/s, 50 conns", "shared", metric, i));
     }
+    rows.push(paired.difference_row("fixed rate 10k msg/s, 50 conns", "shared", "p99 µs above native", 1));
 
     eprintln!("bench: idle memory");
     // Fresh servers each round: what a previous round allocated (and the

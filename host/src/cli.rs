@@ -104,7 +104,7 @@ impl RunArgs {
             env: self.env.clone(),
             read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
             instances: self.instances,
-            max_connections: self.max_connections.map(std::num::NonZeroUsize::get),
+            max_connections: self.max_connections,
             grants: Grants {
                 connect: self.allow_connect.clone(),
                 listen: self.allow_listen.clone(),
@@ -213,7 +213,9 @@ async fn run(args: RunArgs) -> Result<i32> {
     let runs = ready.into_iter().map(|(spec, loaded, listeners)| {
         let max_connections = match spec.instances {
             Instances::Shared => spec.max_connections,
-            Instances::PerConnection => spec.max_connections.or(Some(args.max_instances as usize)),
+            Instances::PerConnection => {
+                spec.max_connections.or(std::num::NonZeroUsize::new(args.max_instances as usize))
+            }
         };
         let options = ServeOptions { read_timeout: spec.read_timeout, instances: spec.instances, max_connections };
         server::serve(loaded, listeners, options, shutdown.clone())

@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ pub struct ServiceSpec {
     pub read_timeout: Duration,
     pub instances: Instances,
     /// The most connections served at once (`None`: no limit of its own).
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<NonZeroUsize>,
     pub grants: Grants,
 }
 
@@ -125,13 +126,18 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
         if specs.iter().any(|s: &ServiceSpec| s.name == name) {
             bail!("{}: two services are named `{name}`", path.display());
         }
+        // Read as a plain number so that 0 gets this message, not serde's.
+        let max_connections = match entry.max_connections {
+            Some(0) => bail!("{}: service `{name}`: max-connections must be at least 1", path.display()),
+            n => n.and_then(NonZeroUsize::new),
+        };
         let spec = ServiceSpec {
             component,
             listen: entry.listen,
             env: entry.env.into_iter().collect(),
             read_timeout: entry.read_timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_READ_TIMEOUT),
             instances: entry.instances,
-            max_connections: entry.max_connections,
+            max_connections,
             grants: Grants {
                 connect: entry.allow_connect,
                 listen: entry.allow_listen,
@@ -140,9 +146,6 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
             },
             name,
         };
-        if spec.max_connections == Some(0) {
-            bail!("{}: service `{}`: max-connections must be at least 1", path.display(), spec.name);
-        }
         spec.grants.policy().with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
         specs.push(spec);
     }
@@ -202,7 +205,7 @@ mod tests {
         assert_eq!(specs[1].read_timeout, Duration::from_millis(5000));
         assert_eq!(specs[0].instances, Instances::Shared);
         assert_eq!(specs[1].instances, Instances::PerConnection);
-        assert_eq!((specs[0].max_connections, specs[1].max_connections), (None, Some(200)));
+        assert_eq!((specs[0].max_connections, specs[1].max_connections), (None, NonZeroUsize::new(200)));
         assert_eq!(specs[1].grants.connect, vec!["tcp://db.internal:5432"]);
         assert!(specs[1].grants.block_private);
     }

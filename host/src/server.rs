@@ -5,6 +5,7 @@
 //! SIGINT/SIGTERM, tests cancel it when they are done.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +79,7 @@ pub struct ServeOptions {
     pub instances: Instances,
     /// The most connections served at once, over all the listeners; further
     /// ones wait in the listen backlog until one closes. `None`: no limit.
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<NonZeroUsize>,
 }
 
 impl Default for ServeOptions {
@@ -105,7 +106,7 @@ pub async fn serve(
     }
     let (sink, conns) = mpsc::unbounded_channel();
     // Beyond tokio's permit ceiling (2^61) a cap is no cap at all.
-    let limit = options.max_connections.map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+    let limit = options.max_connections.map(|n| Arc::new(Semaphore::new(n.get().min(Semaphore::MAX_PERMITS))));
     for listener in listeners {
         let accepting =
             accept_loop(listener, options.read_timeout, sink.clone(), limit.clone(), shutdown.clone(), |_| {});
