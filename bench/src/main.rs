@@ -55,7 +55,7 @@ fn main() -> Result<()> {
             idle_conns: 1000,
         }
     } else {
-        Settings { rounds: 10, run: Duration::from_secs(1), latency_run: Duration::from_millis(1500), idle_conns: 5000 }
+        Settings { rounds: 10, run: Duration::from_secs(1), latency_run: Duration::from_secs(3), idle_conns: 5000 }
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     raise_fd_limit();
