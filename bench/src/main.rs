@@ -2,8 +2,9 @@
 //!
 //! Every scenario runs against both servers over several rounds, native and
 //! portcullis back to back in each (N P, P N, N P, ...), and reports the medians
-//! of each side and the median of the per-round ratios (portcullis / native). Servers run in their own processes pinned to core 0;
-//! this load generator is pinned to core 1. Results: a Markdown table on stdout
+//! of each side and the median of the per-round ratios (portcullis / native).
+//! Servers run in their own processes pinned to core 0; this load generator is
+//! pinned to core 1. Results: a Markdown table on stdout
 //! and `target/bench/results.json`.
 //!
 //! Run it with `cargo xtask bench [--quick]`.
@@ -206,7 +207,8 @@ fn row(scenario: &str, mode: &str, metric: &str, portcullis: f64, native: Option
 struct Paired {
     native: Vec<f64>,
     ours: Vec<f64>,
-    ratio: Vec<f64>,
+    /// `None` when native measured 0 in every round.
+    ratio: Vec<Option<f64>>,
     difference: Vec<f64>,
 }
 
@@ -229,7 +231,7 @@ impl Paired {
             metric: metric.into(),
             portcullis: self.ours[i] * scale,
             native: Some(self.native[i] * scale),
-            ratio: Some(self.ratio[i]),
+            ratio: self.ratio[i],
         }
     }
 }
@@ -260,7 +262,10 @@ where
     let medians =
         |runs: &[Vec<f64>]| -> Vec<f64> { (0..values).map(|i| median(runs.iter().map(|r| r[i]).collect())).collect() };
     let ratio = (0..values)
-        .map(|i| median(a.iter().zip(&b).filter(|(n, _)| n[i] != 0.0).map(|(n, p)| p[i] / n[i]).collect()))
+        .map(|i| {
+            let ratios: Vec<f64> = a.iter().zip(&b).filter(|(n, _)| n[i] != 0.0).map(|(n, p)| p[i] / n[i]).collect();
+            (!ratios.is_empty()).then(|| median(ratios))
+        })
         .collect();
     let difference = (0..values).map(|i| median(a.iter().zip(&b).map(|(n, p)| p[i] - n[i]).collect())).collect();
     Paired { native: medians(&a), ours: medians(&b), ratio, difference }
