@@ -31,6 +31,20 @@ async fn partial_reads_gather_exact_lengths() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_callback_leaves_unread_come_first_in_the_next() {
+    let service = start_mode("byte-at-a-time").await;
+    let mut client = service.connect().await;
+    // One write, so the host likely delivers it whole; the service takes one
+    // byte per call and gives the rest back each time.
+    let message = b"portcullis gives back what it was not asked for";
+    client.write_all(message).await.unwrap();
+    assert_eq!(read_n(&mut client, message.len()).await, message);
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, b"", "the end comes after the last byte");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_read_waits_for_all_eighteen_bytes() {
     let service = start_mode("blocking").await;
     let mut client = service.connect().await;

@@ -1,5 +1,6 @@
 //! Connections, clients and guest listeners: the SDK face of `portcullis:socket/tcp`.
 
+use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -28,6 +29,42 @@ pub struct Connection {
     handle: ManuallyDrop<tcp::Connection>,
     /// False for the host's handle lent to a callback: the host drops that one.
     owned: bool,
+    /// Bytes `on-read-ready` brought along that the service has not read yet;
+    /// reads serve them first, and the rest goes back to the host when the
+    /// callback ends.
+    delivered: RefCell<Delivered>,
+}
+
+/// The unread part of what the host delivered with `on-read-ready`:
+/// `bytes[start..]` (an offset, so that reading a big delivery in small pieces
+/// copies each byte once).
+#[derive(Default)]
+struct Delivered {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl Delivered {
+    fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    /// Up to `max` bytes (all without a limit) from the front.
+    fn take(&mut self, max: Option<usize>) -> Vec<u8> {
+        let n = max.map_or(self.len(), |max| max.min(self.len()));
+        if n == self.len() && self.start == 0 {
+            return std::mem::take(&mut self.bytes); // the whole delivery: no copy
+        }
+        let out = self.bytes[self.start..self.start + n].to_vec();
+        self.start += n;
+        out
+    }
+
+    /// Puts `bytes` (taken by a read that then failed) back in front.
+    fn restore(&mut self, mut bytes: Vec<u8>) {
+        bytes.extend_from_slice(&self.bytes[self.start..]);
+        *self = Delivered { bytes, start: 0 };
+    }
 }
 
 impl Connection {
@@ -36,11 +73,33 @@ impl Connection {
     /// # Safety
     /// `handle` must be a live borrowed handle for the duration of the returned value.
     pub(crate) unsafe fn borrowed(handle: u32) -> Self {
-        Connection { handle: ManuallyDrop::new(unsafe { tcp::Connection::from_handle(handle) }), owned: false }
+        Connection {
+            handle: ManuallyDrop::new(unsafe { tcp::Connection::from_handle(handle) }),
+            owned: false,
+            delivered: RefCell::default(),
+        }
     }
 
     pub(crate) fn owned(handle: tcp::Connection) -> Self {
-        Connection { handle: ManuallyDrop::new(handle), owned: true }
+        Connection { handle: ManuallyDrop::new(handle), owned: true, delivered: RefCell::default() }
+    }
+
+    /// This handle with the bytes `on-read-ready` brought, read before anything else.
+    pub(crate) fn with_delivered(self, bytes: Vec<u8>) -> Self {
+        *self.delivered.borrow_mut() = Delivered { bytes, start: 0 };
+        self
+    }
+
+    /// Gives what the service left of the delivery back to the host, which
+    /// serves it to the next read (and, if it is all of it, waits for new bytes
+    /// before calling `on_read_ready` again). Called as the callback ends.
+    pub(crate) fn give_back(&self) {
+        let rest = self.delivered.borrow_mut().take(None);
+        if !rest.is_empty() {
+            // Refused only if the host lent less than this, which the SDK never
+            // gives back: nothing to do about it here.
+            let _ = self.handle.unread(&rest);
+        }
     }
 
     /// Reads whatever bytes are available, waiting for at least one. An empty
@@ -58,8 +117,30 @@ impl Connection {
         self.read_with(None).await
     }
 
-    /// A plain (cheap) call first; the async one only when it must wait.
+    /// The delivered bytes first; then a plain (cheap) call, and the async
+    /// one only when it must wait.
     async fn read_with(&self, length: Option<u32>) -> Result<Vec<u8>, Error> {
+        let delivered = self.delivered.borrow_mut().take(length.map(|n| n as usize));
+        let wanted_more = match length {
+            None if !delivered.is_empty() => return Ok(delivered),
+            Some(n) if delivered.len() == n as usize && n > 0 => return Ok(delivered),
+            None => None,
+            Some(n) if delivered.is_empty() => Some(n),
+            Some(n) => Some(n - delivered.len() as u32),
+        };
+        match self.read_from_host(wanted_more).await {
+            Ok(more) if delivered.is_empty() => Ok(more),
+            Ok(more) => Ok([delivered, more].concat()),
+            Err(err) => {
+                if !delivered.is_empty() {
+                    self.delivered.borrow_mut().restore(delivered);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn read_from_host(&self, length: Option<u32>) -> Result<Vec<u8>, Error> {
         if let Some(ready) = self.handle.try_read(length).map_err(Error::from)? {
             return Ok(ready);
         }

@@ -13,9 +13,11 @@ use crate::{Connection, Error};
 /// A socket service: the callbacks the host calls for each connection
 /// (Ballerina's `onConnect`, `onReadReady`, `onError`, plus `on_close`).
 ///
-/// Data is never pushed: `on_read_ready` says bytes (or end of stream) wait, and
-/// the service pulls them with [`Connection::read`]. At most one `on_read_ready`
-/// runs per connection at a time; different connections run concurrently, and
+/// `on_read_ready` says bytes (or end of stream) wait; the service reads them
+/// with [`Connection::read`] on the `conn` it was given. The bytes already there
+/// came along with the callback, so the first read usually costs no call to the
+/// host; bytes it leaves unread are read first next time. At most one
+/// `on_read_ready` runs per connection at a time; different connections run concurrently, and
 /// one waiting in `read_exact` never holds up the others. One value of the type
 /// serves every connection, so its fields are shared state (use `Cell` /
 /// `RefCell`: callbacks interleave but never run in parallel).
@@ -144,27 +146,33 @@ impl<S: Service> Dispatch<S> {
         Ok(callback_use(&DEFAULT_ON_CONNECT))
     }
 
-    pub async fn read_ready(conn: &tcp::Connection) {
+    pub async fn read_ready(conn: &tcp::Connection, data: Vec<u8>) {
         // SAFETY: as above.
-        let conn = unsafe { Connection::borrowed(conn.handle()) };
+        let conn = unsafe { Connection::borrowed(conn.handle()) }.with_delivered(data);
         Self::serve_ready(&conn).await
     }
 
+    /// The service's `on_read_ready` (and `on_error` after a failure), then
+    /// whatever it left unread of the delivered bytes back to the host.
     async fn serve_ready(conn: &Connection) {
         if let Err(err) = service::<S>().on_read_ready(conn).await {
             service::<S>().on_error(conn, err).await;
         }
+        conn.give_back();
     }
 
     /// Serves every connection of the batch at once. Each handle is dropped as
     /// soon as its own callback (and `on_error` after a failure) is done: that
     /// is what tells the host it may deliver that connection again, so one
     /// connection waiting in `read` holds up no other.
-    pub async fn read_ready_batch(ready: Vec<tcp::Connection>) {
-        let mut serving: FuturesUnordered<_> = ready
-            .into_iter()
-            .map(|handle| async move { Self::serve_ready(&Connection::owned(handle)).await })
-            .collect();
+    pub async fn read_ready_batch(ready: Vec<(tcp::Connection, Vec<u8>)>) {
+        let mut serving: FuturesUnordered<_> =
+            ready
+                .into_iter()
+                .map(|(handle, data)| async move {
+                    Self::serve_ready(&Connection::owned(handle).with_delivered(data)).await
+                })
+                .collect();
         while serving.next().await.is_some() {}
     }
 
@@ -187,11 +195,11 @@ impl<S: Service> Guest for Dispatch<S> {
         Self::connect(conn).await
     }
 
-    async fn on_read_ready(conn: &tcp::Connection) {
-        Self::read_ready(conn).await
+    async fn on_read_ready(conn: &tcp::Connection, data: Vec<u8>) {
+        Self::read_ready(conn, data).await
     }
 
-    async fn on_read_ready_batch(ready: Vec<tcp::Connection>) {
+    async fn on_read_ready_batch(ready: Vec<(tcp::Connection, Vec<u8>)>) {
         Self::read_ready_batch(ready).await
     }
 

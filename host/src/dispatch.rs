@@ -362,7 +362,8 @@ async fn call_on_read_ready(
     batch: Vec<Ready>,
 ) -> wasmtime::Result<()> {
     if let [one] = &batch[..] {
-        let result = callbacks.call_on_read_ready(acc, Resource::new_borrow(one.handle)).await;
+        let data = one.conn.lend();
+        let result = callbacks.call_on_read_ready(acc, Resource::new_borrow(one.handle), data).await;
         one.served.finish();
         return result;
     }
@@ -371,8 +372,11 @@ async fn call_on_read_ready(
         let table = &mut a.get().table;
         batch
             .into_iter()
-            .map(|ready| table.push(Connection { conn: ready.conn, served: Some(ready.served) }))
-            .collect::<Result<Vec<_>, _>>()
+            .map(|ready| {
+                let data = ready.conn.lend();
+                Ok((table.push(Connection { conn: ready.conn, served: Some(ready.served) })?, data))
+            })
+            .collect::<Result<Vec<_>, wasmtime::component::ResourceTableError>>()
     })?;
     callbacks.call_on_read_ready_batch(acc, lent).await
 }
@@ -523,6 +527,7 @@ impl Instance<'_> {
             served.reset();
             self.ready.lock().unwrap().push(Ready { conn: conn.clone(), handle: handle.rep(), served: served.clone() });
             served.wait().await;
+            conn.settle_lent();
             match conn.read_state().await {
                 ReadState::Open => {}
                 ReadState::Failed => break,

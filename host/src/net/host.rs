@@ -156,6 +156,11 @@ impl HostConnection for HostState {
         Ok(self.table.get(&this)?.conn.try_read(length).map_err(Into::into))
     }
 
+    fn unread(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<()> {
+        self.touch();
+        Ok(self.table.get(&this)?.conn.unread(data).map_err(Into::into))
+    }
+
     // What the bindings require; `add_zero_copy_writes` links a copy-free twin instead.
     fn try_write(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
         self.touch();

@@ -81,6 +81,9 @@ struct ReadSide {
     arrivals: u64,
     /// Counts guest reads that took bytes.
     takes: u64,
+    /// Bytes the running `on-read-ready` brought along ([`TcpConn::lend`]),
+    /// as many as the guest may still give back with `unread`.
+    lent: usize,
 }
 
 /// Where the dispatcher stands with a connection, to tell "new" from "already seen".
@@ -147,6 +150,7 @@ impl TcpConn {
                 end_seen: false,
                 arrivals: 0,
                 takes: 0,
+                lent: 0,
             }),
             write_shut: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
@@ -306,6 +310,65 @@ impl TcpConn {
             return Ok(Some(Vec::new()));
         }
         Ok(None)
+    }
+
+    /// Hands everything read ahead to the guest with its `on-read-ready`: the
+    /// bytes are the guest's from now on (a take), except what it gives back
+    /// with [`TcpConn::unread`] before the callback ends. Nothing while a
+    /// waiting read queues (those bytes are its), or after `shutdown-read`.
+    pub fn lend(&self) -> Vec<u8> {
+        let inner = &*self.0;
+        if inner.read_shut.load(Ordering::Acquire) || inner.reader.busy() {
+            return Vec::new();
+        }
+        let mut side = self.side();
+        let n = side.buf.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        side.lent = n;
+        side.takes += 1;
+        inner.consumed.notify_one();
+        side.take(n)
+    }
+
+    /// Puts back in front the tail of what [`TcpConn::lend`] handed over that
+    /// the guest did not read. Giving back all of it undoes the take, so the
+    /// dispatcher waits for new bytes before calling again (a service that
+    /// never reads costs no CPU). More than was lent is refused: the guest
+    /// cannot grow the buffer past its bound.
+    pub fn unread(&self, data: Vec<u8>) -> Result<(), SocketError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut side = self.side();
+        if data.len() > side.lent {
+            return Err(SocketError::generic(format!(
+                "unread gives back {} bytes, but on-read-ready brought {} still unread",
+                data.len(),
+                side.lent
+            )));
+        }
+        if data.len() == side.lent {
+            side.takes -= 1;
+        }
+        side.lent = 0;
+        if side.buf.is_empty() {
+            side.buf = BytesMut::from(&data[..]);
+        } else {
+            let rest = std::mem::take(&mut side.buf);
+            let mut joined = BytesMut::with_capacity(data.len() + rest.len());
+            joined.extend_from_slice(&data);
+            joined.extend_from_slice(&rest);
+            side.buf = joined;
+        }
+        Ok(())
+    }
+
+    /// Ends the lending of the callback that just returned: a late `unread`
+    /// (from a handle kept beyond it) is refused.
+    pub fn settle_lent(&self) {
+        self.side().lent = 0;
     }
 
     /// Writes every byte of `data` or fails; never a silent partial write.
@@ -688,6 +751,44 @@ mod tests {
         assert_eq!(conn.try_read(None).unwrap().unwrap(), b"");
         assert_eq!(conn.read_state().await, ReadState::Ended);
         assert!(conn.try_read(Some(0)).is_err());
+    }
+
+    #[tokio::test]
+    async fn lent_bytes_given_back_are_read_again_and_count_as_unread() {
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"abcdef").await.unwrap();
+        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
+        assert_eq!(conn.lend(), b"abcdef");
+        assert!(conn.unread(b"abcdefg".to_vec()).is_err(), "more than was lent");
+        conn.unread(b"abcdef".to_vec()).unwrap();
+        conn.settle_lent();
+        // All given back: nothing new for the guest until more bytes come.
+        let not_yet = tokio::time::timeout(Duration::from_millis(100), conn.wait_ready(seen)).await;
+        assert!(not_yet.is_err(), "fired again for bytes the guest gave back untouched");
+        peer.write_all(b"gh").await.unwrap();
+        let Readiness::Ready(seen) = conn.wait_ready(seen).await else { panic!("not ready") };
+        assert_eq!(conn.lend(), b"abcdefgh");
+        // Part given back: the guest read something, so it is called again at once.
+        conn.unread(b"fgh".to_vec()).unwrap();
+        assert!(conn.unread(b"h".to_vec()).is_err(), "given back already");
+        conn.settle_lent();
+        assert!(matches!(conn.wait_ready(seen).await, Readiness::Ready(_)));
+        assert_eq!(conn.try_read(None).unwrap().unwrap(), b"fgh");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_lent_past_a_waiting_read() {
+        let (conn, mut peer) = pair().await;
+        let reader = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.read(Some(4)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peer.write_all(b"ab").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(conn.lend(), b"", "the waiting read owns what comes");
+        peer.write_all(b"cd").await.unwrap();
+        assert_eq!(reader.await.unwrap().unwrap(), b"abcd");
     }
 
     #[tokio::test]

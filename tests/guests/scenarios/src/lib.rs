@@ -94,6 +94,15 @@ impl Service for Scenarios {
                 }
                 conn.write_all(format!("joins {}\n", self.joins.get()).as_bytes()).await?;
             }
+            // One byte per callback, echoed: the rest of each delivery goes back
+            // to the host and must come again, in order, in the next calls.
+            "byte-at-a-time" => {
+                let byte = conn.read_exact(1).await?;
+                if byte.is_empty() {
+                    return conn.close();
+                }
+                conn.write_all(&byte).await?;
+            }
             // Never reads: the host must not call this again until new bytes come.
             "never-read" => {
                 self.read_ready_calls.set(self.read_ready_calls.get() + 1);
