@@ -29,6 +29,17 @@ use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE};
 /// Most bytes the host reads ahead of the guest, per connection.
 pub const READ_AHEAD_LIMIT: usize = 64 * 1024;
 
+/// The smallest buffer a read-ahead starts with. Buffers are handed to the
+/// guest whole, so each fill of an empty buffer allocates a new one: sized to
+/// what the connection brought last time (twice that, up to the limit)
+/// rather than the limit, small messages cost a small allocation (a 64 KiB
+/// one each took the allocator's slow path: ~5% of a 64-byte echo).
+const MIN_FILL: usize = 4 * 1024;
+
+/// Up to this many bytes, a guest's read copies them out of the buffer
+/// (see `ReadSide::take`).
+const COPY_OUT_MAX: usize = 1024;
+
 /// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -84,6 +95,8 @@ struct ReadSide {
     /// Bytes the running `on-read-ready` brought along ([`TcpConn::lend`]),
     /// as many as the guest may still give back with `unread`.
     lent: usize,
+    /// Bytes the last fill brought, to size the next buffer (see [`MIN_FILL`]).
+    last_fill: usize,
 }
 
 /// Where the dispatcher stands with a connection, to tell "new" from "already seen".
@@ -151,6 +164,7 @@ impl TcpConn {
                 arrivals: 0,
                 takes: 0,
                 lent: 0,
+                last_fill: 0,
             }),
             write_shut: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
@@ -617,25 +631,41 @@ impl ReadSide {
         self.eof = true;
     }
 
-    /// Reads from the socket until it would block or the buffer is full.
-    /// Returns whether anything happened (bytes, end of stream or an error).
-    /// The first `n` buffered bytes, as the guest gets them. Taking everything
-    /// hands over the buffer itself (no copy: at 16 KiB messages the copies
-    /// were a fifth of the server's time); the next fill starts a new one.
+    /// The first `n` buffered bytes, as the guest gets them. Taking all of a
+    /// big buffer hands over the buffer itself (no copy: at 16 KiB messages
+    /// the copies were a fifth of the server's time), and the next fill starts
+    /// a new one. A few bytes are copied out instead and the buffer is kept
+    /// for the next fill: allocating a small vector is the allocator's fast
+    /// path, a buffer is not (as native's echo, a connection that goes idle
+    /// after a message then keeps a small buffer, untouched beyond its first page).
     fn take(&mut self, n: usize) -> Vec<u8> {
-        if n == self.buf.len() { Vec::from(std::mem::take(&mut self.buf)) } else { self.buf.split_to(n).to_vec() }
+        if n == self.buf.len() {
+            if n <= COPY_OUT_MAX {
+                let out = self.buf.to_vec();
+                self.buf.clear();
+                return out;
+            }
+            return Vec::from(std::mem::take(&mut self.buf));
+        }
+        self.buf.split_to(n).to_vec()
     }
 
+    /// Reads from the socket until it would block or the buffer is full.
+    /// Returns whether anything happened (bytes, end of stream or an error).
     fn fill_from(&mut self, stream: &TcpStream) -> bool {
         let mut progressed = false;
+        let mut brought = 0;
         while !self.eof {
             let room = READ_AHEAD_LIMIT.saturating_sub(self.buf.len());
             if room == 0 {
                 break;
             }
-            // Room for everything up to the limit at once: growing a full
-            // buffer (reserve a bit, read, reserve more) copies what it holds.
-            self.buf.reserve(room);
+            // Room for twice what came last time (or in this fill so far),
+            // so that one `recv` usually takes it all: growing a full buffer
+            // copies what it holds, and a `recv` that fills it needs another.
+            let want = room.min((self.last_fill.max(brought) * 2).max(MIN_FILL));
+            self.buf.reserve(want);
+            let window = self.buf.spare_capacity_mut().len().min(room);
             // A short read emptied the socket of data, but an end of stream
             // already signalled still needs the next `recv` to be seen.
             let end_signalled = stream
@@ -645,16 +675,17 @@ impl ReadSide {
                 .is_some_and(|ready| ready.is_read_closed());
             let mut got = 0;
             let read = stream.try_io(Interest::READABLE, || {
-                got = socket2::SockRef::from(stream).recv(&mut self.buf.spare_capacity_mut()[..room])?;
+                got = socket2::SockRef::from(stream).recv(&mut self.buf.spare_capacity_mut()[..window])?;
                 // Otherwise, saying "would block" after a short read makes tokio
                 // forget the readiness, which saves the second `recv` that would
                 // only find nothing (one syscall per message). Whatever arrives
                 // later raises a new readiness event, so nothing is missed.
-                if got > 0 && got < room && !end_signalled { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+                if got > 0 && got < window && !end_signalled { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
             });
             if got > 0 {
                 // SAFETY: `recv` initialised `got` bytes of the spare capacity.
                 unsafe { self.buf.set_len(self.buf.len() + got) };
+                brought += got;
                 self.arrivals += 1;
                 progressed = true;
                 if read.is_err() {
@@ -675,6 +706,9 @@ impl ReadSide {
             }
             self.arrivals += 1;
             progressed = true;
+        }
+        if brought > 0 {
+            self.last_fill = brought;
         }
         progressed
     }
@@ -774,6 +808,31 @@ mod tests {
         conn.settle_lent();
         assert!(matches!(conn.wait_ready(seen).await, Readiness::Ready(_)));
         assert_eq!(conn.try_read(None).unwrap().unwrap(), b"fgh");
+    }
+
+    #[tokio::test]
+    async fn a_few_bytes_are_copied_out_and_a_big_buffer_is_handed_over() {
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"small").await.unwrap();
+        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
+        assert_eq!(conn.lend(), b"small");
+        let kept = conn.side().buf.capacity();
+        assert!(kept >= MIN_FILL, "the buffer stays for the next fill (capacity {kept})");
+        // A big burst: the buffer grows to take it, whole and in order.
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&big).await.unwrap();
+        let mut got = Vec::new();
+        let mut seen = seen;
+        while got.len() < big.len() {
+            let Readiness::Ready(now) = conn.wait_ready(seen).await else { panic!("not ready") };
+            seen = now;
+            let lent = conn.lend();
+            if lent.len() > COPY_OUT_MAX {
+                assert_eq!(conn.side().buf.capacity(), 0, "a big delivery takes the buffer along");
+            }
+            got.extend(lent);
+        }
+        assert_eq!(got, big);
     }
 
     #[tokio::test]
