@@ -18,6 +18,18 @@ async fn server_echo_returns_the_bytes_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_and_the_end_sent_together_are_both_served() {
+    let service = start_mode("echo").await;
+    let mut client = service.connect().await;
+    // Likely one delivery with the end: the echo reads once per callback, so
+    // it must be called again for the end, and then it closes.
+    client.write_all(b"last words").await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, b"last words");
+    assert_eq!(service.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_reads_gather_exact_lengths() {
     let service = start_mode("partial").await;
     let mut client = service.connect().await;

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::__bindings::portcullis::socket::{tcp, types};
+use crate::__bindings::service::exports::portcullis::socket::callbacks::Delivery;
 use crate::Error;
 
 /// One TCP connection: accepted by a listener (handed to your [`Service`]
@@ -37,16 +38,24 @@ pub struct Connection {
 
 /// The unread part of what the host delivered with `on-read-ready`:
 /// `bytes[start..]` (an offset, so that reading a big delivery in small pieces
-/// copies each byte once).
+/// copies each byte once), and whether the stream ends after them.
 #[derive(Default)]
 struct Delivered {
     bytes: Vec<u8>,
     start: usize,
+    end: bool,
+    /// A read returned that end.
+    end_read: bool,
 }
 
 impl Delivered {
     fn len(&self) -> usize {
         self.bytes.len() - self.start
+    }
+
+    /// Nothing is left but the end of the stream.
+    fn at_end(&self) -> bool {
+        self.end && self.len() == 0
     }
 
     /// Up to `max` bytes (all without a limit) from the front.
@@ -63,7 +72,7 @@ impl Delivered {
     /// Puts `bytes` (taken by a read that then failed) back in front.
     fn restore(&mut self, mut bytes: Vec<u8>) {
         bytes.extend_from_slice(&self.bytes[self.start..]);
-        *self = Delivered { bytes, start: 0 };
+        *self = Delivered { bytes, start: 0, end: self.end, end_read: false };
     }
 }
 
@@ -84,9 +93,9 @@ impl Connection {
         Connection { handle: ManuallyDrop::new(handle), owned: true, delivered: RefCell::default() }
     }
 
-    /// This handle with the bytes `on-read-ready` brought, read before anything else.
-    pub(crate) fn with_delivered(self, bytes: Vec<u8>) -> Self {
-        *self.delivered.borrow_mut() = Delivered { bytes, start: 0 };
+    /// This handle with what `on-read-ready` brought, read before anything else.
+    pub(crate) fn with_delivery(self, delivery: Delivery) -> Self {
+        *self.delivered.borrow_mut() = Delivered { bytes: delivery.data, start: 0, end: delivery.end, end_read: false };
         self
     }
 
@@ -94,8 +103,11 @@ impl Connection {
     /// serves it to the next read (and, if it is all of it, waits for new bytes
     /// before calling `on_read_ready` again). Called as the callback ends.
     pub(crate) fn give_back(&self) {
-        let rest = self.delivered.borrow_mut().take(None);
-        if !rest.is_empty() {
+        let (rest, end_unread) = {
+            let mut d = self.delivered.borrow_mut();
+            (d.take(None), d.end && !d.end_read)
+        };
+        if !rest.is_empty() || end_unread {
             // Refused only if the host lent less than this, which the SDK never
             // gives back: nothing to do about it here.
             let _ = self.handle.unread(&rest);
@@ -117,13 +129,23 @@ impl Connection {
         self.read_with(None).await
     }
 
-    /// The delivered bytes first; then a plain (cheap) call, and the async
-    /// one only when it must wait.
+    /// The delivered bytes (and end) first; then a plain (cheap) call, and
+    /// the async one only when it must wait.
     async fn read_with(&self, length: Option<u32>) -> Result<Vec<u8>, Error> {
-        let delivered = self.delivered.borrow_mut().take(length.map(|n| n as usize));
+        let (delivered, at_end) = {
+            let mut d = self.delivered.borrow_mut();
+            let taken = d.take(length.map(|n| n as usize));
+            let at_end = d.at_end() && length != Some(0);
+            // As on the host: only an empty answer reads the end (a short one
+            // brings the last bytes first).
+            if at_end && taken.is_empty() {
+                d.end_read = true;
+            }
+            (taken, at_end)
+        };
         let wanted_more = match length {
-            None if !delivered.is_empty() => return Ok(delivered),
-            Some(n) if delivered.len() == n as usize && n > 0 => return Ok(delivered),
+            None if !delivered.is_empty() || at_end => return Ok(delivered),
+            Some(n) if n > 0 && (delivered.len() == n as usize || at_end) => return Ok(delivered),
             None => None,
             Some(n) if delivered.is_empty() => Some(n),
             Some(n) => Some(n - delivered.len() as u32),

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::__bindings::portcullis::socket::{tcp, types};
-use crate::__bindings::service::exports::portcullis::socket::callbacks::{CallbackUse, Guest};
+use crate::__bindings::service::exports::portcullis::socket::callbacks::{CallbackUse, Delivery, Guest};
 use crate::{Connection, Error};
 
 /// A socket service: the callbacks the host calls for each connection
@@ -146,9 +146,9 @@ impl<S: Service> Dispatch<S> {
         Ok(callback_use(&DEFAULT_ON_CONNECT))
     }
 
-    pub async fn read_ready(conn: &tcp::Connection, data: Vec<u8>) {
+    pub async fn read_ready(conn: &tcp::Connection, delivery: Delivery) {
         // SAFETY: as above.
-        let conn = unsafe { Connection::borrowed(conn.handle()) }.with_delivered(data);
+        let conn = unsafe { Connection::borrowed(conn.handle()) }.with_delivery(delivery);
         Self::serve_ready(&conn).await
     }
 
@@ -165,14 +165,13 @@ impl<S: Service> Dispatch<S> {
     /// soon as its own callback (and `on_error` after a failure) is done: that
     /// is what tells the host it may deliver that connection again, so one
     /// connection waiting in `read` holds up no other.
-    pub async fn read_ready_batch(ready: Vec<(tcp::Connection, Vec<u8>)>) {
-        let mut serving: FuturesUnordered<_> =
-            ready
-                .into_iter()
-                .map(|(handle, data)| async move {
-                    Self::serve_ready(&Connection::owned(handle).with_delivered(data)).await
-                })
-                .collect();
+    pub async fn read_ready_batch(ready: Vec<(tcp::Connection, Delivery)>) {
+        let mut serving: FuturesUnordered<_> = ready
+            .into_iter()
+            .map(|(handle, delivery)| async move {
+                Self::serve_ready(&Connection::owned(handle).with_delivery(delivery)).await
+            })
+            .collect();
         while serving.next().await.is_some() {}
     }
 
@@ -195,11 +194,11 @@ impl<S: Service> Guest for Dispatch<S> {
         Self::connect(conn).await
     }
 
-    async fn on_read_ready(conn: &tcp::Connection, data: Vec<u8>) {
-        Self::read_ready(conn, data).await
+    async fn on_read_ready(conn: &tcp::Connection, delivery: Delivery) {
+        Self::read_ready(conn, delivery).await
     }
 
-    async fn on_read_ready_batch(ready: Vec<(tcp::Connection, Vec<u8>)>) {
+    async fn on_read_ready_batch(ready: Vec<(tcp::Connection, Delivery)>) {
         Self::read_ready_batch(ready).await
     }
 

@@ -37,7 +37,9 @@ use wasmtime::component::{
 use wasmtime::{Engine, Store};
 
 use crate::bindings::Service;
-use crate::bindings::exports::portcullis::socket::callbacks::{CallbackUse, Guest as Callbacks, GuestIndices};
+use crate::bindings::exports::portcullis::socket::callbacks::{
+    CallbackUse, Delivery, Guest as Callbacks, GuestIndices,
+};
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, Served, TcpConn};
 use crate::policy::Policy;
@@ -362,8 +364,7 @@ async fn call_on_read_ready(
     batch: Vec<Ready>,
 ) -> wasmtime::Result<()> {
     if let [one] = &batch[..] {
-        let data = one.conn.lend();
-        let result = callbacks.call_on_read_ready(acc, Resource::new_borrow(one.handle), data).await;
+        let result = callbacks.call_on_read_ready(acc, Resource::new_borrow(one.handle), delivery(&one.conn)).await;
         one.served.finish();
         return result;
     }
@@ -373,12 +374,18 @@ async fn call_on_read_ready(
         batch
             .into_iter()
             .map(|ready| {
-                let data = ready.conn.lend();
-                Ok((table.push(Connection { conn: ready.conn, served: Some(ready.served) })?, data))
+                let delivery = delivery(&ready.conn);
+                Ok((table.push(Connection { conn: ready.conn, served: Some(ready.served) })?, delivery))
             })
             .collect::<Result<Vec<_>, wasmtime::component::ResourceTableError>>()
     })?;
     callbacks.call_on_read_ready_batch(acc, lent).await
+}
+
+/// What `on-read-ready` brings along for `conn` (see `TcpConn::lend`).
+fn delivery(conn: &TcpConn) -> Delivery {
+    let (data, end) = conn.lend();
+    Delivery { data, end }
 }
 
 impl Instance<'_> {

@@ -158,10 +158,13 @@ pub async fn read_line(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-/// Reads everything until end of stream (bounded by 5 s).
+/// Reads everything until end of stream, which must come within 5 s (a
+/// service that missed the end would only close at its read time-out, 30 s in
+/// these tests). A reset counts as an end.
 pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(ended.is_ok(), "no end of stream within 5 s (got {:?} so far)", String::from_utf8_lossy(&out));
     out
 }
 

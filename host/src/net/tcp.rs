@@ -95,6 +95,8 @@ struct ReadSide {
     /// Bytes the running `on-read-ready` brought along ([`TcpConn::lend`]),
     /// as many as the guest may still give back with `unread`.
     lent: usize,
+    /// That delivery also told the guest the stream ends (and so set `end_seen`).
+    lent_end: bool,
     /// Bytes the last fill brought, to size the next buffer (see [`MIN_FILL`]).
     last_fill: usize,
 }
@@ -164,6 +166,7 @@ impl TcpConn {
                 arrivals: 0,
                 takes: 0,
                 lent: 0,
+                lent_end: false,
                 last_fill: 0,
             }),
             write_shut: AtomicBool::new(false),
@@ -326,35 +329,44 @@ impl TcpConn {
         Ok(None)
     }
 
-    /// Hands everything read ahead to the guest with its `on-read-ready`: the
-    /// bytes are the guest's from now on (a take), except what it gives back
+    /// Hands everything read ahead to the guest with its `on-read-ready`, and
+    /// whether the stream ends right after it: the bytes are the guest's from
+    /// now on (a take), and the end counts as seen, except what it gives back
     /// with [`TcpConn::unread`] before the callback ends. Nothing while a
     /// waiting read queues (those bytes are its), or after `shutdown-read`.
-    pub fn lend(&self) -> Vec<u8> {
+    /// A failed socket's end is not handed over: the guest's next read
+    /// reports the error.
+    pub fn lend(&self) -> (Vec<u8>, bool) {
         let inner = &*self.0;
         if inner.read_shut.load(Ordering::Acquire) || inner.reader.busy() {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         let mut side = self.side();
         let n = side.buf.len();
-        if n == 0 {
-            return Vec::new();
+        let data = if n == 0 {
+            Vec::new()
+        } else {
+            side.lent = n;
+            side.takes += 1;
+            inner.consumed.notify_one();
+            side.take(n)
+        };
+        let end = side.eof && !side.failed && !side.end_seen;
+        if end {
+            side.end_seen = true;
+            side.lent_end = true;
         }
-        side.lent = n;
-        side.takes += 1;
-        inner.consumed.notify_one();
-        side.take(n)
+        (data, end)
     }
 
     /// Puts back in front the tail of what [`TcpConn::lend`] handed over that
-    /// the guest did not read. Giving back all of it undoes the take, so the
-    /// dispatcher waits for new bytes before calling again (a service that
-    /// never reads costs no CPU). More than was lent is refused: the guest
-    /// cannot grow the buffer past its bound.
+    /// the guest did not read (possibly nothing), and the end of stream with
+    /// it if that delivery told of one: the guest did not read that far.
+    /// Giving back all the bytes undoes the take, so the dispatcher waits for
+    /// new bytes before calling again (a service that never reads costs no
+    /// CPU). More than was lent is refused: the guest cannot grow the buffer
+    /// past its bound.
     pub fn unread(&self, data: Vec<u8>) -> Result<(), SocketError> {
-        if data.is_empty() {
-            return Ok(());
-        }
         let mut side = self.side();
         if data.len() > side.lent {
             return Err(SocketError::generic(format!(
@@ -363,13 +375,15 @@ impl TcpConn {
                 side.lent
             )));
         }
-        if data.len() == side.lent {
+        if side.lent > 0 && data.len() == side.lent {
             side.takes -= 1;
         }
+        if side.lent_end {
+            side.end_seen = false;
+        }
         side.lent = 0;
-        if side.buf.is_empty() {
-            side.buf = BytesMut::from(&data[..]);
-        } else {
+        side.lent_end = false;
+        if !data.is_empty() {
             let rest = std::mem::take(&mut side.buf);
             let mut joined = BytesMut::with_capacity(data.len() + rest.len());
             joined.extend_from_slice(&data);
@@ -382,7 +396,9 @@ impl TcpConn {
     /// Ends the lending of the callback that just returned: a late `unread`
     /// (from a handle kept beyond it) is refused.
     pub fn settle_lent(&self) {
-        self.side().lent = 0;
+        let mut side = self.side();
+        side.lent = 0;
+        side.lent_end = false;
     }
 
     /// Writes every byte of `data` or fails; never a silent partial write.
@@ -792,7 +808,7 @@ mod tests {
         let (conn, mut peer) = pair().await;
         peer.write_all(b"abcdef").await.unwrap();
         let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
-        assert_eq!(conn.lend(), b"abcdef");
+        assert_eq!(conn.lend(), (b"abcdef".to_vec(), false));
         assert!(conn.unread(b"abcdefg".to_vec()).is_err(), "more than was lent");
         conn.unread(b"abcdef".to_vec()).unwrap();
         conn.settle_lent();
@@ -801,7 +817,7 @@ mod tests {
         assert!(not_yet.is_err(), "fired again for bytes the guest gave back untouched");
         peer.write_all(b"gh").await.unwrap();
         let Readiness::Ready(seen) = conn.wait_ready(seen).await else { panic!("not ready") };
-        assert_eq!(conn.lend(), b"abcdefgh");
+        assert_eq!(conn.lend(), (b"abcdefgh".to_vec(), false));
         // Part given back: the guest read something, so it is called again at once.
         conn.unread(b"fgh".to_vec()).unwrap();
         assert!(conn.unread(b"h".to_vec()).is_err(), "given back already");
@@ -815,7 +831,7 @@ mod tests {
         let (conn, mut peer) = pair().await;
         peer.write_all(b"small").await.unwrap();
         let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
-        assert_eq!(conn.lend(), b"small");
+        assert_eq!(conn.lend().0, b"small");
         let kept = conn.side().buf.capacity();
         assert!(kept >= MIN_FILL, "the buffer stays for the next fill (capacity {kept})");
         // A big burst: the buffer grows to take it, whole and in order.
@@ -826,13 +842,44 @@ mod tests {
         while got.len() < big.len() {
             let Readiness::Ready(now) = conn.wait_ready(seen).await else { panic!("not ready") };
             seen = now;
-            let lent = conn.lend();
+            let (lent, _) = conn.lend();
             if lent.len() > COPY_OUT_MAX {
                 assert_eq!(conn.side().buf.capacity(), 0, "a big delivery takes the buffer along");
             }
             got.extend(lent);
         }
         assert_eq!(got, big);
+    }
+
+    #[tokio::test]
+    async fn the_end_comes_along_and_is_unseen_when_bytes_go_back() {
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"bye").await.unwrap();
+        peer.shutdown().await.unwrap();
+        let mut seen = ReadMark::default();
+        // The bytes and the end may come in one read-ahead or in two.
+        let mut delivered = Vec::new();
+        let ended = loop {
+            let Readiness::Ready(now) = conn.wait_ready(seen).await else { panic!("not ready") };
+            seen = now;
+            let (data, end) = conn.lend();
+            delivered.extend(data);
+            if end {
+                break true;
+            }
+            conn.settle_lent();
+        };
+        assert!(ended);
+        assert_eq!(delivered, b"bye");
+        assert_eq!(conn.read_state().await, ReadState::Ended, "the guest was told of the end");
+        if conn.side().lent > 0 {
+            // Giving the bytes back un-sees the end: it comes after them.
+            conn.unread(b"bye".to_vec()).unwrap();
+            assert_eq!(conn.read_state().await, ReadState::Open);
+            assert_eq!(conn.try_read(None).unwrap().unwrap(), b"bye");
+            assert_eq!(conn.try_read(None).unwrap().unwrap(), b"");
+            assert_eq!(conn.read_state().await, ReadState::Ended);
+        }
     }
 
     #[tokio::test]
@@ -845,7 +892,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         peer.write_all(b"ab").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(conn.lend(), b"", "the waiting read owns what comes");
+        assert_eq!(conn.lend(), (Vec::new(), false), "the waiting read owns what comes");
         peer.write_all(b"cd").await.unwrap();
         assert_eq!(reader.await.unwrap().unwrap(), b"abcd");
     }
