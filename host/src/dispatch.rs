@@ -520,10 +520,13 @@ impl Instance<'_> {
         }
         let served = Arc::new(Served::default());
         let mut seen = ReadMark::default();
+        // One wait for the stop per connection, not one per message: each new
+        // one registers with the token (a mutex) and unregisters when dropped.
+        let mut stop = std::pin::pin!(shutdown.cancelled());
         loop {
             let readiness = tokio::select! {
                 r = conn.wait_ready(seen) => r,
-                _ = shutdown.cancelled() => Readiness::Closed,
+                _ = &mut stop => Readiness::Closed,
             };
             match readiness {
                 Readiness::Ready(now) => seen = now,
@@ -549,7 +552,7 @@ impl Instance<'_> {
                     tokio::select! {
                         biased;
                         _ = conn.write_done() => {}
-                        _ = shutdown.cancelled() => {}
+                        _ = &mut stop => {}
                         _ = tokio::time::sleep(conn.read_timeout()) => {}
                     }
                     break;

@@ -7,10 +7,12 @@
 //! - [`host`]: the generated WIT traits, implemented by looking up the resource,
 //!   converting, and delegating to `tcp` / `listener`.
 //! - [`error`]: the errors a guest sees.
+//! - `closing`: a socket's "closed", cheap to check on every call.
 //!
 //! Nothing here knows about instances or callbacks: new connections that need
 //! callbacks are handed to the dispatcher through [`NetCtx::new_connections`].
 
+mod closing;
 pub mod error;
 pub mod host;
 pub mod listener;

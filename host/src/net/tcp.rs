@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use super::closing::Closing;
 use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE};
 
 /// Most bytes the host reads ahead of the guest, per connection.
@@ -65,8 +66,8 @@ struct Inner {
     writer: Gate,
     write_shut: AtomicBool,
     read_shut: AtomicBool,
-    /// Cancelled by `close`: wakes every read, write and dispatcher waiting on it.
-    closed: CancellationToken,
+    /// Set by `close`, which wakes every read, write and dispatcher waiting on it.
+    closed: Closing,
     /// Cancelled by `shutdown-write` and by `close` (a child of `closed`).
     write_done: CancellationToken,
     /// Wakes the dispatcher when the guest consumed bytes from a full buffer.
@@ -147,7 +148,7 @@ impl TcpConn {
             Some(peer) => peer,
             None => stream.peer_addr()?,
         };
-        let closed = CancellationToken::new();
+        let closed = Closing::default();
         Ok(TcpConn(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             accepted,
@@ -220,7 +221,7 @@ impl TcpConn {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.0.closed.is_cancelled()
+        self.0.closed.is_closed()
     }
 
     /// Reads for the guest. `None`: what is available, waiting for at least one
@@ -267,14 +268,14 @@ impl TcpConn {
                     }
                     return Ok(out);
                 }
-                if inner.closed.is_cancelled() {
+                if inner.closed.is_closed() {
                     return Err(SocketError::generic("socket is closed"));
                 }
             }
             // Nothing buffered: wait for the socket, bounded by the read time-out.
             let waited = tokio::select! {
                 r = tokio::time::timeout(inner.read_timeout, inner.stream.readable()) => r,
-                _ = inner.closed.cancelled() => continue,
+                _ = inner.closed.closed() => continue,
             };
             match waited {
                 Err(_) => return Err(SocketError::read_timed_out()),
@@ -407,7 +408,7 @@ impl TcpConn {
         let _writing = inner.writer.enter().await;
         let mut written = 0;
         loop {
-            if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_cancelled() {
+            if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_closed() {
                 return Err(SocketError::generic(WRITE_AFTER_CLOSE));
             }
             while written < data.len() {
@@ -423,7 +424,7 @@ impl TcpConn {
             // The peer is slow: wait for room (back-pressure), or for a close.
             tokio::select! {
                 r = inner.stream.writable() => r.map_err(SocketError::from)?,
-                _ = inner.closed.cancelled() => {}
+                _ = inner.closed.closed() => {}
             }
         }
     }
@@ -434,7 +435,7 @@ impl TcpConn {
     /// for the write of the rest to report.
     pub fn try_write(&self, data: &[u8]) -> Result<u32, SocketError> {
         let inner = &*self.0;
-        if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_cancelled() {
+        if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_closed() {
             return Err(SocketError::generic(WRITE_AFTER_CLOSE));
         }
         if inner.writer.busy() {
@@ -456,11 +457,10 @@ impl TcpConn {
     /// Closing twice is harmless.
     pub fn close(&self) {
         let inner = &*self.0;
-        if !inner.closed.is_cancelled() {
-            inner.write_shut.store(true, Ordering::Release);
+        inner.write_shut.store(true, Ordering::Release);
+        if inner.closed.close() {
             // The socket may already be gone (reset by the peer): nothing to do then.
             let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Both);
-            inner.closed.cancel();
         }
         drop(self.take_slot());
     }
@@ -480,7 +480,7 @@ impl TcpConn {
     /// Stops writing: sends FIN; later writes fail with `client socket close already.`
     pub fn shutdown_write(&self) -> Result<(), SocketError> {
         let inner = &*self.0;
-        if inner.closed.is_cancelled() {
+        if inner.closed.is_closed() {
             return Err(SocketError::generic(WRITE_AFTER_CLOSE));
         }
         inner.write_shut.store(true, Ordering::Release);
@@ -492,7 +492,7 @@ impl TcpConn {
     /// already waiting (`SHUT_RD` makes it see end of stream), so none hangs.
     pub fn shutdown_read(&self) -> Result<(), SocketError> {
         let inner = &*self.0;
-        if inner.closed.is_cancelled() {
+        if inner.closed.is_closed() {
             return Err(SocketError::generic("socket is closed"));
         }
         inner.read_shut.store(true, Ordering::Release);
@@ -534,7 +534,7 @@ impl TcpConn {
         // after a callback took everything, a read would only find it empty.
         let mut readable = false;
         loop {
-            if inner.closed.is_cancelled() {
+            if inner.closed.is_closed() {
                 return Readiness::Closed;
             }
             inner.reader.wait_free().await;
@@ -558,19 +558,17 @@ impl TcpConn {
                 // released left a permit (`notify_one`), so none is missed.
                 tokio::select! {
                     _ = inner.consumed.notified() => {}
-                    _ = inner.closed.cancelled() => {}
+                    _ = inner.closed.closed() => {}
                 }
                 continue;
             }
-            tokio::select! {
-                r = inner.stream.readable() => {
-                    if let Err(e) = r {
-                        self.side().fail(e);
-                    }
-                    readable = true;
-                }
-                _ = inner.closed.cancelled() => {}
+            // No wait for `closed` beside it (one per message, each registering
+            // with a mutex): `close` shuts the socket down, and the kernel then
+            // wakes its readers (a socket already reset had woken them).
+            if let Err(e) = inner.stream.readable().await {
+                self.side().fail(e);
             }
+            readable = true;
         }
     }
 }
@@ -879,6 +877,49 @@ mod tests {
             assert_eq!(conn.try_read(None).unwrap().unwrap(), b"bye");
             assert_eq!(conn.try_read(None).unwrap().unwrap(), b"");
             assert_eq!(conn.read_state().await, ReadState::Ended);
+        }
+    }
+
+    #[tokio::test]
+    async fn close_wakes_a_dispatcher_waiting_for_bytes() {
+        // Also after the peer ended its side, and after a reset: the wait
+        // has no close signal of its own; the socket's shutdown wakes it.
+        for ending in ["none", "fin", "reset"] {
+            let (conn, peer) = pair().await;
+            let waiting = tokio::spawn({
+                let conn = conn.clone();
+                async move {
+                    let mut seen = ReadMark::default();
+                    loop {
+                        match conn.wait_ready(seen).await {
+                            Readiness::Ready(now) => {
+                                seen = now;
+                                let _ = conn.lend();
+                                conn.settle_lent();
+                            }
+                            Readiness::Closed => return,
+                        }
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _peer = match ending {
+                "fin" => {
+                    let mut peer = peer;
+                    peer.shutdown().await.unwrap();
+                    Some(peer)
+                }
+                "reset" => {
+                    socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).unwrap();
+                    drop(peer);
+                    None
+                }
+                _ => Some(peer),
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.close();
+            let woke = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+            assert!(woke.is_ok(), "wait_ready still waiting after close ({ending})");
         }
     }
 

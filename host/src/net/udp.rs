@@ -9,9 +9,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::closing::Closing;
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use super::error::{INVALID_READ_LENGTH, SocketError};
 
@@ -47,7 +47,7 @@ struct Inner {
     /// per echoed datagram: hashed with foldhash, not SipHash (2% of a UDP echo).
     peers: std::sync::Mutex<std::collections::HashSet<SocketAddr, foldhash::fast::RandomState>>,
     read_timeout: Duration,
-    closed: CancellationToken,
+    closed: Closing,
     /// One receive buffer per client, kept (not allocated and zeroed per receive).
     receive_buf: Mutex<Vec<u8>>,
 }
@@ -66,13 +66,13 @@ impl UdpClient {
             ipv6,
             peers: Default::default(),
             read_timeout,
-            closed: CancellationToken::new(),
+            closed: Closing::default(),
             receive_buf: Mutex::new(vec![0; 65_536]),
         })))
     }
 
     fn check_open(&self) -> Result<(), SocketError> {
-        if self.0.closed.is_cancelled() {
+        if self.0.closed.is_closed() {
             return Err(SocketError::generic(UDP_CLOSED));
         }
         Ok(())
@@ -94,7 +94,7 @@ impl UdpClient {
         let target = self.prepare_send(data.len(), target)?;
         tokio::select! {
             sent = self.0.socket.send_to(data, target) => Ok(sent.map_err(SocketError::from)? as u32),
-            _ = self.0.closed.cancelled() => Err(SocketError::generic(UDP_CLOSED)),
+            _ = self.0.closed.closed() => Err(SocketError::generic(UDP_CLOSED)),
         }
     }
 
@@ -136,7 +136,7 @@ impl UdpClient {
         let mut buf = self.0.receive_buf.lock().await;
         let received = tokio::select! {
             r = tokio::time::timeout(self.0.read_timeout, self.0.socket.recv_from(&mut buf)) => r,
-            _ = self.0.closed.cancelled() => return Err(SocketError::generic(UDP_CLOSED)),
+            _ = self.0.closed.closed() => return Err(SocketError::generic(UDP_CLOSED)),
         };
         match received {
             Err(_) => Err(SocketError::read_timed_out()),
@@ -170,7 +170,7 @@ impl UdpClient {
 
     /// Closes the socket for every handle; waiting receives and sends fail.
     pub fn close(&self) {
-        self.0.closed.cancel();
+        self.0.closed.close();
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, SocketError> {
