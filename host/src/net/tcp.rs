@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::FutureExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -680,21 +679,16 @@ impl ReadSide {
             let want = room.min((self.last_fill.max(brought) * 2).max(MIN_FILL));
             self.buf.reserve(want);
             let window = self.buf.spare_capacity_mut().len().min(room);
-            // A short read emptied the socket of data, but an end of stream
-            // already signalled still needs the next `recv` to be seen.
-            let end_signalled = stream
-                .ready(Interest::READABLE)
-                .now_or_never()
-                .and_then(Result::ok)
-                .is_some_and(|ready| ready.is_read_closed());
             let mut got = 0;
             let read = stream.try_io(Interest::READABLE, || {
                 got = socket2::SockRef::from(stream).recv(&mut self.buf.spare_capacity_mut()[..window])?;
-                // Otherwise, saying "would block" after a short read makes tokio
-                // forget the readiness, which saves the second `recv` that would
-                // only find nothing (one syscall per message). Whatever arrives
-                // later raises a new readiness event, so nothing is missed.
-                if got > 0 && got < window && !end_signalled { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+                // A short read emptied the socket. Saying "would block" then
+                // makes tokio forget the readiness, which saves a `recv` that
+                // would only find nothing (one syscall per message): the next
+                // turn's `try_io` returns at once, unless more came meanwhile
+                // or the end was signalled (tokio keeps "read closed" through
+                // the forgetting), and then its `recv` reads that.
+                if got > 0 && got < window { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
             });
             if got > 0 {
                 // SAFETY: `recv` initialised `got` bytes of the spare capacity.
@@ -702,9 +696,6 @@ impl ReadSide {
                 brought += got;
                 self.arrivals += 1;
                 progressed = true;
-                if read.is_err() {
-                    break;
-                }
                 continue;
             }
             match read {
