@@ -673,11 +673,14 @@ impl ReadSide {
             if room == 0 {
                 break;
             }
-            // Room for twice what came last time (or in this fill so far),
-            // so that one `recv` usually takes it all: growing a full buffer
-            // copies what it holds, and a `recv` that fills it needs another.
-            let want = room.min((self.last_fill.max(brought) * 2).max(MIN_FILL));
-            self.buf.reserve(want);
+            // A buffer with no room left gets room for twice what came last
+            // time (or in this fill so far), so that one `recv` usually takes
+            // it all. Only then: growing a buffer copies what it holds (asking
+            // for that much room on every turn had copied each 16 KiB message
+            // once more).
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(room.min((self.last_fill.max(brought) * 2).max(MIN_FILL)));
+            }
             let window = self.buf.spare_capacity_mut().len().min(room);
             let mut got = 0;
             let read = stream.try_io(Interest::READABLE, || {
@@ -912,6 +915,17 @@ mod tests {
             let woke = tokio::time::timeout(Duration::from_secs(2), waiting).await;
             assert!(woke.is_ok(), "wait_ready still waiting after close ({ending})");
         }
+    }
+
+    #[tokio::test]
+    async fn a_buffer_with_room_left_is_not_grown() {
+        let (conn, mut peer) = pair().await;
+        peer.write_all(&[7u8; 3000]).await.unwrap();
+        let _ = conn.wait_ready(ReadMark::default()).await;
+        let side = conn.side();
+        assert_eq!(side.buf.len(), 3000);
+        // Growing it would have copied the 3000 bytes for nothing.
+        assert_eq!(side.buf.capacity(), MIN_FILL);
     }
 
     #[tokio::test]
