@@ -165,17 +165,29 @@ fn one_line(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> PathBuf {
+    /// A manifest in a directory of its own, removed again when dropped.
+    struct Manifest {
+        dir: PathBuf,
+        path: PathBuf,
+    }
+
+    impl Drop for Manifest {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn write(name: &str, text: &str) -> Manifest {
         let dir = std::env::temp_dir().join(format!("portcullis-config-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("portcullis.toml");
         std::fs::write(&path, text).unwrap();
-        path
+        Manifest { dir, path }
     }
 
     #[test]
     fn a_manifest_with_two_services() {
-        let path = write(
+        let manifest = write(
             "two",
             r#"
             [[service]]
@@ -194,7 +206,8 @@ mod tests {
             block-private = true
             "#,
         );
-        let specs = load_manifest(&path).unwrap();
+        let path = &manifest.path;
+        let specs = load_manifest(path).unwrap();
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].name, "echo.wasm");
         assert_eq!(specs[0].component, path.parent().unwrap().join("echo.wasm"));
@@ -212,24 +225,24 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let path = write("unknown", "[[service]]\ncomponent = \"a.wasm\"\nallow-conect = [\"tcp://x:1\"]\n");
-        let err = load_manifest(&path).unwrap_err().to_string();
+        let manifest = write("unknown", "[[service]]\ncomponent = \"a.wasm\"\nallow-conect = [\"tcp://x:1\"]\n");
+        let err = load_manifest(&manifest.path).unwrap_err().to_string();
         assert!(err.contains("unknown field `allow-conect`"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]
     fn a_limit_of_zero_connections_is_an_error() {
-        let path = write("zero", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nmax-connections = 0\n");
-        let err = load_manifest(&path).unwrap_err().to_string();
+        let manifest = write("zero", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nmax-connections = 0\n");
+        let err = load_manifest(&manifest.path).unwrap_err().to_string();
         assert!(err.contains("service `db`: max-connections must be at least 1"), "{err}");
     }
 
     #[test]
     fn bad_grants_are_errors_naming_the_service() {
-        let path =
+        let manifest =
             write("bad-grant", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nallow-udp = [\"udp://x:99999\"]\n");
-        let err = format!("{:#}", load_manifest(&path).unwrap_err());
+        let err = format!("{:#}", load_manifest(&manifest.path).unwrap_err());
         assert!(err.contains("service `db`"), "{err}");
         assert!(err.contains("bad grant `udp://x:99999`: port `99999` is not a number"), "{err}");
     }
