@@ -30,6 +30,10 @@ struct Row {
     portcullis: f64,
     native: Option<f64>,
     ratio: Option<f64>,
+    /// The lowest and highest of the per-round ratios the median comes from:
+    /// how much the machine moved during the scenario.
+    ratio_min: Option<f64>,
+    ratio_max: Option<f64>,
 }
 
 struct Settings {
@@ -198,6 +202,8 @@ fn row(scenario: &str, mode: &str, metric: &str, portcullis: f64, native: Option
         portcullis,
         native,
         ratio: native.filter(|n| *n != 0.0).map(|n| portcullis / n),
+        ratio_min: None,
+        ratio_max: None,
     }
 }
 
@@ -209,6 +215,8 @@ struct Paired {
     ours: Vec<f64>,
     /// `None` when native measured 0 in every round.
     ratio: Vec<Option<f64>>,
+    /// The lowest and highest per-round ratio.
+    ratio_range: Vec<Option<(f64, f64)>>,
     difference: Vec<f64>,
 }
 
@@ -232,6 +240,8 @@ impl Paired {
             portcullis: self.ours[i] * scale,
             native: Some(self.native[i] * scale),
             ratio: self.ratio[i],
+            ratio_min: self.ratio_range[i].map(|(low, _)| low),
+            ratio_max: self.ratio_range[i].map(|(_, high)| high),
         }
     }
 }
@@ -261,14 +271,20 @@ where
     let values = a[0].len();
     let medians =
         |runs: &[Vec<f64>]| -> Vec<f64> { (0..values).map(|i| median(runs.iter().map(|r| r[i]).collect())).collect() };
-    let ratio = (0..values)
-        .map(|i| {
-            let ratios: Vec<f64> = a.iter().zip(&b).filter(|(n, _)| n[i] != 0.0).map(|(n, p)| p[i] / n[i]).collect();
-            (!ratios.is_empty()).then(|| median(ratios))
+    let per_round: Vec<Vec<f64>> = (0..values)
+        .map(|i| a.iter().zip(&b).filter(|(n, _)| n[i] != 0.0).map(|(n, p)| p[i] / n[i]).collect())
+        .collect();
+    let ratio = per_round.iter().map(|ratios| (!ratios.is_empty()).then(|| median(ratios.clone()))).collect();
+    let ratio_range = per_round
+        .iter()
+        .map(|ratios| {
+            let low = ratios.iter().copied().reduce(f64::min)?;
+            let high = ratios.iter().copied().reduce(f64::max)?;
+            Some((low, high))
         })
         .collect();
     let difference = (0..values).map(|i| median(a.iter().zip(&b).map(|(n, p)| p[i] - n[i]).collect())).collect();
-    Paired { native: medians(&a), ours: medians(&b), ratio, difference }
+    Paired { native: medians(&a), ours: medians(&b), ratio, ratio_range, difference }
 }
 
 async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
@@ -407,16 +423,20 @@ fn instantiation(n: usize) -> Result<(f64, f64, f64)> {
 }
 
 fn print_table(rows: &[Row], quick: bool, cores: usize) {
-    println!("| scenario | mode | metric | portcullis | native | ratio |");
-    println!("|---|---|---|---:|---:|---:|");
+    println!("| scenario | mode | metric | portcullis | native | ratio | rounds' ratios |");
+    println!("|---|---|---|---:|---:|---:|---:|");
     for r in rows {
         let native = r.native.map(|n| format!("{n:.1}")).unwrap_or_else(|| "—".into());
         let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "—".into());
-        println!("| {} | {} | {} | {:.1} | {native} | {ratio} |", r.scenario, r.mode, r.metric, r.portcullis);
+        let range = match (r.ratio_min, r.ratio_max) {
+            (Some(low), Some(high)) => format!("{low:.2}–{high:.2}"),
+            _ => "—".into(),
+        };
+        println!("| {} | {} | {} | {:.1} | {native} | {ratio} | {range} |", r.scenario, r.mode, r.metric, r.portcullis);
     }
     println!(
         "\n{} run, {} cores; servers pinned to core 0, load generator to core 1; medians of alternating rounds; \
-         ratio: median of the per-round ratios.",
+         ratio: median of the per-round ratios (their lowest and highest in the last column).",
         if quick { "quick" } else { "full" },
         cores
     );
