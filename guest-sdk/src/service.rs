@@ -2,7 +2,9 @@
 
 use std::any::Any;
 use std::cell::{Cell, OnceCell};
+use std::future::Future;
 use std::marker::PhantomData;
+use std::task::Poll;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -165,14 +167,20 @@ impl<S: Service> Dispatch<S> {
     /// soon as its own callback (and `on_error` after a failure) is done: that
     /// is what tells the host it may deliver that connection again, so one
     /// connection waiting in `read` holds up no other.
+    ///
+    /// Each is first run until it waits (most, an echo say, finish there and
+    /// then): only those still waiting go into the set that is polled
+    /// together, which spares the others its bookkeeping.
     pub async fn read_ready_batch(ready: Vec<(tcp::Connection, Delivery)>) {
-        let mut serving: FuturesUnordered<_> = ready
-            .into_iter()
-            .map(|(handle, delivery)| async move {
-                Self::serve_ready(&Connection::owned(handle).with_delivery(delivery)).await
-            })
-            .collect();
-        while serving.next().await.is_some() {}
+        let mut waiting = FuturesUnordered::new();
+        for (handle, delivery) in ready {
+            let mut serving =
+                Box::pin(async move { Self::serve_ready(&Connection::owned(handle).with_delivery(delivery)).await });
+            if std::future::poll_fn(|cx| Poll::Ready(serving.as_mut().poll(cx))).await.is_pending() {
+                waiting.push(serving);
+            }
+        }
+        while waiting.next().await.is_some() {}
     }
 
     pub async fn error(conn: &tcp::Connection, err: types::Error) {
