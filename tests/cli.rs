@@ -279,3 +279,46 @@ fn a_program_declares_its_own_listener_and_ends_when_it_stops() {
     };
     assert!(status.success());
 }
+
+/// Starts `listener-program` with `extra` flags and returns it with the address
+/// its own listener took (and its stdout, kept open: the guest prints to it).
+fn start_listener_program(extra: &[&str]) -> (Child, String, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(portcullis_bin())
+        .args(["run", guest("listener-program").to_str().unwrap(), "--allow-listen", "tcp://127.0.0.1:*"])
+        .args(extra)
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.strip_prefix("guest listening on ").expect("the guest prints its address").trim().to_string();
+    (child, addr, stdout)
+}
+
+/// Whether a second client, connected while a first one is open, gets its
+/// echo within 1 s.
+fn second_client_is_served(extra: &[&str]) -> bool {
+    let (mut child, addr, _stdout) = start_listener_program(extra);
+    let mut first = TcpStream::connect(&addr).unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    first.write_all(b"one").unwrap();
+    let mut echoed = [0u8; 3];
+    first.read_exact(&mut echoed).unwrap();
+    // Accepted by the kernel either way (the listen backlog); served only
+    // when the listener has room under the cap.
+    let mut second = TcpStream::connect(&addr).unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    second.write_all(b"two").unwrap();
+    let served = second.read_exact(&mut echoed).is_ok();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    served
+}
+
+#[test]
+fn max_connections_caps_what_a_guests_own_listener_accepts() {
+    assert!(second_client_is_served(&[]), "without a cap both clients are served");
+    assert!(!second_client_is_served(&["--max-connections", "1"]), "the cap let a second connection in");
+}

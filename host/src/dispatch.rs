@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{
@@ -119,7 +119,7 @@ impl Loaded {
     /// measures it). Dropping the result tears it down and frees its pool slot.
     pub async fn instantiate_once(&self) -> Result<FreshInstance> {
         let (sink, _conns) = mpsc::unbounded_channel();
-        let mut store = self.new_store(sink, Arc::new(AtomicUsize::new(0)));
+        let mut store = self.new_store(sink, Arc::new(AtomicUsize::new(0)), None);
         self.instantiate(&mut store).await?;
         Ok(FreshInstance { _store: store })
     }
@@ -145,15 +145,21 @@ impl Loaded {
         self.main.is_some()
     }
 
-    /// A store for a new instance of this component: its env, its grants, and
-    /// where its callback connections go.
-    fn new_store(&self, sink: mpsc::UnboundedSender<TcpConn>, active_listeners: Arc<AtomicUsize>) -> Store<HostState> {
+    /// A store for a new instance of this component: its env, its grants,
+    /// where its callback connections go, and the service's connection limit.
+    fn new_store(
+        &self,
+        sink: mpsc::UnboundedSender<TcpConn>,
+        active_listeners: Arc<AtomicUsize>,
+        connection_limit: Option<Arc<Semaphore>>,
+    ) -> Store<HostState> {
         let net = NetCtx {
             new_connections: sink,
             has_callbacks: self.callbacks.is_some(),
             active_listeners,
             policy: self.policy.clone(),
             component: Arc::from(self.name.as_str()),
+            connection_limit,
         };
         new_store(self.pre.engine(), &self.env, net)
     }
@@ -204,17 +210,20 @@ impl Loaded {
 
 /// Runs `loaded` until it is done: a program until its `main` returned and its
 /// callback connections and listeners are gone, a service until `shutdown`.
-/// Connections arrive on `conns`. Returns the program's exit code (0 for a service).
+/// Connections arrive on `conns`; the guest's own listeners accept under
+/// `limit` (the service's `--max-connections`). Returns the program's exit code
+/// (0 for a service).
 pub async fn run(
     loaded: Arc<Loaded>,
     mut conns: mpsc::UnboundedReceiver<TcpConn>,
     sink: mpsc::UnboundedSender<TcpConn>,
+    limit: Option<Arc<Semaphore>>,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let active_listeners = Arc::new(AtomicUsize::new(0));
     let mut run_main = loaded.main.is_some();
     loop {
-        let mut store = loaded.new_store(sink.clone(), active_listeners.clone());
+        let mut store = loaded.new_store(sink.clone(), active_listeners.clone(), limit.clone());
         let (instance, callbacks) = loaded.instantiate(&mut store).await?;
         let main = match (&loaded.main, run_main) {
             (Some(index), true) => Some(instance.get_typed_func::<(), (Result<(), ()>,)>(&mut store, index)?),
@@ -251,10 +260,12 @@ pub async fn run(
 /// Runs `loaded` with a fresh instance for every connection that arrives on
 /// `conns`, until `shutdown`; then waits for those instances to finish (each
 /// stops as a shared instance does: [`STOP_GRACE`], then its connection is
-/// closed). A trap ends only the instance of its own connection.
+/// closed). A trap ends only the instance of its own connection. Guest
+/// listeners accept under `limit`, as in [`run`].
 pub async fn run_per_connection(
     loaded: Arc<Loaded>,
     mut conns: mpsc::UnboundedReceiver<TcpConn>,
+    limit: Option<Arc<Semaphore>>,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let mut instances = tokio::task::JoinSet::new();
@@ -262,7 +273,7 @@ pub async fn run_per_connection(
         tokio::select! {
             conn = conns.recv() => match conn {
                 Some(conn) => {
-                    instances.spawn(serve_alone(loaded.clone(), conn, shutdown.clone()));
+                    instances.spawn(serve_alone(loaded.clone(), conn, limit.clone(), shutdown.clone()));
                 }
                 None => break,
             },
@@ -280,14 +291,14 @@ pub async fn run_per_connection(
 
 /// One connection in an instance of its own, from instantiation to `on-close`
 /// (and to the end of any client connection the instance opened meanwhile).
-async fn serve_alone(loaded: Arc<Loaded>, conn: TcpConn, shutdown: CancellationToken) {
+async fn serve_alone(loaded: Arc<Loaded>, conn: TcpConn, limit: Option<Arc<Semaphore>>, shutdown: CancellationToken) {
     // The connection's place under `--max-connections` is given back after the
     // store (declared later, dropped earlier) has returned its pool slot.
     let _slot = conn.take_slot();
     let (sink, mut conns) = mpsc::unbounded_channel();
     let active_listeners = Arc::new(AtomicUsize::new(0));
     let (id, remote) = (conn.id(), conn.remote_addr());
-    let mut store = loaded.new_store(sink.clone(), active_listeners.clone());
+    let mut store = loaded.new_store(sink.clone(), active_listeners.clone(), limit);
     let (_instance, callbacks) = match loaded.instantiate(&mut store).await {
         Ok(started) => started,
         Err(e) => {

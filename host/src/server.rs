@@ -113,10 +113,10 @@ pub async fn serve(
         tokio::spawn(accepting);
     }
     match options.instances {
-        Instances::Shared => dispatch::run(loaded, conns, sink, shutdown).await,
+        Instances::Shared => dispatch::run(loaded, conns, sink, limit, shutdown).await,
         Instances::PerConnection => {
             drop(sink);
-            dispatch::run_per_connection(loaded, conns, shutdown).await
+            dispatch::run_per_connection(loaded, conns, limit, shutdown).await
         }
     }
 }

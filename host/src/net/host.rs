@@ -225,8 +225,10 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
         };
         acc.with(|mut access| {
             let state = access.get();
-            let (sink, active) = (state.net.new_connections.clone(), state.net.active_listeners.clone());
-            Ok(state.table.get_mut(&this)?.start(addr, sink, active).map_err(Into::into))
+            let net = &state.net;
+            let (sink, active, limit) =
+                (net.new_connections.clone(), net.active_listeners.clone(), net.connection_limit.clone());
+            Ok(state.table.get_mut(&this)?.start(addr, sink, active, limit).map_err(Into::into))
         })
     }
 }

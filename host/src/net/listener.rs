@@ -113,12 +113,13 @@ impl GuestListener {
     }
 
     /// Binds `addr` (already checked against the grants) and spawns the accept
-    /// loop, which sends connections to `sink`.
+    /// loop, which sends connections to `sink`, under the service's `limit`.
     pub fn start(
         &mut self,
         addr: SocketAddr,
         sink: mpsc::UnboundedSender<TcpConn>,
         active: Arc<AtomicUsize>,
+        limit: Option<Arc<Semaphore>>,
     ) -> Result<(), SocketError> {
         match self.state {
             ListenerState::New => {}
@@ -132,7 +133,7 @@ impl GuestListener {
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
         let (read_timeout, task_stop) = (self.read_timeout, stop.clone());
-        tokio::spawn(accept_loop(listener, read_timeout, sink, None, task_stop, move |conn| {
+        tokio::spawn(accept_loop(listener, read_timeout, sink, limit, task_stop, move |conn| {
             let mut list = remember.lock().unwrap();
             list.retain(|c| !c.is_closed());
             list.push(conn.clone());

@@ -108,6 +108,9 @@ pub struct NetCtx {
     pub policy: std::sync::Arc<crate::policy::Policy>,
     /// The component's name, for log lines (denials are logged at warn level).
     pub component: std::sync::Arc<str>,
+    /// The service's `--max-connections`, if any: what the guest's own
+    /// listeners accept counts under it too.
+    pub connection_limit: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl NetCtx {
