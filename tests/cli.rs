@@ -246,17 +246,8 @@ fn the_second_start_loads_the_compiled_component_from_the_cache() {
 
 #[test]
 fn a_program_declares_its_own_listener_and_ends_when_it_stops() {
-    let mut child = Command::new(portcullis_bin())
-        .args(["run", guest("listener-program").to_str().unwrap(), "--allow-listen", "tcp://127.0.0.1:*"])
-        .env("PORTCULLIS_CACHE_DIR", test_cache())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, addr, mut stdout) = start_listener_program(&[]);
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line.strip_prefix("guest listening on ").expect("the guest prints its address").trim().to_string();
-    line.clear();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "second listener: unable to start the socket service: Address already in use\n");
 
