@@ -19,10 +19,10 @@ use crate::{Connection, Error};
 /// with [`Connection::read`] on the `conn` it was given. The bytes already there
 /// came along with the callback, so the first read usually costs no call to the
 /// host; bytes it leaves unread are read first next time. At most one
-/// `on_read_ready` runs per connection at a time; different connections run concurrently, and
-/// one waiting in `read_exact` never holds up the others. One value of the type
-/// serves every connection, so its fields are shared state (use `Cell` /
-/// `RefCell`: callbacks interleave but never run in parallel).
+/// `on_read_ready` runs per connection at a time; different connections run
+/// concurrently, and one waiting in `read_exact` never holds up the others. One
+/// value of the type serves every connection, so its fields are shared state
+/// (use `Cell` / `RefCell`: callbacks interleave but never run in parallel).
 ///
 /// ```no_run
 /// use std::cell::Cell;

@@ -77,8 +77,9 @@ pub struct ServeOptions {
     pub read_timeout: Duration,
     /// Which instance serves an accepted connection.
     pub instances: Instances,
-    /// The most connections served at once, over all the listeners; further
-    /// ones wait in the listen backlog until one closes. `None`: no limit.
+    /// The most connections served at once, over all the listeners (the
+    /// guest's own included); further ones wait in the listen backlog until
+    /// one closes. `None`: no limit.
     pub max_connections: Option<NonZeroUsize>,
 }
 

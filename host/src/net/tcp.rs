@@ -244,13 +244,12 @@ impl TcpConn {
                 let mut side = self.side();
                 let take = if want == 0 { side.buf.len() } else { (want - out.len()).min(side.buf.len()) };
                 if take > 0 {
+                    let chunk = self.take_for_guest(&mut side, take);
                     if out.is_empty() {
-                        out = side.take(take);
+                        out = chunk;
                     } else {
-                        out.extend_from_slice(&side.buf.split_to(take));
+                        out.extend_from_slice(&chunk);
                     }
-                    side.takes += 1;
-                    inner.consumed.notify_one();
                 }
                 let done = if want == 0 { !out.is_empty() } else { out.len() == want };
                 if done {
@@ -314,10 +313,7 @@ impl TcpConn {
             _ => 0,
         };
         if take > 0 {
-            let out = side.take(take);
-            side.takes += 1;
-            inner.consumed.notify_one();
-            return Ok(Some(out));
+            return Ok(Some(self.take_for_guest(&mut side, take)));
         }
         if side.eof {
             side.end_seen = true;
@@ -343,14 +339,8 @@ impl TcpConn {
         }
         let mut side = self.side();
         let n = side.buf.len();
-        let data = if n == 0 {
-            Vec::new()
-        } else {
-            side.lent = n;
-            side.takes += 1;
-            inner.consumed.notify_one();
-            side.take(n)
-        };
+        side.lent = n;
+        let data = if n == 0 { Vec::new() } else { self.take_for_guest(&mut side, n) };
         let end = side.eof && !side.failed && !side.end_seen;
         if end {
             side.end_seen = true;
@@ -573,6 +563,16 @@ impl TcpConn {
 }
 
 impl TcpConn {
+    /// The first `n` buffered bytes, now the guest's: every read, plain or
+    /// waiting, and every delivery takes through here, so each counts as a
+    /// take (see [`TcpConn::wait_ready`]) and wakes a dispatcher waiting for
+    /// room in a full buffer.
+    fn take_for_guest(&self, side: &mut ReadSide, n: usize) -> Vec<u8> {
+        side.takes += 1;
+        self.0.consumed.notify_one();
+        side.take(n)
+    }
+
     fn side(&self) -> MutexGuard<'_, ReadSide> {
         // Every update of the read side is complete before it unlocks; a panic
         // elsewhere leaves nothing half done, so a poisoned lock is still sound.

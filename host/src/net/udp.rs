@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::closing::Closing;
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 
+use super::closing::Closing;
 use super::error::{INVALID_READ_LENGTH, SocketError};
 
 /// The largest UDP payload over IPv4: 65535 − 8 (UDP header) − 20 (IP header).
