@@ -146,25 +146,25 @@ fn a_manifest_runs_two_services_at_once() {
     let dir = root().join("target/permissions-test-manifest");
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = dir.join("portcullis.toml");
-    let release = root().join("target/wasm32-wasip2/release");
+    let guests = root().join("target/wasm32-wasip2/guest");
     std::fs::write(
         &manifest,
         format!(
             r#"
 [[service]]
 name = "echo"
-component = "{release}/echo.wasm"
+component = "{guests}/echo.wasm"
 listen = ["127.0.0.1:0"]
 max-connections = 100
 
 [[service]]
 name = "proxy"
-component = "{release}/tcp_proxy.wasm"
+component = "{guests}/tcp_proxy.wasm"
 listen = ["127.0.0.1:0"]
 env = {{ UPSTREAM = "{echo_upstream}" }}
 allow-connect = ["tcp://127.0.0.1:{port}"]
 "#,
-            release = release.display(),
+            guests = guests.display(),
             port = echo_upstream.port()
         ),
     )

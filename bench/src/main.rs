@@ -161,7 +161,7 @@ fn portcullis_bin(root: &Path) -> PathBuf {
 }
 
 fn guest(root: &Path, name: &str) -> String {
-    root.join("target/wasm32-wasip2/release").join(format!("{name}.wasm")).display().to_string()
+    root.join("target/wasm32-wasip2/guest").join(format!("{name}.wasm")).display().to_string()
 }
 
 /// `portcullis run echo` with `--instances MODE` (`shared` or `per-connection`).

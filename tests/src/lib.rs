@@ -25,7 +25,7 @@ pub fn root() -> PathBuf {
 
 /// The component built from guest crate `name` (an example or a test guest).
 pub fn guest(name: &str) -> PathBuf {
-    let path = root().join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    let path = root().join("target/wasm32-wasip2/guest").join(format!("{}.wasm", name.replace('-', "_")));
     assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
     path
 }

@@ -8,7 +8,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick]>
-  build  build the host (release) and every guest component (wasm32-wasip2)
+  build  build the host (release) and every guest component (wasm32-wasip2,
+         profile `guest`: release with LTO)
   demo   build, then serve the echo example on 127.0.0.1:61598
   test   build, then run every test (unit, integration, SDK docs)
   bench  build, then measure portcullis against a native tokio baseline
@@ -88,7 +89,7 @@ fn guests() -> Result<Vec<String>> {
 fn build() -> Result<()> {
     ensure_wasm_target()?;
     let mut guest_build = cargo();
-    guest_build.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    guest_build.args(["build", "--profile", "guest", "--target", "wasm32-wasip2"]);
     for guest in guests()? {
         guest_build.args(["-p", &guest]);
     }
@@ -98,7 +99,7 @@ fn build() -> Result<()> {
 
 fn demo() -> Result<()> {
     build()?;
-    let echo = root().join("target/wasm32-wasip2/release/echo.wasm");
+    let echo = root().join("target/wasm32-wasip2/guest/echo.wasm");
     eprintln!("xtask: serving {} — try `nc 127.0.0.1 61598`; Ctrl-C stops", echo.display());
     run(Command::new(root().join("target/release/portcullis"))
         .arg("run")

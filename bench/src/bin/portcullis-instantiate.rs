@@ -1,5 +1,5 @@
-//! `portcullis-instantiate [N] [SLOTS]`: the median time of N instantiations of
-//! the `echo` guest from its `InstancePre` on the pooled engine (a fresh store
+//! `portcullis-instantiate [N] [SLOTS] [GUEST]`: the median time of N
+//! instantiations of a guest (the `echo` example unless GUEST names another) from its `InstancePre` on the pooled engine (a fresh store
 //! and instance each, callbacks looked up, as a connection gets with
 //! `--instances per-connection`), and of tearing each down again (dropping the
 //! store, which resets its pool slot): a connection pays both.
@@ -20,10 +20,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map(|n| n.parse()).transpose()?.unwrap_or(20_000);
-    anyhow::ensure!(n > 0, "usage: portcullis-instantiate [N] [SLOTS], with N at least 1");
+    anyhow::ensure!(n > 0, "usage: portcullis-instantiate [N] [SLOTS] [GUEST], with N at least 1");
     let slots = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let guest = root.join("target/wasm32-wasip2/release/echo.wasm");
+    let guest = args.get(2).map(PathBuf::from).unwrap_or_else(|| root.join("target/wasm32-wasip2/guest/echo.wasm"));
     let runtime = portcullis::Runtime::pooled(slots)?.with_cache_dir(Some(root.join("target/bench/cache")));
     let loaded = runtime.load(Path::new(&guest), Vec::new(), Default::default())?;
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
