@@ -57,6 +57,17 @@ async fn bytes_a_callback_leaves_unread_come_first_in_the_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_knows_both_its_ends() {
+    let service = start_mode("addresses").await;
+    let mut client = service.connect().await;
+    client.write_all(b"where?").await.unwrap();
+    let ends = read_line(&mut client).await;
+    // The listener is on 127.0.0.1: its address is the connection's own.
+    assert_eq!(ends.trim_end(), format!("{} {}", service.addr, client.local_addr().unwrap()));
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_read_waits_for_all_eighteen_bytes() {
     let service = start_mode("blocking").await;
     let mut client = service.connect().await;

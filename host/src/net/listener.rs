@@ -41,6 +41,10 @@ pub async fn accept_loop(
     stop: CancellationToken,
     mut on_accept: impl FnMut(&TcpConn),
 ) {
+    // A listener on one address gives every connection that address as its
+    // own, so each need not ask the kernel (a syscall per connection); one on
+    // all interfaces does not know which a client came in on.
+    let local = listener.local_addr().ok().filter(|addr| !addr.ip().is_unspecified());
     loop {
         let slot = match &limit {
             Some(limit) => tokio::select! {
@@ -53,7 +57,7 @@ pub async fn accept_loop(
             r = listener.accept() => r,
             _ = stop.cancelled() => return,
         };
-        match accepted.and_then(|(stream, peer)| TcpConn::from_accept(stream, peer, read_timeout)) {
+        match accepted.and_then(|(stream, peer)| TcpConn::from_accept(stream, peer, local, read_timeout)) {
             Ok(conn) => {
                 if let Some(slot) = slot {
                     conn.hold_slot(slot);

@@ -131,17 +131,26 @@ pub enum Readiness {
 
 impl TcpConn {
     /// Wraps a stream a listener accepted from `peer` (as `accept` told it:
-    /// asking the socket again would cost a syscall per connection).
-    pub fn from_accept(stream: TcpStream, peer: SocketAddr, read_timeout: Duration) -> io::Result<Self> {
-        Self::new(stream, Some(peer), read_timeout)
+    /// asking the socket again would cost a syscall per connection), on
+    /// `local` when the listener knows it (bound to one address).
+    pub fn from_accept(
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        read_timeout: Duration,
+    ) -> io::Result<Self> {
+        let local = match local {
+            Some(local) => local,
+            None => stream.local_addr()?,
+        };
+        Self::new(stream, local, Some(peer), read_timeout)
     }
 
     /// Wraps a connected stream, accepted by a listener (`peer` known) or
     /// opened by a guest (`None`). `TCP_NODELAY` is set: services answer small
     /// messages and must not wait for Nagle.
-    fn new(stream: TcpStream, peer: Option<SocketAddr>, read_timeout: Duration) -> io::Result<Self> {
+    fn new(stream: TcpStream, local: SocketAddr, peer: Option<SocketAddr>, read_timeout: Duration) -> io::Result<Self> {
         stream.set_nodelay(true)?;
-        let local = stream.local_addr()?;
         let accepted = peer.is_some();
         let remote = match peer {
             Some(peer) => peer,
@@ -189,7 +198,9 @@ impl TcpConn {
         for addr in addrs {
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
-                    return TcpConn::new(stream, None, read_timeout)
+                    return stream
+                        .local_addr()
+                        .and_then(|local| TcpConn::new(stream, local, None, read_timeout))
                         .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
                 }
                 Ok(Err(e)) => last = e,
@@ -743,7 +754,11 @@ mod tests {
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, from) = listener.accept().await.unwrap();
         assert_eq!(from, peer.local_addr().unwrap());
-        (TcpConn::from_accept(stream, from, Duration::from_secs(5)).unwrap(), peer)
+        // No local address given: the connection asks its socket.
+        let conn = TcpConn::from_accept(stream, from, None, Duration::from_secs(5)).unwrap();
+        assert_eq!(conn.local_addr(), peer.peer_addr().unwrap());
+        assert_eq!(conn.remote_addr(), from);
+        (conn, peer)
     }
 
     #[tokio::test]

@@ -103,6 +103,13 @@ impl Service for Scenarios {
                 }
                 conn.write_all(&byte).await?;
             }
+            // Answers each message with the connection's two ends, as the guest sees them.
+            "addresses" => {
+                if conn.read().await?.is_empty() {
+                    return conn.close();
+                }
+                conn.write_all(format!("{} {}\n", conn.local_addr(), conn.remote_addr()).as_bytes()).await?;
+            }
             // Never reads: the host must not call this again until new bytes come.
             "never-read" => {
                 self.read_ready_calls.set(self.read_ready_calls.get() + 1);
