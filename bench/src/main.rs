@@ -7,8 +7,10 @@
 //! pinned to core 1. Results: a Markdown table on stdout
 //! and `target/bench/results.json`.
 //!
-//! Run it with `cargo xtask bench [--quick]`.
+//! Run it with `cargo xtask bench [--quick]`. `portcullis-bench ab` compares
+//! two builds of portcullis instead (see [`ab`]).
 
+mod ab;
 mod load;
 mod native;
 
@@ -47,6 +49,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("native-server") {
         return native::serve();
+    }
+    if args.first().map(String::as_str) == Some("ab") {
+        return ab::run(&args[1..]);
     }
     if let Some(kind @ ("echo-load" | "churn-load" | "latency-load" | "udp-load")) = args.first().map(String::as_str) {
         return load_only(kind, &args[1..]);
@@ -166,10 +171,13 @@ fn guest(root: &Path, name: &str) -> String {
 
 /// `portcullis run echo` with `--instances MODE` (`shared` or `per-connection`).
 fn portcullis_tcp(root: &Path, cache: &Path, mode: &str) -> Result<Server> {
-    let mut cmd = on_core_0(
-        &portcullis_bin(root),
-        &["run", &guest(root, "echo"), "--listen", "127.0.0.1:0", "--instances", mode],
-    );
+    portcullis_server(&portcullis_bin(root), Path::new(&guest(root, "echo")), cache, mode)
+}
+
+/// `BIN run GUEST` on an ephemeral loopback port, with `--instances MODE`.
+fn portcullis_server(bin: &Path, guest: &Path, cache: &Path, mode: &str) -> Result<Server> {
+    let guest = guest.display().to_string();
+    let mut cmd = on_core_0(bin, &["run", &guest, "--listen", "127.0.0.1:0", "--instances", mode]);
     cmd.env("PORTCULLIS_CACHE_DIR", cache);
     let (child, mut out) = spawn(cmd)?;
     let addr = line(&mut out)?.strip_prefix("listening on ").context("listening line")?.parse()?;

@@ -7,13 +7,15 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick]>
+const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick] | snapshot DIR>
   build  build the host (release) and every guest component (wasm32-wasip2,
          profile `guest`: release with LTO)
   demo   build, then serve the echo example on 127.0.0.1:61598
   test   build, then run every test (unit, integration, SDK docs)
   bench  build, then measure portcullis against a native tokio baseline
-         (--quick: a short smoke run, under 2 minutes)";
+         (--quick: a short smoke run, under 2 minutes)
+  snapshot DIR  build, then copy the host binary and the echo guest to DIR,
+         to compare two builds: target/release/portcullis-bench ab DIR_A DIR_B LOAD";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("snapshot") if args.len() == 2 => snapshot(Path::new(&args[1])),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -111,6 +114,22 @@ fn bench(extra: &[String]) -> Result<()> {
     build()?;
     run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))?;
     run(Command::new(root().join("target/release/portcullis-bench")).args(extra))
+}
+
+/// A build frozen for `portcullis-bench ab`: the host binary and the echo
+/// guest, as they are now, so that a later build can be measured against them.
+fn snapshot(dir: &Path) -> Result<()> {
+    build()?;
+    run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (from, to) in
+        [("target/release/portcullis", "portcullis"), ("target/wasm32-wasip2/guest/echo.wasm", "echo.wasm")]
+    {
+        std::fs::copy(root().join(from), dir.join(to))
+            .with_context(|| format!("copying {from} to {}", dir.display()))?;
+    }
+    eprintln!("xtask: snapshot in {}", dir.display());
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -1,0 +1,130 @@
+//! `portcullis-bench ab A B LOAD [MODE] [ROUNDS] [SECONDS]`: two builds of
+//! portcullis against each other, for a change too small to see across full
+//! bench runs on a machine whose speed swings within seconds.
+//!
+//! A and B are snapshots (`cargo xtask snapshot DIR`: a folder holding
+//! `portcullis` and `echo.wasm`). Both servers run at once, pinned to core 0;
+//! each round loads A then B, or B then A (alternating), and reports the rate
+//! and the server's own CPU time per unit (message or connection), read from
+//! `/proc`: the CPU time is what the change costs or saves even in a round
+//! where the load generator, not the server, set the pace. The summary is the
+//! median of the per-round ratios B / A.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Server, load, median, portcullis_server};
+
+const USAGE: &str = "usage: portcullis-bench ab A B LOAD [MODE] [ROUNDS] [SECONDS]
+  A, B     snapshot folders, each with `portcullis` and `echo.wasm` (cargo xtask snapshot DIR)
+  LOAD     echo-64 (50 connections, 64 B) | echo-16k (50 connections, 16 KiB) | churn (connect, 64 B, close)
+  MODE     shared (default) | per-connection
+  ROUNDS   pairs of runs (default 10); SECONDS per run (default 2)";
+
+/// One snapshot's server and where its files are.
+struct Side {
+    name: String,
+    server: Server,
+}
+
+/// What one run against one server measured.
+struct Sample {
+    /// Messages or connections per second.
+    rate: f64,
+    /// The server's CPU time per message or connection, in µs.
+    cpu_us: f64,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let [a, b, load_name, rest @ ..] = args else { bail!("{USAGE}") };
+    let mode = rest.first().map(String::as_str).unwrap_or("shared");
+    let rounds: usize = rest.get(1).map(|n| n.parse()).transpose().context(USAGE)?.unwrap_or(10);
+    let seconds: f64 = rest.get(2).map(|n| n.parse()).transpose().context(USAGE)?.unwrap_or(2.0);
+    if !matches!(load_name.as_str(), "echo-64" | "echo-16k" | "churn") || !matches!(mode, "shared" | "per-connection") {
+        bail!("{USAGE}");
+    }
+    let run = Duration::from_secs_f64(seconds);
+    let sides = [start(a, mode)?, start(b, mode)?];
+    crate::pin_to_core(1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+
+    let unit = if load_name == "churn" { "conn" } else { "msg" };
+    println!("A = {}, B = {}; {load_name}, {mode}; {rounds} rounds of {seconds} s each", sides[0].name, sides[1].name);
+    let (mut rate_ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate who goes first, so neither always runs in the other's wake.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut samples: [Option<Sample>; 2] = [None, None];
+        for i in order {
+            samples[i] = Some(runtime.block_on(measure(&sides[i].server, load_name, run))?);
+        }
+        let [Some(a), Some(b)] = samples else { unreachable!() };
+        let (rate_ratio, cpu_ratio) = (b.rate / a.rate, b.cpu_us / a.cpu_us);
+        println!(
+            "round {:>2}: A {:>9.0} {unit}/s {:>7.1} µs CPU/{unit}   B {:>9.0} {unit}/s {:>7.1} µs CPU/{unit}   B/A rate {rate_ratio:.3}, CPU {cpu_ratio:.3}",
+            round + 1,
+            a.rate,
+            a.cpu_us,
+            b.rate,
+            b.cpu_us
+        );
+        rate_ratios.push(rate_ratio);
+        cpu_ratios.push(cpu_ratio);
+    }
+    let range = |v: &[f64]| {
+        let low = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{low:.3}–{high:.3}")
+    };
+    println!(
+        "median B/A: rate {:.3} ({}), CPU per {unit} {:.3} ({}); above 1 for the rate and below 1 for CPU means B is faster",
+        median(rate_ratios.clone()),
+        range(&rate_ratios),
+        median(cpu_ratios.clone()),
+        range(&cpu_ratios)
+    );
+    Ok(())
+}
+
+fn start(dir: &str, mode: &str) -> Result<Side> {
+    let dir = PathBuf::from(dir);
+    let (bin, guest) = (dir.join("portcullis"), dir.join("echo.wasm"));
+    for file in [&bin, &guest] {
+        if !file.exists() {
+            bail!("{} is missing: make snapshots with `cargo xtask snapshot DIR`", file.display());
+        }
+    }
+    // Each snapshot compiles its guest into its own cache: a cache entry is
+    // keyed on the engine's settings, which the two builds may not share.
+    let server = portcullis_server(&bin, &guest, &dir.join("cache"), mode)?;
+    Ok(Side { name: dir.display().to_string(), server })
+}
+
+async fn measure(server: &Server, load_name: &str, run: Duration) -> Result<Sample> {
+    let addr = server.tcp.context("the server has no TCP address")?;
+    let pid = server.child.id();
+    let before = cpu_seconds(pid)?;
+    let rate = match load_name {
+        "echo-64" => load::tcp_echo(addr, 50, 64, run).await,
+        "echo-16k" => load::tcp_echo(addr, 50, 16 * 1024, run).await,
+        _ => load::churn(addr, 8, run).await,
+    };
+    let spent = cpu_seconds(pid)? - before;
+    let units = rate * run.as_secs_f64();
+    Ok(Sample { rate, cpu_us: spent * 1e6 / units.max(1.0) })
+}
+
+/// User plus system CPU time of process `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
+        .context("reading the server's CPU time (needs Linux's /proc)")?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("unexpected /proc stat")?.1.split_whitespace().collect();
+    let ticks: f64 =
+        fields.get(11).context("utime")?.parse::<f64>()? + fields.get(12).context("stime")?.parse::<f64>()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / per_second)
+}
