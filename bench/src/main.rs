@@ -79,6 +79,26 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&rows)?)?;
     println!("\nwrote {}", out.join("results.json").display());
+    check_measured(&rows)
+}
+
+/// Every scenario must have measured something: a rate or time of 0, or not a
+/// number, means a server answered nothing or a load went wrong. (Memory
+/// growth and differences from native need only be numbers.) `cargo xtask
+/// test` runs `--quick` and relies on this, asserting no speed, only that
+/// every scenario completed.
+fn check_measured(rows: &[Row]) -> Result<()> {
+    let measured = |metric: &str, value: f64| {
+        value.is_finite() && (metric.contains("above native") || metric.starts_with("bytes/") || value > 0.0)
+    };
+    let broken: Vec<String> = rows
+        .iter()
+        .filter(|r| !measured(&r.metric, r.portcullis) || r.native.is_some_and(|n| !measured(&r.metric, n)))
+        .map(|r| format!("{} ({}, {})", r.scenario, r.mode, r.metric))
+        .collect();
+    if !broken.is_empty() {
+        bail!("these rows measured nothing: {}", broken.join("; "));
+    }
     Ok(())
 }
 

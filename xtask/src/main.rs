@@ -11,7 +11,8 @@ const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick] |
   build  build the host (release) and every guest component (wasm32-wasip2,
          profile `guest`: release with LTO)
   demo   build, then serve the echo example on 127.0.0.1:61598
-  test   build, then run every test (unit, integration, SDK docs)
+  test   build, then run every test (unit, integration, SDK docs) and a
+         smoke run of the bench (every scenario completes; no speed asserted)
   bench  build, then measure portcullis against a native tokio baseline
          (--quick: a short smoke run, under 2 minutes)
   snapshot DIR  build, then copy the host binary and the echo guest to DIR,
@@ -147,5 +148,10 @@ fn test(extra: &[String]) -> Result<()> {
     run(cargo()
         .args(["test", "--release", "--doc", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
         .env("CARGO_TARGET_WASM32_WASIP2_RUNNER", runner)
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache")))
+        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache")))?;
+    // The bench, as a smoke test: every scenario must complete and measure
+    // something (it fails otherwise); how fast is not asserted.
+    eprintln!("xtask: smoke run of the bench (`cargo xtask bench --quick`)");
+    run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))?;
+    run(Command::new(root().join("target/release/portcullis-bench")).arg("--quick"))
 }
