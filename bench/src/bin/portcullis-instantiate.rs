@@ -1,8 +1,9 @@
 //! `portcullis-instantiate [N] [SLOTS] [GUEST]`: the median time of N
-//! instantiations of a guest (the `echo` example unless GUEST names another) from its `InstancePre` on the pooled engine (a fresh store
-//! and instance each, callbacks looked up, as a connection gets with
-//! `--instances per-connection`), and of tearing each down again (dropping the
-//! store, which resets its pool slot): a connection pays both.
+//! instantiations of a guest (the `echo` example unless GUEST names another)
+//! from its `InstancePre` on the pooled engine (a fresh store and instance
+//! each, callbacks looked up, as a connection gets with `--instances
+//! per-connection`), and of tearing each down again (dropping the store, which
+//! resets its pool slot): a connection pays both.
 //!
 //! A process of its own, with the allocator the `portcullis` binary uses
 //! (mimalloc), while `portcullis-bench` and its native baseline keep the system
