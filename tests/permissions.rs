@@ -146,25 +146,25 @@ fn a_manifest_runs_two_services_at_once() {
     let dir = root().join("target/permissions-test-manifest");
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = dir.join("portcullis.toml");
-    let guests = root().join("target/wasm32-wasip2/guest");
     std::fs::write(
         &manifest,
         format!(
             r#"
 [[service]]
 name = "echo"
-component = "{guests}/echo.wasm"
+component = "{echo}"
 listen = ["127.0.0.1:0"]
 max-connections = 100
 
 [[service]]
 name = "proxy"
-component = "{guests}/tcp_proxy.wasm"
+component = "{proxy}"
 listen = ["127.0.0.1:0"]
 env = {{ UPSTREAM = "{echo_upstream}" }}
 allow-connect = ["tcp://127.0.0.1:{port}"]
 "#,
-            guests = guests.display(),
+            echo = guest("echo").display(),
+            proxy = guest("tcp-proxy").display(),
             port = echo_upstream.port()
         ),
     )

@@ -23,10 +23,38 @@ const USAGE: &str = "usage: portcullis-bench ab A B LOAD [MODE] [ROUNDS] [SECOND
   MODE     shared (default) | per-connection
   ROUNDS   pairs of runs (default 10); SECONDS per run (default 2)";
 
-/// One snapshot's server and where its files are.
+/// One snapshot's server, named by its folder.
 struct Side {
     name: String,
     server: Server,
+}
+
+/// The load each round puts on both servers.
+#[derive(Clone, Copy)]
+enum Load {
+    /// 50 connections echoing messages of this many bytes.
+    Echo(usize),
+    /// Connect, one 64 B round trip, close; 8 at a time.
+    Churn,
+}
+
+impl Load {
+    fn parse(name: &str) -> Option<Load> {
+        match name {
+            "echo-64" => Some(Load::Echo(64)),
+            "echo-16k" => Some(Load::Echo(16 * 1024)),
+            "churn" => Some(Load::Churn),
+            _ => None,
+        }
+    }
+
+    /// What its rate counts.
+    fn unit(self) -> &'static str {
+        match self {
+            Load::Echo(_) => "msg",
+            Load::Churn => "conn",
+        }
+    }
 }
 
 /// What one run against one server measured.
@@ -42,7 +70,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mode = rest.first().map(String::as_str).unwrap_or("shared");
     let rounds: usize = rest.get(1).map(|n| n.parse()).transpose().context(USAGE)?.unwrap_or(10);
     let seconds: f64 = rest.get(2).map(|n| n.parse()).transpose().context(USAGE)?.unwrap_or(2.0);
-    if !matches!(load_name.as_str(), "echo-64" | "echo-16k" | "churn") || !matches!(mode, "shared" | "per-connection") {
+    let Some(load) = Load::parse(load_name) else { bail!("{USAGE}") };
+    if !matches!(mode, "shared" | "per-connection") {
         bail!("{USAGE}");
     }
     let run = Duration::from_secs_f64(seconds);
@@ -50,7 +79,7 @@ pub fn run(args: &[String]) -> Result<()> {
     crate::pin_to_core(1);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
-    let unit = if load_name == "churn" { "conn" } else { "msg" };
+    let unit = load.unit();
     println!("A = {}, B = {}; {load_name}, {mode}; {rounds} rounds of {seconds} s each", sides[0].name, sides[1].name);
     let (mut rate_ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -58,7 +87,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         let mut samples: [Option<Sample>; 2] = [None, None];
         for i in order {
-            samples[i] = Some(runtime.block_on(measure(&sides[i].server, load_name, run))?);
+            samples[i] = Some(runtime.block_on(measure(&sides[i].server, load, run))?);
         }
         let [Some(a), Some(b)] = samples else { unreachable!() };
         let (rate_ratio, cpu_ratio) = (b.rate / a.rate, b.cpu_us / a.cpu_us);
@@ -102,14 +131,13 @@ fn start(dir: &str, mode: &str) -> Result<Side> {
     Ok(Side { name: dir.display().to_string(), server })
 }
 
-async fn measure(server: &Server, load_name: &str, run: Duration) -> Result<Sample> {
+async fn measure(server: &Server, load: Load, run: Duration) -> Result<Sample> {
     let addr = server.tcp.context("the server has no TCP address")?;
     let pid = server.child.id();
     let before = cpu_seconds(pid)?;
-    let rate = match load_name {
-        "echo-64" => load::tcp_echo(addr, 50, 64, run).await,
-        "echo-16k" => load::tcp_echo(addr, 50, 16 * 1024, run).await,
-        _ => load::churn(addr, 8, run).await,
+    let rate = match load {
+        Load::Echo(size) => load::tcp_echo(addr, 50, size, run).await,
+        Load::Churn => load::churn(addr, 8, run).await,
     };
     let spent = cpu_seconds(pid)? - before;
     let units = rate * run.as_secs_f64();

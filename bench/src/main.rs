@@ -40,6 +40,8 @@ struct Row {
 
 struct Settings {
     rounds: usize,
+    /// Processes the instantiation loop runs in (see [`instantiation`]).
+    instantiation_processes: usize,
     run: Duration,
     latency_run: Duration,
     idle_conns: usize,
@@ -60,12 +62,19 @@ fn main() -> Result<()> {
     let settings = if quick {
         Settings {
             rounds: 5,
+            instantiation_processes: 3,
             run: Duration::from_millis(400),
             latency_run: Duration::from_millis(800),
             idle_conns: 1000,
         }
     } else {
-        Settings { rounds: 10, run: Duration::from_secs(1), latency_run: Duration::from_secs(3), idle_conns: 5000 }
+        Settings {
+            rounds: 10,
+            instantiation_processes: 7,
+            run: Duration::from_secs(1),
+            latency_run: Duration::from_secs(3),
+            idle_conns: 5000,
+        }
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     raise_fd_limit();
@@ -426,7 +435,7 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
 
     eprintln!("bench: instantiation");
-    let (up, down, both) = instantiation(if s.rounds < 10 { 3 } else { 7 }, 5_000)?;
+    let (up, down, both) = instantiation(s.instantiation_processes, 5_000)?;
     rows.push(row("instantiation from InstancePre", "pooling", "µs", up, None));
     rows.push(row("tear-down of that instance", "pooling", "µs", down, None));
     rows.push(row("instantiation + tear-down", "pooling", "µs", both, None));

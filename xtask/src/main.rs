@@ -44,6 +44,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// Where `build` puts the guest components (the `guest` profile's folder).
+fn guest_dir() -> PathBuf {
+    root().join("target/wasm32-wasip2/guest")
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
@@ -103,7 +108,7 @@ fn build() -> Result<()> {
 
 fn demo() -> Result<()> {
     build()?;
-    let echo = root().join("target/wasm32-wasip2/guest/echo.wasm");
+    let echo = guest_dir().join("echo.wasm");
     eprintln!("xtask: serving {} — try `nc 127.0.0.1 61598`; Ctrl-C stops", echo.display());
     run(Command::new(root().join("target/release/portcullis"))
         .arg("run")
@@ -113,21 +118,25 @@ fn demo() -> Result<()> {
 
 fn bench(extra: &[String]) -> Result<()> {
     build()?;
-    run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))?;
+    build_bench()?;
     run(Command::new(root().join("target/release/portcullis-bench")).args(extra))
+}
+
+fn build_bench() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))
 }
 
 /// A build frozen for `portcullis-bench ab`: the host binary and the echo
 /// guest, as they are now, so that a later build can be measured against them.
 fn snapshot(dir: &Path) -> Result<()> {
     build()?;
-    run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))?;
+    build_bench()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (from, to) in
-        [("target/release/portcullis", "portcullis"), ("target/wasm32-wasip2/guest/echo.wasm", "echo.wasm")]
+        [(root().join("target/release/portcullis"), "portcullis"), (guest_dir().join("echo.wasm"), "echo.wasm")]
     {
-        std::fs::copy(root().join(from), dir.join(to))
-            .with_context(|| format!("copying {from} to {}", dir.display()))?;
+        std::fs::copy(&from, dir.join(to))
+            .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
     }
     eprintln!("xtask: snapshot in {}", dir.display());
     Ok(())
@@ -152,6 +161,6 @@ fn test(extra: &[String]) -> Result<()> {
     // The bench, as a smoke test: every scenario must complete and measure
     // something (it fails otherwise); how fast is not asserted.
     eprintln!("xtask: smoke run of the bench (`cargo xtask bench --quick`)");
-    run(cargo().args(["build", "--release", "-p", "portcullis-bench"]))?;
+    build_bench()?;
     run(Command::new(root().join("target/release/portcullis-bench")).arg("--quick"))
 }
