@@ -9,7 +9,8 @@
 //! only for its own connection to be served, so one blocked in a guest `read(n)`
 //! never holds up the others.
 //! Or, with `--instances per-connection` ([`run_per_connection`]), every accepted
-//! connection gets an instance of its own, driven the same way in its own task.
+//! connection gets an instance of its own, driven the same way in its own task;
+//! one such instance is made ahead, so a new connection does not wait for it.
 //!
 //! The `on-read-ready` rules live in `Instance::callbacks_for`: at most one
 //! callback per connection at a time, fired again only when something new
@@ -122,6 +123,15 @@ impl Loaded {
         let mut store = self.new_store(sink, Arc::new(AtomicUsize::new(0)), None);
         self.instantiate(&mut store).await?;
         Ok(FreshInstance { _store: store })
+    }
+
+    /// A fresh store and instance for one connection, made before it arrives.
+    async fn standby(&self, connection_limit: Option<Arc<Semaphore>>) -> Result<Standby> {
+        let (sink, conns) = mpsc::unbounded_channel();
+        let active_listeners = Arc::new(AtomicUsize::new(0));
+        let mut store = self.new_store(sink.clone(), active_listeners.clone(), connection_limit);
+        let (_instance, callbacks) = self.instantiate(&mut store).await?;
+        Ok(Standby { store, callbacks, sink, conns, active_listeners })
     }
 
     /// A new instance in `store`, with its callbacks looked up.
@@ -269,18 +279,52 @@ pub async fn run_per_connection(
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let mut instances = tokio::task::JoinSet::new();
+    // One instance is made ahead, in the time between connections, so that the
+    // next connection is served at once instead of after its instantiation.
+    // Every instance is made here, in this one task, so the spare can never
+    // take the last pool slot from a connection that is being set up.
+    let mut spare: Option<Standby> = None;
+    // After a failed attempt (typically a full pool), try again only once an
+    // instance has ended, instead of spinning on a full pool.
+    let mut may_prepare = true;
     loop {
         tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
             conn = conns.recv() => match conn {
                 Some(conn) => {
-                    instances.spawn(serve_alone(loaded.clone(), conn, limit.clone(), shutdown.clone()));
+                    let standby = match spare.take() {
+                        Some(standby) => Ok(standby),
+                        None => loaded.standby(limit.clone()).await,
+                    };
+                    match standby {
+                        Ok(standby) => {
+                            instances.spawn(serve_alone(loaded.clone(), standby, conn, shutdown.clone()));
+                        }
+                        Err(e) => {
+                            // Typically the instance pool is exhausted: refuse this
+                            // connection, keep serving the others.
+                            tracing::warn!(component = %loaded.name, id = conn.id(), remote = %conn.remote_addr(),
+                                "no instance for this connection: {e:#}");
+                            conn.close();
+                        }
+                    }
                 }
                 None => break,
             },
-            Some(_) = instances.join_next() => {}
-            _ = shutdown.cancelled() => break,
+            Some(_) = instances.join_next() => may_prepare = true,
+            made = async {
+                // Let the connection just handed over (and whatever else is
+                // ready) go first: the spare is for the time nothing is.
+                tokio::task::yield_now().await;
+                loaded.standby(limit.clone()).await
+            }, if spare.is_none() && may_prepare => match made {
+                Ok(standby) => spare = Some(standby),
+                Err(_) => may_prepare = false,
+            },
         }
     }
+    drop(spare);
     conns.close();
     while let Ok(conn) = conns.try_recv() {
         conn.close();
@@ -289,26 +333,24 @@ pub async fn run_per_connection(
     Ok(0)
 }
 
+/// A fresh instance waiting for its connection (`--instances per-connection`),
+/// with the channel its driver loop takes connections from.
+struct Standby {
+    store: Store<HostState>,
+    callbacks: Option<Callbacks>,
+    sink: mpsc::UnboundedSender<TcpConn>,
+    conns: mpsc::UnboundedReceiver<TcpConn>,
+    active_listeners: Arc<AtomicUsize>,
+}
+
 /// One connection in an instance of its own, from instantiation to `on-close`
 /// (and to the end of any client connection the instance opened meanwhile).
-async fn serve_alone(loaded: Arc<Loaded>, conn: TcpConn, limit: Option<Arc<Semaphore>>, shutdown: CancellationToken) {
+async fn serve_alone(loaded: Arc<Loaded>, standby: Standby, conn: TcpConn, shutdown: CancellationToken) {
     // The connection's place under `--max-connections` is given back after the
     // store (declared later, dropped earlier) has returned its pool slot.
     let _slot = conn.take_slot();
-    let (sink, mut conns) = mpsc::unbounded_channel();
-    let active_listeners = Arc::new(AtomicUsize::new(0));
+    let Standby { mut store, callbacks, sink, mut conns, active_listeners } = standby;
     let (id, remote) = (conn.id(), conn.remote_addr());
-    let mut store = loaded.new_store(sink.clone(), active_listeners.clone(), limit);
-    let (_instance, callbacks) = match loaded.instantiate(&mut store).await {
-        Ok(started) => started,
-        Err(e) => {
-            // Typically the instance pool is exhausted: refuse this connection,
-            // keep serving the others.
-            tracing::warn!(component = %loaded.name, id, %remote, "no instance for this connection: {e:#}");
-            conn.close();
-            return;
-        }
-    };
     let _ = sink.send(conn);
     let (ended, live) = loaded
         .serve_instance(&mut store, callbacks.as_ref(), None, &mut conns, &active_listeners, true, &shutdown)
