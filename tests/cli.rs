@@ -117,16 +117,24 @@ fn serve_echo(cache: &Path, log_level: &str) -> Running {
 }
 
 fn serve_echo_with(cache: &Path, log_level: &str, extra: &[&str]) -> Running {
-    let stderr_log = cache.join(format!("stderr-{}.log", std::process::id()));
-    let mut child = Command::new(portcullis_bin())
+    serve(echo_command(cache, log_level, extra), cache)
+}
+
+/// `portcullis run` of the echo example on a free port, not started yet.
+fn echo_command(cache: &Path, log_level: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(portcullis_bin());
+    command
         .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .args(extra)
         .env("PORTCULLIS_CACHE_DIR", cache)
-        .env("RUST_LOG", log_level)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_log).unwrap())
-        .spawn()
-        .unwrap();
+        .env("RUST_LOG", log_level);
+    command
+}
+
+/// Starts `command` and waits for its `listening on` line.
+fn serve(mut command: Command, cache: &Path) -> Running {
+    let stderr_log = cache.join(format!("stderr-{}.log", std::process::id()));
+    let mut child = command.stdout(Stdio::piped()).stderr(std::fs::File::create(&stderr_log).unwrap()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.strip_prefix("listening on ").expect("first line is `listening on ADDR`").trim().to_string();
@@ -213,6 +221,32 @@ fn max_instances_bounds_the_connections_served_at_once() {
     let (code, log) = running.terminate();
     assert_eq!(code, 0, "log: {log}");
     assert!(!log.contains("no instance for this connection"), "log: {log}");
+}
+
+#[test]
+fn a_low_open_file_limit_does_not_cap_the_connections() {
+    const SOFT_LIMIT: libc::rlim_t = 64;
+    let dir = scratch("open-file-limit");
+    let mut command = echo_command(&dir, "info", &[]);
+    // SAFETY: only getrlimit/setrlimit, in the child between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = SOFT_LIMIT;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let running = serve(command, &dir);
+    // Each open at once: past the soft limit the accept loop would fail with
+    // "too many open files" and these would wait unserved.
+    let clients: Vec<TcpStream> =
+        (0..SOFT_LIMIT * 2).map(|i| echo_once(&running.addr, format!("client {i}").as_bytes())).collect();
+    assert_eq!(clients.len() as libc::rlim_t, SOFT_LIMIT * 2);
+    let (code, log) = running.terminate();
+    assert_eq!(code, 0, "log: {log}");
+    assert!(!log.contains("accept failed"), "log: {log}");
 }
 
 #[test]

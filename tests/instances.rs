@@ -113,6 +113,42 @@ async fn when_the_pool_is_full_new_connections_are_refused_until_a_slot_frees() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_slot_of_a_large_pool_serves_a_connection_at_once() {
+    // More instances than wasmtime's default pool has async stacks (1000):
+    // each live instance keeps one.
+    const CONNECTIONS: usize = 1100;
+    raise_open_file_limit(4 * CONNECTIONS);
+    let runtime = pooled_runtime(CONNECTIONS as u32 + 1);
+    let service = start_per_connection(&runtime, "echo");
+    let mut open = Vec::new();
+    for i in 0..CONNECTIONS {
+        let mut conn = service.connect().await;
+        let message = format!("connection {i}");
+        assert_eq!(round_trip(&mut conn, message.as_bytes()).await, message.as_bytes(), "connection {i}");
+        open.push(conn);
+    }
+    assert_eq!(service.stop().await, 0);
+}
+
+/// Both ends of every connection live in this process.
+fn raise_open_file_limit(needed: usize) {
+    // SAFETY: getrlimit/setrlimit on this process, with a struct they fill.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        assert!(
+            limit.rlim_max >= needed as libc::rlim_t,
+            "the hard open-file limit {} is below {needed}",
+            limit.rlim_max
+        );
+        if limit.rlim_cur < needed as libc::rlim_t {
+            limit.rlim_cur = needed as libc::rlim_t;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance() {
     // As `portcullis run --instances per-connection` does by default:
     // `--max-connections` is `--max-instances`.

@@ -31,6 +31,11 @@ pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
         .total_core_instances(max_instances * 4)
         .total_memories(max_instances)
         .total_tables(max_instances * 4)
+        // A store keeps the stack of its last async call for the next one, so
+        // every live instance holds one; the second per slot is for calls
+        // that wait on a stack of their own meanwhile. (wasmtime's default,
+        // 1000, had every instance past the thousandth refused.)
+        .total_stacks(max_instances * STACKS_PER_INSTANCE)
         .max_memory_size(256 << 20)
         // Return freed slots to the OS 16 at a time (one batch of madvise calls,
         // not one per dropped instance): instantiation went from 19-30 µs to
@@ -68,6 +73,10 @@ pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
 /// connections a service with instances per connection holds open at once.
 /// Slots only reserve address space (about 4 GiB each) until used.
 pub const POOLED_INSTANCES: u32 = 10_000;
+
+/// Async stacks in the pool per instance slot (see `new_pooled_engine`). Each
+/// only reserves address space until used.
+pub const STACKS_PER_INSTANCE: u32 = 2;
 
 /// How much of a freed slot's linear memory is reset in place and kept resident
 /// for the next instance (where the kernel can list dirty pages; Linux 6.7+).
