@@ -179,6 +179,20 @@ pub async fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> f64 {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_bytes(pid);
+    // Each must have been served, or this measured refused connections: one
+    // byte echoed on each, after the measurement (so they were idle for it).
+    let mut unserved = 0;
+    for conn in &mut conns {
+        let mut byte = [0u8; 1];
+        let echoed = async {
+            conn.write_all(b"?").await?;
+            conn.read_exact(&mut byte).await
+        };
+        if !matches!(tokio::time::timeout(Duration::from_secs(5), echoed).await, Ok(Ok(_))) {
+            unserved += 1;
+        }
+    }
+    assert_eq!(unserved, 0, "{unserved} of {n} idle connections were not served");
     drop(conns);
     tokio::time::sleep(Duration::from_millis(300)).await;
     (after as f64 - before as f64) / n as f64

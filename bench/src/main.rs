@@ -38,6 +38,15 @@ struct Row {
     ratio_max: Option<f64>,
 }
 
+const USAGE: &str = "\
+usage: portcullis-bench [--quick]      every scenario, portcullis against native (cargo xtask bench)
+       portcullis-bench ab A B LOAD [MODE] [ROUNDS] [SECONDS]
+                                       two builds frozen by `cargo xtask snapshot`, side by side
+       portcullis-bench native-server  the native baseline alone
+       portcullis-bench echo-load ADDR [SIZE] [SECONDS] [CONNS] | churn-load ADDR [SECONDS]
+                      | latency-load ADDR [RATE] [SECONDS] [CONNS] | udp-load ADDR [SECONDS] [CLIENTS]
+                                       one load against a server started by hand";
+
 struct Settings {
     rounds: usize,
     /// Processes the instantiation loop runs in (see [`instantiation`]).
@@ -58,7 +67,20 @@ fn main() -> Result<()> {
     if let Some(kind @ ("echo-load" | "churn-load" | "latency-load" | "udp-load")) = args.first().map(String::as_str) {
         return load_only(kind, &args[1..]);
     }
-    let quick = args.iter().any(|a| a == "--quick");
+    let quick = match args.first().map(String::as_str) {
+        None => false,
+        Some("--quick") if args.len() == 1 => true,
+        Some(_) => {
+            // Anything else (`--help` included) gets the usage, not a
+            // ten-minute run.
+            eprintln!("{USAGE}");
+            return if matches!(args[0].as_str(), "--help" | "-h" | "help") {
+                Ok(())
+            } else {
+                bail!("unknown arguments: {}", args.join(" "))
+            };
+        }
+    };
     let settings = if quick {
         Settings {
             rounds: 5,
