@@ -117,7 +117,9 @@ async fn every_slot_of_a_large_pool_serves_a_connection_at_once() {
     // More instances than wasmtime's default pool has async stacks (1000):
     // each live instance keeps one.
     const CONNECTIONS: usize = 1100;
-    raise_open_file_limit(4 * CONNECTIONS);
+    // Both ends of every connection live in this process.
+    let limit = portcullis::server::raise_open_file_limit();
+    assert!(limit >= 4 * CONNECTIONS as u64, "the open-file limit {limit} is below {}", 4 * CONNECTIONS);
     let runtime = pooled_runtime(CONNECTIONS as u32 + 1);
     let service = start_per_connection(&runtime, "echo");
     let mut open = Vec::new();
@@ -128,24 +130,6 @@ async fn every_slot_of_a_large_pool_serves_a_connection_at_once() {
         open.push(conn);
     }
     assert_eq!(service.stop().await, 0);
-}
-
-/// Both ends of every connection live in this process.
-fn raise_open_file_limit(needed: usize) {
-    // SAFETY: getrlimit/setrlimit on this process, with a struct they fill.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        assert!(
-            limit.rlim_max >= needed as libc::rlim_t,
-            "the hard open-file limit {} is below {needed}",
-            limit.rlim_max
-        );
-        if limit.rlim_cur < needed as libc::rlim_t {
-            limit.rlim_cur = needed as libc::rlim_t;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

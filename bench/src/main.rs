@@ -99,7 +99,8 @@ fn main() -> Result<()> {
         }
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    raise_fd_limit();
+    // 5,000 idle connections need more descriptors than the usual soft limit.
+    portcullis::server::raise_open_file_limit();
     pin_to_core(1);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -515,18 +516,6 @@ fn print_table(rows: &[Row], quick: bool, cores: usize) {
         if quick { "quick" } else { "full" },
         cores
     );
-}
-
-/// 5,000 idle connections need more descriptors than the usual soft limit.
-fn raise_fd_limit() {
-    // SAFETY: plain getrlimit/setrlimit on our own process; children inherit it.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 fn pin_to_core(core: usize) {

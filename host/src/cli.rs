@@ -151,32 +151,6 @@ pub fn main() -> i32 {
     }
 }
 
-/// Every connection is a descriptor, and the usual soft limit (1024) would
-/// stop a service far below `--max-connections` / `--max-instances`, its
-/// accept loop failing with "too many open files". Raises the soft limit to
-/// the hard one, as servers (and Go's runtime) do; the hard limit stays the
-/// operator's.
-fn raise_open_file_limit() {
-    // SAFETY: getrlimit/setrlimit on this process, with a struct they fill.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        // An unlimited hard limit is not a valid soft one for descriptors: the
-        // kernel caps them at `fs.nr_open`, by default 2^20.
-        let wanted = limit.rlim_max.min(1 << 20);
-        let soft = limit.rlim_cur;
-        if soft >= wanted {
-            return;
-        }
-        limit.rlim_cur = wanted;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-            tracing::debug!("open-file limit raised from {soft} to {wanted}");
-        }
-    }
-}
-
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -185,7 +159,7 @@ fn init_logging() {
 
 async fn run(args: RunArgs) -> Result<i32> {
     let specs = args.specs()?;
-    raise_open_file_limit();
+    server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs
     // microseconds instead of mapping fresh memory each time.
     let mut runtime = if specs.iter().any(|s| s.instances == Instances::PerConnection) {

@@ -52,7 +52,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// An instance from [`Loaded::instantiate_once`], kept until dropped.
 pub struct FreshInstance {
-    _store: Store<HostState>,
+    _standby: Standby,
 }
 
 /// What a component offers, worked out once: its pre-linked form, whether it
@@ -119,10 +119,7 @@ impl Loaded {
     /// with its callbacks looked up: what a new instance costs (the bench
     /// measures it). Dropping the result tears it down and frees its pool slot.
     pub async fn instantiate_once(&self) -> Result<FreshInstance> {
-        let (sink, _conns) = mpsc::unbounded_channel();
-        let mut store = self.new_store(sink, Arc::new(AtomicUsize::new(0)), None);
-        self.instantiate(&mut store).await?;
-        Ok(FreshInstance { _store: store })
+        Ok(FreshInstance { _standby: self.standby(None).await? })
     }
 
     /// A fresh store and instance for one connection, made before it arrives.

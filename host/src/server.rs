@@ -121,3 +121,33 @@ pub async fn serve(
         }
     }
 }
+
+/// Every connection is a descriptor, and the usual soft limit (1024) would
+/// stop a service far below `--max-connections` / `--max-instances`, its
+/// accept loop failing with "too many open files". Raises the soft limit to
+/// the hard one, as servers (and Go's runtime) do; the hard limit stays the
+/// operator's. Returns the soft limit now in force (0 if it cannot be read).
+/// `portcullis run` calls it at start; so do the bench and the tests, which
+/// hold both ends of thousands of connections.
+pub fn raise_open_file_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit on this process, with a struct they fill.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        // An unlimited hard limit is not a valid soft one for descriptors: the
+        // kernel caps them at `fs.nr_open`, by default 2^20.
+        let wanted = limit.rlim_max.min(1 << 20);
+        let soft = limit.rlim_cur;
+        if soft >= wanted {
+            return soft;
+        }
+        limit.rlim_cur = wanted;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return soft;
+        }
+        tracing::debug!("open-file limit raised from {soft} to {wanted}");
+        wanted
+    }
+}
