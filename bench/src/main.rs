@@ -104,9 +104,11 @@ fn main() -> Result<()> {
     pin_to_core(1);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let rows = runtime.block_on(run_all(&root, &settings))?;
+    let probe_at_start = portcullis_bench::memory_latency_ns();
+    let (rows, probe_in_instantiation) = runtime.block_on(run_all(&root, &settings))?;
+    let probes = [probe_at_start, probe_in_instantiation, portcullis_bench::memory_latency_ns()];
 
-    print_table(&rows, quick, cores);
+    print_table(&rows, quick, cores, probes);
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&rows)?)?;
@@ -347,7 +349,9 @@ where
     Paired { native: medians(&a), ours: medians(&b), ratio, ratio_range, difference }
 }
 
-async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
+/// Every scenario; with the rows, the memory probe's median reading during
+/// the instantiation processes.
+async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
     let cache = root.join("target/bench/cache");
     std::fs::create_dir_all(&cache)?;
     let mut rows = Vec::new();
@@ -458,11 +462,11 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
     rows.push(row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)));
 
     eprintln!("bench: instantiation");
-    let (up, down, both) = instantiation(s.instantiation_processes, 5_000)?;
-    rows.push(row("instantiation from InstancePre", "pooling", "µs", up, None));
-    rows.push(row("tear-down of that instance", "pooling", "µs", down, None));
-    rows.push(row("instantiation + tear-down", "pooling", "µs", both, None));
-    Ok(rows)
+    let times = instantiation(s.instantiation_processes, 5_000)?;
+    rows.push(row("instantiation from InstancePre", "pooling", "µs", times.up, None));
+    rows.push(row("tear-down of that instance", "pooling", "µs", times.down, None));
+    rows.push(row("instantiation + tear-down", "pooling", "µs", times.both, None));
+    Ok((rows, times.probe_ns))
 }
 
 /// The medians, in µs, of instantiating `echo`, of tearing it down and of both,
@@ -470,14 +474,14 @@ async fn run_all(root: &Path, s: &Settings) -> Result<Vec<Row>> {
 /// processes of its own (with the server's allocator): the median over the
 /// processes of each one's median.
 ///
-/// One process is not enough: the time depends on where the process's
-/// mappings happen to land (with address randomisation off it is the same in
-/// every run; shifting the mappings by a few pages switches it between
-/// ≈ 10 and ≈ 16 µs on this machine, cache sets colliding or not), so a
-/// single process measures its own luck.
-fn instantiation(processes: usize, n: usize) -> Result<(f64, f64, f64)> {
+/// One process is not enough: on this machine the time drifts between levels
+/// (≈ 10, ≈ 15, ≈ 18 µs) for seconds at a time, within a process too, with
+/// address randomisation off as well; a memory probe run in the same process
+/// moves with it (see `portcullis_bench::memory_latency_ns`). So each process
+/// also reports its probe, and the processes' medians are printed with it.
+fn instantiation(processes: usize, n: usize) -> Result<Instantiation> {
     let exe = std::env::current_exe()?.with_file_name("portcullis-instantiate");
-    let (mut ups, mut downs, mut boths) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ups, mut downs, mut boths, mut probes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..processes {
         let out =
             Command::new(&exe).arg(n.to_string()).output().with_context(|| format!("running {}", exe.display()))?;
@@ -486,19 +490,30 @@ fn instantiation(processes: usize, n: usize) -> Result<(f64, f64, f64)> {
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let numbers: Vec<f64> = text.split_whitespace().filter_map(|word| word.parse().ok()).collect();
-        let [up, _n, down, both] = numbers[..] else {
+        let [up, _n, down, both, probe] = numbers[..] else {
             bail!("unexpected output from portcullis-instantiate: {text}");
         };
         ups.push(up);
         downs.push(down);
         boths.push(both);
+        probes.push(probe);
     }
-    let shown: Vec<String> = ups.iter().map(|up| format!("{up:.1}")).collect();
-    eprintln!("bench: instantiation, each process's median: {} µs", shown.join(" "));
-    Ok((median(ups), median(downs), median(boths)))
+    let shown: Vec<String> = ups.iter().zip(&probes).map(|(up, probe)| format!("{up:.1} ({probe:.1} ns)")).collect();
+    eprintln!("bench: instantiation, each process's median (memory probe): {} µs", shown.join(" "));
+    Ok(Instantiation { up: median(ups), down: median(downs), both: median(boths), probe_ns: median(probes) })
 }
 
-fn print_table(rows: &[Row], quick: bool, cores: usize) {
+/// The medians over the processes (µs), and of their memory probes (ns per load).
+struct Instantiation {
+    up: f64,
+    down: f64,
+    both: f64,
+    probe_ns: f64,
+}
+
+/// `probes`: the memory probe's readings (ns per load) at the start, during
+/// instantiation and at the end of the run.
+fn print_table(rows: &[Row], quick: bool, cores: usize, probes: [f64; 3]) {
     println!("| scenario | mode | metric | portcullis | native | ratio | rounds' ratios |");
     println!("|---|---|---|---:|---:|---:|---:|");
     for r in rows {
@@ -515,6 +530,11 @@ fn print_table(rows: &[Row], quick: bool, cores: usize) {
          ratio: median of the per-round ratios (their lowest and highest in the last column).",
         if quick { "quick" } else { "full" },
         cores
+    );
+    let [start, instantiation, end] = probes;
+    println!(
+        "Memory probe (a pointer chase through 384 KiB; higher is a busier machine): {start:.1} ns per load at the \
+         start, {instantiation:.1} during instantiation, {end:.1} at the end."
     );
 }
 

@@ -147,6 +147,8 @@ fn test(extra: &[String]) -> Result<()> {
     // Release: the tests share the optimised host build with demo and bench, and
     // compile guests with an optimised Cranelift.
     run(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra))?;
+    // The bench's own helpers (its memory probe).
+    run(cargo().args(["test", "--release", "-p", "portcullis-bench", "--lib"]))?;
     // The SDK's docs must build without warnings.
     run(cargo()
         .args(["doc", "--release", "--no-deps", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])

@@ -9,11 +9,18 @@
 //! (mimalloc), while `portcullis-bench` and its native baseline keep the system
 //! allocator. `cargo xtask bench` runs it; run it alone to profile the loop
 //! (valgrind cannot reserve the default pool: pass a few SLOTS).
+//!
+//! The loop runs in ten parts with the memory probe
+//! ([`portcullis_bench::memory_latency_ns`]) after each; the median of those
+//! readings is printed last, to tell a quiet machine's result from a busy one's.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
+
+/// Parts of the loop, each followed by a memory probe.
+const PARTS: usize = 10;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,31 +35,35 @@ fn main() -> Result<()> {
     let runtime = portcullis::Runtime::pooled(slots)?.with_cache_dir(Some(root.join("target/bench/cache")));
     let loaded = runtime.load(Path::new(&guest), Vec::new(), Default::default())?;
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (mut up, mut down) = tokio.block_on(async {
+    let (mut up, mut down, mut probes) = tokio.block_on(async {
         for _ in 0..20 {
             loaded.instantiate_once().await?;
         }
-        let (mut up, mut down) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for _ in 0..n {
-            let started = Instant::now();
-            let instance = loaded.instantiate_once().await?;
-            let ready = Instant::now();
-            drop(instance);
-            up.push((ready - started).as_secs_f64() * 1e6);
-            down.push(ready.elapsed().as_secs_f64() * 1e6);
+        let (mut up, mut down, mut probes) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
+        for part in 0..PARTS {
+            for _ in part * n / PARTS..(part + 1) * n / PARTS {
+                let started = Instant::now();
+                let instance = loaded.instantiate_once().await?;
+                let ready = Instant::now();
+                drop(instance);
+                up.push((ready - started).as_secs_f64() * 1e6);
+                down.push(ready.elapsed().as_secs_f64() * 1e6);
+            }
+            probes.push(portcullis_bench::memory_latency_ns());
         }
-        anyhow::Ok((up, down))
+        anyhow::Ok((up, down, probes))
     })?;
     let mut both: Vec<f64> = up.iter().zip(&down).map(|(u, d)| u + d).collect();
-    let median = |times: &mut Vec<f64>| {
-        times.sort_by(f64::total_cmp);
-        times[n / 2]
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
     };
     println!(
-        "{:.1} µs median over {n} to instantiate; {:.1} µs to tear down; {:.1} µs both",
+        "{:.1} µs median over {n} to instantiate; {:.1} µs to tear down; {:.1} µs both; memory probe {:.1} ns per load",
         median(&mut up),
         median(&mut down),
-        median(&mut both)
+        median(&mut both),
+        median(&mut probes)
     );
     Ok(())
 }
