@@ -62,7 +62,7 @@ pub struct Loaded {
     pre: InstancePre<HostState>,
     callbacks: Option<GuestIndices>,
     main: Option<ComponentExportIndex>,
-    env: Vec<(String, String)>,
+    env: Arc<[(String, String)]>,
     policy: Arc<Policy>,
     /// Callbacks the guest answered `unwanted` (it does nothing there): not
     /// called again, in any instance of this component.
@@ -112,7 +112,15 @@ impl Loaded {
                     component.get_export_index(Some(&iface), "run")
                 },
             );
-        Ok(Loaded { name: name.to_string(), pre, callbacks, main, env, policy, unwanted: Unwanted::default() })
+        Ok(Loaded {
+            name: name.to_string(),
+            pre,
+            callbacks,
+            main,
+            env: env.into(),
+            policy,
+            unwanted: Unwanted::default(),
+        })
     }
 
     /// Creates a fresh store and instance, as a per-connection instance gets,
@@ -168,7 +176,7 @@ impl Loaded {
             component: Arc::from(self.name.as_str()),
             connection_limit,
         };
-        new_store(self.pre.engine(), &self.env, net)
+        new_store(self.pre.engine(), self.env.clone(), net)
     }
 
     /// Runs the event loop of the instance in `store` (see [`Instance::serve`])
