@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use portcullis::dispatch::STOP_GRACE;
 use portcullis_tests::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_connections_thousand_random_messages_each_echo_exactly() {
@@ -56,6 +57,29 @@ async fn a_connection_parked_in_read_n_does_not_delay_the_others() {
     parked.write_all(b"BlockingRead").await.unwrap();
     assert_eq!(read_n(&mut parked, 18).await, b"ThisIsBlockingRead");
     service.stop().await;
+}
+
+/// A stop lets a callback that is still running finish, but not forever:
+/// after the grace period the host closes its connection and the service ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_closes_a_connection_still_busy_after_the_grace_period() {
+    let service = start_mode("blocking").await;
+    let mut parked = service.connect().await;
+    parked.write_all(b"ThisIs").await.unwrap(); // 6 of 18: its callback waits in read(18)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    assert_eq!(service.stop().await, 0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= STOP_GRACE - Duration::from_millis(500),
+        "stopped after {waited:?}, before the grace period ran out"
+    );
+
+    // The host closed the parked connection: its peer sees the end (or a reset).
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), parked.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the parked connection was left open");
 }
 
 /// Connections that become ready together are served by one `on-read-ready`

@@ -21,6 +21,7 @@
 //! connections. Dispatch knows nothing about address checks.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,6 +46,7 @@ use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, Served, TcpConn};
 use crate::policy::Policy;
 use crate::state::{HostState, new_store};
+use crate::wake_gate::WakeGate;
 
 /// How long a graceful stop lets running callbacks finish before it closes their
 /// connections under them.
@@ -468,9 +470,15 @@ impl Instance<'_> {
         let mut main_running = main.is_some();
         let mut exit_code = 0;
         let mut stopping = shutdown.is_cancelled();
-        let mut force_at: Option<Instant> = None;
+        // Whether `force_timer` is running: a stop began (it ends the grace).
+        let mut armed = false;
         let mut forced = false;
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        // The loop turns at least once per message: the waits that cost work
+        // on every poll are polled again only once they woke (see `wake_gate`).
+        let (stop_gate, conns_gate) = (WakeGate::default(), WakeGate::default());
+        // Made once and re-armed at a stop, not made anew on every turn.
+        let mut force_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
         let ready_batch = || {
             std::future::poll_fn(|_| {
                 let mut ready = self.ready.lock().unwrap();
@@ -486,7 +494,6 @@ impl Instance<'_> {
             if (idle || stopping) && drivers.is_empty() {
                 return Ok(exit_code);
             }
-            let deadline = force_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 // In this order: `ready_batch` relies on the drivers having just been polled.
                 biased;
@@ -498,7 +505,7 @@ impl Instance<'_> {
                     }
                 }
                 Some(served) = batches.next() => served?,
-                Some(conn) = conns.recv(), if !stopping => {
+                Some(conn) = poll_fn(|cx| conns_gate.poll(cx, |cx| conns.poll_recv(cx))), if !stopping => {
                     drivers.push(self.drive(acc, conn, shutdown));
                 }
                 result = &mut main_call, if main_running => {
@@ -508,11 +515,12 @@ impl Instance<'_> {
                         exit_code = if status.is_ok() { 0 } else { 1 };
                     }
                 }
-                _ = &mut cancelled, if !stopping => {
+                _ = poll_fn(|cx| stop_gate.poll(cx, |cx| cancelled.as_mut().poll(cx))), if !stopping => {
                     stopping = true;
-                    force_at = Some(Instant::now() + STOP_GRACE);
+                    force_timer.as_mut().reset(Instant::now() + STOP_GRACE);
+                    armed = true;
                 }
-                _ = tokio::time::sleep_until(deadline), if force_at.is_some() => {
+                _ = &mut force_timer, if armed => {
                     if forced {
                         tracing::warn!(component = %self.name, "callbacks still running after a forced stop; abandoning them");
                         return Ok(exit_code);
@@ -520,7 +528,7 @@ impl Instance<'_> {
                     let n = self.live.close_all();
                     tracing::warn!(component = %self.name, "{n} connection(s) still busy after {STOP_GRACE:?}; closing them");
                     forced = true;
-                    force_at = Some(Instant::now() + Duration::from_secs(1));
+                    force_timer.as_mut().reset(Instant::now() + Duration::from_secs(1));
                 }
             }
         }
@@ -579,8 +587,11 @@ impl Instance<'_> {
         let served = Arc::new(Served::default());
         let mut seen = ReadMark::default();
         // One wait for the stop per connection, not one per message: each new
-        // one registers with the token (a mutex) and unregisters when dropped.
-        let mut stop = std::pin::pin!(shutdown.cancelled());
+        // one registers with the token (a mutex) and unregisters when dropped;
+        // and polled through a gate, since each poll takes two mutexes.
+        let stop_gate = WakeGate::default();
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let mut stop = poll_fn(|cx| stop_gate.poll(cx, |cx| cancelled.as_mut().poll(cx)));
         loop {
             let readiness = tokio::select! {
                 r = conn.wait_ready(seen) => r,

@@ -15,6 +15,8 @@
 //! - [`policy`]: the operator's grants, checked before every connect, bind and send.
 //! - [`engine`]: wasmtime configuration and the on-disk component cache.
 //! - [`state`]: what one store holds. [`bindings`]: generated from `wit/`.
+//!   [`wake_gate`]: waits polled again only once they woke (the dispatcher's
+//!   per-message loop).
 
 pub mod bindings;
 pub mod cli;
@@ -26,5 +28,6 @@ pub mod net;
 pub mod policy;
 pub mod server;
 pub mod state;
+pub mod wake_gate;
 
 pub use server::Runtime;
