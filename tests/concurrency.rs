@@ -41,9 +41,7 @@ async fn hundred_connections_thousand_random_messages_each_echo_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_parked_in_read_n_does_not_delay_the_others() {
     let service = start_mode("blocking").await;
-    let mut parked = service.connect().await;
-    parked.write_all(b"ThisIs").await.unwrap(); // 6 of 18: its callback waits in read(18)
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut parked = parked_in_read(&service).await;
 
     for i in 0..10 {
         let mut other = service.connect().await;
@@ -59,14 +57,20 @@ async fn a_connection_parked_in_read_n_does_not_delay_the_others() {
     service.stop().await;
 }
 
+/// A connection whose callback waits in `read(18)`: it sent 6 of the 18 bytes.
+async fn parked_in_read(service: &TestService) -> tokio::net::TcpStream {
+    let mut parked = service.connect().await;
+    parked.write_all(b"ThisIs").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    parked
+}
+
 /// A stop lets a callback that is still running finish, but not forever:
 /// after the grace period the host closes its connection and the service ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_closes_a_connection_still_busy_after_the_grace_period() {
     let service = start_mode("blocking").await;
-    let mut parked = service.connect().await;
-    parked.write_all(b"ThisIs").await.unwrap(); // 6 of 18: its callback waits in read(18)
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut parked = parked_in_read(&service).await;
 
     let started = Instant::now();
     assert_eq!(service.stop().await, 0);
