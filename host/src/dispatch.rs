@@ -46,7 +46,7 @@ use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, Served, TcpConn};
 use crate::policy::Policy;
 use crate::state::{HostState, new_store};
-use crate::wake_gate::WakeGate;
+use crate::wake_gate::{self, WakeGate};
 
 /// How long a graceful stop lets running callbacks finish before it closes their
 /// connections under them.
@@ -294,10 +294,11 @@ pub async fn run_per_connection(
     // After a failed attempt (typically a full pool), try again only once an
     // instance has ended, instead of spinning on a full pool.
     let mut may_prepare = true;
+    let mut stop = wake_gate::cancelled(&shutdown);
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = &mut stop => break,
             conn = conns.recv() => match conn {
                 Some(conn) => {
                     let standby = match spare.take() {
@@ -473,10 +474,10 @@ impl Instance<'_> {
         // Whether `force_timer` is running: a stop began (it ends the grace).
         let mut armed = false;
         let mut forced = false;
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
         // The loop turns at least once per message: the waits that cost work
         // on every poll are polled again only once they woke (see `wake_gate`).
-        let (stop_gate, conns_gate) = (WakeGate::default(), WakeGate::default());
+        let mut cancelled = wake_gate::cancelled(shutdown);
+        let conns_gate = WakeGate::default();
         // Made once and re-armed at a stop, not made anew on every turn.
         let mut force_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
         let ready_batch = || {
@@ -515,7 +516,7 @@ impl Instance<'_> {
                         exit_code = if status.is_ok() { 0 } else { 1 };
                     }
                 }
-                _ = poll_fn(|cx| stop_gate.poll(cx, |cx| cancelled.as_mut().poll(cx))), if !stopping => {
+                _ = &mut cancelled, if !stopping => {
                     stopping = true;
                     force_timer.as_mut().reset(Instant::now() + STOP_GRACE);
                     armed = true;
@@ -588,10 +589,8 @@ impl Instance<'_> {
         let mut seen = ReadMark::default();
         // One wait for the stop per connection, not one per message: each new
         // one registers with the token (a mutex) and unregisters when dropped;
-        // and polled through a gate, since each poll takes two mutexes.
-        let stop_gate = WakeGate::default();
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
-        let mut stop = poll_fn(|cx| stop_gate.poll(cx, |cx| cancelled.as_mut().poll(cx)));
+        // and behind a gate, since each poll of it takes two mutexes.
+        let mut stop = wake_gate::cancelled(shutdown);
         loop {
             let readiness = tokio::select! {
                 r = conn.wait_ready(seen) => r,

@@ -15,11 +15,13 @@
 //! been polled yet, or last answered `Ready`, since a channel may hold more),
 //! and otherwise answers `Pending` itself for the price of an atomic swap.
 
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures::task::AtomicWaker;
+use tokio_util::sync::CancellationToken;
 
 /// A gate for one wait (see the module docs). Use it for that wait only: the
 /// wait's own waker registration is what tells the gate to open.
@@ -73,10 +75,19 @@ impl WakeGate {
     }
 }
 
+/// `token.cancelled()` behind a gate of its own: a wait for the stop that a
+/// loop can keep and poll on every turn for next to nothing (`&mut` it into
+/// each `select!`).
+pub fn cancelled(token: &CancellationToken) -> impl Future<Output = ()> + Unpin + '_ {
+    let gate = WakeGate::default();
+    let mut wait = Box::pin(token.cancelled());
+    poll_fn(move |cx| gate.poll(cx, |cx| wait.as_mut().poll(cx)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
-    use std::pin::pin;
+    use std::pin::{Pin, pin};
     use std::sync::atomic::AtomicUsize;
     use std::task::Poll;
 
@@ -112,19 +123,27 @@ mod tests {
         for n in 0..3 {
             tx.send(n).unwrap();
         }
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            got.push(poll_fn(|cx| gate.poll(cx, |cx| rx.poll_recv(cx))).await.unwrap());
-        }
-        assert_eq!(got, [0, 1, 2]);
+        let receive_three = async {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(poll_fn(|cx| gate.poll(cx, |cx| rx.poll_recv(cx))).await.unwrap());
+            }
+            got
+        };
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), receive_three).await;
+        assert_eq!(got.expect("an item already queued was never received"), [0, 1, 2]);
     }
 
     #[tokio::test]
     async fn a_cancellation_wakes_the_task_waiting_behind_the_gate() {
-        let token = tokio_util::sync::CancellationToken::new();
-        let gate = WakeGate::default();
-        let mut cancelled = pin!(token.cancelled());
-        let waiting = async { poll_fn(|cx| gate.poll(cx, |cx| cancelled.as_mut().poll(cx))).await };
+        let token = CancellationToken::new();
+        let mut stop = cancelled(&token);
+        // Polled (and left waiting) a few times first, as a loop does.
+        let waker = futures::task::noop_waker();
+        for _ in 0..3 {
+            assert!(Pin::new(&mut stop).poll(&mut Context::from_waker(&waker)).is_pending());
+        }
+        let waiting = async { (&mut stop).await };
         let cancel = async {
             tokio::task::yield_now().await;
             token.cancel();

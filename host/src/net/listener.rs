@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::wake_gate;
+
 use super::error::{LISTEN_FAILED, SocketError};
 use super::tcp::TcpConn;
 
@@ -45,17 +47,19 @@ pub async fn accept_loop(
     // own, so each need not ask the kernel (a syscall per connection); one on
     // all interfaces does not know which a client came in on.
     let local = listener.local_addr().ok().filter(|addr| !addr.ip().is_unspecified());
+    // One wait for the stop, kept across connections (see `wake_gate`).
+    let mut stopped = wake_gate::cancelled(&stop);
     loop {
         let slot = match &limit {
             Some(limit) => tokio::select! {
                 slot = limit.clone().acquire_owned() => slot.ok(),
-                _ = stop.cancelled() => return,
+                _ = &mut stopped => return,
             },
             None => None,
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
         };
         match accepted.and_then(|(stream, peer)| TcpConn::from_accept(stream, peer, local, read_timeout)) {
             Ok(conn) => {
