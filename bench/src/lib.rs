@@ -22,6 +22,9 @@ const SLOTS: usize = 96 * 1024;
 /// one random cycle, so that every load waits for the one before and the
 /// prefetcher cannot guess the next.
 pub fn memory_latency_ns() -> f64 {
+    // Built anew on each call, not kept: just written, the chain sits in L2,
+    // so the chase reads L2's latency under whatever else shares the core's
+    // caches, not how much of a kept chain the work in between evicted.
     let chain = random_cycle(SLOTS);
     let started = Instant::now();
     let mut at = 0u32;
