@@ -3,21 +3,13 @@
 
 use std::time::Duration;
 
-use portcullis::policy::Policy;
 use portcullis_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLOTS: u32 = 64;
 
 fn start_per_connection(runtime: &portcullis::Runtime, mode: &str) -> TestService {
-    start_on(
-        runtime,
-        "scenarios",
-        &[("MODE", mode)],
-        Duration::from_secs(30),
-        Policy::default(),
-        Instances::PerConnection,
-    )
+    start_on(runtime, "scenarios", &[("MODE", mode)], Duration::from_secs(30), Instances::PerConnection)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +74,12 @@ async fn many_connections_each_echo_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_pool_is_full_new_connections_are_refused_until_a_slot_frees() {
     let runtime = pooled_runtime(2);
-    let service = start_per_connection(&runtime, "echo");
+    // A cap above the pool's size (as when several services share one pool):
+    // connections then reach a full pool instead of waiting in the backlog.
+    let mut spec = spec("scenarios", &[("MODE", "echo")], Duration::from_secs(30));
+    spec.instances = Instances::PerConnection;
+    spec.limits.max_connections = std::num::NonZeroUsize::new(100);
+    let service = start_spec(&runtime, spec);
     let mut first = service.connect().await;
     let mut second = service.connect().await;
     assert_eq!(round_trip(&mut first, b"one").await, b"one");
@@ -137,12 +134,10 @@ async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance(
     // As `portcullis run --instances per-connection` does by default:
     // `--max-connections` is `--max-instances`.
     let runtime = pooled_runtime(2);
-    let options = ServeOptions {
-        read_timeout: Duration::from_secs(30),
-        instances: Instances::PerConnection,
-        max_connections: std::num::NonZeroUsize::new(2),
-    };
-    let service = start_with_options(&runtime, "scenarios", &[("MODE", "echo")], Policy::default(), options);
+    let mut spec = spec("scenarios", &[("MODE", "echo")], Duration::from_secs(30));
+    spec.instances = Instances::PerConnection;
+    spec.limits.max_connections = std::num::NonZeroUsize::new(2);
+    let service = start_spec(&runtime, spec);
     let mut clients = echoing_clients(&service, 2).await;
     let (mut first, mut second) = (clients.remove(0), clients.remove(0));
 

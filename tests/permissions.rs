@@ -6,7 +6,6 @@ use std::net::TcpStream as StdTcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use portcullis::policy::{Action, Grant, Policy};
 use portcullis_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -106,16 +105,12 @@ async fn udp_and_guest_listeners_are_denied_by_default() {
     assert!(stderr.contains("error: permission denied: listen tcp://127.0.0.1:0 is not granted"), "{stderr}");
 }
 
-fn grant(action: Action, text: &str) -> Grant {
-    Grant::parse(action, text).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_pipes_both_ways_with_its_grant() {
     let echo = native_echo().await;
-    let policy = Policy::new(vec![grant(Action::Connect, &format!("tcp://127.0.0.1:{}", echo.port()))], false);
+    let grants = Grants { connect: vec![format!("tcp://127.0.0.1:{}", echo.port())], ..Grants::default() };
     let proxy =
-        start_with_policy("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), policy).await;
+        start_with_grants("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), grants).await;
     let mut client = proxy.connect().await;
     assert_eq!(round_trip(&mut client, b"through the proxy").await, b"through the proxy");
     // Half-close: the answer still comes back after the client ended its stream.
@@ -129,7 +124,7 @@ async fn the_proxy_pipes_both_ways_with_its_grant() {
 async fn without_its_grant_the_proxy_closes_every_client() {
     let echo = native_echo().await;
     let proxy =
-        start_with_policy("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), Policy::default())
+        start_with_grants("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), Grants::default())
             .await;
     for _ in 0..3 {
         let mut client = proxy.connect().await;

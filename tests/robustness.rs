@@ -65,8 +65,9 @@ async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
-    let options = ServeOptions { max_connections: std::num::NonZeroUsize::new(2), ..ServeOptions::default() };
-    let service = start_with_options(runtime(), "scenarios", &[("MODE", "echo")], Default::default(), options);
+    let mut spec = spec("scenarios", &[("MODE", "echo")], Duration::from_secs(30));
+    spec.limits.max_connections = std::num::NonZeroUsize::new(2);
+    let service = start_spec(runtime(), spec);
     let mut clients = echoing_clients(&service, 2).await;
 
     // The third handshake completes in the kernel's backlog, but nobody serves it...

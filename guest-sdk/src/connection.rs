@@ -9,6 +9,10 @@ use crate::__bindings::portcullis::socket::{tcp, types};
 use crate::__bindings::service::exports::portcullis::socket::callbacks::Delivery;
 use crate::Error;
 
+/// The most bytes the host moves in one `read` or `write` call (see
+/// `wit/socket.wit`); `read_exact` and `write_all` go in parts beyond it.
+const MAX_IO: usize = 64 * 1024;
+
 /// One TCP connection: accepted by a listener (handed to your [`Service`]
 /// callbacks) or opened with [`Client::connect`]. Ballerina's `Client` and
 /// `Caller` are this one type.
@@ -34,6 +38,30 @@ pub struct Connection {
     /// reads serve them first, and the rest goes back to the host when the
     /// callback ends.
     delivered: RefCell<Delivered>,
+}
+
+thread_local! {
+    /// Connections (by id) a `write_all` is writing in parts right now, with
+    /// the tasks waiting to write to them after it.
+    static PARTED_WRITES: RefCell<std::collections::HashMap<u64, Vec<std::task::Waker>>> = RefCell::default();
+}
+
+/// One `write_all` in parts: other writes to its connection wait until it is
+/// dropped (done, failed or cancelled).
+struct PartedWrite(u64);
+
+impl PartedWrite {
+    fn begin(id: u64) -> Self {
+        PARTED_WRITES.with_borrow_mut(|parted| parted.insert(id, Vec::new()));
+        PartedWrite(id)
+    }
+}
+
+impl Drop for PartedWrite {
+    fn drop(&mut self) {
+        let waiting = PARTED_WRITES.with_borrow_mut(|parted| parted.remove(&self.0)).unwrap_or_default();
+        waiting.into_iter().for_each(std::task::Waker::wake);
+    }
 }
 
 /// The unread part of what the host delivered with `on-read-ready`:
@@ -179,11 +207,30 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn read_exact(&self, n: u32) -> Result<Vec<u8>, Error> {
-        self.read_with(Some(n)).await
+        if n as usize <= MAX_IO {
+            return self.read_with(Some(n)).await;
+        }
+        // The host moves at most MAX_IO bytes per read: gather the parts here,
+        // in the guest's own memory, growing only as bytes come (a length a
+        // client claims is no reason to allocate it up front).
+        let mut out = Vec::new();
+        while out.len() < n as usize {
+            let part = (n as usize - out.len()).min(MAX_IO) as u32;
+            let chunk = self.read_with(Some(part)).await?;
+            let ended = chunk.len() < part as usize;
+            out.extend_from_slice(&chunk);
+            if ended {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Writes every byte of `data`, waiting while the peer is slow; fails rather
-    /// than writing part of it. Returns the number of bytes written.
+    /// than writing part of it. Returns the number of bytes written. Any size
+    /// works (the host takes 64 KiB per call; a larger write goes in parts,
+    /// and other writes of this guest to the connection wait for the last),
+    /// and concurrent `write_all`s to one connection never interleave.
     ///
     /// ```no_run
     /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
@@ -191,11 +238,37 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn write_all(&self, data: &[u8]) -> Result<usize, Error> {
+        // Another task of this guest writing to this connection in parts goes
+        // first (asked only while some connection is written in parts: the
+        // id is a host call).
+        if PARTED_WRITES.with_borrow(|parted| !parted.is_empty()) {
+            let id = self.id();
+            std::future::poll_fn(|cx| {
+                PARTED_WRITES.with_borrow_mut(|parted| match parted.get_mut(&id) {
+                    Some(waiting) => {
+                        waiting.push(cx.waker().clone());
+                        std::task::Poll::Pending
+                    }
+                    None => std::task::Poll::Ready(()),
+                })
+            })
+            .await;
+        }
         // A plain call first (no copy, no async call); what the socket did not
-        // take goes by the async call at once, so no other write interleaves.
+        // take goes by the async call at once, so no other writer cuts in.
         let now = self.handle.try_write(data).map_err(Error::from)? as usize;
-        if now < data.len() {
-            self.handle.write(data[now..].to_vec()).await.map_err(Error::from)?;
+        let rest = &data[now..];
+        if rest.len() <= MAX_IO {
+            if !rest.is_empty() {
+                self.handle.write(rest.to_vec()).await.map_err(Error::from)?;
+            }
+            return Ok(data.len());
+        }
+        // The host takes at most MAX_IO bytes per `write`: the rest goes in
+        // parts, and other writes of this guest to the connection wait.
+        let _parted = PartedWrite::begin(self.id());
+        for part in rest.chunks(MAX_IO) {
+            self.handle.write(part.to_vec()).await.map_err(Error::from)?;
         }
         Ok(data.len())
     }

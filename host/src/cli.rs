@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Grants, Instances, ServiceSpec};
 use crate::inspect;
-use crate::server::{self, Runtime, ServeOptions};
+use crate::limits;
+use crate::server::{self, Runtime};
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a component: serve a `service` on the given listeners, or run a
     /// `program`'s main to completion. Or run every service of a manifest.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a component's world, imports and exports, and the grants it may need.
     Inspect {
         /// The component (.wasm) to look at.
@@ -53,9 +54,9 @@ pub struct RunArgs {
     /// An environment variable for the guest (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Read time-out of accepted connections, in milliseconds.
-    #[arg(long = "read-timeout-ms", value_name = "N", default_value_t = 300_000)]
-    pub read_timeout_ms: u64,
+    /// Read time-out of accepted connections, in milliseconds [default: 300000].
+    #[arg(long = "read-timeout-ms", value_name = "N", conflicts_with = "manifest")]
+    pub read_timeout_ms: Option<u64>,
     /// `shared`: one instance serves every connection (module state shared);
     /// `per-connection`: a fresh instance per accepted connection (isolated).
     #[arg(long = "instances", value_enum, default_value_t = Instances::Shared)]
@@ -71,6 +72,24 @@ pub struct RunArgs {
     /// makes connections wait instead of refusing them).
     #[arg(long = "max-connections", value_name = "N", conflicts_with = "manifest")]
     pub max_connections: Option<std::num::NonZeroUsize>,
+    /// The most linear memory, tables and host buffers one instance may hold
+    /// (e.g. 64MiB); growth beyond fails in the guest [default: 128MiB].
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = limits::parse_size, conflicts_with = "manifest")]
+    pub max_memory: Option<u64>,
+    /// The most memory all instances of the process may hold together
+    /// [default: half the machine's physical memory].
+    #[arg(long = "memory-budget", value_name = "SIZE", value_parser = limits::parse_size)]
+    pub memory_budget: Option<u64>,
+    /// The most sockets one instance may hold open at once (client
+    /// connections, UDP sockets, its own listeners) [default: 1024].
+    #[arg(long = "max-sockets", value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with = "manifest")]
+    pub max_sockets: Option<u32>,
+    /// How long a callback (or main) may run, or block in WASI, without truly
+    /// waiting, in milliseconds; then its instance traps [default: 2000].
+    #[arg(long = "callback-cpu-ms", value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
+          conflicts_with = "manifest")]
+    pub callback_cpu_ms: Option<u64>,
     /// Let the guest open TCP connections to tcp://HOST:PORTS (repeatable). HOST:
     /// a name, *.suffix, an IP (`[v6]`), a CIDR or *; PORTS: a port, a range or *.
     #[arg(long = "allow-connect", value_name = "GRANT")]
@@ -97,21 +116,26 @@ impl RunArgs {
             return config::load_manifest(manifest);
         }
         let component = self.component.clone().context("give a COMPONENT or --manifest FILE")?;
-        let spec = ServiceSpec {
-            name: config::default_name(&component),
-            component,
-            listen: self.listen.clone(),
-            env: self.env.clone(),
-            read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
-            instances: self.instances,
-            max_connections: self.max_connections,
-            grants: Grants {
-                connect: self.allow_connect.clone(),
-                listen: self.allow_listen.clone(),
-                udp: self.allow_udp.clone(),
-                block_private: self.block_private,
-            },
+        let mut spec = ServiceSpec::new(component);
+        spec.listen = self.listen.clone();
+        spec.env = self.env.clone();
+        spec.instances = self.instances;
+        spec.grants = Grants {
+            connect: self.allow_connect.clone(),
+            listen: self.allow_listen.clone(),
+            udp: self.allow_udp.clone(),
+            block_private: self.block_private,
         };
+        let limits = &mut spec.limits;
+        if let Some(ms) = self.read_timeout_ms {
+            limits.read_timeout = Duration::from_millis(ms.max(1));
+        }
+        limits.max_connections = self.max_connections;
+        limits.max_memory = self.max_memory.unwrap_or(limits.max_memory);
+        limits.max_sockets = self.max_sockets.unwrap_or(limits.max_sockets);
+        if let Some(ms) = self.callback_cpu_ms {
+            limits.callback_cpu = Duration::from_millis(ms);
+        }
         spec.grants.policy()?; // a bad grant stops the start-up
         Ok(vec![spec])
     }
@@ -136,51 +160,89 @@ pub fn main() -> i32 {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => runtime.block_on(run(args)),
+        Command::Run(args) => runtime.block_on(run(*args)),
         Command::Inspect { component } => inspect::inspect(&component).map(|report| {
             print!("{report}");
             0
         }),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
+            flush_logs();
             eprintln!("error: {e:#}");
             1
         }
+    };
+    flush_logs();
+    code
+}
+
+/// What flushes the log writer's last lines when dropped.
+static LOG_FLUSH: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = std::sync::Mutex::new(None);
+
+/// Logs go to stderr through a writer thread of their own: a closed stderr
+/// or a full pipe then drops log lines (tracing-appender's lossy mode)
+/// instead of stalling serving or signal handling. Colours only on a terminal.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
+        .init();
+    *LOG_FLUSH.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+}
+
+/// Writes the log lines still queued, waiting at most a moment: a stalled
+/// stderr must not hold up an exit.
+fn flush_logs() {
+    let Some(guard) = LOG_FLUSH.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+    let flushing = std::thread::spawn(move || drop(guard));
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    while !flushing.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+/// Exits at once with `code`, after a moment for the last log lines.
+fn exit_now(code: i32) -> ! {
+    flush_logs();
+    std::process::exit(code)
 }
 
 async fn run(args: RunArgs) -> Result<i32> {
     let specs = args.specs()?;
     server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs
-    // microseconds instead of mapping fresh memory each time.
-    let mut runtime = if specs.iter().any(|s| s.instances == Instances::PerConnection) {
-        Runtime::pooled(args.max_instances).with_context(|| {
+    // microseconds instead of mapping fresh memory each time. Each slot has
+    // room for the largest `--max-memory` among those services.
+    let pooled_memory =
+        specs.iter().filter(|s| s.instances == Instances::PerConnection).map(|s| s.limits.max_memory).max();
+    let mut runtime = match pooled_memory {
+        Some(max_memory) => Runtime::pooled(args.max_instances, max_memory).with_context(|| {
             format!(
                 "cannot reserve {} instance slots for --instances per-connection (is address space limited? \
                  try a smaller --max-instances)",
                 args.max_instances
             )
-        })?
-    } else {
-        Runtime::new()?
+        })?,
+        None => Runtime::new()?,
     };
     if args.no_cache {
         runtime = runtime.with_cache_dir(None);
+    }
+    if let Some(budget) = args.memory_budget {
+        runtime = runtime.with_memory_budget(budget);
     }
     // Load and bind everything before serving anything: an error stops the
     // start-up as a whole.
     let mut ready = Vec::new();
     for spec in &specs {
-        let loaded = runtime.load(&spec.component, spec.env.clone(), spec.grants.policy()?)?;
+        let loaded = runtime.load(spec)?;
         if !loaded.has_main() {
             loaded.require_callbacks()?;
             if spec.listen.is_empty() {
@@ -189,9 +251,6 @@ async fn run(args: RunArgs) -> Result<i32> {
         } else if !spec.listen.is_empty() {
             loaded.require_callbacks()?;
         }
-        if spec.instances == Instances::PerConnection && loaded.has_main() {
-            bail!("{} is a program (it exports wasi:cli/run): `--instances per-connection` is for services", spec.name);
-        }
         let listeners = server::bind_all(&spec.listen)?;
         ready.push((spec, loaded, listeners));
     }
@@ -199,28 +258,21 @@ async fn run(args: RunArgs) -> Result<i32> {
     // that line may send SIGTERM at once.
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
+    // A closed stdout must not stop the start-up: the lines are a courtesy.
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
     for (spec, _, listeners) in &ready {
         for listener in listeners {
             let addr = listener.local_addr().context("reading the bound address")?;
-            match args.manifest {
-                Some(_) => println!("{}: listening on {addr}", spec.name),
-                None => println!("listening on {addr}"),
-            }
+            let _ = match args.manifest {
+                Some(_) => writeln!(stdout, "{}: listening on {addr}", spec.name),
+                None => writeln!(stdout, "listening on {addr}"),
+            };
         }
     }
-    use std::io::Write;
-    std::io::stdout().flush().ok();
+    let _ = stdout.flush();
 
-    let runs = ready.into_iter().map(|(spec, loaded, listeners)| {
-        let max_connections = match spec.instances {
-            Instances::Shared => spec.max_connections,
-            Instances::PerConnection => {
-                spec.max_connections.or(std::num::NonZeroUsize::new(args.max_instances as usize))
-            }
-        };
-        let options = ServeOptions { read_timeout: spec.read_timeout, instances: spec.instances, max_connections };
-        server::serve(loaded, listeners, options, shutdown.clone())
-    });
+    let runs = ready.into_iter().map(|(_, loaded, listeners)| server::serve(loaded, listeners, shutdown.clone()));
     let codes = futures::future::join_all(runs).await;
     let mut exit = 0;
     for code in codes {
@@ -232,20 +284,43 @@ async fn run(args: RunArgs) -> Result<i32> {
     Ok(exit)
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM. The handlers are installed before
-/// this returns.
+/// How long after SIGINT/SIGTERM the process is gone, whatever its guests
+/// do: the grace period callbacks get, plus one second.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(crate::dispatch::STOP_GRACE.as_secs() + 1);
+
+/// Cancels `shutdown` on SIGINT or SIGTERM, on a thread of its own, so that
+/// no guest (spinning, blocked, parked in any call) and no stalled log write
+/// can keep a stop from happening. If the stop has not finished within
+/// [`STOP_DEADLINE`], or a second signal comes, the process exits at once
+/// with status 1. The handlers are installed before this returns.
 fn stop_on_signal(shutdown: CancellationToken) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping: no new connections, letting callbacks finish");
-        shutdown.cancel();
-    });
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("portcullis-signals".into())
+        .spawn(move || {
+            let mut signals = signals.forever();
+            if signals.next().is_none() {
+                return;
+            }
+            shutdown.cancel();
+            tracing::info!("stopping: no new connections, letting callbacks finish");
+            let deadline = std::thread::Builder::new().name("portcullis-stop-deadline".into()).spawn(|| {
+                // Less the moment `exit_now` gives the log.
+                std::thread::sleep(STOP_DEADLINE - Duration::from_millis(250));
+                tracing::warn!("the stop did not finish within {STOP_DEADLINE:?} (a guest still held on); exiting now");
+                exit_now(1);
+            });
+            if deadline.is_err() {
+                // Without the deadline the stop may hang on a guest: end now.
+                exit_now(1);
+            }
+            if signals.next().is_some() {
+                tracing::warn!("second signal: exiting now");
+                exit_now(1);
+            }
+        })
+        .context("starting the signal thread")?;
     Ok(())
 }
 

@@ -8,9 +8,12 @@
 //! component = "tcp_proxy.wasm"                  # relative to the manifest's folder
 //! listen = ["127.0.0.1:7000"]
 //! env = { UPSTREAM = "db.internal:5432" }
-//! read-timeout-ms = 300000
 //! instances = "shared"                          # or "per-connection"
+//! read-timeout-ms = 300000
 //! max-connections = 1000                        # optional; more wait in the backlog
+//! max-memory = "128MiB"                         # per instance
+//! max-sockets = 1024                            # per instance
+//! callback-cpu-ms = 2000
 //! allow-connect = ["tcp://db.internal:5432"]
 //! allow-listen = []
 //! allow-udp = []
@@ -28,10 +31,20 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::net::DEFAULT_READ_TIMEOUT;
+use crate::limits::{self, Limits};
 use crate::policy::Policy;
 
-/// Everything needed to run one service.
+/// Everything needed to run one service: what the CLI flags, a manifest
+/// entry, the tests and the bench all fill in. `ServiceSpec::new` gives the
+/// documented defaults (no listener, no grants, one shared instance, the
+/// default [`Limits`]).
+///
+/// ```
+/// use portcullis::config::ServiceSpec;
+/// let mut spec = ServiceSpec::new("echo.wasm");
+/// spec.limits.max_memory = 64 << 20;
+/// assert_eq!(spec.name, "echo.wasm");
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     /// For logs and messages.
@@ -39,11 +52,26 @@ pub struct ServiceSpec {
     pub component: PathBuf,
     pub listen: Vec<SocketAddr>,
     pub env: Vec<(String, String)>,
-    pub read_timeout: Duration,
     pub instances: Instances,
-    /// The most connections served at once (`None`: no limit of its own).
-    pub max_connections: Option<NonZeroUsize>,
     pub grants: Grants,
+    /// Every bound of the service (time-outs, connections, memory, sockets, CPU).
+    pub limits: Limits,
+}
+
+impl ServiceSpec {
+    /// A service of `component`, named after its file, with every default.
+    pub fn new(component: impl Into<PathBuf>) -> Self {
+        let component = component.into();
+        ServiceSpec {
+            name: default_name(&component),
+            component,
+            listen: Vec::new(),
+            env: Vec::new(),
+            instances: Instances::Shared,
+            grants: Grants::default(),
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// Which instance serves an accepted connection.
@@ -80,6 +108,23 @@ pub fn default_name(component: &Path) -> String {
     component.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "component".into())
 }
 
+/// A size in a manifest: bytes as a number, or text with a unit (`"64MiB"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(text) => limits::parse_size(text),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
@@ -99,6 +144,9 @@ struct ManifestService {
     #[serde(default)]
     instances: Instances,
     max_connections: Option<usize>,
+    max_memory: Option<Size>,
+    max_sockets: Option<u32>,
+    callback_cpu_ms: Option<u64>,
     #[serde(default)]
     allow_connect: Vec<String>,
     #[serde(default)]
@@ -126,24 +174,41 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
         if specs.iter().any(|s: &ServiceSpec| s.name == name) {
             bail!("{}: two services are named `{name}`", path.display());
         }
-        // Read as a plain number so that 0 gets this message, not serde's.
-        let max_connections = match entry.max_connections {
-            Some(0) => bail!("{}: service `{name}`: max-connections must be at least 1", path.display()),
-            n => n.and_then(NonZeroUsize::new),
-        };
+        let wrong = |what: String| anyhow::anyhow!("{}: service `{name}`: {what}", path.display());
+        let mut limits = Limits::default();
+        // Read as plain numbers so that 0 gets these messages, not serde's.
+        match entry.max_connections {
+            Some(0) => return Err(wrong("max-connections must be at least 1".into())),
+            n => limits.max_connections = n.and_then(NonZeroUsize::new),
+        }
+        if let Some(ms) = entry.read_timeout_ms {
+            limits.read_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(size) = &entry.max_memory {
+            limits.max_memory = size.bytes().map_err(|e| wrong(format!("max-memory: {e}")))?;
+        }
+        match entry.max_sockets {
+            Some(0) => return Err(wrong("max-sockets must be at least 1".into())),
+            Some(n) => limits.max_sockets = n,
+            None => {}
+        }
+        match entry.callback_cpu_ms {
+            Some(0) => return Err(wrong("callback-cpu-ms must be at least 1".into())),
+            Some(ms) => limits.callback_cpu = Duration::from_millis(ms),
+            None => {}
+        }
         let spec = ServiceSpec {
             component,
             listen: entry.listen,
             env: entry.env.into_iter().collect(),
-            read_timeout: entry.read_timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_READ_TIMEOUT),
             instances: entry.instances,
-            max_connections,
             grants: Grants {
                 connect: entry.allow_connect,
                 listen: entry.allow_listen,
                 udp: entry.allow_udp,
                 block_private: entry.block_private,
             },
+            limits,
             name,
         };
         spec.grants.policy().with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
@@ -202,6 +267,9 @@ mod tests {
             read-timeout-ms = 5000
             instances = "per-connection"
             max-connections = 200
+            max-memory = "64MiB"
+            max-sockets = 16
+            callback-cpu-ms = 500
             allow-connect = ["tcp://db.internal:5432"]
             block-private = true
             "#,
@@ -211,14 +279,17 @@ mod tests {
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].name, "echo.wasm");
         assert_eq!(specs[0].component, path.parent().unwrap().join("echo.wasm"));
-        assert_eq!(specs[0].read_timeout, DEFAULT_READ_TIMEOUT);
+        assert_eq!(specs[0].limits, Limits::default());
         assert_eq!(specs[1].name, "proxy");
         assert_eq!(specs[1].listen.len(), 2);
         assert_eq!(specs[1].env, vec![("UPSTREAM".to_string(), "db.internal:5432".to_string())]);
-        assert_eq!(specs[1].read_timeout, Duration::from_millis(5000));
+        assert_eq!(specs[1].limits.read_timeout, Duration::from_millis(5000));
+        assert_eq!(specs[1].limits.max_memory, 64 << 20);
+        assert_eq!(specs[1].limits.max_sockets, 16);
+        assert_eq!(specs[1].limits.callback_cpu, Duration::from_millis(500));
         assert_eq!(specs[0].instances, Instances::Shared);
         assert_eq!(specs[1].instances, Instances::PerConnection);
-        assert_eq!((specs[0].max_connections, specs[1].max_connections), (None, NonZeroUsize::new(200)));
+        assert_eq!((specs[0].limits.max_connections, specs[1].limits.max_connections), (None, NonZeroUsize::new(200)));
         assert_eq!(specs[1].grants.connect, vec!["tcp://db.internal:5432"]);
         assert!(specs[1].grants.block_private);
     }
@@ -236,6 +307,14 @@ mod tests {
         let manifest = write("zero", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nmax-connections = 0\n");
         let err = load_manifest(&manifest.path).unwrap_err().to_string();
         assert!(err.contains("service `db`: max-connections must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_size_is_an_error_naming_the_key() {
+        let manifest =
+            write("size", "[[service]]\nname = \"db\"\ncomponent = \"a.wasm\"\nmax-memory = \"64 parsecs\"\n");
+        let err = load_manifest(&manifest.path).unwrap_err().to_string();
+        assert!(err.contains("service `db`: max-memory: `64 parsecs` has an unknown unit"), "{err}");
     }
 
     #[test]

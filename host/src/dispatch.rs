@@ -42,6 +42,8 @@ use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{
     CallbackUse, Delivery, Guest as Callbacks, GuestIndices,
 };
+use crate::config::{Instances, ServiceSpec};
+use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, Served, TcpConn};
 use crate::policy::Policy;
@@ -66,6 +68,10 @@ pub struct Loaded {
     main: Option<ComponentExportIndex>,
     env: Arc<[(String, String)]>,
     policy: Arc<Policy>,
+    instances: Instances,
+    limits: Limits,
+    /// The process's memory budget, which every instance's account draws on.
+    budget: Arc<MemoryBudget>,
     /// Callbacks the guest answered `unwanted` (it does nothing there): not
     /// called again, in any instance of this component.
     unwanted: Unwanted,
@@ -97,14 +103,16 @@ impl Loaded {
     pub fn new(
         engine: &Engine,
         component: &Component,
-        name: &str,
-        env: Vec<(String, String)>,
+        spec: &ServiceSpec,
         policy: Arc<Policy>,
+        budget: Arc<MemoryBudget>,
     ) -> Result<Self> {
+        let name = &spec.name;
         let mut linker = Linker::<HostState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::blocking::add_to_linker(&mut linker)?;
         Service::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        crate::net::host::add_zero_copy_writes(&mut linker)?;
+        crate::net::host::add_bounded_lists(&mut linker)?;
         let pre = linker.instantiate_pre(component).map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
         let callbacks = GuestIndices::new(&pre).ok();
         let main =
@@ -114,13 +122,19 @@ impl Loaded {
                     component.get_export_index(Some(&iface), "run")
                 },
             );
+        if main.is_some() && spec.instances == Instances::PerConnection {
+            bail!("{name} is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
+        }
         Ok(Loaded {
             name: name.to_string(),
             pre,
             callbacks,
             main,
-            env: env.into(),
+            env: spec.env.clone().into(),
             policy,
+            instances: spec.instances,
+            limits: spec.limits.clone(),
+            budget,
             unwanted: Unwanted::default(),
         })
     }
@@ -162,6 +176,17 @@ impl Loaded {
         self.main.is_some()
     }
 
+    /// How the service is instantiated (as its spec said).
+    pub fn instances(&self) -> Instances {
+        self.instances
+    }
+
+    /// The service's bounds (as its spec said; `max_connections` filled in
+    /// from the pool for an instance per connection).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// A store for a new instance of this component: its env, its grants,
     /// where its callback connections go, and the service's connection limit.
     fn new_store(
@@ -170,15 +195,19 @@ impl Loaded {
         active_listeners: Arc<AtomicUsize>,
         connection_limit: Option<Arc<Semaphore>>,
     ) -> Store<HostState> {
+        let component: Arc<str> = Arc::from(self.name.as_str());
+        let memory = MemoryAccount::new(self.limits.max_memory, self.budget.clone(), component.clone());
         let net = NetCtx {
             new_connections: sink,
             has_callbacks: self.callbacks.is_some(),
             active_listeners,
             policy: self.policy.clone(),
-            component: Arc::from(self.name.as_str()),
+            component,
             connection_limit,
+            sockets: SocketCount::new(self.limits.max_sockets),
+            limit_logged: AtomicBool::new(false),
         };
-        new_store(self.pre.engine(), self.env.clone(), net)
+        new_store(self.pre.engine(), self.env.clone(), net, memory, &self.limits)
     }
 
     /// Runs the event loop of the instance in `store` (see [`Instance::serve`])
@@ -501,7 +530,7 @@ impl Instance<'_> {
                 Some(ended) = drivers.next() => ended?,
                 batch = ready_batch() => {
                     if let Some(callbacks) = self.callbacks {
-                        acc.with(|mut a| a.get().touch());
+                        acc.with(|mut a| a.get().waited());
                         batches.push(call_on_read_ready(acc, callbacks, batch));
                     }
                 }
@@ -529,7 +558,8 @@ impl Instance<'_> {
                     let n = self.live.close_all();
                     tracing::warn!(component = %self.name, "{n} connection(s) still busy after {STOP_GRACE:?}; closing them");
                     forced = true;
-                    force_timer.as_mut().reset(Instant::now() + Duration::from_secs(1));
+                    // Within the process's own deadline (grace + 1 s, `cli::STOP_DEADLINE`).
+                    force_timer.as_mut().reset(Instant::now() + Duration::from_millis(500));
                 }
             }
         }
@@ -574,7 +604,8 @@ impl Instance<'_> {
         let handle = acc.with(|mut a| a.get().table.push(Connection::new(conn.clone())))?;
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
-        let touch = || acc.with(|mut a| a.get().touch());
+        // A callback starts with its whole CPU bound.
+        let touch = || acc.with(|mut a| a.get().waited());
         if !self.unwanted.on_connect.load(Ordering::Relaxed) {
             touch();
             match callbacks.call_on_connect(acc, borrow()).await? {

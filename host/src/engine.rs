@@ -23,8 +23,10 @@ pub fn new_engine() -> Result<Engine> {
 
 /// The same engine with the pooling instance allocator, which pre-reserves
 /// instance slots so that instantiating costs microseconds (for instance per
-/// connection; measured by `cargo xtask bench`).
-pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
+/// connection; measured by `cargo xtask bench`). Each slot's linear memory
+/// has room for `max_memory` bytes (`--max-memory`; the store's limiter
+/// enforces the exact figure, the slot only has to be big enough).
+pub fn new_pooled_engine(max_instances: u32, max_memory: u64) -> Result<Engine> {
     let mut pooling = wasmtime::PoolingAllocationConfig::default();
     pooling
         .total_component_instances(max_instances)
@@ -36,7 +38,7 @@ pub fn new_pooled_engine(max_instances: u32) -> Result<Engine> {
         // that wait on a stack of their own meanwhile. (wasmtime's default,
         // 1000, had every instance past the thousandth refused.)
         .total_stacks(max_instances * STACKS_PER_INSTANCE)
-        .max_memory_size(256 << 20)
+        .max_memory_size(usize::try_from(max_memory.next_multiple_of(64 << 10)).unwrap_or(usize::MAX).max(64 << 10))
         // Return freed slots to the OS 16 at a time (one batch of madvise calls,
         // not one per dropped instance): instantiation went from 19-30 µs to
         // 15-18 µs (`portcullis-bench instantiate`). A full pool flushes the
@@ -83,7 +85,8 @@ pub const STACKS_PER_INSTANCE: u32 = 2;
 pub const SLOT_KEEP_RESIDENT: usize = 64 << 10;
 
 /// How often the epoch advances (see `state::new_store` for what it is for).
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Also how long a computing guest holds its thread before it yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 fn engine_with(mut config: Config) -> Result<Engine> {
     config.wasm_component_model(true);

@@ -14,16 +14,22 @@
 //!   connection state machine, `net::host` the generated-trait glue).
 //! - [`policy`]: the operator's grants, checked before every connect, bind and send.
 //! - [`engine`]: wasmtime configuration and the on-disk component cache.
-//! - [`state`]: what one store holds. [`bindings`]: generated from `wit/`.
+//! - [`state`]: what one store holds (the composition of the capabilities
+//!   below, and the CPU bound); [`blocking`]: blocking WASI calls under that
+//!   bound. [`bindings`]: generated from `wit/`.
+//! - [`limits`]: every bound a guest meets (memory, sockets, CPU), as plain
+//!   data with defaults and as the accounts that enforce it.
 //!   [`wake_gate`]: waits polled again only once they woke (the dispatcher's
 //!   per-message loop).
 
 pub mod bindings;
+pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod inspect;
+pub mod limits;
 pub mod net;
 pub mod policy;
 pub mod server;

@@ -8,36 +8,52 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
-use crate::config::Instances;
+use crate::config::{Instances, ServiceSpec};
 use crate::dispatch::{self, Loaded};
 use crate::engine;
+use crate::limits::{self, MemoryBudget};
 use crate::net::listener::{accept_loop, bind_tcp};
-use crate::policy::Policy;
 
-/// The shared engine and compile cache; load components through it.
+/// The shared engine, compile cache and memory budget; load components
+/// through it.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     cache_dir: Option<std::path::PathBuf>,
+    /// `--memory-budget`: what all instances of the process hold together.
+    budget: Arc<MemoryBudget>,
+    /// Instance slots of a pooled engine (`--max-instances`), if pooled.
+    pool_slots: Option<u32>,
 }
 
 impl Runtime {
-    /// A runtime with the default cache folder (see [`engine::default_cache_dir`]).
+    /// A runtime with the default cache folder (see [`engine::default_cache_dir`])
+    /// and memory budget (half the machine's memory).
     pub fn new() -> Result<Self> {
-        Ok(Runtime { engine: engine::new_engine()?, cache_dir: engine::default_cache_dir() })
+        Ok(Runtime {
+            engine: engine::new_engine()?,
+            cache_dir: engine::default_cache_dir(),
+            budget: MemoryBudget::new(limits::default_memory_budget()),
+            pool_slots: None,
+        })
     }
 
-    /// A runtime on a pooled engine (see [`engine::new_pooled_engine`]).
-    pub fn pooled(max_instances: u32) -> Result<Self> {
-        Ok(Runtime { engine: engine::new_pooled_engine(max_instances)?, cache_dir: engine::default_cache_dir() })
+    /// A runtime on a pooled engine of `max_instances` slots, each with room
+    /// for `max_memory` bytes of linear memory (see [`engine::new_pooled_engine`]).
+    pub fn pooled(max_instances: u32, max_memory: u64) -> Result<Self> {
+        Ok(Runtime {
+            engine: engine::new_pooled_engine(max_instances, max_memory)?,
+            cache_dir: engine::default_cache_dir(),
+            budget: MemoryBudget::new(limits::default_memory_budget()),
+            pool_slots: Some(max_instances),
+        })
     }
 
     /// Uses `dir` for compiled components, or no cache with `None`.
@@ -46,16 +62,44 @@ impl Runtime {
         self
     }
 
+    /// Caps what all instances of this runtime hold together at `bytes`
+    /// (`--memory-budget`): a growth past it fails in the guest.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.budget = MemoryBudget::new(bytes);
+        self
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Reads, compiles (or loads from cache) and links the component at `path`,
-    /// to run with `env` under `policy`.
-    pub fn load(&self, path: &Path, env: Vec<(String, String)>, policy: Policy) -> Result<Arc<Loaded>> {
-        let component = self.compile(path)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Arc::new(Loaded::new(&self.engine, &component, &name, env, Arc::new(policy))?))
+    /// The process's memory budget and what is charged to it now.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// Reads, compiles (or loads from cache) and links `spec`'s component, to
+    /// run as `spec` says. With an instance per connection and no
+    /// `max_connections`, the pool's size caps the connections (so that a
+    /// full pool makes clients wait in the backlog instead of refusing them).
+    ///
+    /// ```no_run
+    /// # fn f() -> anyhow::Result<()> {
+    /// let runtime = portcullis::Runtime::new()?;
+    /// let loaded = runtime.load(&portcullis::config::ServiceSpec::new("echo.wasm"))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn load(&self, spec: &ServiceSpec) -> Result<Arc<Loaded>> {
+        let component = self.compile(&spec.component)?;
+        if spec.instances == Instances::PerConnection && self.pool_slots.is_none() {
+            bail!("{}: `--instances per-connection` needs a pooled runtime (Runtime::pooled)", spec.name);
+        }
+        let mut spec = spec.clone();
+        if spec.instances == Instances::PerConnection && spec.limits.max_connections.is_none() {
+            spec.limits.max_connections = self.pool_slots.and_then(|n| NonZeroUsize::new(n as usize));
+        }
+        let policy = spec.grants.policy()?;
+        Ok(Arc::new(Loaded::new(&self.engine, &component, &spec, Arc::new(policy), self.budget.clone())?))
     }
 
     /// Reads and compiles (or loads from cache) the component at `path`.
@@ -70,50 +114,23 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     addrs.iter().map(|addr| bind_tcp(*addr).map_err(anyhow::Error::from)).collect()
 }
 
-/// How a service treats what its listeners accept.
-#[derive(Debug, Clone, Copy)]
-pub struct ServeOptions {
-    /// Read time-out of accepted connections.
-    pub read_timeout: Duration,
-    /// Which instance serves an accepted connection.
-    pub instances: Instances,
-    /// The most connections served at once, over all the listeners (the
-    /// guest's own included); further ones wait in the listen backlog until
-    /// one closes. `None`: no limit.
-    pub max_connections: Option<NonZeroUsize>,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            read_timeout: crate::net::DEFAULT_READ_TIMEOUT,
-            instances: Instances::Shared,
-            max_connections: None,
-        }
-    }
-}
-
-/// Serves `loaded` on `listeners` (already bound) until `shutdown` is cancelled,
-/// or, for a program, until its `main` and callback connections are done.
-/// Returns the exit code.
-pub async fn serve(
-    loaded: Arc<Loaded>,
-    listeners: Vec<TcpListener>,
-    options: ServeOptions,
-    shutdown: CancellationToken,
-) -> Result<i32> {
+/// Serves `loaded` on `listeners` (already bound) as its [`ServiceSpec`] says,
+/// until `shutdown` is cancelled, or, for a program, until its `main` and
+/// callback connections are done. Returns the exit code.
+pub async fn serve(loaded: Arc<Loaded>, listeners: Vec<TcpListener>, shutdown: CancellationToken) -> Result<i32> {
     if !listeners.is_empty() {
         loaded.require_callbacks()?;
     }
     let (sink, conns) = mpsc::unbounded_channel();
+    let limits = loaded.limits().clone();
     // Beyond tokio's permit ceiling (2^61) a cap is no cap at all.
-    let limit = options.max_connections.map(|n| Arc::new(Semaphore::new(n.get().min(Semaphore::MAX_PERMITS))));
+    let limit = limits.max_connections.map(|n| Arc::new(Semaphore::new(n.get().min(Semaphore::MAX_PERMITS))));
     for listener in listeners {
         let accepting =
-            accept_loop(listener, options.read_timeout, sink.clone(), limit.clone(), shutdown.clone(), |_| {});
+            accept_loop(listener, limits.read_timeout, sink.clone(), limit.clone(), shutdown.clone(), |_| {});
         tokio::spawn(accepting);
     }
-    match options.instances {
+    match loaded.instances() {
         Instances::Shared => dispatch::run(loaded, conns, sink, limit, shutdown).await,
         Instances::PerConnection => {
             drop(sink);

@@ -1,13 +1,17 @@
-//! What one store holds: the resource table, the WASI context and the
-//! networking context. One store (and so one `HostState`) per instance.
+//! What one store holds: the resource table, the WASI context, the networking
+//! context and the instance's limits. One store (and so one `HostState`) per
+//! instance.
 //!
 //! The store also keeps a guest from hogging its thread: the engine's epoch
-//! ticks every [`engine::EPOCH_TICK`]; while wasm runs, each tick yields to the
-//! async runtime (so other services, timers and signals go on) and counts
-//! against [`GUEST_SLICE_BUDGET`]. Any call into the host, and every callback
-//! the dispatcher starts, resets the count. A guest that computes longer than
-//! the budget without once returning to the host is trapped (and its instance
-//! replaced, as for any trap).
+//! ticks every [`engine::EPOCH_TICK`]; while wasm runs, each tick yields to
+//! tokio (which polls sockets and timers before it resumes the guest, so
+//! other services go on) and counts against [`Limits::callback_cpu`]. Only a
+//! true wait resets the count: the start of a callback, or a host call that
+//! suspended the guest. A host call that completes at once (`try-write`, an
+//! empty `write`, `id`) does not, so no loop of cheap calls escapes the bound.
+//! A blocking WASI call (`std::thread::sleep`, a blocking poll) counts too,
+//! by the wall clock (see `blocking`). Past the bound the instance traps (and
+//! is replaced, as for any trap).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +21,8 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::engine;
+use crate::limits::{InstanceLimiter, Limits, MemoryAccount};
 use crate::net::NetCtx;
-
-/// The longest a guest may run without returning to the host.
-pub const GUEST_SLICE_BUDGET: Duration = Duration::from_secs(2);
 
 pub struct HostState {
     /// Every resource the guest holds a handle to (connections, listeners, WASI streams).
@@ -31,35 +33,75 @@ pub struct HostState {
     /// The environment the guest sees (`--env`, the manifest's `env`).
     env: Arc<[(String, String)]>,
     pub net: NetCtx,
-    /// Epoch ticks the guest has run since it last entered or called the host.
+    /// The instance's memories and tables, charged to its memory account.
+    limiter: InstanceLimiter,
+    /// Time the guest has run (or sat in blocking WASI calls) since it last
+    /// truly waited.
+    pub cpu: CpuUse,
+}
+
+/// How long the guest has run without truly waiting, against its bound.
+pub struct CpuUse {
+    /// Epoch ticks during which guest code ran.
     pub busy_ticks: u32,
+    /// Time spent in blocking WASI calls.
+    pub blocked: Duration,
+    /// `--callback-cpu-ms`.
+    pub limit: Duration,
+}
+
+impl CpuUse {
+    /// What is left of the bound.
+    pub fn remaining(&self) -> Duration {
+        self.limit.saturating_sub(engine::EPOCH_TICK * self.busy_ticks + self.blocked)
+    }
 }
 
 impl HostState {
-    pub fn new(env: Arc<[(String, String)]>, net: NetCtx) -> Self {
-        HostState { table: ResourceTable::new(), wasi: None, env, net, busy_ticks: 0 }
+    pub fn new(env: Arc<[(String, String)]>, net: NetCtx, memory: Arc<MemoryAccount>, limits: &Limits) -> Self {
+        HostState {
+            table: ResourceTable::new(),
+            wasi: None,
+            env,
+            net,
+            limiter: InstanceLimiter::new(memory),
+            cpu: CpuUse { busy_ticks: 0, blocked: Duration::ZERO, limit: limits.callback_cpu },
+        }
     }
 
-    /// The guest is back in the host (or about to be called): its slice starts over.
-    pub fn touch(&mut self) {
-        self.busy_ticks = 0;
+    /// The guest truly waited, or a callback starts: its bound starts over.
+    pub fn waited(&mut self) {
+        self.cpu.busy_ticks = 0;
+        self.cpu.blocked = Duration::ZERO;
+    }
+
+    /// The instance's memory account (linear memory and host buffers).
+    pub fn memory(&self) -> &Arc<MemoryAccount> {
+        self.limiter.account()
     }
 }
 
-/// A store for one instance, with the slice budget in force.
-pub fn new_store(engine: &Engine, env: Arc<[(String, String)]>, net: NetCtx) -> Store<HostState> {
-    let mut store = Store::new(engine, HostState::new(env, net));
-    let budget_ticks = (GUEST_SLICE_BUDGET.as_millis() / engine::EPOCH_TICK.as_millis()) as u32;
+/// A store for one instance, with its memory limit and CPU bound in force.
+pub fn new_store(
+    engine: &Engine,
+    env: Arc<[(String, String)]>,
+    net: NetCtx,
+    memory: Arc<MemoryAccount>,
+    limits: &Limits,
+) -> Store<HostState> {
+    let mut store = Store::new(engine, HostState::new(env, net, memory, limits));
+    store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |mut ctx| {
-        let state = ctx.data_mut();
-        state.busy_ticks += 1;
-        if state.busy_ticks > budget_ticks {
-            return Err(wasmtime::format_err!(
-                "the guest ran for {GUEST_SLICE_BUDGET:?} without returning to the host"
-            ));
+    store.epoch_deadline_callback(|mut ctx| {
+        let cpu = &mut ctx.data_mut().cpu;
+        cpu.busy_ticks += 1;
+        if cpu.remaining().is_zero() {
+            return Err(wasmtime::format_err!("the guest ran for {:?} without waiting (--callback-cpu-ms)", cpu.limit));
         }
-        Ok(UpdateDeadline::Yield(1))
+        // tokio's own yield: it polls sockets and timers before resuming the
+        // guest (wasmtime's plain yield wakes at once, and tokio then checks
+        // its sockets only every 61 turns).
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
     });
     store
 }

@@ -9,10 +9,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use portcullis::Runtime;
-pub use portcullis::config::Instances;
-use portcullis::policy::Policy;
+pub use portcullis::config::{Grants, Instances, ServiceSpec};
 use portcullis::server;
-pub use portcullis::server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -52,25 +50,39 @@ pub struct TestService {
     task: JoinHandle<anyhow::Result<i32>>,
 }
 
-/// Starts guest `name` with `env`, listening on 127.0.0.1:0, with no grants.
-pub async fn start(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> TestService {
-    start_with_policy(name, env, read_timeout, Policy::default()).await
+/// The spec of guest `name` with `env`, as the tests start it: the defaults
+/// of [`ServiceSpec::new`] (no grants, one shared instance, default limits)
+/// with `read_timeout`; tests change what they need before [`start_spec`].
+pub fn spec(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(guest(name));
+    spec.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    spec.limits.read_timeout = read_timeout;
+    spec
 }
 
-/// Starts guest `name` with `env` under `policy`, listening on 127.0.0.1:0.
-pub async fn start_with_policy(
+/// Starts guest `name` with `env`, listening on 127.0.0.1:0, with no grants.
+pub async fn start(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> TestService {
+    start_spec(runtime(), spec(name, env, read_timeout))
+}
+
+/// Starts guest `name` with `env` under `grants`, listening on 127.0.0.1:0.
+pub async fn start_with_grants(
     name: &str,
     env: &[(&str, &str)],
     read_timeout: Duration,
-    policy: Policy,
+    grants: Grants,
 ) -> TestService {
-    start_on(runtime(), name, env, read_timeout, policy, Instances::Shared)
+    let mut spec = spec(name, env, read_timeout);
+    spec.grants = grants;
+    start_spec(runtime(), spec)
 }
 
 /// A runtime with a pool of `slots` instances (as `--instances per-connection`
 /// uses), its own engine: a test can exhaust it without touching the others.
 pub fn pooled_runtime(slots: u32) -> Runtime {
-    Runtime::pooled(slots).expect("pooled engine").with_cache_dir(Some(root().join("target/portcullis-test-cache")))
+    Runtime::pooled(slots, portcullis::limits::DEFAULT_MAX_MEMORY)
+        .expect("pooled engine")
+        .with_cache_dir(Some(root().join("target/portcullis-test-cache")))
 }
 
 /// Starts guest `name` with `env` in `runtime`, with `instances`, listening on
@@ -80,28 +92,21 @@ pub fn start_on(
     name: &str,
     env: &[(&str, &str)],
     read_timeout: Duration,
-    policy: Policy,
     instances: Instances,
 ) -> TestService {
-    let options = ServeOptions { read_timeout, instances, max_connections: None };
-    start_with_options(runtime, name, env, policy, options)
+    let mut spec = spec(name, env, read_timeout);
+    spec.instances = instances;
+    start_spec(runtime, spec)
 }
 
-/// Starts guest `name` with `env` in `runtime`, served as `options` say,
-/// listening on 127.0.0.1:0.
-pub fn start_with_options(
-    runtime: &Runtime,
-    name: &str,
-    env: &[(&str, &str)],
-    policy: Policy,
-    options: ServeOptions,
-) -> TestService {
-    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let loaded = runtime.load(&guest(name), env, policy).expect("load guest");
+/// Starts `spec` in `runtime`, listening on 127.0.0.1:0 (whatever
+/// `spec.listen` says).
+pub fn start_spec(runtime: &Runtime, spec: ServiceSpec) -> TestService {
+    let loaded = runtime.load(&spec).expect("load guest");
     let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
     let addr = listeners[0].local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::serve(loaded, listeners, options, shutdown.clone()));
+    let task = tokio::spawn(server::serve(loaded, listeners, shutdown.clone()));
     TestService { addr, shutdown, task }
 }
 

@@ -14,7 +14,7 @@
 //! ([`portcullis_bench::memory_latency_ns`]) after each; the median of those
 //! readings is printed last, to tell a quiet machine's result from a busy one's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -32,8 +32,11 @@ fn main() -> Result<()> {
     let slots = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let guest = args.get(2).map(PathBuf::from).unwrap_or_else(|| root.join("target/wasm32-wasip2/guest/echo.wasm"));
-    let runtime = portcullis::Runtime::pooled(slots)?.with_cache_dir(Some(root.join("target/bench/cache")));
-    let loaded = runtime.load(Path::new(&guest), Vec::new(), Default::default())?;
+    let runtime = portcullis::Runtime::pooled(slots, portcullis::limits::DEFAULT_MAX_MEMORY)?
+        .with_cache_dir(Some(root.join("target/bench/cache")));
+    let mut spec = portcullis::config::ServiceSpec::new(guest);
+    spec.instances = portcullis::config::Instances::PerConnection;
+    let loaded = runtime.load(&spec)?;
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (mut up, mut down, mut probes) = tokio.block_on(async {
         for _ in 0..20 {

@@ -9,11 +9,13 @@ use std::time::Duration;
 use wasmtime::component::{Accessor, HasSelf, Resource};
 
 use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
+use super::tcp::{read_too_long, write_too_long};
 use super::udp::UdpBind;
 use super::{Connection, GuestListener, TcpConn, UdpClient};
 use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener, HostListenerWithStore};
 use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
 use crate::bindings::udp::{HostUdpClient, HostUdpClientWithStore, UdpClientConfig};
+use crate::limits::{GuestSocket, MAX_IO, SOCKET_BUFFER};
 use crate::policy::{Action, Policy, target_text};
 use crate::state::HostState;
 
@@ -71,27 +73,65 @@ fn ip_text(ip: std::net::IpAddr) -> String {
     text
 }
 
-/// The [`TcpConn`] behind a guest handle, cloned out so it can be awaited on
-/// outside the store. Entering the host resets the guest's slice budget.
-fn conn_of(acc: &Accessor<HostState>, handle: &Resource<Connection>) -> wasmtime::Result<TcpConn> {
-    acc.with(|mut access| {
-        let state = access.get();
-        state.touch();
-        Ok(state.table.get(handle)?.conn.clone())
-    })
+fn policy_of(acc: &Accessor<HostState>) -> std::sync::Arc<Policy> {
+    acc.with(|mut access| access.get().net.policy.clone())
 }
 
-fn policy_of(acc: &Accessor<HostState>) -> std::sync::Arc<Policy> {
-    acc.with(|mut access| {
-        let state = access.get();
-        state.touch();
-        state.net.policy.clone()
+/// Awaits `work`; if it had to wait (the guest was suspended), the guest truly
+/// waited and its CPU bound starts over (see `state`). A call that completes
+/// at once resets nothing, so a loop of cheap calls is still bounded.
+async fn wait_in_host<F: Future>(acc: &Accessor<HostState>, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut suspended = false;
+    let out = std::future::poll_fn(|cx| {
+        let poll = work.as_mut().poll(cx);
+        suspended |= poll.is_pending();
+        poll
     })
+    .await;
+    if suspended {
+        acc.with(|mut access| access.get().waited());
+    }
+    out
+}
+
+/// A place for one more socket of this instance (`--max-sockets`) and the
+/// charge for its host buffer (`--max-memory`), or the guest's error.
+fn guest_socket(acc: &Accessor<HostState>) -> Result<GuestSocket, SocketError> {
+    acc.with(|mut access| guest_socket_in(access.get()))
+}
+
+fn guest_socket_in(state: &HostState) -> Result<GuestSocket, SocketError> {
+    let slot = state.net.sockets.take().map_err(|e| state.net.limited(e))?;
+    let charge = state.memory().charge(SOCKET_BUFFER as usize, "a socket's buffer").map_err(SocketError::generic)?;
+    Ok(GuestSocket { slot, charge })
 }
 
 /// Logs a denial at warn level (see `NetCtx::logged`) and passes it on.
 fn logged(acc: &Accessor<HostState>, err: SocketError) -> SocketError {
     acc.with(|mut access| access.get().net.logged(err))
+}
+
+/// Writes `data` (already out of the guest) whole. Its bytes are charged to
+/// the instance while the write waits: at most [`MAX_IO`] per call, and all
+/// pending writes of an instance within its memory limit.
+async fn write_held(
+    acc: &Accessor<HostState>,
+    this: &Resource<Connection>,
+    data: Vec<u8>,
+) -> wasmtime::Result<Result<u32, SocketError>> {
+    if data.len() > MAX_IO {
+        return Ok(Err(SocketError::generic(write_too_long(data.len()))));
+    }
+    let (conn, charge) = acc.with(|mut access| -> wasmtime::Result<_> {
+        let state = access.get();
+        Ok((state.table.get(this)?.conn.clone(), state.memory().charge(data.len(), "a pending write")))
+    })?;
+    let _charge = match charge {
+        Ok(charge) => charge,
+        Err(e) => return Ok(Err(SocketError::generic(e))),
+    };
+    Ok(wait_in_host(acc, conn.write_all(&data)).await)
 }
 
 impl types::Host for HostState {}
@@ -110,14 +150,21 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             )
             .into()));
         }
-        let addrs = match policy.resolve_outbound(Action::Connect, "connect", &config.host, config.port).await {
+        // Counted from before the connect: a flood of connects in flight is capped too.
+        let socket = match guest_socket(acc) {
+            Ok(socket) => socket,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let resolving = policy.resolve_outbound(Action::Connect, "connect", &config.host, config.port);
+        let addrs = match wait_in_host(acc, resolving).await {
             Ok(addrs) => addrs,
             Err(e) if e.kind == ErrorKind::PermissionDenied => return Ok(Err(logged(acc, e).into())),
             Err(e) => return Ok(Err(SocketError::generic(format!("{CONNECT_FAILED}{}", e.message)).into())),
         };
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
         let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
-        let conn = match TcpConn::connect(&addrs, connect_timeout, read_timeout).await {
+        let connecting = TcpConn::connect(&addrs, connect_timeout, read_timeout, socket);
+        let conn = match wait_in_host(acc, connecting).await {
             Ok(conn) => conn,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -130,9 +177,10 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
         Ok(Ok(handle))
     }
 
+    // What the bindings require; `add_bounded_lists` links a twin that checks
+    // the length before copying anything out of the guest.
     async fn write(acc: &Accessor<HostState, Self>, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
-        let conn = conn_of(acc, &this)?;
-        Ok(conn.write_all(&data).await.map_err(Into::into))
+        Ok(write_held(acc, &this, data).await?.map_err(Into::into))
     }
 
     async fn read(
@@ -140,8 +188,23 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
         this: Resource<Connection>,
         length: Option<u32>,
     ) -> Outcome<Vec<u8>> {
-        let conn = conn_of(acc, &this)?;
-        Ok(conn.read(length).await.map_err(Into::into))
+        let (conn, charge) = acc.with(|mut access| -> wasmtime::Result<_> {
+            let state = access.get();
+            let conn = state.table.get(&this)?.conn.clone();
+            // What a read gathers is held in the host until it completes.
+            let gathered = match length {
+                Some(n) if n as usize > MAX_IO => return Ok((conn, Err(SocketError::generic(read_too_long(n))))),
+                Some(n) => n as usize,
+                None => 0,
+            };
+            let charge = state.memory().charge(gathered, "a read").map_err(SocketError::generic);
+            Ok((conn, charge))
+        })?;
+        let _charge = match charge {
+            Ok(charge) => charge,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(wait_in_host(acc, conn.read(length)).await.map_err(Into::into))
     }
 }
 
@@ -152,18 +215,15 @@ impl HostConnection for HostState {
     }
 
     fn try_read(&mut self, this: Resource<Connection>, length: Option<u32>) -> Outcome<Option<Vec<u8>>> {
-        self.touch();
         Ok(self.table.get(&this)?.conn.try_read(length).map_err(Into::into))
     }
 
     fn unread(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<()> {
-        self.touch();
         Ok(self.table.get(&this)?.conn.unread(data).map_err(Into::into))
     }
 
     // What the bindings require; `add_zero_copy_writes` links a copy-free twin instead.
     fn try_write(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
-        self.touch();
         Ok(self.table.get(&this)?.conn.try_write(&data).map_err(Into::into))
     }
 
@@ -218,7 +278,8 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
             )
             .into()));
         }
-        let addr = match policy.resolve_bind(Action::Listen, "listen", interface.as_deref(), port).await {
+        let resolving = policy.resolve_bind(Action::Listen, "listen", interface.as_deref(), port);
+        let addr = match wait_in_host(acc, resolving).await {
             Ok(Some(addr)) => addr,
             Ok(None) => SocketAddr::from(([0, 0, 0, 0], port)),
             Err(e) => return Ok(Err(logged(acc, e).into())),
@@ -226,9 +287,13 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
         acc.with(|mut access| {
             let state = access.get();
             let net = &state.net;
+            let socket = match net.sockets.take() {
+                Ok(socket) => socket,
+                Err(e) => return Ok(Err(net.limited(e).into())),
+            };
             let (sink, active, limit) =
                 (net.new_connections.clone(), net.active_listeners.clone(), net.connection_limit.clone());
-            Ok(state.table.get_mut(&this)?.start(addr, sink, active, limit).map_err(Into::into))
+            Ok(state.table.get_mut(&this)?.start(addr, sink, active, limit, socket).map_err(Into::into))
         })
     }
 }
@@ -260,11 +325,7 @@ impl HostListener for HostState {
 }
 
 fn udp_of(acc: &Accessor<HostState>, handle: &Resource<UdpClient>) -> wasmtime::Result<UdpClient> {
-    acc.with(|mut access| {
-        let state = access.get();
-        state.touch();
-        Ok(state.table.get(handle)?.clone())
-    })
+    acc.with(|mut access| Ok(access.get().table.get(handle)?.clone()))
 }
 
 impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
@@ -278,13 +339,17 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
             Some(address) => (address.host.as_deref(), address.port),
             None => (None, 0),
         };
-        let bind = match policy.resolve_bind(Action::Udp, "bind", host, port).await {
+        let socket = match guest_socket(acc) {
+            Ok(socket) => socket,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let bind = match wait_in_host(acc, policy.resolve_bind(Action::Udp, "bind", host, port)).await {
             Ok(Some(addr)) => UdpBind::Addr(addr),
             Ok(None) => UdpBind::AllInterfaces(port),
             Err(e) => return Ok(Err(logged(acc, e).into())),
         };
         let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
-        let client = match UdpClient::bind(bind, read_timeout).await {
+        let client = match wait_in_host(acc, UdpClient::bind(bind, read_timeout, socket)).await {
             Ok(client) => client,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -302,11 +367,13 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
             Ok(host) => host,
             Err(e) => return Ok(Err(e.into())),
         };
-        let target = match policy_of(acc).resolve_outbound(Action::Udp, "send to", &host, address.port).await {
+        let policy = policy_of(acc);
+        let resolving = policy.resolve_outbound(Action::Udp, "send to", &host, address.port);
+        let target = match wait_in_host(acc, resolving).await {
             Ok(addrs) => addrs[0],
             Err(e) => return Ok(Err(logged(acc, e).into())),
         };
-        Ok(client.send_to(&data, target).await.map_err(Into::into))
+        Ok(wait_in_host(acc, client.send_to(&data, target)).await.map_err(Into::into))
     }
 
     async fn receive_from(
@@ -315,7 +382,7 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         length: Option<u32>,
     ) -> Outcome<(Vec<u8>, Address)> {
         let client = udp_of(acc, &this)?;
-        let (data, from) = match client.receive_from(length).await {
+        let (data, from) = match wait_in_host(acc, client.receive_from(length)).await {
             Ok(received) => received,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -346,7 +413,6 @@ fn check_sender(client: &UdpClient, policy: &Policy, from: SocketAddr) -> Result
 
 impl HostUdpClient for HostState {
     fn try_send_to(&mut self, this: Resource<UdpClient>, data: Vec<u8>, address: Address) -> Outcome<Option<u32>> {
-        self.touch();
         let client = self.table.get(&this)?.clone();
         let host = match send_host(&client, data.len(), address.host) {
             Ok(host) => host,
@@ -365,7 +431,6 @@ impl HostUdpClient for HostState {
         this: Resource<UdpClient>,
         length: Option<u32>,
     ) -> Outcome<Option<(Vec<u8>, Address)>> {
-        self.touch();
         let client = self.table.get(&this)?.clone();
         let (data, from) = match client.try_receive_from(length) {
             Ok(Some(received)) => received,
@@ -393,20 +458,49 @@ impl HostUdpClient for HostState {
     }
 }
 
-/// Replaces the generated `connection.try-write` with one that writes the
-/// guest's bytes straight from its memory (`WasmList`), instead of copying them
-/// into a `Vec` first: at 16 KiB messages that copy was a fifth of the host's
-/// work per message. Same checks, same result as [`HostConnection::try_write`].
-pub fn add_zero_copy_writes(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+/// Replaces generated functions that take a `list<u8>` with twins that read
+/// it straight from guest memory (`WasmList`) instead of having it copied into
+/// a `Vec` first:
+/// - `try-write` writes from guest memory (at 16 KiB messages the copy was a
+///   fifth of the host's work per message);
+/// - `write` and `unread` check the length first, so a guest cannot make the
+///   host copy a list larger than [`MAX_IO`].
+///
+/// Same checks, same results as the [`HostConnection`] methods they shadow.
+pub fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime::component::WasmList;
     linker.allow_shadowing(true);
     let mut tcp = linker.instance("portcullis:socket/tcp@0.1.0")?;
     tcp.func_wrap(
         "[method]connection.try-write",
-        |mut store: wasmtime::StoreContextMut<'_, HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
-            store.data_mut().touch();
+        |store: wasmtime::StoreContextMut<'_, HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
             let conn = &store.data().table.get(&this)?.conn;
             Ok((conn.try_write(data.as_le_slice(&store)).map_err(types::Error::from),))
+        },
+    )?;
+    tcp.func_wrap(
+        "[method]connection.unread",
+        |store: wasmtime::StoreContextMut<'_, HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+            let conn = &store.data().table.get(&this)?.conn;
+            // Never more than a delivery, which is at most the read-ahead bound.
+            let result = if data.len() > MAX_IO {
+                Err(SocketError::generic(format!("unread gives back {} bytes, over any delivery", data.len())))
+            } else {
+                conn.unread(data.as_le_slice(&store).to_vec())
+            };
+            Ok((result.map_err(types::Error::from),))
+        },
+    )?;
+    tcp.func_wrap_concurrent(
+        "[method]connection.write",
+        |acc: &Accessor<HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+            Box::pin(async move {
+                if data.len() > MAX_IO {
+                    return Ok((Err(types::Error::from(SocketError::generic(write_too_long(data.len())))),));
+                }
+                let bytes = acc.with(|access| data.as_le_slice(&access).to_vec());
+                Ok((write_held(acc, &this, bytes).await?.map_err(types::Error::from),))
+            })
         },
     )?;
     linker.allow_shadowing(false);

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::SocketSlot;
 use crate::wake_gate;
 
 use super::error::{LISTEN_FAILED, SocketError};
@@ -99,6 +100,8 @@ enum ListenerState {
         /// when the accept task notices), so a program ends right after its
         /// last listener stops.
         active: Arc<AtomicUsize>,
+        /// Its place under the instance's `--max-sockets`.
+        _socket: SocketSlot,
     },
     /// Stopped; cannot be started again.
     Stopped,
@@ -122,12 +125,15 @@ impl GuestListener {
 
     /// Binds `addr` (already checked against the grants) and spawns the accept
     /// loop, which sends connections to `sink`, under the service's `limit`.
+    /// `socket` is the listener's place under the instance's socket limit,
+    /// held until it stops.
     pub fn start(
         &mut self,
         addr: SocketAddr,
         sink: mpsc::UnboundedSender<TcpConn>,
         active: Arc<AtomicUsize>,
         limit: Option<Arc<Semaphore>>,
+        socket: SocketSlot,
     ) -> Result<(), SocketError> {
         match self.state {
             ListenerState::New => {}
@@ -147,7 +153,7 @@ impl GuestListener {
             list.push(conn.clone());
         }));
         tracing::info!(%local, "guest listener started");
-        self.state = ListenerState::Listening { local, stop, accepted, active };
+        self.state = ListenerState::Listening { local, stop, accepted, active, _socket: socket };
         Ok(())
     }
 

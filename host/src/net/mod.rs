@@ -20,8 +20,6 @@ pub mod resolve;
 pub mod tcp;
 pub mod udp;
 
-use std::time::Duration;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -29,13 +27,11 @@ use std::task::Poll;
 use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
 
+use crate::limits::SocketCount;
 pub use error::SocketError;
 pub use listener::GuestListener;
 pub use tcp::TcpConn;
 pub use udp::UdpClient;
-
-/// Ballerina's default read time-out: 300000 ms.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(300_000);
 
 /// The WIT `connection` resource: one guest handle to a shared [`TcpConn`].
 /// Several handles may point to one connection (`clone-handle`).
@@ -111,6 +107,11 @@ pub struct NetCtx {
     /// The service's `--max-connections`, if any: what the guest's own
     /// listeners accept counts under it too.
     pub connection_limit: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// The sockets this instance holds open, under `--max-sockets`.
+    pub sockets: Arc<SocketCount>,
+    /// Whether a refusal at a socket limit was logged for this instance (one
+    /// line per instance, not one per attempt: a guest may retry in a loop).
+    pub limit_logged: AtomicBool,
 }
 
 impl NetCtx {
@@ -120,5 +121,14 @@ impl NetCtx {
             tracing::warn!(component = %self.component, "{}", err.message);
         }
         err
+    }
+
+    /// A refusal at a socket limit, as the guest gets it; logged at warn the
+    /// first time for this instance.
+    pub fn limited(&self, message: String) -> SocketError {
+        if !self.limit_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(component = %self.component, "{message} (further refusals of this instance are not logged)");
+        }
+        SocketError::generic(message)
     }
 }

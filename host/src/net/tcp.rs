@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::closing::Closing;
 use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE};
+use crate::limits::{GuestSocket, MAX_IO};
 
 /// Most bytes the host reads ahead of the guest, per connection.
-pub const READ_AHEAD_LIMIT: usize = 64 * 1024;
+pub const READ_AHEAD_LIMIT: usize = MAX_IO;
 
 /// The smallest buffer a read-ahead starts with. Buffers are handed to the
 /// guest whole, so each fill of an empty buffer allocates a new one: sized to
@@ -74,6 +75,10 @@ struct Inner {
     /// This connection's place under its service's `--max-connections`, given
     /// back at `close` (or when the last handle goes).
     slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// For a connection the guest opened: its place under the instance's
+    /// socket limit and its buffer's memory charge, held until the socket is
+    /// gone (the last handle dropped).
+    _guest_socket: Option<GuestSocket>,
 }
 
 /// The read half's state: the read-ahead buffer and what happened at the socket.
@@ -143,13 +148,19 @@ impl TcpConn {
             Some(local) => local,
             None => stream.local_addr()?,
         };
-        Self::new(stream, local, Some(peer), read_timeout)
+        Self::new(stream, local, Some(peer), read_timeout, None)
     }
 
     /// Wraps a connected stream, accepted by a listener (`peer` known) or
     /// opened by a guest (`None`). `TCP_NODELAY` is set: services answer small
     /// messages and must not wait for Nagle.
-    fn new(stream: TcpStream, local: SocketAddr, peer: Option<SocketAddr>, read_timeout: Duration) -> io::Result<Self> {
+    fn new(
+        stream: TcpStream,
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        read_timeout: Duration,
+        guest_socket: Option<GuestSocket>,
+    ) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let accepted = peer.is_some();
         let remote = match peer {
@@ -184,14 +195,18 @@ impl TcpConn {
             closed,
             consumed: Notify::new(),
             slot: Mutex::new(None),
+            _guest_socket: guest_socket,
         })))
     }
 
-    /// Connects to the first address of `addrs` that answers, within `timeout`.
+    /// Connects to the first address of `addrs` that answers, within `timeout`,
+    /// for a guest: the connection keeps `socket` (its place under the
+    /// instance's limits) until it is gone.
     pub async fn connect(
         addrs: &[SocketAddr],
         connect_timeout: Duration,
         read_timeout: Duration,
+        socket: GuestSocket,
     ) -> Result<Self, SocketError> {
         use super::error::CONNECT_FAILED;
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
@@ -200,7 +215,7 @@ impl TcpConn {
                 Ok(Ok(stream)) => {
                     return stream
                         .local_addr()
-                        .and_then(|local| TcpConn::new(stream, local, None, read_timeout))
+                        .and_then(|local| TcpConn::new(stream, local, None, read_timeout, Some(socket)))
                         .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
                 }
                 Ok(Err(e)) => last = e,
@@ -240,6 +255,7 @@ impl TcpConn {
     pub async fn read(&self, length: Option<u32>) -> Result<Vec<u8>, SocketError> {
         let want = match length {
             Some(0) => return Err(SocketError::generic(INVALID_READ_LENGTH)),
+            Some(n) if n as usize > MAX_IO => return Err(SocketError::generic(read_too_long(n))),
             Some(n) => n as usize,
             None => 0,
         };
@@ -302,6 +318,7 @@ impl TcpConn {
     pub fn try_read(&self, length: Option<u32>) -> Result<Option<Vec<u8>>, SocketError> {
         let want = match length {
             Some(0) => return Err(SocketError::generic(INVALID_READ_LENGTH)),
+            Some(n) if n as usize > MAX_IO => return Err(SocketError::generic(read_too_long(n))),
             Some(n) => n as usize,
             None => 0,
         };
@@ -731,6 +748,16 @@ impl ReadSide {
         }
         progressed
     }
+}
+
+/// The error of a `read(n)` past [`MAX_IO`].
+pub fn read_too_long(n: u32) -> String {
+    format!("read length {n} is over the limit of {MAX_IO} bytes per call (read in parts)")
+}
+
+/// The error of a `write` past [`MAX_IO`].
+pub fn write_too_long(n: usize) -> String {
+    format!("write of {n} bytes is over the limit of {MAX_IO} bytes per call (write in parts)")
 }
 
 impl std::fmt::Debug for TcpConn {

@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use super::closing::Closing;
 use super::error::{INVALID_READ_LENGTH, SocketError};
+use crate::limits::GuestSocket;
 
 /// The largest UDP payload over IPv4: 65535 − 8 (UDP header) − 20 (IP header).
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -50,11 +51,15 @@ struct Inner {
     closed: Closing,
     /// One receive buffer per client, kept (not allocated and zeroed per receive).
     receive_buf: Mutex<Vec<u8>>,
+    /// Its place under the instance's socket limit and its buffer's memory
+    /// charge, held until the socket is gone.
+    _guest_socket: GuestSocket,
 }
 
 impl UdpClient {
-    /// Binds `local` (already checked against the grants).
-    pub async fn bind(local: UdpBind, read_timeout: Duration) -> Result<Self, SocketError> {
+    /// Binds `local` (already checked against the grants); the client keeps
+    /// `socket` (its place under the instance's limits) until it is gone.
+    pub async fn bind(local: UdpBind, read_timeout: Duration, guest_socket: GuestSocket) -> Result<Self, SocketError> {
         let socket = match local {
             UdpBind::Addr(addr) => UdpSocket::bind(addr).await,
             UdpBind::AllInterfaces(port) => bind_all_interfaces(port),
@@ -68,6 +73,7 @@ impl UdpClient {
             read_timeout,
             closed: Closing::default(),
             receive_buf: Mutex::new(vec![0; 65_536]),
+            _guest_socket: guest_socket,
         })))
     }
 
@@ -223,7 +229,8 @@ mod tests {
     async fn a_dual_stack_client_talks_to_an_ipv4_peer_and_reports_it_unmapped() {
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let peer_addr = peer.local_addr().unwrap();
-        let client = UdpClient::bind(UdpBind::AllInterfaces(0), Duration::from_secs(5)).await.unwrap();
+        let client =
+            UdpClient::bind(UdpBind::AllInterfaces(0), Duration::from_secs(5), GuestSocket::for_tests()).await.unwrap();
         assert_eq!(client.send_to(b"ping", peer_addr).await.unwrap(), 4);
         assert!(client.sent_to(peer_addr));
         let mut buf = [0u8; 16];
@@ -237,8 +244,13 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_datagrams_and_zero_lengths_are_errors() {
-        let client =
-            UdpClient::bind(UdpBind::Addr("127.0.0.1:0".parse().unwrap()), Duration::from_secs(5)).await.unwrap();
+        let client = UdpClient::bind(
+            UdpBind::Addr("127.0.0.1:0".parse().unwrap()),
+            Duration::from_secs(5),
+            GuestSocket::for_tests(),
+        )
+        .await
+        .unwrap();
         let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1:9".parse().unwrap()).await.unwrap_err();
         assert_eq!(err.message, "datagram too large: 65508 bytes (at most 65507)");
         let err = client.receive_from(Some(0)).await.unwrap_err();

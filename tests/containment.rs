@@ -1,0 +1,400 @@
+//! Containment: a hostile guest (`tests/guests/hostile`) hits each bound of
+//! the sandbox, and a neighbour service in the same `portcullis` process is
+//! served while it happens and right after. Each test runs the real binary
+//! with a manifest of the two services, and reads the child's memory and
+//! descriptors from `/proc`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{guest, portcullis_bin, root};
+
+const MIB: u64 = 1 << 20;
+
+/// A `portcullis run --manifest` with the `hostile` guest and an echo
+/// neighbour, both on 127.0.0.1:0.
+struct Host {
+    child: Child,
+    hostile: String,
+    neighbour: String,
+    stderr_log: PathBuf,
+}
+
+/// Starts the pair: `hostile_keys` are extra manifest lines for the hostile
+/// service (its env included), `args` extra command-line flags.
+fn start(test: &str, hostile_keys: &str, args: &[&str]) -> Host {
+    let dir = root().join("target/containment-scratch").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("portcullis.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[service]]\nname = \"hostile\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n{hostile_keys}\n\n\
+             [[service]]\nname = \"neighbour\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n",
+            guest("hostile"),
+            guest("echo"),
+        ),
+    )
+    .unwrap();
+    let stderr_log = dir.join("stderr.log");
+    let mut child = Command::new(portcullis_bin())
+        .args(["run", "--manifest", manifest.to_str().unwrap()])
+        .args(args)
+        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_log).unwrap())
+        .spawn()
+        .expect("start portcullis");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut hostile, mut neighbour) = (String::new(), String::new());
+    for _ in 0..2 {
+        let line = lines.next().expect("a `listening on` line").unwrap();
+        let (name, addr) = line.split_once(": listening on ").expect("NAME: listening on ADDR");
+        match name {
+            "hostile" => hostile = addr.to_string(),
+            _ => neighbour = addr.to_string(),
+        }
+    }
+    Host { child, hostile, neighbour, stderr_log }
+}
+
+impl Host {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: the peak).
+    fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Connects to the hostile service and sends `message`.
+    fn attack(&self, message: &[u8]) -> TcpStream {
+        let mut client = TcpStream::connect(&self.hostile).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.write_all(message).unwrap();
+        client
+    }
+
+    /// One echo round trip with the neighbour; returns how long it took.
+    fn neighbour_round_trip(&self) -> Duration {
+        let started = Instant::now();
+        let mut client = TcpStream::connect(&self.neighbour).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.write_all(b"neighbour\n").unwrap();
+        let mut echoed = [0u8; 10];
+        client.read_exact(&mut echoed).expect("the neighbour answers");
+        assert_eq!(&echoed, b"neighbour\n");
+        started.elapsed()
+    }
+
+    /// SIGTERM; returns the exit code, how long the stop took, and the log.
+    fn terminate(mut self) -> (i32, Duration, String) {
+        let started = Instant::now();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), started.elapsed(), self.log());
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "portcullis did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one line (or what came before the end) from `stream`.
+fn line(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while let Ok(1) = stream.read(&mut byte) {
+        out.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Asserts that the host closes `stream` (a trapped instance's connection).
+fn assert_closed(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest);
+    assert!(read.is_ok() || rest.is_empty(), "closed, got {read:?}");
+}
+
+/// The stop deadline of `portcullis run`: the 5 s grace plus one second.
+const STOP_DEADLINE: Duration = Duration::from_secs(6);
+
+#[test]
+fn a_guest_hoarding_memory_stops_at_its_limit() {
+    let host = start("hoard", "env = { MODE = \"hoard\" }\nmax-memory = \"100MiB\"", &[]);
+    let base = host.memory("VmRSS");
+    let mut attacker = host.attack(b"more\n");
+    assert_eq!(line(&mut attacker), "held 64 MiB\n");
+    host.neighbour_round_trip();
+    // The second 64 MiB would pass 100 MiB: the allocation fails in the guest,
+    // which traps; only its instance ends.
+    attacker.write_all(b"more\n").unwrap();
+    assert_closed(&mut attacker);
+    host.neighbour_round_trip();
+    let peak = host.memory("VmHWM");
+    assert!(peak < base + 100 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
+    // A fresh instance serves the next client.
+    let mut next = host.attack(b"more\n");
+    assert_eq!(line(&mut next), "held 64 MiB\n");
+    let log = host.log();
+    assert!(log.contains("memory limit reached"), "{log}");
+    assert!(log.contains("component=hostile") && log.contains("guest trapped"), "{log}");
+    assert_eq!(log.matches("memory limit reached").count(), 1, "one line per instance: {log}");
+    let (code, _, _) = host.terminate();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn the_memory_budget_caps_all_instances_together() {
+    // Instances per connection of 256 MiB each, 200 MiB used by each, in a
+    // process with 500 MiB for all: two fit, the others fail.
+    let host = start(
+        "budget",
+        "env = { MODE = \"alloc\", ALLOC_MIB = \"200\" }\ninstances = \"per-connection\"\nmax-memory = \"256MiB\"",
+        &["--memory-budget", "500MiB", "--max-instances", "16"],
+    );
+    let base = host.memory("VmRSS");
+    let mut clients = Vec::new();
+    let mut served = 0;
+    for _ in 0..6 {
+        let mut client = TcpStream::connect(&host.hostile).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if line(&mut client) == "ok\n" {
+            served += 1;
+        }
+        clients.push(client);
+    }
+    assert_eq!(served, 2, "two instances fit the budget: {}", host.log());
+    host.neighbour_round_trip();
+    let peak = host.memory("VmHWM");
+    assert!(peak < base + 500 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
+    assert!(host.log().contains("memory budget reached"), "{}", host.log());
+    let (code, _, _) = host.terminate();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_flood_of_udp_sockets_stops_at_the_socket_limit() {
+    let host = start(
+        "udp-flood",
+        "env = { MODE = \"udp-flood\" }\nmax-sockets = 50\nallow-udp = [\"udp://127.0.0.1:9\"]",
+        &[],
+    );
+    let base = host.open_descriptors();
+    let mut attacker = host.attack(b"flood\n");
+    assert_eq!(line(&mut attacker), "opened 50: socket limit reached (50)\n");
+    let fds = host.open_descriptors();
+    assert!(fds <= base + 50 + 4, "{fds} descriptors open, {base} before");
+    host.neighbour_round_trip();
+    assert_eq!(host.log().matches("socket limit reached (50)").count(), 1, "{}", host.log());
+    let (code, _, _) = host.terminate();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_flood_of_client_connections_stops_at_the_socket_limit() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = target.local_addr().unwrap().port();
+    let keys = format!(
+        "env = {{ MODE = \"connect-flood\", TARGET = \"127.0.0.1:{port}\" }}\nmax-sockets = 40\n\
+         allow-connect = [\"tcp://127.0.0.1:{port}\"]"
+    );
+    let host = start("connect-flood", &keys, &[]);
+    let base = host.open_descriptors();
+    let mut attacker = host.attack(b"flood\n");
+    assert_eq!(line(&mut attacker), "opened 40: socket limit reached (40)\n");
+    let fds = host.open_descriptors();
+    assert!(fds <= base + 40 + 4, "{fds} descriptors open, {base} before");
+    host.neighbour_round_trip();
+    let (code, _, _) = host.terminate();
+    assert_eq!(code, 0);
+}
+
+/// A guest in `mode` that never truly waits is trapped after its CPU bound,
+/// and the neighbour answers promptly all the while.
+fn a_guest_that_never_waits_is_trapped(mode: &str) {
+    let host = start(mode, &format!("env = {{ MODE = \"{mode}\" }}\ncallback-cpu-ms = 400"), &[]);
+    let mut attacker = host.attack(b"go\n");
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_millis(300) {
+        slowest = slowest.max(host.neighbour_round_trip());
+    }
+    assert!(slowest < Duration::from_millis(250), "{mode}: the neighbour waited {slowest:?}");
+    assert_closed(&mut attacker);
+    assert!(started.elapsed() < Duration::from_secs(5), "{mode}: trapped only after {:?}", started.elapsed());
+    host.neighbour_round_trip();
+    let log = host.log();
+    assert!(log.contains("without waiting") || log.contains("blocked in wasi:io/poll"), "{mode}: {log}");
+    assert!(log.contains("component=hostile"), "{log}");
+    let (code, _, _) = host.terminate();
+    assert_eq!(code, 0, "{mode}");
+}
+
+#[test]
+fn a_guest_spinning_is_trapped() {
+    a_guest_that_never_waits_is_trapped("spin");
+}
+
+#[test]
+fn a_guest_writing_nothing_in_a_loop_is_trapped() {
+    a_guest_that_never_waits_is_trapped("spin-write");
+}
+
+#[test]
+fn a_guest_reading_nothing_in_a_loop_is_trapped() {
+    a_guest_that_never_waits_is_trapped("spin-read0");
+}
+
+#[test]
+fn a_guest_sleeping_in_a_callback_is_trapped() {
+    a_guest_that_never_waits_is_trapped("sleep");
+}
+
+#[test]
+fn eight_spinning_instances_do_not_stall_the_neighbour() {
+    let host = start(
+        "eight-spinners",
+        "env = { MODE = \"spin\" }\ninstances = \"per-connection\"\ncallback-cpu-ms = 3000",
+        &["--max-instances", "16"],
+    );
+    let _spinners: Vec<TcpStream> = (0..8).map(|_| host.attack(b"go\n")).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut times: Vec<Duration> = (0..20).map(|_| host.neighbour_round_trip()).collect();
+    times.sort();
+    let (median, slowest) = (times[times.len() / 2], times[times.len() - 1]);
+    assert!(median < Duration::from_millis(100), "median {median:?}, all {times:?}");
+    assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}, all {times:?}");
+}
+
+/// SIGTERM ends the process within the grace period plus one second while
+/// the hostile guest is in `mode` (with a CPU bound far beyond that).
+fn sigterm_ends_the_process_in_time(mode: &str) {
+    let host = start(mode, &format!("env = {{ MODE = \"{mode}\" }}\ncallback-cpu-ms = 60000"), &[]);
+    let _attacker = host.attack(b"go\n");
+    std::thread::sleep(Duration::from_millis(200));
+    host.neighbour_round_trip();
+    let (code, took, log) = host.terminate();
+    assert!(took < STOP_DEADLINE + Duration::from_millis(500), "{mode}: the stop took {took:?}: {log}");
+    // The guest never gave the thread back in time: the stop was cut short.
+    assert_eq!(code, 1, "{mode}: {log}");
+    assert!(log.contains("did not finish"), "{mode}: {log}");
+}
+
+#[test]
+fn sigterm_ends_the_process_in_time_with_a_spinning_guest() {
+    sigterm_ends_the_process_in_time("spin");
+}
+
+#[test]
+fn sigterm_ends_the_process_in_time_with_a_sleeping_guest() {
+    sigterm_ends_the_process_in_time("sleep");
+}
+
+#[test]
+fn sigterm_stops_the_process_when_stderr_is_a_closed_pipe() {
+    let mut child = Command::new(portcullis_bin())
+        .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .env("RUST_LOG", "portcullis=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.strip_prefix("listening on ").unwrap().trim().to_string();
+    drop(child.stderr.take()); // every log line now fails to write
+    for _ in 0..3 {
+        let mut client = TcpStream::connect(&addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client.write_all(b"hi").unwrap();
+        let mut echoed = [0u8; 2];
+        client.read_exact(&mut echoed).expect("still served with its log gone");
+    }
+    let started = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(started.elapsed() < STOP_DEADLINE, "the stop took {:?}", started.elapsed());
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn concurrent_huge_writes_to_a_silent_client_hold_little_host_memory() {
+    // Ten write_alls of 100 MiB each (one buffer in the guest) to a client
+    // that never reads: the host holds at most 64 KiB of each at a time.
+    let host = start("big-writes", "env = { MODE = \"big-writes\", WRITE_MIB = \"100\", COUNT = \"10\" }", &[]);
+    let base = host.memory("VmRSS");
+    let _silent = host.attack(b"go\n");
+    std::thread::sleep(Duration::from_secs(2));
+    host.neighbour_round_trip();
+    let peak = host.memory("VmHWM");
+    assert!(peak < base + 100 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
+    let (code, _, _) = host.terminate();
+    assert_eq!(code, 0);
+}
+
+/// Tenants one after another each leave a secret in their instance's memory
+/// and report the earlier ones they find in it.
+fn tenants_find(instances: &str) -> Vec<String> {
+    let host = start(
+        &format!("residue-{instances}"),
+        &format!("env = {{ MODE = \"residue\" }}\ninstances = \"{instances}\""),
+        // One slot for the neighbour, one for the tenants: each gets the slot
+        // the one before it left.
+        &["--max-instances", "2"],
+    );
+    let mut found = Vec::new();
+    for tenant in 1..=12 {
+        let mut client = host.attack(format!("SECRET-{tenant}.\n").as_bytes());
+        found.push(line(&mut client));
+        drop(client);
+        // Let the instance end (per connection) before the next tenant comes.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    found
+}
+
+#[test]
+fn an_instance_never_sees_the_memory_of_the_tenant_before_it() {
+    let per_connection = tenants_find("per-connection");
+    assert!(per_connection.iter().all(|l| l == "found []\n"), "{per_connection:?}");
+    // The check can fail: one shared instance does see what came before.
+    let shared = tenants_find("shared");
+    assert_eq!(shared[1], "found [SECRET-1.]\n", "{shared:?}");
+}
