@@ -144,6 +144,12 @@ fn assert_closed(stream: &mut TcpStream) {
     assert!(read.is_ok() || rest.is_empty(), "closed, got {read:?}");
 }
 
+/// Prints a measured figure (`cargo test --release -p portcullis-tests --test
+/// containment -- --nocapture` lists them all).
+fn report(what: &str, figure: impl std::fmt::Display) {
+    eprintln!("measured: {what}: {figure}");
+}
+
 /// The stop deadline of `portcullis run`: the 5 s grace plus one second.
 const STOP_DEADLINE: Duration = Duration::from_secs(6);
 
@@ -160,6 +166,7 @@ fn a_guest_hoarding_memory_stops_at_its_limit() {
     assert_closed(&mut attacker);
     host.neighbour_round_trip();
     let peak = host.memory("VmHWM");
+    report("hoard, max-memory 100 MiB: peak RSS above start", format!("{} MiB", (peak - base) / MIB));
     assert!(peak < base + 100 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
     // A fresh instance serves the next client.
     let mut next = host.attack(b"more\n");
@@ -195,6 +202,10 @@ fn the_memory_budget_caps_all_instances_together() {
     assert_eq!(served, 2, "two instances fit the budget: {}", host.log());
     host.neighbour_round_trip();
     let peak = host.memory("VmHWM");
+    report(
+        "6 x 200 MiB per connection, budget 500 MiB: served, peak RSS above start",
+        format!("{served}, {} MiB", (peak - base) / MIB),
+    );
     assert!(peak < base + 500 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
     assert!(host.log().contains("memory budget reached"), "{}", host.log());
     let (code, _, _) = host.terminate();
@@ -212,6 +223,7 @@ fn a_flood_of_udp_sockets_stops_at_the_socket_limit() {
     let mut attacker = host.attack(b"flood\n");
     assert_eq!(line(&mut attacker), "opened 50: socket limit reached (50)\n");
     let fds = host.open_descriptors();
+    report("UDP flood, max-sockets 50: descriptors above start", fds - base);
     assert!(fds <= base + 50 + 4, "{fds} descriptors open, {base} before");
     host.neighbour_round_trip();
     assert_eq!(host.log().matches("socket limit reached (50)").count(), 1, "{}", host.log());
@@ -232,6 +244,7 @@ fn a_flood_of_client_connections_stops_at_the_socket_limit() {
     let mut attacker = host.attack(b"flood\n");
     assert_eq!(line(&mut attacker), "opened 40: socket limit reached (40)\n");
     let fds = host.open_descriptors();
+    report("connect flood, max-sockets 40: descriptors above start", fds - base);
     assert!(fds <= base + 40 + 4, "{fds} descriptors open, {base} before");
     host.neighbour_round_trip();
     let (code, _, _) = host.terminate();
@@ -250,6 +263,10 @@ fn a_guest_that_never_waits_is_trapped(mode: &str) {
     }
     assert!(slowest < Duration::from_millis(250), "{mode}: the neighbour waited {slowest:?}");
     assert_closed(&mut attacker);
+    report(
+        &format!("{mode}, callback-cpu-ms 400: trapped after; slowest neighbour round trip"),
+        format!("{:?}; {slowest:?}", started.elapsed()),
+    );
     assert!(started.elapsed() < Duration::from_secs(5), "{mode}: trapped only after {:?}", started.elapsed());
     host.neighbour_round_trip();
     let log = host.log();
@@ -291,6 +308,7 @@ fn eight_spinning_instances_do_not_stall_the_neighbour() {
     let mut times: Vec<Duration> = (0..20).map(|_| host.neighbour_round_trip()).collect();
     times.sort();
     let (median, slowest) = (times[times.len() / 2], times[times.len() - 1]);
+    report("8 spinning instances: neighbour round trip median, slowest", format!("{median:?}, {slowest:?}"));
     assert!(median < Duration::from_millis(100), "median {median:?}, all {times:?}");
     assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}, all {times:?}");
 }
@@ -303,6 +321,7 @@ fn sigterm_ends_the_process_in_time(mode: &str) {
     std::thread::sleep(Duration::from_millis(200));
     host.neighbour_round_trip();
     let (code, took, log) = host.terminate();
+    report(&format!("SIGTERM with a {mode} guest: exit code, time to exit"), format!("{code}, {took:?}"));
     assert!(took < STOP_DEADLINE + Duration::from_millis(500), "{mode}: the stop took {took:?}: {log}");
     // The guest never gave the thread back in time: the stop was cut short.
     assert_eq!(code, 1, "{mode}: {log}");
@@ -317,6 +336,20 @@ fn sigterm_ends_the_process_in_time_with_a_spinning_guest() {
 #[test]
 fn sigterm_ends_the_process_in_time_with_a_sleeping_guest() {
     sigterm_ends_the_process_in_time("sleep");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let host = start("second-signal", "env = { MODE = \"spin\" }\ncallback-cpu-ms = 60000", &[]);
+    let _attacker = host.attack(b"go\n");
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(host.pid() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, took, log) = host.terminate();
+    assert!(took < Duration::from_secs(2), "the second signal took {took:?} to end it: {log}");
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("second signal"), "{log}");
 }
 
 #[test]
@@ -350,6 +383,10 @@ fn sigterm_stops_the_process_when_stderr_is_a_closed_pipe() {
         assert!(started.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(10));
     };
+    report(
+        "SIGTERM with stderr a closed pipe: exit code, time to exit",
+        format!("{:?}, {:?}", status.code(), started.elapsed()),
+    );
     assert!(started.elapsed() < STOP_DEADLINE, "the stop took {:?}", started.elapsed());
     assert_eq!(status.code(), Some(0));
 }
@@ -364,6 +401,7 @@ fn concurrent_huge_writes_to_a_silent_client_hold_little_host_memory() {
     std::thread::sleep(Duration::from_secs(2));
     host.neighbour_round_trip();
     let peak = host.memory("VmHWM");
+    report("10 x write_all(100 MiB) to a silent client: peak RSS above start", format!("{} MiB", (peak - base) / MIB));
     assert!(peak < base + 100 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0);

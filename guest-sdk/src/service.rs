@@ -94,7 +94,7 @@ pub trait Service: Default + 'static {
     /// # }
     /// ```
     async fn on_error(&self, conn: &Connection, err: Error) {
-        eprintln!("connection {}: {err}", conn.id());
+        crate::program::print_line(&format!("connection {}: {err}", conn.id()));
     }
 
     /// The connection ended (end of stream, close, reset or stop); called

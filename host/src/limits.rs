@@ -454,6 +454,37 @@ mod tests {
     }
 
     #[test]
+    fn three_memories_of_one_real_instance_share_its_limit() {
+        // A module with three memories of one page each, and a way to grow each.
+        let wasm = wat::parse_str(
+            r#"(module
+                (memory $a 1) (memory $b 1) (memory $c 1)
+                (func (export "grow_a") (param i32) (result i32) (memory.grow $a (local.get 0)))
+                (func (export "grow_b") (param i32) (result i32) (memory.grow $b (local.get 0)))
+                (func (export "grow_c") (param i32) (result i32) (memory.grow $c (local.get 0))))"#,
+        )
+        .unwrap();
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, wasm).unwrap();
+        let account = MemoryAccount::new(5 * 65536, MemoryBudget::new(1 << 30), "three".into());
+        let mut store = wasmtime::Store::new(&engine, InstanceLimiter::new(account.clone()));
+        store.limiter(|limiter| limiter);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        assert_eq!(account.used(), 3 * 65536, "the three initial pages");
+        let mut grow = |name: &str| {
+            let f = instance.get_typed_func::<i32, i32>(&mut store, name).unwrap();
+            f.call(&mut store, 1).unwrap()
+        };
+        assert_eq!(grow("grow_a"), 1, "fourth page: the old size in pages");
+        assert_eq!(grow("grow_b"), 1, "fifth page");
+        assert_eq!(grow("grow_c"), -1, "a sixth page is past the limit, whichever memory asks");
+        assert_eq!(grow("grow_a"), -1);
+        assert_eq!(account.used(), 5 * 65536);
+        drop(store);
+        assert_eq!(account.used(), 0, "a dropped store gives it all back");
+    }
+
+    #[test]
     fn sockets_are_counted_per_instance() {
         let count = SocketCount::new(2);
         let one = count.take().unwrap();
