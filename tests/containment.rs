@@ -18,6 +18,8 @@ const MIB: u64 = 1 << 20;
 /// neighbour, both on 127.0.0.1:0.
 struct Host {
     child: Child,
+    /// The child's stdout, open but no longer read: a pipe that fills up.
+    _stdout: BufReader<std::process::ChildStdout>,
     hostile: String,
     neighbour: String,
     stderr_log: PathBuf,
@@ -26,6 +28,11 @@ struct Host {
 /// Starts the pair: `hostile_keys` are extra manifest lines for the hostile
 /// service (its env included), `args` extra command-line flags.
 fn start(test: &str, hostile_keys: &str, args: &[&str]) -> Host {
+    start_guest("hostile", test, hostile_keys, args)
+}
+
+/// [`start`] with the hostile service built from guest crate `hostile_guest`.
+fn start_guest(hostile_guest: &str, test: &str, hostile_keys: &str, args: &[&str]) -> Host {
     let dir = root().join("target/containment-scratch").join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -35,7 +42,7 @@ fn start(test: &str, hostile_keys: &str, args: &[&str]) -> Host {
         format!(
             "[[service]]\nname = \"hostile\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n{hostile_keys}\n\n\
              [[service]]\nname = \"neighbour\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n",
-            guest("hostile"),
+            guest(hostile_guest),
             guest("echo"),
         ),
     )
@@ -49,17 +56,19 @@ fn start(test: &str, hostile_keys: &str, args: &[&str]) -> Host {
         .stderr(std::fs::File::create(&stderr_log).unwrap())
         .spawn()
         .expect("start portcullis");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let (mut hostile, mut neighbour) = (String::new(), String::new());
     for _ in 0..2 {
-        let line = lines.next().expect("a `listening on` line").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a `listening on` line");
+        let line = line.trim_end();
         let (name, addr) = line.split_once(": listening on ").expect("NAME: listening on ADDR");
         match name {
             "hostile" => hostile = addr.to_string(),
             _ => neighbour = addr.to_string(),
         }
     }
-    Host { child, hostile, neighbour, stderr_log }
+    Host { child, _stdout: stdout, hostile, neighbour, stderr_log }
 }
 
 impl Host {
@@ -80,6 +89,24 @@ impl Host {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// The log once it has `needle` (log lines are written by a thread of
+    /// their own, a moment after the event), or as it is after 3 s.
+    fn log_with(&self, needle: &str) -> String {
+        self.log_with_times(needle, 1)
+    }
+
+    /// The log once it has `needle` `times` times, or as it is after 3 s.
+    fn log_with_times(&self, needle: &str, times: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= times || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Connects to the hostile service and sends `message`.
@@ -171,7 +198,7 @@ fn a_guest_hoarding_memory_stops_at_its_limit() {
     // A fresh instance serves the next client.
     let mut next = host.attack(b"more\n");
     assert_eq!(line(&mut next), "held 64 MiB\n");
-    let log = host.log();
+    let log = host.log_with("guest trapped");
     assert!(log.contains("memory limit reached"), "{log}");
     assert!(log.contains("component=hostile") && log.contains("guest trapped"), "{log}");
     assert_eq!(log.matches("memory limit reached").count(), 1, "one line per instance: {log}");
@@ -207,7 +234,8 @@ fn the_memory_budget_caps_all_instances_together() {
         format!("{served}, {} MiB", (peak - base) / MIB),
     );
     assert!(peak < base + 500 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
-    assert!(host.log().contains("memory budget reached"), "{}", host.log());
+    let log = host.log_with("memory budget reached");
+    assert!(log.contains("memory budget reached"), "{log}");
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0);
 }
@@ -226,7 +254,8 @@ fn a_flood_of_udp_sockets_stops_at_the_socket_limit() {
     report("UDP flood, max-sockets 50: descriptors above start", fds - base);
     assert!(fds <= base + 50 + 4, "{fds} descriptors open, {base} before");
     host.neighbour_round_trip();
-    assert_eq!(host.log().matches("socket limit reached (50)").count(), 1, "{}", host.log());
+    let log = host.log_with("socket limit reached (50)");
+    assert_eq!(log.matches("socket limit reached (50)").count(), 1, "{log}");
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0);
 }
@@ -269,11 +298,98 @@ fn a_guest_that_never_waits_is_trapped(mode: &str) {
     );
     assert!(started.elapsed() < Duration::from_secs(5), "{mode}: trapped only after {:?}", started.elapsed());
     host.neighbour_round_trip();
-    let log = host.log();
+    let log = host.log_with("guest trapped");
     assert!(log.contains("without waiting") || log.contains("blocked in wasi:io/poll"), "{mode}: {log}");
     assert!(log.contains("component=hostile"), "{log}");
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0, "{mode}");
+}
+
+#[test]
+fn a_guest_making_cheap_async_calls_in_a_loop_is_trapped() {
+    // The raw async `write` of nothing: it completes at once (tokio's
+    // cooperative budget must not make it look like a wait).
+    a_raw_guest_that_never_waits_is_trapped("async-write-empty");
+}
+
+#[test]
+fn a_guest_filling_memory_in_bulk_is_trapped_on_time() {
+    // Each `memory.fill` of 64 MiB runs long between two epoch checks: time
+    // is measured, not ticks counted.
+    a_raw_guest_that_never_waits_is_trapped("fill-loop");
+}
+
+fn a_raw_guest_that_never_waits_is_trapped(mode: &str) {
+    let keys = format!("env = {{ MODE = \"{mode}\" }}\ncallback-cpu-ms = 400");
+    let host = start_guest("raw-hostile", mode, &keys, &[]);
+    let started = Instant::now();
+    let mut attacker = host.attack(b"go\n");
+    assert_closed(&mut attacker);
+    report(&format!("raw {mode}, callback-cpu-ms 400: trapped after"), format!("{:?}", started.elapsed()));
+    assert!(started.elapsed() < Duration::from_secs(3), "{mode}: trapped only after {:?}", started.elapsed());
+    host.neighbour_round_trip();
+    let log = host.log_with("without waiting");
+    assert!(log.contains("without waiting"), "{mode}: {log}");
+}
+
+#[test]
+fn a_service_calling_exit_ends_only_its_instance() {
+    let host = start_guest("raw-hostile", "exit", "env = { MODE = \"exit\" }", &[]);
+    let mut leaver = host.attack(b"go\n");
+    assert_closed(&mut leaver);
+    // A fresh instance takes the next client (which exits it again).
+    let mut next = host.attack(b"go\n");
+    assert_closed(&mut next);
+    host.neighbour_round_trip();
+    let log = host.log_with_times("starting a fresh instance", 2);
+    assert_eq!(log.matches("starting a fresh instance").count(), 2, "{log}");
+    let (code, _, _) = host.terminate();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_host_name_cannot_forge_log_lines() {
+    let host = start_guest("raw-hostile", "log-inject", "env = { MODE = \"log-inject\" }", &[]);
+    let mut attacker = host.attack(b"go\n");
+    let answer = line(&mut attacker);
+    assert!(answer.contains("invalid host"), "{answer}");
+    let (code, _, log) = host.terminate();
+    assert!(!log.contains("FORGED"), "{log}");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn long_listener_interfaces_are_not_kept_in_the_host() {
+    // 20 listeners with a 16 MiB interface string each, kept by the guest:
+    // the host copies each once (from guest memory, bounded by it) and keeps none.
+    let host = start_guest("raw-hostile", "long-interface", "env = { MODE = \"long-interface\" }", &[]);
+    let base = host.memory("VmRSS");
+    let mut attacker = host.attack(b"go\n");
+    let answer = line(&mut attacker);
+    assert!(answer.contains("invalid host"), "{answer}");
+    let now = host.memory("VmRSS");
+    report("20 listeners with a 16 MiB interface: RSS above start", format!("{} MiB", now.saturating_sub(base) / MIB));
+    assert!(now < base + 64 * MIB, "{} MiB from {} MiB", now / MIB, base / MIB);
+}
+
+#[test]
+fn pending_calls_are_charged_to_the_instance() {
+    // 100,000 reads pending at once: each holds host memory, charged to the
+    // instance (16 MiB here), so most are refused at once.
+    let host =
+        start_guest("raw-hostile", "pending-reads", "env = { MODE = \"pending-reads\" }\nmax-memory = \"16MiB\"", &[]);
+    let base = host.memory("VmRSS");
+    let mut attacker = host.attack(b"go\n");
+    let answer = line(&mut attacker);
+    let refused: usize = answer.trim().strip_prefix("refused ").and_then(|n| n.parse().ok()).expect(&answer);
+    let peak = host.memory("VmHWM");
+    report(
+        "100,000 pending reads, max-memory 16 MiB: refused, peak RSS above start",
+        format!("{refused}, {} MiB", (peak - base) / MIB),
+    );
+    assert!(refused > 90_000, "{answer}");
+    assert!(peak < base + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
+    host.neighbour_round_trip();
 }
 
 #[test]
@@ -405,6 +521,28 @@ fn concurrent_huge_writes_to_a_silent_client_hold_little_host_memory() {
     assert!(peak < base + 100 * MIB + 48 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0);
+}
+
+#[test]
+fn a_guest_printing_to_a_full_pipe_stalls_nobody() {
+    // The host's stdout is a pipe nobody reads (it holds 64 KiB): the guest's
+    // 8 MiB go to a bounded queue, the rest is dropped, and nobody waits.
+    let host = start("print-flood", "env = { MODE = \"print-flood\" }", &[]);
+    let base = host.memory("VmRSS");
+    let started = Instant::now();
+    let mut attacker = host.attack(b"go\n");
+    assert_eq!(line(&mut attacker), "printed\n");
+    let took = started.elapsed();
+    let slowest = (0..5).map(|_| host.neighbour_round_trip()).max().unwrap();
+    let peak = host.memory("VmHWM");
+    report(
+        "8 MiB printed to a full stdout pipe: time to print, neighbour's slowest, peak RSS above start",
+        format!("{took:?}, {slowest:?}, {} MiB", (peak - base) / MIB),
+    );
+    assert!(slowest < Duration::from_millis(250), "the neighbour waited {slowest:?}");
+    assert!(peak < base + 32 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
+    let log = host.log_with("guest output to stdout dropped");
+    assert!(log.contains("guest output to stdout dropped"), "{log}");
 }
 
 /// Tenants one after another each leave a secret in their instance's memory

@@ -74,11 +74,11 @@ pub struct RunArgs {
     pub max_connections: Option<std::num::NonZeroUsize>,
     /// The most linear memory, tables and host buffers one instance may hold
     /// (e.g. 64MiB); growth beyond fails in the guest [default: 128MiB].
-    #[arg(long = "max-memory", value_name = "SIZE", value_parser = limits::parse_size, conflicts_with = "manifest")]
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = limits::parse_memory_size, conflicts_with = "manifest")]
     pub max_memory: Option<u64>,
     /// The most memory all instances of the process may hold together
     /// [default: half the machine's physical memory].
-    #[arg(long = "memory-budget", value_name = "SIZE", value_parser = limits::parse_size)]
+    #[arg(long = "memory-budget", value_name = "SIZE", value_parser = limits::parse_memory_size)]
     pub memory_budget: Option<u64>,
     /// The most sockets one instance may hold open at once (client
     /// connections, UDP sockets, its own listeners) [default: 1024].
@@ -197,9 +197,10 @@ fn init_logging() {
     *LOG_FLUSH.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
 }
 
-/// Writes the log lines still queued, waiting at most a moment: a stalled
-/// stderr must not hold up an exit.
+/// Writes the guest output and log lines still queued, waiting at most a
+/// moment for each: a stalled stdout or stderr must not hold up an exit.
 fn flush_logs() {
+    crate::guest_output::flush(Duration::from_millis(200));
     let Some(guard) = LOG_FLUSH.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
     let flushing = std::thread::spawn(move || drop(guard));
     let deadline = std::time::Instant::now() + Duration::from_millis(200);
@@ -307,7 +308,7 @@ fn stop_on_signal(shutdown: CancellationToken) -> Result<()> {
             tracing::info!("stopping: no new connections, letting callbacks finish");
             let deadline = std::thread::Builder::new().name("portcullis-stop-deadline".into()).spawn(|| {
                 // Less the moment `exit_now` gives the log.
-                std::thread::sleep(STOP_DEADLINE - Duration::from_millis(250));
+                std::thread::sleep(STOP_DEADLINE - Duration::from_millis(450));
                 tracing::warn!("the stop did not finish within {STOP_DEADLINE:?} (a guest still held on); exiting now");
                 exit_now(1);
             });

@@ -119,8 +119,8 @@ enum Size {
 impl Size {
     fn bytes(&self) -> Result<u64, String> {
         match self {
-            Size::Bytes(n) => Ok(*n),
-            Size::Text(text) => limits::parse_size(text),
+            Size::Bytes(n) => limits::parse_memory_size(&n.to_string()),
+            Size::Text(text) => limits::parse_memory_size(text),
         }
     }
 }

@@ -206,6 +206,7 @@ impl Loaded {
             connection_limit,
             sockets: SocketCount::new(self.limits.max_sockets),
             limit_logged: AtomicBool::new(false),
+            denials: Default::default(),
         };
         new_store(self.pre.engine(), self.env.clone(), net, memory, &self.limits)
     }
@@ -281,9 +282,13 @@ pub async fn run(
         match ended {
             Ok(code) => return Ok(code),
             Err(trap) => {
-                if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>()
+                    && main.is_some()
+                {
                     return Ok(exit.0);
                 }
+                // A service has no exit status: its `exit` ends only its
+                // instance, as a trap does (and is logged as one).
                 let closed = live.close_all();
                 if main.is_some() {
                     // A program whose main trapped has failed; nothing to restart.

@@ -16,7 +16,8 @@
 //! - [`engine`]: wasmtime configuration and the on-disk component cache.
 //! - [`state`]: what one store holds (the composition of the capabilities
 //!   below, and the CPU bound); [`blocking`]: blocking WASI calls under that
-//!   bound. [`bindings`]: generated from `wit/`.
+//!   bound; [`guest_output`]: a guest's stdout and stderr, which never block.
+//!   [`bindings`]: generated from `wit/`.
 //! - [`limits`]: every bound a guest meets (memory, sockets, CPU), as plain
 //!   data with defaults and as the accounts that enforce it.
 //!   [`wake_gate`]: waits polled again only once they woke (the dispatcher's
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod engine;
+pub mod guest_output;
 pub mod inspect;
 pub mod limits;
 pub mod net;

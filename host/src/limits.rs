@@ -103,12 +103,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "kib" | "k" => 1 << 10,
         "mib" | "m" => 1 << 20,
         "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         _ => return Err(format!("`{text}` has an unknown unit (use KiB, MiB or GiB)")),
     };
     number.checked_mul(scale).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// The largest `--max-memory` (and `--memory-budget`) accepted: 1 TiB.
+pub const MAX_MEMORY_SETTING: u64 = 1 << 40;
+
+/// [`parse_size`] for a memory setting: at most [`MAX_MEMORY_SETTING`].
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes > MAX_MEMORY_SETTING {
+        return Err(format!("`{text}` is more than 1TiB"));
+    }
+    Ok(bytes)
 }
 
 /// Half of the machine's physical memory: the default [`MemoryBudget`].
@@ -410,6 +423,8 @@ mod tests {
         assert!(parse_size("64 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse_size("MiB").unwrap_err().contains("not a size"));
         assert!(parse_size("99999999999GiB").unwrap_err().contains("too large"));
+        assert!(parse_memory_size("2TiB").unwrap_err().contains("more than 1TiB"));
+        assert_eq!(parse_memory_size("1024GiB"), Ok(1 << 40));
     }
 
     #[test]

@@ -430,6 +430,9 @@ impl Policy {
         host: &str,
         port: u16,
     ) -> Option<Result<SocketAddr, SocketError>> {
+        if let Err(e) = check_host_text(host) {
+            return Some(Err(e));
+        }
         let addr = SocketAddr::new(parse_ip_literal(host)?, port);
         Some(if self.allows_peer(action, addr) { Ok(addr) } else { Err(denial(action, verb, host, port)) })
     }
@@ -491,6 +494,7 @@ impl Policy {
         port: u16,
     ) -> Result<Option<SocketAddr>, SocketError> {
         let shown = host.unwrap_or("0.0.0.0");
+        check_host_text(shown)?;
         let denied = || denial(action, verb, shown, port);
         if action == Action::Udp && host.is_none() && port == 0 {
             // An ephemeral UDP socket reaches nothing by itself; sends are checked.
@@ -516,6 +520,25 @@ impl Policy {
         let addrs = resolve(&name, port).await.map_err(|e| SocketError::from_io("", &e))?;
         Ok(addrs.into_iter().next())
     }
+}
+
+/// The longest host text a guest may pass: a DNS name's 253 characters.
+pub const MAX_HOST_LEN: usize = 253;
+
+/// A guest's host text before anything is done with it: at most
+/// [`MAX_HOST_LEN`] bytes of what names and IP literals are made of (letters,
+/// digits, `.`, `-`, `_`, `:`, `[`, `]`, `%`). Anything else fails with a
+/// `generic` error that does not repeat the text, so a guest cannot put what
+/// it likes (say, a line break and a forged log line) into the host's log.
+pub fn check_host_text(host: &str) -> Result<(), SocketError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%');
+    if host.is_empty() || host.len() > MAX_HOST_LEN || !host.chars().all(allowed) {
+        return Err(SocketError::generic(format!(
+            "invalid host: {} bytes; a name or IP literal of at most {MAX_HOST_LEN} letters, digits and `.-_:[]%`",
+            host.len()
+        )));
+    }
+    Ok(())
 }
 
 /// `tcp://db.internal:5432`, `udp://[::1]:53`: a target as denials name it.

@@ -3,7 +3,7 @@
 //! instance.
 //!
 //! The store also keeps a guest from hogging its thread: the engine's epoch
-//! ticks every [`engine::EPOCH_TICK`]; while wasm runs, each tick yields to
+//! ticks every [`crate::engine::EPOCH_TICK`]; while wasm runs, each tick yields to
 //! tokio (which polls sockets and timers before it resumes the guest, so
 //! other services go on) and counts against [`Limits::callback_cpu`]. Only a
 //! true wait resets the count: the start of a callback, or a host call that
@@ -13,14 +13,15 @@
 //! by the wall clock (see `blocking`). Past the bound the instance traps (and
 //! is replaced, as for any trap).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::engine;
+use crate::guest_output::GuestOutput;
 use crate::limits::{InstanceLimiter, Limits, MemoryAccount};
 use crate::net::NetCtx;
 
@@ -40,20 +41,63 @@ pub struct HostState {
     pub cpu: CpuUse,
 }
 
-/// How long the guest has run without truly waiting, against its bound.
+/// How long the guest has run (guest code, host calls that did not wait,
+/// blocking WASI calls) since it last truly waited, against its bound. Time
+/// is measured, not ticks counted: a long stretch between two epoch checks (a
+/// bulk `memory.fill`, a slow host call) counts in full. Time the guest spent
+/// yielded to others (at an epoch tick) does not count.
 pub struct CpuUse {
-    /// Epoch ticks during which guest code ran.
-    pub busy_ticks: u32,
-    /// Time spent in blocking WASI calls.
-    pub blocked: Duration,
+    /// Time used up to `checkpoint`.
+    used: Duration,
+    /// Since when time counts again: the last true wait, or when the guest
+    /// resumed after a yield (set by the yield itself, hence shared).
+    checkpoint: Arc<AtomicU64>,
     /// `--callback-cpu-ms`.
     pub limit: Duration,
 }
 
+/// Instants as nanoseconds since this one, to keep them in an atomic.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_nanos() -> u64 {
+    ORIGIN.elapsed().as_nanos() as u64
+}
+
 impl CpuUse {
+    fn new(limit: Duration) -> Self {
+        CpuUse { used: Duration::ZERO, checkpoint: Arc::new(AtomicU64::new(now_nanos())), limit }
+    }
+
+    /// Time used so far, up to now.
+    pub fn used(&self) -> Duration {
+        let since = now_nanos().saturating_sub(self.checkpoint.load(Ordering::Relaxed));
+        self.used + Duration::from_nanos(since)
+    }
+
     /// What is left of the bound.
     pub fn remaining(&self) -> Duration {
-        self.limit.saturating_sub(engine::EPOCH_TICK * self.busy_ticks + self.blocked)
+        self.limit.saturating_sub(self.used())
+    }
+
+    fn restart(&mut self) {
+        self.used = Duration::ZERO;
+        self.checkpoint.store(now_nanos(), Ordering::Relaxed);
+    }
+
+    /// At an epoch tick: books the time up to now, and returns the yield that
+    /// gives the thread away until tokio resumes the guest (from then on time
+    /// counts again).
+    fn tick(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        self.used = self.used();
+        self.checkpoint.store(u64::MAX, Ordering::Relaxed); // yielded: no time counts
+        let checkpoint = self.checkpoint.clone();
+        async move {
+            // tokio's own yield: it polls sockets and timers before resuming
+            // the guest (wasmtime's plain yield wakes at once, and tokio then
+            // checks its sockets only every 61 turns).
+            tokio::task::yield_now().await;
+            checkpoint.store(now_nanos(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -65,14 +109,13 @@ impl HostState {
             env,
             net,
             limiter: InstanceLimiter::new(memory),
-            cpu: CpuUse { busy_ticks: 0, blocked: Duration::ZERO, limit: limits.callback_cpu },
+            cpu: CpuUse::new(limits.callback_cpu),
         }
     }
 
     /// The guest truly waited, or a callback starts: its bound starts over.
     pub fn waited(&mut self) {
-        self.cpu.busy_ticks = 0;
-        self.cpu.blocked = Duration::ZERO;
+        self.cpu.restart();
     }
 
     /// The instance's memory account (linear memory and host buffers).
@@ -94,14 +137,11 @@ pub fn new_store(
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let cpu = &mut ctx.data_mut().cpu;
-        cpu.busy_ticks += 1;
-        if cpu.remaining().is_zero() {
+        let used = cpu.used();
+        if used >= cpu.limit {
             return Err(wasmtime::format_err!("the guest ran for {:?} without waiting (--callback-cpu-ms)", cpu.limit));
         }
-        // tokio's own yield: it polls sockets and timers before resuming the
-        // guest (wasmtime's plain yield wakes at once, and tokio then checks
-        // its sockets only every 61 turns).
-        Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.tick())))
     });
     store
 }
@@ -117,11 +157,12 @@ impl WasiView for HostState {
 /// The guest's WASI context, made at its first WASI call: most instances (one
 /// per connection, say) make none, and building the context was about a
 /// twentieth of what instantiating costs (callgrind, `portcullis-instantiate`).
-/// It has no network: `wasi:sockets` would bypass the operator's grants.
+/// It has no network: `wasi:sockets` would bypass the operator's grants. Its
+/// stdout and stderr never block (see `guest_output`).
 fn wasi_ctx(env: &[(String, String)]) -> WasiCtx {
     WasiCtx::builder()
-        .inherit_stdout()
-        .inherit_stderr()
+        .stdout(GuestOutput::stdout())
+        .stderr(GuestOutput::stderr())
         .envs(env)
         .allow_tcp(false)
         .allow_udp(false)

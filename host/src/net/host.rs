@@ -10,12 +10,12 @@ use wasmtime::component::{Accessor, HasSelf, Resource};
 
 use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
 use super::tcp::{read_too_long, write_too_long};
-use super::udp::UdpBind;
+use super::udp::{HOST_BYTES as UDP_HOST_BYTES, UdpBind};
 use super::{Connection, GuestListener, TcpConn, UdpClient};
 use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener, HostListenerWithStore};
 use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
 use crate::bindings::udp::{HostUdpClient, HostUdpClientWithStore, UdpClientConfig};
-use crate::limits::{GuestSocket, MAX_IO, SOCKET_BUFFER};
+use crate::limits::{GuestSocket, HostCharge, MAX_IO, SOCKET_BUFFER};
 use crate::policy::{Action, Policy, target_text};
 use crate::state::HostState;
 
@@ -79,9 +79,13 @@ fn policy_of(acc: &Accessor<HostState>) -> std::sync::Arc<Policy> {
 
 /// Awaits `work`; if it had to wait (the guest was suspended), the guest truly
 /// waited and its CPU bound starts over (see `state`). A call that completes
-/// at once resets nothing, so a loop of cheap calls is still bounded.
+/// at once resets nothing, so a loop of cheap calls is still bounded. The work
+/// runs outside tokio's cooperative budget: that budget makes a future that
+/// is ready say "pending" now and then (to let others run), which would count
+/// as a wait; a guest that computes gives the thread away at epoch ticks
+/// instead.
 async fn wait_in_host<F: Future>(acc: &Accessor<HostState>, work: F) -> F::Output {
-    let mut work = std::pin::pin!(work);
+    let mut work = std::pin::pin!(tokio::task::coop::unconstrained(work));
     let mut suspended = false;
     let out = std::future::poll_fn(|cx| {
         let poll = work.as_mut().poll(cx);
@@ -96,15 +100,27 @@ async fn wait_in_host<F: Future>(acc: &Accessor<HostState>, work: F) -> F::Outpu
 }
 
 /// A place for one more socket of this instance (`--max-sockets`) and the
-/// charge for its host buffer (`--max-memory`), or the guest's error.
-fn guest_socket(acc: &Accessor<HostState>) -> Result<GuestSocket, SocketError> {
-    acc.with(|mut access| guest_socket_in(access.get()))
+/// charge for what the host keeps for it (`host_bytes`, against
+/// `--max-memory`), or the guest's error.
+fn guest_socket(acc: &Accessor<HostState>, host_bytes: usize) -> Result<GuestSocket, SocketError> {
+    acc.with(|mut access| {
+        let state = access.get();
+        let slot = state.net.sockets.take().map_err(|e| state.net.limited(e))?;
+        let charge = state.memory().charge(host_bytes, "a socket's buffers").map_err(SocketError::generic)?;
+        Ok(GuestSocket { slot, charge })
+    })
 }
 
-fn guest_socket_in(state: &HostState) -> Result<GuestSocket, SocketError> {
-    let slot = state.net.sockets.take().map_err(|e| state.net.limited(e))?;
-    let charge = state.memory().charge(SOCKET_BUFFER as usize, "a socket's buffer").map_err(SocketError::generic)?;
-    Ok(GuestSocket { slot, charge })
+/// What the host holds for a pending async call (wasmtime's task and the
+/// call's own state: ~1.7 KB measured), charged to the instance while the call
+/// runs, so that the number of calls a guest keeps pending is bounded by its
+/// memory limit too.
+const PENDING_CALL_BYTES: usize = 4096;
+
+/// The charge for one async call, or the guest's error past its limit.
+fn pending_call(acc: &Accessor<HostState>) -> Result<HostCharge, SocketError> {
+    acc.with(|mut access| access.get().memory().charge(PENDING_CALL_BYTES, "a pending call"))
+        .map_err(SocketError::generic)
 }
 
 /// Logs a denial at warn level (see `NetCtx::logged`) and passes it on.
@@ -125,7 +141,8 @@ async fn write_held(
     }
     let (conn, charge) = acc.with(|mut access| -> wasmtime::Result<_> {
         let state = access.get();
-        Ok((state.table.get(this)?.conn.clone(), state.memory().charge(data.len(), "a pending write")))
+        let bytes = PENDING_CALL_BYTES + data.len();
+        Ok((state.table.get(this)?.conn.clone(), state.memory().charge(bytes, "a pending write")))
     })?;
     let _charge = match charge {
         Ok(charge) => charge,
@@ -151,7 +168,7 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             .into()));
         }
         // Counted from before the connect: a flood of connects in flight is capped too.
-        let socket = match guest_socket(acc) {
+        let socket = match guest_socket(acc, SOCKET_BUFFER as usize) {
             Ok(socket) => socket,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -197,7 +214,7 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
                 Some(n) => n as usize,
                 None => 0,
             };
-            let charge = state.memory().charge(gathered, "a read").map_err(SocketError::generic);
+            let charge = state.memory().charge(PENDING_CALL_BYTES + gathered, "a read").map_err(SocketError::generic);
             Ok((conn, charge))
         })?;
         let _charge = match charge {
@@ -269,9 +286,17 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
         let (port, interface, policy, has_callbacks) = acc.with(|mut access| -> wasmtime::Result<_> {
             let state = access.get();
             let listener = state.table.get(&this)?;
-            let interface = listener.interface().map(str::to_string);
+            let interface = listener.interface().map(|i| i.map(str::to_string));
             Ok((listener.port(), interface, state.net.policy.clone(), state.net.has_callbacks))
         })?;
+        let interface = match interface {
+            Ok(interface) => interface,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let _call = match pending_call(acc) {
+            Ok(call) => call,
+            Err(e) => return Ok(Err(e.into())),
+        };
         if !has_callbacks {
             return Ok(Err(SocketError::generic(
                 "a listener needs the component to export portcullis:socket/callbacks",
@@ -339,7 +364,7 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
             Some(address) => (address.host.as_deref(), address.port),
             None => (None, 0),
         };
-        let socket = match guest_socket(acc) {
+        let socket = match guest_socket(acc, UDP_HOST_BYTES) {
             Ok(socket) => socket,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -363,6 +388,10 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         address: Address,
     ) -> Outcome<u32> {
         let client = udp_of(acc, &this)?;
+        let _call = match pending_call(acc) {
+            Ok(call) => call,
+            Err(e) => return Ok(Err(e.into())),
+        };
         let host = match send_host(&client, data.len(), address.host) {
             Ok(host) => host,
             Err(e) => return Ok(Err(e.into())),
@@ -382,6 +411,10 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         length: Option<u32>,
     ) -> Outcome<(Vec<u8>, Address)> {
         let client = udp_of(acc, &this)?;
+        let _call = match pending_call(acc) {
+            Ok(call) => call,
+            Err(e) => return Ok(Err(e.into())),
+        };
         let (data, from) = match wait_in_host(acc, client.receive_from(length)).await {
             Ok(received) => received,
             Err(e) => return Ok(Err(e.into())),

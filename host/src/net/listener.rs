@@ -83,7 +83,10 @@ pub async fn accept_loop(
 /// The WIT `listener` resource: a listener the guest declared itself.
 pub struct GuestListener {
     port: u16,
-    interface: Option<String>,
+    /// The interface to bind, or the error that `start` reports for one
+    /// that is not a host (kept as the error: a guest's long string is not
+    /// kept in the host).
+    interface: Result<Option<String>, SocketError>,
     read_timeout: Duration,
     state: ListenerState,
 }
@@ -109,6 +112,10 @@ enum ListenerState {
 
 impl GuestListener {
     pub fn new(port: u16, interface: Option<String>, read_timeout: Duration) -> Self {
+        let interface = match interface {
+            Some(host) => crate::policy::check_host_text(&host).map(|()| Some(host)),
+            None => Ok(None),
+        };
         GuestListener { port, interface, read_timeout, state: ListenerState::New }
     }
 
@@ -118,9 +125,9 @@ impl GuestListener {
     }
 
     /// The interface asked for; `None` is all interfaces (honoured, unlike
-    /// Ballerina 1.2).
-    pub fn interface(&self) -> Option<&str> {
-        self.interface.as_deref()
+    /// Ballerina 1.2). An error for one that is not a host.
+    pub fn interface(&self) -> Result<Option<&str>, SocketError> {
+        self.interface.as_ref().map(Option::as_deref).map_err(Clone::clone)
     }
 
     /// Binds `addr` (already checked against the grants) and spawns the accept

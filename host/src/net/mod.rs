@@ -112,13 +112,55 @@ pub struct NetCtx {
     /// Whether a refusal at a socket limit was logged for this instance (one
     /// line per instance, not one per attempt: a guest may retry in a loop).
     pub limit_logged: AtomicBool,
+    /// Denials logged for this instance in the current second (see `logged`).
+    pub denials: DenialLog,
+}
+
+/// Denial lines per instance and second: a guest asking for what it may not
+/// have in a loop must not flood the operator's log. Past the cap the
+/// denials are counted, and the next line written says how many were not.
+#[derive(Default)]
+pub struct DenialLog(std::sync::Mutex<DenialWindow>);
+
+#[derive(Default)]
+struct DenialWindow {
+    started: Option<std::time::Instant>,
+    logged: u32,
+    unlogged: u64,
+}
+
+/// See [`DenialLog`].
+const DENIALS_PER_SECOND: u32 = 10;
+
+impl DenialLog {
+    /// Whether to log one more denial now, and how many went unlogged before it.
+    fn admit(&self) -> Option<u64> {
+        let mut window = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if window.started.is_none_or(|started| now.duration_since(started) >= std::time::Duration::from_secs(1)) {
+            window.started = Some(now);
+            window.logged = 0;
+        }
+        if window.logged >= DENIALS_PER_SECOND {
+            window.unlogged += 1;
+            return None;
+        }
+        window.logged += 1;
+        Some(std::mem::take(&mut window.unlogged))
+    }
 }
 
 impl NetCtx {
-    /// Logs a denial (visible with the default log settings) and passes it on.
+    /// Logs a denial (visible with the default log settings; at most
+    /// [`DENIALS_PER_SECOND`] lines a second per instance) and passes it on.
     pub fn logged(&self, err: SocketError) -> SocketError {
-        if err.kind == error::ErrorKind::PermissionDenied {
-            tracing::warn!(component = %self.component, "{}", err.message);
+        if err.kind == error::ErrorKind::PermissionDenied
+            && let Some(unlogged) = self.denials.admit()
+        {
+            match unlogged {
+                0 => tracing::warn!(component = %self.component, "{}", err.message),
+                n => tracing::warn!(component = %self.component, "{} ({n} earlier denials not logged)", err.message),
+            }
         }
         err
     }

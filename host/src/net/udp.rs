@@ -36,7 +36,12 @@ pub enum UdpBind {
 }
 
 /// How many peers a client remembers having sent to (their replies are let in).
-const MAX_PEERS: usize = 4096;
+const MAX_PEERS: usize = 1024;
+
+/// What the host keeps for one UDP client at most, charged to its instance's
+/// memory: the receive buffer and the remembered peers (~100 bytes each in
+/// the set).
+pub const HOST_BYTES: usize = 65_536 + MAX_PEERS * 100;
 
 struct Inner {
     socket: UdpSocket,

@@ -12,6 +12,8 @@
 //!   until refused; answer `opened N: <error>`.
 //! - `big-writes`: `COUNT` concurrent `write_all`s of `WRITE_MIB` MiB each to
 //!   a client that (in the test) never reads.
+//! - `print-flood`: prints 8 MiB to stdout (which, in the test, nobody
+//!   reads), then answers `printed`.
 //! - `residue`: reports any earlier tenant's secret found anywhere in its
 //!   linear memory, then leaves its own there (for instances per connection).
 
@@ -76,6 +78,13 @@ impl Service for Hostile {
                 let _ = conn.read_exact(0).await;
             },
             "sleep" => std::thread::sleep(Duration::from_secs(3600)),
+            "print-flood" => {
+                let line = "x".repeat(1023);
+                for _ in 0..8 * 1024 {
+                    println!("{line}");
+                }
+                conn.write_all(b"printed\n").await?;
+            }
             "udp-flood" => {
                 let error = loop {
                     match UdpClient::bind(None).await {
