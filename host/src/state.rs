@@ -74,6 +74,11 @@ impl CpuUse {
         self.used + Duration::from_nanos(since)
     }
 
+    /// How long the guest has run since it last started or resumed.
+    fn running_for(&self) -> Duration {
+        Duration::from_nanos(now_nanos().saturating_sub(self.checkpoint.load(Ordering::Relaxed)))
+    }
+
     /// What is left of the bound.
     pub fn remaining(&self) -> Duration {
         self.limit.saturating_sub(self.used())
@@ -137,9 +142,14 @@ pub fn new_store(
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let cpu = &mut ctx.data_mut().cpu;
-        let used = cpu.used();
-        if used >= cpu.limit {
+        if cpu.used() >= cpu.limit {
             return Err(wasmtime::format_err!("the guest ran for {:?} without waiting (--callback-cpu-ms)", cpu.limit));
+        }
+        // A deadline that passed while the instance was idle is no reason to
+        // yield (with an instance per connection most callbacks would):
+        // only a guest that has run a whole tick gives the thread away.
+        if cpu.running_for() < crate::engine::EPOCH_TICK {
+            return Ok(UpdateDeadline::Continue(1));
         }
         Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.tick())))
     });
