@@ -373,6 +373,20 @@ fn long_listener_interfaces_are_not_kept_in_the_host() {
 }
 
 #[test]
+fn an_oversized_datagram_is_refused_before_the_host_copies_it() {
+    let host =
+        start_guest("raw-hostile", "udp-big", "env = { MODE = \"udp-big\" }\nallow-udp = [\"udp://127.0.0.1:9\"]", &[]);
+    let base = host.memory("VmRSS");
+    let mut attacker = host.attack(b"go\n");
+    let answer = line(&mut attacker);
+    assert_eq!(answer, "datagram too large: 67108864 bytes (at most 65507)\n");
+    // The guest's own 64 MiB list is in its memory; no second copy in the host.
+    let peak = host.memory("VmHWM");
+    report("UDP send-to of a 64 MiB list: peak RSS above start", format!("{} MiB", (peak - base) / MIB));
+    assert!(peak < base + 64 * MIB + 24 * MIB, "peak {} MiB from {} MiB", peak / MIB, base / MIB);
+}
+
+#[test]
 fn pending_calls_are_charged_to_the_instance() {
     // 100,000 reads pending at once: each holds host memory, charged to the
     // instance (16 MiB here), so most are refused at once.

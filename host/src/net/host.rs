@@ -10,7 +10,7 @@ use wasmtime::component::{Accessor, HasSelf, Resource};
 
 use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
 use super::tcp::{read_too_long, write_too_long};
-use super::udp::{HOST_BYTES as UDP_HOST_BYTES, UdpBind};
+use super::udp::{HOST_BYTES as UDP_HOST_BYTES, MAX_DATAGRAM, UdpBind, datagram_too_large};
 use super::{Connection, GuestListener, TcpConn, UdpClient};
 use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener, HostListenerWithStore};
 use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
@@ -381,28 +381,15 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         Ok(Ok(acc.with(|mut access| access.get().table.push(client))?))
     }
 
+    // What the bindings require; `add_bounded_lists` links a twin that checks
+    // the datagram's size before copying it out of the guest.
     async fn send_to(
         acc: &Accessor<HostState, Self>,
         this: Resource<UdpClient>,
         data: Vec<u8>,
         address: Address,
     ) -> Outcome<u32> {
-        let client = udp_of(acc, &this)?;
-        let _call = match pending_call(acc) {
-            Ok(call) => call,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let host = match send_host(&client, data.len(), address.host) {
-            Ok(host) => host,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let policy = policy_of(acc);
-        let resolving = policy.resolve_outbound(Action::Udp, "send to", &host, address.port);
-        let target = match wait_in_host(acc, resolving).await {
-            Ok(addrs) => addrs[0],
-            Err(e) => return Ok(Err(logged(acc, e).into())),
-        };
-        Ok(wait_in_host(acc, client.send_to(&data, target)).await.map_err(Into::into))
+        send_datagram(acc, &this, data, address).await
     }
 
     async fn receive_from(
@@ -426,6 +413,51 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
     }
 }
 
+/// `send-to` of `data` (already out of the guest, at most one datagram).
+async fn send_datagram(
+    acc: &Accessor<HostState>,
+    this: &Resource<UdpClient>,
+    data: Vec<u8>,
+    address: Address,
+) -> Outcome<u32> {
+    let client = udp_of(acc, this)?;
+    let _call = match pending_call(acc) {
+        Ok(call) => call,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let host = match send_host(&client, data.len(), address.host) {
+        Ok(host) => host,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let policy = policy_of(acc);
+    let resolving = policy.resolve_outbound(Action::Udp, "send to", &host, address.port);
+    let target = match wait_in_host(acc, resolving).await {
+        Ok(addrs) => addrs[0],
+        Err(e) => return Ok(Err(logged(acc, e).into())),
+    };
+    Ok(wait_in_host(acc, client.send_to(&data, target)).await.map_err(Into::into))
+}
+
+/// `try-send-to` of `data`, read where it lies (guest memory, for the twin).
+fn try_send_datagram(
+    state: &HostState,
+    this: &Resource<UdpClient>,
+    data: &[u8],
+    address: Address,
+) -> Outcome<Option<u32>> {
+    let client = state.table.get(this)?.clone();
+    let host = match send_host(&client, data.len(), address.host) {
+        Ok(host) => host,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let target = match state.net.policy.check_literal(Action::Udp, "send to", &host, address.port) {
+        Some(Ok(target)) => target,
+        Some(Err(denied)) => return Ok(Err(state.net.logged(denied).into())),
+        None => return Ok(Ok(None)), // a name: `send-to` looks it up
+    };
+    Ok(client.try_send_to(data, target).map_err(Into::into))
+}
+
 /// What `send-to` and `try-send-to` check before the target: the client is
 /// open, the datagram fits, and there is a host to send to (returned).
 fn send_host(client: &UdpClient, len: usize, host: Option<String>) -> Result<String, SocketError> {
@@ -445,18 +477,9 @@ fn check_sender(client: &UdpClient, policy: &Policy, from: SocketAddr) -> Result
 }
 
 impl HostUdpClient for HostState {
+    // What the bindings require; `add_bounded_lists` links a copy-free twin.
     fn try_send_to(&mut self, this: Resource<UdpClient>, data: Vec<u8>, address: Address) -> Outcome<Option<u32>> {
-        let client = self.table.get(&this)?.clone();
-        let host = match send_host(&client, data.len(), address.host) {
-            Ok(host) => host,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let target = match self.net.policy.check_literal(Action::Udp, "send to", &host, address.port) {
-            Some(Ok(target)) => target,
-            Some(Err(denied)) => return Ok(Err(self.net.logged(denied).into())),
-            None => return Ok(Ok(None)), // a name: `send-to` looks it up
-        };
-        Ok(client.try_send_to(&data, target).map_err(Into::into))
+        try_send_datagram(self, &this, &data, address)
     }
 
     fn try_receive_from(
@@ -497,7 +520,9 @@ impl HostUdpClient for HostState {
 /// - `try-write` writes from guest memory (at 16 KiB messages the copy was a
 ///   fifth of the host's work per message);
 /// - `write` and `unread` check the length first, so a guest cannot make the
-///   host copy a list larger than [`MAX_IO`].
+///   host copy a list larger than [`MAX_IO`];
+/// - UDP `send-to` checks the datagram's size first, and `try-send-to` sends
+///   from guest memory.
 ///
 /// Same checks, same results as the [`HostConnection`] methods they shadow.
 pub fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
@@ -524,6 +549,27 @@ pub fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) ->
             Ok((result.map_err(types::Error::from),))
         },
     )?;
+    let mut udp = linker.instance("portcullis:socket/udp@0.1.0")?;
+    udp.func_wrap(
+        "[method]udp-client.try-send-to",
+        |store: wasmtime::StoreContextMut<'_, HostState>,
+         (this, data, address): (Resource<UdpClient>, WasmList<u8>, Address)| {
+            Ok((try_send_datagram(store.data(), &this, data.as_le_slice(&store), address)?,))
+        },
+    )?;
+    udp.func_wrap_concurrent(
+        "[method]udp-client.send-to",
+        |acc: &Accessor<HostState>, (this, data, address): (Resource<UdpClient>, WasmList<u8>, Address)| {
+            Box::pin(async move {
+                if data.len() > MAX_DATAGRAM {
+                    return Ok((Err(types::Error::from(SocketError::generic(datagram_too_large(data.len())))),));
+                }
+                let bytes = acc.with(|access| data.as_le_slice(&access).to_vec());
+                Ok((send_datagram(acc, &this, bytes, address).await?,))
+            })
+        },
+    )?;
+    let mut tcp = linker.instance("portcullis:socket/tcp@0.1.0")?;
     tcp.func_wrap_concurrent(
         "[method]connection.write",
         |acc: &Accessor<HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {

@@ -94,7 +94,7 @@ impl UdpClient {
     pub fn check_send(&self, len: usize) -> Result<(), SocketError> {
         self.check_open()?;
         if len > MAX_DATAGRAM {
-            return Err(SocketError::generic(format!("datagram too large: {len} bytes (at most {MAX_DATAGRAM})")));
+            return Err(SocketError::generic(datagram_too_large(len)));
         }
         Ok(())
     }
@@ -196,6 +196,11 @@ impl UdpClient {
             _ => target,
         }
     }
+}
+
+/// The error of a send past [`MAX_DATAGRAM`].
+pub fn datagram_too_large(len: usize) -> String {
+    format!("datagram too large: {len} bytes (at most {MAX_DATAGRAM})")
 }
 
 /// Dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is unavailable.

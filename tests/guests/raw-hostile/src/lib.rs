@@ -11,10 +11,11 @@
 //! - `pending-reads`: 100,000 concurrent `read`s on its connection; answers
 //!   how many the host refused at once.
 //! - `fill-loop`: bulk `memory.fill` over 64 MiB, forever.
+//! - `udp-big`: a UDP `send-to` of a 64 MiB list; answers the error.
 
 use std::cell::RefCell;
 
-use portcullis_sdk::__bindings::portcullis::socket::{tcp, types};
+use portcullis_sdk::__bindings::portcullis::socket::{tcp, types, udp};
 use portcullis_sdk::__bindings::service::exports::portcullis::socket::callbacks::{CallbackUse, Delivery, Guest};
 
 thread_local! {
@@ -73,6 +74,18 @@ async fn attack(conn: &tcp::Connection) {
                 unsafe { std::ptr::write_bytes(buffer.as_mut_ptr(), round, buffer.len()) };
                 std::hint::black_box(&mut buffer);
             }
+        }
+        "udp-big" => {
+            let config = udp::UdpClientConfig { read_timeout_ms: 1000 };
+            let error = match udp::UdpClient::bind(None, config).await {
+                Ok(client) => {
+                    let data = vec![7u8; 64 << 20];
+                    let target = types::Address { host: Some("127.0.0.1".into()), port: 9 };
+                    client.send_to(data, target).await.err().map(|e| e.message).unwrap_or_default()
+                }
+                Err(e) => e.message,
+            };
+            say(conn, &format!("{error}\n"));
         }
         _ => say(conn, "unknown mode\n"),
     }
