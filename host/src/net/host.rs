@@ -117,6 +117,10 @@ fn guest_socket(acc: &Accessor<HostState>, host_bytes: usize) -> Result<GuestSoc
 /// memory limit too.
 const PENDING_CALL_BYTES: usize = 4096;
 
+/// What one resource-table entry holds in the host (a handle or a listener
+/// not started: ~100–230 bytes measured), charged while it exists.
+const TABLE_ENTRY_BYTES: usize = 256;
+
 /// The charge for one async call, or the guest's error past its limit.
 fn pending_call(acc: &Accessor<HostState>) -> Result<HostCharge, SocketError> {
     acc.with(|mut access| access.get().memory().charge(PENDING_CALL_BYTES, "a pending call"))
@@ -258,7 +262,11 @@ impl HostConnection for HostState {
 
     fn clone_handle(&mut self, this: Resource<Connection>) -> wasmtime::Result<Resource<Connection>> {
         let conn = self.table.get(&this)?.conn.clone();
-        Ok(self.table.push(Connection::new(conn))?)
+        // A handle costs the host a table entry: charged, so that a guest
+        // cloning in a loop meets its memory limit (the call cannot fail in
+        // the WIT, so past the limit it traps).
+        let charge = self.memory().charge(TABLE_ENTRY_BYTES, "a handle").map_err(wasmtime::Error::msg)?;
+        Ok(self.table.push(Connection { conn, served: None, charge: Some(charge) })?)
     }
 
     fn accepted(&mut self, this: Resource<Connection>) -> wasmtime::Result<bool> {
@@ -326,7 +334,9 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
 impl HostListener for HostState {
     fn new(&mut self, port: u16, config: ListenerConfig) -> wasmtime::Result<Resource<GuestListener>> {
         let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
-        Ok(self.table.push(GuestListener::new(port, config.interface, read_timeout))?)
+        // Charged like a handle (see `clone_handle`).
+        let charge = self.memory().charge(TABLE_ENTRY_BYTES, "a listener").map_err(wasmtime::Error::msg)?;
+        Ok(self.table.push(GuestListener::new(port, config.interface, read_timeout, charge))?)
     }
 
     fn graceful_stop(&mut self, this: Resource<GuestListener>) -> Outcome<()> {

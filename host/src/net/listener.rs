@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::limits::SocketSlot;
+use crate::limits::{HostCharge, SocketSlot};
 use crate::wake_gate;
 
 use super::error::{LISTEN_FAILED, SocketError};
@@ -87,6 +87,8 @@ pub struct GuestListener {
     /// that is not a host (kept as the error: a guest's long string is not
     /// kept in the host).
     interface: Result<Option<String>, SocketError>,
+    /// The table entry's memory charge (see `net::host`).
+    _charge: HostCharge,
     read_timeout: Duration,
     state: ListenerState,
 }
@@ -111,12 +113,12 @@ enum ListenerState {
 }
 
 impl GuestListener {
-    pub fn new(port: u16, interface: Option<String>, read_timeout: Duration) -> Self {
+    pub fn new(port: u16, interface: Option<String>, read_timeout: Duration, charge: HostCharge) -> Self {
         let interface = match interface {
             Some(host) => crate::policy::check_host_text(&host).map(|()| Some(host)),
             None => Ok(None),
         };
-        GuestListener { port, interface, read_timeout, state: ListenerState::New }
+        GuestListener { port, interface, _charge: charge, read_timeout, state: ListenerState::New }
     }
 
     /// The port asked for (0: ephemeral).

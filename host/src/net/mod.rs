@@ -27,7 +27,7 @@ use std::task::Poll;
 use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
 
-use crate::limits::SocketCount;
+use crate::limits::{HostCharge, SocketCount};
 pub use error::SocketError;
 pub use listener::GuestListener;
 pub use tcp::TcpConn;
@@ -40,12 +40,14 @@ pub struct Connection {
     /// Set on a handle lent to `on-read-ready-batch`: when the guest drops the
     /// handle (it is done with that connection), the dispatcher hears of it.
     pub served: Option<Arc<Served>>,
+    /// For a handle the guest made (`clone-handle`): the table entry's charge.
+    pub charge: Option<HostCharge>,
 }
 
 impl Connection {
     /// A handle of the guest's own (a client it opened, or a clone).
     pub fn new(conn: TcpConn) -> Self {
-        Connection { conn, served: None }
+        Connection { conn, served: None, charge: None }
     }
 }
 
