@@ -387,6 +387,19 @@ fn an_oversized_datagram_is_refused_before_the_host_copies_it() {
 }
 
 #[test]
+fn handles_are_charged_to_the_instance() {
+    // 200,000 handles of 256 bytes each would be ~49 MiB: past 16 MiB the
+    // clone traps (the WIT gives clone-handle no error) and only that instance ends.
+    let host =
+        start_guest("raw-hostile", "clone-flood", "env = { MODE = \"clone-flood\" }\nmax-memory = \"16MiB\"", &[]);
+    let mut attacker = host.attack(b"go\n");
+    assert_closed(&mut attacker);
+    host.neighbour_round_trip();
+    let log = host.log_with("guest trapped");
+    assert!(log.contains("memory limit reached: a handle"), "{log}");
+}
+
+#[test]
 fn pending_calls_are_charged_to_the_instance() {
     // 100,000 reads pending at once: each holds host memory, charged to the
     // instance (16 MiB here), so most are refused at once.

@@ -12,6 +12,7 @@
 //!   how many the host refused at once.
 //! - `fill-loop`: bulk `memory.fill` over 64 MiB, forever.
 //! - `udp-big`: a UDP `send-to` of a 64 MiB list; answers the error.
+//! - `clone-flood`: `clone-handle` 200,000 times, keeping every handle.
 
 use std::cell::RefCell;
 
@@ -86,6 +87,12 @@ async fn attack(conn: &tcp::Connection) {
                 Err(e) => e.message,
             };
             say(conn, &format!("{error}\n"));
+        }
+        "clone-flood" => {
+            for _ in 0..200_000 {
+                std::mem::forget(conn.clone_handle());
+            }
+            say(conn, "cloned 200000\n");
         }
         _ => say(conn, "unknown mode\n"),
     }
