@@ -610,13 +610,13 @@ impl Instance<'_> {
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
         // A callback starts with its whole CPU bound.
-        let touch = || acc.with(|mut a| a.get().waited());
+        let start_callback = || acc.with(|mut a| a.get().waited());
         if !self.unwanted.on_connect.load(Ordering::Relaxed) {
-            touch();
+            start_callback();
             match callbacks.call_on_connect(acc, borrow()).await? {
                 Ok(answer) => Unwanted::note(&self.unwanted.on_connect, answer),
                 Err(err) => {
-                    touch();
+                    start_callback();
                     callbacks.call_on_error(acc, borrow(), err).await?;
                 }
             }
@@ -665,7 +665,7 @@ impl Instance<'_> {
         }
         conn.close();
         if !self.unwanted.on_close.load(Ordering::Relaxed) {
-            touch();
+            start_callback();
             Unwanted::note(&self.unwanted.on_close, callbacks.call_on_close(acc, borrow()).await?);
         }
         acc.with(|mut a| a.get().table.delete(handle))?;

@@ -243,7 +243,7 @@ impl HostConnection for HostState {
         Ok(self.table.get(&this)?.conn.unread(data).map_err(Into::into))
     }
 
-    // What the bindings require; `add_zero_copy_writes` links a copy-free twin instead.
+    // What the bindings require; `add_bounded_lists` links a copy-free twin instead.
     fn try_write(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
         Ok(self.table.get(&this)?.conn.try_write(&data).map_err(Into::into))
     }
