@@ -28,7 +28,7 @@
 //! The map: [`Service`] and [`export_service!`] (callbacks), [`export_program!`]
 //! (an async `main`), [`Connection`] (one TCP connection), [`Client`] (open one),
 //! [`Listener`] (listen from the guest), [`UdpClient`] (datagrams), [`Error`] and
-//! [`ErrorKind`].
+//! [`ErrorKind`], [`spawn`] (work that goes on after a callback returns).
 
 #![warn(missing_docs)]
 
@@ -42,6 +42,27 @@ pub use connection::{Client, ClientConfig, Connection, Listener};
 pub use error::{Error, ErrorKind};
 pub use service::Service;
 pub use udp::{ToAddress, UdpClient, UdpConfig};
+
+/// Runs `future` concurrently with the callback (or `main`) that spawned it,
+/// in the same instance, also after that callback has returned: work that
+/// must not hold up the connection whose callback started it, such as
+/// writing to a slow peer. Like tokio's `spawn_local`: one thread, no
+/// handle, no cancellation (end it from inside, e.g. when a write fails).
+///
+/// The host's bounds hold for spawned work as for the callback: its waits
+/// are the callback's time-outs, and its CPU is charged like a callback's.
+///
+/// ```no_run
+/// # fn f(conn: portcullis_sdk::Connection) {
+/// portcullis_sdk::spawn(async move {
+///     // The callback that spawned this has returned by now.
+///     let _ = conn.write_all(b"later\n").await;
+/// });
+/// # }
+/// ```
+pub fn spawn(future: impl std::future::Future<Output = ()> + 'static) {
+    wit_bindgen::spawn_local(future)
+}
 
 /// The generated bindings. Not part of the API: use the types above.
 ///

@@ -72,6 +72,19 @@ pub struct RunArgs {
     /// makes connections wait instead of refusing them).
     #[arg(long = "max-connections", value_name = "N", conflicts_with = "manifest")]
     pub max_connections: Option<std::num::NonZeroUsize>,
+    /// The most connections open at once from one client address (an IPv4
+    /// address or an IPv6 /64); a further one is closed as soon as it is
+    /// accepted [default: no cap].
+    #[arg(long = "max-connections-per-ip", value_name = "N", conflicts_with = "manifest")]
+    pub max_connections_per_ip: Option<std::num::NonZeroUsize>,
+    /// Close an accepted connection on which nothing was received or sent for
+    /// this long, in milliseconds; 0: never [default: 300000].
+    #[arg(long = "idle-timeout-ms", value_name = "N", conflicts_with = "manifest")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Fail a write that sent nothing for this long (the peer does not read)
+    /// and close its connection, in milliseconds; 0: never [default: 300000].
+    #[arg(long = "write-timeout-ms", value_name = "N", conflicts_with = "manifest")]
+    pub write_timeout_ms: Option<u64>,
     /// The most linear memory, tables and host buffers one instance may hold
     /// (e.g. 64MiB); growth beyond fails in the guest [default: 128MiB].
     #[arg(long = "max-memory", value_name = "SIZE", value_parser = limits::parse_memory_size, conflicts_with = "manifest")]
@@ -131,6 +144,13 @@ impl RunArgs {
             limits.read_timeout = Duration::from_millis(ms.max(1));
         }
         limits.max_connections = self.max_connections;
+        limits.max_connections_per_ip = self.max_connections_per_ip;
+        if let Some(ms) = self.idle_timeout_ms {
+            limits.idle_timeout = limits::optional_timeout(ms);
+        }
+        if let Some(ms) = self.write_timeout_ms {
+            limits.write_timeout = limits::optional_timeout(ms);
+        }
         limits.max_memory = self.max_memory.unwrap_or(limits.max_memory);
         limits.max_sockets = self.max_sockets.unwrap_or(limits.max_sockets);
         if let Some(ms) = self.callback_cpu_ms {

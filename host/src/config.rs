@@ -11,6 +11,9 @@
 //! instances = "shared"                          # or "per-connection"
 //! read-timeout-ms = 300000
 //! max-connections = 1000                        # optional; more wait in the backlog
+//! max-connections-per-ip = 16                   # optional; more are closed at once
+//! idle-timeout-ms = 300000                      # 0: never
+//! write-timeout-ms = 300000                     # 0: never
 //! max-memory = "128MiB"                         # per instance
 //! max-sockets = 1024                            # per instance
 //! callback-cpu-ms = 2000
@@ -144,6 +147,9 @@ struct ManifestService {
     #[serde(default)]
     instances: Instances,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
     max_memory: Option<Size>,
     max_sockets: Option<u32>,
     callback_cpu_ms: Option<u64>,
@@ -180,6 +186,16 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
         match entry.max_connections {
             Some(0) => return Err(wrong("max-connections must be at least 1".into())),
             n => limits.max_connections = n.and_then(NonZeroUsize::new),
+        }
+        match entry.max_connections_per_ip {
+            Some(0) => return Err(wrong("max-connections-per-ip must be at least 1".into())),
+            n => limits.max_connections_per_ip = n.and_then(NonZeroUsize::new),
+        }
+        if let Some(ms) = entry.idle_timeout_ms {
+            limits.idle_timeout = limits::optional_timeout(ms);
+        }
+        if let Some(ms) = entry.write_timeout_ms {
+            limits.write_timeout = limits::optional_timeout(ms);
         }
         if let Some(ms) = entry.read_timeout_ms {
             limits.read_timeout = Duration::from_millis(ms.max(1));
@@ -270,6 +286,9 @@ mod tests {
             max-memory = "64MiB"
             max-sockets = 16
             callback-cpu-ms = 500
+            max-connections-per-ip = 4
+            idle-timeout-ms = 0
+            write-timeout-ms = 2500
             allow-connect = ["tcp://db.internal:5432"]
             block-private = true
             "#,
@@ -287,6 +306,10 @@ mod tests {
         assert_eq!(specs[1].limits.max_memory, 64 << 20);
         assert_eq!(specs[1].limits.max_sockets, 16);
         assert_eq!(specs[1].limits.callback_cpu, Duration::from_millis(500));
+        assert_eq!(specs[1].limits.max_connections_per_ip, NonZeroUsize::new(4));
+        assert_eq!(specs[1].limits.idle_timeout, None, "0 turns it off");
+        assert_eq!(specs[1].limits.write_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(specs[0].limits.idle_timeout, Some(crate::limits::DEFAULT_IDLE_TIMEOUT));
         assert_eq!(specs[0].instances, Instances::Shared);
         assert_eq!(specs[1].instances, Instances::PerConnection);
         assert_eq!((specs[0].limits.max_connections, specs[1].limits.max_connections), (None, NonZeroUsize::new(200)));

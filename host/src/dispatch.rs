@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{
@@ -42,8 +42,10 @@ use crate::bindings::Service;
 use crate::bindings::exports::portcullis::socket::callbacks::{
     CallbackUse, Delivery, Guest as Callbacks, GuestIndices,
 };
+use crate::coalesce::Coalesced;
 use crate::config::{Instances, ServiceSpec};
 use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
+use crate::net::admission::Admission;
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
 use crate::net::{Connection, NetCtx, Served, TcpConn};
 use crate::policy::Policy;
@@ -75,6 +77,11 @@ pub struct Loaded {
     /// Callbacks the guest answered `unwanted` (it does nothing there): not
     /// called again, in any instance of this component.
     unwanted: Unwanted,
+    /// Warnings of all this component's instances, coalesced together (with
+    /// an instance per connection, a client could otherwise have each new
+    /// instance write its first line).
+    denials: Arc<Coalesced>,
+    udp_refusals: Arc<Coalesced>,
 }
 
 #[derive(Default)]
@@ -136,6 +143,8 @@ impl Loaded {
             limits: spec.limits.clone(),
             budget,
             unwanted: Unwanted::default(),
+            denials: Coalesced::new("denials", Some(Arc::from(name.as_str()))),
+            udp_refusals: Coalesced::new("datagrams dropped", Some(Arc::from(name.as_str()))),
         })
     }
 
@@ -143,14 +152,15 @@ impl Loaded {
     /// with its callbacks looked up: what a new instance costs (the bench
     /// measures it). Dropping the result tears it down and frees its pool slot.
     pub async fn instantiate_once(&self) -> Result<FreshInstance> {
-        Ok(FreshInstance { _standby: self.standby(None).await? })
+        let admission = Admission::new(&self.limits, Arc::from(self.name.as_str()));
+        Ok(FreshInstance { _standby: self.standby(admission).await? })
     }
 
     /// A fresh store and instance for one connection, made before it arrives.
-    async fn standby(&self, connection_limit: Option<Arc<Semaphore>>) -> Result<Standby> {
+    async fn standby(&self, admission: Admission) -> Result<Standby> {
         let (sink, conns) = mpsc::unbounded_channel();
         let active_listeners = Arc::new(AtomicUsize::new(0));
-        let mut store = self.new_store(sink.clone(), active_listeners.clone(), connection_limit);
+        let mut store = self.new_store(sink.clone(), active_listeners.clone(), admission);
         let (_instance, callbacks) = self.instantiate(&mut store).await?;
         Ok(Standby { store, callbacks, sink, conns, active_listeners })
     }
@@ -188,12 +198,13 @@ impl Loaded {
     }
 
     /// A store for a new instance of this component: its env, its grants,
-    /// where its callback connections go, and the service's connection limit.
+    /// where its callback connections go, and the service's admission rules
+    /// (for the guest's own listeners).
     fn new_store(
         &self,
         sink: mpsc::UnboundedSender<TcpConn>,
         active_listeners: Arc<AtomicUsize>,
-        connection_limit: Option<Arc<Semaphore>>,
+        admission: Admission,
     ) -> Store<HostState> {
         let component: Arc<str> = Arc::from(self.name.as_str());
         let memory = MemoryAccount::new(self.limits.max_memory, self.budget.clone(), component.clone());
@@ -203,10 +214,11 @@ impl Loaded {
             active_listeners,
             policy: self.policy.clone(),
             component,
-            connection_limit,
+            admission,
             sockets: SocketCount::new(self.limits.max_sockets),
             limit_logged: AtomicBool::new(false),
-            denials: Default::default(),
+            denials: self.denials.clone(),
+            udp_refusals: self.udp_refusals.clone(),
         };
         new_store(self.pre.engine(), self.env.clone(), net, memory, &self.limits)
     }
@@ -258,19 +270,19 @@ impl Loaded {
 /// Runs `loaded` until it is done: a program until its `main` returned and its
 /// callback connections and listeners are gone, a service until `shutdown`.
 /// Connections arrive on `conns`; the guest's own listeners accept under
-/// `limit` (the service's `--max-connections`). Returns the program's exit code
+/// `admission` (the service's connection caps and time-outs). Returns the program's exit code
 /// (0 for a service).
 pub async fn run(
     loaded: Arc<Loaded>,
     mut conns: mpsc::UnboundedReceiver<TcpConn>,
     sink: mpsc::UnboundedSender<TcpConn>,
-    limit: Option<Arc<Semaphore>>,
+    admission: Admission,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let active_listeners = Arc::new(AtomicUsize::new(0));
     let mut run_main = loaded.main.is_some();
     loop {
-        let mut store = loaded.new_store(sink.clone(), active_listeners.clone(), limit.clone());
+        let mut store = loaded.new_store(sink.clone(), active_listeners.clone(), admission.clone());
         let (instance, callbacks) = loaded.instantiate(&mut store).await?;
         let main = match (&loaded.main, run_main) {
             (Some(index), true) => Some(instance.get_typed_func::<(), (Result<(), ()>,)>(&mut store, index)?),
@@ -312,11 +324,11 @@ pub async fn run(
 /// `conns`, until `shutdown`; then waits for those instances to finish (each
 /// stops as a shared instance does: [`STOP_GRACE`], then its connection is
 /// closed). A trap ends only the instance of its own connection. Guest
-/// listeners accept under `limit`, as in [`run`].
+/// listeners accept under `admission`, as in [`run`].
 pub async fn run_per_connection(
     loaded: Arc<Loaded>,
     mut conns: mpsc::UnboundedReceiver<TcpConn>,
-    limit: Option<Arc<Semaphore>>,
+    admission: Admission,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let mut instances = tokio::task::JoinSet::new();
@@ -337,7 +349,7 @@ pub async fn run_per_connection(
                 Some(conn) => {
                     let standby = match spare.take() {
                         Some(standby) => Ok(standby),
-                        None => loaded.standby(limit.clone()).await,
+                        None => loaded.standby(admission.clone()).await,
                     };
                     match standby {
                         Ok(standby) => {
@@ -359,7 +371,7 @@ pub async fn run_per_connection(
                 // Let the connection just handed over (and whatever else is
                 // ready) go first: the spare is for the time nothing is.
                 tokio::task::yield_now().await;
-                loaded.standby(limit.clone()).await
+                loaded.standby(admission.clone()).await
             }, if spare.is_none() && may_prepare => match made {
                 Ok(standby) => spare = Some(standby),
                 Err(_) => may_prepare = false,
@@ -627,10 +639,18 @@ impl Instance<'_> {
         // one registers with the token (a mutex) and unregisters when dropped;
         // and behind a gate, since each poll of it takes two mutexes.
         let mut stop = wake_gate::cancelled(shutdown);
+        // One timer per connection, armed once and moved on only when it
+        // fires (see `TcpConn::idle_out`).
+        let mut idle = std::pin::pin!(tokio::time::sleep(conn.idle_timeout().unwrap_or(Duration::MAX / 4)));
         loop {
             let readiness = tokio::select! {
                 r = conn.wait_ready(seen) => r,
                 _ = &mut stop => Readiness::Closed,
+                _ = conn.idle_out(idle.as_mut()) => {
+                    tracing::debug!(component = %self.name, id = conn.id(), remote = %conn.remote_addr(),
+                        "closing an idle connection (--idle-timeout-ms)");
+                    Readiness::Closed
+                }
             };
             match readiness {
                 Readiness::Ready(now) => seen = now,

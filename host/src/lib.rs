@@ -20,12 +20,14 @@
 //!   [`bindings`]: generated from `wit/`.
 //! - [`limits`]: every bound a guest meets (memory, sockets, CPU), as plain
 //!   data with defaults and as the accounts that enforce it.
+//!   [`coalesce`]: repeated warnings written as one line per interval.
 //!   [`wake_gate`]: waits polled again only once they woke (the dispatcher's
 //!   per-message loop).
 
 pub mod bindings;
 pub mod blocking;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod dispatch;
 pub mod engine;

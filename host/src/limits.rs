@@ -32,6 +32,10 @@ pub const DEFAULT_MAX_SOCKETS: u32 = 1024;
 pub const DEFAULT_CALLBACK_CPU: Duration = Duration::from_secs(2);
 /// Ballerina's default read time-out: 300000 ms.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(300_000);
+/// Default [`Limits::idle_timeout`]: 300 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(300_000);
+/// Default [`Limits::write_timeout`]: 300 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(300_000);
 
 /// The most bytes one `read(n)` or one `write` moves through the host: a
 /// larger `read` length or `write` list fails with a `generic` error (the
@@ -62,6 +66,20 @@ pub struct Limits {
     /// backlog. `None`: no cap of its own (with an instance per connection
     /// the pool's size caps them).
     pub max_connections: Option<NonZeroUsize>,
+    /// The most connections open at once from one client address (an IPv4
+    /// address, or an IPv6 /64) over all the service's listeners
+    /// (`--max-connections-per-ip`, default none): a further one is closed
+    /// as soon as it is accepted. Counted per service.
+    pub max_connections_per_ip: Option<NonZeroUsize>,
+    /// An accepted connection on which nothing was received or sent for this
+    /// long, between callbacks, is closed by the host, and `on-close` fires
+    /// (`--idle-timeout-ms`, default 300 s; `None`, set by 0: never).
+    pub idle_timeout: Option<Duration>,
+    /// A `write` that has sent nothing for this long (the peer does not read)
+    /// fails with `generic` `write timed out` and the connection is closed
+    /// (`--write-timeout-ms`, default 300 s; `None`, set by 0: never). Also
+    /// for connections the guest opened.
+    pub write_timeout: Option<Duration>,
     /// Bytes of linear memory, tables and host buffers one instance may hold
     /// (`--max-memory`, default 128 MiB).
     pub max_memory: u64,
@@ -79,11 +97,26 @@ impl Default for Limits {
         Limits {
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_connections: None,
+            max_connections_per_ip: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             max_memory: DEFAULT_MAX_MEMORY,
             max_sockets: DEFAULT_MAX_SOCKETS,
             callback_cpu: DEFAULT_CALLBACK_CPU,
         }
     }
+}
+
+/// A time-out in milliseconds where 0 means none (`--idle-timeout-ms`,
+/// `--write-timeout-ms`).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(portcullis::limits::optional_timeout(0), None);
+/// assert_eq!(portcullis::limits::optional_timeout(1500), Some(Duration::from_millis(1500)));
+/// ```
+pub fn optional_timeout(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// Parses a size: a number of bytes, or a number with a unit `KiB`, `MiB`,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
@@ -19,6 +19,7 @@ use crate::config::{Instances, ServiceSpec};
 use crate::dispatch::{self, Loaded};
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
+use crate::net::admission::Admission;
 use crate::net::listener::{accept_loop, bind_tcp};
 
 /// The shared engine, compile cache and memory budget; load components
@@ -122,19 +123,15 @@ pub async fn serve(loaded: Arc<Loaded>, listeners: Vec<TcpListener>, shutdown: C
         loaded.require_callbacks()?;
     }
     let (sink, conns) = mpsc::unbounded_channel();
-    let limits = loaded.limits().clone();
-    // Beyond tokio's permit ceiling (2^61) a cap is no cap at all.
-    let limit = limits.max_connections.map(|n| Arc::new(Semaphore::new(n.get().min(Semaphore::MAX_PERMITS))));
+    let admission = Admission::new(loaded.limits(), Arc::from(loaded.name.as_str()));
     for listener in listeners {
-        let accepting =
-            accept_loop(listener, limits.read_timeout, sink.clone(), limit.clone(), shutdown.clone(), |_| {});
-        tokio::spawn(accepting);
+        tokio::spawn(accept_loop(listener, admission.clone(), sink.clone(), shutdown.clone(), |_| {}));
     }
     match loaded.instances() {
-        Instances::Shared => dispatch::run(loaded, conns, sink, limit, shutdown).await,
+        Instances::Shared => dispatch::run(loaded, conns, sink, admission, shutdown).await,
         Instances::PerConnection => {
             drop(sink);
-            dispatch::run_per_connection(loaded, conns, limit, shutdown).await
+            dispatch::run_per_connection(loaded, conns, admission, shutdown).await
         }
     }
 }

@@ -1,7 +1,16 @@
 //! UDP echo: a program that binds `PORT` (env, default 9000) on all interfaces
 //! and sends every datagram back to its sender, whole, until it is stopped.
+//!
+//! A peer cannot end it: a datagram that cannot be sent back (its sender is
+//! unreachable, say) is logged and skipped, and datagrams from senders the
+//! operator did not grant never reach it (the host drops and logs them).
+//! Every datagram received can be sent back: the host's largest datagram is
+//! the same both ways (65,507 bytes over IPv4, 65,527 over IPv6).
 
 use portcullis_sdk::{Error, UdpClient, UdpConfig, export_program};
+
+/// Failed sends are logged one in this many (with the count), not each.
+const LOG_EVERY: u64 = 1000;
 
 async fn main() -> Result<(), Error> {
     let port = match std::env::var("PORT") {
@@ -10,13 +19,24 @@ async fn main() -> Result<(), Error> {
     };
     let udp = UdpClient::bind_with(UdpConfig::port(port)).await?;
     println!("udp-echo on {}", udp.local_addr()?);
+    let mut failed_sends = 0u64;
     loop {
         match udp.recv_from().await {
             Ok((datagram, sender)) => {
-                udp.send_to(&datagram, sender).await?;
+                if let Err(e) = udp.send_to(&datagram, sender).await {
+                    if failed_sends % LOG_EVERY == 0 {
+                        eprintln!(
+                            "udp-echo: cannot send {} bytes back to {sender}: {e} ({} failed so far)",
+                            datagram.len(),
+                            failed_sends + 1
+                        );
+                    }
+                    failed_sends += 1;
+                }
             }
             // Quiet for the whole read time-out: keep waiting.
             Err(e) if e.is_timeout() => continue,
+            // The socket itself failed: nothing more will come.
             Err(e) => return Err(e),
         }
     }

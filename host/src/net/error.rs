@@ -26,6 +26,9 @@ pub struct SocketError {
 
 /// Message of a write after `close` or `shutdown-write` (Ballerina's wording).
 pub const WRITE_AFTER_CLOSE: &str = "client socket close already.";
+/// Message of a `write` that sent nothing for the write time-out (the
+/// connection is closed with it).
+pub const WRITE_TIMED_OUT: &str = "write timed out";
 /// Message of a read that timed out (Ballerina's wording).
 pub const READ_TIMED_OUT: &str = "read timed out";
 /// Message of a read with a length of 0 (Ballerina's wording).

@@ -4,17 +4,19 @@
 //! socket failure is an `error` value (an ordinary outcome).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Accessor, HasSelf, Resource};
 
 use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
-use super::tcp::{read_too_long, write_too_long};
+use super::tcp::{Timeouts, read_too_long, write_too_long};
 use super::udp::{HOST_BYTES as UDP_HOST_BYTES, MAX_DATAGRAM, UdpBind, datagram_too_large};
 use super::{Connection, GuestListener, TcpConn, UdpClient};
 use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener, HostListenerWithStore};
 use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
 use crate::bindings::udp::{HostUdpClient, HostUdpClientWithStore, UdpClientConfig};
+use crate::coalesce::Coalesced;
 use crate::limits::{GuestSocket, HostCharge, MAX_IO, SOCKET_BUFFER};
 use crate::policy::{Action, Policy, target_text};
 use crate::state::HostState;
@@ -161,9 +163,9 @@ impl crate::bindings::udp::Host for HostState {}
 
 impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
     async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> Outcome<Resource<Connection>> {
-        let (has_callbacks, sink, policy) = acc.with(|mut access| {
+        let (has_callbacks, sink, policy, write_timeout) = acc.with(|mut access| {
             let net = &access.get().net;
-            (net.has_callbacks, net.new_connections.clone(), net.policy.clone())
+            (net.has_callbacks, net.new_connections.clone(), net.policy.clone(), net.admission.timeouts.write)
         });
         if config.callback && !has_callbacks {
             return Ok(Err(SocketError::generic(
@@ -183,8 +185,11 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             Err(e) => return Ok(Err(SocketError::generic(format!("{CONNECT_FAILED}{}", e.message)).into())),
         };
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
-        let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
-        let connecting = TcpConn::connect(&addrs, connect_timeout, read_timeout, socket);
+        let timeouts = Timeouts {
+            write: write_timeout,
+            ..Timeouts::read_only(Duration::from_millis(config.read_timeout_ms.max(1)))
+        };
+        let connecting = TcpConn::connect(&addrs, connect_timeout, timeouts, socket);
         let conn = match wait_in_host(acc, connecting).await {
             Ok(conn) => conn,
             Err(e) => return Ok(Err(e.into())),
@@ -324,9 +329,9 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
                 Ok(socket) => socket,
                 Err(e) => return Ok(Err(net.limited(e).into())),
             };
-            let (sink, active, limit) =
-                (net.new_connections.clone(), net.active_listeners.clone(), net.connection_limit.clone());
-            Ok(state.table.get_mut(&this)?.start(addr, sink, active, limit, socket).map_err(Into::into))
+            let (sink, active, admission) =
+                (net.new_connections.clone(), net.active_listeners.clone(), net.admission.clone());
+            Ok(state.table.get_mut(&this)?.start(addr, sink, active, admission, socket).map_err(Into::into))
         })
     }
 }
@@ -412,14 +417,15 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
             Ok(call) => call,
             Err(e) => return Ok(Err(e.into())),
         };
-        let (data, from) = match wait_in_host(acc, client.receive_from(length)).await {
-            Ok(received) => received,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        if let Err(denied) = check_sender(&client, &policy_of(acc), from) {
-            return Ok(Err(logged(acc, denied).into()));
+        let (policy, refusals) = acc.with(|mut a| {
+            let net = &a.get().net;
+            (net.policy.clone(), net.udp_refusals.clone())
+        });
+        let admit = |from| admit_sender(&client, &policy, &refusals, from);
+        match wait_in_host(acc, client.receive_from(length, admit)).await {
+            Ok((data, from)) => Ok(Ok((data, to_address(from)))),
+            Err(e) => Ok(Err(e.into())),
         }
-        Ok(Ok((data, to_address(from))))
     }
 }
 
@@ -476,14 +482,20 @@ fn send_host(client: &UdpClient, len: usize, host: Option<String>) -> Result<Str
 }
 
 /// Replies from peers a client sent to are in; anyone else needs a grant.
-fn check_sender(client: &UdpClient, policy: &Policy, from: SocketAddr) -> Result<(), SocketError> {
+/// A datagram from anyone else is dropped, never an error to the guest (a
+/// stranger must not be able to end a receiving program), and logged
+/// (coalesced: a flood writes a line a second).
+fn admit_sender(client: &UdpClient, policy: &Policy, refusals: &Arc<Coalesced>, from: SocketAddr) -> bool {
     if client.sent_to(from) || policy.allows_peer(Action::Udp, from) {
-        return Ok(());
+        return true;
     }
-    Err(SocketError::permission_denied(format!(
-        "permission denied: receive from {} is not granted",
-        target_text(Action::Udp, &from.ip().to_string(), from.port())
-    )))
+    refusals.warn(|| {
+        format!(
+            "dropped a datagram from {}: receiving from it is not granted",
+            target_text(Action::Udp, &from.ip().to_string(), from.port())
+        )
+    });
+    false
 }
 
 impl HostUdpClient for HostState {
@@ -498,15 +510,11 @@ impl HostUdpClient for HostState {
         length: Option<u32>,
     ) -> Outcome<Option<(Vec<u8>, Address)>> {
         let client = self.table.get(&this)?.clone();
-        let (data, from) = match client.try_receive_from(length) {
-            Ok(Some(received)) => received,
-            Ok(None) => return Ok(Ok(None)),
-            Err(e) => return Ok(Err(e.into())),
-        };
-        if let Err(denied) = check_sender(&client, &self.net.policy, from) {
-            return Ok(Err(self.net.logged(denied).into()));
+        let admit = |from| admit_sender(&client, &self.net.policy, &self.net.udp_refusals, from);
+        match client.try_receive_from(length, admit) {
+            Ok(received) => Ok(Ok(received.map(|(data, from)| (data, to_address(from))))),
+            Err(e) => Ok(Err(e.into())),
         }
-        Ok(Ok(Some((data, to_address(from)))))
     }
 
     fn close(&mut self, this: Resource<UdpClient>) -> Outcome<()> {

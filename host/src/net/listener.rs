@@ -10,37 +10,48 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{HostCharge, SocketSlot};
 use crate::wake_gate;
 
+use super::admission::Admission;
 use super::error::{LISTEN_FAILED, SocketError};
 use super::tcp::TcpConn;
+
+/// Connections the kernel queues for a listener before they are accepted
+/// (tokio's default; std's is 128, which a burst of idle clients fills).
+pub const LISTEN_BACKLOG: i32 = 1024;
 
 /// Binds `addr` for listening. Must run inside a tokio runtime.
 pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, SocketError> {
     let listen = || -> std::io::Result<TcpListener> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
-        std_listener.set_nonblocking(true)?;
-        TcpListener::from_std(std_listener)
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // As std does: a restarted service can bind while old connections linger.
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        socket.set_nonblocking(true)?;
+        TcpListener::from_std(socket.into())
     };
     listen().map_err(|e| SocketError::from_io(LISTEN_FAILED, &e))
 }
 
 /// Accepts on `listener` until `stop`, handing each connection to `sink`.
-/// Accept errors (too many open files, say) are logged and retried after a pause:
-/// one bad moment must not end the listener.
+/// Accept errors (too many open files, say) are logged (coalesced) and
+/// retried after a pause: one bad moment must not end the listener.
 ///
-/// With a `limit`, a connection is accepted only when the limit has room for
-/// it: at the limit, new connections wait in the kernel's listen backlog (and
-/// their clients wait) until one of the service's connections closes.
+/// A connection is accepted only when `admission`'s `--max-connections` has
+/// room for it: at the cap, new connections wait in the kernel's listen
+/// backlog (and their clients wait) until one of the service's connections
+/// closes. One from an address at its `--max-connections-per-ip` is closed
+/// at once.
 pub async fn accept_loop(
     listener: TcpListener,
-    read_timeout: Duration,
+    admission: Admission,
     sink: mpsc::UnboundedSender<TcpConn>,
-    limit: Option<Arc<Semaphore>>,
     stop: CancellationToken,
     mut on_accept: impl FnMut(&TcpConn),
 ) {
@@ -51,7 +62,7 @@ pub async fn accept_loop(
     // One wait for the stop, kept across connections (see `wake_gate`).
     let mut stopped = wake_gate::cancelled(&stop);
     loop {
-        let slot = match &limit {
+        let permit = match &admission.limit {
             Some(limit) => tokio::select! {
                 slot = limit.clone().acquire_owned() => slot.ok(),
                 _ = &mut stopped => return,
@@ -62,20 +73,25 @@ pub async fn accept_loop(
             r = listener.accept() => r,
             _ = &mut stopped => return,
         };
-        match accepted.and_then(|(stream, peer)| TcpConn::from_accept(stream, peer, local, read_timeout)) {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                admission.accept_failures.warn(|| format!("accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Refused: dropping the stream closes it.
+        let Some(admitted) = admission.admit(peer.ip(), permit) else { continue };
+        match TcpConn::from_accept(stream, peer, local, admission.timeouts) {
             Ok(conn) => {
-                if let Some(slot) = slot {
-                    conn.hold_slot(slot);
-                }
+                conn.hold_slot(admitted);
                 on_accept(&conn);
                 if sink.send(conn).is_err() {
                     return; // the dispatcher is gone
                 }
             }
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => admission.accept_failures.warn(|| format!("accepted connection unusable: {e}")),
         }
     }
 }
@@ -133,7 +149,8 @@ impl GuestListener {
     }
 
     /// Binds `addr` (already checked against the grants) and spawns the accept
-    /// loop, which sends connections to `sink`, under the service's `limit`.
+    /// loop, which sends connections to `sink`, under the service's
+    /// `admission` (its caps and time-outs, with this listener's read time-out).
     /// `socket` is the listener's place under the instance's socket limit,
     /// held until it stops.
     pub fn start(
@@ -141,7 +158,7 @@ impl GuestListener {
         addr: SocketAddr,
         sink: mpsc::UnboundedSender<TcpConn>,
         active: Arc<AtomicUsize>,
-        limit: Option<Arc<Semaphore>>,
+        mut admission: Admission,
         socket: SocketSlot,
     ) -> Result<(), SocketError> {
         match self.state {
@@ -155,8 +172,8 @@ impl GuestListener {
         let accepted = Arc::new(std::sync::Mutex::new(Vec::<TcpConn>::new()));
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
-        let (read_timeout, task_stop) = (self.read_timeout, stop.clone());
-        tokio::spawn(accept_loop(listener, read_timeout, sink, limit, task_stop, move |conn| {
+        admission.timeouts.read = self.read_timeout;
+        tokio::spawn(accept_loop(listener, admission, sink, stop.clone(), move |conn| {
             let mut list = remember.lock().unwrap();
             list.retain(|c| !c.is_closed());
             list.push(conn.clone());

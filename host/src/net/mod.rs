@@ -13,6 +13,7 @@
 //! callbacks are handed to the dispatcher through [`NetCtx::new_connections`].
 
 mod closing;
+pub mod admission;
 pub mod error;
 pub mod host;
 pub mod listener;
@@ -106,63 +107,28 @@ pub struct NetCtx {
     pub policy: std::sync::Arc<crate::policy::Policy>,
     /// The component's name, for log lines (denials are logged at warn level).
     pub component: std::sync::Arc<str>,
-    /// The service's `--max-connections`, if any: what the guest's own
-    /// listeners accept counts under it too.
-    pub connection_limit: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// The service's connection caps and time-outs: what the guest's own
+    /// listeners accept is under them too, and its client connections take
+    /// the write time-out.
+    pub admission: admission::Admission,
     /// The sockets this instance holds open, under `--max-sockets`.
     pub sockets: Arc<SocketCount>,
     /// Whether a refusal at a socket limit was logged for this instance (one
     /// line per instance, not one per attempt: a guest may retry in a loop).
     pub limit_logged: AtomicBool,
-    /// Denials logged for this instance in the current second (see `logged`).
-    pub denials: DenialLog,
-}
-
-/// Denial lines per instance and second: a guest asking for what it may not
-/// have in a loop must not flood the operator's log. Past the cap the
-/// denials are counted, and the next line written says how many were not.
-#[derive(Default)]
-pub struct DenialLog(std::sync::Mutex<DenialWindow>);
-
-#[derive(Default)]
-struct DenialWindow {
-    started: Option<std::time::Instant>,
-    logged: u32,
-    unlogged: u64,
-}
-
-/// See [`DenialLog`].
-const DENIALS_PER_SECOND: u32 = 10;
-
-impl DenialLog {
-    /// Whether to log one more denial now, and how many went unlogged before it.
-    fn admit(&self) -> Option<u64> {
-        let mut window = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        if window.started.is_none_or(|started| now.duration_since(started) >= std::time::Duration::from_secs(1)) {
-            window.started = Some(now);
-            window.logged = 0;
-        }
-        if window.logged >= DENIALS_PER_SECOND {
-            window.unlogged += 1;
-            return None;
-        }
-        window.logged += 1;
-        Some(std::mem::take(&mut window.unlogged))
-    }
+    /// Denials this instance provoked, for the log (coalesced: a guest
+    /// asking in a loop writes a line a second).
+    pub denials: Arc<crate::coalesce::Coalesced>,
+    /// Datagrams dropped because their sender is not granted, for the log.
+    pub udp_refusals: Arc<crate::coalesce::Coalesced>,
 }
 
 impl NetCtx {
-    /// Logs a denial (visible with the default log settings; at most
-    /// [`DENIALS_PER_SECOND`] lines a second per instance) and passes it on.
+    /// Logs a denial (at warn, visible with the default log settings;
+    /// coalesced per instance) and passes it on.
     pub fn logged(&self, err: SocketError) -> SocketError {
-        if err.kind == error::ErrorKind::PermissionDenied
-            && let Some(unlogged) = self.denials.admit()
-        {
-            match unlogged {
-                0 => tracing::warn!(component = %self.component, "{}", err.message),
-                n => tracing::warn!(component = %self.component, "{} ({n} earlier denials not logged)", err.message),
-            }
+        if err.kind == error::ErrorKind::PermissionDenied {
+            self.denials.warn(|| err.message.clone());
         }
         err
     }

@@ -20,11 +20,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Admitted;
 use super::closing::Closing;
-use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE};
+use super::error::{INVALID_READ_LENGTH, SocketError, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT};
 use crate::limits::{GuestSocket, MAX_IO};
 
 /// Most bytes the host reads ahead of the guest, per connection.
@@ -44,6 +45,34 @@ const COPY_OUT_MAX: usize = 1024;
 /// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The time-outs a connection lives by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Of every read that waits: `read-timed-out` when nothing came for this long.
+    pub read: Duration,
+    /// Nothing received or sent for this long, between callbacks: the host
+    /// closes the connection (see [`TcpConn::idle_out`]). `None`: never.
+    pub idle: Option<Duration>,
+    /// A write that sent nothing for this long fails (`write timed out`)
+    /// and closes the connection. `None`: never.
+    pub write: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Only a read time-out (a client connection the guest opened has no
+    /// idle time-out: the guest chose to keep it).
+    pub fn read_only(read: Duration) -> Self {
+        Timeouts { read, idle: None, write: None }
+    }
+}
+
+/// Milliseconds since the first connection of the process: what a
+/// connection's last activity is recorded in (one atomic store per event).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
 /// A shared handle to one TCP connection.
 #[derive(Clone)]
 pub struct TcpConn(Arc<Inner>);
@@ -55,7 +84,9 @@ struct Inner {
     stream: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
-    read_timeout: Duration,
+    timeouts: Timeouts,
+    /// When bytes (or the end) last arrived or were sent ([`clock_ms`]).
+    last_active: AtomicU64,
     /// The buffer and what is known of the read side; locked only briefly,
     /// never across an await.
     read: Mutex<ReadSide>,
@@ -72,9 +103,10 @@ struct Inner {
     write_done: CancellationToken,
     /// Wakes the dispatcher when the guest consumed bytes from a full buffer.
     consumed: Notify,
-    /// This connection's place under its service's `--max-connections`, given
-    /// back at `close` (or when the last handle goes).
-    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// This connection's places under its service's `--max-connections` and
+    /// `--max-connections-per-ip`, given back at `close` (or when the last
+    /// handle goes).
+    slot: Mutex<Option<Admitted>>,
     /// For a connection the guest opened: its place under the instance's
     /// socket limit and its buffer's memory charge, held until the socket is
     /// gone (the last handle dropped).
@@ -142,13 +174,13 @@ impl TcpConn {
         stream: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
-        read_timeout: Duration,
+        timeouts: Timeouts,
     ) -> io::Result<Self> {
         let local = match local {
             Some(local) => local,
             None => stream.local_addr()?,
         };
-        Self::new(stream, local, Some(peer), read_timeout, None)
+        Self::new(stream, local, Some(peer), timeouts, None)
     }
 
     /// Wraps a connected stream, accepted by a listener (`peer` known) or
@@ -158,7 +190,7 @@ impl TcpConn {
         stream: TcpStream,
         local: SocketAddr,
         peer: Option<SocketAddr>,
-        read_timeout: Duration,
+        timeouts: Timeouts,
         guest_socket: Option<GuestSocket>,
     ) -> io::Result<Self> {
         stream.set_nodelay(true)?;
@@ -174,7 +206,8 @@ impl TcpConn {
             stream,
             local,
             remote,
-            read_timeout,
+            timeouts,
+            last_active: AtomicU64::new(clock_ms()),
             reader: Gate::default(),
             writer: Gate::default(),
             read: Mutex::new(ReadSide {
@@ -205,7 +238,7 @@ impl TcpConn {
     pub async fn connect(
         addrs: &[SocketAddr],
         connect_timeout: Duration,
-        read_timeout: Duration,
+        timeouts: Timeouts,
         socket: GuestSocket,
     ) -> Result<Self, SocketError> {
         use super::error::CONNECT_FAILED;
@@ -215,7 +248,7 @@ impl TcpConn {
                 Ok(Ok(stream)) => {
                     return stream
                         .local_addr()
-                        .and_then(|local| TcpConn::new(stream, local, None, read_timeout, Some(socket)))
+                        .and_then(|local| TcpConn::new(stream, local, None, timeouts, Some(socket)))
                         .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
                 }
                 Ok(Err(e)) => last = e,
@@ -234,7 +267,34 @@ impl TcpConn {
     }
 
     pub fn read_timeout(&self) -> Duration {
-        self.0.read_timeout
+        self.0.timeouts.read
+    }
+
+    /// Records that bytes (or the end) arrived or were sent now.
+    fn touch(&self) {
+        self.0.last_active.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has been idle (nothing received or sent)
+    /// for its idle time-out; never without one. `timer` is the caller's,
+    /// kept across calls so that waiting costs no new timer per message.
+    pub async fn idle_out(&self, mut timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+        let Some(idle) = self.0.timeouts.idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            timer.as_mut().await;
+            let quiet = Duration::from_millis(clock_ms().saturating_sub(self.0.last_active.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + (idle - quiet));
+        }
+    }
+
+    /// The idle time-out, if any.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.0.timeouts.idle
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -299,14 +359,16 @@ impl TcpConn {
             }
             // Nothing buffered: wait for the socket, bounded by the read time-out.
             let waited = tokio::select! {
-                r = tokio::time::timeout(inner.read_timeout, inner.stream.readable()) => r,
+                r = tokio::time::timeout(inner.timeouts.read, inner.stream.readable()) => r,
                 _ = inner.closed.closed() => continue,
             };
             match waited {
                 Err(_) => return Err(SocketError::read_timed_out()),
                 Ok(Err(e)) => self.side().fail(e),
                 Ok(Ok(())) => {
-                    self.side().fill_from(&inner.stream);
+                    if self.side().fill_from(&inner.stream) {
+                        self.touch();
+                    }
                 }
             }
         }
@@ -330,8 +392,8 @@ impl TcpConn {
             return Ok(None);
         }
         let mut side = self.side();
-        if !side.eof && side.buf.len() < want.max(1) {
-            side.fill_from(&inner.stream);
+        if !side.eof && side.buf.len() < want.max(1) && side.fill_from(&inner.stream) {
+            self.touch();
         }
         let available = side.buf.len();
         let take = match want {
@@ -428,6 +490,7 @@ impl TcpConn {
             if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_closed() {
                 return Err(SocketError::generic(WRITE_AFTER_CLOSE));
             }
+            let before = written;
             while written < data.len() {
                 match inner.stream.try_write(&data[written..]) {
                     Ok(n) => written += n,
@@ -435,12 +498,29 @@ impl TcpConn {
                     Err(e) => return Err(SocketError::from(e)),
                 }
             }
+            if written > before {
+                self.touch();
+            }
             if written == data.len() {
                 return Ok(written as u32);
             }
-            // The peer is slow: wait for room (back-pressure), or for a close.
+            // The peer is slow: wait for room (back-pressure), or for a
+            // close, at most the write time-out (a timer only now, when
+            // the socket is full: never on the fast path).
+            let room = async {
+                match inner.timeouts.write {
+                    Some(limit) => tokio::time::timeout(limit, inner.stream.writable()).await,
+                    None => Ok(inner.stream.writable().await),
+                }
+            };
             tokio::select! {
-                r = inner.stream.writable() => r.map_err(SocketError::from)?,
+                r = room => match r {
+                    Ok(r) => r.map_err(SocketError::from)?,
+                    Err(_) => {
+                        self.close();
+                        return Err(SocketError::generic(WRITE_TIMED_OUT));
+                    }
+                },
                 _ = inner.closed.closed() => {}
             }
         }
@@ -467,6 +547,9 @@ impl TcpConn {
                 Err(e) => return Err(SocketError::from(e)),
             }
         }
+        if written > 0 {
+            self.touch();
+        }
         Ok(written as u32)
     }
 
@@ -482,15 +565,15 @@ impl TcpConn {
         drop(self.take_slot());
     }
 
-    /// Counts this connection under a connection limit until it closes.
-    pub fn hold_slot(&self, slot: OwnedSemaphorePermit) {
+    /// Counts this connection under its service's connection caps until it closes.
+    pub fn hold_slot(&self, slot: Admitted) {
         *self.0.slot.lock().unwrap() = Some(slot);
     }
 
-    /// Takes the connection's place under its limit, for a caller that must
-    /// keep it past `close` (an instance per connection keeps it until the
+    /// Takes the connection's places under the caps, for a caller that must
+    /// keep them past `close` (an instance per connection keeps them until the
     /// instance is gone, so the next connection finds a free pool slot).
-    pub fn take_slot(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn take_slot(&self) -> Option<Admitted> {
         self.0.slot.lock().unwrap().take()
     }
 
@@ -565,6 +648,7 @@ impl TcpConn {
                 }
                 let socket_done = side.eof || side.buf.len() >= READ_AHEAD_LIMIT;
                 if !socket_done && readable && side.fill_from(&inner.stream) {
+                    self.touch();
                     continue;
                 }
                 socket_done
@@ -782,7 +866,7 @@ mod tests {
         let (stream, from) = listener.accept().await.unwrap();
         assert_eq!(from, peer.local_addr().unwrap());
         // No local address given: the connection asks its socket.
-        let conn = TcpConn::from_accept(stream, from, None, Duration::from_secs(5)).unwrap();
+        let conn = TcpConn::from_accept(stream, from, None, Timeouts::read_only(Duration::from_secs(5))).unwrap();
         assert_eq!(conn.local_addr(), peer.peer_addr().unwrap());
         assert_eq!(conn.remote_addr(), from);
         (conn, peer)

@@ -16,8 +16,19 @@ use super::closing::Closing;
 use super::error::{INVALID_READ_LENGTH, SocketError};
 use crate::limits::GuestSocket;
 
-/// The largest UDP payload over IPv4: 65535 − 8 (UDP header) − 20 (IP header).
-pub const MAX_DATAGRAM: usize = 65_507;
+/// The largest UDP payload to or from an IPv4 address: 65535 − 8 (UDP
+/// header) − 20 (IPv4 header).
+pub const MAX_DATAGRAM_V4: usize = 65_507;
+/// The largest UDP payload to or from an IPv6 address (no jumbograms):
+/// 65535 − 8 (UDP header); the IPv6 header is not counted in its length.
+pub const MAX_DATAGRAM_V6: usize = 65_527;
+/// The largest datagram any send may be, checked before the target is known
+/// (then [`max_datagram`] of the target's family).
+pub const MAX_DATAGRAM: usize = MAX_DATAGRAM_V6;
+
+/// Datagrams from senders the guest may not hear from that one
+/// `try-receive-from` drops before it answers "nothing yet".
+const REFUSED_PER_TRY: usize = 64;
 /// Message of any operation after `close`.
 pub const UDP_CLOSED: &str = "udp client is closed";
 
@@ -124,6 +135,10 @@ impl UdpClient {
     /// the address in the socket's family.
     fn prepare_send(&self, len: usize, target: SocketAddr) -> Result<SocketAddr, SocketError> {
         self.check_send(len)?;
+        let target = unmap(target);
+        if len > max_datagram(target) {
+            return Err(SocketError::generic(datagram_too_large_for(len, target)));
+        }
         {
             let mut peers = self.0.peers.lock().unwrap();
             if peers.len() < MAX_PEERS {
@@ -138,30 +153,50 @@ impl UdpClient {
         self.0.peers.lock().unwrap().contains(&peer)
     }
 
-    /// Receives one datagram (truncated to `length` when given) and its sender.
-    pub async fn receive_from(&self, length: Option<u32>) -> Result<(Vec<u8>, SocketAddr), SocketError> {
+    /// Receives one datagram (truncated to `length` when given) and its
+    /// sender, from a sender `admit` lets in: any other's datagram is dropped
+    /// (`admit` logs it) and the wait goes on, within the one read time-out.
+    pub async fn receive_from(
+        &self,
+        length: Option<u32>,
+        admit: impl Fn(SocketAddr) -> bool,
+    ) -> Result<(Vec<u8>, SocketAddr), SocketError> {
         self.check_open()?;
         if length == Some(0) {
             return Err(SocketError::generic(INVALID_READ_LENGTH));
         }
         let mut buf = self.0.receive_buf.lock().await;
-        let received = tokio::select! {
-            r = tokio::time::timeout(self.0.read_timeout, self.0.socket.recv_from(&mut buf)) => r,
-            _ = self.0.closed.closed() => return Err(SocketError::generic(UDP_CLOSED)),
-        };
-        match received {
-            Err(_) => Err(SocketError::read_timed_out()),
-            Ok(Err(e)) => Err(SocketError::from(e)),
-            Ok(Ok((n, from))) => {
-                let keep = length.map_or(n, |max| n.min(max as usize));
-                Ok((buf[..keep].to_vec(), unmap(from)))
+        // A flood of refused datagrams does not keep the time-out from coming.
+        let deadline = tokio::time::Instant::now() + self.0.read_timeout;
+        loop {
+            let received = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.0.socket.recv_from(&mut buf)) => r,
+                _ = self.0.closed.closed() => return Err(SocketError::generic(UDP_CLOSED)),
+            };
+            match received {
+                Err(_) => return Err(SocketError::read_timed_out()),
+                Ok(Err(e)) if answers_an_earlier_send(&e) => continue,
+                Ok(Err(e)) => return Err(SocketError::from(e)),
+                Ok(Ok((n, from))) => {
+                    let from = unmap(from);
+                    if !admit(from) {
+                        continue;
+                    }
+                    let keep = length.map_or(n, |max| n.min(max as usize));
+                    return Ok((buf[..keep].to_vec(), from));
+                }
             }
         }
     }
 
-    /// [`UdpClient::receive_from`] without waiting: `None` when no datagram is
-    /// queued, or while another receive is under way.
-    pub fn try_receive_from(&self, length: Option<u32>) -> Result<Option<(Vec<u8>, SocketAddr)>, SocketError> {
+    /// [`UdpClient::receive_from`] without waiting: `None` when no datagram
+    /// from an admitted sender is queued (after dropping at most
+    /// [`REFUSED_PER_TRY`] others), or while another receive is under way.
+    pub fn try_receive_from(
+        &self,
+        length: Option<u32>,
+        admit: impl Fn(SocketAddr) -> bool,
+    ) -> Result<Option<(Vec<u8>, SocketAddr)>, SocketError> {
         self.check_open()?;
         if length == Some(0) {
             return Err(SocketError::generic(INVALID_READ_LENGTH));
@@ -169,14 +204,22 @@ impl UdpClient {
         let Ok(mut buf) = self.0.receive_buf.try_lock() else {
             return Ok(None);
         };
-        match self.0.socket.try_recv_from(&mut buf) {
-            Ok((n, from)) => {
-                let keep = length.map_or(n, |max| n.min(max as usize));
-                Ok(Some((buf[..keep].to_vec(), unmap(from))))
+        for _ in 0..REFUSED_PER_TRY {
+            match self.0.socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let from = unmap(from);
+                    if !admit(from) {
+                        continue;
+                    }
+                    let keep = length.map_or(n, |max| n.min(max as usize));
+                    return Ok(Some((buf[..keep].to_vec(), from)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if answers_an_earlier_send(&e) => continue,
+                Err(e) => return Err(SocketError::from(e)),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(SocketError::from(e)),
         }
+        Ok(None)
     }
 
     /// Closes the socket for every handle; waiting receives and sends fail.
@@ -198,9 +241,36 @@ impl UdpClient {
     }
 }
 
-/// The error of a send past [`MAX_DATAGRAM`].
+/// A receive error that reports what became of an earlier datagram sent
+/// (an ICMP error: port or host unreachable), not a fault of this receive or
+/// of the socket: the receive goes on, as for a datagram not sent at all.
+fn answers_an_earlier_send(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+/// The largest datagram to or from `peer`'s address family.
+pub fn max_datagram(peer: SocketAddr) -> usize {
+    match unmap(peer) {
+        SocketAddr::V4(_) => MAX_DATAGRAM_V4,
+        SocketAddr::V6(_) => MAX_DATAGRAM_V6,
+    }
+}
+
+/// The error of a send past [`MAX_DATAGRAM`] (before the target is known).
 pub fn datagram_too_large(len: usize) -> String {
-    format!("datagram too large: {len} bytes (at most {MAX_DATAGRAM})")
+    format!("datagram too large: {len} bytes (at most {MAX_DATAGRAM} over IPv6, {MAX_DATAGRAM_V4} over IPv4)")
+}
+
+/// The error of a send past [`max_datagram`] of its target.
+fn datagram_too_large_for(len: usize, target: SocketAddr) -> String {
+    let family = if target.is_ipv4() { "IPv4" } else { "IPv6" };
+    format!("datagram too large: {len} bytes (at most {} over {family})", max_datagram(target))
 }
 
 /// Dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is unavailable.
@@ -247,7 +317,7 @@ mod tests {
         let (n, from) = peer.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"ping");
         peer.send_to(b"pong!", from).await.unwrap();
-        let (data, sender) = client.receive_from(Some(4)).await.unwrap();
+        let (data, sender) = client.receive_from(Some(4), |_| true).await.unwrap();
         assert_eq!(data, b"pong", "a longer datagram is truncated to the length asked");
         assert_eq!(sender, peer_addr);
     }
@@ -261,11 +331,64 @@ mod tests {
         )
         .await
         .unwrap();
-        let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1:9".parse().unwrap()).await.unwrap_err();
-        assert_eq!(err.message, "datagram too large: 65508 bytes (at most 65507)");
-        let err = client.receive_from(Some(0)).await.unwrap_err();
+        let err = client.send_to(&vec![0; MAX_DATAGRAM_V4 + 1], "127.0.0.1:9".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err.message, "datagram too large: 65508 bytes (at most 65507 over IPv4)");
+        let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "[::1]:9".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err.message, "datagram too large: 65528 bytes (at most 65527 over IPv6, 65507 over IPv4)");
+        let err = client.receive_from(Some(0), |_| true).await.unwrap_err();
         assert_eq!(err.message, INVALID_READ_LENGTH);
         client.close();
         assert_eq!(client.local_addr().unwrap_err().message, UDP_CLOSED);
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_largest_datagram_received_over_ipv6_can_be_sent_back() {
+        let Ok(peer) = UdpSocket::bind("[::1]:0").await else { return }; // no IPv6 here
+        let client =
+            UdpClient::bind(UdpBind::AllInterfaces(0), Duration::from_secs(5), GuestSocket::for_tests()).await.unwrap();
+        let port = client.local_addr().unwrap().port();
+        let big = vec![7u8; MAX_DATAGRAM_V6];
+        peer.send_to(&big, ("::1", port)).await.unwrap();
+        let (got, from) = client.receive_from(None, |_| true).await.unwrap();
+        assert_eq!(got.len(), MAX_DATAGRAM_V6);
+        assert_eq!(client.send_to(&got, from).await.unwrap() as usize, MAX_DATAGRAM_V6, "echoed whole");
+    }
+
+    #[tokio::test]
+    async fn datagrams_from_refused_senders_are_dropped_and_the_wait_goes_on() {
+        let client = UdpClient::bind(
+            UdpBind::Addr("127.0.0.1:0".parse().unwrap()),
+            Duration::from_secs(5),
+            GuestSocket::for_tests(),
+        )
+        .await
+        .unwrap();
+        let to = client.local_addr().unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let friend = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let friend_addr = friend.local_addr().unwrap();
+        for _ in 0..200 {
+            stranger.send_to(b"noise", to).await.unwrap();
+        }
+        friend.send_to(b"hello", to).await.unwrap();
+        let refused = std::sync::atomic::AtomicUsize::new(0);
+        let admit = |from: SocketAddr| {
+            let ok = from == friend_addr;
+            if !ok {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            ok
+        };
+        // The plain receive gives up after a bounded number of refusals ...
+        assert_eq!(client.try_receive_from(None, admit).unwrap(), None);
+        // ... and the waiting one goes on to the granted sender's datagram.
+        let (data, from) = client.receive_from(None, admit).await.unwrap();
+        assert_eq!((data.as_slice(), from), (&b"hello"[..], friend_addr));
+        assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 200);
     }
 }

@@ -1,0 +1,150 @@
+//! Repeated warnings, coalesced: a burst of the same kind of warning (accept
+//! failures at the open-file limit, a client reconnecting past its per-address
+//! cap, datagrams from senders nobody granted, a guest asking for what it may
+//! not have in a loop) writes its first line in full, then at most one line
+//! per interval with how many more there were and the last of them.
+//!
+//! Whoever causes the warnings, a guest or a client, cannot flood the
+//! operator's log or spend the host's time writing it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often a burst writes its count.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// One kind of warning, for one component (or the process: `None`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let accept_failures = portcullis::coalesce::Coalesced::new("accept failed", None);
+/// accept_failures.warn(|| "accept failed: Too many open files".to_string()); // written
+/// accept_failures.warn(|| "accept failed: Too many open files".to_string()); // counted
+/// assert_eq!(accept_failures.pending(), 1); // written as one line after a second
+/// # }
+/// ```
+pub struct Coalesced {
+    /// What the count line calls these warnings.
+    what: &'static str,
+    component: Option<Arc<str>>,
+    interval: Duration,
+    window: Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// A burst is on until then (set by its first warning, moved on by each
+    /// count line).
+    until: Option<Instant>,
+    /// Warnings not written since the last line.
+    unwritten: u64,
+    /// The last of them (a message of bounded length: its parts come from
+    /// the host, or from a guest through `policy::check_host_text`).
+    last: String,
+}
+
+impl Coalesced {
+    pub fn new(what: &'static str, component: Option<Arc<str>>) -> Arc<Self> {
+        Self::with_interval(what, component, INTERVAL)
+    }
+
+    /// [`Coalesced::new`] with a count line per `interval` instead of [`INTERVAL`].
+    pub fn with_interval(what: &'static str, component: Option<Arc<str>>, interval: Duration) -> Arc<Self> {
+        Arc::new(Coalesced { what, component, interval, window: Mutex::default() })
+    }
+
+    /// Writes the warning `message()` at warn level if it starts a burst;
+    /// otherwise counts it, to be written as part of the burst's next count
+    /// line (the message is only made when it is needed).
+    pub fn warn(self: &Arc<Self>, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if window.until.is_none_or(|until| now >= until) && window.unwritten == 0 {
+            window.until = Some(now + self.interval);
+            drop(window);
+            self.write(&message());
+            return;
+        }
+        window.unwritten += 1;
+        window.last = message();
+        if window.unwritten == 1 {
+            // The first one counted in this interval arms the count line.
+            let until = window.until.unwrap_or(now);
+            drop(window);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(self.clone().write_counts(until));
+                }
+                Err(_) => self.flush(),
+            }
+        }
+    }
+
+    /// Warnings counted and not written yet.
+    pub fn pending(&self) -> u64 {
+        self.window.lock().unwrap_or_else(|e| e.into_inner()).unwritten
+    }
+
+    /// Writes a count line at the end of each interval that had warnings,
+    /// until one had none.
+    async fn write_counts(self: Arc<Self>, mut until: Instant) {
+        loop {
+            tokio::time::sleep_until(until).await;
+            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            if window.unwritten == 0 {
+                window.until = None;
+                return;
+            }
+            until += self.interval;
+            window.until = Some(until);
+            drop(window);
+            self.flush();
+        }
+    }
+
+    /// Writes the count line now.
+    fn flush(&self) {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, last) = (std::mem::take(&mut window.unwritten), std::mem::take(&mut window.last));
+        drop(window);
+        if n > 0 {
+            self.write(&format!("{}: {n} more in the last {:?}; the last: {last}", self.what, self.interval));
+        }
+    }
+
+    fn write(&self, line: &str) {
+        match &self.component {
+            Some(component) => tracing::warn!(component = %component, "{line}"),
+            None => tracing::warn!("{line}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_writes_its_first_line_then_one_count_per_interval() {
+        const INTERVAL: Duration = Duration::from_millis(100);
+        let log = Coalesced::with_interval("test warnings", None, INTERVAL);
+        log.warn(|| "one".into());
+        assert_eq!(log.pending(), 0, "the first is written at once");
+        for i in 0..1000 {
+            log.warn(|| format!("again {i}"));
+        }
+        assert_eq!(log.pending(), 1000, "the rest are counted");
+        tokio::time::sleep(INTERVAL + Duration::from_millis(30)).await;
+        assert_eq!(log.pending(), 0, "the count line was written at the interval's end");
+        // Still in the burst: counted again, not written in full.
+        log.warn(|| "later".into());
+        assert_eq!(log.pending(), 1);
+        tokio::time::sleep(INTERVAL * 3).await;
+        assert_eq!(log.pending(), 0);
+        // A quiet interval ended the burst: the next is written at once.
+        log.warn(|| "new burst".into());
+        assert_eq!(log.pending(), 0);
+    }
+}

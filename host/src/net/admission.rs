@@ -1,0 +1,175 @@
+//! What a service's listeners apply to every connection they accept, the
+//! operator's (`--listen`) and the guest's own alike: the connection caps
+//! (`--max-connections` overall, `--max-connections-per-ip` per client
+//! address) and the time-outs a connection starts with (read, idle, write).
+//!
+//! This is where a hostile client meets the host's bounds: a client that
+//! opens connections and sends nothing holds at most its address's share, and
+//! only for the idle time-out.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::tcp::Timeouts;
+use crate::coalesce::Coalesced;
+use crate::limits::Limits;
+
+/// A service's admission rules, shared by all its listeners (cheap to clone).
+#[derive(Clone)]
+pub struct Admission {
+    /// `--max-connections`: a connection is accepted only with a permit.
+    pub limit: Option<Arc<Semaphore>>,
+    /// `--max-connections-per-ip`.
+    per_address: Option<Arc<PerAddress>>,
+    /// What an accepted connection starts with.
+    pub timeouts: Timeouts,
+    /// The service's name, for log lines.
+    pub component: Arc<str>,
+    /// Connections refused at the per-address cap, for the log.
+    refusals: Arc<Coalesced>,
+    /// Failed accepts (the open-file limit, mostly), for the log.
+    pub accept_failures: Arc<Coalesced>,
+}
+
+/// A connection's places under the caps, given back when dropped.
+#[derive(Default)]
+pub struct Admitted {
+    pub permit: Option<OwnedSemaphorePermit>,
+    _address: Option<AddressSlot>,
+}
+
+impl Admission {
+    /// The rules `limits` describe, for the service `component`.
+    pub fn new(limits: &Limits, component: Arc<str>) -> Self {
+        Admission {
+            // Beyond tokio's permit ceiling (2^61) a cap is no cap at all.
+            limit: limits.max_connections.map(|n| Arc::new(Semaphore::new(n.get().min(Semaphore::MAX_PERMITS)))),
+            per_address: limits.max_connections_per_ip.map(PerAddress::new),
+            timeouts: Timeouts {
+                read: limits.read_timeout,
+                idle: limits.idle_timeout,
+                write: limits.write_timeout,
+            },
+            refusals: Coalesced::new("connections refused at --max-connections-per-ip", Some(component.clone())),
+            accept_failures: Coalesced::new("accept failures", Some(component.clone())),
+            component,
+        }
+    }
+
+    /// Takes a place for a connection from `peer` (holding `permit`, its
+    /// place under `--max-connections`), or `None` when that address is at
+    /// its cap: then the caller closes the connection, and the refusal is
+    /// logged (coalesced).
+    pub fn admit(&self, peer: IpAddr, permit: Option<OwnedSemaphorePermit>) -> Option<Admitted> {
+        let address = match &self.per_address {
+            Some(per_address) => match per_address.take(peer) {
+                Some(slot) => Some(slot),
+                None => {
+                    let max = per_address.max;
+                    self.refusals.warn(|| {
+                        format!("connection from {peer} refused: it has {max} open (--max-connections-per-ip)")
+                    });
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(Admitted { permit, _address: address })
+    }
+}
+
+/// Open connections per client address, under a cap.
+pub struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place under [`PerAddress`].
+pub struct AddressSlot {
+    key: IpAddr,
+    owner: Arc<PerAddress>,
+}
+
+impl PerAddress {
+    fn new(max: NonZeroUsize) -> Arc<Self> {
+        Arc::new(PerAddress { max: max.get(), open: Mutex::default() })
+    }
+
+    fn take(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
+        let key = address_key(peer);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { key, owner: self.clone() })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                // The map holds only addresses with open connections.
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What counts as one client address: an IPv4 address (also when it came
+/// spelt as IPv4-mapped IPv6, `::ffff:a.b.c.d`), or an IPv6 /64 (one host's
+/// usual share: a client could otherwise take a fresh address per connection).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_counts_one_address_however_it_is_spelt_and_frees_on_drop() {
+        let limits = Limits { max_connections_per_ip: NonZeroUsize::new(2), ..Limits::default() };
+        let admission = Admission::new(&limits, Arc::from("test"));
+        let v4: IpAddr = "127.0.0.2".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        let first = admission.admit(v4, None).expect("first");
+        let _second = admission.admit(mapped, None).expect("second, the same address mapped");
+        assert!(admission.admit(v4, None).is_none(), "a third from that address");
+        assert!(admission.admit("127.0.0.3".parse().unwrap(), None).is_some(), "another address");
+        drop(first);
+        assert!(admission.admit(mapped, None).is_some(), "room again once one closed");
+        // IPv6: one /64 is one client.
+        let a = admission.admit("2001:db8::1".parse().unwrap(), None);
+        let b = admission.admit("2001:db8::2:3".parse().unwrap(), None);
+        assert!(a.is_some() && b.is_some());
+        assert!(admission.admit("2001:db8::ffff".parse().unwrap(), None).is_none(), "same /64");
+        assert!(admission.admit("2001:db8:0:1::1".parse().unwrap(), None).is_some(), "next /64");
+    }
+
+    #[test]
+    fn addresses_are_forgotten_when_their_last_connection_closes() {
+        let per_address = PerAddress::new(NonZeroUsize::new(1).unwrap());
+        let slots: Vec<_> = (1..=100u8).map(|i| per_address.take(IpAddr::from([10, 0, 0, i])).unwrap()).collect();
+        assert_eq!(per_address.open.lock().unwrap().len(), 100);
+        drop(slots);
+        assert!(per_address.open.lock().unwrap().is_empty());
+    }
+}
