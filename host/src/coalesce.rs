@@ -43,6 +43,8 @@ struct Window {
     /// The last of them (a message of bounded length: its parts come from
     /// the host, or from a guest through `policy::check_host_text`).
     last: String,
+    /// A task writes the count lines of this burst.
+    counting: bool,
 }
 
 impl Coalesced {
@@ -69,8 +71,9 @@ impl Coalesced {
         }
         window.unwritten += 1;
         window.last = message();
-        if window.unwritten == 1 {
-            // The first one counted in this interval arms the count line.
+        if !window.counting {
+            // The first one counted in this burst starts the count lines.
+            window.counting = true;
             let until = window.until.unwrap_or(now);
             drop(window);
             match tokio::runtime::Handle::try_current() {
@@ -95,6 +98,7 @@ impl Coalesced {
             let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
             if window.unwritten == 0 {
                 window.until = None;
+                window.counting = false;
                 return;
             }
             until += self.interval;
@@ -107,6 +111,9 @@ impl Coalesced {
     /// Writes the count line now.
     fn flush(&self) {
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if tokio::runtime::Handle::try_current().is_err() {
+            window.counting = false; // no task to end the burst
+        }
         let (n, last) = (std::mem::take(&mut window.unwritten), std::mem::take(&mut window.last));
         drop(window);
         if n > 0 {

@@ -231,3 +231,99 @@ pub fn spawn_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> t
 pub fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `portcullis run` as a child process, with its log (stderr) in a file: for
+/// tests that read the log, the process's memory, or set its resource limits.
+pub struct HostProcess {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    log_path: PathBuf,
+}
+
+impl HostProcess {
+    /// Starts `portcullis run <guest> ARGS` (add `--listen 127.0.0.1:0` to
+    /// serve, then [`HostProcess::listening_on`]); `before_exec` runs in the
+    /// child before it starts (to set resource limits).
+    pub fn start(
+        test: &str,
+        guest_name: &str,
+        args: &[&str],
+        before_exec: Option<fn() -> std::io::Result<()>>,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = root().join("target/test-scratch").join(test);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log_path = dir.join("stderr.log");
+        let mut command = std::process::Command::new(portcullis_bin());
+        command
+            .arg("run")
+            .arg(guest(guest_name))
+            .args(args)
+            .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap());
+        if let Some(hook) = before_exec {
+            // SAFETY: the hook only makes async-signal-safe calls (setrlimit).
+            unsafe { command.pre_exec(hook) };
+        }
+        let mut child = command.spawn().expect("start portcullis");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        HostProcess { child, stdout, log_path }
+    }
+
+    /// The next line the process prints on stdout (its own or its guest's).
+    pub fn stdout_line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("a line on stdout");
+        line.trim_end().to_string()
+    }
+
+    /// The address of its `listening on ADDR` line.
+    pub fn listening_on(&mut self) -> SocketAddr {
+        let line = self.stdout_line();
+        line.strip_prefix("listening on ").unwrap_or_else(|| panic!("not `listening on`: {line:?}")).parse().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/PID/status` in bytes (`VmRSS`; `VmHWM`, the peak).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The log once `needle` is in it `times` times (log lines are written
+    /// by a thread of their own, a moment after the event), or as it is
+    /// after `wait`.
+    pub fn log_with(&self, needle: &str, times: usize, wait: Duration) -> String {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= times || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -49,11 +49,7 @@ impl Admission {
             // Beyond tokio's permit ceiling (2^61) a cap is no cap at all.
             limit: limits.max_connections.map(|n| Arc::new(Semaphore::new(n.get().min(Semaphore::MAX_PERMITS)))),
             per_address: limits.max_connections_per_ip.map(PerAddress::new),
-            timeouts: Timeouts {
-                read: limits.read_timeout,
-                idle: limits.idle_timeout,
-                write: limits.write_timeout,
-            },
+            timeouts: Timeouts { read: limits.read_timeout, idle: limits.idle_timeout, write: limits.write_timeout },
             refusals: Coalesced::new("connections refused at --max-connections-per-ip", Some(component.clone())),
             accept_failures: Coalesced::new("accept failures", Some(component.clone())),
             component,

@@ -12,8 +12,8 @@
 //! Nothing here knows about instances or callbacks: new connections that need
 //! callbacks are handed to the dispatcher through [`NetCtx::new_connections`].
 
-mod closing;
 pub mod admission;
+mod closing;
 pub mod error;
 pub mod host;
 pub mod listener;

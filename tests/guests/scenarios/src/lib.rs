@@ -141,6 +141,35 @@ impl Service for Scenarios {
                 }
                 conn.write_all(&data).await?;
             }
+            // An honest length-prefixed protocol: a 4-byte big-endian length,
+            // then that many bytes; answers `got N bytes`. It trusts the
+            // length: only its own memory limit stands between a client's
+            // claim and the host.
+            "length-prefixed" => {
+                let header = conn.read_exact(4).await?;
+                if header.len() < 4 {
+                    return conn.close();
+                }
+                let len = u32::from_be_bytes(header.try_into().unwrap());
+                let body = conn.read_exact(len).await?;
+                conn.write_all(format!("got {} bytes\n", body.len()).as_bytes()).await?;
+            }
+            // Streams 64 KiB chunks to the client until a write fails, then
+            // says why on stderr (the host's log shows it).
+            "stream-out" => {
+                if conn.read().await?.is_empty() {
+                    return conn.close();
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0usize;
+                let err = loop {
+                    match conn.write_all(&chunk).await {
+                        Ok(n) => sent += n,
+                        Err(e) => break e,
+                    }
+                };
+                eprintln!("stream-out: write failed after {sent} bytes: {err}");
+            }
             other => return Err(Error::new(format!("unknown MODE {other}"))),
         }
         Ok(())
