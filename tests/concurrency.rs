@@ -170,14 +170,15 @@ async fn a_slow_reader_gets_every_byte_of_a_large_echo() {
     assert_eq!(service.stop().await, 0);
 }
 
-/// `chat` writes each sender's lines to every other member from that sender's
-/// callback; with several senders at once, writes to one member race. Each
-/// write must land whole: no line may be cut by another.
+/// A chat that writes each sender's lines to every other member from that
+/// sender's callback (the `broadcast` scenario; the `chat` example queues
+/// them instead): with several senders at once, writes to one member race.
+/// Each write must land whole: no line may be cut by another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_from_many_senders_never_interleave() {
     const SENDERS: usize = 4;
     const LINES: usize = 200;
-    let service = start("chat", &[], Duration::from_secs(30)).await;
+    let service = start("scenarios", &[("MODE", "broadcast")], Duration::from_secs(30)).await;
     // A small receive buffer, and no reading for a while: the service's writes
     // to this member fill its socket and go out in parts.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -82,6 +82,8 @@ pub struct Loaded {
     /// instance write its first line).
     denials: Arc<Coalesced>,
     udp_refusals: Arc<Coalesced>,
+    /// The service's connection caps and time-outs, for all its listeners.
+    admission: Admission,
 }
 
 #[derive(Default)]
@@ -145,6 +147,7 @@ impl Loaded {
             unwanted: Unwanted::default(),
             denials: Coalesced::new("denials", Some(Arc::from(name.as_str()))),
             udp_refusals: Coalesced::new("datagrams dropped", Some(Arc::from(name.as_str()))),
+            admission: Admission::new(&spec.limits, Arc::from(name.as_str())),
         })
     }
 
@@ -152,8 +155,7 @@ impl Loaded {
     /// with its callbacks looked up: what a new instance costs (the bench
     /// measures it). Dropping the result tears it down and frees its pool slot.
     pub async fn instantiate_once(&self) -> Result<FreshInstance> {
-        let admission = Admission::new(&self.limits, Arc::from(self.name.as_str()));
-        Ok(FreshInstance { _standby: self.standby(admission).await? })
+        Ok(FreshInstance { _standby: self.standby(self.admission.clone()).await? })
     }
 
     /// A fresh store and instance for one connection, made before it arrives.
@@ -195,6 +197,12 @@ impl Loaded {
     /// from the pool for an instance per connection).
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// What the service's listeners apply to each connection (its caps and
+    /// time-outs): one for the service, shared by all its listeners.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// A store for a new instance of this component: its env, its grants,

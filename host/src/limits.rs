@@ -71,8 +71,9 @@ pub struct Limits {
     /// (`--max-connections-per-ip`, default none): a further one is closed
     /// as soon as it is accepted. Counted per service.
     pub max_connections_per_ip: Option<NonZeroUsize>,
-    /// An accepted connection on which nothing was received or sent for this
-    /// long, between callbacks, is closed by the host, and `on-close` fires
+    /// A connection whose callbacks the host drives (accepted, or a callback
+    /// client) on which nothing was received or sent for this long, between
+    /// callbacks, is closed by the host, and `on-close` fires
     /// (`--idle-timeout-ms`, default 300 s; `None`, set by 0: never).
     pub idle_timeout: Option<Duration>,
     /// A `write` that has sent nothing for this long (the peer does not read)

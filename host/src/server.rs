@@ -19,7 +19,6 @@ use crate::config::{Instances, ServiceSpec};
 use crate::dispatch::{self, Loaded};
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
-use crate::net::admission::Admission;
 use crate::net::listener::{accept_loop, bind_tcp};
 
 /// The shared engine, compile cache and memory budget; load components
@@ -123,7 +122,7 @@ pub async fn serve(loaded: Arc<Loaded>, listeners: Vec<TcpListener>, shutdown: C
         loaded.require_callbacks()?;
     }
     let (sink, conns) = mpsc::unbounded_channel();
-    let admission = Admission::new(loaded.limits(), Arc::from(loaded.name.as_str()));
+    let admission = loaded.admission().clone();
     for listener in listeners {
         tokio::spawn(accept_loop(listener, admission.clone(), sink.clone(), shutdown.clone(), |_| {}));
     }

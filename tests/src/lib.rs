@@ -302,6 +302,20 @@ impl HostProcess {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Its exit code once it has exited, waiting at most `wait`.
+    pub fn exit_code_within(&mut self, wait: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

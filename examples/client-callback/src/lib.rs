@@ -2,6 +2,10 @@
 //! connects to `TARGET` (host:port), writes `MESSAGE`, and returns; the
 //! callback's `on_read_ready` prints what comes back and closes. The program
 //! ends when that connection has closed.
+//!
+//! A server that never answers holds the program until the host's idle
+//! time-out closes the connection; one that never reads, until the write
+//! time-out fails the write.
 
 use portcullis_sdk::{Client, ClientConfig, Connection, Error, Service, export_program};
 

@@ -1,5 +1,10 @@
 //! Echo: every byte a client sends comes back; the connection closes when the
 //! client ends its stream. The seed service of portcullis.
+//!
+//! A misbehaving client meets the host's bounds, nothing of the guest's: one
+//! that sends but never reads makes its echo wait (back-pressure) until the
+//! host's write time-out fails it and closes the connection; a silent one is
+//! closed after the idle time-out.
 
 use portcullis_sdk::{Connection, Error, Service, export_service};
 

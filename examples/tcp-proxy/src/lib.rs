@@ -9,6 +9,11 @@
 //! The upstream's own callbacks may run before `connect` returns to us, so
 //! bytes from an upstream not yet paired with its client are kept until the
 //! pairing. `is_accepted` tells the two kinds of connection apart.
+//!
+//! Misbehaving peers: each direction waits for the other side to take its
+//! bytes (back-pressure, nothing buffered here beyond what an upstream sends
+//! before its pairing). A side that stops reading stalls its direction until
+//! the host's write time-out fails the write; then both connections close.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -163,9 +163,9 @@ impl crate::bindings::udp::Host for HostState {}
 
 impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
     async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> Outcome<Resource<Connection>> {
-        let (has_callbacks, sink, policy, write_timeout) = acc.with(|mut access| {
+        let (has_callbacks, sink, policy, service_timeouts) = acc.with(|mut access| {
             let net = &access.get().net;
-            (net.has_callbacks, net.new_connections.clone(), net.policy.clone(), net.admission.timeouts.write)
+            (net.has_callbacks, net.new_connections.clone(), net.policy.clone(), net.admission.timeouts)
         });
         if config.callback && !has_callbacks {
             return Ok(Err(SocketError::generic(
@@ -185,9 +185,13 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             Err(e) => return Ok(Err(SocketError::generic(format!("{CONNECT_FAILED}{}", e.message)).into())),
         };
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        // The service's write time-out; its idle time-out too when the host
+        // drives the connection's callbacks (a guest reading in a loop has
+        // its read time-out instead).
         let timeouts = Timeouts {
-            write: write_timeout,
-            ..Timeouts::read_only(Duration::from_millis(config.read_timeout_ms.max(1)))
+            read: Duration::from_millis(config.read_timeout_ms.max(1)),
+            idle: if config.callback { service_timeouts.idle } else { None },
+            write: service_timeouts.write,
         };
         let connecting = TcpConn::connect(&addrs, connect_timeout, timeouts, socket);
         let conn = match wait_in_host(acc, connecting).await {

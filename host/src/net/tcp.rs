@@ -59,8 +59,7 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    /// Only a read time-out (a client connection the guest opened has no
-    /// idle time-out: the guest chose to keep it).
+    /// Only a read time-out.
     pub fn read_only(read: Duration) -> Self {
         Timeouts { read, idle: None, write: None }
     }

@@ -15,6 +15,8 @@ struct Scenarios {
     read_ready_calls: Cell<u32>,
     /// Connections kept beyond their callbacks (the `chat`-style broadcast).
     kept: RefCell<HashMap<u64, Connection>>,
+    /// Bytes of a line not finished yet, per connection (mode `broadcast`).
+    partial: RefCell<HashMap<u64, Vec<u8>>>,
 }
 
 fn mode() -> String {
@@ -31,7 +33,7 @@ impl Service for Scenarios {
                 let calls = self.read_ready_calls.get();
                 conn.write_all(format!("calls {calls}\n").as_bytes()).await.map(drop)
             }
-            "close-log" => {
+            "close-log" | "broadcast" => {
                 self.kept.borrow_mut().insert(conn.id(), conn.clone());
                 Ok(())
             }
@@ -132,6 +134,29 @@ impl Service for Scenarios {
                     }
                 }
                 conn.write_all(&data).await?;
+            }
+            // Each complete line to every other member, written from the
+            // sender's callback (several senders' writes to one member race:
+            // each `write_all` must still land whole).
+            "broadcast" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                let lines = {
+                    let mut partial = self.partial.borrow_mut();
+                    let pending = partial.entry(conn.id()).or_default();
+                    pending.extend_from_slice(&data);
+                    match pending.iter().rposition(|&b| b == b'\n') {
+                        Some(end) => pending.drain(..=end).collect::<Vec<u8>>(),
+                        None => return Ok(()),
+                    }
+                };
+                let others: Vec<Connection> =
+                    self.kept.borrow().iter().filter(|(id, _)| **id != conn.id()).map(|(_, c)| c.clone()).collect();
+                for other in others {
+                    let _ = other.write_all(&lines).await;
+                }
             }
             // Echo; on-close (below) tells the other kept connections.
             "close-log" => {
