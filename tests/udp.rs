@@ -70,9 +70,10 @@ async fn receive_on_a_bound_port_gets_the_peers_datagram() {
 }
 
 #[tokio::test]
-async fn datagrams_from_a_peer_nobody_granted_are_refused() {
+async fn datagrams_from_a_peer_nobody_granted_are_dropped_and_the_receive_waits_on() {
     // Only binding an ephemeral port is granted (port 0); the peer sends from
-    // a real port, which no grant covers.
+    // a real port, which no grant covers. Its datagrams never reach the guest
+    // (the host drops and logs them): no error, no data, the receive waits.
     let (mut program, mut lines, addr) = spawn_bound("stranger", "udp://127.0.0.1:0").await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_port = peer.local_addr().unwrap().port();
@@ -86,15 +87,7 @@ async fn datagrams_from_a_peer_nobody_granted_are_refused() {
     });
     for i in 1..=2 {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap();
-        assert_eq!(
-            line.as_deref(),
-            Some(
-                format!(
-                    "{i}: PermissionDenied: permission denied: receive from udp://127.0.0.1:{peer_port} is not granted"
-                )
-                .as_str()
-            )
-        );
+        assert_eq!(line.as_deref(), Some(format!("{i}: ReadTimedOut: read timed out").as_str()), "peer {peer_port}");
     }
     sender.abort();
     assert!(program.wait().await.unwrap().success());
@@ -112,7 +105,7 @@ async fn udp_errors_are_clear() {
     let text = udp_mode("errors", echo).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "length 0: Generic: requested byte length need to be 1 or more");
-    assert_eq!(lines[1], "too large: Generic: datagram too large: 65508 bytes (at most 65507)");
+    assert_eq!(lines[1], "too large: Generic: datagram too large: 65508 bytes (at most 65507 over IPv4)");
     assert_eq!(lines[2], "largest: ok 65507");
     // Not a name at all: refused before any look-up, without repeating the text.
     assert!(lines[3].starts_with("bad host: Generic: invalid host: 13 bytes"), "{}", lines[3]);

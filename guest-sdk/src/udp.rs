@@ -156,8 +156,9 @@ impl UdpClient {
             .map_err(Error::from)
     }
 
-    /// Sends `data` as one datagram; returns the bytes sent. More than 65507
-    /// bytes is an error.
+    /// Sends `data` as one datagram; returns the bytes sent. More than 65,507
+    /// bytes to an IPv4 address, or 65,527 to an IPv6 one, is an error
+    /// (`datagram too large`); anything received can be sent back.
     ///
     /// ```no_run
     /// # async fn f(udp: &portcullis_sdk::UdpClient) -> Result<(), portcullis_sdk::Error> {

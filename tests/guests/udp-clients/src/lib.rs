@@ -42,10 +42,11 @@ async fn scenario(mode: &str, host: &str, port: u16) -> Result<(), Error> {
             let (data, _) = udp.recv_from().await?;
             println!("received: {}", String::from_utf8_lossy(&data));
         }
-        // Receives from a peer nobody granted: each receive is refused (the
-        // first usually waits, the second usually finds a datagram queued).
+        // Receives while a peer nobody granted sends: the host drops its
+        // datagrams, so each receive waits out its (short) read time-out.
         "stranger" => {
-            let udp = UdpClient::bind_with(UdpConfig::local("127.0.0.1", 0)).await?;
+            let config = UdpConfig::local("127.0.0.1", 0).read_timeout(Duration::from_millis(700));
+            let udp = UdpClient::bind_with(config).await?;
             println!("bound {}", udp.local_addr()?);
             for i in 1..=2 {
                 match udp.recv_from().await {
