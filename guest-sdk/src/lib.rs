@@ -28,7 +28,8 @@
 //! The map: [`Service`] and [`export_service!`] (callbacks), [`export_program!`]
 //! (an async `main`), [`Connection`] (one TCP connection), [`Client`] (open one),
 //! [`Listener`] (listen from the guest), [`UdpClient`] (datagrams), [`Error`] and
-//! [`ErrorKind`], [`spawn`] (work that goes on after a callback returns).
+//! [`ErrorKind`], [`spawn`] (work that goes on after a callback returns),
+//! [`warn`] (stderr lines a peer cannot flood).
 
 #![warn(missing_docs)]
 
@@ -40,6 +41,7 @@ mod udp;
 
 pub use connection::{Client, ClientConfig, Connection, Listener};
 pub use error::{Error, ErrorKind};
+pub use program::warn;
 pub use service::Service;
 pub use udp::{ToAddress, UdpClient, UdpConfig};
 

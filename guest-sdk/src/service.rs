@@ -85,7 +85,8 @@ pub trait Service: Default + 'static {
     async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error>;
 
     /// `on_connect` or `on_read_ready` returned `err`. By default it is printed
-    /// to stderr.
+    /// to stderr through [`crate::warn`] (at most a line a second: a client
+    /// resetting connections in a loop must not flood the log).
     ///
     /// ```no_run
     /// # use portcullis_sdk::{Connection, Error};
@@ -94,7 +95,7 @@ pub trait Service: Default + 'static {
     /// # }
     /// ```
     async fn on_error(&self, conn: &Connection, err: Error) {
-        crate::program::print_line(&format!("connection {}: {err}", conn.id()));
+        crate::program::warn(&format!("connection {}: {err}", conn.id()));
     }
 
     /// The connection ended (end of stream, close, reset or stop); called

@@ -29,6 +29,8 @@ pub struct Coalesced {
     /// What the count line calls these warnings.
     what: &'static str,
     component: Option<Arc<str>>,
+    /// Written at error level (traps) rather than warn.
+    error: bool,
     interval: Duration,
     window: Mutex<Window>,
 }
@@ -47,17 +49,29 @@ struct Window {
     counting: bool,
 }
 
+impl std::fmt::Debug for Coalesced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalesced").field("what", &self.what).field("component", &self.component).finish()
+    }
+}
+
 impl Coalesced {
     pub fn new(what: &'static str, component: Option<Arc<str>>) -> Arc<Self> {
         Self::with_interval(what, component, INTERVAL)
     }
 
-    /// [`Coalesced::new`] with a count line per `interval` instead of [`INTERVAL`].
-    pub fn with_interval(what: &'static str, component: Option<Arc<str>>, interval: Duration) -> Arc<Self> {
-        Arc::new(Coalesced { what, component, interval, window: Mutex::default() })
+    /// [`Coalesced::new`] for errors: written at error level.
+    pub fn errors(what: &'static str, component: Option<Arc<str>>) -> Arc<Self> {
+        Arc::new(Coalesced { what, component, error: true, interval: INTERVAL, window: Mutex::default() })
     }
 
-    /// Writes the warning `message()` at warn level if it starts a burst;
+    /// [`Coalesced::new`] with a count line per `interval` instead of [`INTERVAL`].
+    pub fn with_interval(what: &'static str, component: Option<Arc<str>>, interval: Duration) -> Arc<Self> {
+        Arc::new(Coalesced { what, component, error: false, interval, window: Mutex::default() })
+    }
+
+    /// Writes the warning `message()` (at warn level, or error for
+    /// [`Coalesced::errors`]) if it starts a burst;
     /// otherwise counts it, to be written as part of the burst's next count
     /// line (the message is only made when it is needed).
     pub fn warn(self: &Arc<Self>, message: impl FnOnce() -> String) {
@@ -122,9 +136,11 @@ impl Coalesced {
     }
 
     fn write(&self, line: &str) {
-        match &self.component {
-            Some(component) => tracing::warn!(component = %component, "{line}"),
-            None => tracing::warn!("{line}"),
+        match (&self.component, self.error) {
+            (Some(component), true) => tracing::error!(component = %component, "{line}"),
+            (Some(component), false) => tracing::warn!(component = %component, "{line}"),
+            (None, true) => tracing::error!("{line}"),
+            (None, false) => tracing::warn!("{line}"),
         }
     }
 }

@@ -80,10 +80,37 @@ pub struct Loaded {
     /// Warnings of all this component's instances, coalesced together (with
     /// an instance per connection, a client could otherwise have each new
     /// instance write its first line).
-    denials: Arc<Coalesced>,
-    udp_refusals: Arc<Coalesced>,
+    warnings: Warnings,
     /// The service's connection caps and time-outs, for all its listeners.
     admission: Admission,
+}
+
+/// A component's log lines that its instances (or the clients that make
+/// them trap) could repeat without end, each coalesced (see `coalesce`).
+struct Warnings {
+    denials: Arc<Coalesced>,
+    udp_refusals: Arc<Coalesced>,
+    memory_refusals: Arc<Coalesced>,
+    /// An instance ended by a trap (the first with its backtrace).
+    traps: Arc<Coalesced>,
+    /// Which connection's callback trapped.
+    trapped_connections: Arc<Coalesced>,
+    /// Connections closed for want of an instance (a full pool).
+    unserved: Arc<Coalesced>,
+}
+
+impl Warnings {
+    fn new(component: Arc<str>) -> Self {
+        let c = || Some(component.clone());
+        Warnings {
+            denials: Coalesced::new("denials", c()),
+            udp_refusals: Coalesced::new("datagrams dropped", c()),
+            memory_refusals: Coalesced::new("memory refusals", c()),
+            traps: Coalesced::errors("guest traps", c()),
+            trapped_connections: Coalesced::errors("connections whose callback trapped", c()),
+            unserved: Coalesced::new("connections without an instance", c()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -145,8 +172,7 @@ impl Loaded {
             limits: spec.limits.clone(),
             budget,
             unwanted: Unwanted::default(),
-            denials: Coalesced::new("denials", Some(Arc::from(name.as_str()))),
-            udp_refusals: Coalesced::new("datagrams dropped", Some(Arc::from(name.as_str()))),
+            warnings: Warnings::new(Arc::from(name.as_str())),
             admission: Admission::new(&spec.limits, Arc::from(name.as_str())),
         })
     }
@@ -215,7 +241,8 @@ impl Loaded {
         admission: Admission,
     ) -> Store<HostState> {
         let component: Arc<str> = Arc::from(self.name.as_str());
-        let memory = MemoryAccount::new(self.limits.max_memory, self.budget.clone(), component.clone());
+        let memory =
+            MemoryAccount::new(self.limits.max_memory, self.budget.clone(), self.warnings.memory_refusals.clone());
         let net = NetCtx {
             new_connections: sink,
             has_callbacks: self.callbacks.is_some(),
@@ -225,8 +252,8 @@ impl Loaded {
             admission,
             sockets: SocketCount::new(self.limits.max_sockets),
             limit_logged: AtomicBool::new(false),
-            denials: self.denials.clone(),
-            udp_refusals: self.udp_refusals.clone(),
+            denials: self.warnings.denials.clone(),
+            udp_refusals: self.warnings.udp_refusals.clone(),
         };
         new_store(self.pre.engine(), self.env.clone(), net, memory, &self.limits)
     }
@@ -248,6 +275,7 @@ impl Loaded {
         let live = Live::default();
         let instance = Instance {
             name: &self.name,
+            warnings: &self.warnings,
             callbacks,
             unwanted: &self.unwanted,
             live: &live,
@@ -315,10 +343,9 @@ pub async fn run(
                     tracing::error!(component = %loaded.name, "guest trapped: {trap:#}; closed its {closed} connection(s)");
                     return Ok(1);
                 }
-                tracing::error!(
-                    component = %loaded.name,
-                    "guest trapped: {trap:#}; closed its {closed} connection(s), starting a fresh instance"
-                );
+                loaded.warnings.traps.warn(|| {
+                    format!("guest trapped: {trap:#}; closed its {closed} connection(s), starting a fresh instance")
+                });
                 run_main = false;
                 if shutdown.is_cancelled() {
                     return Ok(0);
@@ -366,8 +393,9 @@ pub async fn run_per_connection(
                         Err(e) => {
                             // Typically the instance pool is exhausted: refuse this
                             // connection, keep serving the others.
-                            tracing::warn!(component = %loaded.name, id = conn.id(), remote = %conn.remote_addr(),
-                                "no instance for this connection: {e:#}");
+                            loaded.warnings.unserved.warn(|| {
+                                format!("no instance for connection {} from {}: {e:#}", conn.id(), conn.remote_addr())
+                            });
                             conn.close();
                         }
                     }
@@ -419,7 +447,11 @@ async fn serve_alone(loaded: Arc<Loaded>, standby: Standby, conn: TcpConn, shutd
         .await;
     if let Err(trap) = ended {
         let closed = live.close_all();
-        tracing::error!(component = %loaded.name, id, %remote, "guest trapped: {trap:#}; closed this connection's instance ({closed} connection(s))");
+        loaded.warnings.traps.warn(|| {
+            format!(
+                "guest trapped: {trap:#}; closed the instance of connection {id} from {remote} ({closed} connection(s))"
+            )
+        });
     }
 }
 
@@ -445,6 +477,7 @@ impl Live {
 /// One instance's view while it serves.
 struct Instance<'a> {
     name: &'a str,
+    warnings: &'a Warnings,
     callbacks: Option<&'a Callbacks>,
     unwanted: &'a Unwanted,
     live: &'a Live,
@@ -611,9 +644,10 @@ impl Instance<'_> {
             Ok(()) => tracing::debug!(component = %self.name, id, %remote, "connection closed"),
             // Which connection: the trap itself (with its backtrace) is logged
             // once, when the instance ends (`run`, `serve_alone`).
-            Err(_) => {
-                tracing::error!(component = %self.name, id, %remote, "guest trapped in a callback of this connection")
-            }
+            Err(_) => self
+                .warnings
+                .trapped_connections
+                .warn(|| format!("guest trapped in a callback of connection {id} from {remote}")),
         }
         result
     }
@@ -676,8 +710,9 @@ impl Instance<'_> {
                 ReadState::Ended => {
                     // The peer is done sending. The service may still write (a
                     // half-close, as a proxy needs): the connection ends when it
-                    // closes or shuts its writing, at stop, or after the read
-                    // time-out, so a service that ignores the end cannot leak it.
+                    // closes or shuts its writing, at stop, or after the idle
+                    // or the read time-out, so a service that ignores the end
+                    // cannot leak it.
                     // Biased: a service that already closed (the usual case)
                     // never arms the timer; arming one wakes tokio's driver
                     // through its eventfd, a syscall per connection.
@@ -685,6 +720,7 @@ impl Instance<'_> {
                         biased;
                         _ = conn.write_done() => {}
                         _ = &mut stop => {}
+                        _ = conn.idle_out(idle.as_mut()) => {}
                         _ = tokio::time::sleep(conn.read_timeout()) => {}
                     }
                     break;

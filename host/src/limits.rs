@@ -20,9 +20,11 @@
 //! Nothing here knows about sockets or instances beyond counting them.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use crate::coalesce::Coalesced;
 
 /// Default [`Limits::max_memory`]: 128 MiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
@@ -211,14 +213,15 @@ pub struct MemoryAccount {
     max: u64,
     used: AtomicU64,
     budget: Arc<MemoryBudget>,
-    component: Arc<str>,
-    /// The first refusal is logged; later ones of the same instance are not.
-    warned: AtomicBool,
+    /// Refusals, for the log: coalesced over all instances of the component
+    /// (with an instance per connection, "once per instance" would be once
+    /// per connection).
+    refusals: Arc<Coalesced>,
 }
 
 impl MemoryAccount {
-    pub fn new(max: u64, budget: Arc<MemoryBudget>, component: Arc<str>) -> Arc<Self> {
-        Arc::new(MemoryAccount { max, used: AtomicU64::new(0), budget, component, warned: AtomicBool::new(false) })
+    pub fn new(max: u64, budget: Arc<MemoryBudget>, refusals: Arc<Coalesced>) -> Arc<Self> {
+        Arc::new(MemoryAccount { max, used: AtomicU64::new(0), budget, refusals })
     }
 
     /// Bytes this instance holds right now.
@@ -249,9 +252,7 @@ impl MemoryAccount {
                 )
             }
         };
-        if !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(component = %self.component, "{refusal} (further refusals of this instance are not logged)");
-        }
+        self.refusals.warn(|| refusal.clone());
         Err(refusal)
     }
 
@@ -421,7 +422,11 @@ pub struct GuestSocket {
 impl GuestSocket {
     /// A socket under limits of its own, for unit tests of the socket core.
     pub fn for_tests() -> Self {
-        let account = MemoryAccount::new(u64::MAX, MemoryBudget::new(u64::MAX), "test".into());
+        let account = MemoryAccount::new(
+            u64::MAX,
+            MemoryBudget::new(u64::MAX),
+            Coalesced::new("memory refusals", Some("test".into())),
+        );
         GuestSocket { slot: SocketCount::new(u32::MAX).take().unwrap(), charge: account.charge(0, "test").unwrap() }
     }
 }
@@ -464,8 +469,8 @@ mod tests {
     #[test]
     fn an_account_holds_its_instance_and_the_budget() {
         let budget = MemoryBudget::new(300);
-        let a = MemoryAccount::new(200, budget.clone(), "a".into());
-        let b = MemoryAccount::new(200, budget.clone(), "b".into());
+        let a = MemoryAccount::new(200, budget.clone(), Coalesced::new("memory refusals", Some("a".into())));
+        let b = MemoryAccount::new(200, budget.clone(), Coalesced::new("memory refusals", Some("b".into())));
         let first = a.charge(150, "a write").unwrap();
         assert!(a.charge(51, "a write").unwrap_err().contains("--max-memory"), "the instance's own limit");
         let second = b.charge(150, "a write").unwrap();
@@ -483,7 +488,8 @@ mod tests {
         use wasmtime::ResourceLimiter;
         const PAGE: usize = 64 << 10;
         let budget = MemoryBudget::new(1 << 30);
-        let account = MemoryAccount::new(4 * PAGE as u64, budget.clone(), "c".into());
+        let account =
+            MemoryAccount::new(4 * PAGE as u64, budget.clone(), Coalesced::new("memory refusals", Some("c".into())));
         let mut limiter = InstanceLimiter::new(account.clone());
         // Three memories of a page each, then one grows to two pages: four.
         for _ in 0..3 {
@@ -515,7 +521,11 @@ mod tests {
         .unwrap();
         let engine = wasmtime::Engine::default();
         let module = wasmtime::Module::new(&engine, wasm).unwrap();
-        let account = MemoryAccount::new(5 * 65536, MemoryBudget::new(1 << 30), "three".into());
+        let account = MemoryAccount::new(
+            5 * 65536,
+            MemoryBudget::new(1 << 30),
+            Coalesced::new("memory refusals", Some("three".into())),
+        );
         let mut store = wasmtime::Store::new(&engine, InstanceLimiter::new(account.clone()));
         store.limiter(|limiter| limiter);
         let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();

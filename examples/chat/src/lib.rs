@@ -12,6 +12,10 @@
 //!   others keep receiving.
 //! - A line longer than [`MAX_LINE`] bytes disconnects its sender (the
 //!   partial line is held in memory until its newline).
+//! - All partial lines and outboxes together hold at most [`ROOM_LIMIT`]
+//!   bytes: a member whose line or outbox would pass it is disconnected, so
+//!   many connections each holding a little cannot fill the instance's memory
+//!   (which would end the instance, and the room with it).
 //! - Each received byte is looked at once: only new bytes are searched for
 //!   newlines.
 
@@ -25,15 +29,22 @@ use portcullis_sdk::{Connection, Error, Service, export_service};
 pub const OUTBOX_LIMIT: usize = 256 * 1024;
 /// The longest line a member may send, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
+/// The most bytes of partial lines and outboxes the room holds (of the
+/// instance's 128 MiB by default).
+pub const ROOM_LIMIT: usize = 32 * 1024 * 1024;
 
 #[derive(Default)]
 struct Chat {
     /// Everyone connected, by connection id.
     members: RefCell<HashMap<u64, Rc<Member>>>,
+    /// Bytes held in all partial lines and outboxes.
+    held: Rc<Cell<usize>>,
 }
 
 struct Member {
     conn: Connection,
+    /// The room's count of bytes held.
+    held: Rc<Cell<usize>>,
     /// Bytes of a line not finished yet.
     partial: RefCell<Vec<u8>>,
     /// Lines waiting to be written to this member, shared with other outboxes.
@@ -47,6 +58,7 @@ impl Service for Chat {
     async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
         let member = Member {
             conn: conn.clone(),
+            held: self.held.clone(),
             partial: RefCell::default(),
             outbox: RefCell::default(),
             queued: Cell::new(0),
@@ -66,8 +78,8 @@ impl Service for Chat {
         };
         let lines = match sender.complete_lines(&data) {
             Ok(lines) => lines,
-            Err(too_long) => {
-                eprintln!("chat: member {} sent a line over {too_long} bytes; disconnecting it", conn.id());
+            Err(why) => {
+                portcullis_sdk::warn(&format!("chat: member {} {why}; disconnecting it", conn.id()));
                 return conn.close();
             }
         };
@@ -78,7 +90,10 @@ impl Service for Chat {
     }
 
     async fn on_close(&self, conn: &Connection) {
-        self.members.borrow_mut().remove(&conn.id());
+        if let Some(member) = self.members.borrow_mut().remove(&conn.id()) {
+            member.release_partial();
+            member.clear_outbox();
+        }
     }
 }
 
@@ -95,43 +110,66 @@ impl Chat {
 
 impl Member {
     /// Adds `data` to the partial line and takes out every complete line
-    /// (through the last newline), or fails with the limit when a line is
-    /// longer than [`MAX_LINE`]. Only `data` is searched.
-    fn complete_lines(&self, data: &[u8]) -> Result<Option<Vec<u8>>, usize> {
+    /// (through the last newline), or fails with the limit passed: a line
+    /// longer than [`MAX_LINE`], or a room holding [`ROOM_LIMIT`]. Only
+    /// `data` is searched.
+    fn complete_lines(&self, data: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let mut partial = self.partial.borrow_mut();
         let mut line_start = -(partial.len() as isize);
         for (i, _) in data.iter().enumerate().filter(|(_, b)| **b == b'\n') {
             if (i as isize - line_start + 1) as usize > MAX_LINE {
-                return Err(MAX_LINE);
+                return Err(format!("sent a line over {MAX_LINE} bytes"));
             }
             line_start = i as isize + 1;
         }
         if data.len() as isize - line_start > MAX_LINE as isize {
-            return Err(MAX_LINE);
+            return Err(format!("sent a line over {MAX_LINE} bytes"));
         }
-        if line_start <= 0 {
+        let end = line_start.max(0) as usize;
+        let rest = data.len() - end;
+        let held_before = self.held.get() - partial.len();
+        if end == 0 {
             // No newline in `data`: all of it is still one partial line.
+            if held_before + partial.len() + rest > ROOM_LIMIT {
+                return Err(format!("overfilled the room ({ROOM_LIMIT} bytes)"));
+            }
             partial.extend_from_slice(data);
+            self.held.set(held_before + partial.len());
             return Ok(None);
         }
-        let end = line_start as usize;
         let mut lines = std::mem::take(&mut *partial);
         lines.extend_from_slice(&data[..end]);
         partial.extend_from_slice(&data[end..]);
+        self.held.set(held_before + partial.len());
         Ok(Some(lines))
+    }
+
+    /// Gives back what the partial line held (the member left).
+    fn release_partial(&self) {
+        let mut partial = self.partial.borrow_mut();
+        self.held.set(self.held.get() - partial.len());
+        partial.clear();
+    }
+
+    /// Empties the outbox and gives back what it held.
+    fn clear_outbox(&self) {
+        self.outbox.borrow_mut().clear();
+        self.held.set(self.held.get() - self.queued.replace(0));
     }
 
     /// Queues `lines` for this member, starting its writer if none runs; a
     /// member whose outbox would pass [`OUTBOX_LIMIT`] is disconnected.
     fn send(self: Rc<Self>, lines: Rc<[u8]>) {
-        if self.queued.get() + lines.len() > OUTBOX_LIMIT {
-            eprintln!("chat: member {} fell {OUTBOX_LIMIT} bytes behind; disconnecting it", self.conn.id());
-            self.outbox.borrow_mut().clear();
-            self.queued.set(0);
+        let behind = self.queued.get() + lines.len() > OUTBOX_LIMIT;
+        if behind || self.held.get() + lines.len() > ROOM_LIMIT {
+            let why = if behind { format!("fell {OUTBOX_LIMIT} bytes behind") } else { "overfilled the room".into() };
+            portcullis_sdk::warn(&format!("chat: member {} {why}; disconnecting it", self.conn.id()));
+            self.clear_outbox();
             let _ = self.conn.close();
             return;
         }
         self.queued.set(self.queued.get() + lines.len());
+        self.held.set(self.held.get() + lines.len());
         self.outbox.borrow_mut().push_back(lines);
         if !self.writing.replace(true) {
             portcullis_sdk::spawn(self.write_outbox());
@@ -144,10 +182,13 @@ impl Member {
         loop {
             let Some(lines) = self.outbox.borrow_mut().pop_front() else { break };
             let written = self.conn.write_all(&lines).await;
-            self.queued.set(self.queued.get().saturating_sub(lines.len()));
+            // Not emptied meanwhile (a disconnect clears the outbox and its count).
+            if self.queued.get() >= lines.len() {
+                self.queued.set(self.queued.get() - lines.len());
+                self.held.set(self.held.get() - lines.len());
+            }
             if written.is_err() {
-                self.outbox.borrow_mut().clear();
-                self.queued.set(0);
+                self.clear_outbox();
                 let _ = self.conn.close();
                 break;
             }

@@ -45,7 +45,7 @@ impl Service for Proxy {
             Ok(upstream) => upstream,
             Err(e) => {
                 // Denied or unreachable: this client cannot be served.
-                eprintln!("tcp-proxy: connection {}: {e}", conn.id());
+                portcullis_sdk::warn(&format!("tcp-proxy: connection {}: {e}", conn.id()));
                 return conn.close();
             }
         };

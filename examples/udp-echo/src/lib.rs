@@ -9,9 +9,6 @@
 
 use portcullis_sdk::{Error, UdpClient, UdpConfig, export_program};
 
-/// Failed sends are logged one in this many (with the count), not each.
-const LOG_EVERY: u64 = 1000;
-
 async fn main() -> Result<(), Error> {
     let port = match std::env::var("PORT") {
         Ok(port) => port.parse().map_err(|_| Error::new(format!("PORT={port} is not a port number")))?,
@@ -19,19 +16,15 @@ async fn main() -> Result<(), Error> {
     };
     let udp = UdpClient::bind_with(UdpConfig::port(port)).await?;
     println!("udp-echo on {}", udp.local_addr()?);
-    let mut failed_sends = 0u64;
     loop {
         match udp.recv_from().await {
             Ok((datagram, sender)) => {
                 if let Err(e) = udp.send_to(&datagram, sender).await {
-                    if failed_sends % LOG_EVERY == 0 {
-                        eprintln!(
-                            "udp-echo: cannot send {} bytes back to {sender}: {e} ({} failed so far)",
-                            datagram.len(),
-                            failed_sends + 1
-                        );
-                    }
-                    failed_sends += 1;
+                    // At most a line a second, however many fail.
+                    portcullis_sdk::warn(&format!(
+                        "udp-echo: cannot send {} bytes back to {sender}: {e}",
+                        datagram.len()
+                    ));
                 }
             }
             // Quiet for the whole read time-out: keep waiting.

@@ -645,6 +645,11 @@ impl TcpConn {
                 if fresh && pending {
                     return Readiness::Ready(ReadMark { arrivals: side.arrivals, takes: side.takes });
                 }
+                if side.failed {
+                    // The guest was told (the failure counted as an arrival)
+                    // and did not read: nothing more can come or go.
+                    return Readiness::Closed;
+                }
                 let socket_done = side.eof || side.buf.len() >= READ_AHEAD_LIMIT;
                 if !socket_done && readable && side.fill_from(&inner.stream) {
                     self.touch();
@@ -656,9 +661,17 @@ impl TcpConn {
                 // Nothing more to read from the socket: wait for the guest to take
                 // bytes (buffer full) or for a close. A take since the lock was
                 // released left a permit (`notify_one`), so none is missed.
+                // A reset meanwhile (the peer is gone: a client that filled
+                // the buffer and left) closes the connection rather than
+                // holding its buffer and descriptor until a time-out.
                 tokio::select! {
                     _ = inner.consumed.notified() => {}
                     _ = inner.closed.closed() => {}
+                    _ = inner.stream.ready(Interest::ERROR) => {
+                        let err = inner.stream.take_error().ok().flatten();
+                        self.side().fail(err.unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()));
+                        return Readiness::Closed;
+                    }
                 }
                 continue;
             }
