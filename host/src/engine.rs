@@ -94,18 +94,28 @@ fn engine_with(mut config: Config) -> Result<Engine> {
     config.concurrency_support(true);
     config.epoch_interruption(true);
     let engine = Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("creating the wasmtime engine"))?;
-    // The ticker lives as long as the process; it only bumps a counter.
-    let ticking = engine.clone();
+    start_epoch_ticker(&engine)?;
+    Ok(engine)
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] on a thread of its own,
+/// until the engine is dropped: the thread holds only a weak reference, so
+/// a dropped engine (and a pooled one's reserved address space) is freed,
+/// and the thread ends at its next tick.
+fn start_epoch_ticker(engine: &Engine) -> Result<std::thread::JoinHandle<()>> {
+    let weak = engine.weak();
     std::thread::Builder::new()
         .name("portcullis-epoch".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(EPOCH_TICK);
-                ticking.increment_epoch();
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
             }
         })
-        .context("starting the epoch ticker")?;
-    Ok(engine)
+        .context("starting the epoch ticker")
 }
 
 /// Where compiled components are kept: `$PORTCULLIS_CACHE_DIR`, else the user's
@@ -173,4 +183,23 @@ fn store_in_cache(component: &Component, cached: &Path) -> Result<()> {
     std::fs::write(&tmp, component.serialize()?)?;
     std::fs::rename(&tmp, cached)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_ticker_ends_when_its_engine_is_dropped() {
+        let engine = Engine::default();
+        let ticker = start_epoch_ticker(&engine).unwrap();
+        std::thread::sleep(EPOCH_TICK * 3);
+        assert!(!ticker.is_finished(), "ticking while the engine lives");
+        drop(engine);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !ticker.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the ticker outlived its engine");
+            std::thread::sleep(EPOCH_TICK);
+        }
+    }
 }
