@@ -19,6 +19,21 @@ use crate::coalesce::Coalesced;
 use crate::limits::Limits;
 
 /// A service's admission rules, shared by all its listeners (cheap to clone).
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use portcullis::limits::Limits;
+/// use portcullis::net::admission::Admission;
+///
+/// let limits = Limits { max_connections_per_ip: NonZeroUsize::new(1), ..Limits::default() };
+/// let admission = Admission::new(&limits, "echo".into());
+/// let first = admission.admit("127.0.0.2".parse().unwrap(), None);
+/// assert!(first.is_some());
+/// // The same address spelt as IPv4-mapped IPv6 is at its cap.
+/// assert!(admission.admit("::ffff:127.0.0.2".parse().unwrap(), None).is_none());
+/// drop(first);
+/// assert!(admission.admit("127.0.0.2".parse().unwrap(), None).is_some());
+/// ```
 #[derive(Clone)]
 pub struct Admission {
     /// `--max-connections`: a connection is accepted only with a permit.

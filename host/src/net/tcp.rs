@@ -45,7 +45,15 @@ const COPY_OUT_MAX: usize = 1024;
 /// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The time-outs a connection lives by.
+/// The time-outs a connection lives by (see [`crate::limits::Limits`] for
+/// the flags and defaults).
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::net::tcp::Timeouts;
+/// let client = Timeouts { write: Some(Duration::from_secs(300)), ..Timeouts::read_only(Duration::from_secs(30)) };
+/// assert_eq!(client.idle, None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Of every read that waits: `read-timed-out` when nothing came for this long.
