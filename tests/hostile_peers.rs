@@ -433,9 +433,25 @@ fn a_chat_member_that_never_reads_is_dropped_and_the_others_keep_receiving() {
     assert_eq!(got, LINES, "a reading member got every line while another did not read");
     assert!(closed_within(&mut silent, Duration::from_secs(10)), "the silent member was dropped");
     assert!(
-        host.log_with("bytes behind; disconnecting it", 1, Duration::from_secs(3)).contains("fell 262144 bytes behind")
+        host.log_with("bytes behind; disconnecting it", 1, Duration::from_secs(3)).contains("fell 131072 bytes behind")
     );
     drop(reader.stream);
+}
+
+#[test]
+fn a_full_chat_room_closes_further_connections() {
+    let mut host = HostProcess::start("chat-full", "chat", &["--listen", "127.0.0.1:0"], None);
+    let addr = host.listening_on();
+    let mut members: Vec<TcpStream> = (0..256).map(|_| connect_from("127.0.0.2", addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut one_more = connect_from("127.0.0.3", addr);
+    assert!(closed_within(&mut one_more, Duration::from_secs(5)), "a 257th member");
+    assert!(host.log_with("the room is full", 1, Duration::from_secs(3)).contains("the room is full (256)"));
+    // The room still works for its members: a line reaches another member.
+    members[0].write_all(b"hello room\n").unwrap();
+    let mut line = [0u8; 11];
+    members[1].read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"hello room\n");
 }
 
 #[test]

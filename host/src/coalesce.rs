@@ -84,7 +84,9 @@ impl Coalesced {
             return;
         }
         window.unwritten += 1;
-        window.last = message();
+        // Only its first line: a trap's backtrace is in the burst's first line.
+        let message = message();
+        window.last = message.lines().next().unwrap_or_default().to_string();
         if !window.counting {
             // The first one counted in this burst starts the count lines.
             window.counting = true;

@@ -12,10 +12,11 @@
 //!   others keep receiving.
 //! - A line longer than [`MAX_LINE`] bytes disconnects its sender (the
 //!   partial line is held in memory until its newline).
-//! - All partial lines and outboxes together hold at most [`ROOM_LIMIT`]
-//!   bytes: a member whose line or outbox would pass it is disconnected, so
-//!   many connections each holding a little cannot fill the instance's memory
-//!   (which would end the instance, and the room with it).
+//! - The room holds at most [`MAX_MEMBERS`]; a further connection is closed
+//!   at once. With the two bounds above, what the room can hold is bounded
+//!   by construction (256 × (64 KiB + 128 KiB) = 48 MiB, well inside the
+//!   instance's 128 MiB, which a trap would take the whole room with), and
+//!   a line costs at most 255 queue pushes.
 //! - Each received byte is looked at once: only new bytes are searched for
 //!   newlines.
 
@@ -26,25 +27,20 @@ use std::rc::Rc;
 use portcullis_sdk::{Connection, Error, Service, export_service};
 
 /// The most bytes waiting to be written to one member.
-pub const OUTBOX_LIMIT: usize = 256 * 1024;
+pub const OUTBOX_LIMIT: usize = 128 * 1024;
 /// The longest line a member may send, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
-/// The most bytes of partial lines and outboxes the room holds (of the
-/// instance's 128 MiB by default).
-pub const ROOM_LIMIT: usize = 32 * 1024 * 1024;
+/// The most members at once.
+pub const MAX_MEMBERS: usize = 256;
 
 #[derive(Default)]
 struct Chat {
     /// Everyone connected, by connection id.
     members: RefCell<HashMap<u64, Rc<Member>>>,
-    /// Bytes held in all partial lines and outboxes.
-    held: Rc<Cell<usize>>,
 }
 
 struct Member {
     conn: Connection,
-    /// The room's count of bytes held.
-    held: Rc<Cell<usize>>,
     /// Bytes of a line not finished yet.
     partial: RefCell<Vec<u8>>,
     /// Lines waiting to be written to this member, shared with other outboxes.
@@ -56,9 +52,12 @@ struct Member {
 
 impl Service for Chat {
     async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
+        if self.members.borrow().len() >= MAX_MEMBERS {
+            portcullis_sdk::warn(&format!("chat: the room is full ({MAX_MEMBERS}); closing connection {}", conn.id()));
+            return conn.close();
+        }
         let member = Member {
             conn: conn.clone(),
-            held: self.held.clone(),
             partial: RefCell::default(),
             outbox: RefCell::default(),
             queued: Cell::new(0),
@@ -91,7 +90,6 @@ impl Service for Chat {
 
     async fn on_close(&self, conn: &Connection) {
         if let Some(member) = self.members.borrow_mut().remove(&conn.id()) {
-            member.release_partial();
             member.clear_outbox();
         }
     }
@@ -110,9 +108,8 @@ impl Chat {
 
 impl Member {
     /// Adds `data` to the partial line and takes out every complete line
-    /// (through the last newline), or fails with the limit passed: a line
-    /// longer than [`MAX_LINE`], or a room holding [`ROOM_LIMIT`]. Only
-    /// `data` is searched.
+    /// (through the last newline), or fails when a line is longer than
+    /// [`MAX_LINE`]. Only `data` is searched.
     fn complete_lines(&self, data: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let mut partial = self.partial.borrow_mut();
         let mut line_start = -(partial.len() as isize);
@@ -125,51 +122,37 @@ impl Member {
         if data.len() as isize - line_start > MAX_LINE as isize {
             return Err(format!("sent a line over {MAX_LINE} bytes"));
         }
-        let end = line_start.max(0) as usize;
-        let rest = data.len() - end;
-        let held_before = self.held.get() - partial.len();
-        if end == 0 {
+        if line_start <= 0 {
             // No newline in `data`: all of it is still one partial line.
-            if held_before + partial.len() + rest > ROOM_LIMIT {
-                return Err(format!("overfilled the room ({ROOM_LIMIT} bytes)"));
-            }
             partial.extend_from_slice(data);
-            self.held.set(held_before + partial.len());
             return Ok(None);
         }
+        let end = line_start as usize;
         let mut lines = std::mem::take(&mut *partial);
         lines.extend_from_slice(&data[..end]);
         partial.extend_from_slice(&data[end..]);
-        self.held.set(held_before + partial.len());
         Ok(Some(lines))
     }
 
-    /// Gives back what the partial line held (the member left).
-    fn release_partial(&self) {
-        let mut partial = self.partial.borrow_mut();
-        self.held.set(self.held.get() - partial.len());
-        partial.clear();
-    }
-
-    /// Empties the outbox and gives back what it held.
+    /// Empties the outbox (the member left or is being disconnected).
     fn clear_outbox(&self) {
         self.outbox.borrow_mut().clear();
-        self.held.set(self.held.get() - self.queued.replace(0));
+        self.queued.set(0);
     }
 
     /// Queues `lines` for this member, starting its writer if none runs; a
     /// member whose outbox would pass [`OUTBOX_LIMIT`] is disconnected.
     fn send(self: Rc<Self>, lines: Rc<[u8]>) {
-        let behind = self.queued.get() + lines.len() > OUTBOX_LIMIT;
-        if behind || self.held.get() + lines.len() > ROOM_LIMIT {
-            let why = if behind { format!("fell {OUTBOX_LIMIT} bytes behind") } else { "overfilled the room".into() };
-            portcullis_sdk::warn(&format!("chat: member {} {why}; disconnecting it", self.conn.id()));
+        if self.queued.get() + lines.len() > OUTBOX_LIMIT {
+            portcullis_sdk::warn(&format!(
+                "chat: member {} fell {OUTBOX_LIMIT} bytes behind; disconnecting it",
+                self.conn.id()
+            ));
             self.clear_outbox();
             let _ = self.conn.close();
             return;
         }
         self.queued.set(self.queued.get() + lines.len());
-        self.held.set(self.held.get() + lines.len());
         self.outbox.borrow_mut().push_back(lines);
         if !self.writing.replace(true) {
             portcullis_sdk::spawn(self.write_outbox());
@@ -183,10 +166,7 @@ impl Member {
             let Some(lines) = self.outbox.borrow_mut().pop_front() else { break };
             let written = self.conn.write_all(&lines).await;
             // Not emptied meanwhile (a disconnect clears the outbox and its count).
-            if self.queued.get() >= lines.len() {
-                self.queued.set(self.queued.get() - lines.len());
-                self.held.set(self.held.get() - lines.len());
-            }
+            self.queued.set(self.queued.get().saturating_sub(lines.len()));
             if written.is_err() {
                 self.clear_outbox();
                 let _ = self.conn.close();

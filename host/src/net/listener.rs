@@ -18,7 +18,7 @@ use crate::wake_gate;
 
 use super::admission::Admission;
 use super::error::{LISTEN_FAILED, SocketError};
-use super::tcp::TcpConn;
+use super::tcp::{TcpConn, WeakConn};
 
 /// Connections the kernel queues for a listener before they are accepted
 /// (tokio's default; std's is 128, which a burst of idle clients fills).
@@ -116,7 +116,9 @@ enum ListenerState {
     Listening {
         local: SocketAddr,
         stop: CancellationToken,
-        accepted: Arc<std::sync::Mutex<Vec<TcpConn>>>,
+        /// What it accepted, to close at a stop with `close_connections`;
+        /// weak, so a closed connection's socket is not kept.
+        accepted: Arc<std::sync::Mutex<Vec<WeakConn>>>,
         /// The store's count of accepting listeners, decremented at stop (not
         /// when the accept task notices), so a program ends right after its
         /// last listener stops.
@@ -169,14 +171,14 @@ impl GuestListener {
         let listener = bind_tcp(addr)?;
         let local = listener.local_addr().map_err(SocketError::from)?;
         let stop = CancellationToken::new();
-        let accepted = Arc::new(std::sync::Mutex::new(Vec::<TcpConn>::new()));
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::<WeakConn>::new()));
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
         admission.timeouts.read = self.read_timeout;
         tokio::spawn(accept_loop(listener, admission, sink, stop.clone(), move |conn| {
             let mut list = remember.lock().unwrap();
-            list.retain(|c| !c.is_closed());
-            list.push(conn.clone());
+            list.retain(|c| c.open().is_some());
+            list.push(conn.downgrade());
         }));
         tracing::info!(%local, "guest listener started");
         self.state = ListenerState::Listening { local, stop, accepted, active, _socket: socket };
@@ -196,7 +198,7 @@ impl GuestListener {
             stop.cancel();
             active.fetch_sub(1, Ordering::SeqCst);
             if close_connections {
-                for conn in accepted.lock().unwrap().drain(..) {
+                for conn in accepted.lock().unwrap().drain(..).filter_map(|c| c.open()) {
                     conn.close();
                 }
             }

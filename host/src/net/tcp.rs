@@ -84,6 +84,16 @@ fn clock_ms() -> u64 {
 #[derive(Clone)]
 pub struct TcpConn(Arc<Inner>);
 
+/// A handle that does not keep the connection (its socket and buffer) alive.
+pub struct WeakConn(std::sync::Weak<Inner>);
+
+impl WeakConn {
+    /// The connection, if something else still holds it and it is open.
+    pub fn open(&self) -> Option<TcpConn> {
+        self.0.upgrade().map(TcpConn).filter(|conn| !conn.is_closed())
+    }
+}
+
 struct Inner {
     id: u64,
     /// Accepted by a listener (true) or opened by the guest (false).
@@ -267,6 +277,11 @@ impl TcpConn {
 
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+
+    /// A handle that does not keep this connection alive.
+    pub fn downgrade(&self) -> WeakConn {
+        WeakConn(Arc::downgrade(&self.0))
     }
 
     pub fn accepted(&self) -> bool {
