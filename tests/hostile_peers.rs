@@ -191,6 +191,31 @@ fn clients_resetting_in_a_loop_do_not_flood_the_log() {
 }
 
 #[test]
+fn clients_resetting_in_a_loop_do_not_flood_the_log_with_an_instance_each() {
+    // Each connection's own instance prints its reset once: the component's
+    // output rate bounds them together.
+    let mut host = HostProcess::start(
+        "reset-loop-per-connection",
+        "echo",
+        &["--listen", "127.0.0.1:0", "--instances", "per-connection", "--max-instances", "64"],
+        None,
+    );
+    let addr = host.listening_on();
+    let started = Instant::now();
+    let mut resets = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let mut stream = connect_from("127.0.0.2", addr);
+        let _ = stream.write_all(b"x");
+        reset(stream);
+        resets += 1;
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let lines = host.log().lines().count();
+    report("connections reset in 2 s with an instance each, and the log lines they made", format!("{resets}, {lines}"));
+    assert!(lines <= 2 * 100 + 20, "{resets} resets made {lines} log lines");
+}
+
+#[test]
 fn a_client_that_fills_the_read_ahead_and_resets_holds_nothing() {
     // A service that does not read (back-pressure): the host's read-ahead
     // fills, and then the client resets. The host notices at once, instead

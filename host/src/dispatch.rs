@@ -44,6 +44,7 @@ use crate::bindings::exports::portcullis::socket::callbacks::{
 };
 use crate::coalesce::Coalesced;
 use crate::config::{Instances, ServiceSpec};
+use crate::guest_output::OutputRate;
 use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
 use crate::net::admission::Admission;
 use crate::net::tcp::{ReadMark, ReadState, Readiness};
@@ -97,6 +98,8 @@ struct Warnings {
     trapped_connections: Arc<Coalesced>,
     /// Connections closed for want of an instance (a full pool).
     unserved: Arc<Coalesced>,
+    /// The component's stdout and stderr, under one rate for all its instances.
+    output: Arc<OutputRate>,
 }
 
 impl Warnings {
@@ -109,6 +112,7 @@ impl Warnings {
             traps: Coalesced::errors("guest traps", c()),
             trapped_connections: Coalesced::errors("connections whose callback trapped", c()),
             unserved: Coalesced::new("connections without an instance", c()),
+            output: OutputRate::new(component.clone()),
         }
     }
 }
@@ -255,7 +259,7 @@ impl Loaded {
             denials: self.warnings.denials.clone(),
             udp_refusals: self.warnings.udp_refusals.clone(),
         };
-        new_store(self.pre.engine(), self.env.clone(), net, memory, &self.limits)
+        new_store(self.pre.engine(), self.env.clone(), self.warnings.output.clone(), net, memory, &self.limits)
     }
 
     /// Runs the event loop of the instance in `store` (see [`Instance::serve`])

@@ -7,16 +7,24 @@
 //! waits), and a writer thread per stream passes them on. The queue holds at
 //! most [`QUEUE_LIMIT`] bytes: past that a guest's output is dropped (it sees
 //! its writes succeed), and the log says so once.
+//!
+//! Each component also has an [`OutputRate`]: at most [`BYTES_PER_SECOND`]
+//! in at most [`WRITES_PER_SECOND`] writes of stdout and stderr together,
+//! past which its output is dropped (logged, coalesced). With an instance per connection every client gets a fresh
+//! instance, so a guest's own "a line a second" (`portcullis_sdk::warn`)
+//! would be a line a second per client; this bound is the component's.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::coalesce::Coalesced;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -26,19 +34,68 @@ pub const QUEUE_LIMIT: usize = 1 << 20;
 /// What one guest write may pass at once (WASI's `check-write`).
 const WRITE_PERMIT: usize = 64 * 1024;
 
-/// The process's stdout or stderr, for a guest's WASI context.
-#[derive(Clone, Copy)]
-pub struct GuestOutput(&'static Queue);
+/// The most bytes of stdout and stderr together one component writes in a
+/// second; the rest of that second's output is dropped.
+pub const BYTES_PER_SECOND: usize = 64 * 1024;
+/// The most writes (a line, mostly) one component makes in a second.
+pub const WRITES_PER_SECOND: usize = 100;
+
+/// The process's stdout or stderr, for a guest's WASI context, under its
+/// component's [`OutputRate`].
+#[derive(Clone)]
+pub struct GuestOutput(&'static Queue, Arc<OutputRate>);
+
+static STDOUT: LazyLock<Queue> = LazyLock::new(|| Queue::new("stdout"));
+static STDERR: LazyLock<Queue> = LazyLock::new(|| Queue::new("stderr"));
 
 impl GuestOutput {
-    pub fn stdout() -> Self {
-        static STDOUT: LazyLock<Queue> = LazyLock::new(|| Queue::new("stdout"));
-        GuestOutput(&STDOUT)
+    pub fn stdout(rate: Arc<OutputRate>) -> Self {
+        GuestOutput(&STDOUT, rate)
     }
 
-    pub fn stderr() -> Self {
-        static STDERR: LazyLock<Queue> = LazyLock::new(|| Queue::new("stderr"));
-        GuestOutput(&STDERR)
+    pub fn stderr(rate: Arc<OutputRate>) -> Self {
+        GuestOutput(&STDERR, rate)
+    }
+
+    fn push(&self, bytes: Bytes) {
+        if self.1.admit(bytes.len()) {
+            self.0.push(bytes);
+        }
+    }
+}
+
+/// One component's output over time (see [`BYTES_PER_SECOND`]).
+pub struct OutputRate {
+    /// When the current second began, and the bytes and writes let through in it.
+    window: Mutex<(Option<Instant>, usize, usize)>,
+    drops: Arc<Coalesced>,
+}
+
+impl OutputRate {
+    pub fn new(component: Arc<str>) -> Arc<Self> {
+        Arc::new(OutputRate {
+            window: Mutex::new((None, 0, 0)),
+            drops: Coalesced::new("guest output drops", Some(component)),
+        })
+    }
+
+    /// Whether `len` more bytes fit this second; logs (coalesced) when not.
+    fn admit(&self, len: usize) -> bool {
+        let now = Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if window.0.is_none_or(|started| now.duration_since(started) >= Duration::from_secs(1)) {
+            *window = (Some(now), 0, 0);
+        }
+        if window.1 + len > BYTES_PER_SECOND || window.2 >= WRITES_PER_SECOND {
+            drop(window);
+            self.drops.warn(|| {
+                format!("guest output dropped: over {BYTES_PER_SECOND} bytes or {WRITES_PER_SECOND} writes a second")
+            });
+            return false;
+        }
+        window.1 += len;
+        window.2 += 1;
+        true
     }
 }
 
@@ -46,8 +103,8 @@ impl GuestOutput {
 /// called before the process exits.
 pub fn flush(timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    for output in [GuestOutput::stdout(), GuestOutput::stderr()] {
-        output.0.wait_written(deadline);
+    for queue in [&*STDOUT, &*STDERR] {
+        queue.wait_written(deadline);
     }
 }
 
@@ -157,11 +214,11 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(*self)
+        Box::new(self.clone())
     }
 
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(*self)
+        Box::new(self.clone())
     }
 }
 
@@ -173,7 +230,7 @@ impl Pollable for GuestOutput {
 
 impl OutputStream for GuestOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.0.push(bytes);
+        self.push(bytes);
         Ok(())
     }
 
@@ -188,7 +245,7 @@ impl OutputStream for GuestOutput {
 
 impl tokio::io::AsyncWrite for GuestOutput {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.0.push(Bytes::copy_from_slice(buf));
+        self.push(Bytes::copy_from_slice(buf));
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -204,6 +261,21 @@ impl tokio::io::AsyncWrite for GuestOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_component_writes_at_most_its_bytes_a_second() {
+        let rate = OutputRate::new("test".into());
+        assert!(rate.admit(BYTES_PER_SECOND - 10));
+        assert!(!rate.admit(11), "past the second's bytes");
+        assert!(rate.admit(10), "what is left still fits");
+        std::thread::sleep(Duration::from_millis(1010));
+        assert!(rate.admit(BYTES_PER_SECOND), "a new second");
+        std::thread::sleep(Duration::from_millis(1010));
+        for _ in 0..WRITES_PER_SECOND {
+            assert!(rate.admit(1));
+        }
+        assert!(!rate.admit(1), "past the second's writes");
+    }
 
     #[test]
     fn past_the_limit_output_is_dropped_not_queued() {

@@ -21,7 +21,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::guest_output::GuestOutput;
+use crate::guest_output::{GuestOutput, OutputRate};
 use crate::limits::{InstanceLimiter, Limits, MemoryAccount};
 use crate::net::NetCtx;
 
@@ -33,6 +33,8 @@ pub struct HostState {
     wasi: Option<WasiCtx>,
     /// The environment the guest sees (`--env`, the manifest's `env`).
     env: Arc<[(String, String)]>,
+    /// The component's stdout and stderr rate, for the WASI context.
+    output: Arc<OutputRate>,
     pub net: NetCtx,
     /// The instance's memories and tables, charged to its memory account.
     limiter: InstanceLimiter,
@@ -107,11 +109,18 @@ impl CpuUse {
 }
 
 impl HostState {
-    pub fn new(env: Arc<[(String, String)]>, net: NetCtx, memory: Arc<MemoryAccount>, limits: &Limits) -> Self {
+    pub fn new(
+        env: Arc<[(String, String)]>,
+        output: Arc<OutputRate>,
+        net: NetCtx,
+        memory: Arc<MemoryAccount>,
+        limits: &Limits,
+    ) -> Self {
         HostState {
             table: ResourceTable::new(),
             wasi: None,
             env,
+            output,
             net,
             limiter: InstanceLimiter::new(memory),
             cpu: CpuUse::new(limits.callback_cpu),
@@ -133,11 +142,12 @@ impl HostState {
 pub fn new_store(
     engine: &Engine,
     env: Arc<[(String, String)]>,
+    output: Arc<OutputRate>,
     net: NetCtx,
     memory: Arc<MemoryAccount>,
     limits: &Limits,
 ) -> Store<HostState> {
-    let mut store = Store::new(engine, HostState::new(env, net, memory, limits));
+    let mut store = Store::new(engine, HostState::new(env, output, net, memory, limits));
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
@@ -158,8 +168,8 @@ pub fn new_store(
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let env = &self.env;
-        let ctx = self.wasi.get_or_insert_with(|| wasi_ctx(env));
+        let (env, output) = (&self.env, &self.output);
+        let ctx = self.wasi.get_or_insert_with(|| wasi_ctx(env, output));
         WasiCtxView { ctx, table: &mut self.table }
     }
 }
@@ -169,10 +179,10 @@ impl WasiView for HostState {
 /// twentieth of what instantiating costs (callgrind, `portcullis-instantiate`).
 /// It has no network: `wasi:sockets` would bypass the operator's grants. Its
 /// stdout and stderr never block (see `guest_output`).
-fn wasi_ctx(env: &[(String, String)]) -> WasiCtx {
+fn wasi_ctx(env: &[(String, String)], output: &Arc<OutputRate>) -> WasiCtx {
     WasiCtx::builder()
-        .stdout(GuestOutput::stdout())
-        .stderr(GuestOutput::stderr())
+        .stdout(GuestOutput::stdout(output.clone()))
+        .stderr(GuestOutput::stderr(output.clone()))
         .envs(env)
         // wasmtime-wasi fills a host buffer of the size asked for, on this
         // thread (64 MiB took ~0.4 s): a guest gets its random bytes in parts.
