@@ -347,8 +347,9 @@ pub async fn run(
                     tracing::error!(component = %loaded.name, "guest trapped: {trap:#}; closed its {closed} connection(s)");
                     return Ok(1);
                 }
+                // What happened first: a count line keeps only the first line.
                 loaded.warnings.traps.warn(|| {
-                    format!("guest trapped: {trap:#}; closed its {closed} connection(s), starting a fresh instance")
+                    format!("guest trapped (closed its {closed} connection(s), starting a fresh instance): {trap:#}")
                 });
                 run_main = false;
                 if shutdown.is_cancelled() {
@@ -453,7 +454,7 @@ async fn serve_alone(loaded: Arc<Loaded>, standby: Standby, conn: TcpConn, shutd
         let closed = live.close_all();
         loaded.warnings.traps.warn(|| {
             format!(
-                "guest trapped: {trap:#}; closed the instance of connection {id} from {remote} ({closed} connection(s))"
+                "guest trapped (closed the instance of connection {id} from {remote}, {closed} connection(s)): {trap:#}"
             )
         });
     }
