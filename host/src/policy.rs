@@ -372,10 +372,6 @@ impl Policy {
         Ok(Policy::new(grants, block_private))
     }
 
-    pub fn grants(&self) -> &[Grant] {
-        &self.grants
-    }
-
     fn has_any(&self, action: Action) -> bool {
         self.grants.iter().any(|g| g.action == action)
     }

@@ -69,10 +69,6 @@ impl Runtime {
         self
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// The process's memory budget and what is charged to it now.
     pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
         &self.budget

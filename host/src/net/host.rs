@@ -37,20 +37,6 @@ impl From<SocketError> for types::Error {
     }
 }
 
-impl From<types::Error> for SocketError {
-    fn from(e: types::Error) -> Self {
-        SocketError {
-            kind: match e.kind {
-                types::ErrorKind::Generic => ErrorKind::Generic,
-                types::ErrorKind::ReadTimedOut => ErrorKind::ReadTimedOut,
-                types::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-            },
-            message: e.message,
-            cause: e.cause,
-        }
-    }
-}
-
 pub fn to_address(addr: SocketAddr) -> Address {
     Address { host: Some(ip_text(addr.ip())), port: addr.port() }
 }

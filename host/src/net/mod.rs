@@ -22,13 +22,17 @@ pub mod tcp;
 pub mod udp;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 
 use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
 
+use self::admission::Admission;
+use crate::coalesce::Coalesced;
 use crate::limits::{HostCharge, SocketCount};
+use crate::policy::Policy;
+
 pub use error::SocketError;
 pub use listener::GuestListener;
 pub use tcp::TcpConn;
@@ -102,15 +106,15 @@ pub struct NetCtx {
     /// listener needs them).
     pub has_callbacks: bool,
     /// How many guest listeners accept right now (a program lives while any does).
-    pub active_listeners: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub active_listeners: Arc<AtomicUsize>,
     /// The operator's grants: every address a guest asks for is checked here first.
-    pub policy: std::sync::Arc<crate::policy::Policy>,
+    pub policy: Arc<Policy>,
     /// The component's name, for log lines (denials are logged at warn level).
-    pub component: std::sync::Arc<str>,
+    pub component: Arc<str>,
     /// The service's connection caps and time-outs: what the guest's own
     /// listeners accept is under them too, and its client connections take
     /// the write time-out.
-    pub admission: admission::Admission,
+    pub admission: Admission,
     /// The sockets this instance holds open, under `--max-sockets`.
     pub sockets: Arc<SocketCount>,
     /// Whether a refusal at a socket limit was logged for this instance (one
@@ -118,9 +122,9 @@ pub struct NetCtx {
     pub limit_logged: AtomicBool,
     /// Denials this instance provoked, for the log (coalesced: a guest
     /// asking in a loop writes a line a second).
-    pub denials: Arc<crate::coalesce::Coalesced>,
+    pub denials: Arc<Coalesced>,
     /// Datagrams dropped because their sender is not granted, for the log.
-    pub udp_refusals: Arc<crate::coalesce::Coalesced>,
+    pub udp_refusals: Arc<Coalesced>,
 }
 
 impl NetCtx {
