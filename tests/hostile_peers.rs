@@ -32,6 +32,30 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     stream
 }
 
+/// `portcullis run <guest> --listen 127.0.0.1:0 ARGS` for test `test`, and
+/// the address it listens on.
+fn serve(test: &str, guest: &str, args: &[&str]) -> (HostProcess, SocketAddr) {
+    let mut listen = vec!["--listen", "127.0.0.1:0"];
+    listen.extend_from_slice(args);
+    let mut host = HostProcess::start(test, guest, &listen, None);
+    let addr = host.listening_on();
+    (host, addr)
+}
+
+/// Connects from 127.0.0.2, sends a byte and resets, for `seconds`;
+/// returns how many connections that was.
+fn reset_loop(addr: SocketAddr, seconds: u64) -> usize {
+    let started = Instant::now();
+    let mut resets = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let mut stream = connect_from("127.0.0.2", addr);
+        let _ = stream.write_all(b"x");
+        reset(stream);
+        resets += 1;
+    }
+    resets
+}
+
 /// Sends `message` and reads its echo, or fails.
 fn echoed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
     stream.write_all(message)?;
@@ -61,13 +85,7 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 #[test]
 fn idle_connections_are_closed_and_a_legitimate_client_is_then_served() {
     // The issue's first row: 150 silent connections against 100 slots.
-    let mut host = HostProcess::start(
-        "slowloris",
-        "echo",
-        &["--listen", "127.0.0.1:0", "--max-connections", "100", "--idle-timeout-ms", "1000"],
-        None,
-    );
-    let addr = host.listening_on();
+    let (host, addr) = serve("slowloris", "echo", &["--max-connections", "100", "--idle-timeout-ms", "1000"]);
     let mut attackers: Vec<TcpStream> = (0..150).map(|_| connect_from("127.0.0.2", addr)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
@@ -86,8 +104,7 @@ fn idle_connections_are_closed_and_a_legitimate_client_is_then_served() {
 
 #[test]
 fn a_client_dripping_bytes_is_kept_only_while_it_is_not_idle() {
-    let mut host = HostProcess::start("drip", "echo", &["--listen", "127.0.0.1:0", "--idle-timeout-ms", "1000"], None);
-    let addr = host.listening_on();
+    let (_host, addr) = serve("drip", "echo", &["--idle-timeout-ms", "1000"]);
     // One byte every 300 ms for 2.4 s: never idle for 1 s, so kept.
     let mut dripping = connect_from("127.0.0.2", addr);
     for _ in 0..8 {
@@ -106,9 +123,7 @@ fn a_client_dripping_bytes_is_kept_only_while_it_is_not_idle() {
 
 #[test]
 fn one_address_holds_at_most_its_share_of_connections() {
-    let mut host =
-        HostProcess::start("per-ip", "echo", &["--listen", "127.0.0.1:0", "--max-connections-per-ip", "3"], None);
-    let addr = host.listening_on();
+    let (host, addr) = serve("per-ip", "echo", &["--max-connections-per-ip", "3"]);
     let mut held: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.2", addr)).collect();
     for stream in &mut held {
         echoed(stream, b"mine\n").unwrap();
@@ -173,16 +188,8 @@ fn reset(stream: TcpStream) {
 fn clients_resetting_in_a_loop_do_not_flood_the_log() {
     // Each reset is a read error for the guest; echo keeps the SDK's default
     // `on_error`, which prints it: at most a line a second.
-    let mut host = HostProcess::start("reset-loop", "echo", &["--listen", "127.0.0.1:0"], None);
-    let addr = host.listening_on();
-    let started = Instant::now();
-    let mut resets = 0;
-    while started.elapsed() < Duration::from_secs(2) {
-        let mut stream = connect_from("127.0.0.2", addr);
-        let _ = stream.write_all(b"x");
-        reset(stream);
-        resets += 1;
-    }
+    let (host, addr) = serve("reset-loop", "echo", &[]);
+    let resets = reset_loop(addr, 2);
     std::thread::sleep(Duration::from_millis(1200));
     let log = host.log();
     report("connections reset in 2 s, and the log lines they made", format!("{resets}, {}", log.lines().count()));
@@ -194,21 +201,9 @@ fn clients_resetting_in_a_loop_do_not_flood_the_log() {
 fn clients_resetting_in_a_loop_do_not_flood_the_log_with_an_instance_each() {
     // Each connection's own instance prints its reset once: the component's
     // output rate bounds them together.
-    let mut host = HostProcess::start(
-        "reset-loop-per-connection",
-        "echo",
-        &["--listen", "127.0.0.1:0", "--instances", "per-connection", "--max-instances", "64"],
-        None,
-    );
-    let addr = host.listening_on();
-    let started = Instant::now();
-    let mut resets = 0;
-    while started.elapsed() < Duration::from_secs(2) {
-        let mut stream = connect_from("127.0.0.2", addr);
-        let _ = stream.write_all(b"x");
-        reset(stream);
-        resets += 1;
-    }
+    let (host, addr) =
+        serve("reset-loop-per-connection", "echo", &["--instances", "per-connection", "--max-instances", "64"]);
+    let resets = reset_loop(addr, 2);
     std::thread::sleep(Duration::from_millis(1200));
     let lines = host.log().lines().count();
     report("connections reset in 2 s with an instance each, and the log lines they made", format!("{resets}, {lines}"));
@@ -220,9 +215,7 @@ fn a_client_that_fills_the_read_ahead_and_resets_holds_nothing() {
     // A service that does not read (back-pressure): the host's read-ahead
     // fills, and then the client resets. The host notices at once, instead
     // of keeping the buffer and the descriptor until the idle time-out.
-    let mut host =
-        HostProcess::start("ghosts", "scenarios", &["--listen", "127.0.0.1:0", "--env", "MODE=never-read"], None);
-    let addr = host.listening_on();
+    let (host, addr) = serve("ghosts", "scenarios", &["--env", "MODE=never-read"]);
     let base = host.descriptors();
     for _ in 0..200 {
         let mut stream = connect_from("127.0.0.2", addr);
@@ -241,13 +234,7 @@ fn a_half_closed_connection_meets_the_idle_time_out() {
     // `partial` does not close at the end of the stream; the client sends
     // its FIN and then nothing: the idle time-out, not the read time-out
     // (300 s), ends it.
-    let mut host = HostProcess::start(
-        "half-closed",
-        "scenarios",
-        &["--listen", "127.0.0.1:0", "--env", "MODE=partial", "--idle-timeout-ms", "500"],
-        None,
-    );
-    let addr = host.listening_on();
+    let (_host, addr) = serve("half-closed", "scenarios", &["--env", "MODE=partial", "--idle-timeout-ms", "500"]);
     let mut stream = connect_from("127.0.0.2", addr);
     stream.write_all(b"Hel").unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -256,13 +243,7 @@ fn a_half_closed_connection_meets_the_idle_time_out() {
 
 #[test]
 fn a_length_prefix_claiming_4_gib_meets_the_guest_memory_limit_not_the_host() {
-    let mut host = HostProcess::start(
-        "length-prefix",
-        "scenarios",
-        &["--listen", "127.0.0.1:0", "--env", "MODE=length-prefixed", "--max-memory", "64MiB"],
-        None,
-    );
-    let addr = host.listening_on();
+    let (host, addr) = serve("length-prefix", "scenarios", &["--env", "MODE=length-prefixed", "--max-memory", "64MiB"]);
     let base = host.memory("VmRSS");
     let mut client = connect_from("127.0.0.2", addr);
     client.write_all(&[0xff; 4]).unwrap();
@@ -303,13 +284,7 @@ fn a_length_prefix_claiming_4_gib_meets_the_guest_memory_limit_not_the_host() {
 
 #[test]
 fn a_write_to_a_client_that_never_reads_times_out_and_closes() {
-    let mut host = HostProcess::start(
-        "write-timeout",
-        "scenarios",
-        &["--listen", "127.0.0.1:0", "--env", "MODE=stream-out", "--write-timeout-ms", "1000"],
-        None,
-    );
-    let addr = host.listening_on();
+    let (host, addr) = serve("write-timeout", "scenarios", &["--env", "MODE=stream-out", "--write-timeout-ms", "1000"]);
     let base = host.memory("VmRSS");
     let mut client = connect_from("127.0.0.2", addr);
     client.write_all(b"go\n").unwrap();
@@ -440,8 +415,7 @@ fn join_chat(addr: SocketAddr, lines_expected: usize) -> Member {
 
 #[test]
 fn a_chat_member_that_never_reads_is_dropped_and_the_others_keep_receiving() {
-    let mut host = HostProcess::start("chat-silent", "chat", &["--listen", "127.0.0.1:0"], None);
-    let addr = host.listening_on();
+    let (host, addr) = serve("chat-silent", "chat", &[]);
     // 8 MiB of 1 KiB lines: more than the kernel buffers on the silent
     // member's way hold (the issue saw the room stall after ~2.7 MiB).
     const LINES: usize = 8 * 1024;
@@ -465,8 +439,7 @@ fn a_chat_member_that_never_reads_is_dropped_and_the_others_keep_receiving() {
 
 #[test]
 fn a_full_chat_room_closes_further_connections() {
-    let mut host = HostProcess::start("chat-full", "chat", &["--listen", "127.0.0.1:0"], None);
-    let addr = host.listening_on();
+    let (host, addr) = serve("chat-full", "chat", &[]);
     let mut members: Vec<TcpStream> = (0..256).map(|_| connect_from("127.0.0.2", addr)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut one_more = connect_from("127.0.0.3", addr);
@@ -481,8 +454,7 @@ fn a_full_chat_room_closes_further_connections() {
 
 #[test]
 fn a_chat_line_over_64_kib_closes_its_sender_only() {
-    let mut host = HostProcess::start("chat-long-line", "chat", &["--listen", "127.0.0.1:0"], None);
-    let addr = host.listening_on();
+    let (host, addr) = serve("chat-long-line", "chat", &[]);
     let base = host.memory("VmRSS");
     let reader = join_chat(addr, 1);
     let mut streamer = connect_from("127.0.0.2", addr);

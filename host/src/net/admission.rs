@@ -53,7 +53,7 @@ pub struct Admission {
 /// A connection's places under the caps, given back when dropped.
 #[derive(Default)]
 pub struct Admitted {
-    pub permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<OwnedSemaphorePermit>,
     _address: Option<AddressSlot>,
 }
 
@@ -89,7 +89,7 @@ impl Admission {
             },
             None => None,
         };
-        Some(Admitted { permit, _address: address })
+        Some(Admitted { _permit: permit, _address: address })
     }
 }
 

@@ -292,6 +292,16 @@ impl TcpConn {
         self.0.timeouts.read
     }
 
+    /// Reads from the socket into `side` (see `ReadSide::fill_from`);
+    /// whatever came counts as activity for the idle time-out.
+    fn fill(&self, side: &mut ReadSide) -> bool {
+        let progressed = side.fill_from(&self.0.stream);
+        if progressed {
+            self.touch();
+        }
+        progressed
+    }
+
     /// Records that bytes (or the end) arrived or were sent now.
     fn touch(&self) {
         self.0.last_active.store(clock_ms(), Ordering::Relaxed);
@@ -388,9 +398,7 @@ impl TcpConn {
                 Err(_) => return Err(SocketError::read_timed_out()),
                 Ok(Err(e)) => self.side().fail(e),
                 Ok(Ok(())) => {
-                    if self.side().fill_from(&inner.stream) {
-                        self.touch();
-                    }
+                    self.fill(&mut self.side());
                 }
             }
         }
@@ -414,8 +422,8 @@ impl TcpConn {
             return Ok(None);
         }
         let mut side = self.side();
-        if !side.eof && side.buf.len() < want.max(1) && side.fill_from(&inner.stream) {
-            self.touch();
+        if !side.eof && side.buf.len() < want.max(1) {
+            self.fill(&mut side);
         }
         let available = side.buf.len();
         let take = match want {
@@ -674,8 +682,7 @@ impl TcpConn {
                     return Readiness::Closed;
                 }
                 let socket_done = side.eof || side.buf.len() >= READ_AHEAD_LIMIT;
-                if !socket_done && readable && side.fill_from(&inner.stream) {
-                    self.touch();
+                if !socket_done && readable && self.fill(&mut side) {
                     continue;
                 }
                 socket_done

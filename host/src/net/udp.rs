@@ -330,15 +330,15 @@ mod tests {
         assert_eq!(sender, peer_addr);
     }
 
+    /// A client bound to an ephemeral port on 127.0.0.1.
+    async fn loopback_client() -> UdpClient {
+        let local = UdpBind::Addr("127.0.0.1:0".parse().unwrap());
+        UdpClient::bind(local, Duration::from_secs(5), GuestSocket::for_tests()).await.unwrap()
+    }
+
     #[tokio::test]
     async fn oversized_datagrams_and_zero_lengths_are_errors() {
-        let client = UdpClient::bind(
-            UdpBind::Addr("127.0.0.1:0".parse().unwrap()),
-            Duration::from_secs(5),
-            GuestSocket::for_tests(),
-        )
-        .await
-        .unwrap();
+        let client = loopback_client().await;
         let err = client.send_to(&vec![0; MAX_DATAGRAM_V4 + 1], "127.0.0.1:9".parse().unwrap()).await.unwrap_err();
         assert_eq!(err.message, "datagram too large: 65508 bytes (at most 65507 over IPv4)");
         let err = client.send_to(&vec![0; MAX_DATAGRAM + 1], "[::1]:9".parse().unwrap()).await.unwrap_err();
@@ -348,11 +348,6 @@ mod tests {
         client.close();
         assert_eq!(client.local_addr().unwrap_err().message, UDP_CLOSED);
     }
-}
-
-#[cfg(test)]
-mod family_tests {
-    use super::*;
 
     #[tokio::test]
     async fn the_largest_datagram_received_over_ipv6_can_be_sent_back() {
@@ -369,13 +364,7 @@ mod family_tests {
 
     #[tokio::test]
     async fn datagrams_from_refused_senders_are_dropped_and_the_wait_goes_on() {
-        let client = UdpClient::bind(
-            UdpBind::Addr("127.0.0.1:0".parse().unwrap()),
-            Duration::from_secs(5),
-            GuestSocket::for_tests(),
-        )
-        .await
-        .unwrap();
+        let client = loopback_client().await;
         let to = client.local_addr().unwrap();
         let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let friend = UdpSocket::bind("127.0.0.1:0").await.unwrap();
