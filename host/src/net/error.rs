@@ -8,6 +8,8 @@
 use std::fmt;
 use std::io;
 
+use crate::policy::PolicyError;
+
 /// The coarse kind of a [`SocketError`]; mirrors the WIT `error-kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -57,6 +59,16 @@ impl SocketError {
             kind: ErrorKind::Generic,
             message: format!("{prefix}{}", os_reason(err)),
             cause: Some(err.to_string()),
+        }
+    }
+}
+
+impl From<PolicyError> for SocketError {
+    fn from(err: PolicyError) -> Self {
+        match err {
+            PolicyError::Denied(message) => SocketError::permission_denied(message),
+            PolicyError::InvalidHost(message) => SocketError::generic(message),
+            PolicyError::Lookup(err) => SocketError::from_io("", &err),
         }
     }
 }

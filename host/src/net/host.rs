@@ -18,7 +18,7 @@ use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
 use crate::bindings::udp::{HostUdpClient, HostUdpClientWithStore, UdpClientConfig};
 use crate::coalesce::Coalesced;
 use crate::limits::{GuestSocket, HostCharge, MAX_IO, SOCKET_BUFFER};
-use crate::policy::{Action, Policy, target_text};
+use crate::policy::{Policy, PolicyError, Use, target_text};
 use crate::state::HostState;
 
 type Outcome<T> = wasmtime::Result<Result<T, types::Error>>;
@@ -116,8 +116,8 @@ fn pending_call(acc: &Accessor<HostState>) -> Result<HostCharge, SocketError> {
 }
 
 /// Logs a denial at warn level (see `NetCtx::logged`) and passes it on.
-fn logged(acc: &Accessor<HostState>, err: SocketError) -> SocketError {
-    acc.with(|mut access| access.get().net.logged(err))
+fn logged(acc: &Accessor<HostState>, err: impl Into<SocketError>) -> SocketError {
+    acc.with(|mut access| access.get().net.logged(err.into()))
 }
 
 /// Writes `data` (already out of the guest) whole. Its bytes are charged to
@@ -164,11 +164,14 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             Ok(socket) => socket,
             Err(e) => return Ok(Err(e.into())),
         };
-        let resolving = policy.resolve_outbound(Action::Connect, "connect", &config.host, config.port);
+        let resolving = policy.resolve_outbound(Use::TcpConnect, &config.host, config.port);
         let addrs = match wait_in_host(acc, resolving).await {
             Ok(addrs) => addrs,
-            Err(e) if e.kind == ErrorKind::PermissionDenied => return Ok(Err(logged(acc, e).into())),
-            Err(e) => return Ok(Err(SocketError::generic(format!("{CONNECT_FAILED}{}", e.message)).into())),
+            Err(e @ PolicyError::Denied(_)) => return Ok(Err(logged(acc, e).into())),
+            Err(e) => {
+                let reason = SocketError::from(e).message;
+                return Ok(Err(SocketError::generic(format!("{CONNECT_FAILED}{reason}")).into()));
+            }
         };
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
         // The service's write time-out; its idle time-out too when the host
@@ -306,7 +309,7 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
             )
             .into()));
         }
-        let resolving = policy.resolve_bind(Action::Listen, "listen", interface.as_deref(), port);
+        let resolving = policy.resolve_bind(Use::TcpListen, interface.as_deref(), port);
         let addr = match wait_in_host(acc, resolving).await {
             Ok(Some(addr)) => addr,
             Ok(None) => SocketAddr::from(([0, 0, 0, 0], port)),
@@ -373,7 +376,7 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
             Ok(socket) => socket,
             Err(e) => return Ok(Err(e.into())),
         };
-        let bind = match wait_in_host(acc, policy.resolve_bind(Action::Udp, "bind", host, port)).await {
+        let bind = match wait_in_host(acc, policy.resolve_bind(Use::UdpBind, host, port)).await {
             Ok(Some(addr)) => UdpBind::Addr(addr),
             Ok(None) => UdpBind::AllInterfaces(port),
             Err(e) => return Ok(Err(logged(acc, e).into())),
@@ -436,7 +439,7 @@ async fn send_datagram(
         Err(e) => return Ok(Err(e.into())),
     };
     let policy = policy_of(acc);
-    let resolving = policy.resolve_outbound(Action::Udp, "send to", &host, address.port);
+    let resolving = policy.resolve_outbound(Use::UdpSend, &host, address.port);
     let target = match wait_in_host(acc, resolving).await {
         Ok(addrs) => addrs[0],
         Err(e) => return Ok(Err(logged(acc, e).into())),
@@ -456,9 +459,9 @@ fn try_send_datagram(
         Ok(host) => host,
         Err(e) => return Ok(Err(e.into())),
     };
-    let target = match state.net.policy.check_literal(Action::Udp, "send to", &host, address.port) {
+    let target = match state.net.policy.check_literal(Use::UdpSend, &host, address.port) {
         Some(Ok(target)) => target,
-        Some(Err(denied)) => return Ok(Err(state.net.logged(denied).into())),
+        Some(Err(denied)) => return Ok(Err(state.net.logged(denied.into()).into())),
         None => return Ok(Ok(None)), // a name: `send-to` looks it up
     };
     Ok(client.try_send_to(data, target).map_err(Into::into))
@@ -476,13 +479,13 @@ fn send_host(client: &UdpClient, len: usize, host: Option<String>) -> Result<Str
 /// stranger must not be able to end a receiving program), and logged
 /// (coalesced: a flood writes a line a second).
 fn admit_sender(client: &UdpClient, policy: &Policy, refusals: &Arc<Coalesced>, from: SocketAddr) -> bool {
-    if client.sent_to(from) || policy.allows_peer(Action::Udp, from) {
+    if client.sent_to(from) || policy.check_addr(from, Use::UdpReceive) {
         return true;
     }
     refusals.warn(|| {
         format!(
             "dropped a datagram from {}: receiving from it is not granted",
-            target_text(Action::Udp, &from.ip().to_string(), from.port())
+            target_text(Use::UdpReceive, &from.ip().to_string(), from.port())
         )
     });
     false

@@ -133,7 +133,7 @@ enum ListenerState {
 impl GuestListener {
     pub fn new(port: u16, interface: Option<String>, read_timeout: Duration, charge: HostCharge) -> Self {
         let interface = match interface {
-            Some(host) => crate::policy::check_host_text(&host).map(|()| Some(host)),
+            Some(host) => crate::policy::check_host_text(&host).map(|()| Some(host)).map_err(SocketError::from),
             None => Ok(None),
         };
         GuestListener { port, interface, _charge: charge, read_timeout, state: ListenerState::New }

@@ -3,7 +3,6 @@
 //! - [`tcp`]: one connection's state machine (read-ahead, reads, writes, close).
 //! - [`listener`]: binding listeners, for the operator's `--listen` and for guests.
 //! - [`udp`]: one UDP socket (datagrams kept whole, dual-stack by default).
-//! - [`resolve`]: host-side name resolution with a time-out.
 //! - [`host`]: the generated WIT traits, implemented by looking up the resource,
 //!   converting, and delegating to `tcp` / `listener`.
 //! - [`error`]: the errors a guest sees.
@@ -17,7 +16,6 @@ mod closing;
 pub mod error;
 pub mod host;
 pub mod listener;
-pub mod resolve;
 pub mod tcp;
 pub mod udp;
 

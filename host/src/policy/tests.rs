@@ -5,7 +5,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
-use crate::net::error::ErrorKind;
 
 /// What the fake resolver knows.
 fn lookup_table(name: &str) -> Vec<IpAddr> {
@@ -31,27 +30,21 @@ enum Outcome {
 }
 use Outcome::{Allow, Deny};
 
-fn check(grants: &[&str], block_private: bool, action: Action, host: &str, port: u16) -> Outcome {
+fn check(grants: &[&str], block_private: bool, use_: Use, host: &str, port: u16) -> Outcome {
     let policy = policy_of(grants, block_private);
-    let result = futures::executor::block_on(policy.resolve_outbound_with(
-        action,
-        "connect",
-        host,
-        port,
-        |name, port| async move {
-            let ips = lookup_table(&name);
-            if ips.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, format!("no such host {name}")));
-            }
-            Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
-        },
-    ));
+    let result = futures::executor::block_on(policy.resolve_outbound_with(use_, host, port, |name, port| async move {
+        let ips = lookup_table(&name);
+        if ips.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no such host {name}")));
+        }
+        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+    }));
     match result {
         Ok(addrs) => {
             let ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
             Allow(ips.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect())
         }
-        Err(e) if e.kind == ErrorKind::PermissionDenied => Deny,
+        Err(PolicyError::Denied(_)) => Deny,
         Err(e) => panic!("{host}:{port}: expected allow or deny, got {e:?}"),
     }
 }
@@ -67,16 +60,15 @@ fn policy_of(grants: &[&str], block_private: bool) -> Policy {
     Policy::new(parsed, block_private)
 }
 
-const C: Action = Action::Connect;
-const U: Action = Action::Udp;
+const C: Use = Use::TcpConnect;
+const U: Use = Use::UdpSend;
 
-/// Grants, `--block-private`, then the action, host, port and what should happen.
-type Case = (&'static [&'static str], bool, Action, &'static str, u16, Outcome);
+/// Grants, `--block-private`, then the use, host, port and what should happen.
+type Case = (&'static [&'static str], bool, Use, &'static str, u16, Outcome);
 
-#[test]
-fn the_grant_matcher_table() {
-    #[rustfmt::skip]
-    let cases: Vec<Case> = vec![
+#[rustfmt::skip]
+fn cases() -> Vec<Case> {
+    vec![
         // Deny by default.
         (&[], false, C, "db.internal", 5432, Deny),
         (&[], false, C, "10.0.0.5", 5432, Deny),
@@ -155,9 +147,13 @@ fn the_grant_matcher_table() {
         (&["udp://10.0.0.5:53"], false, C, "10.0.0.5", 53, Deny),
         (&["tcp://10.0.0.5:53"], false, U, "10.0.0.5", 53, Deny),
         (&["udp://10.0.0.5:53"], false, U, "10.0.0.5", 53, Allow(vec!["10.0.0.5"])),
-    ];
-    assert!(cases.len() >= 40);
-    for (i, (grants, block_private, action, host, port, expected)) in cases.into_iter().enumerate() {
+    ]
+}
+
+#[test]
+fn the_grant_matcher_table() {
+    assert!(cases().len() >= 40);
+    for (i, (grants, block_private, action, host, port, expected)) in cases().into_iter().enumerate() {
         let got = check(grants, block_private, action, host, port);
         assert_eq!(got, expected, "case {i}: {grants:?} block_private={block_private} {action:?} {host}:{port}");
     }
@@ -166,37 +162,31 @@ fn the_grant_matcher_table() {
 #[test]
 fn names_not_granted_are_not_even_resolved() {
     let policy = policy_of(&["tcp://db.internal:5432"], false);
-    let result = futures::executor::block_on(policy.resolve_outbound_with(
-        C,
-        "connect",
-        "other.internal",
-        5432,
-        |name, _| async move { panic!("{name} was resolved although no grant could cover it") },
-    ));
-    assert_eq!(result.unwrap_err().message, "permission denied: connect tcp://other.internal:5432 is not granted");
+    let result =
+        futures::executor::block_on(policy.resolve_outbound_with(C, "other.internal", 5432, |name, _| async move {
+            panic!("{name} was resolved although no grant could cover it")
+        }));
+    assert_eq!(result.unwrap_err().to_string(), "permission denied: connect tcp://other.internal:5432 is not granted");
 }
 
 #[test]
 fn denials_name_the_operation_and_target() {
     let policy = Policy::default();
-    let err = futures::executor::block_on(policy.resolve_outbound(C, "connect", "10.0.0.5", 5432)).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::PermissionDenied);
-    assert_eq!(err.message, "permission denied: connect tcp://10.0.0.5:5432 is not granted");
-    let err = futures::executor::block_on(policy.resolve_outbound(C, "connect", "0x7f.1", 80)).unwrap_err();
-    assert_eq!(err.message, "permission denied: connect tcp://127.0.0.1:80 is not granted");
-    let err = futures::executor::block_on(policy.resolve_outbound(U, "send to", "::1", 53)).unwrap_err();
-    assert_eq!(err.message, "permission denied: send to udp://[::1]:53 is not granted");
+    let err = futures::executor::block_on(policy.resolve_outbound(C, "10.0.0.5", 5432)).unwrap_err();
+    assert!(matches!(err, PolicyError::Denied(_)));
+    assert_eq!(err.to_string(), "permission denied: connect tcp://10.0.0.5:5432 is not granted");
+    let err = futures::executor::block_on(policy.resolve_outbound(C, "0x7f.1", 80)).unwrap_err();
+    assert_eq!(err.to_string(), "permission denied: connect tcp://127.0.0.1:80 is not granted");
+    let err = futures::executor::block_on(policy.resolve_outbound(U, "::1", 53)).unwrap_err();
+    assert_eq!(err.to_string(), "permission denied: send to udp://[::1]:53 is not granted");
     let rebinding = policy_of(&["tcp://metadata.evil:80"], false);
-    let err = futures::executor::block_on(rebinding.resolve_outbound_with(
-        C,
-        "connect",
-        "metadata.evil",
-        80,
-        |_, port| async move { Ok(vec![SocketAddr::new("169.254.169.254".parse().unwrap(), port)]) },
-    ))
-    .unwrap_err();
+    let err =
+        futures::executor::block_on(rebinding.resolve_outbound_with(C, "metadata.evil", 80, |_, port| async move {
+            Ok(vec![SocketAddr::new("169.254.169.254".parse().unwrap(), port)])
+        }))
+        .unwrap_err();
     assert_eq!(
-        err.message,
+        err.to_string(),
         "permission denied: connect tcp://metadata.evil:80 resolves only to blocked addresses (169.254.169.254)"
     );
 }
@@ -256,20 +246,55 @@ fn inet_aton_spellings() {
 fn binding_needs_a_grant_too() {
     let block_on = futures::executor::block_on;
     let none = Policy::default();
-    assert!(block_on(none.resolve_bind(Action::Listen, "listen", None, 8080)).is_err());
-    assert!(block_on(none.resolve_bind(Action::Udp, "bind", None, 0)).is_err(), "no UDP at all by default");
+    assert!(block_on(none.resolve_bind(Use::TcpListen, None, 8080)).is_err());
+    assert!(block_on(none.resolve_bind(Use::UdpBind, None, 0)).is_err(), "no UDP at all by default");
 
     let listen = Policy::new(vec![Grant::parse(Action::Listen, "tcp://127.0.0.1:8000-8099").unwrap()], false);
-    assert!(block_on(listen.resolve_bind(Action::Listen, "listen", Some("127.0.0.1"), 8000)).is_ok());
-    assert!(block_on(listen.resolve_bind(Action::Listen, "listen", Some("127.0.0.1"), 8100)).is_err());
-    let err = block_on(listen.resolve_bind(Action::Listen, "listen", None, 8000)).unwrap_err();
-    assert_eq!(err.message, "permission denied: listen tcp://0.0.0.0:8000 is not granted");
+    assert!(block_on(listen.resolve_bind(Use::TcpListen, Some("127.0.0.1"), 8000)).is_ok());
+    assert!(block_on(listen.resolve_bind(Use::TcpListen, Some("127.0.0.1"), 8100)).is_err());
+    let err = block_on(listen.resolve_bind(Use::TcpListen, None, 8000)).unwrap_err();
+    assert_eq!(err.to_string(), "permission denied: listen tcp://0.0.0.0:8000 is not granted");
 
     let udp = Policy::new(vec![Grant::parse(Action::Udp, "udp://10.0.0.53:53").unwrap()], false);
     assert_eq!(
-        block_on(udp.resolve_bind(Action::Udp, "bind", None, 0)).unwrap(),
+        block_on(udp.resolve_bind(Use::UdpBind, None, 0)).unwrap(),
         None,
         "ephemeral is fine with any UDP grant"
     );
-    assert!(block_on(udp.resolve_bind(Action::Udp, "bind", None, 9000)).is_err());
+    assert!(block_on(udp.resolve_bind(Use::UdpBind, None, 9000)).is_err());
+}
+
+#[test]
+fn the_address_only_check_agrees_with_the_table_on_ip_targets() {
+    let mut checked = 0;
+    for (grants, block_private, use_, host, port, expected) in cases() {
+        let Some(ip) = parse_ip_literal(host) else { continue };
+        let policy = policy_of(grants, block_private);
+        let allowed = policy.check_addr(SocketAddr::new(ip, port), use_);
+        assert_eq!(allowed, expected != Deny, "{grants:?} block_private={block_private} {use_:?} {host}:{port}");
+        checked += 1;
+    }
+    assert!(checked > 30, "only {checked} IP cases in the table");
+}
+
+#[test]
+fn the_address_only_check_for_binds_and_receives() {
+    let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+    let listen = Policy::new(vec![Grant::parse(Action::Listen, "tcp://127.0.0.1:8000-8099").unwrap()], false);
+    assert!(listen.check_addr(addr("127.0.0.1:8000"), Use::TcpListen));
+    assert!(listen.check_addr(addr("[::ffff:127.0.0.1]:8000"), Use::TcpListen));
+    assert!(!listen.check_addr(addr("127.0.0.1:8100"), Use::TcpListen));
+    assert!(!listen.check_addr(addr("0.0.0.0:8000"), Use::TcpListen));
+    assert!(!listen.check_addr(addr("127.0.0.1:8000"), Use::TcpConnect), "a listen grant is not a connect grant");
+
+    let udp = Policy::new(vec![Grant::parse(Action::Udp, "udp://10.0.0.53:53").unwrap()], false);
+    assert!(udp.check_addr(addr("0.0.0.0:0"), Use::UdpBind), "ephemeral is fine with any UDP grant");
+    assert!(udp.check_addr(addr("[::]:0"), Use::UdpBind));
+    assert!(!udp.check_addr(addr("0.0.0.0:9000"), Use::UdpBind));
+    assert!(udp.check_addr(addr("10.0.0.53:53"), Use::UdpReceive));
+    assert!(!udp.check_addr(addr("10.0.0.54:53"), Use::UdpReceive));
+    assert!(!Policy::default().check_addr(addr("0.0.0.0:0"), Use::UdpBind), "no UDP at all by default");
+
+    let names = policy_of(&["tcp://db.internal:5432"], false);
+    assert!(!names.check_addr(addr("10.1.2.3:5432"), Use::TcpConnect), "a name grant never covers an address alone");
 }
