@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use crate::__bindings::portcullis::socket::types as wit;
-
 /// What kind of failure an [`Error`] is (Ballerina's `GenericError` and
 /// `ReadTimedOutError`, plus permission denials).
 ///
@@ -93,6 +91,16 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::ReadTimedOut
     }
+
+    /// For a backend turning its own errors into this one.
+    pub(crate) fn from_parts(kind: ErrorKind, message: String, cause: Option<String>) -> Self {
+        Error { kind, message, cause }
+    }
+
+    /// The message and cause, for a backend handing this error back down.
+    pub(crate) fn into_parts(self) -> (String, Option<String>) {
+        (self.message, self.cause)
+    }
 }
 
 impl fmt::Display for Error {
@@ -102,25 +110,3 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-impl From<wit::Error> for Error {
-    fn from(e: wit::Error) -> Self {
-        let kind = match e.kind {
-            wit::ErrorKind::Generic => ErrorKind::Generic,
-            wit::ErrorKind::ReadTimedOut => ErrorKind::ReadTimedOut,
-            wit::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-        };
-        Error { kind, message: e.message, cause: e.cause }
-    }
-}
-
-impl From<Error> for wit::Error {
-    fn from(e: Error) -> Self {
-        let kind = match e.kind {
-            ErrorKind::Generic => wit::ErrorKind::Generic,
-            ErrorKind::ReadTimedOut => wit::ErrorKind::ReadTimedOut,
-            ErrorKind::PermissionDenied => wit::ErrorKind::PermissionDenied,
-        };
-        wit::Error { kind, message: e.message, cause: e.cause }
-    }
-}

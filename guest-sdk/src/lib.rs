@@ -30,17 +30,26 @@
 //! [`Listener`] (listen from the guest), [`UdpClient`] (datagrams), [`Error`] and
 //! [`ErrorKind`], [`spawn`] (work that goes on after a callback returns),
 //! [`warn`] (stderr lines a peer cannot flood).
+//!
+//! Inside, the public types sit on `sys`, the backend (today the portcullis
+//! WIT, its generated bindings at the bottom); none of them shows a generated
+//! type.
 
 #![warn(missing_docs)]
 
+mod client;
 mod connection;
 mod error;
+mod listener;
 mod program;
 mod service;
+mod sys;
 mod udp;
 
-pub use connection::{Client, ClientConfig, Connection, Listener};
+pub use client::{Client, ClientConfig};
+pub use connection::Connection;
 pub use error::{Error, ErrorKind};
+pub use listener::Listener;
 pub use program::warn;
 pub use service::Service;
 pub use udp::{ToAddress, UdpClient, UdpConfig};
@@ -66,66 +75,28 @@ pub fn spawn(future: impl std::future::Future<Output = ()> + 'static) {
     wit_bindgen::spawn_local(future)
 }
 
-/// The generated bindings. Not part of the API: use the types above.
-///
-/// The imports are generated once, here, for world `imports` (so their type
-/// information is linked into every guest that uses them, export macro or not);
-/// each exporting world has its own module that reuses them (`with`), so
-/// `Connection` is one type whichever macro exports. A program with callbacks
-/// invokes both export macros (world `program-with-callbacks` is their union).
+/// Ballerina's read time-out, the default of clients, listeners and UDP
+/// sockets: 300 s.
+const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The generated bindings, for the export macros and for tests that call the
+/// WIT directly. Not part of the API: use the types above.
 #[doc(hidden)]
-#[allow(missing_docs)]
-pub mod __bindings {
-    wit_bindgen::generate!({
-        path: "../wit",
-        world: "imports",
-        generate_all,
-    });
+pub use sys::portcullis::bindings as __bindings;
 
-    pub mod service {
-        wit_bindgen::generate!({
-            path: "../wit",
-            world: "service",
-            pub_export_macro: true,
-            export_macro_name: "__export_service",
-            default_bindings_module: "portcullis_sdk::__bindings::service",
-            with: {
-                "portcullis:socket/types@0.1.0": crate::__bindings::portcullis::socket::types,
-                "portcullis:socket/tcp@0.1.0": crate::__bindings::portcullis::socket::tcp,
-                "portcullis:socket/udp@0.1.0": crate::__bindings::portcullis::socket::udp,
-            },
-        });
-    }
-
-    pub mod program {
-        wit_bindgen::generate!({
-            path: "../wit",
-            world: "program",
-            pub_export_macro: true,
-            export_macro_name: "__export_program",
-            default_bindings_module: "portcullis_sdk::__bindings::program",
-            with: {
-                "portcullis:socket/types@0.1.0": crate::__bindings::portcullis::socket::types,
-                "portcullis:socket/tcp@0.1.0": crate::__bindings::portcullis::socket::tcp,
-                "portcullis:socket/udp@0.1.0": crate::__bindings::portcullis::socket::udp,
-            },
-        });
-    }
-}
-
+/// What the export macros expand to. Not part of the API.
 #[doc(hidden)]
-#[allow(missing_docs)]
-pub mod __private {
-    pub use crate::program::report;
-    pub use crate::service::Dispatch;
-}
+pub use sys::portcullis::export as __export;
 
 /// Exports `$service` (a type implementing [`Service`] and [`Default`]) as this
 /// component's callbacks: the component is then a `service`. Call it once, at
 /// the crate root of a `cdylib` crate.
 ///
 /// One value of `$service` is created (with `Default`) when the first callback
-/// runs and shared by every connection, like Ballerina's module-level state.
+/// runs and shared by every connection of the instance, like Ballerina's
+/// module-level state: all of the service's connections with `--instances
+/// shared` (the default), one with `--instances per-connection`; a fresh
+/// value after a trap.
 ///
 /// ```no_run
 /// use portcullis_sdk::{Connection, Error, Service, export_service};
@@ -144,7 +115,7 @@ pub mod __private {
 #[macro_export]
 macro_rules! export_service {
     ($service:ty) => {
-        type __PortcullisCallbacks = $crate::__private::Dispatch<$service>;
+        type __PortcullisCallbacks = $crate::__export::Exported<$service>;
         $crate::__bindings::service::__export_service!(__PortcullisCallbacks with_types_in $crate::__bindings::service);
     };
 }
@@ -175,7 +146,7 @@ macro_rules! export_program {
         struct __PortcullisMain;
         impl $crate::__bindings::program::exports::wasi::cli::run::Guest for __PortcullisMain {
             async fn run() -> Result<(), ()> {
-                $crate::__private::report($main().await)
+                $crate::__export::report($main().await)
             }
         }
         $crate::__bindings::program::__export_program!(__PortcullisMain with_types_in $crate::__bindings::program);

@@ -1,15 +1,9 @@
-//! The [`Service`] trait and the glue that exports it as WIT callbacks.
+//! The [`Service`] trait, and the calls a backend's export glue makes of it
+//! for each callback (`sys::*::export`).
 
 use std::any::Any;
 use std::cell::{Cell, OnceCell};
-use std::future::Future;
-use std::marker::PhantomData;
-use std::task::Poll;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-
-use crate::__bindings::portcullis::socket::{tcp, types};
-use crate::__bindings::service::exports::portcullis::socket::callbacks::{CallbackUse, Delivery, Guest};
 use crate::{Connection, Error};
 
 /// A socket service: the callbacks the host calls for each connection
@@ -20,9 +14,15 @@ use crate::{Connection, Error};
 /// came along with the callback, so the first read usually costs no call to the
 /// host; bytes it leaves unread are read first next time. At most one
 /// `on_read_ready` runs per connection at a time; different connections run
-/// concurrently, and one waiting in `read_exact` never holds up the others. One
-/// value of the type serves every connection, so its fields are shared state
-/// (use `Cell` / `RefCell`: callbacks interleave but never run in parallel).
+/// concurrently, and one waiting in `read_exact` never holds up the others.
+///
+/// One value of the type (made with `Default` at the first callback) serves
+/// every connection of its instance, so its fields are state shared by those
+/// connections (use `Cell` / `RefCell`: callbacks interleave but never run in
+/// parallel). How many connections that is, is the operator's choice: with
+/// `--instances shared` (the default) all of the service's connections; with
+/// `--instances per-connection` one, so nothing is shared between clients.
+/// After a trap the host starts a fresh instance, with a fresh value.
 ///
 /// ```no_run
 /// use std::cell::Cell;
@@ -132,90 +132,38 @@ fn service<S: Service>() -> &'static S {
     any.downcast_ref::<S>().expect("export_service! is used once per component")
 }
 
-/// `Unwanted` once the service's callback turned out to be the default.
+/// Whether the host should go on calling a callback that turned out to be the
+/// service's default (which does nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallbackUse {
+    Wanted,
+    Unwanted,
+}
+
 fn callback_use(default_ran: &'static std::thread::LocalKey<Cell<bool>>) -> CallbackUse {
     if default_ran.get() { CallbackUse::Unwanted } else { CallbackUse::Wanted }
 }
 
-/// Adapts a [`Service`] to the generated export trait. Used by `export_service!`.
-#[doc(hidden)]
-pub struct Dispatch<S>(PhantomData<S>);
+/// `on_connect`; whether the host should call it for later connections.
+pub(crate) async fn connected<S: Service>(conn: &Connection) -> Result<CallbackUse, Error> {
+    service::<S>().on_connect(conn).await?;
+    Ok(callback_use(&DEFAULT_ON_CONNECT))
+}
 
-impl<S: Service> Dispatch<S> {
-    pub async fn connect(conn: &tcp::Connection) -> Result<CallbackUse, types::Error> {
-        // SAFETY: the host lends this handle for the whole callback.
-        let conn = unsafe { Connection::borrowed(conn.handle()) };
-        service::<S>().on_connect(&conn).await.map_err(types::Error::from)?;
-        Ok(callback_use(&DEFAULT_ON_CONNECT))
-    }
-
-    pub async fn read_ready(conn: &tcp::Connection, delivery: Delivery) {
-        // SAFETY: as above.
-        let conn = unsafe { Connection::borrowed(conn.handle()) }.with_delivery(delivery);
-        Self::serve_ready(&conn).await
-    }
-
-    /// The service's `on_read_ready` (and `on_error` after a failure), then
-    /// whatever it left unread of the delivered bytes back to the host.
-    async fn serve_ready(conn: &Connection) {
-        if let Err(err) = service::<S>().on_read_ready(conn).await {
-            service::<S>().on_error(conn, err).await;
-        }
-        conn.give_back();
-    }
-
-    /// Serves every connection of the batch at once. Each handle is dropped as
-    /// soon as its own callback (and `on_error` after a failure) is done: that
-    /// is what tells the host it may deliver that connection again, so one
-    /// connection waiting in `read` holds up no other.
-    ///
-    /// Each is first run until it waits (most, an echo say, finish there and
-    /// then): only those still waiting go into the set that is polled
-    /// together, which spares the others its bookkeeping.
-    pub async fn read_ready_batch(ready: Vec<(tcp::Connection, Delivery)>) {
-        let mut waiting = FuturesUnordered::new();
-        for (handle, delivery) in ready {
-            let mut serving =
-                Box::pin(async move { Self::serve_ready(&Connection::owned(handle).with_delivery(delivery)).await });
-            if std::future::poll_fn(|cx| Poll::Ready(serving.as_mut().poll(cx))).await.is_pending() {
-                waiting.push(serving);
-            }
-        }
-        while waiting.next().await.is_some() {}
-    }
-
-    pub async fn error(conn: &tcp::Connection, err: types::Error) {
-        // SAFETY: as above.
-        let conn = unsafe { Connection::borrowed(conn.handle()) };
-        service::<S>().on_error(&conn, err.into()).await
-    }
-
-    pub async fn close(conn: &tcp::Connection) -> CallbackUse {
-        // SAFETY: as above.
-        let conn = unsafe { Connection::borrowed(conn.handle()) };
-        service::<S>().on_close(&conn).await;
-        callback_use(&DEFAULT_ON_CLOSE)
+/// `on_read_ready`, then `on_error` if it failed.
+pub(crate) async fn read_ready<S: Service>(conn: &Connection) {
+    if let Err(err) = service::<S>().on_read_ready(conn).await {
+        service::<S>().on_error(conn, err).await;
     }
 }
 
-impl<S: Service> Guest for Dispatch<S> {
-    async fn on_connect(conn: &tcp::Connection) -> Result<CallbackUse, types::Error> {
-        Self::connect(conn).await
-    }
+/// `on_error` for an error the host reports.
+pub(crate) async fn failed<S: Service>(conn: &Connection, err: Error) {
+    service::<S>().on_error(conn, err).await
+}
 
-    async fn on_read_ready(conn: &tcp::Connection, delivery: Delivery) {
-        Self::read_ready(conn, delivery).await
-    }
-
-    async fn on_read_ready_batch(ready: Vec<(tcp::Connection, Delivery)>) {
-        Self::read_ready_batch(ready).await
-    }
-
-    async fn on_error(conn: &tcp::Connection, err: types::Error) {
-        Self::error(conn, err).await
-    }
-
-    async fn on_close(conn: &tcp::Connection) -> CallbackUse {
-        Self::close(conn).await
-    }
+/// `on_close`; whether the host should call it for later connections.
+pub(crate) async fn closed<S: Service>(conn: &Connection) -> CallbackUse {
+    service::<S>().on_close(conn).await;
+    callback_use(&DEFAULT_ON_CLOSE)
 }

@@ -1,11 +1,10 @@
 //! UDP: the SDK face of `portcullis:socket/udp` (Ballerina's `socket:UdpClient`).
 
-use std::cell::RefCell;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::__bindings::portcullis::socket::{types, udp};
 use crate::Error;
+use crate::sys::{self, Target};
 
 /// Something to send a datagram to: a [`SocketAddr`] or a `(host, port)` pair
 /// (the host resolves names).
@@ -17,35 +16,26 @@ use crate::Error;
 /// # Ok(()) }
 /// ```
 pub trait ToAddress {
+    /// The target as the backend takes it.
     #[doc(hidden)]
-    fn to_wit(&self) -> types::Address;
-
-    /// The target as an IP and port, when it is one (no name to look up).
-    #[doc(hidden)]
-    fn socket_addr(&self) -> Option<SocketAddr> {
-        None
-    }
+    fn target(&self) -> Target;
 }
 
 impl ToAddress for SocketAddr {
-    fn to_wit(&self) -> types::Address {
-        types::Address { host: Some(self.ip().to_string()), port: self.port() }
-    }
-
-    fn socket_addr(&self) -> Option<SocketAddr> {
-        Some(*self)
+    fn target(&self) -> Target {
+        Target::Ip(*self)
     }
 }
 
 impl ToAddress for (&str, u16) {
-    fn to_wit(&self) -> types::Address {
-        types::Address { host: Some(self.0.to_string()), port: self.1 }
+    fn target(&self) -> Target {
+        Target::Name(self.0.to_string(), self.1)
     }
 }
 
 impl ToAddress for (String, u16) {
-    fn to_wit(&self) -> types::Address {
-        types::Address { host: Some(self.0.clone()), port: self.1 }
+    fn target(&self) -> Target {
+        Target::Name(self.0.clone(), self.1)
     }
 }
 
@@ -61,7 +51,8 @@ impl ToAddress for (String, u16) {
 /// ```
 #[derive(Debug, Clone)]
 pub struct UdpConfig {
-    local: Option<types::Address>,
+    /// Host (`None`: all interfaces) and port; `None`: an ephemeral port.
+    local: Option<(Option<String>, u16)>,
     read_timeout: Duration,
 }
 
@@ -72,7 +63,7 @@ impl UdpConfig {
     /// let config = portcullis_sdk::UdpConfig::ephemeral();
     /// ```
     pub fn ephemeral() -> Self {
-        UdpConfig { local: None, read_timeout: Duration::from_millis(300_000) }
+        UdpConfig { local: None, read_timeout: crate::DEFAULT_READ_TIMEOUT }
     }
 
     /// `port` on all interfaces.
@@ -81,7 +72,7 @@ impl UdpConfig {
     /// let config = portcullis_sdk::UdpConfig::port(9000);
     /// ```
     pub fn port(port: u16) -> Self {
-        UdpConfig { local: Some(types::Address { host: None, port }), ..UdpConfig::ephemeral() }
+        UdpConfig { local: Some((None, port)), ..UdpConfig::ephemeral() }
     }
 
     /// `host:port` (a name or an IP literal).
@@ -90,7 +81,7 @@ impl UdpConfig {
     /// let config = portcullis_sdk::UdpConfig::local("127.0.0.1", 9000);
     /// ```
     pub fn local(host: impl Into<String>, port: u16) -> Self {
-        UdpConfig { local: Some(types::Address { host: Some(host.into()), port }), ..UdpConfig::ephemeral() }
+        UdpConfig { local: Some((Some(host.into()), port)), ..UdpConfig::ephemeral() }
     }
 
     /// Time-out of every receive.
@@ -118,15 +109,17 @@ impl UdpConfig {
 /// # Ok(()) }
 /// ```
 pub struct UdpClient {
-    handle: udp::UdpClient,
-    /// The last peer IP seen, with its text as the host sends and takes it: an
-    /// echo answers the IP it just heard from, and then neither side formats
-    /// or parses it again (measured: a few % of a UDP echo's time).
-    last_peer: RefCell<Option<(IpAddr, types::Address)>>,
+    sys: sys::udp::Socket,
 }
 
 impl UdpClient {
     /// Binds `local`, or an ephemeral port on all interfaces with `None`.
+    ///
+    /// Binding needs a grant (`--allow-udp udp://HOST:PORTS` covering the
+    /// address; for an ephemeral port on all interfaces any UDP grant will
+    /// do), or it fails with
+    /// [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied):
+    /// `permission denied: bind udp://0.0.0.0:9000 is not granted`.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), portcullis_sdk::Error> {
@@ -141,7 +134,7 @@ impl UdpClient {
         UdpClient::bind_with(config).await
     }
 
-    /// Binds as `config` says.
+    /// Binds as `config` says; needs the grant [`UdpClient::bind`] does.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), portcullis_sdk::Error> {
@@ -149,16 +142,17 @@ impl UdpClient {
     /// # Ok(()) }
     /// ```
     pub async fn bind_with(config: UdpConfig) -> Result<UdpClient, Error> {
-        let wit_config = udp::UdpClientConfig { read_timeout_ms: config.read_timeout.as_millis() as u64 };
-        udp::UdpClient::bind(config.local, wit_config)
-            .await
-            .map(|handle| UdpClient { handle, last_peer: RefCell::new(None) })
-            .map_err(Error::from)
+        Ok(UdpClient { sys: sys::udp::Socket::bind(config.local, config.read_timeout).await? })
     }
 
     /// Sends `data` as one datagram; returns the bytes sent. More than 65,507
     /// bytes to an IPv4 address, or 65,527 to an IPv6 one, is an error
     /// (`datagram too large`); anything received can be sent back.
+    ///
+    /// The target needs a grant (`--allow-udp udp://HOST:PORTS`; a name grant
+    /// covers the name, never an IP literal), or the send fails with
+    /// [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied):
+    /// `permission denied: send to udp://10.0.0.5:53 is not granted`.
     ///
     /// ```no_run
     /// # async fn f(udp: &portcullis_sdk::UdpClient) -> Result<(), portcullis_sdk::Error> {
@@ -166,41 +160,15 @@ impl UdpClient {
     /// # Ok(()) }
     /// ```
     pub async fn send_to(&self, data: &[u8], to: impl ToAddress) -> Result<usize, Error> {
-        // A plain call first: it sends at once unless the socket is full or the
-        // host is a name to look up.
-        if let Some(addr) = to.socket_addr() {
-            match self.try_send_to_last_peer(data, addr)? {
-                LastPeer::Sent(sent) => return Ok(sent),
-                LastPeer::Full(known) => {
-                    return self.handle.send_to(data.to_vec(), known).await.map(|n| n as usize).map_err(Error::from);
-                }
-                LastPeer::Other => {}
-            }
-        }
-        let to = to.to_wit();
-        if let Some(sent) = self.handle.try_send_to(data, &to).map_err(Error::from)? {
-            return Ok(sent as usize);
-        }
-        self.handle.send_to(data.to_vec(), to).await.map(|n| n as usize).map_err(Error::from)
-    }
-
-    /// The plain send to `addr` with the text the host gave for its IP, when
-    /// that IP is the last peer seen.
-    fn try_send_to_last_peer(&self, data: &[u8], addr: SocketAddr) -> Result<LastPeer, Error> {
-        let mut last = self.last_peer.borrow_mut();
-        let Some((ip, known)) = &mut *last else { return Ok(LastPeer::Other) };
-        if *ip != addr.ip() {
-            return Ok(LastPeer::Other);
-        }
-        known.port = addr.port();
-        Ok(match self.handle.try_send_to(data, known).map_err(Error::from)? {
-            Some(sent) => LastPeer::Sent(sent as usize),
-            None => LastPeer::Full(known.clone()),
-        })
+        self.sys.send_to(data, to.target()).await
     }
 
     /// Receives one whole datagram and its sender. Times out with
     /// [`ErrorKind::ReadTimedOut`](crate::ErrorKind::ReadTimedOut).
+    ///
+    /// Datagrams come from peers this socket sent to, or that a UDP grant
+    /// covers; the host drops any other sender's (and logs it), and the
+    /// receive goes on waiting within its time-out.
     ///
     /// ```no_run
     /// # async fn f(udp: &portcullis_sdk::UdpClient) -> Result<(), portcullis_sdk::Error> {
@@ -209,7 +177,7 @@ impl UdpClient {
     /// # Ok(()) }
     /// ```
     pub async fn recv_from(&self) -> Result<(Vec<u8>, SocketAddr), Error> {
-        self.receive(None).await
+        self.sys.receive(None).await
     }
 
     /// Receives one datagram, truncated to `max` bytes (the rest of a longer
@@ -221,26 +189,7 @@ impl UdpClient {
     /// # Ok(()) }
     /// ```
     pub async fn recv_from_max(&self, max: u32) -> Result<(Vec<u8>, SocketAddr), Error> {
-        self.receive(Some(max)).await
-    }
-
-    /// A plain (cheap) call first; the async one only when it must wait.
-    async fn receive(&self, length: Option<u32>) -> Result<(Vec<u8>, SocketAddr), Error> {
-        let (data, from) = match self.handle.try_receive_from(length).map_err(Error::from)? {
-            Some(received) => received,
-            None => self.handle.receive_from(length).await.map_err(Error::from)?,
-        };
-        let mut last = self.last_peer.borrow_mut();
-        if let Some((ip, known)) = &*last
-            && known.host == from.host
-        {
-            return Ok((data, SocketAddr::new(*ip, from.port)));
-        }
-        let peer = to_socket_addr(&from);
-        if from.host.as_deref().is_some_and(|h| h.parse::<IpAddr>().is_ok()) {
-            *last = Some((peer.ip(), from));
-        }
-        Ok((data, peer))
+        self.sys.receive(Some(max)).await
     }
 
     /// Closes the socket; later operations fail.
@@ -251,7 +200,7 @@ impl UdpClient {
     /// # Ok(()) }
     /// ```
     pub fn close(&self) -> Result<(), Error> {
-        self.handle.close().map_err(Error::from)
+        self.sys.close()
     }
 
     /// The bound address (the real port when 0 was asked).
@@ -262,20 +211,6 @@ impl UdpClient {
     /// # Ok(()) }
     /// ```
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
-        self.handle.local_address().map(|addr| to_socket_addr(&addr)).map_err(Error::from)
+        self.sys.local_addr()
     }
-}
-
-/// What a send to the last peer seen came to.
-enum LastPeer {
-    Sent(usize),
-    /// The socket is full: the async send, to this address.
-    Full(types::Address),
-    /// Another IP: the address needs its text.
-    Other,
-}
-
-fn to_socket_addr(addr: &types::Address) -> SocketAddr {
-    let ip = addr.host.as_deref().and_then(|h| h.parse::<IpAddr>().ok()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    SocketAddr::new(ip, addr.port)
 }

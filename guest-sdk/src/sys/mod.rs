@@ -1,0 +1,32 @@
+//! The backend seam, as std's `sys`: the public types ([`Connection`],
+//! [`Client`], [`Listener`], [`UdpClient`], the export macros) are written
+//! over what this module offers, and a backend is one module beneath it.
+//! Today there is one, [`portcullis`]: the portcullis WIT, whose host
+//! listens and calls the callbacks.
+//!
+//! What a backend offers: `tcp::Conn` (read up to or exactly `n` bytes, write
+//! all, close and shut down, addresses, a new handle), `tcp::connect`,
+//! `tcp::Listener`, `udp::Socket`, `MAX_IO` (the most one read moves), and
+//! `export` (the glue the macros expand to). Types both sides share are
+//! here.
+//!
+//! [`Connection`]: crate::Connection
+//! [`Client`]: crate::Client
+//! [`Listener`]: crate::Listener
+//! [`UdpClient`]: crate::UdpClient
+
+pub mod portcullis;
+
+pub(crate) use portcullis::{MAX_IO, tcp, udp};
+
+use std::net::SocketAddr;
+
+/// Where a datagram goes, as the public API hands it down.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An IP and port: nothing to look up.
+    Ip(SocketAddr),
+    /// A host name (or IP text) and port, which the host resolves.
+    Name(String, u16),
+}
