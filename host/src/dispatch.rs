@@ -47,11 +47,11 @@ use crate::config::{Instances, ServiceSpec};
 use crate::guest_output::OutputRate;
 use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
 use crate::net::admission::Admission;
-use crate::net::tcp::{ReadMark, ReadState, Readiness};
-use crate::net::{Connection, NetCtx, Served, TcpConn};
+use crate::net::tcp::{EndSeen, ReadMark, Readiness};
+use crate::net::{Connection, NetCtx, TcpConn};
 use crate::policy::Policy;
 use crate::state::{HostState, new_store};
-use crate::wake_gate::{self, WakeGate};
+use crate::sync::{self, Served, WakeGate};
 
 /// How long a graceful stop lets running callbacks finish before it closes their
 /// connections under them.
@@ -380,7 +380,7 @@ pub async fn run_per_connection(
     // After a failed attempt (typically a full pool), try again only once an
     // instance has ended, instead of spinning on a full pool.
     let mut may_prepare = true;
-    let mut stop = wake_gate::cancelled(&shutdown);
+    let mut stop = sync::cancelled(&shutdown);
     loop {
         tokio::select! {
             biased;
@@ -443,7 +443,7 @@ struct Standby {
 async fn serve_alone(loaded: Arc<Loaded>, standby: Standby, conn: TcpConn, shutdown: CancellationToken) {
     // The connection's place under `--max-connections` is given back after the
     // store (declared later, dropped earlier) has returned its pool slot.
-    let _slot = conn.take_slot();
+    let _permit = conn.take_permit();
     let Standby { mut store, callbacks, sink, mut conns, active_listeners } = standby;
     let (id, remote) = (conn.id(), conn.remote_addr());
     let _ = sink.send(conn);
@@ -535,9 +535,9 @@ async fn call_on_read_ready(
     callbacks.call_on_read_ready_batch(acc, lent).await
 }
 
-/// What `on-read-ready` brings along for `conn` (see `TcpConn::lend`).
+/// What `on-read-ready` brings along for `conn` (see `TcpConn::deliver`).
 fn delivery(conn: &TcpConn) -> Delivery {
-    let (data, end) = conn.lend();
+    let (data, end) = conn.deliver();
     Delivery { data, end }
 }
 
@@ -567,8 +567,8 @@ impl Instance<'_> {
         let mut armed = false;
         let mut forced = false;
         // The loop turns at least once per message: the waits that cost work
-        // on every poll are polled again only once they woke (see `wake_gate`).
-        let mut cancelled = wake_gate::cancelled(shutdown);
+        // on every poll are polled again only once they woke (see `sync::WakeGate`).
+        let mut cancelled = sync::cancelled(shutdown);
         let conns_gate = WakeGate::default();
         // Made once and re-armed at a stop, not made anew on every turn.
         let mut force_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
@@ -685,7 +685,7 @@ impl Instance<'_> {
         // One wait for the stop per connection, not one per message: each new
         // one registers with the token (a mutex) and unregisters when dropped;
         // and behind a gate, since each poll of it takes two mutexes.
-        let mut stop = wake_gate::cancelled(shutdown);
+        let mut stop = sync::cancelled(shutdown);
         // One timer per connection, armed once and moved on only when it
         // fires (see `TcpConn::idle_out`).
         let mut idle = std::pin::pin!(tokio::time::sleep(conn.idle_timeout().unwrap_or(Duration::MAX / 4)));
@@ -708,11 +708,11 @@ impl Instance<'_> {
             served.reset();
             self.ready.lock().unwrap().push(Ready { conn: conn.clone(), handle: handle.rep(), served: served.clone() });
             served.wait().await;
-            conn.settle_lent();
-            match conn.read_state().await {
-                ReadState::Open => {}
-                ReadState::Failed => break,
-                ReadState::Ended => {
+            conn.end_delivery();
+            match conn.end_seen().await {
+                EndSeen::No => {}
+                EndSeen::Failed => break,
+                EndSeen::Ended => {
                     // The peer is done sending. The service may still write (a
                     // half-close, as a proxy needs): the connection ends when it
                     // closes or shuts its writing, at stop, or after the idle

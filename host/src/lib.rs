@@ -21,8 +21,8 @@
 //! - [`limits`]: every bound a guest meets (memory, sockets, CPU), as plain
 //!   data with defaults and as the accounts that enforce it.
 //!   [`coalesce`]: repeated warnings written as one line per interval.
-//!   [`wake_gate`]: waits polled again only once they woke (the dispatcher's
-//!   per-message loop).
+//!   [`sync`]: the hand-written synchronisation primitives of the message
+//!   path, and why tokio's own did not do.
 
 pub mod bindings;
 pub mod blocking;
@@ -38,6 +38,6 @@ pub mod net;
 pub mod policy;
 pub mod server;
 pub mod state;
-pub mod wake_gate;
+pub mod sync;
 
 pub use server::Runtime;

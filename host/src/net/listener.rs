@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{HostCharge, SocketSlot};
-use crate::wake_gate;
 
 use super::admission::Admission;
 use super::error::{LISTEN_FAILED, SocketError};
@@ -59,19 +58,19 @@ pub async fn accept_loop(
     // own, so each need not ask the kernel (a syscall per connection); one on
     // all interfaces does not know which a client came in on.
     let local = listener.local_addr().ok().filter(|addr| !addr.ip().is_unspecified());
-    // One wait for the stop, kept across connections (see `wake_gate`).
-    let mut stopped = wake_gate::cancelled(&stop);
+    // One wait for the stop, kept across connections.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let permit = match &admission.limit {
             Some(limit) => tokio::select! {
                 slot = limit.clone().acquire_owned() => slot.ok(),
-                _ = &mut stopped => return,
+                _ = stopped.as_mut() => return,
             },
             None => None,
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = &mut stopped => return,
+            _ = stopped.as_mut() => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -85,7 +84,7 @@ pub async fn accept_loop(
         let Some(admitted) = admission.admit(peer.ip(), permit) else { continue };
         match TcpConn::from_accept(stream, peer, local, admission.timeouts) {
             Ok(conn) => {
-                conn.hold_slot(admitted);
+                conn.hold_permit(admitted);
                 on_accept(&conn);
                 if sink.send(conn).is_err() {
                     return; // the dispatcher is gone

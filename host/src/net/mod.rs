@@ -6,13 +6,11 @@
 //! - [`host`]: the generated WIT traits, implemented by looking up the resource,
 //!   converting, and delegating to `tcp` / `listener`.
 //! - [`error`]: the errors a guest sees.
-//! - `closing`: a socket's "closed", cheap to check on every call.
 //!
 //! Nothing here knows about instances or callbacks: new connections that need
 //! callbacks are handed to the dispatcher through [`NetCtx::new_connections`].
 
 pub mod admission;
-mod closing;
 pub mod error;
 pub mod host;
 pub mod listener;
@@ -21,15 +19,14 @@ pub mod udp;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::Poll;
 
-use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
 
 use self::admission::Admission;
 use crate::coalesce::Coalesced;
 use crate::limits::{HostCharge, SocketCount};
 use crate::policy::Policy;
+use crate::sync::Served;
 
 pub use error::SocketError;
 pub use listener::GuestListener;
@@ -59,39 +56,6 @@ impl Drop for Connection {
         if let Some(served) = &self.served {
             served.finish();
         }
-    }
-}
-
-/// "The guest is done with this delivery of the connection": set when the
-/// lent handle is dropped or the plain `on-read-ready` returns, awaited by the
-/// connection's driver. One per connection, reused for every delivery.
-#[derive(Default)]
-pub struct Served {
-    done: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Served {
-    /// Starts a delivery.
-    pub fn reset(&self) {
-        self.done.store(false, Ordering::Release);
-    }
-
-    pub fn finish(&self) {
-        self.done.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Resolves once [`Served::finish`] was called after the last reset.
-    pub async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.done.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.done.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
-        })
-        .await
     }
 }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 
-use super::closing::Closing;
 use super::error::{INVALID_READ_LENGTH, SocketError};
 use crate::limits::GuestSocket;
+use crate::sync::Closing;
 
 /// The largest UDP payload to or from an IPv4 address: 65535 − 8 (UDP
 /// header) − 20 (IPv4 header).

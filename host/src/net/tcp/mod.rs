@@ -1,0 +1,456 @@
+//! One TCP connection on a tokio socket: the state behind the WIT `connection`.
+//!
+//! A [`TcpConn`] is a cheap handle (`Arc`) shared by the guest's handles, the
+//! dispatcher that fires the connection's callbacks, and anything that must close
+//! it (graceful stop). Reads and writes are independent: one callback may write to
+//! a connection while another connection's callback broadcasts to it.
+//!
+//! - this file: the handle, its identity and addresses, its places under the
+//!   caps (permits), the time-outs, the write side, close and shutdowns;
+//! - [`read_ahead`]: the bounded read-ahead buffer and the guest's reads;
+//! - [`delivery`]: the host half of the delivery protocol (what the
+//!   dispatcher and `on-read-ready` use).
+//!
+//! Waiting reads, and waiting writes, each queue in an [`OpQueue`]: they
+//! complete in order, and the plain calls (`try-read`, `try-write`, the
+//! read-ahead) keep off while one is under way.
+
+mod delivery;
+mod read_ahead;
+
+pub use delivery::{EndSeen, ReadMark, Readiness};
+pub use read_ahead::READ_AHEAD_LIMIT;
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use self::read_ahead::ReadSide;
+use super::admission::Admitted;
+use super::error::{SocketError, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT};
+use crate::limits::{GuestSocket, MAX_IO};
+use crate::sync::{Closing, OpQueue};
+
+/// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The time-outs a connection lives by (see [`crate::limits::Limits`] for
+/// the flags and defaults).
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::net::tcp::Timeouts;
+/// let client = Timeouts { write: Some(Duration::from_secs(300)), ..Timeouts::read_only(Duration::from_secs(30)) };
+/// assert_eq!(client.idle, None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Of every read that waits: `read-timed-out` when nothing came for this long.
+    pub read: Duration,
+    /// Nothing received or sent for this long, between callbacks: the host
+    /// closes the connection (see [`TcpConn::idle_out`]). `None`: never.
+    pub idle: Option<Duration>,
+    /// A write that sent nothing for this long fails (`write timed out`)
+    /// and closes the connection. `None`: never.
+    pub write: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Only a read time-out.
+    pub fn read_only(read: Duration) -> Self {
+        Timeouts { read, idle: None, write: None }
+    }
+}
+
+/// Milliseconds since the first connection of the process: what a
+/// connection's last activity is recorded in (one atomic store per event).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+/// A shared handle to one TCP connection.
+#[derive(Clone)]
+pub struct TcpConn(Arc<Inner>);
+
+/// A handle that does not keep the connection (its socket and buffer) alive.
+pub struct WeakConn(std::sync::Weak<Inner>);
+
+impl WeakConn {
+    /// The connection, if something else still holds it and it is open.
+    pub fn open(&self) -> Option<TcpConn> {
+        self.0.upgrade().map(TcpConn).filter(|conn| !conn.is_closed())
+    }
+}
+
+struct Inner {
+    id: u64,
+    /// Accepted by a listener (true) or opened by the guest (false).
+    accepted: bool,
+    stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    timeouts: Timeouts,
+    /// When bytes (or the end) last arrived or were sent ([`clock_ms`]).
+    last_active: AtomicU64,
+    /// The buffer and what is known of the read side; locked only briefly,
+    /// never across an await.
+    read: Mutex<ReadSide>,
+    /// Held by a guest `read` that waits, for as long as it gathers: reads
+    /// complete in order, and no plain read or read-ahead overtakes one.
+    reader: OpQueue,
+    /// Held by a `write` that waits, so that each lands whole, never interleaved.
+    writer: OpQueue,
+    write_shut: AtomicBool,
+    read_shut: AtomicBool,
+    /// Set by `close`, which wakes every read, write and dispatcher waiting on it.
+    closed: Closing,
+    /// Cancelled by `shutdown-write` and by `close` (a child of `closed`).
+    write_done: CancellationToken,
+    /// Wakes the dispatcher when the guest consumed bytes from a full buffer.
+    consumed: Notify,
+    /// This connection's places under its service's `--max-connections` and
+    /// `--max-connections-per-ip`, given back at `close` (or when the last
+    /// handle goes).
+    permit: Mutex<Option<Admitted>>,
+    /// For a connection the guest opened: its place under the instance's
+    /// socket limit and its buffer's memory charge, held until the socket is
+    /// gone (the last handle dropped).
+    _guest_socket: Option<GuestSocket>,
+}
+
+impl TcpConn {
+    /// Wraps a stream a listener accepted from `peer` (as `accept` told it:
+    /// asking the socket again would cost a syscall per connection), on
+    /// `local` when the listener knows it (bound to one address).
+    pub fn from_accept(
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        timeouts: Timeouts,
+    ) -> io::Result<Self> {
+        let local = match local {
+            Some(local) => local,
+            None => stream.local_addr()?,
+        };
+        Self::new(stream, local, Some(peer), timeouts, None)
+    }
+
+    /// Wraps a connected stream, accepted by a listener (`peer` known) or
+    /// opened by a guest (`None`). `TCP_NODELAY` is set: services answer small
+    /// messages and must not wait for Nagle.
+    fn new(
+        stream: TcpStream,
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        timeouts: Timeouts,
+        guest_socket: Option<GuestSocket>,
+    ) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        let accepted = peer.is_some();
+        let remote = match peer {
+            Some(peer) => peer,
+            None => stream.peer_addr()?,
+        };
+        let closed = Closing::default();
+        Ok(TcpConn(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            accepted,
+            stream,
+            local,
+            remote,
+            timeouts,
+            last_active: AtomicU64::new(clock_ms()),
+            reader: OpQueue::default(),
+            writer: OpQueue::default(),
+            read: Mutex::new(ReadSide::default()),
+            write_shut: AtomicBool::new(false),
+            read_shut: AtomicBool::new(false),
+            write_done: closed.child_token(),
+            closed,
+            consumed: Notify::new(),
+            permit: Mutex::new(None),
+            _guest_socket: guest_socket,
+        })))
+    }
+
+    /// Connects to the first address of `addrs` that answers, within `timeout`,
+    /// for a guest: the connection keeps `socket` (its place under the
+    /// instance's limits) until it is gone.
+    pub async fn connect(
+        addrs: &[SocketAddr],
+        connect_timeout: Duration,
+        timeouts: Timeouts,
+        socket: GuestSocket,
+    ) -> Result<Self, SocketError> {
+        use super::error::CONNECT_FAILED;
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        for addr in addrs {
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    return stream
+                        .local_addr()
+                        .and_then(|local| TcpConn::new(stream, local, None, timeouts, Some(socket)))
+                        .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            }
+        }
+        Err(SocketError::from_io(CONNECT_FAILED, &last))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// A handle that does not keep this connection alive.
+    pub fn downgrade(&self) -> WeakConn {
+        WeakConn(Arc::downgrade(&self.0))
+    }
+
+    pub fn accepted(&self) -> bool {
+        self.0.accepted
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        self.0.timeouts.read
+    }
+
+    /// Reads from the socket into `side` (see `ReadSide::fill_from`);
+    /// whatever came counts as activity for the idle time-out.
+    fn fill(&self, side: &mut ReadSide) -> bool {
+        let progressed = side.fill_from(&self.0.stream);
+        if progressed {
+            self.touch();
+        }
+        progressed
+    }
+
+    /// Records that bytes (or the end) arrived or were sent now.
+    fn touch(&self) {
+        self.0.last_active.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has been idle (nothing received or sent)
+    /// for its idle time-out; never without one. `timer` is the caller's,
+    /// kept across calls so that waiting costs no new timer per message.
+    pub async fn idle_out(&self, mut timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+        let Some(idle) = self.0.timeouts.idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            timer.as_mut().await;
+            let quiet = Duration::from_millis(clock_ms().saturating_sub(self.0.last_active.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + (idle - quiet));
+        }
+    }
+
+    /// The idle time-out, if any.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.0.timeouts.idle
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local
+    }
+
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.is_closed()
+    }
+
+    /// Writes every byte of `data` or fails; never a silent partial write.
+    pub async fn write_all(&self, data: &[u8]) -> Result<u32, SocketError> {
+        let inner = &*self.0;
+        let _writing = inner.writer.enter().await;
+        let mut written = 0;
+        loop {
+            if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_closed() {
+                return Err(SocketError::generic(WRITE_AFTER_CLOSE));
+            }
+            let before = written;
+            while written < data.len() {
+                match inner.stream.try_write(&data[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(SocketError::from(e)),
+                }
+            }
+            if written > before {
+                self.touch();
+            }
+            if written == data.len() {
+                return Ok(written as u32);
+            }
+            // The peer is slow: wait for room (back-pressure), or for a
+            // close, at most the write time-out (a timer only now, when
+            // the socket is full: never on the fast path).
+            let room = async {
+                match inner.timeouts.write {
+                    Some(limit) => tokio::time::timeout(limit, inner.stream.writable()).await,
+                    None => Ok(inner.stream.writable().await),
+                }
+            };
+            tokio::select! {
+                r = room => match r {
+                    Ok(r) => r.map_err(SocketError::from)?,
+                    Err(_) => {
+                        self.close();
+                        return Err(SocketError::generic(WRITE_TIMED_OUT));
+                    }
+                },
+                _ = inner.closed.closed() => {}
+            }
+        }
+    }
+
+    /// [`TcpConn::write_all`] without waiting: writes what the socket takes now
+    /// and returns how many bytes that was; 0 when it would wait or another
+    /// write holds the connection. An error after some bytes went out is left
+    /// for the write of the rest to report.
+    pub fn try_write(&self, data: &[u8]) -> Result<u32, SocketError> {
+        let inner = &*self.0;
+        if inner.write_shut.load(Ordering::Acquire) || inner.closed.is_closed() {
+            return Err(SocketError::generic(WRITE_AFTER_CLOSE));
+        }
+        if inner.writer.busy() {
+            return Ok(0);
+        }
+        let mut written = 0;
+        while written < data.len() {
+            match inner.stream.try_write(&data[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) if written > 0 => break,
+                Err(e) => return Err(SocketError::from(e)),
+            }
+        }
+        if written > 0 {
+            self.touch();
+        }
+        Ok(written as u32)
+    }
+
+    /// Closes both directions and wakes everything waiting on this connection.
+    /// Closing twice is harmless.
+    pub fn close(&self) {
+        let inner = &*self.0;
+        inner.write_shut.store(true, Ordering::Release);
+        if inner.closed.close() {
+            // The socket may already be gone (reset by the peer): nothing to do then.
+            let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Both);
+        }
+        drop(self.take_permit());
+    }
+
+    /// Counts this connection under its service's connection caps until it closes.
+    pub fn hold_permit(&self, permit: Admitted) {
+        *self.0.permit.lock().unwrap() = Some(permit);
+    }
+
+    /// Takes the connection's places under the caps, for a caller that must
+    /// keep them past `close` (an instance per connection keeps them until the
+    /// instance is gone, so the next connection finds a free pool slot).
+    pub fn take_permit(&self) -> Option<Admitted> {
+        self.0.permit.lock().unwrap().take()
+    }
+
+    /// Stops writing: sends FIN; later writes fail with `client socket close already.`
+    pub fn shutdown_write(&self) -> Result<(), SocketError> {
+        let inner = &*self.0;
+        if inner.closed.is_closed() {
+            return Err(SocketError::generic(WRITE_AFTER_CLOSE));
+        }
+        inner.write_shut.store(true, Ordering::Release);
+        inner.write_done.cancel();
+        socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Write).map_err(SocketError::from)
+    }
+
+    /// Stops reading: later reads see end of stream. The kernel wakes a read
+    /// already waiting (`SHUT_RD` makes it see end of stream), so none hangs.
+    pub fn shutdown_read(&self) -> Result<(), SocketError> {
+        let inner = &*self.0;
+        if inner.closed.is_closed() {
+            return Err(SocketError::generic("socket is closed"));
+        }
+        inner.read_shut.store(true, Ordering::Release);
+        let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Read);
+        Ok(())
+    }
+
+    /// Resolves once this side can write no more: `shutdown-write` or `close`.
+    /// A connection whose peer ended its stream lives until then, so a service
+    /// can still answer after a half-close.
+    pub async fn write_done(&self) {
+        self.0.write_done.cancelled().await
+    }
+
+    fn side(&self) -> MutexGuard<'_, ReadSide> {
+        // Every update of the read side is complete before it unlocks; a panic
+        // elsewhere leaves nothing half done, so a poisoned lock is still sound.
+        self.0.read.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The error of a `read(n)` past [`MAX_IO`].
+pub fn read_too_long(n: u32) -> String {
+    format!("read length {n} is over the limit of {MAX_IO} bytes per call (read in parts)")
+}
+
+/// The error of a `write` past [`MAX_IO`].
+pub fn write_too_long(n: usize) -> String {
+    format!("write of {n} bytes is over the limit of {MAX_IO} bytes per call (write in parts)")
+}
+
+impl std::fmt::Debug for TcpConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpConn")
+            .field("id", &self.0.id)
+            .field("local", &self.0.local)
+            .field("remote", &self.0.remote)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connection as a listener accepts it, and the client's end.
+    pub async fn pair() -> (TcpConn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, from) = listener.accept().await.unwrap();
+        assert_eq!(from, peer.local_addr().unwrap());
+        // No local address given: the connection asks its socket.
+        let conn = TcpConn::from_accept(stream, from, None, Timeouts::read_only(Duration::from_secs(5))).unwrap();
+        assert_eq!(conn.local_addr(), peer.peer_addr().unwrap());
+        assert_eq!(conn.remote_addr(), from);
+        (conn, peer)
+    }
+
+    #[tokio::test]
+    async fn writes_after_shutdown_write_fail_with_ballerinas_message() {
+        let (conn, _peer) = pair().await;
+        assert_eq!(conn.write_all(b"one").await.unwrap(), 3);
+        conn.shutdown_write().unwrap();
+        assert_eq!(conn.write_all(b"two").await.unwrap_err().message, WRITE_AFTER_CLOSE);
+        conn.close();
+        assert_eq!(conn.write_all(b"").await.unwrap_err().message, WRITE_AFTER_CLOSE);
+    }
+}
