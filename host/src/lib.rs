@@ -9,7 +9,8 @@
 //!   [`server::Runtime`] owns the engine and the compile cache.
 //! - [`dispatch`]: one shared instance per service (or one per connection); a
 //!   driver per connection fires `on-connect` / `on-read-ready` / `on-error` /
-//!   `on-close`; traps restart it.
+//!   `on-close`; traps restart it. [`component`]: a service's component,
+//!   linked and looked up once, and the stores of its instances.
 //! - [`net`]: the WIT socket resources on tokio sockets (`net::tcp` is the
 //!   connection state machine, `net::host` the generated-trait glue).
 //! - [`policy`]: the operator's grants, checked before every connect, bind and send.
@@ -28,6 +29,7 @@ pub mod bindings;
 pub mod blocking;
 pub mod cli;
 pub mod coalesce;
+pub mod component;
 pub mod config;
 pub mod dispatch;
 pub mod engine;

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
+use crate::component::ServiceComponent;
 use crate::config::{Instances, ServiceSpec};
-use crate::dispatch::{self, Loaded};
+use crate::dispatch;
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
 use crate::net::listener::{accept_loop, bind_tcp};
@@ -85,7 +86,7 @@ impl Runtime {
     /// let loaded = runtime.load(&portcullis::config::ServiceSpec::new("echo.wasm"))?;
     /// # Ok(()) }
     /// ```
-    pub fn load(&self, spec: &ServiceSpec) -> Result<Arc<Loaded>> {
+    pub fn load(&self, spec: &ServiceSpec) -> Result<Arc<ServiceComponent>> {
         let component = self.compile(&spec.component)?;
         if spec.instances == Instances::PerConnection && self.pool_slots.is_none() {
             bail!("{}: `--instances per-connection` needs a pooled runtime (Runtime::pooled)", spec.name);
@@ -95,7 +96,7 @@ impl Runtime {
             spec.limits.max_connections = self.pool_slots.and_then(|n| NonZeroUsize::new(n as usize));
         }
         let policy = spec.grants.policy()?;
-        Ok(Arc::new(Loaded::new(&self.engine, &component, &spec, Arc::new(policy), self.budget.clone())?))
+        Ok(Arc::new(ServiceComponent::new(&self.engine, &component, &spec, Arc::new(policy), self.budget.clone())?))
     }
 
     /// Reads and compiles (or loads from cache) the component at `path`.
@@ -113,7 +114,11 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
 /// Serves `loaded` on `listeners` (already bound) as its [`ServiceSpec`] says,
 /// until `shutdown` is cancelled, or, for a program, until its `main` and
 /// callback connections are done. Returns the exit code.
-pub async fn serve(loaded: Arc<Loaded>, listeners: Vec<TcpListener>, shutdown: CancellationToken) -> Result<i32> {
+pub async fn serve(
+    loaded: Arc<ServiceComponent>,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<i32> {
     if !listeners.is_empty() {
         loaded.require_callbacks()?;
     }
@@ -123,7 +128,7 @@ pub async fn serve(loaded: Arc<Loaded>, listeners: Vec<TcpListener>, shutdown: C
         tokio::spawn(accept_loop(listener, admission.clone(), sink.clone(), shutdown.clone(), |_| {}));
     }
     match loaded.instances() {
-        Instances::Shared => dispatch::run(loaded, conns, sink, admission, shutdown).await,
+        Instances::Shared => dispatch::run_shared(loaded, conns, sink, admission, shutdown).await,
         Instances::PerConnection => {
             drop(sink);
             dispatch::run_per_connection(loaded, conns, admission, shutdown).await

@@ -40,13 +40,13 @@ fn main() -> Result<()> {
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (mut up, mut down, mut probes) = tokio.block_on(async {
         for _ in 0..20 {
-            loaded.instantiate_once().await?;
+            portcullis::dispatch::instantiate_once(&loaded).await?;
         }
         let (mut up, mut down, mut probes) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
         for part in 0..PARTS {
             for _ in part * n / PARTS..(part + 1) * n / PARTS {
                 let started = Instant::now();
-                let instance = loaded.instantiate_once().await?;
+                let instance = portcullis::dispatch::instantiate_once(&loaded).await?;
                 let ready = Instant::now();
                 drop(instance);
                 up.push((ready - started).as_secs_f64() * 1e6);

@@ -525,6 +525,14 @@ impl HostUdpClient for HostState {
     }
 }
 
+/// The portcullis sockets (`portcullis:socket/types`, `tcp`, `udp`), added
+/// to `linker`: the generated glue, then the copy-free twins of the functions
+/// that take a `list<u8>`.
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+    crate::bindings::Service::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    add_bounded_lists(linker)
+}
+
 /// Replaces generated functions that take a `list<u8>` with twins that read
 /// it straight from guest memory (`WasmList`) instead of having it copied into
 /// a `Vec` first:
@@ -536,7 +544,7 @@ impl HostUdpClient for HostState {
 ///   from guest memory.
 ///
 /// Same checks, same results as the [`HostConnection`] methods they shadow.
-pub fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime::component::WasmList;
     linker.allow_shadowing(true);
     let mut tcp = linker.instance("portcullis:socket/tcp@0.1.0")?;

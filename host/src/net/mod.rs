@@ -29,6 +29,7 @@ use crate::policy::Policy;
 use crate::sync::Served;
 
 pub use error::SocketError;
+pub use host::add_to_linker;
 pub use listener::GuestListener;
 pub use tcp::TcpConn;
 pub use udp::UdpClient;

@@ -1,0 +1,228 @@
+//! A service's component, worked out once: linked against what portcullis
+//! provides, its exports looked up (`callbacks`, `main`), with its spec (env,
+//! grants, limits) and what all its instances share. Making instances and
+//! their stores is here; when to make them, and what runs in them, is
+//! `dispatch`'s.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Result, bail};
+use tokio::sync::mpsc;
+use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, TypedFunc};
+use wasmtime::{Engine, Store};
+
+use crate::bindings::exports::portcullis::socket::callbacks::{CallbackUse, Guest as Callbacks, GuestIndices};
+use crate::coalesce::Coalesced;
+use crate::config::{Instances, ServiceSpec};
+use crate::guest_output::OutputRate;
+use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
+use crate::net::admission::Admission;
+use crate::net::{NetCtx, TcpConn};
+use crate::policy::Policy;
+use crate::state::{HostState, new_store};
+
+/// A program's `main`: `wasi:cli/run`'s `run`.
+pub(crate) type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
+
+/// What a component offers, worked out once: its pre-linked form, whether it
+/// exports callbacks, whether it has a `main`; with its service's spec (env,
+/// grants, limits) and what all its instances share (answers of `unwanted`,
+/// coalesced warnings, the service's admission).
+pub struct ServiceComponent {
+    pub name: String,
+    pre: InstancePre<HostState>,
+    callbacks: Option<GuestIndices>,
+    main: Option<ComponentExportIndex>,
+    env: Arc<[(String, String)]>,
+    policy: Arc<Policy>,
+    instances: Instances,
+    limits: Limits,
+    /// The process's memory budget, which every instance's account draws on.
+    budget: Arc<MemoryBudget>,
+    /// Callbacks the guest answered `unwanted` (it does nothing there): not
+    /// called again, in any instance of this component.
+    pub(crate) unwanted: Unwanted,
+    /// Warnings of all this component's instances, coalesced together (with
+    /// an instance per connection, a client could otherwise have each new
+    /// instance write its first line).
+    pub(crate) warnings: Warnings,
+    /// The service's connection caps and time-outs, for all its listeners.
+    admission: Admission,
+}
+
+/// A component's log lines that its instances (or the clients that make
+/// them trap) could repeat without end, each coalesced (see `coalesce`).
+pub(crate) struct Warnings {
+    pub(crate) denials: Arc<Coalesced>,
+    pub(crate) udp_refusals: Arc<Coalesced>,
+    pub(crate) memory_refusals: Arc<Coalesced>,
+    /// An instance ended by a trap (the first with its backtrace).
+    pub(crate) traps: Arc<Coalesced>,
+    /// Which connection's callback trapped.
+    pub(crate) trapped_connections: Arc<Coalesced>,
+    /// Connections closed for want of an instance (a full pool).
+    pub(crate) unserved: Arc<Coalesced>,
+    /// The component's stdout and stderr, under one rate for all its instances.
+    pub(crate) output: Arc<OutputRate>,
+}
+
+impl Warnings {
+    fn new(component: Arc<str>) -> Self {
+        let c = || Some(component.clone());
+        Warnings {
+            denials: Coalesced::new("denials", c()),
+            udp_refusals: Coalesced::new("datagrams dropped", c()),
+            memory_refusals: Coalesced::new("memory refusals", c()),
+            traps: Coalesced::errors("guest traps", c()),
+            trapped_connections: Coalesced::errors("connections whose callback trapped", c()),
+            unserved: Coalesced::new("connections without an instance", c()),
+            output: OutputRate::new(component.clone()),
+        }
+    }
+}
+
+/// Callbacks the guest answered `unwanted` (it does nothing there).
+#[derive(Default)]
+pub(crate) struct Unwanted {
+    pub(crate) on_connect: AtomicBool,
+    pub(crate) on_close: AtomicBool,
+}
+
+impl Unwanted {
+    pub(crate) fn note(flag: &AtomicBool, answer: CallbackUse) {
+        if answer == CallbackUse::Unwanted {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The export name of `wasi:cli/run`: 0.3 (async, what the SDK exports) or 0.2
+/// (sync, what std exports for `fn main`; such a main cannot await socket calls).
+const RUN_INTERFACE: &str = "wasi:cli/run@";
+const CALLBACKS_INTERFACE: &str = "portcullis:socket/callbacks@0.1.0";
+
+impl ServiceComponent {
+    /// Links `component` against the portcullis and WASI imports. Fails with a
+    /// message naming the missing import when the component wants something
+    /// portcullis does not provide.
+    pub fn new(
+        engine: &Engine,
+        component: &Component,
+        spec: &ServiceSpec,
+        policy: Arc<Policy>,
+        budget: Arc<MemoryBudget>,
+    ) -> Result<Self> {
+        let name = &spec.name;
+        let mut linker = Linker::<HostState>::new(engine);
+        crate::state::link(&mut linker)?;
+        let pre = linker.instantiate_pre(component).map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
+        let callbacks = GuestIndices::new(&pre).ok();
+        let main =
+            component.component_type().exports(engine).find(|(export, _)| export.starts_with(RUN_INTERFACE)).and_then(
+                |(export, _)| {
+                    let iface = component.get_export_index(None, export)?;
+                    component.get_export_index(Some(&iface), "run")
+                },
+            );
+        if main.is_some() && spec.instances == Instances::PerConnection {
+            bail!("{name} is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
+        }
+        Ok(ServiceComponent {
+            name: name.to_string(),
+            pre,
+            callbacks,
+            main,
+            env: spec.env.clone().into(),
+            policy,
+            instances: spec.instances,
+            limits: spec.limits.clone(),
+            budget,
+            unwanted: Unwanted::default(),
+            warnings: Warnings::new(Arc::from(name.as_str())),
+            admission: Admission::new(&spec.limits, Arc::from(name.as_str())),
+        })
+    }
+
+    /// A new instance in `store`, with its callbacks looked up.
+    pub(crate) async fn instantiate(&self, store: &mut Store<HostState>) -> Result<(Instance, Option<Callbacks>)> {
+        let instance = self
+            .pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| anyhow::Error::from(e).context(format!("instantiating {}", self.name)))?;
+        let callbacks = match &self.callbacks {
+            Some(indices) => Some(indices.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok((instance, callbacks))
+    }
+
+    pub fn has_main(&self) -> bool {
+        self.main.is_some()
+    }
+
+    /// The instance's `main` (`wasi:cli/run`), for a program.
+    pub(crate) fn main(&self, store: &mut Store<HostState>, instance: &Instance) -> Result<Option<MainFunc>> {
+        match &self.main {
+            Some(index) => Ok(Some(instance.get_typed_func::<(), (Result<(), ()>,)>(store, index)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// How the service is instantiated (as its spec said).
+    pub fn instances(&self) -> Instances {
+        self.instances
+    }
+
+    /// The service's bounds (as its spec said; `max_connections` filled in
+    /// from the pool for an instance per connection).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// What the service's listeners apply to each connection (its caps and
+    /// time-outs): one for the service, shared by all its listeners.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// A store for a new instance of this component: its env, its grants,
+    /// where its callback connections go, and the service's admission rules
+    /// (for the guest's own listeners).
+    pub(crate) fn new_store(
+        &self,
+        sink: mpsc::UnboundedSender<TcpConn>,
+        active_listeners: Arc<AtomicUsize>,
+        admission: Admission,
+    ) -> Store<HostState> {
+        let component: Arc<str> = Arc::from(self.name.as_str());
+        let memory =
+            MemoryAccount::new(self.limits.max_memory, self.budget.clone(), self.warnings.memory_refusals.clone());
+        let net = NetCtx {
+            new_connections: sink,
+            has_callbacks: self.callbacks.is_some(),
+            active_listeners,
+            policy: self.policy.clone(),
+            component,
+            admission,
+            sockets: SocketCount::new(self.limits.max_sockets),
+            limit_logged: AtomicBool::new(false),
+            denials: self.warnings.denials.clone(),
+            udp_refusals: self.warnings.udp_refusals.clone(),
+        };
+        new_store(self.pre.engine(), self.env.clone(), self.warnings.output.clone(), net, memory, &self.limits)
+    }
+
+    /// A service must export the callbacks; the error names what is missing.
+    pub fn require_callbacks(&self) -> Result<()> {
+        if self.callbacks.is_none() {
+            bail!(
+                "{} does not export {CALLBACKS_INTERFACE}, so it cannot serve connections \
+                 (a Rust service exports it with portcullis_sdk::export_service!)",
+                self.name
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! Which instance runs a callback, and when.
+//!
+//! One **shared instance** serves every connection of a service, so module state
+//! is shared as in Ballerina. Callbacks of different connections run concurrently
+//! inside it (component-model async, `run_concurrent`): each connection has a
+//! *driver*, a future that waits for the connection to become ready and queues
+//! it; the event loop hands all queued connections to the guest in one call
+//! (`on-read-ready`, or `on-read-ready-batch` for several), and each driver waits
+//! only for its own connection to be served, so one blocked in a guest `read(n)`
+//! never holds up the others.
+//! Or, with `--instances per-connection` ([`run_per_connection`]), every accepted
+//! connection gets an instance of its own, driven the same way in its own task;
+//! one such instance is made ahead, so a new connection does not wait for it.
+//!
+//! - [`supervise`]: which instance serves a connection ([`run_shared`],
+//!   [`run_per_connection`]), and a fresh one after a trap;
+//! - `event_loop`: one instance's loop inside `run_concurrent` (drivers,
+//!   `on-read-ready` calls, new connections, `main`, the stop);
+//! - `driver`: one connection from `on-connect` to `on-close`, one callback
+//!   at a time, fired again only when something new happened (see
+//!   `net::tcp::delivery`).
+//!
+//! A trap ends the instance: its connections are closed, the trap is logged with
+//! the component and connection, and a fresh instance takes over for new
+//! connections. Dispatch knows nothing about address checks.
+
+mod driver;
+mod event_loop;
+pub mod supervise;
+
+use std::time::Duration;
+
+pub use supervise::{Spare, instantiate_once, run_per_connection, run_shared};
+
+/// How long a graceful stop lets running callbacks finish before it closes their
+/// connections under them.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);

@@ -1,0 +1,226 @@
+//! The supervisors: which instance serves a connection, and a fresh one after
+//! a trap. [`run_shared`] keeps one instance for all of a service's
+//! connections (a new one after a trap); [`run_per_connection`] gives each
+//! connection an instance of its own, made ahead while none is waiting.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wasmtime::Store;
+
+use super::event_loop::{EventLoop, Live};
+use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
+use crate::component::{MainFunc, ServiceComponent};
+use crate::net::TcpConn;
+use crate::net::admission::Admission;
+use crate::state::HostState;
+use crate::sync;
+
+/// Runs `loaded` until it is done: a program until its `main` returned and its
+/// callback connections and listeners are gone, a service until `shutdown`.
+/// Connections arrive on `conns`; the guest's own listeners accept under
+/// `admission` (the service's connection caps and time-outs). Returns the program's exit code
+/// (0 for a service).
+pub async fn run_shared(
+    loaded: Arc<ServiceComponent>,
+    mut conns: mpsc::UnboundedReceiver<TcpConn>,
+    sink: mpsc::UnboundedSender<TcpConn>,
+    admission: Admission,
+    shutdown: CancellationToken,
+) -> Result<i32> {
+    let active_listeners = Arc::new(AtomicUsize::new(0));
+    let mut run_main = loaded.has_main();
+    loop {
+        let mut store = loaded.new_store(sink.clone(), active_listeners.clone(), admission.clone());
+        let (instance, callbacks) = loaded.instantiate(&mut store).await?;
+        let main = if run_main { loaded.main(&mut store, &instance)? } else { None };
+        let (ended, live) = serve_instance(
+            &loaded,
+            &mut store,
+            Sources { callbacks: callbacks.as_ref(), main, conns: &mut conns, active_listeners: &active_listeners },
+            false,
+            &shutdown,
+        )
+        .await;
+        match ended {
+            Ok(code) => return Ok(code),
+            Err(trap) => {
+                if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>()
+                    && main.is_some()
+                {
+                    return Ok(exit.0);
+                }
+                // A service has no exit status: its `exit` ends only its
+                // instance, as a trap does (and is logged as one).
+                let closed = live.close_all();
+                if main.is_some() {
+                    // A program whose main trapped has failed; nothing to restart.
+                    tracing::error!(component = %loaded.name, "guest trapped: {trap:#}; closed its {closed} connection(s)");
+                    return Ok(1);
+                }
+                // What happened first: a count line keeps only the first line.
+                loaded.warnings.traps.warn(|| {
+                    format!("guest trapped (closed its {closed} connection(s), starting a fresh instance): {trap:#}")
+                });
+                run_main = false;
+                if shutdown.is_cancelled() {
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `loaded` with a fresh instance for every connection that arrives on
+/// `conns`, until `shutdown`; then waits for those instances to finish (each
+/// stops as a shared instance does: [`STOP_GRACE`](super::STOP_GRACE), then its connection is
+/// closed). A trap ends only the instance of its own connection. Guest
+/// listeners accept under `admission`, as in [`run_shared`].
+pub async fn run_per_connection(
+    loaded: Arc<ServiceComponent>,
+    mut conns: mpsc::UnboundedReceiver<TcpConn>,
+    admission: Admission,
+    shutdown: CancellationToken,
+) -> Result<i32> {
+    let mut instances = tokio::task::JoinSet::new();
+    // One instance is made ahead, in the time between connections, so that the
+    // next connection is served at once instead of after its instantiation.
+    // Every instance is made here, in this one task, so the spare can never
+    // take the last pool slot from a connection that is being set up.
+    let mut spare: Option<Spare> = None;
+    // After a failed attempt (typically a full pool), try again only once an
+    // instance has ended, instead of spinning on a full pool.
+    let mut may_prepare = true;
+    let mut stop = sync::cancelled(&shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            conn = conns.recv() => match conn {
+                Some(conn) => {
+                    let made = match spare.take() {
+                        Some(spare) => Ok(spare),
+                        None => Spare::new(&loaded, admission.clone()).await,
+                    };
+                    match made {
+                        Ok(spare) => {
+                            instances.spawn(serve_alone(loaded.clone(), spare, conn, shutdown.clone()));
+                        }
+                        Err(e) => {
+                            // Typically the instance pool is exhausted: refuse this
+                            // connection, keep serving the others.
+                            loaded.warnings.unserved.warn(|| {
+                                format!("no instance for connection {} from {}: {e:#}", conn.id(), conn.remote_addr())
+                            });
+                            conn.close();
+                        }
+                    }
+                }
+                None => break,
+            },
+            Some(_) = instances.join_next() => may_prepare = true,
+            made = async {
+                // Let the connection just handed over (and whatever else is
+                // ready) go first: the spare is for the time nothing is.
+                tokio::task::yield_now().await;
+                Spare::new(&loaded, admission.clone()).await
+            }, if spare.is_none() && may_prepare => match made {
+                Ok(made) => spare = Some(made),
+                Err(_) => may_prepare = false,
+            },
+        }
+    }
+    drop(spare);
+    conns.close();
+    while let Ok(conn) = conns.try_recv() {
+        conn.close();
+    }
+    while instances.join_next().await.is_some() {}
+    Ok(0)
+}
+
+/// A fresh instance waiting for its connection (`--instances per-connection`),
+/// with the channel its event loop takes connections from. Made ahead, in
+/// the time between connections; dropping it tears the instance down and
+/// frees its pool slot.
+pub struct Spare {
+    store: Store<HostState>,
+    callbacks: Option<Callbacks>,
+    sink: mpsc::UnboundedSender<TcpConn>,
+    conns: mpsc::UnboundedReceiver<TcpConn>,
+    active_listeners: Arc<AtomicUsize>,
+}
+
+impl Spare {
+    /// A fresh store and instance for one connection, made before it arrives.
+    async fn new(component: &ServiceComponent, admission: Admission) -> Result<Spare> {
+        let (sink, conns) = mpsc::unbounded_channel();
+        let active_listeners = Arc::new(AtomicUsize::new(0));
+        let mut store = component.new_store(sink.clone(), active_listeners.clone(), admission);
+        let (_instance, callbacks) = component.instantiate(&mut store).await?;
+        Ok(Spare { store, callbacks, sink, conns, active_listeners })
+    }
+}
+
+/// A fresh store and instance, as a per-connection instance gets, with its
+/// callbacks looked up: what a new instance costs (the bench's
+/// `portcullis-instantiate` measures it). Dropping the result tears it down
+/// and frees its pool slot.
+#[doc(hidden)]
+pub async fn instantiate_once(component: &ServiceComponent) -> Result<Spare> {
+    Spare::new(component, component.admission().clone()).await
+}
+
+/// What an instance's event loop serves: its callbacks, its `main` (a
+/// program's first instance), and where connections come from.
+struct Sources<'a> {
+    callbacks: Option<&'a Callbacks>,
+    main: Option<MainFunc>,
+    conns: &'a mut mpsc::UnboundedReceiver<TcpConn>,
+    active_listeners: &'a AtomicUsize,
+}
+
+/// Runs the event loop of the instance in `store` (see [`EventLoop::run`])
+/// until it ends. Returns how it ended and the connections it was still
+/// driving, for the caller to close after a trap.
+async fn serve_instance(
+    component: &ServiceComponent,
+    store: &mut Store<HostState>,
+    sources: Sources<'_>,
+    until_idle: bool,
+    shutdown: &CancellationToken,
+) -> (wasmtime::Result<i32>, Live) {
+    let live = Live::default();
+    let Sources { callbacks, main, conns, active_listeners } = sources;
+    let event_loop = EventLoop::new(component, callbacks, &live, active_listeners, until_idle);
+    let ended = store
+        .run_concurrent(async |acc| event_loop.run(acc, main, conns, shutdown).await)
+        .await
+        .and_then(|inner| inner);
+    (ended, live)
+}
+
+/// One connection in an instance of its own, from instantiation to `on-close`
+/// (and to the end of any client connection the instance opened meanwhile).
+async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn, shutdown: CancellationToken) {
+    // The connection's place under `--max-connections` is given back after the
+    // store (declared later, dropped earlier) has returned its pool slot.
+    let _permit = conn.take_permit();
+    let Spare { mut store, callbacks, sink, mut conns, active_listeners } = spare;
+    let (id, remote) = (conn.id(), conn.remote_addr());
+    let _ = sink.send(conn);
+    let sources =
+        Sources { callbacks: callbacks.as_ref(), main: None, conns: &mut conns, active_listeners: &active_listeners };
+    let (ended, live) = serve_instance(&loaded, &mut store, sources, true, &shutdown).await;
+    if let Err(trap) = ended {
+        let closed = live.close_all();
+        loaded.warnings.traps.warn(|| {
+            format!(
+                "guest trapped (closed the instance of connection {id} from {remote}, {closed} connection(s)): {trap:#}"
+            )
+        });
+    }
+}
