@@ -63,6 +63,53 @@ impl SocketError {
     }
 }
 
+/// What a host function fails with: a [`SocketError`] that the guest gets as
+/// its `error` value, or a trap (a handle the guest does not own, a host
+/// failure). Both go up with `?`; the generated glue sorts them through
+/// `types::Host::convert_error` (wasmtime's `trappable_error_type`, shaped
+/// like wasmtime-wasi's `TrappableError`).
+#[derive(Debug)]
+pub struct HostError(wasmtime::Error);
+
+/// The result of a host function whose WIT result carries an `error`.
+pub type HostResult<T> = Result<T, HostError>;
+
+impl HostError {
+    /// A trap: the guest's instance ends.
+    pub fn trap(err: impl Into<wasmtime::Error>) -> Self {
+        HostError(err.into())
+    }
+
+    /// The guest's error, or (as `Err`) the trap.
+    pub fn into_guest_error(self) -> wasmtime::Result<SocketError> {
+        self.0.downcast()
+    }
+}
+
+impl From<SocketError> for HostError {
+    fn from(err: SocketError) -> Self {
+        HostError(wasmtime::Error::new(err))
+    }
+}
+
+impl From<PolicyError> for HostError {
+    fn from(err: PolicyError) -> Self {
+        SocketError::from(err).into()
+    }
+}
+
+impl From<wasmtime::Error> for HostError {
+    fn from(err: wasmtime::Error) -> Self {
+        HostError::trap(err)
+    }
+}
+
+impl From<wasmtime::component::ResourceTableError> for HostError {
+    fn from(err: wasmtime::component::ResourceTableError) -> Self {
+        HostError::trap(err)
+    }
+}
+
 impl From<PolicyError> for SocketError {
     fn from(err: PolicyError) -> Self {
         match err {
@@ -113,5 +160,15 @@ mod tests {
     fn custom_errors_keep_their_text() {
         let err = io::Error::other("boom");
         assert_eq!(os_reason(&err), "boom");
+    }
+
+    #[test]
+    fn a_host_error_is_the_guests_error_or_a_trap() {
+        let guest = HostError::from(SocketError::read_timed_out());
+        assert_eq!(guest.into_guest_error().unwrap(), SocketError::read_timed_out());
+        let denied = HostError::from(PolicyError::Denied("permission denied: connect tcp://10.0.0.5:1".into()));
+        assert_eq!(denied.into_guest_error().unwrap().kind, ErrorKind::PermissionDenied);
+        let trap = HostError::from(wasmtime::component::ResourceTableError::NotPresent);
+        assert!(trap.into_guest_error().is_err(), "a handle the guest does not own traps");
     }
 }

@@ -1,7 +1,8 @@
 //! The generated WIT host traits for `portcullis:socket/{tcp,udp}`, implemented on the
 //! store's [`HostState`]: look the resource up, convert, delegate to `tcp` or
 //! `listener`. A handle the guest does not own is a trap (a broken guest), every
-//! socket failure is an `error` value (an ordinary outcome).
+//! socket failure is an `error` value (an ordinary outcome). Both go up with
+//! `?` as a [`HostError`]; `types::Host::convert_error` tells them apart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Accessor, HasSelf, Resource};
 
-use super::error::{CONNECT_FAILED, ErrorKind, SocketError};
+use super::error::{CONNECT_FAILED, ErrorKind, HostError, HostResult, SocketError};
 use super::tcp::{Timeouts, read_too_long, write_too_long};
 use super::udp::{HOST_BYTES as UDP_HOST_BYTES, MAX_DATAGRAM, UdpBind, datagram_too_large};
 use super::{Connection, GuestListener, TcpConn, UdpClient};
@@ -20,8 +21,6 @@ use crate::coalesce::Coalesced;
 use crate::limits::{GuestSocket, HostCharge, MAX_IO, SOCKET_BUFFER};
 use crate::policy::{Policy, PolicyError, Use, target_text};
 use crate::state::HostState;
-
-type Outcome<T> = wasmtime::Result<Result<T, types::Error>>;
 
 impl From<SocketError> for types::Error {
     fn from(e: SocketError) -> Self {
@@ -123,54 +122,46 @@ fn logged(acc: &Accessor<HostState>, err: impl Into<SocketError>) -> SocketError
 /// Writes `data` (already out of the guest) whole. Its bytes are charged to
 /// the instance while the write waits: at most [`MAX_IO`] per call, and all
 /// pending writes of an instance within its memory limit.
-async fn write_held(
-    acc: &Accessor<HostState>,
-    this: &Resource<Connection>,
-    data: Vec<u8>,
-) -> wasmtime::Result<Result<u32, SocketError>> {
+async fn write_held(acc: &Accessor<HostState>, this: &Resource<Connection>, data: Vec<u8>) -> HostResult<u32> {
     if data.len() > MAX_IO {
-        return Ok(Err(SocketError::generic(write_too_long(data.len()))));
+        return Err(SocketError::generic(write_too_long(data.len())).into());
     }
     let (conn, charge) = acc.with(|mut access| -> wasmtime::Result<_> {
         let state = access.get();
         let bytes = PENDING_CALL_BYTES + data.len();
         Ok((state.table.get(this)?.conn.clone(), state.memory().charge(bytes, "a pending write")))
     })?;
-    let _charge = match charge {
-        Ok(charge) => charge,
-        Err(e) => return Ok(Err(SocketError::generic(e))),
-    };
-    Ok(wait_in_host(acc, conn.write_all(&data)).await)
+    let _charge = charge.map_err(SocketError::generic)?;
+    Ok(wait_in_host(acc, conn.write_all(&data)).await?)
 }
 
-impl types::Host for HostState {}
+impl types::Host for HostState {
+    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<types::Error> {
+        Ok(err.into_guest_error()?.into())
+    }
+}
 impl crate::bindings::tcp::Host for HostState {}
 impl crate::bindings::udp::Host for HostState {}
 
 impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
-    async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> Outcome<Resource<Connection>> {
+    async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> HostResult<Resource<Connection>> {
         let (has_callbacks, sink, policy, service_timeouts) = acc.with(|mut access| {
             let net = &access.get().net;
             (net.has_callbacks, net.new_connections.clone(), net.policy.clone(), net.admission.timeouts)
         });
         if config.callback && !has_callbacks {
-            return Ok(Err(SocketError::generic(
-                "a callback client needs the component to export portcullis:socket/callbacks",
-            )
-            .into()));
+            let needs = "a callback client needs the component to export portcullis:socket/callbacks";
+            return Err(SocketError::generic(needs).into());
         }
         // Counted from before the connect: a flood of connects in flight is capped too.
-        let socket = match guest_socket(acc, SOCKET_BUFFER as usize) {
-            Ok(socket) => socket,
-            Err(e) => return Ok(Err(e.into())),
-        };
+        let socket = guest_socket(acc, SOCKET_BUFFER as usize)?;
         let resolving = policy.resolve_outbound(Use::TcpConnect, &config.host, config.port);
         let addrs = match wait_in_host(acc, resolving).await {
             Ok(addrs) => addrs,
-            Err(e @ PolicyError::Denied(_)) => return Ok(Err(logged(acc, e).into())),
+            Err(e @ PolicyError::Denied(_)) => return Err(logged(acc, e).into()),
             Err(e) => {
                 let reason = SocketError::from(e).message;
-                return Ok(Err(SocketError::generic(format!("{CONNECT_FAILED}{reason}")).into()));
+                return Err(SocketError::generic(format!("{CONNECT_FAILED}{reason}")).into());
             }
         };
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
@@ -183,75 +174,68 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
             write: service_timeouts.write,
         };
         let connecting = TcpConn::connect(&addrs, connect_timeout, timeouts, socket);
-        let conn = match wait_in_host(acc, connecting).await {
-            Ok(conn) => conn,
-            Err(e) => return Ok(Err(e.into())),
-        };
+        let conn = wait_in_host(acc, connecting).await?;
         tracing::debug!(id = conn.id(), remote = %conn.remote_addr(), "client connection open");
         if config.callback {
             // The dispatcher fires on-connect / on-read-ready / on-close for it.
             let _ = sink.send(conn.clone());
         }
-        let handle = acc.with(|mut access| access.get().table.push(Connection::new(conn)))?;
-        Ok(Ok(handle))
+        Ok(acc.with(|mut access| access.get().table.push(Connection::new(conn)))?)
     }
 
     // What the bindings require; `add_bounded_lists` links a twin that checks
     // the length before copying anything out of the guest.
-    async fn write(acc: &Accessor<HostState, Self>, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
-        Ok(write_held(acc, &this, data).await?.map_err(Into::into))
+    async fn write(acc: &Accessor<HostState, Self>, this: Resource<Connection>, data: Vec<u8>) -> HostResult<u32> {
+        write_held(acc, &this, data).await
     }
 
     async fn read(
         acc: &Accessor<HostState, Self>,
         this: Resource<Connection>,
         length: Option<u32>,
-    ) -> Outcome<Vec<u8>> {
-        let (conn, charge) = acc.with(|mut access| -> wasmtime::Result<_> {
+    ) -> HostResult<Vec<u8>> {
+        let (conn, _charge) = acc.with(|mut access| -> HostResult<_> {
             let state = access.get();
             let conn = state.table.get(&this)?.conn.clone();
             // What a read gathers is held in the host until it completes.
             let gathered = match length {
-                Some(n) if n as usize > MAX_IO => return Ok((conn, Err(SocketError::generic(read_too_long(n))))),
+                Some(n) if n as usize > MAX_IO => return Err(SocketError::generic(read_too_long(n)).into()),
                 Some(n) => n as usize,
                 None => 0,
             };
-            let charge = state.memory().charge(PENDING_CALL_BYTES + gathered, "a read").map_err(SocketError::generic);
+            let charge =
+                state.memory().charge(PENDING_CALL_BYTES + gathered, "a read").map_err(SocketError::generic)?;
             Ok((conn, charge))
         })?;
-        let _charge = match charge {
-            Ok(charge) => charge,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        Ok(wait_in_host(acc, conn.read(length)).await.map_err(Into::into))
+        Ok(wait_in_host(acc, conn.read(length)).await?)
     }
 }
 
 impl HostConnection for HostState {
-    fn close(&mut self, this: Resource<Connection>) -> Outcome<()> {
+    fn close(&mut self, this: Resource<Connection>) -> HostResult<()> {
         self.table.get(&this)?.conn.close();
-        Ok(Ok(()))
+        Ok(())
     }
 
-    fn try_read(&mut self, this: Resource<Connection>, length: Option<u32>) -> Outcome<Option<Vec<u8>>> {
-        Ok(self.table.get(&this)?.conn.try_read(length).map_err(Into::into))
+    fn try_read(&mut self, this: Resource<Connection>, length: Option<u32>) -> HostResult<Option<Vec<u8>>> {
+        Ok(self.table.get(&this)?.conn.try_read(length)?)
     }
 
-    fn unread(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<()> {
-        Ok(self.table.get(&this)?.conn.unread(data).map_err(Into::into))
+    fn unread(&mut self, this: Resource<Connection>, data: Vec<u8>) -> HostResult<()> {
+        Ok(self.table.get(&this)?.conn.unread(data)?)
     }
 
     // What the bindings require; `add_bounded_lists` links a copy-free twin instead.
-    fn try_write(&mut self, this: Resource<Connection>, data: Vec<u8>) -> Outcome<u32> {
-        Ok(self.table.get(&this)?.conn.try_write(&data).map_err(Into::into))
+    fn try_write(&mut self, this: Resource<Connection>, data: Vec<u8>) -> HostResult<u32> {
+        Ok(self.table.get(&this)?.conn.try_write(&data)?)
     }
 
-    fn shutdown_read(&mut self, this: Resource<Connection>) -> Outcome<()> {
-        Ok(self.table.get(&this)?.conn.shutdown_read().map_err(Into::into))
+    fn shutdown_read(&mut self, this: Resource<Connection>) -> HostResult<()> {
+        Ok(self.table.get(&this)?.conn.shutdown_read()?)
     }
 
-    fn shutdown_write(&mut self, this: Resource<Connection>) -> Outcome<()> {
-        Ok(self.table.get(&this)?.conn.shutdown_write().map_err(Into::into))
+    fn shutdown_write(&mut self, this: Resource<Connection>) -> HostResult<()> {
+        Ok(self.table.get(&this)?.conn.shutdown_write()?)
     }
 
     fn id(&mut self, this: Resource<Connection>) -> wasmtime::Result<u64> {
@@ -288,43 +272,32 @@ impl HostConnection for HostState {
 }
 
 impl HostListenerWithStore<HostState> for HasSelf<HostState> {
-    async fn start(acc: &Accessor<HostState, Self>, this: Resource<GuestListener>) -> Outcome<()> {
+    async fn start(acc: &Accessor<HostState, Self>, this: Resource<GuestListener>) -> HostResult<()> {
         let (port, interface, policy, has_callbacks) = acc.with(|mut access| -> wasmtime::Result<_> {
             let state = access.get();
             let listener = state.table.get(&this)?;
             let interface = listener.interface().map(|i| i.map(str::to_string));
             Ok((listener.port(), interface, state.net.policy.clone(), state.net.has_callbacks))
         })?;
-        let interface = match interface {
-            Ok(interface) => interface,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let _call = match pending_call(acc) {
-            Ok(call) => call,
-            Err(e) => return Ok(Err(e.into())),
-        };
+        let interface = interface?;
+        let _call = pending_call(acc)?;
         if !has_callbacks {
-            return Ok(Err(SocketError::generic(
-                "a listener needs the component to export portcullis:socket/callbacks",
-            )
-            .into()));
+            let needs = "a listener needs the component to export portcullis:socket/callbacks";
+            return Err(SocketError::generic(needs).into());
         }
         let resolving = policy.resolve_bind(Use::TcpListen, interface.as_deref(), port);
         let addr = match wait_in_host(acc, resolving).await {
             Ok(Some(addr)) => addr,
             Ok(None) => SocketAddr::from(([0, 0, 0, 0], port)),
-            Err(e) => return Ok(Err(logged(acc, e).into())),
+            Err(e) => return Err(logged(acc, e).into()),
         };
         acc.with(|mut access| {
             let state = access.get();
             let net = &state.net;
-            let socket = match net.sockets.take() {
-                Ok(socket) => socket,
-                Err(e) => return Ok(Err(net.limited(e).into())),
-            };
+            let socket = net.sockets.take().map_err(|e| net.limited(e))?;
             let (sink, active, admission) =
                 (net.new_connections.clone(), net.active_listeners.clone(), net.admission.clone());
-            Ok(state.table.get_mut(&this)?.start(addr, sink, active, admission, socket).map_err(Into::into))
+            Ok(state.table.get_mut(&this)?.start(addr, sink, active, admission, socket)?)
         })
     }
 }
@@ -337,18 +310,18 @@ impl HostListener for HostState {
         Ok(self.table.push(GuestListener::new(port, config.interface, read_timeout, charge))?)
     }
 
-    fn graceful_stop(&mut self, this: Resource<GuestListener>) -> Outcome<()> {
+    fn graceful_stop(&mut self, this: Resource<GuestListener>) -> HostResult<()> {
         self.table.get_mut(&this)?.stop(false);
-        Ok(Ok(()))
+        Ok(())
     }
 
-    fn immediate_stop(&mut self, this: Resource<GuestListener>) -> Outcome<()> {
+    fn immediate_stop(&mut self, this: Resource<GuestListener>) -> HostResult<()> {
         self.table.get_mut(&this)?.stop(true);
-        Ok(Ok(()))
+        Ok(())
     }
 
-    fn local_address(&mut self, this: Resource<GuestListener>) -> Outcome<Address> {
-        Ok(self.table.get(&this)?.local_addr().map(to_address).map_err(Into::into))
+    fn local_address(&mut self, this: Resource<GuestListener>) -> HostResult<Address> {
+        Ok(to_address(self.table.get(&this)?.local_addr()?))
     }
 
     fn drop(&mut self, this: Resource<GuestListener>) -> wasmtime::Result<()> {
@@ -366,27 +339,21 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         acc: &Accessor<HostState, Self>,
         local: Option<Address>,
         config: UdpClientConfig,
-    ) -> Outcome<Resource<UdpClient>> {
+    ) -> HostResult<Resource<UdpClient>> {
         let policy = policy_of(acc);
         let (host, port) = match &local {
             Some(address) => (address.host.as_deref(), address.port),
             None => (None, 0),
         };
-        let socket = match guest_socket(acc, UDP_HOST_BYTES) {
-            Ok(socket) => socket,
-            Err(e) => return Ok(Err(e.into())),
-        };
+        let socket = guest_socket(acc, UDP_HOST_BYTES)?;
         let bind = match wait_in_host(acc, policy.resolve_bind(Use::UdpBind, host, port)).await {
             Ok(Some(addr)) => UdpBind::Addr(addr),
             Ok(None) => UdpBind::AllInterfaces(port),
-            Err(e) => return Ok(Err(logged(acc, e).into())),
+            Err(e) => return Err(logged(acc, e).into()),
         };
         let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
-        let client = match wait_in_host(acc, UdpClient::bind(bind, read_timeout, socket)).await {
-            Ok(client) => client,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        Ok(Ok(acc.with(|mut access| access.get().table.push(client))?))
+        let client = wait_in_host(acc, UdpClient::bind(bind, read_timeout, socket)).await?;
+        Ok(acc.with(|mut access| access.get().table.push(client))?)
     }
 
     // What the bindings require; `add_bounded_lists` links a twin that checks
@@ -396,7 +363,7 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         this: Resource<UdpClient>,
         data: Vec<u8>,
         address: Address,
-    ) -> Outcome<u32> {
+    ) -> HostResult<u32> {
         send_datagram(acc, &this, data, address).await
     }
 
@@ -404,21 +371,16 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
         acc: &Accessor<HostState, Self>,
         this: Resource<UdpClient>,
         length: Option<u32>,
-    ) -> Outcome<(Vec<u8>, Address)> {
+    ) -> HostResult<(Vec<u8>, Address)> {
         let client = udp_of(acc, &this)?;
-        let _call = match pending_call(acc) {
-            Ok(call) => call,
-            Err(e) => return Ok(Err(e.into())),
-        };
+        let _call = pending_call(acc)?;
         let (policy, refusals) = acc.with(|mut a| {
             let net = &a.get().net;
             (net.policy.clone(), net.udp_refusals.clone())
         });
         let admit = |from| admit_sender(&client, &policy, &refusals, from);
-        match wait_in_host(acc, client.receive_from(length, admit)).await {
-            Ok((data, from)) => Ok(Ok((data, to_address(from)))),
-            Err(e) => Ok(Err(e.into())),
-        }
+        let (data, from) = wait_in_host(acc, client.receive_from(length, admit)).await?;
+        Ok((data, to_address(from)))
     }
 }
 
@@ -428,23 +390,17 @@ async fn send_datagram(
     this: &Resource<UdpClient>,
     data: Vec<u8>,
     address: Address,
-) -> Outcome<u32> {
+) -> HostResult<u32> {
     let client = udp_of(acc, this)?;
-    let _call = match pending_call(acc) {
-        Ok(call) => call,
-        Err(e) => return Ok(Err(e.into())),
-    };
-    let host = match send_host(&client, data.len(), address.host) {
-        Ok(host) => host,
-        Err(e) => return Ok(Err(e.into())),
-    };
+    let _call = pending_call(acc)?;
+    let host = send_host(&client, data.len(), address.host)?;
     let policy = policy_of(acc);
     let resolving = policy.resolve_outbound(Use::UdpSend, &host, address.port);
     let target = match wait_in_host(acc, resolving).await {
         Ok(addrs) => addrs[0],
-        Err(e) => return Ok(Err(logged(acc, e).into())),
+        Err(e) => return Err(logged(acc, e).into()),
     };
-    Ok(wait_in_host(acc, client.send_to(&data, target)).await.map_err(Into::into))
+    Ok(wait_in_host(acc, client.send_to(&data, target)).await?)
 }
 
 /// `try-send-to` of `data`, read where it lies (guest memory, for the twin).
@@ -453,18 +409,15 @@ fn try_send_datagram(
     this: &Resource<UdpClient>,
     data: &[u8],
     address: Address,
-) -> Outcome<Option<u32>> {
+) -> HostResult<Option<u32>> {
     let client = state.table.get(this)?.clone();
-    let host = match send_host(&client, data.len(), address.host) {
-        Ok(host) => host,
-        Err(e) => return Ok(Err(e.into())),
-    };
+    let host = send_host(&client, data.len(), address.host)?;
     let target = match state.net.policy.check_literal(Use::UdpSend, &host, address.port) {
         Some(Ok(target)) => target,
-        Some(Err(denied)) => return Ok(Err(state.net.logged(denied.into()).into())),
-        None => return Ok(Ok(None)), // a name: `send-to` looks it up
+        Some(Err(denied)) => return Err(state.net.logged(denied.into()).into()),
+        None => return Ok(None), // a name: `send-to` looks it up
     };
-    Ok(client.try_send_to(data, target).map_err(Into::into))
+    Ok(client.try_send_to(data, target)?)
 }
 
 /// What `send-to` and `try-send-to` check before the target: the client is
@@ -493,7 +446,7 @@ fn admit_sender(client: &UdpClient, policy: &Policy, refusals: &Arc<Coalesced>, 
 
 impl HostUdpClient for HostState {
     // What the bindings require; `add_bounded_lists` links a copy-free twin.
-    fn try_send_to(&mut self, this: Resource<UdpClient>, data: Vec<u8>, address: Address) -> Outcome<Option<u32>> {
+    fn try_send_to(&mut self, this: Resource<UdpClient>, data: Vec<u8>, address: Address) -> HostResult<Option<u32>> {
         try_send_datagram(self, &this, &data, address)
     }
 
@@ -501,27 +454,35 @@ impl HostUdpClient for HostState {
         &mut self,
         this: Resource<UdpClient>,
         length: Option<u32>,
-    ) -> Outcome<Option<(Vec<u8>, Address)>> {
+    ) -> HostResult<Option<(Vec<u8>, Address)>> {
         let client = self.table.get(&this)?.clone();
         let admit = |from| admit_sender(&client, &self.net.policy, &self.net.udp_refusals, from);
-        match client.try_receive_from(length, admit) {
-            Ok(received) => Ok(Ok(received.map(|(data, from)| (data, to_address(from))))),
-            Err(e) => Ok(Err(e.into())),
-        }
+        let received = client.try_receive_from(length, admit)?;
+        Ok(received.map(|(data, from)| (data, to_address(from))))
     }
 
-    fn close(&mut self, this: Resource<UdpClient>) -> Outcome<()> {
+    fn close(&mut self, this: Resource<UdpClient>) -> HostResult<()> {
         self.table.get(&this)?.close();
-        Ok(Ok(()))
+        Ok(())
     }
 
-    fn local_address(&mut self, this: Resource<UdpClient>) -> Outcome<Address> {
-        Ok(self.table.get(&this)?.local_addr().map(to_address).map_err(Into::into))
+    fn local_address(&mut self, this: Resource<UdpClient>) -> HostResult<Address> {
+        Ok(to_address(self.table.get(&this)?.local_addr()?))
     }
 
     fn drop(&mut self, this: Resource<UdpClient>) -> wasmtime::Result<()> {
         self.table.delete(this)?.close();
         Ok(())
+    }
+}
+
+/// What the generated glue does with a [`HostResult`] (see
+/// `types::Host::convert_error`), for the twins linked by hand: the guest's
+/// error as a value, a trap as a trap.
+fn guest_result<T>(result: HostResult<T>) -> wasmtime::Result<Result<T, types::Error>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(err) => Ok(Err(err.into_guest_error()?.into())),
     }
 }
 
@@ -573,7 +534,7 @@ fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> was
         "[method]udp-client.try-send-to",
         |store: wasmtime::StoreContextMut<'_, HostState>,
          (this, data, address): (Resource<UdpClient>, WasmList<u8>, Address)| {
-            Ok((try_send_datagram(store.data(), &this, data.as_le_slice(&store), address)?,))
+            Ok((guest_result(try_send_datagram(store.data(), &this, data.as_le_slice(&store), address))?,))
         },
     )?;
     udp.func_wrap_concurrent(
@@ -584,7 +545,7 @@ fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> was
                     return Ok((Err(types::Error::from(SocketError::generic(datagram_too_large(data.len())))),));
                 }
                 let bytes = acc.with(|access| data.as_le_slice(&access).to_vec());
-                Ok((send_datagram(acc, &this, bytes, address).await?,))
+                Ok((guest_result(send_datagram(acc, &this, bytes, address).await)?,))
             })
         },
     )?;
@@ -597,7 +558,7 @@ fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> was
                     return Ok((Err(types::Error::from(SocketError::generic(write_too_long(data.len())))),));
                 }
                 let bytes = acc.with(|access| data.as_le_slice(&access).to_vec());
-                Ok((write_held(acc, &this, bytes).await?.map_err(types::Error::from),))
+                Ok((guest_result(write_held(acc, &this, bytes).await)?,))
             })
         },
     )?;
