@@ -6,14 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{guest, portcullis_bin, root};
+use portcullis_tests::{guest, portcullis_bin, root, test_cache};
 
 fn portcullis(args: &[&str], cache: &Path) -> Output {
     Command::new(portcullis_bin()).args(args).env("PORTCULLIS_CACHE_DIR", cache).output().expect("run portcullis")
-}
-
-fn test_cache() -> PathBuf {
-    root().join("target/portcullis-test-cache")
 }
 
 /// A scratch folder for one test.

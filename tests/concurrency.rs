@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn hundred_connections_thousand_random_messages_each_echo_exactly() {
     const CONNECTIONS: u64 = 100;
     const MESSAGES: usize = 1000;
-    let service = start("echo", &[], Duration::from_secs(30)).await;
+    let service = TestService::builder("echo").start();
     let mut clients = Vec::new();
     for seed in 0..CONNECTIONS {
         let mut stream = service.connect().await;
@@ -40,7 +40,7 @@ async fn hundred_connections_thousand_random_messages_each_echo_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_parked_in_read_n_does_not_delay_the_others() {
-    let service = start_mode("blocking").await;
+    let service = TestService::scenario("blocking").start();
     let mut parked = parked_in_read(&service).await;
 
     for i in 0..10 {
@@ -69,7 +69,7 @@ async fn parked_in_read(service: &TestService) -> tokio::net::TcpStream {
 /// after the grace period the host closes its connection and the service ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_closes_a_connection_still_busy_after_the_grace_period() {
-    let service = start_mode("blocking").await;
+    let service = TestService::scenario("blocking").start();
     let mut parked = parked_in_read(&service).await;
 
     let started = Instant::now();
@@ -93,7 +93,7 @@ async fn a_stop_closes_a_connection_still_busy_after_the_grace_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_parked_in_a_batch_holds_up_none_of_the_others() {
     const OTHERS: usize = 11;
-    let service = start_mode("blocking").await;
+    let service = TestService::scenario("blocking").start();
     let mut staller = service.connect().await;
     let mut parked = service.connect().await;
     let mut others = Vec::new();
@@ -137,7 +137,7 @@ async fn a_read_parked_in_a_batch_holds_up_none_of_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_every_byte_of_a_large_echo() {
     const TOTAL: usize = 8 << 20;
-    let service = start("echo", &[], Duration::from_secs(30)).await;
+    let service = TestService::builder("echo").start();
     let stream = service.connect().await;
     let (mut reader, mut writer) = stream.into_split();
     let mut rng = StdRng::seed_from_u64(7);
@@ -178,7 +178,7 @@ async fn a_slow_reader_gets_every_byte_of_a_large_echo() {
 async fn broadcasts_from_many_senders_never_interleave() {
     const SENDERS: usize = 4;
     const LINES: usize = 200;
-    let service = start("scenarios", &[("MODE", "broadcast")], Duration::from_secs(30)).await;
+    let service = TestService::scenario("broadcast").start();
     // A small receive buffer, and no reading for a while: the service's writes
     // to this member fill its socket and go out in parts.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

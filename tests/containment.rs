@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{guest, portcullis_bin, root};
+use portcullis_tests::{guest, portcullis_bin, root, test_cache};
 
 const MIB: u64 = 1 << 20;
 
@@ -51,7 +51,7 @@ fn start_guest(hostile_guest: &str, test: &str, hostile_keys: &str, args: &[&str
     let mut child = Command::new(portcullis_bin())
         .args(["run", "--manifest", manifest.to_str().unwrap()])
         .args(args)
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_log).unwrap())
         .spawn()
@@ -500,7 +500,7 @@ fn a_second_signal_exits_at_once() {
 fn sigterm_stops_the_process_when_stderr_is_a_closed_pipe() {
     let mut child = Command::new(portcullis_bin())
         .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
         .env("RUST_LOG", "portcullis=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

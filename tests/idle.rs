@@ -18,7 +18,7 @@ fn cpu_time() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_never_reads_is_not_called_again_and_costs_no_cpu() {
-    let service = start_mode("never-read").await;
+    let service = TestService::scenario("never-read").start();
     let mut silent = service.connect().await;
     assert_eq!(read_line(&mut silent).await, "calls 0\n");
     silent.write_all(b"nobody reads this").await.unwrap();

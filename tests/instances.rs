@@ -8,14 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLOTS: u32 = 64;
 
-fn start_per_connection(runtime: &portcullis::Runtime, mode: &str) -> TestService {
-    start_on(runtime, "scenarios", &[("MODE", mode)], Duration::from_secs(30), Instances::PerConnection)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_state_is_shared_between_connections() {
     let runtime = pooled_runtime(SLOTS);
-    let service = start_per_connection(&runtime, "join-count");
+    let service = TestService::scenario("join-count").per_connection(&runtime).start();
     // In a shared instance the third client would see `joins 3`
     // (tcp_conformance: five_joins_are_counted_in_shared_state).
     let mut clients = Vec::new();
@@ -32,7 +28,7 @@ async fn no_state_is_shared_between_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_ends_only_its_own_connection() {
     let runtime = pooled_runtime(SLOTS);
-    let service = start_per_connection(&runtime, "trap");
+    let service = TestService::scenario("trap").per_connection(&runtime).start();
 
     let mut bystander = service.connect().await;
     assert_eq!(round_trip(&mut bystander, b"hello").await, b"hello");
@@ -52,7 +48,7 @@ async fn a_trap_ends_only_its_own_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_each_echo_byte_exact() {
     let runtime = pooled_runtime(SLOTS);
-    let service = start_per_connection(&runtime, "echo");
+    let service = TestService::scenario("echo").per_connection(&runtime).start();
     let mut tasks = Vec::new();
     for c in 0..40u32 {
         let mut stream = service.connect().await;
@@ -76,10 +72,7 @@ async fn when_the_pool_is_full_new_connections_are_refused_until_a_slot_frees() 
     let runtime = pooled_runtime(2);
     // A cap above the pool's size (as when several services share one pool):
     // connections then reach a full pool instead of waiting in the backlog.
-    let mut spec = spec("scenarios", &[("MODE", "echo")], Duration::from_secs(30));
-    spec.instances = Instances::PerConnection;
-    spec.limits.max_connections = std::num::NonZeroUsize::new(100);
-    let service = start_spec(&runtime, spec);
+    let service = TestService::scenario("echo").per_connection(&runtime).max_connections(100).start();
     let mut first = service.connect().await;
     let mut second = service.connect().await;
     assert_eq!(round_trip(&mut first, b"one").await, b"one");
@@ -118,7 +111,7 @@ async fn every_slot_of_a_large_pool_serves_a_connection_at_once() {
     let limit = portcullis::server::raise_open_file_limit();
     assert!(limit >= 4 * CONNECTIONS as u64, "the open-file limit {limit} is below {}", 4 * CONNECTIONS);
     let runtime = pooled_runtime(CONNECTIONS as u32 + 1);
-    let service = start_per_connection(&runtime, "echo");
+    let service = TestService::scenario("echo").per_connection(&runtime).start();
     let mut open = Vec::new();
     for i in 0..CONNECTIONS {
         let mut conn = service.connect().await;
@@ -134,10 +127,7 @@ async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance(
     // As `portcullis run --instances per-connection` does by default:
     // `--max-connections` is `--max-instances`.
     let runtime = pooled_runtime(2);
-    let mut spec = spec("scenarios", &[("MODE", "echo")], Duration::from_secs(30));
-    spec.instances = Instances::PerConnection;
-    spec.limits.max_connections = std::num::NonZeroUsize::new(2);
-    let service = start_spec(&runtime, spec);
+    let service = TestService::scenario("echo").per_connection(&runtime).max_connections(2).start();
     let mut clients = echoing_clients(&service, 2).await;
     let (mut first, mut second) = (clients.remove(0), clients.remove(0));
 
@@ -160,7 +150,7 @@ async fn with_a_limit_at_the_pool_size_new_connections_wait_for_a_free_instance(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_ends_every_instance_with_its_idle_connection() {
     let runtime = pooled_runtime(SLOTS);
-    let service = start_per_connection(&runtime, "echo");
+    let service = TestService::scenario("echo").per_connection(&runtime).start();
     let mut idle = Vec::new();
     for _ in 0..10 {
         let mut conn = service.connect().await;

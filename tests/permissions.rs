@@ -109,8 +109,7 @@ async fn udp_and_guest_listeners_are_denied_by_default() {
 async fn the_proxy_pipes_both_ways_with_its_grant() {
     let echo = native_echo().await;
     let grants = Grants { connect: vec![format!("tcp://127.0.0.1:{}", echo.port())], ..Grants::default() };
-    let proxy =
-        start_with_grants("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), grants).await;
+    let proxy = TestService::builder("tcp-proxy").env("UPSTREAM", &echo.to_string()).grants(grants).start();
     let mut client = proxy.connect().await;
     assert_eq!(round_trip(&mut client, b"through the proxy").await, b"through the proxy");
     // Half-close: the answer still comes back after the client ended its stream.
@@ -123,9 +122,7 @@ async fn the_proxy_pipes_both_ways_with_its_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_grant_the_proxy_closes_every_client() {
     let echo = native_echo().await;
-    let proxy =
-        start_with_grants("tcp-proxy", &[("UPSTREAM", &echo.to_string())], Duration::from_secs(30), Grants::default())
-            .await;
+    let proxy = TestService::builder("tcp-proxy").env("UPSTREAM", &echo.to_string()).start();
     for _ in 0..3 {
         let mut client = proxy.connect().await;
         let _ = client.write_all(b"let me through").await;
@@ -166,7 +163,7 @@ allow-connect = ["tcp://127.0.0.1:{port}"]
     .unwrap();
     let mut child = Command::new(portcullis_bin())
         .args(["run", "--manifest", manifest.to_str().unwrap()])
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -195,7 +192,7 @@ allow-connect = ["tcp://127.0.0.1:{port}"]
 fn inspect_names_the_world_and_the_grants_a_component_may_need() {
     let out = Command::new(portcullis_bin())
         .args(["inspect", guest("tcp-proxy").to_str().unwrap()])
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

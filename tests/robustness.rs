@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_trap_the_next_connection_is_still_served() {
-    let service = start_mode("trap").await;
+    let service = TestService::scenario("trap").start();
 
     let mut first = service.connect().await;
     assert_eq!(round_trip(&mut first, b"hello").await, b"hello");
@@ -27,7 +27,7 @@ async fn after_a_trap_the_next_connection_is_still_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_traps_never_stop_the_service() {
-    let service = start_mode("trap").await;
+    let service = TestService::scenario("trap").start();
     for round in 0..5 {
         let mut trapper = service.connect().await;
         trapper.write_all(b"trap").await.unwrap();
@@ -43,8 +43,8 @@ async fn repeated_traps_never_stop_the_service() {
 /// freeze the thread for everyone else, and is stopped after its budget.
 #[tokio::test(flavor = "current_thread")]
 async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on() {
-    let looping = start_mode("trap").await;
-    let neighbour = start("echo", &[], Duration::from_secs(30)).await;
+    let looping = TestService::scenario("trap").start();
+    let neighbour = TestService::builder("echo").start();
 
     let mut spinner = looping.connect().await;
     spinner.write_all(b"spin").await.unwrap();
@@ -65,9 +65,7 @@ async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
-    let mut spec = spec("scenarios", &[("MODE", "echo")], Duration::from_secs(30));
-    spec.limits.max_connections = std::num::NonZeroUsize::new(2);
-    let service = start_spec(runtime(), spec);
+    let service = TestService::scenario("echo").max_connections(2).start();
     let mut clients = echoing_clients(&service, 2).await;
 
     // The third handshake completes in the kernel's backlog, but nobody serves it...

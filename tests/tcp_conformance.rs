@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_echo_returns_the_bytes_exactly() {
-    let service = start_mode("echo").await;
+    let service = TestService::scenario("echo").start();
     let mut client = service.connect().await;
     assert_eq!(round_trip(&mut client, b"Hello Ballerina\n").await, b"Hello Ballerina\n");
     // End of stream: the service closes, the client sees end of stream.
@@ -19,7 +19,7 @@ async fn server_echo_returns_the_bytes_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_and_the_end_sent_together_are_both_served() {
-    let service = start_mode("echo").await;
+    let service = TestService::scenario("echo").start();
     let mut client = service.connect().await;
     // Likely one delivery with the end: the echo reads once per callback, so
     // it must be called again for the end, and then it closes.
@@ -31,7 +31,7 @@ async fn bytes_and_the_end_sent_together_are_both_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_reads_gather_exact_lengths() {
-    let service = start_mode("partial").await;
+    let service = TestService::scenario("partial").start();
     let mut client = service.connect().await;
     for part in ["Hello", "from", "client"] {
         client.write_all(part.as_bytes()).await.unwrap();
@@ -44,7 +44,7 @@ async fn partial_reads_gather_exact_lengths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_a_callback_leaves_unread_come_first_in_the_next() {
-    let service = start_mode("byte-at-a-time").await;
+    let service = TestService::scenario("byte-at-a-time").start();
     let mut client = service.connect().await;
     // One write, so the host likely delivers it whole; the service takes one
     // byte per call and gives the rest back each time.
@@ -58,7 +58,7 @@ async fn bytes_a_callback_leaves_unread_come_first_in_the_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_knows_both_its_ends() {
-    let service = start_mode("addresses").await;
+    let service = TestService::scenario("addresses").start();
     let mut client = service.connect().await;
     client.write_all(b"where?").await.unwrap();
     let ends = read_line(&mut client).await;
@@ -69,7 +69,7 @@ async fn a_connection_knows_both_its_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_read_waits_for_all_eighteen_bytes() {
-    let service = start_mode("blocking").await;
+    let service = TestService::scenario("blocking").start();
     let mut client = service.connect().await;
     client.write_all(b"ThisIs").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -80,7 +80,7 @@ async fn blocking_read_waits_for_all_eighteen_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_receives_the_error_on_read_ready_returned() {
-    let service = start_mode("read-error").await;
+    let service = TestService::scenario("read-error").start();
     let mut client = service.connect().await;
     client.write_all(b"anything").await.unwrap();
     assert_eq!(read_line(&mut client).await, "on_error: Error while on read\n");
@@ -89,7 +89,7 @@ async fn on_error_receives_the_error_on_read_ready_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_receives_the_error_on_connect_returned() {
-    let service = start_mode("connect-error").await;
+    let service = TestService::scenario("connect-error").start();
     let mut client = service.connect().await;
     assert_eq!(read_line(&mut client).await, "on_error: Error while on connect\n");
     service.stop().await;
@@ -105,7 +105,7 @@ async fn a_second_listener_on_the_same_port_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_joins_are_counted_in_shared_state() {
-    let service = start_mode("join-count").await;
+    let service = TestService::scenario("join-count").start();
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(service.connect().await);
@@ -123,7 +123,7 @@ async fn five_joins_are_counted_in_shared_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_times_out_with_read_timed_out() {
     let timeout = Duration::from_millis(400);
-    let service = start("scenarios", &[("MODE", "blocking")], timeout).await;
+    let service = TestService::scenario("blocking").read_timeout(timeout).start();
     let mut client = service.connect().await;
     let started = Instant::now();
     client.write_all(b"fifteen bytes!!").await.unwrap(); // 15 of the 18 it waits for
@@ -135,7 +135,7 @@ async fn read_times_out_with_read_timed_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_close_fires_once_and_kept_handles_outlive_their_callback() {
-    let service = start_mode("close-log").await;
+    let service = TestService::scenario("close-log").start();
     let mut watcher = service.connect().await;
     let leaver = service.connect().await;
     // Let both on-connects run, then find out the leaver's id by its absence:
@@ -155,7 +155,7 @@ async fn on_close_fires_once_and_kept_handles_outlive_their_callback() {
 /// connection, the third included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_on_connect_is_skipped_but_on_close_still_fires_every_time() {
-    let service = start("close-counter", &[], Duration::from_secs(30)).await;
+    let service = TestService::builder("close-counter").start();
     for expected in 0..3 {
         let mut client = service.connect().await;
         assert_eq!(read_line_after(&mut client, b"count?").await, format!("closed {expected}\n"));
@@ -174,7 +174,7 @@ async fn read_line_after(stream: &mut tokio::net::TcpStream, message: &[u8]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_closes_open_connections_and_returns() {
-    let service = start_mode("echo").await;
+    let service = TestService::scenario("echo").start();
     let mut client = service.connect().await;
     assert_eq!(round_trip(&mut client, b"before stop").await, b"before stop");
     assert_eq!(service.stop().await, 0);
@@ -184,7 +184,7 @@ async fn graceful_stop_closes_open_connections_and_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_bounds_a_callback_stuck_in_read() {
     // The callback waits in read(18) with a 60 s time-out; the stop must not.
-    let service = start("scenarios", &[("MODE", "blocking")], Duration::from_secs(60)).await;
+    let service = TestService::scenario("blocking").read_timeout(Duration::from_secs(60)).start();
     let mut client = service.connect().await;
     client.write_all(b"only six").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

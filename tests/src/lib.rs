@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: where the built guests are, one
-//! runtime per test binary, and starting a service on `127.0.0.1:0`.
+//! runtime per test binary, and starting a service on `127.0.0.1:0`
+//! ([`TestService::builder`]) or the `portcullis` binary ([`HostProcess`],
+//! [`run_program`]).
 //!
 //! Guests are built by `cargo xtask build` (which `cargo xtask test` runs first).
 
@@ -16,31 +18,37 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../xtask/src/layout.rs"]
+mod layout;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    layout::root_from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The component built from guest crate `name` (an example or a test guest).
 pub fn guest(name: &str) -> PathBuf {
-    let path = root().join("target/wasm32-wasip2/guest").join(format!("{}.wasm", name.replace('-', "_")));
+    let path = layout::guest(&root(), name);
     assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
     path
 }
 
 /// The `portcullis` binary built by `cargo xtask build`.
 pub fn portcullis_bin() -> PathBuf {
-    let path = root().join("target/release/portcullis");
+    let path = layout::portcullis_bin(&root());
     assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
     path
+}
+
+/// The compile cache the tests share.
+pub fn test_cache() -> PathBuf {
+    layout::test_cache(&root())
 }
 
 /// One runtime (engine + compile cache) per test binary.
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        Runtime::new().expect("engine").with_cache_dir(Some(root().join("target/portcullis-test-cache")))
-    })
+    RUNTIME.get_or_init(|| Runtime::new().expect("engine").with_cache_dir(Some(test_cache())))
 }
 
 /// A service running in this process on an ephemeral loopback port.
@@ -50,72 +58,88 @@ pub struct TestService {
     task: JoinHandle<anyhow::Result<i32>>,
 }
 
-/// The spec of guest `name` with `env`, as the tests start it: the defaults
-/// of [`ServiceSpec::new`] (no grants, one shared instance, default limits)
-/// with `read_timeout`; tests change what they need before [`start_spec`].
-pub fn spec(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> ServiceSpec {
-    let mut spec = ServiceSpec::new(guest(name));
-    spec.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    spec.limits.read_timeout = read_timeout;
-    spec
-}
-
-/// Starts guest `name` with `env`, listening on 127.0.0.1:0, with no grants.
-pub async fn start(name: &str, env: &[(&str, &str)], read_timeout: Duration) -> TestService {
-    start_spec(runtime(), spec(name, env, read_timeout))
-}
-
-/// Starts guest `name` with `env` under `grants`, listening on 127.0.0.1:0.
-pub async fn start_with_grants(
-    name: &str,
-    env: &[(&str, &str)],
-    read_timeout: Duration,
-    grants: Grants,
-) -> TestService {
-    let mut spec = spec(name, env, read_timeout);
-    spec.grants = grants;
-    start_spec(runtime(), spec)
-}
-
 /// A runtime with a pool of `slots` instances (as `--instances per-connection`
 /// uses), its own engine: a test can exhaust it without touching the others.
 pub fn pooled_runtime(slots: u32) -> Runtime {
     Runtime::pooled(slots, portcullis::limits::DEFAULT_MAX_MEMORY)
         .expect("pooled engine")
-        .with_cache_dir(Some(root().join("target/portcullis-test-cache")))
+        .with_cache_dir(Some(test_cache()))
 }
 
-/// Starts guest `name` with `env` in `runtime`, with `instances`, listening on
-/// 127.0.0.1:0, with no grants.
-pub fn start_on(
-    runtime: &Runtime,
-    name: &str,
-    env: &[(&str, &str)],
-    read_timeout: Duration,
-    instances: Instances,
-) -> TestService {
-    let mut spec = spec(name, env, read_timeout);
-    spec.instances = instances;
-    start_spec(runtime, spec)
+/// A [`TestService`] being set up: guest `name`'s spec as the tests use it
+/// (the defaults of [`ServiceSpec::new`]: no grants, one shared instance,
+/// default limits; with a 30 s read time-out), in the test binary's
+/// [`runtime`], then whatever the test changes.
+///
+/// ```no_run
+/// # async fn f() {
+/// use portcullis_tests::{TestService, pooled_runtime};
+/// let pool = pooled_runtime(2);
+/// let service = TestService::scenario("echo").per_connection(&pool).max_connections(2).start();
+/// # }
+/// ```
+pub struct TestServiceBuilder<'r> {
+    spec: ServiceSpec,
+    runtime: &'r Runtime,
 }
 
-/// Starts `spec` in `runtime`, listening on 127.0.0.1:0 (whatever
-/// `spec.listen` says).
-pub fn start_spec(runtime: &Runtime, spec: ServiceSpec) -> TestService {
-    let loaded = runtime.load(&spec).expect("load guest");
-    let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
-    let addr = listeners[0].local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::serve(loaded, listeners, shutdown.clone()));
-    TestService { addr, shutdown, task }
-}
+impl<'r> TestServiceBuilder<'r> {
+    /// Adds `key=value` to the guest's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.spec.env.push((key.to_string(), value.to_string()));
+        self
+    }
 
-/// Starts a scenario of the `scenarios` guest (its `MODE`).
-pub async fn start_mode(mode: &str) -> TestService {
-    start("scenarios", &[("MODE", mode)], Duration::from_secs(30)).await
+    /// Every read's time-out (default 30 s).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.spec.limits.read_timeout = timeout;
+        self
+    }
+
+    /// What the service may reach (default: nothing).
+    pub fn grants(mut self, grants: Grants) -> Self {
+        self.spec.grants = grants;
+        self
+    }
+
+    /// `--max-connections`.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.spec.limits.max_connections = std::num::NonZeroUsize::new(n);
+        self
+    }
+
+    /// An instance per connection, from `pool` (see [`pooled_runtime`]).
+    pub fn per_connection<'p>(self, pool: &'p Runtime) -> TestServiceBuilder<'p> {
+        let mut spec = self.spec;
+        spec.instances = Instances::PerConnection;
+        TestServiceBuilder { spec, runtime: pool }
+    }
+
+    /// Starts it in its runtime, listening on 127.0.0.1:0 (whatever
+    /// `spec.listen` says).
+    pub fn start(self) -> TestService {
+        let loaded = self.runtime.load(&self.spec).expect("load guest");
+        let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
+        let addr = listeners[0].local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server::serve(loaded, listeners, shutdown.clone()));
+        TestService { addr, shutdown, task }
+    }
 }
 
 impl TestService {
+    /// Guest `name` as the tests start it (see [`TestServiceBuilder`]).
+    pub fn builder(name: &str) -> TestServiceBuilder<'static> {
+        let mut spec = ServiceSpec::new(guest(name));
+        spec.limits.read_timeout = Duration::from_secs(30);
+        TestServiceBuilder { spec, runtime: runtime() }
+    }
+
+    /// The `scenarios` guest in mode `mode` (its `MODE`).
+    pub fn scenario(mode: &str) -> TestServiceBuilder<'static> {
+        TestService::builder("scenarios").env("MODE", mode)
+    }
+
     pub async fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr).await.expect("connect to the service");
         stream.set_nodelay(true).unwrap();
@@ -200,31 +224,27 @@ pub async fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     read_n(stream, data.len()).await
 }
 
-/// Runs `portcullis run <guest> --env K=V ... ARGS` to completion (at most 30 s).
-pub async fn run_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+/// `portcullis run <guest> --env K=V ... ARGS`, with the tests' compile cache.
+fn program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(portcullis_bin());
     cmd.arg("run").arg(guest(guest_name)).args(args);
     for (k, v) in env {
         cmd.args(["--env", &format!("{k}={v}")]);
     }
-    let child =
-        cmd.env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache")).kill_on_drop(true).output();
+    cmd.env("PORTCULLIS_CACHE_DIR", test_cache()).kill_on_drop(true);
+    cmd
+}
+
+/// Runs `portcullis run <guest> --env K=V ... ARGS` to completion (at most 30 s).
+pub async fn run_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let child = program(guest_name, env, args).output();
     tokio::time::timeout(Duration::from_secs(30), child).await.expect("program did not finish in 30 s").unwrap()
 }
 
 /// Starts `portcullis run <guest> --env K=V ... ARGS` with stdout piped, for
 /// tests that talk to a program while it runs.
 pub fn spawn_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(portcullis_bin());
-    cmd.arg("run").arg(guest(guest_name)).args(args);
-    for (k, v) in env {
-        cmd.args(["--env", &format!("{k}={v}")]);
-    }
-    cmd.env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start portcullis")
+    program(guest_name, env, args).stdout(std::process::Stdio::piped()).spawn().expect("start portcullis")
 }
 
 /// The program's stdout as text.
@@ -260,7 +280,7 @@ impl HostProcess {
             .arg("run")
             .arg(guest(guest_name))
             .args(args)
-            .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache"))
+            .env("PORTCULLIS_CACHE_DIR", test_cache())
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(&log_path).unwrap());
         if let Some(hook) = before_exec {
