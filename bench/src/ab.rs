@@ -15,13 +15,31 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Server, load, median, portcullis_server};
+use crate::load;
+use crate::servers::{Server, pin_to_core, portcullis_server};
+use crate::stats::median;
 
-const USAGE: &str = "usage: portcullis-bench ab A B LOAD [MODE] [ROUNDS] [SECONDS]
-  A, B     snapshot folders, each with `portcullis` and `echo.wasm` (cargo xtask snapshot DIR)
-  LOAD     echo-64 (50 connections, 64 B) | echo-16k (50 connections, 16 KiB) | churn (connect, 64 B, close)
-  MODE     shared (default) | per-connection
-  ROUNDS   pairs of runs (default 10); SECONDS per run (default 2)";
+/// `ab A B LOAD [MODE] [ROUNDS] [SECONDS]`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Snapshot folder with `portcullis` and `echo.wasm` (cargo xtask snapshot DIR).
+    a: PathBuf,
+    /// Snapshot folder with `portcullis` and `echo.wasm` (cargo xtask snapshot DIR).
+    b: PathBuf,
+    /// What each round runs: echo-64 (50 connections, 64 B), echo-16k (50 connections, 16 KiB) or churn
+    /// (connect, 64 B, close).
+    #[arg(value_parser = ["echo-64", "echo-16k", "churn"])]
+    load: String,
+    /// `--instances` of both servers: one shared instance, or one per connection.
+    #[arg(default_value = "shared", value_parser = ["shared", "per-connection"])]
+    mode: String,
+    /// Pairs of runs.
+    #[arg(default_value_t = 10)]
+    rounds: usize,
+    /// Seconds per run.
+    #[arg(default_value_t = 2.0)]
+    seconds: f64,
+}
 
 /// One snapshot's server, named by its folder.
 struct Side {
@@ -65,18 +83,13 @@ struct Sample {
     cpu_us: f64,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let [a, b, load_name, rest @ ..] = args else { bail!("{USAGE}") };
-    let mode = rest.first().map(String::as_str).unwrap_or("shared");
-    let rounds: usize = rest.get(1).map(|n| n.parse()).transpose().context(USAGE)?.unwrap_or(10);
-    let seconds: f64 = rest.get(2).map(|n| n.parse()).transpose().context(USAGE)?.unwrap_or(2.0);
-    let Some(load) = Load::parse(load_name) else { bail!("{USAGE}") };
-    if !matches!(mode, "shared" | "per-connection") {
-        bail!("{USAGE}");
-    }
+pub fn run(args: Args) -> Result<()> {
+    let Args { a, b, load: load_name, mode, rounds, seconds } = args;
+    let mode = mode.as_str();
+    let load = Load::parse(&load_name).context("clap lets only the loads Load::parse knows through")?;
     let run = Duration::from_secs_f64(seconds);
     let sides = [start(a, mode)?, start(b, mode)?];
-    crate::pin_to_core(1);
+    pin_to_core(1);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let unit = load.unit();
@@ -117,8 +130,7 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn start(dir: &str, mode: &str) -> Result<Side> {
-    let dir = PathBuf::from(dir);
+fn start(dir: PathBuf, mode: &str) -> Result<Side> {
     let (bin, guest) = (dir.join("portcullis"), dir.join("echo.wasm"));
     for file in [&bin, &guest] {
         if !file.exists() {

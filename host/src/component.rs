@@ -97,6 +97,15 @@ impl Unwanted {
     }
 }
 
+/// Every capability a component may import, each through its own
+/// `add_to_linker`: WASI p2 (stdio, env, clocks, random; no sockets), the
+/// blocking WASI calls under the CPU bound, and the portcullis sockets.
+fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    crate::blocking::add_to_linker(linker)?;
+    crate::net::host::add_to_linker(linker)
+}
+
 /// The export name of `wasi:cli/run`: 0.3 (async, what the SDK exports) or 0.2
 /// (sync, what std exports for `fn main`; such a main cannot await socket calls).
 const RUN_INTERFACE: &str = "wasi:cli/run@";
@@ -115,7 +124,7 @@ impl ServiceComponent {
     ) -> Result<Self> {
         let name = &spec.name;
         let mut linker = Linker::<HostState>::new(engine);
-        crate::state::link(&mut linker)?;
+        link(&mut linker)?;
         let pre = linker.instantiate_pre(component).map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
         let callbacks = GuestIndices::new(&pre).ok();
         let main =

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -136,15 +136,6 @@ impl HostState {
     pub fn memory(&self) -> &Arc<MemoryAccount> {
         self.limiter.account()
     }
-}
-
-/// Every capability a component may import, each through its own
-/// `add_to_linker`: WASI p2 (stdio, env, clocks, random; no sockets), the
-/// blocking WASI calls under the CPU bound, and the portcullis sockets.
-pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    crate::blocking::add_to_linker(linker)?;
-    crate::net::add_to_linker(linker)
 }
 
 /// A store for one instance, with its memory limit and CPU bound in force.

@@ -2,6 +2,8 @@
 //! guests and run everything. A fresh machine needs nothing but Rust: the
 //! `wasm32-wasip2` target is installed here when missing.
 
+mod layout;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -41,12 +43,12 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    layout::root_from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Where `build` puts the guest components (the `guest` profile's folder).
-fn guest_dir() -> PathBuf {
-    root().join("target/wasm32-wasip2/guest")
+/// The bench's binary, beside the host's (the same release profile).
+fn bench_bin() -> PathBuf {
+    layout::portcullis_bin(&root()).with_file_name("portcullis-bench")
 }
 
 fn cargo() -> Command {
@@ -108,18 +110,15 @@ fn build() -> Result<()> {
 
 fn demo() -> Result<()> {
     build()?;
-    let echo = guest_dir().join("echo.wasm");
+    let echo = layout::guest(&root(), "echo");
     eprintln!("xtask: serving {} — try `nc 127.0.0.1 61598`; Ctrl-C stops", echo.display());
-    run(Command::new(root().join("target/release/portcullis"))
-        .arg("run")
-        .arg(&echo)
-        .args(["--listen", "127.0.0.1:61598"]))
+    run(Command::new(layout::portcullis_bin(&root())).arg("run").arg(&echo).args(["--listen", "127.0.0.1:61598"]))
 }
 
 fn bench(extra: &[String]) -> Result<()> {
     build()?;
     build_bench()?;
-    run(Command::new(root().join("target/release/portcullis-bench")).args(extra))
+    run(Command::new(bench_bin()).args(extra))
 }
 
 fn build_bench() -> Result<()> {
@@ -132,9 +131,7 @@ fn snapshot(dir: &Path) -> Result<()> {
     build()?;
     build_bench()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (from, to) in
-        [(root().join("target/release/portcullis"), "portcullis"), (guest_dir().join("echo.wasm"), "echo.wasm")]
-    {
+    for (from, to) in [(layout::portcullis_bin(&root()), "portcullis"), (layout::guest(&root(), "echo"), "echo.wasm")] {
         std::fs::copy(&from, dir.join(to))
             .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
     }
@@ -147,22 +144,22 @@ fn test(extra: &[String]) -> Result<()> {
     // Release: the tests share the optimised host build with demo and bench, and
     // compile guests with an optimised Cranelift.
     run(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra))?;
-    // The bench's own helpers (its memory probe).
-    run(cargo().args(["test", "--release", "-p", "portcullis-bench", "--lib"]))?;
+    // The bench's own helpers (its memory probe) and its argument parsing.
+    run(cargo().args(["test", "--release", "-p", "portcullis-bench", "--lib", "--bins"]))?;
     // The SDK's docs must build without warnings.
     run(cargo()
         .args(["doc", "--release", "--no-deps", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     // The SDK's doc examples compile for wasm32-wasip2, and the runnable ones run
     // as WASI commands under portcullis itself.
-    let runner = format!("{} run", root().join("target/release/portcullis").display());
+    let runner = format!("{} run", layout::portcullis_bin(&root()).display());
     run(cargo()
         .args(["test", "--release", "--doc", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
         .env("CARGO_TARGET_WASM32_WASIP2_RUNNER", runner)
-        .env("PORTCULLIS_CACHE_DIR", root().join("target/portcullis-test-cache")))?;
+        .env("PORTCULLIS_CACHE_DIR", layout::test_cache(&root())))?;
     // The bench, as a smoke test: every scenario must complete and measure
     // something (it fails otherwise); how fast is not asserted.
     eprintln!("xtask: smoke run of the bench (`cargo xtask bench --quick`)");
     build_bench()?;
-    run(Command::new(root().join("target/release/portcullis-bench")).arg("--quick"))
+    run(Command::new(bench_bin()).arg("--quick"))
 }

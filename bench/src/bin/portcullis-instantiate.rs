@@ -14,6 +14,9 @@
 //! ([`portcullis_bench::memory_latency_ns`]) after each; the median of those
 //! readings is printed last, to tell a quiet machine's result from a busy one's.
 
+#[path = "../../../xtask/src/layout.rs"]
+mod layout;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -30,8 +33,8 @@ fn main() -> Result<()> {
     let n: usize = args.first().map(|n| n.parse()).transpose()?.unwrap_or(20_000);
     anyhow::ensure!(n > 0, "usage: portcullis-instantiate [N] [SLOTS] [GUEST], with N at least 1");
     let slots = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let guest = args.get(2).map(PathBuf::from).unwrap_or_else(|| root.join("target/wasm32-wasip2/guest/echo.wasm"));
+    let root = layout::root_from(env!("CARGO_MANIFEST_DIR"));
+    let guest = args.get(2).map(PathBuf::from).unwrap_or_else(|| layout::guest(&root, "echo"));
     let runtime = portcullis::Runtime::pooled(slots, portcullis::limits::DEFAULT_MAX_MEMORY)?
         .with_cache_dir(Some(root.join("target/bench/cache")));
     let mut spec = portcullis::config::ServiceSpec::new(guest);

@@ -29,7 +29,6 @@ use crate::policy::Policy;
 use crate::sync::Served;
 
 pub use error::SocketError;
-pub use host::add_to_linker;
 pub use listener::GuestListener;
 pub use tcp::TcpConn;
 pub use udp::UdpClient;

@@ -1,0 +1,261 @@
+//! The full run's scenarios, one function each: which servers each starts,
+//! what load it puts on them and which rows it reports. [`run_all`] is the
+//! list, in the order the table shows them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::load;
+use crate::report::{Row, row};
+use crate::servers::{native_server, portcullis_tcp, portcullis_udp};
+use crate::stats::{alternate, median};
+
+/// How long and how often a run measures.
+pub struct Settings {
+    pub rounds: usize,
+    /// Processes the instantiation loop runs in (see [`measure_instantiation`]).
+    pub instantiation_processes: usize,
+    pub run: Duration,
+    pub latency_run: Duration,
+    pub idle_conns: usize,
+}
+
+impl Settings {
+    /// `--quick`: a smoke run.
+    pub const QUICK: Settings = Settings {
+        rounds: 5,
+        instantiation_processes: 3,
+        run: Duration::from_millis(400),
+        latency_run: Duration::from_millis(800),
+        idle_conns: 1000,
+    };
+
+    /// The full run.
+    pub const FULL: Settings = Settings {
+        rounds: 10,
+        instantiation_processes: 7,
+        run: Duration::from_secs(1),
+        latency_run: Duration::from_secs(3),
+        idle_conns: 5000,
+    };
+}
+
+/// Every scenario; with the rows, the memory probe's median reading during
+/// the instantiation processes.
+pub async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
+    let cache = root.join("target/bench/cache");
+    std::fs::create_dir_all(&cache)?;
+    let native = native_server()?;
+    let ours = portcullis_tcp(root, &cache, "shared")?;
+    let ours_per_conn = portcullis_tcp(root, &cache, "per-connection")?;
+    let (n_tcp, p_tcp, p_tcp_per_conn) = (native.tcp.unwrap(), ours.tcp.unwrap(), ours_per_conn.tcp.unwrap());
+
+    let mut rows = tcp_echo(s, n_tcp, p_tcp).await;
+    rows.extend(tcp_echo_per_connection(s, n_tcp, p_tcp_per_conn).await);
+    rows.extend(connection_churn(s, n_tcp, p_tcp, p_tcp_per_conn).await);
+    rows.extend(fixed_rate_latency(s, n_tcp, p_tcp).await);
+    // Idle memory starts fresh servers of its own.
+    drop(ours);
+    drop(ours_per_conn);
+    rows.extend(idle_memory(s, root, &cache).await?);
+    rows.extend(udp_echo(s, root, &cache, native.udp.unwrap()).await?);
+    drop(native);
+    rows.extend(start_up(s, root)?);
+    let (instantiation_rows, probe_ns) = instantiation(s)?;
+    rows.extend(instantiation_rows);
+    Ok((rows, probe_ns))
+}
+
+/// Closed-loop echo on 50 connections, 64 B and 16 KiB messages, one shared
+/// instance: messages and megabytes per second.
+async fn tcp_echo(s: &Settings, native: SocketAddr, ours: SocketAddr) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (size, label) in [(64usize, "64 B"), (16 * 1024, "16 KiB")] {
+        eprintln!("bench: tcp echo {label}");
+        let run = s.run;
+        let paired =
+            alternate(s.rounds, native, ours, |addr| async move { vec![load::tcp_echo(addr, 50, size, run).await] })
+                .await;
+        let scenario = format!("tcp echo {label}, 50 conns");
+        rows.push(paired.row(&scenario, "shared", "msg/s", 0));
+        rows.push(paired.scaled_row(&scenario, "shared", "MB/s", 0, size as f64 / 1e6));
+    }
+    rows
+}
+
+/// Closed-loop echo on 50 connections, 64 B, an instance per connection.
+async fn tcp_echo_per_connection(s: &Settings, native: SocketAddr, ours_per_conn: SocketAddr) -> Vec<Row> {
+    eprintln!("bench: tcp echo 64 B, an instance per connection");
+    let run = s.run;
+    let paired =
+        alternate(s.rounds, native, ours_per_conn, |addr| async move { vec![load::tcp_echo(addr, 50, 64, run).await] })
+            .await;
+    vec![paired.row("tcp echo 64 B, 50 conns", "per-connection", "msg/s", 0)]
+}
+
+/// Connect, one 64 B round trip, close, 8 at a time: connections per second,
+/// with a shared instance and with an instance per connection.
+async fn connection_churn(s: &Settings, native: SocketAddr, ours: SocketAddr, ours_per_conn: SocketAddr) -> Vec<Row> {
+    eprintln!("bench: connection churn");
+    let run = s.run;
+    let mut rows = Vec::new();
+    for (mode, server) in [("shared", ours), ("per-connection", ours_per_conn)] {
+        let paired =
+            alternate(s.rounds, native, server, |addr| async move { vec![load::churn(addr, 8, run).await] }).await;
+        rows.push(paired.row("connection churn, 64 B round trip", mode, "conn/s", 0));
+    }
+    rows
+}
+
+/// Open-loop echo at 10k messages per second on 50 connections: the p50, p99
+/// and p99.9 round trip, and how far p99 is above native's.
+async fn fixed_rate_latency(s: &Settings, native: SocketAddr, ours: SocketAddr) -> Vec<Row> {
+    eprintln!("bench: fixed-rate latency");
+    let run = s.latency_run;
+    let paired = alternate(s.rounds, native, ours, |addr| async move {
+        let (p50, p99, p999) = load::fixed_rate(addr, 50, 10_000.0, run).await;
+        vec![p50, p99, p999]
+    })
+    .await;
+    let mut rows = Vec::new();
+    for (i, metric) in ["p50 µs", "p99 µs", "p99.9 µs"].iter().enumerate() {
+        rows.push(paired.row("fixed rate 10k msg/s, 50 conns", "shared", metric, i));
+    }
+    rows.push(paired.difference_row("fixed rate 10k msg/s, 50 conns", "shared", "p99 µs above native", 1));
+    rows
+}
+
+/// The growth of each server's resident set per idle connection, in both
+/// instance modes, and how far portcullis's is above native's.
+async fn idle_memory(s: &Settings, root: &Path, cache: &Path) -> Result<Vec<Row>> {
+    eprintln!("bench: idle memory");
+    // Fresh servers each round: what a previous round allocated (and the
+    // allocator kept) must not count.
+    let conns = s.idle_conns;
+    let mut samples = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..s.rounds.min(3) {
+        let fresh_native = native_server()?;
+        samples.0.push(load::idle_memory(fresh_native.tcp.unwrap(), fresh_native.child.id(), conns).await);
+        drop(fresh_native);
+        let fresh_ours = portcullis_tcp(root, cache, "shared")?;
+        samples.1.push(load::idle_memory(fresh_ours.tcp.unwrap(), fresh_ours.child.id(), conns).await);
+        drop(fresh_ours);
+        let fresh_ours = portcullis_tcp(root, cache, "per-connection")?;
+        samples.2.push(load::idle_memory(fresh_ours.tcp.unwrap(), fresh_ours.child.id(), conns).await);
+        drop(fresh_ours);
+    }
+    let n_mem = median(samples.0);
+    let scenario = format!("idle memory, {conns} conns");
+    let mut rows = Vec::new();
+    for (mode, ours) in [("shared", samples.1), ("per-connection", samples.2)] {
+        let p_mem = median(ours);
+        rows.push(row(&scenario, mode, "bytes/conn", p_mem, Some(n_mem)));
+        rows.push(row(&scenario, mode, "bytes/conn above native", p_mem - n_mem, None));
+    }
+    Ok(rows)
+}
+
+/// UDP echo of 64 B datagrams from 16 clients: datagrams per second.
+async fn udp_echo(s: &Settings, root: &Path, cache: &Path, native: SocketAddr) -> Result<Vec<Row>> {
+    eprintln!("bench: udp echo");
+    let ours_udp = portcullis_udp(root, cache)?;
+    let run = s.run;
+    let paired = alternate(s.rounds, native, ours_udp.udp.unwrap(), |addr| async move {
+        let (rate, lost) = load::udp_echo(addr, 16, run).await;
+        if lost > 0 {
+            eprintln!("bench: udp {addr}: {lost} datagram(s) unanswered within 100 ms");
+        }
+        vec![rate]
+    })
+    .await;
+    drop(ours_udp);
+    Ok(vec![paired.row("udp echo 64 B, 16 clients", "shared", "dgram/s", 0)])
+}
+
+/// The time from starting a server to its `listening on` line: native's, and
+/// portcullis's with a cold and with a warm compile cache.
+fn start_up(s: &Settings, root: &Path) -> Result<Vec<Row>> {
+    eprintln!("bench: start-up");
+    let mut native_start = Vec::new();
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for round in 0..s.rounds {
+        let started = Instant::now();
+        let server = native_server()?;
+        native_start.push(started.elapsed().as_secs_f64() * 1e3);
+        drop(server);
+        let fresh = root.join(format!("target/bench/cold-cache-{round}"));
+        let _ = std::fs::remove_dir_all(&fresh);
+        let started = Instant::now();
+        drop(portcullis_tcp(root, &fresh, "shared")?);
+        cold.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        drop(portcullis_tcp(root, &fresh, "shared")?);
+        warm.push(started.elapsed().as_secs_f64() * 1e3);
+        let _ = std::fs::remove_dir_all(&fresh);
+    }
+    let native_ms = median(native_start);
+    Ok(vec![
+        row("start-up to `listening on`", "cold cache", "ms", median(cold), Some(native_ms)),
+        row("start-up to `listening on`", "warm cache", "ms", median(warm), Some(native_ms)),
+    ])
+}
+
+/// Instantiating `echo` from its `InstancePre` and tearing it down (no
+/// native counterpart); with the rows, the memory probe's median reading
+/// during the measurement.
+fn instantiation(s: &Settings) -> Result<(Vec<Row>, f64)> {
+    eprintln!("bench: instantiation");
+    let times = measure_instantiation(s.instantiation_processes, 5_000)?;
+    let rows = vec![
+        row("instantiation from InstancePre", "pooling", "µs", times.up, None),
+        row("tear-down of that instance", "pooling", "µs", times.down, None),
+        row("instantiation + tear-down", "pooling", "µs", times.both, None),
+    ];
+    Ok((rows, times.probe_ns))
+}
+
+/// The medians, in µs, of instantiating `echo`, of tearing it down and of both,
+/// measured by `portcullis-instantiate` (`n` times each) in `processes`
+/// processes of its own (with the server's allocator): the median over the
+/// processes of each one's median.
+///
+/// One process is not enough: on this machine the time drifts between levels
+/// (≈ 10, ≈ 15, ≈ 18 µs) for seconds at a time, within a process too, with
+/// address randomisation off as well; a memory probe run in the same process
+/// moves with it (see `portcullis_bench::memory_latency_ns`). So each process
+/// also reports its probe, and the processes' medians are printed with it.
+fn measure_instantiation(processes: usize, n: usize) -> Result<Instantiation> {
+    let exe = std::env::current_exe()?.with_file_name("portcullis-instantiate");
+    let (mut ups, mut downs, mut boths, mut probes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..processes {
+        let out =
+            Command::new(&exe).arg(n.to_string()).output().with_context(|| format!("running {}", exe.display()))?;
+        if !out.status.success() {
+            bail!("{} failed: {}", exe.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let numbers: Vec<f64> = text.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+        let [up, _n, down, both, probe] = numbers[..] else {
+            bail!("unexpected output from portcullis-instantiate: {text}");
+        };
+        ups.push(up);
+        downs.push(down);
+        boths.push(both);
+        probes.push(probe);
+    }
+    let shown: Vec<String> = ups.iter().zip(&probes).map(|(up, probe)| format!("{up:.1} ({probe:.1} ns)")).collect();
+    eprintln!("bench: instantiation, each process's median (memory probe): {} µs", shown.join(" "));
+    Ok(Instantiation { up: median(ups), down: median(downs), both: median(boths), probe_ns: median(probes) })
+}
+
+/// The medians over the processes (µs), and of their memory probes (ns per load).
+struct Instantiation {
+    up: f64,
+    down: f64,
+    both: f64,
+    probe_ns: f64,
+}
