@@ -1,6 +1,6 @@
-//! The generated WIT host traits for `portcullis:socket/{tcp,udp}`, implemented on the
-//! store's [`HostState`]: look the resource up, convert, delegate to `tcp` or
-//! `listener`. A handle the guest does not own is a trap (a broken guest), every
+//! The generated WIT host traits for `portcullis:socket/{tcp,udp}`, implemented on
+//! the store's [`NetView`] (any state that is a [`NetHost`]): look the resource
+//! up, convert, delegate to `tcp` or `listener`. A handle the guest does not own is a trap (a broken guest), every
 //! socket failure is an `error` value (an ordinary outcome). Both go up with
 //! `?` as a [`HostError`]; `types::Host::convert_error` tells them apart.
 
@@ -8,19 +8,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Accessor, HasSelf, Resource};
+use wasmtime::component::{Accessor, Linker, Resource, ResourceTable};
 
 use super::error::{CONNECT_FAILED, ErrorKind, HostError, HostResult, SocketError};
 use super::tcp::{Timeouts, read_too_long, write_too_long};
 use super::udp::{HOST_BYTES as UDP_HOST_BYTES, MAX_DATAGRAM, UdpBind, datagram_too_large};
-use super::{Connection, GuestListener, TcpConn, UdpClient};
+use super::view::{Net, NetHost, NetView};
+use super::{Connection, GuestListener, NetCtx, TcpConn, UdpClient};
 use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener, HostListenerWithStore};
 use crate::bindings::types::{self, Address, ClientConfig, ListenerConfig};
 use crate::bindings::udp::{HostUdpClient, HostUdpClientWithStore, UdpClientConfig};
 use crate::coalesce::Coalesced;
 use crate::limits::{GuestSocket, HostCharge, MAX_IO, SOCKET_BUFFER};
 use crate::policy::{Policy, PolicyError, Use, target_text};
-use crate::state::HostState;
 
 impl From<SocketError> for types::Error {
     fn from(e: SocketError) -> Self {
@@ -60,7 +60,7 @@ fn ip_text(ip: std::net::IpAddr) -> String {
     text
 }
 
-fn policy_of(acc: &Accessor<HostState>) -> std::sync::Arc<Policy> {
+fn policy_of<T>(acc: &Accessor<T, Net>) -> std::sync::Arc<Policy> {
     acc.with(|mut access| access.get().net.policy.clone())
 }
 
@@ -71,7 +71,7 @@ fn policy_of(acc: &Accessor<HostState>) -> std::sync::Arc<Policy> {
 /// is ready say "pending" now and then (to let others run), which would count
 /// as a wait; a guest that computes gives the thread away at epoch ticks
 /// instead.
-async fn wait_in_host<F: Future>(acc: &Accessor<HostState>, work: F) -> F::Output {
+async fn wait_in_host<T, F: Future>(acc: &Accessor<T, Net>, work: F) -> F::Output {
     let mut work = std::pin::pin!(tokio::task::coop::unconstrained(work));
     let mut suspended = false;
     let out = std::future::poll_fn(|cx| {
@@ -89,11 +89,11 @@ async fn wait_in_host<F: Future>(acc: &Accessor<HostState>, work: F) -> F::Outpu
 /// A place for one more socket of this instance (`--max-sockets`) and the
 /// charge for what the host keeps for it (`host_bytes`, against
 /// `--max-memory`), or the guest's error.
-fn guest_socket(acc: &Accessor<HostState>, host_bytes: usize) -> Result<GuestSocket, SocketError> {
+fn guest_socket<T>(acc: &Accessor<T, Net>, host_bytes: usize) -> Result<GuestSocket, SocketError> {
     acc.with(|mut access| {
         let state = access.get();
         let slot = state.net.sockets.take().map_err(|e| state.net.limited(e))?;
-        let charge = state.memory().charge(host_bytes, "a socket's buffers").map_err(SocketError::generic)?;
+        let charge = state.memory.charge(host_bytes, "a socket's buffers").map_err(SocketError::generic)?;
         Ok(GuestSocket { slot, charge })
     })
 }
@@ -109,42 +109,42 @@ const PENDING_CALL_BYTES: usize = 4096;
 const TABLE_ENTRY_BYTES: usize = 256;
 
 /// The charge for one async call, or the guest's error past its limit.
-fn pending_call(acc: &Accessor<HostState>) -> Result<HostCharge, SocketError> {
-    acc.with(|mut access| access.get().memory().charge(PENDING_CALL_BYTES, "a pending call"))
+fn pending_call<T>(acc: &Accessor<T, Net>) -> Result<HostCharge, SocketError> {
+    acc.with(|mut access| access.get().memory.charge(PENDING_CALL_BYTES, "a pending call"))
         .map_err(SocketError::generic)
 }
 
 /// Logs a denial at warn level (see `NetCtx::logged`) and passes it on.
-fn logged(acc: &Accessor<HostState>, err: impl Into<SocketError>) -> SocketError {
+fn logged<T>(acc: &Accessor<T, Net>, err: impl Into<SocketError>) -> SocketError {
     acc.with(|mut access| access.get().net.logged(err.into()))
 }
 
 /// Writes `data` (already out of the guest) whole. Its bytes are charged to
 /// the instance while the write waits: at most [`MAX_IO`] per call, and all
 /// pending writes of an instance within its memory limit.
-async fn write_held(acc: &Accessor<HostState>, this: &Resource<Connection>, data: Vec<u8>) -> HostResult<u32> {
+async fn write_held<T>(acc: &Accessor<T, Net>, this: &Resource<Connection>, data: Vec<u8>) -> HostResult<u32> {
     if data.len() > MAX_IO {
         return Err(SocketError::generic(write_too_long(data.len())).into());
     }
     let (conn, charge) = acc.with(|mut access| -> wasmtime::Result<_> {
         let state = access.get();
         let bytes = PENDING_CALL_BYTES + data.len();
-        Ok((state.table.get(this)?.conn.clone(), state.memory().charge(bytes, "a pending write")))
+        Ok((state.table.get(this)?.conn.clone(), state.memory.charge(bytes, "a pending write")))
     })?;
     let _charge = charge.map_err(SocketError::generic)?;
     Ok(wait_in_host(acc, conn.write_all(&data)).await?)
 }
 
-impl types::Host for HostState {
+impl types::Host for NetView<'_> {
     fn convert_error(&mut self, err: HostError) -> wasmtime::Result<types::Error> {
         Ok(err.into_guest_error()?.into())
     }
 }
-impl crate::bindings::tcp::Host for HostState {}
-impl crate::bindings::udp::Host for HostState {}
+impl crate::bindings::tcp::Host for NetView<'_> {}
+impl crate::bindings::udp::Host for NetView<'_> {}
 
-impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
-    async fn connect(acc: &Accessor<HostState, Self>, config: ClientConfig) -> HostResult<Resource<Connection>> {
+impl<T: NetHost> HostConnectionWithStore<T> for Net {
+    async fn connect(acc: &Accessor<T, Self>, config: ClientConfig) -> HostResult<Resource<Connection>> {
         let (has_callbacks, sink, policy, service_timeouts) = acc.with(|mut access| {
             let net = &access.get().net;
             (net.has_callbacks, net.new_connections.clone(), net.policy.clone(), net.admission.timeouts)
@@ -185,15 +185,11 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
 
     // What the bindings require; `add_bounded_lists` links a twin that checks
     // the length before copying anything out of the guest.
-    async fn write(acc: &Accessor<HostState, Self>, this: Resource<Connection>, data: Vec<u8>) -> HostResult<u32> {
+    async fn write(acc: &Accessor<T, Self>, this: Resource<Connection>, data: Vec<u8>) -> HostResult<u32> {
         write_held(acc, &this, data).await
     }
 
-    async fn read(
-        acc: &Accessor<HostState, Self>,
-        this: Resource<Connection>,
-        length: Option<u32>,
-    ) -> HostResult<Vec<u8>> {
+    async fn read(acc: &Accessor<T, Self>, this: Resource<Connection>, length: Option<u32>) -> HostResult<Vec<u8>> {
         let (conn, _charge) = acc.with(|mut access| -> HostResult<_> {
             let state = access.get();
             let conn = state.table.get(&this)?.conn.clone();
@@ -203,15 +199,14 @@ impl HostConnectionWithStore<HostState> for HasSelf<HostState> {
                 Some(n) => n as usize,
                 None => 0,
             };
-            let charge =
-                state.memory().charge(PENDING_CALL_BYTES + gathered, "a read").map_err(SocketError::generic)?;
+            let charge = state.memory.charge(PENDING_CALL_BYTES + gathered, "a read").map_err(SocketError::generic)?;
             Ok((conn, charge))
         })?;
         Ok(wait_in_host(acc, conn.read(length)).await?)
     }
 }
 
-impl HostConnection for HostState {
+impl HostConnection for NetView<'_> {
     fn close(&mut self, this: Resource<Connection>) -> HostResult<()> {
         self.table.get(&this)?.conn.close();
         Ok(())
@@ -247,7 +242,7 @@ impl HostConnection for HostState {
         // A handle costs the host a table entry: charged, so that a guest
         // cloning in a loop meets its memory limit (the call cannot fail in
         // the WIT, so past the limit it traps).
-        let charge = self.memory().charge(TABLE_ENTRY_BYTES, "a handle").map_err(wasmtime::Error::msg)?;
+        let charge = self.memory.charge(TABLE_ENTRY_BYTES, "a handle").map_err(wasmtime::Error::msg)?;
         Ok(self.table.push(Connection { conn, served: None, charge: Some(charge) })?)
     }
 
@@ -271,8 +266,8 @@ impl HostConnection for HostState {
     }
 }
 
-impl HostListenerWithStore<HostState> for HasSelf<HostState> {
-    async fn start(acc: &Accessor<HostState, Self>, this: Resource<GuestListener>) -> HostResult<()> {
+impl<T: NetHost> HostListenerWithStore<T> for Net {
+    async fn start(acc: &Accessor<T, Self>, this: Resource<GuestListener>) -> HostResult<()> {
         let (port, interface, policy, has_callbacks) = acc.with(|mut access| -> wasmtime::Result<_> {
             let state = access.get();
             let listener = state.table.get(&this)?;
@@ -302,11 +297,11 @@ impl HostListenerWithStore<HostState> for HasSelf<HostState> {
     }
 }
 
-impl HostListener for HostState {
+impl HostListener for NetView<'_> {
     fn new(&mut self, port: u16, config: ListenerConfig) -> wasmtime::Result<Resource<GuestListener>> {
         let read_timeout = Duration::from_millis(config.read_timeout_ms.max(1));
         // Charged like a handle (see `clone_handle`).
-        let charge = self.memory().charge(TABLE_ENTRY_BYTES, "a listener").map_err(wasmtime::Error::msg)?;
+        let charge = self.memory.charge(TABLE_ENTRY_BYTES, "a listener").map_err(wasmtime::Error::msg)?;
         Ok(self.table.push(GuestListener::new(port, config.interface, read_timeout, charge))?)
     }
 
@@ -330,13 +325,13 @@ impl HostListener for HostState {
     }
 }
 
-fn udp_of(acc: &Accessor<HostState>, handle: &Resource<UdpClient>) -> wasmtime::Result<UdpClient> {
+fn udp_of<T>(acc: &Accessor<T, Net>, handle: &Resource<UdpClient>) -> wasmtime::Result<UdpClient> {
     acc.with(|mut access| Ok(access.get().table.get(handle)?.clone()))
 }
 
-impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
+impl<T: NetHost> HostUdpClientWithStore<T> for Net {
     async fn bind(
-        acc: &Accessor<HostState, Self>,
+        acc: &Accessor<T, Self>,
         local: Option<Address>,
         config: UdpClientConfig,
     ) -> HostResult<Resource<UdpClient>> {
@@ -359,7 +354,7 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
     // What the bindings require; `add_bounded_lists` links a twin that checks
     // the datagram's size before copying it out of the guest.
     async fn send_to(
-        acc: &Accessor<HostState, Self>,
+        acc: &Accessor<T, Self>,
         this: Resource<UdpClient>,
         data: Vec<u8>,
         address: Address,
@@ -368,7 +363,7 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
     }
 
     async fn receive_from(
-        acc: &Accessor<HostState, Self>,
+        acc: &Accessor<T, Self>,
         this: Resource<UdpClient>,
         length: Option<u32>,
     ) -> HostResult<(Vec<u8>, Address)> {
@@ -385,8 +380,8 @@ impl HostUdpClientWithStore<HostState> for HasSelf<HostState> {
 }
 
 /// `send-to` of `data` (already out of the guest, at most one datagram).
-async fn send_datagram(
-    acc: &Accessor<HostState>,
+async fn send_datagram<T>(
+    acc: &Accessor<T, Net>,
     this: &Resource<UdpClient>,
     data: Vec<u8>,
     address: Address,
@@ -405,16 +400,17 @@ async fn send_datagram(
 
 /// `try-send-to` of `data`, read where it lies (guest memory, for the twin).
 fn try_send_datagram(
-    state: &HostState,
+    table: &ResourceTable,
+    net: &NetCtx,
     this: &Resource<UdpClient>,
     data: &[u8],
     address: Address,
 ) -> HostResult<Option<u32>> {
-    let client = state.table.get(this)?.clone();
+    let client = table.get(this)?.clone();
     let host = send_host(&client, data.len(), address.host)?;
-    let target = match state.net.policy.check_literal(Use::UdpSend, &host, address.port) {
+    let target = match net.policy.check_literal(Use::UdpSend, &host, address.port) {
         Some(Ok(target)) => target,
-        Some(Err(denied)) => return Err(state.net.logged(denied.into()).into()),
+        Some(Err(denied)) => return Err(net.logged(denied.into()).into()),
         None => return Ok(None), // a name: `send-to` looks it up
     };
     Ok(client.try_send_to(data, target)?)
@@ -444,10 +440,10 @@ fn admit_sender(client: &UdpClient, policy: &Policy, refusals: &Arc<Coalesced>, 
     false
 }
 
-impl HostUdpClient for HostState {
+impl HostUdpClient for NetView<'_> {
     // What the bindings require; `add_bounded_lists` links a copy-free twin.
     fn try_send_to(&mut self, this: Resource<UdpClient>, data: Vec<u8>, address: Address) -> HostResult<Option<u32>> {
-        try_send_datagram(self, &this, &data, address)
+        try_send_datagram(self.table, self.net, &this, &data, address)
     }
 
     fn try_receive_from(
@@ -489,8 +485,8 @@ fn guest_result<T>(result: HostResult<T>) -> wasmtime::Result<Result<T, types::E
 /// The portcullis sockets (`portcullis:socket/types`, `tcp`, `udp`), added
 /// to `linker`: the generated glue, then the copy-free twins of the functions
 /// that take a `list<u8>`.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
-    crate::bindings::Service::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+pub fn add_to_linker<T: NetHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    crate::bindings::Service::add_to_linker::<T, Net>(linker, T::net)?;
     add_bounded_lists(linker)
 }
 
@@ -505,21 +501,21 @@ pub fn add_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> was
 ///   from guest memory.
 ///
 /// Same checks, same results as the [`HostConnection`] methods they shadow.
-fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+fn add_bounded_lists<T: NetHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime::component::WasmList;
     linker.allow_shadowing(true);
     let mut tcp = linker.instance("portcullis:socket/tcp@0.1.0")?;
     tcp.func_wrap(
         "[method]connection.try-write",
-        |store: wasmtime::StoreContextMut<'_, HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
-            let conn = &store.data().table.get(&this)?.conn;
+        |store: wasmtime::StoreContextMut<'_, T>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+            let conn = &store.data().net_ref().0.get(&this)?.conn;
             Ok((conn.try_write(data.as_le_slice(&store)).map_err(types::Error::from),))
         },
     )?;
     tcp.func_wrap(
         "[method]connection.unread",
-        |store: wasmtime::StoreContextMut<'_, HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
-            let conn = &store.data().table.get(&this)?.conn;
+        |store: wasmtime::StoreContextMut<'_, T>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+            let conn = &store.data().net_ref().0.get(&this)?.conn;
             // Never more than a delivery, which is at most the read-ahead bound.
             let result = if data.len() > MAX_IO {
                 Err(SocketError::generic(format!("unread gives back {} bytes, over any delivery", data.len())))
@@ -532,33 +528,36 @@ fn add_bounded_lists(linker: &mut wasmtime::component::Linker<HostState>) -> was
     let mut udp = linker.instance("portcullis:socket/udp@0.1.0")?;
     udp.func_wrap(
         "[method]udp-client.try-send-to",
-        |store: wasmtime::StoreContextMut<'_, HostState>,
+        |store: wasmtime::StoreContextMut<'_, T>,
          (this, data, address): (Resource<UdpClient>, WasmList<u8>, Address)| {
-            Ok((guest_result(try_send_datagram(store.data(), &this, data.as_le_slice(&store), address))?,))
+            let (table, net) = store.data().net_ref();
+            Ok((guest_result(try_send_datagram(table, net, &this, data.as_le_slice(&store), address))?,))
         },
     )?;
     udp.func_wrap_concurrent(
         "[method]udp-client.send-to",
-        |acc: &Accessor<HostState>, (this, data, address): (Resource<UdpClient>, WasmList<u8>, Address)| {
+        |acc: &Accessor<T>, (this, data, address): (Resource<UdpClient>, WasmList<u8>, Address)| {
             Box::pin(async move {
                 if data.len() > MAX_DATAGRAM {
                     return Ok((Err(types::Error::from(SocketError::generic(datagram_too_large(data.len())))),));
                 }
                 let bytes = acc.with(|access| data.as_le_slice(&access).to_vec());
-                Ok((guest_result(send_datagram(acc, &this, bytes, address).await)?,))
+                let net = acc.with_getter::<Net>(T::net);
+                Ok((guest_result(send_datagram(&net, &this, bytes, address).await)?,))
             })
         },
     )?;
     let mut tcp = linker.instance("portcullis:socket/tcp@0.1.0")?;
     tcp.func_wrap_concurrent(
         "[method]connection.write",
-        |acc: &Accessor<HostState>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+        |acc: &Accessor<T>, (this, data): (Resource<Connection>, WasmList<u8>)| {
             Box::pin(async move {
                 if data.len() > MAX_IO {
                     return Ok((Err(types::Error::from(SocketError::generic(write_too_long(data.len())))),));
                 }
                 let bytes = acc.with(|access| data.as_le_slice(&access).to_vec());
-                Ok((guest_result(write_held(acc, &this, bytes).await)?,))
+                let net = acc.with_getter::<Net>(T::net);
+                Ok((guest_result(write_held(&net, &this, bytes).await)?,))
             })
         },
     )?;

@@ -3,6 +3,8 @@
 //! - [`tcp`]: one connection's state machine (read-ahead, reads, writes, close).
 //! - [`listener`]: binding listeners, for the operator's `--listen` and for guests.
 //! - [`udp`]: one UDP socket (datagrams kept whole, dual-stack by default).
+//! - [`view`]: what the glue sees of a store ([`view::NetView`]), and the
+//!   trait a store's state implements to provide it.
 //! - [`host`]: the generated WIT traits, implemented by looking up the resource,
 //!   converting, and delegating to `tcp` / `listener`.
 //! - [`error`]: the errors a guest sees.
@@ -16,6 +18,7 @@ pub mod host;
 pub mod listener;
 pub mod tcp;
 pub mod udp;
+pub mod view;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
