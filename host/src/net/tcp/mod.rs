@@ -286,7 +286,7 @@ impl TcpConn {
                 match inner.stream.try_write(&data[written..]) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(SocketError::from(e)),
+                    Err(e) => return Err(self.write_failed(e)),
                 }
             }
             if written > before {
@@ -306,7 +306,7 @@ impl TcpConn {
             };
             tokio::select! {
                 r = room => match r {
-                    Ok(r) => r.map_err(SocketError::from)?,
+                    Ok(r) => r.map_err(|e| self.write_failed(e))?,
                     Err(_) => {
                         self.close();
                         return Err(SocketError::generic(WRITE_TIMED_OUT));
@@ -335,13 +335,34 @@ impl TcpConn {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) if written > 0 => break,
-                Err(e) => return Err(SocketError::from(e)),
+                Err(e) => return Err(self.write_failed(e)),
             }
         }
         if written > 0 {
             self.touch();
         }
         Ok(written as u32)
+    }
+
+    /// A write found the connection broken (reset, or gone): the kernel
+    /// handed its error to the write and will not report it again (no
+    /// `EPOLLERR` after that), so the read side records it: the guest's next
+    /// read reports it, and a dispatcher waiting for room in a full buffer
+    /// hears of it and closes the connection instead of holding it until the
+    /// idle time-out.
+    fn write_failed(&self, err: io::Error) -> SocketError {
+        let recorded = match err.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(err.kind(), err.to_string()),
+        };
+        {
+            let mut side = self.side();
+            if !side.end.is_failed() {
+                side.fail(recorded);
+            }
+        }
+        self.0.consumed.notify_one();
+        SocketError::from(err)
     }
 
     /// Closes both directions and wakes everything waiting on this connection.
@@ -442,6 +463,30 @@ pub(super) mod tests {
         assert_eq!(conn.local_addr(), peer.peer_addr().unwrap());
         assert_eq!(conn.remote_addr(), from);
         (conn, peer)
+    }
+
+    #[tokio::test]
+    async fn a_reset_seen_by_a_write_closes_a_connection_with_a_full_buffer() {
+        use std::io::Write;
+        let (conn, peer) = pair().await;
+        let mut peer = peer.into_std().unwrap();
+        peer.set_nonblocking(false).unwrap();
+        peer.write_all(&[7u8; 70_000]).unwrap_or(()); // the rest waits in the peer's buffer
+        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
+        let (delivered, _) = conn.deliver();
+        assert_eq!(delivered.len(), READ_AHEAD_LIMIT, "the read-ahead is full");
+        conn.unread(delivered).unwrap(); // a service that does not read
+        conn.end_delivery();
+        // The peer resets, and a write takes the error before the runtime's
+        // driver looks at the socket (nothing awaits in between): epoll then
+        // never reports the error.
+        socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(peer);
+        assert!(conn.try_write(b"late").is_err(), "the write sees the reset");
+        let waited = tokio::time::timeout(Duration::from_secs(2), conn.wait_ready(seen)).await;
+        assert_eq!(waited.ok(), Some(Readiness::Closed), "a dispatcher waiting for room hears of the reset");
+        assert_eq!(conn.read(None).await.unwrap().len(), READ_AHEAD_LIMIT, "the bytes read ahead come first");
+        assert!(conn.read(None).await.is_err(), "then the guest's read reports the reset");
     }
 
     #[tokio::test]
