@@ -33,7 +33,8 @@
 //!
 //! Inside, the public types sit on `sys`, the backend (today the portcullis
 //! WIT, its generated bindings at the bottom); none of them shows a generated
-//! type.
+//! type (the bindings and the export glue are reachable only through the
+//! hidden paths the macros expand to).
 
 #![warn(missing_docs)]
 

@@ -116,8 +116,8 @@ impl UdpClient {
     /// Binds `local`, or an ephemeral port on all interfaces with `None`.
     ///
     /// Binding needs a grant (`--allow-udp udp://HOST:PORTS` covering the
-    /// address; for an ephemeral port on all interfaces any UDP grant will
-    /// do), or it fails with
+    /// address; for `None`, an ephemeral port on all interfaces, any UDP
+    /// grant will do), or it fails with
     /// [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied):
     /// `permission denied: bind udp://0.0.0.0:9000 is not granted`.
     ///

@@ -1,7 +1,8 @@
 //! portcullis: run socket services compiled to WebAssembly components, with the
 //! network gated.
 //!
-//! The map, top to bottom (arrows only go down):
+//! The map, top to bottom (arrows go down; the one exception is `bindings`,
+//! whose `with:` names `net`'s types; ARCHITECTURE.md draws them):
 //!
 //! - [`cli`]: `portcullis run | inspect`; [`config`]: flags or a manifest to a
 //!   [`config::ServiceSpec`]; [`inspect`]: what a component needs.
@@ -9,16 +10,19 @@
 //!   [`server::Runtime`] owns the engine and the compile cache.
 //! - [`dispatch`]: one shared instance per service (or one per connection); a
 //!   driver per connection fires `on-connect` / `on-read-ready` / `on-error` /
-//!   `on-close`; traps restart it. [`component`]: a service's component,
-//!   linked and looked up once, and the stores of its instances.
+//!   `on-close`; traps restart it.
+//! - [`component`]: a service's component, linked (each capability's
+//!   `add_to_linker`) and looked up once, and the stores of its instances.
+//! - [`blocking`]: blocking WASI calls under the CPU bound.
+//! - [`state`]: what one store holds (the composition root: the table, WASI,
+//!   the net context, the limiter, the CPU clock) and the epoch callback.
 //! - [`net`]: the WIT socket resources on tokio sockets (`net::tcp` is the
-//!   connection state machine, `net::host` the generated-trait glue).
-//! - [`policy`]: the operator's grants, checked before every connect, bind and send.
-//! - [`engine`]: wasmtime configuration and the on-disk component cache.
-//! - [`state`]: what one store holds (the composition of the capabilities
-//!   below, and the CPU bound); [`blocking`]: blocking WASI calls under that
-//!   bound; [`guest_output`]: a guest's stdout and stderr, which never block.
-//!   [`bindings`]: generated from `wit/`.
+//!   connection state machine, `net::host` the generated-trait glue over
+//!   `net::view`). [`bindings`]: generated from `wit/`.
+//! - [`policy`]: the operator's grants, checked before every connect, bind and
+//!   send; it imports nothing from the crate.
+//! - [`engine`]: wasmtime configuration and the on-disk component cache;
+//!   [`guest_output`]: a guest's stdout and stderr, which never block.
 //! - [`limits`]: every bound a guest meets (memory, sockets, CPU), as plain
 //!   data with defaults and as the accounts that enforce it.
 //!   [`coalesce`]: repeated warnings written as one line per interval.

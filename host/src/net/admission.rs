@@ -11,12 +11,40 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::tcp::Timeouts;
 use crate::coalesce::Coalesced;
 use crate::limits::Limits;
+
+/// The time-outs a connection lives by (see [`crate::limits::Limits`] for
+/// the flags and defaults).
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::net::admission::Timeouts;
+/// let client = Timeouts { write: Some(Duration::from_secs(300)), ..Timeouts::read_only(Duration::from_secs(30)) };
+/// assert_eq!(client.idle, None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Of every read that waits: `read-timed-out` when nothing came for this long.
+    pub read: Duration,
+    /// Nothing received or sent for this long, between callbacks: the host
+    /// closes the connection (see [`TcpConn::idle_out`](super::tcp::TcpConn::idle_out)). `None`: never.
+    pub idle: Option<Duration>,
+    /// A write that sent nothing for this long fails (`write timed out`)
+    /// and closes the connection. `None`: never.
+    pub write: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Only a read time-out.
+    pub fn read_only(read: Duration) -> Self {
+        Timeouts { read, idle: None, write: None }
+    }
+}
 
 /// A service's admission rules, shared by all its listeners (cheap to clone).
 ///

@@ -66,10 +66,15 @@ impl SocketError {
 /// What a host function fails with: a [`SocketError`] that the guest gets as
 /// its `error` value, or a trap (a handle the guest does not own, a host
 /// failure). Both go up with `?`; the generated glue sorts them through
-/// `types::Host::convert_error` (wasmtime's `trappable_error_type`, shaped
-/// like wasmtime-wasi's `TrappableError`).
+/// `types::Host::convert_error` (wasmtime's `trappable_error_type`). Which
+/// one it is, is decided when it is made, never by looking inside.
 #[derive(Debug)]
-pub struct HostError(wasmtime::Error);
+pub enum HostError {
+    /// The guest's error.
+    Guest(SocketError),
+    /// The guest's instance ends.
+    Trap(wasmtime::Error),
+}
 
 /// The result of a host function whose WIT result carries an `error`.
 pub type HostResult<T> = Result<T, HostError>;
@@ -77,30 +82,33 @@ pub type HostResult<T> = Result<T, HostError>;
 impl HostError {
     /// A trap: the guest's instance ends.
     pub fn trap(err: impl Into<wasmtime::Error>) -> Self {
-        HostError(err.into())
+        HostError::Trap(err.into())
     }
 
     /// The guest's error, or (as `Err`) the trap.
     pub fn into_guest_error(self) -> wasmtime::Result<SocketError> {
-        self.0.downcast()
+        match self {
+            HostError::Guest(err) => Ok(err),
+            HostError::Trap(trap) => Err(trap),
+        }
     }
 }
 
 impl From<SocketError> for HostError {
     fn from(err: SocketError) -> Self {
-        HostError(wasmtime::Error::new(err))
+        HostError::Guest(err)
     }
 }
 
 impl From<PolicyError> for HostError {
     fn from(err: PolicyError) -> Self {
-        SocketError::from(err).into()
+        HostError::Guest(err.into())
     }
 }
 
 impl From<wasmtime::Error> for HostError {
     fn from(err: wasmtime::Error) -> Self {
-        HostError::trap(err)
+        HostError::Trap(err)
     }
 }
 
@@ -170,5 +178,7 @@ mod tests {
         assert_eq!(denied.into_guest_error().unwrap().kind, ErrorKind::PermissionDenied);
         let trap = HostError::from(wasmtime::component::ResourceTableError::NotPresent);
         assert!(trap.into_guest_error().is_err(), "a handle the guest does not own traps");
+        let wrapped = HostError::trap(wasmtime::Error::new(SocketError::generic("made a trap")));
+        assert!(wrapped.into_guest_error().is_err(), "a trap stays a trap whatever it carries");
     }
 }

@@ -195,7 +195,9 @@ impl Policy {
     /// blocked networks; a name grant never does (it holds on names, before
     /// resolution). For a bind, an IP grant or `*` for the port; an ephemeral UDP
     /// bind (`0.0.0.0:0`, `[::]:0`) needs only some UDP grant, since sends are
-    /// checked one by one.
+    /// checked one by one. (That is what a socket's implicit bind asks, so it
+    /// matches [`Policy::resolve_bind`] with no host; `resolve_bind` given the
+    /// text `0.0.0.0` checks it as a named address, against the grants.)
     ///
     /// ```
     /// use portcullis::policy::{Policy, Use};

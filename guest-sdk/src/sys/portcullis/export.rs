@@ -12,6 +12,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use super::bindings::portcullis::socket::{tcp, types};
 use super::bindings::service::exports::portcullis::socket::callbacks::{self, Delivery, Guest};
 use super::tcp::Conn;
+use super::{from_wit, to_wit};
 use crate::service::{self, CallbackUse};
 use crate::{Connection, Service};
 
@@ -43,7 +44,7 @@ async fn serve_ready<S: Service>(conn: Connection) {
 
 impl<S: Service> Guest for Exported<S> {
     async fn on_connect(conn: &tcp::Connection) -> Result<callbacks::CallbackUse, types::Error> {
-        Ok(callback_use(service::connected::<S>(&lent(conn)).await?))
+        service::connected::<S>(&lent(conn)).await.map(callback_use).map_err(to_wit)
     }
 
     async fn on_read_ready(conn: &tcp::Connection, delivery: Delivery) {
@@ -73,7 +74,7 @@ impl<S: Service> Guest for Exported<S> {
     }
 
     async fn on_error(conn: &tcp::Connection, err: types::Error) {
-        service::failed::<S>(&lent(conn), err.into()).await
+        service::failed::<S>(&lent(conn), from_wit(err)).await
     }
 
     async fn on_close(conn: &tcp::Connection) -> callbacks::CallbackUse {

@@ -31,25 +31,35 @@ fn to_socket_addr(addr: &types::Address) -> SocketAddr {
     SocketAddr::new(ip, addr.port)
 }
 
-impl From<types::Error> for Error {
-    fn from(e: types::Error) -> Self {
-        let kind = match e.kind {
-            types::ErrorKind::Generic => ErrorKind::Generic,
-            types::ErrorKind::ReadTimedOut => ErrorKind::ReadTimedOut,
-            types::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-        };
-        Error::from_parts(kind, e.message, e.cause)
-    }
+/// The generated error as the SDK's. A function, not a `From` impl: no
+/// public item of the SDK shows a generated type.
+fn from_wit(e: types::Error) -> Error {
+    let kind = match e.kind {
+        types::ErrorKind::Generic => ErrorKind::Generic,
+        types::ErrorKind::ReadTimedOut => ErrorKind::ReadTimedOut,
+        types::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+    };
+    Error::from_parts(kind, e.message, e.cause)
 }
 
-impl From<Error> for types::Error {
-    fn from(e: Error) -> Self {
-        let kind = match e.kind() {
-            ErrorKind::Generic => types::ErrorKind::Generic,
-            ErrorKind::ReadTimedOut => types::ErrorKind::ReadTimedOut,
-            ErrorKind::PermissionDenied => types::ErrorKind::PermissionDenied,
-        };
-        let (message, cause) = e.into_parts();
-        types::Error { kind, message, cause }
+/// The SDK's error as the generated one (a callback's error, for the host).
+fn to_wit(e: Error) -> types::Error {
+    let kind = match e.kind() {
+        ErrorKind::Generic => types::ErrorKind::Generic,
+        ErrorKind::ReadTimedOut => types::ErrorKind::ReadTimedOut,
+        ErrorKind::PermissionDenied => types::ErrorKind::PermissionDenied,
+    };
+    let (message, cause) = e.into_parts();
+    types::Error { kind, message, cause }
+}
+
+/// `.sdk()?` on what a generated call returns.
+trait IntoSdk<T> {
+    fn sdk(self) -> Result<T, Error>;
+}
+
+impl<T> IntoSdk<T> for Result<T, types::Error> {
+    fn sdk(self) -> Result<T, Error> {
+        self.map_err(from_wit)
     }
 }

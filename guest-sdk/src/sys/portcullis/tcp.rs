@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::bindings::portcullis::socket::{tcp, types};
 use super::bindings::service::exports::portcullis::socket::callbacks::Delivery;
-use super::{MAX_IO, to_socket_addr};
+use super::{IntoSdk, MAX_IO, to_socket_addr};
 use crate::error::Error;
 
 /// One connection handle, with what was delivered and not yet read.
@@ -167,10 +167,10 @@ impl Conn {
     }
 
     async fn read_from_host(&self, length: Option<u32>) -> Result<Vec<u8>, Error> {
-        if let Some(ready) = self.handle.try_read(length)? {
+        if let Some(ready) = self.handle.try_read(length).sdk()? {
             return Ok(ready);
         }
-        Ok(self.handle.read(length).await?)
+        self.handle.read(length).await.sdk()
     }
 
     /// Writes all of `data`: a plain call first (no copy, no async call), and
@@ -194,31 +194,31 @@ impl Conn {
             })
             .await;
         }
-        let now = self.handle.try_write(data)? as usize;
+        let now = self.handle.try_write(data).sdk()? as usize;
         let rest = &data[now..];
         if rest.len() <= MAX_IO {
             if !rest.is_empty() {
-                self.handle.write(rest.to_vec()).await?;
+                self.handle.write(rest.to_vec()).await.sdk()?;
             }
             return Ok(());
         }
         let _parted = PartedWrite::begin(self.id());
         for part in rest.chunks(MAX_IO) {
-            self.handle.write(part.to_vec()).await?;
+            self.handle.write(part.to_vec()).await.sdk()?;
         }
         Ok(())
     }
 
     pub(crate) fn close(&self) -> Result<(), Error> {
-        Ok(self.handle.close()?)
+        self.handle.close().sdk()
     }
 
     pub(crate) fn shutdown_read(&self) -> Result<(), Error> {
-        Ok(self.handle.shutdown_read()?)
+        self.handle.shutdown_read().sdk()
     }
 
     pub(crate) fn shutdown_write(&self) -> Result<(), Error> {
-        Ok(self.handle.shutdown_write()?)
+        self.handle.shutdown_write().sdk()
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -267,7 +267,7 @@ pub(crate) async fn connect(
         connect_timeout_ms: connect_timeout.as_millis() as u64,
         callback,
     };
-    Ok(tcp::Connection::connect(config).await.map(Conn::owned)?)
+    tcp::Connection::connect(config).await.map(Conn::owned).sdk()
 }
 
 /// A guest's listener; its connections reach the exported callbacks.
@@ -287,18 +287,18 @@ impl Listener {
     }
 
     pub(crate) async fn start(&self) -> Result<(), Error> {
-        Ok(self.handle().start().await?)
+        self.handle().start().await.sdk()
     }
 
     pub(crate) fn local_addr(&self) -> Result<SocketAddr, Error> {
-        Ok(to_socket_addr(&self.handle().local_address()?))
+        Ok(to_socket_addr(&self.handle().local_address().sdk()?))
     }
 
     pub(crate) fn graceful_stop(&self) -> Result<(), Error> {
-        Ok(self.handle().graceful_stop()?)
+        self.handle().graceful_stop().sdk()
     }
 
     pub(crate) fn immediate_stop(&self) -> Result<(), Error> {
-        Ok(self.handle().immediate_stop()?)
+        self.handle().immediate_stop().sdk()
     }
 }

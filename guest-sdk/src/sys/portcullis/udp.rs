@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::bindings::portcullis::socket::{types, udp};
-use super::to_socket_addr;
+use super::{IntoSdk, to_socket_addr};
 use crate::error::Error;
 use crate::sys::Target;
 
@@ -33,7 +33,7 @@ impl Socket {
     pub(crate) async fn bind(local: Option<(Option<String>, u16)>, read_timeout: Duration) -> Result<Socket, Error> {
         let local = local.map(|(host, port)| types::Address { host, port });
         let config = udp::UdpClientConfig { read_timeout_ms: read_timeout.as_millis() as u64 };
-        let handle = udp::UdpClient::bind(local, config).await?;
+        let handle = udp::UdpClient::bind(local, config).await.sdk()?;
         Ok(Socket { handle, last_peer: RefCell::new(None) })
     }
 
@@ -43,7 +43,7 @@ impl Socket {
         if let Target::Ip(addr) = &to {
             match self.try_send_to_last_peer(data, *addr)? {
                 LastPeer::Sent(sent) => return Ok(sent),
-                LastPeer::Full(known) => return Ok(self.handle.send_to(data.to_vec(), known).await? as usize),
+                LastPeer::Full(known) => return Ok(self.handle.send_to(data.to_vec(), known).await.sdk()? as usize),
                 LastPeer::Other => {}
             }
         }
@@ -51,10 +51,10 @@ impl Socket {
             Target::Ip(addr) => types::Address { host: Some(addr.ip().to_string()), port: addr.port() },
             Target::Name(host, port) => types::Address { host: Some(host), port },
         };
-        if let Some(sent) = self.handle.try_send_to(data, &to)? {
+        if let Some(sent) = self.handle.try_send_to(data, &to).sdk()? {
             return Ok(sent as usize);
         }
-        Ok(self.handle.send_to(data.to_vec(), to).await? as usize)
+        Ok(self.handle.send_to(data.to_vec(), to).await.sdk()? as usize)
     }
 
     /// The plain send to `addr` with the text the host gave for its IP, when
@@ -66,7 +66,7 @@ impl Socket {
             return Ok(LastPeer::Other);
         }
         known.port = addr.port();
-        Ok(match self.handle.try_send_to(data, known)? {
+        Ok(match self.handle.try_send_to(data, known).sdk()? {
             Some(sent) => LastPeer::Sent(sent as usize),
             None => LastPeer::Full(known.clone()),
         })
@@ -75,9 +75,9 @@ impl Socket {
     /// One datagram (truncated to `length`), and its sender: a plain (cheap)
     /// call first, the async one only when it must wait.
     pub(crate) async fn receive(&self, length: Option<u32>) -> Result<(Vec<u8>, SocketAddr), Error> {
-        let (data, from) = match self.handle.try_receive_from(length)? {
+        let (data, from) = match self.handle.try_receive_from(length).sdk()? {
             Some(received) => received,
-            None => self.handle.receive_from(length).await?,
+            None => self.handle.receive_from(length).await.sdk()?,
         };
         let mut last = self.last_peer.borrow_mut();
         if let Some((ip, known)) = &*last
@@ -93,10 +93,10 @@ impl Socket {
     }
 
     pub(crate) fn close(&self) -> Result<(), Error> {
-        Ok(self.handle.close()?)
+        self.handle.close().sdk()
     }
 
     pub(crate) fn local_addr(&self) -> Result<SocketAddr, Error> {
-        Ok(to_socket_addr(&self.handle.local_address()?))
+        Ok(to_socket_addr(&self.handle.local_address().sdk()?))
     }
 }

@@ -6,13 +6,15 @@
 //! One connection's cycle, as its driver runs it (`dispatch::driver`):
 //!
 //! 1. [`TcpConn::wait_ready`] reads ahead until something is new for the
-//!    guest since the last [`ReadMark`]: bytes arrived, or the guest took
-//!    bytes and some remain, or the end is unseen.
+//!    guest since the last [`ReadMark`] (bytes or the end arrived, or the
+//!    guest took bytes) and something is there for it (bytes, or an end it
+//!    has not seen).
 //! 2. [`TcpConn::deliver`] hands the guest everything buffered (and the end,
 //!    if it follows) with `on-read-ready`.
 //! 3. The guest reads what it wants of it and gives the rest back with
 //!    `unread` ([`TcpConn::unread`]) before the callback returns.
-//! 4. [`TcpConn::end_delivery`]: a late `unread` is refused from now on.
+//! 4. [`TcpConn::end_delivery`]: a late `unread` of any bytes is refused
+//!    from now on.
 //!    [`TcpConn::end_seen`] says whether the read side is over.
 //!
 //! Host-side invariants: at most [`READ_AHEAD_LIMIT`] bytes buffered; a guest

@@ -31,42 +31,15 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use self::read_ahead::ReadSide;
+use self::read_ahead::{ReadEnd, ReadSide};
 use super::admission::Admitted;
+pub use super::admission::Timeouts;
 use super::error::{SocketError, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT};
 use crate::limits::{GuestSocket, MAX_IO};
 use crate::sync::{Closing, OpQueue};
 
 /// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// The time-outs a connection lives by (see [`crate::limits::Limits`] for
-/// the flags and defaults).
-///
-/// ```
-/// use std::time::Duration;
-/// use portcullis::net::tcp::Timeouts;
-/// let client = Timeouts { write: Some(Duration::from_secs(300)), ..Timeouts::read_only(Duration::from_secs(30)) };
-/// assert_eq!(client.idle, None);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Of every read that waits: `read-timed-out` when nothing came for this long.
-    pub read: Duration,
-    /// Nothing received or sent for this long, between callbacks: the host
-    /// closes the connection (see [`TcpConn::idle_out`]). `None`: never.
-    pub idle: Option<Duration>,
-    /// A write that sent nothing for this long fails (`write timed out`)
-    /// and closes the connection. `None`: never.
-    pub write: Option<Duration>,
-}
-
-impl Timeouts {
-    /// Only a read time-out.
-    pub fn read_only(read: Duration) -> Self {
-        Timeouts { read, idle: None, write: None }
-    }
-}
 
 /// Milliseconds since the first connection of the process: what a
 /// connection's last activity is recorded in (one atomic store per event).
@@ -356,8 +329,10 @@ impl TcpConn {
             None => io::Error::new(err.kind(), err.to_string()),
         };
         {
+            // Only a stream still open: after the peer's FIN the guest reads
+            // to a clean end, as before.
             let mut side = self.side();
-            if !side.end.is_failed() {
+            if matches!(side.end, ReadEnd::Open) {
                 side.fail(recorded);
             }
         }
