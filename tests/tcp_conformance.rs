@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use portcullis_tests::*;
+
 use tokio::io::AsyncWriteExt;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_echo_returns_the_bytes_exactly() {
-    let service = TestService::scenario("echo").start();
+async fn server_echo_returns_the_bytes_exactly(backend: Backend) {
+    let service = TestService::scenario("echo").on(backend).start();
     let mut client = service.connect().await;
     assert_eq!(round_trip(&mut client, b"Hello Ballerina\n").await, b"Hello Ballerina\n");
     // End of stream: the service closes, the client sees end of stream.
@@ -17,9 +17,8 @@ async fn server_echo_returns_the_bytes_exactly() {
     assert_eq!(service.stop().await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bytes_and_the_end_sent_together_are_both_served() {
-    let service = TestService::scenario("echo").start();
+async fn bytes_and_the_end_sent_together_are_both_served(backend: Backend) {
+    let service = TestService::scenario("echo").on(backend).start();
     let mut client = service.connect().await;
     // Likely one delivery with the end: the echo reads once per callback, so
     // it must be called again for the end, and then it closes.
@@ -29,9 +28,8 @@ async fn bytes_and_the_end_sent_together_are_both_served() {
     assert_eq!(service.stop().await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partial_reads_gather_exact_lengths() {
-    let service = TestService::scenario("partial").start();
+async fn partial_reads_gather_exact_lengths(backend: Backend) {
+    let service = TestService::scenario("partial").on(backend).start();
     let mut client = service.connect().await;
     for part in ["Hello", "from", "client"] {
         client.write_all(part.as_bytes()).await.unwrap();
@@ -42,9 +40,8 @@ async fn partial_reads_gather_exact_lengths() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bytes_a_callback_leaves_unread_come_first_in_the_next() {
-    let service = TestService::scenario("byte-at-a-time").start();
+async fn bytes_a_callback_leaves_unread_come_first_in_the_next(backend: Backend) {
+    let service = TestService::scenario("byte-at-a-time").on(backend).start();
     let mut client = service.connect().await;
     // One write, so the host likely delivers it whole; the service takes one
     // byte per call and gives the rest back each time.
@@ -56,9 +53,8 @@ async fn bytes_a_callback_leaves_unread_come_first_in_the_next() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_knows_both_its_ends() {
-    let service = TestService::scenario("addresses").start();
+async fn a_connection_knows_both_its_ends(backend: Backend) {
+    let service = TestService::scenario("addresses").on(backend).start();
     let mut client = service.connect().await;
     client.write_all(b"where?").await.unwrap();
     let ends = read_line(&mut client).await;
@@ -67,9 +63,8 @@ async fn a_connection_knows_both_its_ends() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocking_read_waits_for_all_eighteen_bytes() {
-    let service = TestService::scenario("blocking").start();
+async fn blocking_read_waits_for_all_eighteen_bytes(backend: Backend) {
+    let service = TestService::scenario("blocking").on(backend).start();
     let mut client = service.connect().await;
     client.write_all(b"ThisIs").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -78,34 +73,32 @@ async fn blocking_read_waits_for_all_eighteen_bytes() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_error_receives_the_error_on_read_ready_returned() {
-    let service = TestService::scenario("read-error").start();
+async fn on_error_receives_the_error_on_read_ready_returned(backend: Backend) {
+    let service = TestService::scenario("read-error").on(backend).start();
     let mut client = service.connect().await;
     client.write_all(b"anything").await.unwrap();
     assert_eq!(read_line(&mut client).await, "on_error: Error while on read\n");
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_error_receives_the_error_on_connect_returned() {
-    let service = TestService::scenario("connect-error").start();
+async fn on_error_receives_the_error_on_connect_returned(backend: Backend) {
+    let service = TestService::scenario("connect-error").on(backend).start();
     let mut client = service.connect().await;
     assert_eq!(read_line(&mut client).await, "on_error: Error while on connect\n");
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_listener_on_the_same_port_fails() {
+async fn a_second_listener_on_the_same_port_fails(backend: Backend) {
     let first = portcullis::server::bind_all(&["127.0.0.1:0".parse().unwrap()]).unwrap();
-    let taken = first[0].local_addr().unwrap();
-    let err = portcullis::server::bind_all(&[taken]).unwrap_err();
-    assert_eq!(err.to_string(), "unable to start the socket service: Address already in use");
+    let taken = first[0].local_addr().unwrap().to_string();
+    let out = run_program_on(backend, "scenarios", &[], &["--listen", &taken]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unable to start the socket service: Address already in use"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_joins_are_counted_in_shared_state() {
-    let service = TestService::scenario("join-count").start();
+async fn five_joins_are_counted_in_shared_state(backend: Backend) {
+    let service = TestService::scenario("join-count").on(backend).start();
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(service.connect().await);
@@ -120,10 +113,9 @@ async fn five_joins_are_counted_in_shared_state() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_times_out_with_read_timed_out() {
+async fn read_times_out_with_read_timed_out(backend: Backend) {
     let timeout = Duration::from_millis(400);
-    let service = TestService::scenario("blocking").read_timeout(timeout).start();
+    let service = TestService::scenario("blocking").on(backend).read_timeout(timeout).start();
     let mut client = service.connect().await;
     let started = Instant::now();
     client.write_all(b"fifteen bytes!!").await.unwrap(); // 15 of the 18 it waits for
@@ -133,9 +125,8 @@ async fn read_times_out_with_read_timed_out() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_close_fires_once_and_kept_handles_outlive_their_callback() {
-    let service = TestService::scenario("close-log").start();
+async fn on_close_fires_once_and_kept_handles_outlive_their_callback(backend: Backend) {
+    let service = TestService::scenario("close-log").on(backend).start();
     let mut watcher = service.connect().await;
     let leaver = service.connect().await;
     // Let both on-connects run, then find out the leaver's id by its absence:
@@ -153,9 +144,8 @@ async fn on_close_fires_once_and_kept_handles_outlive_their_callback() {
 /// A service that keeps the default (empty) `on_connect` tells the host so, and
 /// the host stops calling it; its own `on_close` must still run for every
 /// connection, the third included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_default_on_connect_is_skipped_but_on_close_still_fires_every_time() {
-    let service = TestService::builder("close-counter").start();
+async fn a_default_on_connect_is_skipped_but_on_close_still_fires_every_time(backend: Backend) {
+    let service = TestService::builder("close-counter").on(backend).start();
     for expected in 0..3 {
         let mut client = service.connect().await;
         assert_eq!(read_line_after(&mut client, b"count?").await, format!("closed {expected}\n"));
@@ -172,19 +162,17 @@ async fn read_line_after(stream: &mut tokio::net::TcpStream, message: &[u8]) -> 
     read_line(stream).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_stop_closes_open_connections_and_returns() {
-    let service = TestService::scenario("echo").start();
+async fn graceful_stop_closes_open_connections_and_returns(backend: Backend) {
+    let service = TestService::scenario("echo").on(backend).start();
     let mut client = service.connect().await;
     assert_eq!(round_trip(&mut client, b"before stop").await, b"before stop");
     assert_eq!(service.stop().await, 0);
     assert_eq!(read_to_end(&mut client).await, b"", "the connection is closed at stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_stop_bounds_a_callback_stuck_in_read() {
+async fn graceful_stop_bounds_a_callback_stuck_in_read(backend: Backend) {
     // The callback waits in read(18) with a 60 s time-out; the stop must not.
-    let service = TestService::scenario("blocking").read_timeout(Duration::from_secs(60)).start();
+    let service = TestService::scenario("blocking").on(backend).read_timeout(Duration::from_secs(60)).start();
     let mut client = service.connect().await;
     client.write_all(b"only six").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -196,3 +184,21 @@ async fn graceful_stop_bounds_a_callback_stuck_in_read() {
     let rest = read_to_end(&mut client).await;
     assert!(!String::from_utf8_lossy(&rest).contains("BlockingRead"));
 }
+
+on_both_backends!(
+    server_echo_returns_the_bytes_exactly,
+    bytes_and_the_end_sent_together_are_both_served,
+    partial_reads_gather_exact_lengths,
+    bytes_a_callback_leaves_unread_come_first_in_the_next,
+    a_connection_knows_both_its_ends,
+    blocking_read_waits_for_all_eighteen_bytes,
+    on_error_receives_the_error_on_read_ready_returned,
+    on_error_receives_the_error_on_connect_returned,
+    a_second_listener_on_the_same_port_fails,
+    five_joins_are_counted_in_shared_state,
+    read_times_out_with_read_timed_out,
+    on_close_fires_once_and_kept_handles_outlive_their_callback,
+    a_default_on_connect_is_skipped_but_on_close_still_fires_every_time,
+    graceful_stop_closes_open_connections_and_returns,
+    graceful_stop_bounds_a_callback_stuck_in_read,
+);

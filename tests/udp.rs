@@ -22,20 +22,23 @@ async fn native_echo() -> SocketAddr {
     addr
 }
 
-async fn udp_mode(mode: &str, target: SocketAddr) -> String {
+async fn udp_mode(backend: Backend, mode: &str, target: SocketAddr) -> String {
     // `*` rather than 127.0.0.1: the error cases need a name granted so that
     // its failed lookup (not a denial) is what they see.
-    let out =
-        run_program("udp-clients", &[("MODE", mode), ("TARGET", &target.to_string())], &["--allow-udp", "udp://*:*"])
-            .await;
+    let out = run_program_on(
+        backend,
+        "udp-clients",
+        &[("MODE", mode), ("TARGET", &target.to_string())],
+        &["--allow-udp", "udp://*:*"],
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     stdout_of(&out)
 }
 
-#[tokio::test]
-async fn udp_echo_returns_the_datagram() {
+async fn udp_echo_returns_the_datagram(backend: Backend) {
     let echo = native_echo().await;
-    let text = udp_mode("echo", echo).await;
+    let text = udp_mode(backend, "echo", echo).await;
     assert_eq!(text, format!("received: Hello Ballerina echo from port {}\n", echo.port()));
 }
 
@@ -43,17 +46,16 @@ type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
 /// Starts `udp-clients` in `mode` with one UDP grant; returns it, its output
 /// lines, and the address it printed (`bound ADDR`).
-async fn spawn_bound(mode: &str, grant: &str) -> (tokio::process::Child, Lines, SocketAddr) {
-    let mut program = spawn_program("udp-clients", &[("MODE", mode)], &["--allow-udp", grant]);
+async fn spawn_bound(backend: Backend, mode: &str, grant: &str) -> (tokio::process::Child, Lines, SocketAddr) {
+    let mut program = spawn_program_on(backend, "udp-clients", &[("MODE", mode)], &["--allow-udp", grant]);
     let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
     let bound = lines.next_line().await.unwrap().expect("the program prints where it is bound");
     let addr = bound.strip_prefix("bound ").expect("`bound ADDR`").parse().unwrap();
     (program, lines, addr)
 }
 
-#[tokio::test]
-async fn receive_on_a_bound_port_gets_the_peers_datagram() {
-    let (mut program, mut lines, addr) = spawn_bound("receive", "udp://127.0.0.1:*").await;
+async fn receive_on_a_bound_port_gets_the_peers_datagram(backend: Backend) {
+    let (mut program, mut lines, addr) = spawn_bound(backend, "receive", "udp://127.0.0.1:*").await;
 
     // The peer sends `This is server` until the program has received it.
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -69,12 +71,11 @@ async fn receive_on_a_bound_port_gets_the_peers_datagram() {
     assert!(program.wait().await.unwrap().success());
 }
 
-#[tokio::test]
-async fn datagrams_from_a_peer_nobody_granted_are_dropped_and_the_receive_waits_on() {
+async fn datagrams_from_a_peer_nobody_granted_are_dropped_and_the_receive_waits_on(backend: Backend) {
     // Only binding an ephemeral port is granted (port 0); the peer sends from
     // a real port, which no grant covers. Its datagrams never reach the guest
     // (the host drops and logs them): no error, no data, the receive waits.
-    let (mut program, mut lines, addr) = spawn_bound("stranger", "udp://127.0.0.1:0").await;
+    let (mut program, mut lines, addr) = spawn_bound(backend, "stranger", "udp://127.0.0.1:0").await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_port = peer.local_addr().unwrap().port();
     let sender = tokio::spawn(async move {
@@ -93,16 +94,14 @@ async fn datagrams_from_a_peer_nobody_granted_are_dropped_and_the_receive_waits_
     assert!(program.wait().await.unwrap().success());
 }
 
-#[tokio::test]
-async fn receive_times_out_with_read_timed_out() {
+async fn receive_times_out_with_read_timed_out(backend: Backend) {
     let echo = native_echo().await;
-    assert_eq!(udp_mode("timeout", echo).await, "receive: ReadTimedOut: read timed out\n");
+    assert_eq!(udp_mode(backend, "timeout", echo).await, "receive: ReadTimedOut: read timed out\n");
 }
 
-#[tokio::test]
-async fn udp_errors_are_clear() {
+async fn udp_errors_are_clear(backend: Backend) {
     let echo = native_echo().await;
-    let text = udp_mode("errors", echo).await;
+    let text = udp_mode(backend, "errors", echo).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "length 0: Generic: requested byte length need to be 1 or more");
     assert_eq!(lines[1], "too large: Generic: datagram too large: 65508 bytes (at most 65507 over IPv4)");
@@ -114,10 +113,10 @@ async fn udp_errors_are_clear() {
     assert_eq!(lines.len(), 6, "{text}");
 }
 
-#[tokio::test]
-async fn sends_outside_the_grants_are_refused_to_literals_and_names_alike() {
+async fn sends_outside_the_grants_are_refused_to_literals_and_names_alike(backend: Backend) {
     let echo = native_echo().await;
-    let out = run_program(
+    let out = run_program_on(
+        backend,
         "udp-clients",
         &[("MODE", "denied"), ("TARGET", &echo.to_string())],
         &["--allow-udp", "udp://127.0.0.1:0", "--allow-udp", &format!("udp://127.0.0.1:{}", echo.port())],
@@ -135,17 +134,15 @@ async fn sends_outside_the_grants_are_refused_to_literals_and_names_alike() {
     );
 }
 
-#[tokio::test]
-async fn two_clients_of_one_instance_work_at_once() {
+async fn two_clients_of_one_instance_work_at_once(backend: Backend) {
     let echo = native_echo().await;
-    assert_eq!(udp_mode("pair", echo).await, "a got: from b from b: true\n");
+    assert_eq!(udp_mode(backend, "pair", echo).await, "a got: from b from b: true\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing() {
+async fn four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing(backend: Backend) {
     const CLIENTS: u64 = 4;
     const DATAGRAMS: usize = 2_500;
-    let mut server = spawn_program("udp-echo", &[("PORT", "0")], &["--allow-udp", "udp://*:*"]);
+    let mut server = spawn_program_on(backend, "udp-echo", &[("PORT", "0")], &["--allow-udp", "udp://*:*"]);
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().expect("udp-echo prints its address");
     let port: u16 = line.rsplit_once(':').unwrap().1.parse().unwrap();
@@ -184,3 +181,14 @@ async fn four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing() {
     let status = tokio::time::timeout(Duration::from_secs(10), server.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+on_both_backends!(
+    udp_echo_returns_the_datagram,
+    receive_on_a_bound_port_gets_the_peers_datagram,
+    datagrams_from_a_peer_nobody_granted_are_dropped_and_the_receive_waits_on,
+    receive_times_out_with_read_timed_out,
+    udp_errors_are_clear,
+    sends_outside_the_grants_are_refused_to_literals_and_names_alike,
+    two_clients_of_one_instance_work_at_once,
+    four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing,
+);

@@ -32,6 +32,7 @@ impl Connection {
         Connection { sys }
     }
 
+    #[cfg_attr(feature = "wasi", allow(dead_code))] // the native backend's
     pub(crate) fn sys(&self) -> &sys::tcp::Conn {
         &self.sys
     }

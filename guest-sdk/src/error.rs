@@ -98,6 +98,7 @@ impl Error {
     }
 
     /// The message and cause, for a backend handing this error back down.
+    #[cfg_attr(feature = "wasi", allow(dead_code))] // the native backend's
     pub(crate) fn into_parts(self) -> (String, Option<String>) {
         (self.message, self.cause)
     }

@@ -82,12 +82,24 @@ const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 /// The generated bindings, for the export macros and for tests that call the
 /// WIT directly. Not part of the API: use the types above.
+#[cfg(not(feature = "wasi"))]
 #[doc(hidden)]
 pub use sys::portcullis::bindings as __bindings;
 
 /// What the export macros expand to. Not part of the API.
+#[cfg(not(feature = "wasi"))]
 #[doc(hidden)]
 pub use sys::portcullis::export as __export;
+
+/// The WASI backend's generated bindings, for the export macros.
+#[cfg(feature = "wasi")]
+#[doc(hidden)]
+pub use sys::wasi::bindings as __bindings;
+
+/// What the export macros expand to under the WASI backend.
+#[cfg(feature = "wasi")]
+#[doc(hidden)]
+pub use sys::wasi::export as __export;
 
 /// Exports `$service` (a type implementing [`Service`] and [`Default`]) as this
 /// component's callbacks: the component is then a `service`. Call it once, at
@@ -113,6 +125,7 @@ pub use sys::portcullis::export as __export;
 ///
 /// export_service!(Discard);
 /// ```
+#[cfg(not(feature = "wasi"))]
 #[macro_export]
 macro_rules! export_service {
     ($service:ty) => {
@@ -141,6 +154,7 @@ macro_rules! export_service {
 ///
 /// export_program!(run);
 /// ```
+#[cfg(not(feature = "wasi"))]
 #[macro_export]
 macro_rules! export_program {
     ($main:path) => {
@@ -155,5 +169,44 @@ macro_rules! export_program {
     ($main:path, callbacks = $service:ty) => {
         $crate::export_program!($main);
         $crate::export_service!($service);
+    };
+}
+
+/// [`export_service!`] under the WASI backend: the component exports
+/// `wasi:cli/run`, which listens where `PORTCULLIS_LISTEN` says and serves
+/// `$service` on every connection.
+#[cfg(feature = "wasi")]
+#[macro_export]
+macro_rules! export_service {
+    ($service:ty) => {
+        struct __PortcullisRun;
+        impl $crate::__bindings::exports::wasi::cli::run::Guest for __PortcullisRun {
+            async fn run() -> Result<(), ()> {
+                $crate::__export::serve::<$service>().await
+            }
+        }
+        $crate::__bindings::__export_run!(__PortcullisRun with_types_in $crate::__bindings);
+    };
+}
+
+/// [`export_program!`] under the WASI backend: `main` as `wasi:cli/run`; with
+/// `callbacks = S`, `S` serves its callback clients and listeners.
+#[cfg(feature = "wasi")]
+#[macro_export]
+macro_rules! export_program {
+    ($main:path) => {
+        $crate::export_program!(@run $main, None);
+    };
+    ($main:path, callbacks = $service:ty) => {
+        $crate::export_program!(@run $main, Some($crate::__export::callbacks::<$service>()));
+    };
+    (@run $main:path, $callbacks:expr) => {
+        struct __PortcullisMain;
+        impl $crate::__bindings::exports::wasi::cli::run::Guest for __PortcullisMain {
+            async fn run() -> Result<(), ()> {
+                $crate::__export::run_program($main(), $callbacks).await
+            }
+        }
+        $crate::__bindings::__export_run!(__PortcullisMain with_types_in $crate::__bindings);
     };
 }

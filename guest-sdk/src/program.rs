@@ -17,6 +17,13 @@ pub(crate) fn print_line(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
+/// Writes `line` to stdout in one write (as [`print_line`] does for stderr).
+#[cfg_attr(not(feature = "wasi"), allow(dead_code))]
+pub(crate) fn print_stdout(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Lines [`warn`] may write per second.
 const WARNINGS_PER_SECOND: u32 = 1;
 

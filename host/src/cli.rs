@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::component::Backend;
 use crate::config::{self, Grants, Instances, ServiceSpec};
 use crate::inspect;
 use crate::limits;
@@ -264,15 +265,22 @@ async fn run(args: RunArgs) -> Result<i32> {
     let mut ready = Vec::new();
     for spec in &specs {
         let loaded = runtime.load(spec)?;
-        if !loaded.has_main() {
-            loaded.require_callbacks()?;
-            if spec.listen.is_empty() {
-                bail!("{} is a service: give it at least one --listen ADDR:PORT", spec.name);
+        let listeners = match loaded.backend() {
+            // It binds `--listen` itself (PORTCULLIS_LISTEN), under the policy,
+            // and prints its own `listening on` lines.
+            Backend::Wasi => Vec::new(),
+            Backend::Portcullis => {
+                if !loaded.has_main() {
+                    loaded.require_callbacks()?;
+                    if spec.listen.is_empty() {
+                        bail!("{} is a service: give it at least one --listen ADDR:PORT", spec.name);
+                    }
+                } else if !spec.listen.is_empty() {
+                    loaded.require_callbacks()?;
+                }
+                server::bind_all(&spec.listen)?
             }
-        } else if !spec.listen.is_empty() {
-            loaded.require_callbacks()?;
-        }
-        let listeners = server::bind_all(&spec.listen)?;
+        };
         ready.push((spec, loaded, listeners));
     }
     // Signal handlers go in before `listening on` is printed: whoever waits for

@@ -21,6 +21,7 @@ use crate::net::admission::Admission;
 use crate::net::{NetCtx, TcpConn};
 use crate::policy::Policy;
 use crate::state::{HostState, new_store};
+use crate::wasi_sockets::WasiSockets;
 
 /// A program's `main`: `wasi:cli/run`'s `run`.
 pub(crate) type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
@@ -31,6 +32,9 @@ pub(crate) type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
 /// coalesced warnings, the service's admission).
 pub struct ServiceComponent {
     pub name: String,
+    backend: Backend,
+    /// Standard `wasi:sockets` under the policy, for the WASI backend.
+    wasi_sockets: Option<Arc<WasiSockets>>,
     pre: InstancePre<HostState>,
     callbacks: Option<GuestIndices>,
     main: Option<ComponentExportIndex>,
@@ -97,12 +101,43 @@ impl Unwanted {
     }
 }
 
+/// Which sockets a component programs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `portcullis:socket`: the host listens, reads ahead and calls back.
+    Portcullis,
+    /// Standard `wasi:sockets` (the SDK's WASI backend): the guest listens
+    /// where `PORTCULLIS_LISTEN` says, under the policy.
+    Wasi,
+}
+
+impl Backend {
+    /// A component that imports `wasi:sockets` and not `portcullis:socket` is
+    /// a WASI one. One that imports `portcullis:socket` keeps WASI without a
+    /// network, even if it also imports `wasi:sockets` (Rust's `std::net`
+    /// does): its sockets are the host's, under every bound.
+    pub fn of(engine: &Engine, component: &Component) -> Backend {
+        let imports =
+            |prefix: &str| component.component_type().imports(engine).any(|(name, _)| name.starts_with(prefix));
+        if imports("wasi:sockets/") && !imports("portcullis:socket/") { Backend::Wasi } else { Backend::Portcullis }
+    }
+}
+
+/// The environment variable that tells a WASI-backend service where to
+/// listen (`--listen`, comma-separated).
+pub const LISTEN_VAR: &str = "PORTCULLIS_LISTEN";
+/// ... and the read time-out of the connections it accepts (`--read-timeout-ms`).
+pub const READ_TIMEOUT_VAR: &str = "PORTCULLIS_READ_TIMEOUT_MS";
+
 /// Every capability a component may import, each through its own
-/// `add_to_linker`: WASI p2 (stdio, env, clocks, random; no sockets), the
+/// `add_to_linker`: WASI p2 and p3 (stdio, env, clocks, random; sockets only
+/// for a WASI-backend component, under the policy: see `wasi_sockets`), the
 /// blocking WASI calls under the CPU bound, and the portcullis sockets.
 fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)?;
     crate::blocking::add_to_linker(linker)?;
+    crate::wasi_sockets::add_to_linker(linker)?;
     crate::net::host::add_to_linker(linker)
 }
 
@@ -137,18 +172,35 @@ impl ServiceComponent {
         if main.is_some() && spec.instances == Instances::PerConnection {
             bail!("{name} is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
         }
+        let backend = Backend::of(engine, component);
+        let warnings = Warnings::new(Arc::from(name.as_str()));
+        let mut env = spec.env.clone();
+        let wasi_sockets = match backend {
+            Backend::Portcullis => None,
+            Backend::Wasi => {
+                if !spec.listen.is_empty() {
+                    let listen: Vec<String> = spec.listen.iter().map(|a| a.to_string()).collect();
+                    env.retain(|(k, _)| k != LISTEN_VAR && k != READ_TIMEOUT_VAR);
+                    env.push((LISTEN_VAR.to_string(), listen.join(",")));
+                    env.push((READ_TIMEOUT_VAR.to_string(), spec.limits.read_timeout.as_millis().to_string()));
+                }
+                Some(WasiSockets::new(policy.clone(), spec.listen.clone(), warnings.denials.clone()))
+            }
+        };
         Ok(ServiceComponent {
             name: name.to_string(),
+            backend,
+            wasi_sockets,
             pre,
             callbacks,
             main,
-            env: spec.env.clone().into(),
+            env: env.into(),
             policy,
             instances: spec.instances,
             limits: spec.limits.clone(),
             budget,
             unwanted: Unwanted::default(),
-            warnings: Warnings::new(Arc::from(name.as_str())),
+            warnings,
             admission: Admission::new(&spec.limits, Arc::from(name.as_str())),
         })
     }
@@ -165,6 +217,11 @@ impl ServiceComponent {
             None => None,
         };
         Ok((instance, callbacks))
+    }
+
+    /// Which sockets the component programs against.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn has_main(&self) -> bool {
@@ -220,7 +277,15 @@ impl ServiceComponent {
             denials: self.warnings.denials.clone(),
             udp_refusals: self.warnings.udp_refusals.clone(),
         };
-        new_store(self.pre.engine(), self.env.clone(), self.warnings.output.clone(), net, memory, &self.limits)
+        new_store(
+            self.pre.engine(),
+            self.env.clone(),
+            self.warnings.output.clone(),
+            net,
+            self.wasi_sockets.clone(),
+            memory,
+            &self.limits,
+        )
     }
 
     /// A service must export the callbacks; the error names what is missing.

@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::Result;
 use wasmtime::component::types::ComponentItem;
 
+use crate::component::Backend;
 use crate::engine;
 
 /// The report printed by `portcullis inspect COMPONENT`.
@@ -43,8 +44,13 @@ pub fn inspect(path: &Path) -> Result<String> {
         imports.iter().any(|(name, fs)| name.starts_with(iface) && fs.iter().any(|f| f == func))
     };
 
+    let backend = match Backend::of(&engine, &component) {
+        Backend::Portcullis => "portcullis (portcullis:socket; the host listens and calls back)",
+        Backend::Wasi => "wasi (standard wasi:sockets; it listens where PORTCULLIS_LISTEN says, which --listen sets)",
+    };
     let mut out = String::new();
     writeln!(out, "component: {}", path.display())?;
+    writeln!(out, "backend: {backend}")?;
     writeln!(out, "world: {world}")?;
     writeln!(out, "imports:")?;
     for (name, functions) in &imports {
@@ -68,6 +74,12 @@ pub fn inspect(path: &Path) -> Result<String> {
     }
     if imports_fn("portcullis:socket/udp@", "[static]udp-client.bind") {
         needs.push("  --allow-udp udp://HOST:PORTS      (it binds UDP sockets and exchanges datagrams)");
+    }
+    if imports_fn("wasi:sockets/types@", "[method]tcp-socket.connect") {
+        needs.push("  --allow-connect tcp://HOST:PORTS  (it opens TCP connections through wasi:sockets)");
+    }
+    if imports_fn("wasi:sockets/types@", "[static]udp-socket.create") {
+        needs.push("  --allow-udp udp://HOST:PORTS      (it may use UDP through wasi:sockets)");
     }
     if needs.is_empty() {
         needs.push("  none (it reaches no network by itself)");

@@ -13,7 +13,9 @@
 //!   `on-close`; traps restart it.
 //! - [`component`]: a service's component, linked (each capability's
 //!   `add_to_linker`) and looked up once, and the stores of its instances.
-//! - [`blocking`]: blocking WASI calls under the CPU bound.
+//! - [`blocking`]: blocking WASI calls under the CPU bound;
+//!   [`wasi_sockets`]: standard `wasi:sockets` (the SDK's WASI backend)
+//!   under the policy.
 //! - [`state`]: what one store holds (the composition root: the table, WASI,
 //!   the net context, the limiter, the CPU clock) and the epoch callback.
 //! - [`net`]: the WIT socket resources on tokio sockets (`net::tcp` is the
@@ -45,5 +47,6 @@ pub mod policy;
 pub mod server;
 pub mod state;
 pub mod sync;
+pub mod wasi_sockets;
 
 pub use server::Runtime;

@@ -16,13 +16,14 @@
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::guest_output::{GuestOutput, OutputRate};
 use crate::limits::{CpuUse, InstanceLimiter, Limits, MemoryAccount};
 use crate::net::NetCtx;
 use crate::net::view::{NetHost, NetView};
+use crate::wasi_sockets::WasiSockets;
 
 pub struct HostState {
     /// Every resource the guest holds a handle to (connections, listeners, WASI streams).
@@ -35,11 +36,16 @@ pub struct HostState {
     /// The component's stdout and stderr rate, for the WASI context.
     output: Arc<OutputRate>,
     pub net: NetCtx,
+    /// Standard `wasi:sockets` under the policy, for a component that
+    /// imports them; `None`: its WASI context has no network.
+    pub wasi_sockets: Option<Arc<WasiSockets>>,
     /// The instance's memories and tables, charged to its memory account.
     limiter: InstanceLimiter,
     /// Time the guest has run (or sat in blocking WASI calls) since it last
     /// truly waited.
     pub cpu: CpuUse,
+    /// Host calls under way (see [`new_store`]'s call hook).
+    host_calls: u32,
 }
 
 impl HostState {
@@ -47,6 +53,7 @@ impl HostState {
         env: Arc<[(String, String)]>,
         output: Arc<OutputRate>,
         net: NetCtx,
+        wasi_sockets: Option<Arc<WasiSockets>>,
         memory: Arc<MemoryAccount>,
         limits: &Limits,
     ) -> Self {
@@ -56,8 +63,10 @@ impl HostState {
             env,
             output,
             net,
+            wasi_sockets,
             limiter: InstanceLimiter::new(memory),
             cpu: CpuUse::new(limits.callback_cpu),
+            host_calls: 0,
         }
     }
 
@@ -83,15 +92,35 @@ impl NetHost for HostState {
 }
 
 /// A store for one instance, with its memory limit and CPU bound in force.
+///
+/// With standard `wasi:sockets` the guest waits in wasmtime-wasi's calls,
+/// which know nothing of the CPU bound: there, a call hook counts every entry
+/// into the guest that is not inside a host call (an event for a task that
+/// waited, a new call) as the end of a true wait.
 pub fn new_store(
     engine: &Engine,
     env: Arc<[(String, String)]>,
     output: Arc<OutputRate>,
     net: NetCtx,
+    wasi_sockets: Option<Arc<WasiSockets>>,
     memory: Arc<MemoryAccount>,
     limits: &Limits,
 ) -> Store<HostState> {
-    let mut store = Store::new(engine, HostState::new(env, output, net, memory, limits));
+    let standard_sockets = wasi_sockets.is_some();
+    let mut store = Store::new(engine, HostState::new(env, output, net, wasi_sockets, memory, limits));
+    if standard_sockets {
+        store.call_hook(|mut ctx, hook| {
+            let state = ctx.data_mut();
+            match hook {
+                CallHook::CallingHost => state.host_calls += 1,
+                CallHook::ReturningFromHost => state.host_calls = state.host_calls.saturating_sub(1),
+                // A realloc or post-return inside a host call is no wait.
+                CallHook::CallingWasm if state.host_calls == 0 => state.waited(),
+                _ => {}
+            }
+            Ok(())
+        });
+    }
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
@@ -112,8 +141,8 @@ pub fn new_store(
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let (env, output) = (&self.env, &self.output);
-        let ctx = self.wasi.get_or_insert_with(|| wasi_ctx(env, output));
+        let (env, output, sockets) = (&self.env, &self.output, &self.wasi_sockets);
+        let ctx = self.wasi.get_or_insert_with(|| wasi_ctx(env, output, sockets.as_ref()));
         WasiCtxView { ctx, table: &mut self.table }
     }
 }
@@ -121,18 +150,29 @@ impl WasiView for HostState {
 /// The guest's WASI context, made at its first WASI call: most instances (one
 /// per connection, say) make none, and building the context was about a
 /// twentieth of what instantiating costs (callgrind, `portcullis-instantiate`).
-/// It has no network: `wasi:sockets` would bypass the operator's grants. Its
-/// stdout and stderr never block (see `guest_output`).
-fn wasi_ctx(env: &[(String, String)], output: &Arc<OutputRate>) -> WasiCtx {
-    WasiCtx::builder()
+/// It has no network, unless the component imports standard `wasi:sockets`:
+/// then every address goes through the policy (`wasi_sockets`), and name
+/// look-ups only through its shadow of `resolve-addresses` (wasmtime-wasi's
+/// own, and 0.2's, stay off). Its stdout and stderr never block (see
+/// `guest_output`).
+fn wasi_ctx(env: &[(String, String)], output: &Arc<OutputRate>, sockets: Option<&Arc<WasiSockets>>) -> WasiCtx {
+    let mut builder = WasiCtx::builder();
+    if let Some(sockets) = sockets {
+        let sockets = sockets.clone();
+        builder.allow_tcp(true).allow_udp(true).socket_addr_check(move |addr, use_| {
+            let allowed = sockets.check(addr, use_);
+            Box::pin(async move { allowed })
+        });
+    } else {
+        builder.allow_tcp(false).allow_udp(false);
+    }
+    builder
         .stdout(GuestOutput::stdout(output.clone()))
         .stderr(GuestOutput::stderr(output.clone()))
         .envs(env)
         // wasmtime-wasi fills a host buffer of the size asked for, on this
         // thread (64 MiB took ~0.4 s): a guest gets its random bytes in parts.
         .max_random_size(64 * 1024)
-        .allow_tcp(false)
-        .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build()
 }

@@ -28,9 +28,55 @@ pub fn root() -> PathBuf {
 
 /// The component built from guest crate `name` (an example or a test guest).
 pub fn guest(name: &str) -> PathBuf {
-    let path = layout::guest(&root(), name);
-    assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
-    path
+    Backend::Portcullis.guest(name)
+}
+
+/// Which of the SDK's backends a guest is built with: one conformance list
+/// runs on both (see [`on_both_backends!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The portcullis WIT: the host listens and calls back.
+    Portcullis,
+    /// Standard `wasi:sockets` (`target/wasi-backend/`): the guest listens
+    /// where `PORTCULLIS_LISTEN` says.
+    Wasi,
+}
+
+impl Backend {
+    /// Guest crate `name` built with this backend.
+    pub fn guest(self, name: &str) -> PathBuf {
+        let path = match self {
+            Backend::Portcullis => layout::guest(&root(), name),
+            Backend::Wasi => layout::wasi_guest(&root(), name),
+        };
+        assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
+        path
+    }
+}
+
+/// Runs each listed test, an `async fn(Backend)`, once per backend: as
+/// `portcullis_backend::NAME` and `wasi_backend::NAME` (the README's
+/// conformance table is made from those names).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod portcullis_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Portcullis).await
+                }
+            )*
+        }
+        mod wasi_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Wasi).await
+                }
+            )*
+        }
+    };
 }
 
 /// The `portcullis` binary built by `cargo xtask build`.
@@ -56,6 +102,7 @@ pub struct TestService {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<i32>>,
+    backend: Backend,
 }
 
 /// A runtime with a pool of `slots` instances (as `--instances per-connection`
@@ -81,6 +128,8 @@ pub fn pooled_runtime(slots: u32) -> Runtime {
 pub struct TestServiceBuilder<'r> {
     spec: ServiceSpec,
     runtime: &'r Runtime,
+    name: String,
+    backend: Backend,
 }
 
 impl<'r> TestServiceBuilder<'r> {
@@ -112,19 +161,43 @@ impl<'r> TestServiceBuilder<'r> {
     pub fn per_connection<'p>(self, pool: &'p Runtime) -> TestServiceBuilder<'p> {
         let mut spec = self.spec;
         spec.instances = Instances::PerConnection;
-        TestServiceBuilder { spec, runtime: pool }
+        TestServiceBuilder { spec, runtime: pool, name: self.name, backend: self.backend }
     }
 
-    /// Starts it in its runtime, listening on 127.0.0.1:0 (whatever
-    /// `spec.listen` says).
-    pub fn start(self) -> TestService {
+    /// The guest built with `backend` (default: the portcullis WIT).
+    pub fn on(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self.spec.component = backend.guest(&self.name);
+        self
+    }
+
+    /// Starts it in its runtime, listening on 127.0.0.1 (an ephemeral port).
+    /// A WASI-backend guest binds it itself (as `--listen` tells it), a
+    /// moment after this returns: [`TestService::connect`] waits for it.
+    pub fn start(mut self) -> TestService {
+        let listen: SocketAddr = match self.backend {
+            Backend::Portcullis => "127.0.0.1:0".parse().unwrap(),
+            Backend::Wasi => free_port(),
+        };
+        self.spec.listen = vec![listen];
         let loaded = self.runtime.load(&self.spec).expect("load guest");
-        let listeners = server::bind_all(&["127.0.0.1:0".parse().unwrap()]).expect("bind");
-        let addr = listeners[0].local_addr().unwrap();
+        let (listeners, addr) = match self.backend {
+            Backend::Portcullis => {
+                let listeners = server::bind_all(&[listen]).expect("bind");
+                let addr = listeners[0].local_addr().unwrap();
+                (listeners, addr)
+            }
+            Backend::Wasi => (Vec::new(), listen),
+        };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(loaded, listeners, shutdown.clone()));
-        TestService { addr, shutdown, task }
+        TestService { addr, shutdown, task, backend: self.backend }
     }
+}
+
+/// A loopback port free a moment ago (for a guest that binds it itself).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 impl TestService {
@@ -132,7 +205,7 @@ impl TestService {
     pub fn builder(name: &str) -> TestServiceBuilder<'static> {
         let mut spec = ServiceSpec::new(guest(name));
         spec.limits.read_timeout = Duration::from_secs(30);
-        TestServiceBuilder { spec, runtime: runtime() }
+        TestServiceBuilder { spec, runtime: runtime(), name: name.to_string(), backend: Backend::Portcullis }
     }
 
     /// The `scenarios` guest in mode `mode` (its `MODE`).
@@ -140,8 +213,13 @@ impl TestService {
         TestService::builder("scenarios").env("MODE", mode)
     }
 
+    /// A client connection (for a WASI-backend guest, once it listens:
+    /// refused connects are retried for up to 10 s).
     pub async fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).await.expect("connect to the service");
+        let stream = match self.backend {
+            Backend::Portcullis => TcpStream::connect(self.addr).await.expect("connect to the service"),
+            Backend::Wasi => connect_when_listening(self.addr).await,
+        };
         stream.set_nodelay(true).unwrap();
         stream
     }
@@ -154,6 +232,22 @@ impl TestService {
             .expect("service did not stop within 10 s")
             .expect("service task panicked")
             .expect("service failed")
+    }
+}
+
+/// Connects to `addr`, retrying while it is refused, for up to 10 s: a guest
+/// that binds its own listener does so a moment after it starts.
+pub async fn connect_when_listening(addr: SocketAddr) -> TcpStream {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return stream,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("nothing listens on {addr} after 10 s: {e}"),
+        }
     }
 }
 
@@ -225,9 +319,9 @@ pub async fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
 }
 
 /// `portcullis run <guest> --env K=V ... ARGS`, with the tests' compile cache.
-fn program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
+fn program(backend: Backend, guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(portcullis_bin());
-    cmd.arg("run").arg(guest(guest_name)).args(args);
+    cmd.arg("run").arg(backend.guest(guest_name)).args(args);
     for (k, v) in env {
         cmd.args(["--env", &format!("{k}={v}")]);
     }
@@ -237,14 +331,34 @@ fn program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::proc
 
 /// Runs `portcullis run <guest> --env K=V ... ARGS` to completion (at most 30 s).
 pub async fn run_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let child = program(guest_name, env, args).output();
+    run_program_on(Backend::Portcullis, guest_name, env, args).await
+}
+
+/// [`run_program`] with the guest built with `backend`.
+pub async fn run_program_on(
+    backend: Backend,
+    guest_name: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    let child = program(backend, guest_name, env, args).output();
     tokio::time::timeout(Duration::from_secs(30), child).await.expect("program did not finish in 30 s").unwrap()
 }
 
 /// Starts `portcullis run <guest> --env K=V ... ARGS` with stdout piped, for
 /// tests that talk to a program while it runs.
 pub fn spawn_program(guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Child {
-    program(guest_name, env, args).stdout(std::process::Stdio::piped()).spawn().expect("start portcullis")
+    spawn_program_on(Backend::Portcullis, guest_name, env, args)
+}
+
+/// [`spawn_program`] with the guest built with `backend`.
+pub fn spawn_program_on(
+    backend: Backend,
+    guest_name: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> tokio::process::Child {
+    program(backend, guest_name, env, args).stdout(std::process::Stdio::piped()).spawn().expect("start portcullis")
 }
 
 /// The program's stdout as text.

@@ -22,6 +22,23 @@ pub fn guest(root: &Path, name: &str) -> PathBuf {
     guest_dir(root).join(format!("{}.wasm", name.replace('-', "_")))
 }
 
+/// Where the WASI-backend builds of the guests go: `<name>.wasm` (package
+/// name, e.g. `tcp-proxy.wasm`), built with `portcullis-sdk`'s feature `wasi`.
+pub fn wasi_guest_dir(root: &Path) -> PathBuf {
+    root.join("target/wasi-backend")
+}
+
+/// The WASI-backend component of guest crate `name`.
+pub fn wasi_guest(root: &Path, name: &str) -> PathBuf {
+    wasi_guest_dir(root).join(format!("{name}.wasm"))
+}
+
+/// Cargo's own target folder for the WASI-backend builds (the SDK's feature
+/// differs, so they must not share the native builds' outputs).
+pub fn wasi_cargo_target(root: &Path) -> PathBuf {
+    wasi_guest_dir(root).join("cargo")
+}
+
 /// The `portcullis` binary (release profile).
 pub fn portcullis_bin(root: &Path) -> PathBuf {
     root.join("target/release/portcullis")

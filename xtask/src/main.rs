@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick] | snapshot DIR>
   build  build the host (release) and every guest component (wasm32-wasip2,
-         profile `guest`: release with LTO)
+         profile `guest`: release with LTO), and each again with the SDK's
+         WASI backend (feature `wasi`) to target/wasi-backend/<name>.wasm
   demo   build, then serve the echo example on 127.0.0.1:61598
   test   build, then run every test (unit, integration, SDK docs) and a
          smoke run of the bench (every scenario completes; no speed asserted)
@@ -97,6 +98,10 @@ fn guests() -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Guests written against the portcullis WIT itself, not the SDK: they have
+/// no WASI-backend build.
+const PORTCULLIS_WIT_ONLY: &[&str] = &["raw-hostile"];
+
 fn build() -> Result<()> {
     ensure_wasm_target()?;
     let mut guest_build = cargo();
@@ -105,7 +110,31 @@ fn build() -> Result<()> {
         guest_build.args(["-p", &guest]);
     }
     run(&mut guest_build)?;
+    build_wasi_backend()?;
     run(cargo().args(["build", "--release", "-p", "portcullis"]))
+}
+
+/// Every SDK guest again with the SDK's WASI backend (its own cargo target
+/// folder: the feature changes the SDK), copied to `target/wasi-backend/`.
+fn build_wasi_backend() -> Result<()> {
+    let root = root();
+    let guests: Vec<String> = guests()?.into_iter().filter(|g| !PORTCULLIS_WIT_ONLY.contains(&g.as_str())).collect();
+    let mut wasi_build = cargo();
+    wasi_build
+        .args(["build", "--profile", "guest", "--target", "wasm32-wasip2", "--features", "portcullis-sdk/wasi"])
+        .arg("--target-dir")
+        .arg(layout::wasi_cargo_target(&root));
+    for guest in &guests {
+        wasi_build.args(["-p", guest]);
+    }
+    run(&mut wasi_build)?;
+    let built = layout::wasi_cargo_target(&root).join("wasm32-wasip2/guest");
+    for guest in &guests {
+        let from = built.join(format!("{}.wasm", guest.replace('-', "_")));
+        let to = layout::wasi_guest(&root, guest);
+        std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
 }
 
 fn demo() -> Result<()> {

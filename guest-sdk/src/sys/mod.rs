@@ -1,8 +1,12 @@
 //! The backend seam, as std's `sys`: the public types ([`Connection`],
 //! [`Client`], [`Listener`], [`UdpClient`], the export macros) are written
 //! over what this module offers, and a backend is one module beneath it.
-//! Today there is one, [`portcullis`]: the portcullis WIT, whose host
-//! listens and calls the callbacks.
+//! There are two, chosen by the cargo feature `wasi`:
+//! - `portcullis` (the default): the portcullis WIT, whose host listens,
+//!   reads ahead and calls the callbacks;
+//! - `wasi`: standard `wasi:sockets@0.3.0`, on which the SDK itself listens
+//!   (where `PORTCULLIS_LISTEN` says), reads ahead and calls the service, so
+//!   the component runs on any WASI 0.3 runtime.
 //!
 //! What a backend offers: `tcp::Conn` (read up to or exactly `n` bytes, write
 //! all, close and shut down, addresses, a new handle), `tcp::connect`,
@@ -15,9 +19,18 @@
 //! [`Listener`]: crate::Listener
 //! [`UdpClient`]: crate::UdpClient
 
+#[cfg(not(feature = "wasi"))]
 pub mod portcullis;
-
+#[cfg(not(feature = "wasi"))]
 pub(crate) use portcullis::{MAX_IO, tcp, udp};
+
+#[cfg(feature = "wasi")]
+pub mod wasi;
+#[cfg(feature = "wasi")]
+pub(crate) use wasi::{MAX_IO, tcp, udp};
+
+mod unread;
+pub(crate) use unread::Unread;
 
 use std::net::SocketAddr;
 

@@ -59,7 +59,7 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub(super) fn contains(self, port: u16) -> bool {
+    pub fn contains(self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
     }
 }

@@ -153,6 +153,28 @@ impl Policy {
         Ok(Policy::new(grants, block_private))
     }
 
+    /// The ports `action`'s grants give `name` by name (`db.internal`,
+    /// `*.internal`, `*`): what a WASI guest's look-up of the name may lead
+    /// to. A WASI guest looks a name up before it says what for, so the
+    /// look-up is checked on the name alone. Empty: no grant names it.
+    ///
+    /// ```
+    /// use portcullis::policy::{Action, Policy};
+    /// let policy = Policy::parse(&["tcp://db.internal:5432".into()], &[], &[], false).unwrap();
+    /// assert_eq!(policy.ports_for_name(Action::Connect, "DB.internal.").len(), 1);
+    /// assert!(policy.ports_for_name(Action::Udp, "db.internal").is_empty());
+    /// ```
+    pub fn ports_for_name(&self, action: Action, name: &str) -> Vec<Ports> {
+        let name = normalise_name(name);
+        self.grants.iter().filter(|g| g.action == action && g.matches_name(&name)).map(|g| g.ports).collect()
+    }
+
+    /// Whether `ip` is in a network no name grant reaches (always blocked,
+    /// and private ones with `--block-private`).
+    pub fn is_blocked_ip(&self, ip: IpAddr) -> bool {
+        self.is_blocked(unmap(ip))
+    }
+
     fn has_any(&self, action: Action) -> bool {
         self.grants.iter().any(|g| g.action == action)
     }

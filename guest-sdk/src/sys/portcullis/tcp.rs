@@ -19,6 +19,7 @@ use super::bindings::portcullis::socket::{tcp, types};
 use super::bindings::service::exports::portcullis::socket::callbacks::Delivery;
 use super::{IntoSdk, MAX_IO, to_socket_addr};
 use crate::error::Error;
+use crate::sys::Unread;
 
 /// One connection handle, with what was delivered and not yet read.
 pub(crate) struct Conn {
@@ -52,46 +53,6 @@ impl Drop for PartedWrite {
     }
 }
 
-/// The unread part of a delivery: `bytes[start..]` (an offset, so that reading
-/// a big delivery in small pieces copies each byte once), and whether the
-/// stream ends after them.
-#[derive(Default)]
-struct Unread {
-    bytes: Vec<u8>,
-    start: usize,
-    end: bool,
-    /// A read returned that end.
-    end_read: bool,
-}
-
-impl Unread {
-    fn len(&self) -> usize {
-        self.bytes.len() - self.start
-    }
-
-    /// Nothing is left but the end of the stream.
-    fn at_end(&self) -> bool {
-        self.end && self.len() == 0
-    }
-
-    /// Up to `max` bytes (all without a limit) from the front.
-    fn take(&mut self, max: Option<usize>) -> Vec<u8> {
-        let n = max.map_or(self.len(), |max| max.min(self.len()));
-        if n == self.len() && self.start == 0 {
-            return std::mem::take(&mut self.bytes); // the whole delivery: no copy
-        }
-        let out = self.bytes[self.start..self.start + n].to_vec();
-        self.start += n;
-        out
-    }
-
-    /// Puts `bytes` (taken by a read that then failed) back in front.
-    fn restore(&mut self, mut bytes: Vec<u8>) {
-        bytes.extend_from_slice(&self.bytes[self.start..]);
-        *self = Unread { bytes, start: 0, end: self.end, end_read: false };
-    }
-}
-
 impl Conn {
     /// Wraps a handle the host lends for the length of one callback.
     ///
@@ -111,7 +72,7 @@ impl Conn {
 
     /// This handle with what `on-read-ready` brought, read before anything else.
     pub(crate) fn with_delivery(self, delivery: Delivery) -> Self {
-        *self.delivery.borrow_mut() = Unread { bytes: delivery.data, start: 0, end: delivery.end, end_read: false };
+        *self.delivery.borrow_mut() = Unread::new(delivery.data, delivery.end);
         self
     }
 

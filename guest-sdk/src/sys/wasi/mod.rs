@@ -1,0 +1,282 @@
+//! The WASI backend: the SDK's API over standard `wasi:sockets@0.3.0`.
+//!
+//! Here the SDK does what the portcullis host does for the native backend: it
+//! binds the listeners (`PORTCULLIS_LISTEN`), accepts, reads ahead and calls
+//! the [`Service`] for each connection by the delivery rules the portcullis
+//! WIT specifies (interface `callbacks`), so that a service behaves the same
+//! on both backends.
+//!
+//! - [`bindings`]: generated, at the bottom.
+//! - [`tcp`]: connections (read-ahead, reads, writes, shutdowns), client
+//!   connects, listeners and the per-connection dispatch; [`udp`]: sockets.
+//! - [`export`]: the `wasi:cli/run` glue the export macros expand to.
+//! - here: addresses, errors, time-outs, and the count of what keeps a
+//!   program alive.
+//!
+//! Policy and limits belong to the runtime: under portcullis, the operator's
+//! grants and bounds; elsewhere, whatever that runtime enforces.
+//!
+//! [`Service`]: crate::Service
+
+pub mod bindings;
+pub mod export;
+pub(crate) mod tcp;
+pub(crate) mod udp;
+
+use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bindings::wasi::clocks::monotonic_clock;
+use bindings::wasi::sockets::ip_name_lookup;
+use bindings::wasi::sockets::types::{ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress};
+use bindings::wasi::sockets::types::{Ipv4SocketAddress, Ipv6SocketAddress};
+
+use crate::error::{Error, ErrorKind};
+
+/// The most bytes one read returns (and the read-ahead per connection).
+pub(crate) const MAX_IO: usize = 64 * 1024;
+
+/// Ballerina's wording of the errors, as the native backend's host words them.
+pub(crate) const WRITE_AFTER_CLOSE: &str = "client socket close already.";
+pub(crate) const READ_TIMED_OUT: &str = "read timed out";
+pub(crate) const INVALID_READ_LENGTH: &str = "requested byte length need to be 1 or more";
+pub(crate) const SOCKET_CLOSED: &str = "socket is closed";
+pub(crate) const CONNECT_FAILED: &str = "unable to start the client socket: ";
+pub(crate) const LISTEN_FAILED: &str = "unable to start the socket service: ";
+
+fn generic(message: impl Into<String>) -> Error {
+    Error::from_parts(ErrorKind::Generic, message.into(), None)
+}
+
+fn read_timed_out() -> Error {
+    Error::from_parts(ErrorKind::ReadTimedOut, READ_TIMED_OUT.into(), None)
+}
+
+/// The OS's words for a WASI error code, as the native backend reports them.
+fn reason(code: &ErrorCode) -> String {
+    match code {
+        ErrorCode::AccessDenied => "Permission denied".into(),
+        ErrorCode::NotSupported => "Operation not supported".into(),
+        ErrorCode::InvalidArgument => "Invalid argument".into(),
+        ErrorCode::OutOfMemory => "Out of memory".into(),
+        ErrorCode::Timeout => "Connection timed out".into(),
+        ErrorCode::InvalidState => "Invalid state".into(),
+        ErrorCode::AddressNotBindable => "Cannot assign requested address".into(),
+        ErrorCode::AddressInUse => "Address already in use".into(),
+        ErrorCode::RemoteUnreachable => "No route to host".into(),
+        ErrorCode::ConnectionRefused => "Connection refused".into(),
+        ErrorCode::ConnectionBroken => "Broken pipe".into(),
+        ErrorCode::ConnectionReset => "Connection reset by peer".into(),
+        ErrorCode::ConnectionAborted => "Software caused connection abort".into(),
+        ErrorCode::DatagramTooLarge => "Message too long".into(),
+        ErrorCode::Other(Some(text)) => text.clone(),
+        ErrorCode::Other(None) => "unknown error".into(),
+    }
+}
+
+/// A refusal by the runtime's policy (`access-denied`) as the native
+/// backend's `permission-denied`, naming what was asked (`connect
+/// tcp://HOST:PORT`); any other code as a generic error after `prefix`.
+fn socket_error(code: ErrorCode, prefix: &str, asked: impl FnOnce() -> String) -> Error {
+    match code {
+        ErrorCode::AccessDenied => Error::from_parts(
+            ErrorKind::PermissionDenied,
+            format!("permission denied: {} is not granted", asked()),
+            None,
+        ),
+        code => generic(format!("{prefix}{}", reason(&code))),
+    }
+}
+
+fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
+    match addr {
+        SocketAddr::V4(a) => {
+            let [x, y, z, w] = a.ip().octets();
+            IpSocketAddress::Ipv4(Ipv4SocketAddress { port: a.port(), address: (x, y, z, w) })
+        }
+        SocketAddr::V6(a) => {
+            let s = a.ip().segments();
+            IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                port: a.port(),
+                flow_info: a.flowinfo(),
+                address: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+                scope_id: a.scope_id(),
+            })
+        }
+    }
+}
+
+fn from_wasi(addr: IpSocketAddress) -> SocketAddr {
+    match addr {
+        IpSocketAddress::Ipv4(a) => {
+            let (x, y, z, w) = a.address;
+            SocketAddr::new(Ipv4Addr::new(x, y, z, w).into(), a.port)
+        }
+        IpSocketAddress::Ipv6(a) => {
+            let (s0, s1, s2, s3, s4, s5, s6, s7) = a.address;
+            SocketAddr::new(Ipv6Addr::new(s0, s1, s2, s3, s4, s5, s6, s7).into(), a.port)
+        }
+    }
+}
+
+fn from_wasi_ip(ip: IpAddress) -> IpAddr {
+    match ip {
+        IpAddress::Ipv4((x, y, z, w)) => Ipv4Addr::new(x, y, z, w).into(),
+        IpAddress::Ipv6((s0, s1, s2, s3, s4, s5, s6, s7)) => Ipv6Addr::new(s0, s1, s2, s3, s4, s5, s6, s7).into(),
+    }
+}
+
+fn family(addr: &SocketAddr) -> IpAddressFamily {
+    if addr.is_ipv4() { IpAddressFamily::Ipv4 } else { IpAddressFamily::Ipv6 }
+}
+
+/// `[::1]` for an IPv6 literal, the text as it is otherwise (as denials
+/// name a target).
+fn bracketed(host: &str) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host.to_string(),
+    }
+}
+
+/// The longest host text: a DNS name's 253 characters.
+const MAX_HOST_LEN: usize = 253;
+
+/// `host` as addresses: an IP literal as itself, a name through
+/// `wasi:sockets/ip-name-lookup` (which the runtime may refuse). Text that
+/// is no name or IP literal fails first, as under the native backend.
+async fn resolve(host: &str, prefix: &str, asked: impl Fn() -> String) -> Result<Vec<IpAddr>, Error> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%');
+    if host.is_empty() || host.len() > MAX_HOST_LEN || !host.chars().all(allowed) {
+        return Err(generic(format!(
+            "invalid host: {} bytes; a name or IP literal of at most {MAX_HOST_LEN} letters, digits and `.-_:[]%`",
+            host.len()
+        )));
+    }
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    match ip_name_lookup::resolve_addresses(host.to_string()).await {
+        Ok(ips) => Ok(ips.into_iter().map(from_wasi_ip).collect()),
+        Err(ip_name_lookup::ErrorCode::AccessDenied) => Err(Error::from_parts(
+            ErrorKind::PermissionDenied,
+            format!("permission denied: {} is not granted", asked()),
+            None,
+        )),
+        Err(e) => Err(generic(format!("{prefix}cannot resolve {host}: {e:?}"))),
+    }
+}
+
+/// A flag some tasks wait for (a connection closed, a listener stopped):
+/// set once, never cleared.
+#[derive(Default)]
+pub(crate) struct Signal {
+    set: Cell<bool>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    pub(crate) fn set(&self) {
+        if !self.set.replace(true) {
+            self.waiting.take().into_iter().for_each(Waker::wake);
+        }
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    fn poll_set(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.set.get() {
+            return Poll::Ready(());
+        }
+        let mut waiting = self.waiting.borrow_mut();
+        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    pub(crate) async fn wait(&self) {
+        poll_fn(|cx| self.poll_set(cx)).await
+    }
+}
+
+/// How a [`race`] ended.
+pub(crate) enum Race<T> {
+    Done(T),
+    /// The signal was set first.
+    Stopped,
+    TimedOut,
+}
+
+/// `work` until it is done, `stop` is set, or `timeout` passes (never without
+/// one). `work` is left pinned where it is, so the caller can still cancel it
+/// properly (a cancelled stream read may have read bytes).
+pub(crate) async fn race<F: Future>(
+    mut work: Pin<&mut F>,
+    stop: &Signal,
+    timeout: Option<Duration>,
+) -> Race<F::Output> {
+    let mut timer = timeout.map(|t| Box::pin(monotonic_clock::wait_for(t.as_nanos().min(u64::MAX as u128) as u64)));
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Race::Done(out));
+        }
+        if stop.poll_set(cx).is_ready() {
+            return Poll::Ready(Race::Stopped);
+        }
+        if let Some(timer) = timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Race::TimedOut);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+thread_local! {
+    /// Callback connections and listeners alive: a program runs until its
+    /// `main` returned and this is 0 (as under the native backend).
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static LIVE_ENDED: RefCell<Option<Waker>> = const { RefCell::new(None) };
+}
+
+/// One callback connection or listener alive, while this is held.
+pub(crate) struct Live(());
+
+impl Live {
+    pub(crate) fn enter() -> Live {
+        LIVE.set(LIVE.get() + 1);
+        Live(())
+    }
+
+    /// Waits until nothing is alive.
+    pub(crate) async fn all_ended() {
+        poll_fn(|cx| {
+            if LIVE.get() == 0 {
+                return Poll::Ready(());
+            }
+            LIVE_ENDED.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE.set(LIVE.get() - 1);
+        if LIVE.get() == 0
+            && let Some(waker) = LIVE_ENDED.take()
+        {
+            waker.wake();
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! TCP on `wasi:sockets/types@0.3.0`: a connection's read-ahead and reads,
+//! its writes and shutdowns, client connects and listeners, and the delivery
+//! rules a connection's dispatch follows ([`Conn::next_delivery`]).
+//!
+//! A connection is shared by its handles (`Rc`): the dispatch, the service's
+//! `&Connection` and any clones. Its receive stream is read by one task at a
+//! time (an async lock): the dispatch while it waits for bytes, or a read
+//! that needs more than was read ahead. What was read and not yet taken is in
+//! `inbox`, which reads take from first, so nothing read is ever lost. Its
+//! send stream is written by one `write_all` at a time (another async lock),
+//! so concurrent writes never interleave.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use futures::lock::Mutex;
+use wit_bindgen::{FutureReader, StreamReader, StreamResult, StreamWriter};
+
+use super::bindings::wasi::sockets::types::{ErrorCode, TcpSocket};
+use super::bindings::wit_stream;
+use super::{CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, MAX_IO, SOCKET_CLOSED, WRITE_AFTER_CLOSE};
+use super::{
+    Live, Race, Signal, bracketed, family, from_wasi, generic, race, read_timed_out, reason, resolve, socket_error,
+    to_wasi,
+};
+use crate::error::Error;
+use crate::sys::Unread;
+
+/// How a connection is served: the export glue's dispatch for the exported
+/// service (set once the component exports one).
+pub(crate) type ServeFn = fn(Conn) -> Pin<Box<dyn Future<Output = ()>>>;
+
+thread_local! {
+    static CALLBACKS: Cell<Option<ServeFn>> = const { Cell::new(None) };
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Makes `serve` the dispatch of callback clients and listeners' connections.
+pub(crate) fn set_callbacks(serve: ServeFn) {
+    CALLBACKS.set(Some(serve));
+}
+
+fn serve(conn: Conn) -> Result<(), Error> {
+    let serve = CALLBACKS.get().ok_or_else(|| {
+        generic("this component exports no service for callbacks (export_program!(main, callbacks = Service))")
+    })?;
+    // Alive from now, not from its first poll: a program's `main` may end first.
+    let live = Live::enter();
+    let serving = serve(conn);
+    wit_bindgen::spawn_local(async move {
+        serving.await;
+        drop(live);
+    });
+    Ok(())
+}
+
+/// One connection handle (cheap to clone: the connection is shared).
+#[derive(Clone)]
+pub(crate) struct Conn(Rc<Shared>);
+
+struct Shared {
+    id: u64,
+    accepted: bool,
+    remote: SocketAddr,
+    local: SocketAddr,
+    read_timeout: Duration,
+    /// Kept until the connection closes (the streams outlive it otherwise).
+    socket: RefCell<Option<TcpSocket>>,
+    inbox: RefCell<Inbox>,
+    receive: Mutex<Option<Receive>>,
+    send: Mutex<Option<StreamWriter<u8>>>,
+    /// How the send stream ended, if it failed.
+    sent: RefCell<Option<FutureReader<Result<(), ErrorCode>>>>,
+    closed: Signal,
+    /// Closed, or its writing shut: the end of a connection whose peer ended.
+    write_done: Signal,
+}
+
+/// The receive stream and how it ended.
+struct Receive {
+    stream: StreamReader<u8>,
+    result: FutureReader<Result<(), ErrorCode>>,
+}
+
+/// What was read ahead, and counters that tell the dispatch whether anything
+/// is new since a callback began.
+#[derive(Default)]
+struct Inbox {
+    unread: Unread,
+    /// The stream broke: reads report this (after the bytes before it).
+    failed: Option<Error>,
+    read_shut: bool,
+    /// Times bytes (or the end, or a failure) arrived.
+    arrived: u64,
+    /// Times a read took bytes (or the end).
+    taken: u64,
+}
+
+impl Inbox {
+    /// Something a read would return at once.
+    fn pending(&self) -> bool {
+        self.unread.len() > 0 || (self.unread.end && !self.unread.end_read) || self.failed.is_some()
+    }
+}
+
+/// Where the dispatch's delivery counters stood when a callback began.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Seen {
+    arrived: u64,
+    taken: u64,
+}
+
+/// What the dispatch does next.
+pub(crate) enum Next {
+    /// Call `on_read_ready`.
+    Deliver,
+    /// The connection is over: close it and call `on_close`.
+    End,
+}
+
+impl Conn {
+    fn new(socket: TcpSocket, accepted: bool, read_timeout: Duration) -> Conn {
+        let unknown = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+        let remote = socket.get_remote_address().map(from_wasi).unwrap_or(unknown);
+        let local = socket.get_local_address().map(from_wasi).unwrap_or(unknown);
+        let (stream, result) = socket.receive();
+        let (writer, reader) = wit_stream::new::<u8>();
+        let sent = socket.send(reader);
+        let id = NEXT_ID.get();
+        NEXT_ID.set(id + 1);
+        Conn(Rc::new(Shared {
+            id,
+            accepted,
+            remote,
+            local,
+            read_timeout,
+            socket: RefCell::new(Some(socket)),
+            inbox: RefCell::default(),
+            receive: Mutex::new(Some(Receive { stream, result })),
+            send: Mutex::new(Some(writer)),
+            sent: RefCell::new(Some(sent)),
+            closed: Signal::default(),
+            write_done: Signal::default(),
+        }))
+    }
+
+    /// `None`: whatever is there, waiting for at least a byte; `Some(n)`
+    /// (1 to [`MAX_IO`]): exactly `n` bytes, fewer only at the end. The read
+    /// time-out restarts with every chunk that arrives.
+    pub(crate) async fn read(&self, length: Option<u32>) -> Result<Vec<u8>, Error> {
+        if length == Some(0) {
+            return Err(generic(INVALID_READ_LENGTH));
+        }
+        loop {
+            if let Some(out) = self.take(length.map(|n| n as usize))? {
+                return Ok(out);
+            }
+            if !self.fill(Some(self.0.read_timeout)).await? {
+                return Err(read_timed_out());
+            }
+        }
+    }
+
+    /// What a read returns at once, if anything.
+    fn take(&self, length: Option<usize>) -> Result<Option<Vec<u8>>, Error> {
+        if self.0.closed.is_set() {
+            return Err(generic(SOCKET_CLOSED));
+        }
+        let mut inbox = self.0.inbox.borrow_mut();
+        if inbox.read_shut {
+            return Ok(Some(Vec::new()));
+        }
+        let have = inbox.unread.len();
+        let enough = match length {
+            None => have > 0,
+            Some(n) => have >= n,
+        };
+        if enough || (have > 0 && (inbox.unread.end || inbox.failed.is_some())) {
+            inbox.taken += 1;
+            return Ok(Some(inbox.unread.take(length)));
+        }
+        if let Some(err) = &inbox.failed {
+            return Err(err.clone());
+        }
+        if inbox.unread.end {
+            inbox.unread.end_read = true;
+            inbox.taken += 1;
+            return Ok(Some(Vec::new()));
+        }
+        Ok(None)
+    }
+
+    /// Reads what the stream has (up to [`MAX_IO`]) into the inbox, waiting
+    /// at most `timeout`. False: it timed out with nothing. A fill by
+    /// another task while this one waited for the stream counts.
+    async fn fill(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let shared = &self.0;
+        let before = shared.inbox.borrow().arrived;
+        let mut receive = match race(pin!(shared.receive.lock()), &shared.closed, timeout).await {
+            Race::Done(guard) => guard,
+            Race::Stopped => return Err(generic(SOCKET_CLOSED)),
+            Race::TimedOut => return Ok(false),
+        };
+        if shared.inbox.borrow().arrived != before {
+            return Ok(true);
+        }
+        let Some(Receive { stream, .. }) = receive.as_mut() else {
+            // Shut or ended: the inbox says so.
+            return Ok(true);
+        };
+        let outcome = {
+            let mut read = pin!(stream.read(Vec::with_capacity(MAX_IO)));
+            match race(read.as_mut(), &shared.closed, timeout).await {
+                Race::Done(done) => Some(done),
+                Race::Stopped => None,
+                // Bytes may have come after all: a cancelled read returns them.
+                Race::TimedOut => Some(read.as_mut().cancel()),
+            }
+        };
+        let Some((status, bytes)) = outcome else {
+            *receive = None;
+            return Err(generic(SOCKET_CLOSED));
+        };
+        if bytes.is_empty() && status != StreamResult::Dropped && timeout.is_some() {
+            return Ok(false);
+        }
+        if !bytes.is_empty() {
+            let mut inbox = shared.inbox.borrow_mut();
+            inbox.unread.append(bytes);
+            inbox.arrived += 1;
+        }
+        if status == StreamResult::Dropped {
+            let Receive { result, .. } = receive.take().expect("the stream was read");
+            let ended = result.await;
+            let mut inbox = shared.inbox.borrow_mut();
+            match ended {
+                Ok(()) => inbox.unread.end = true,
+                Err(code) => inbox.failed = Some(generic(reason(&code))),
+            }
+            inbox.arrived += 1;
+        }
+        Ok(true)
+    }
+
+    /// Waits until the dispatch should call `on_read_ready` again, by the
+    /// delivery rules (the portcullis WIT, `callbacks`): something is there
+    /// to read and it is new since `seen` (bytes arrived, or the last
+    /// callback took some and some remain). A connection whose end the
+    /// service read (or that it shut for reading) ends when it is closed or
+    /// its writing shut, or after the read time-out; so does one whose
+    /// failure or end the service left unread, with nothing more to come.
+    pub(crate) async fn next_delivery(&self, seen: Seen) -> Next {
+        let shared = &self.0;
+        loop {
+            if shared.closed.is_set() {
+                return Next::End;
+            }
+            let finished = {
+                let inbox = shared.inbox.borrow();
+                let new = inbox.arrived != seen.arrived || inbox.taken != seen.taken;
+                if inbox.pending() && new {
+                    return Next::Deliver;
+                }
+                let nothing_more = inbox.unread.end || inbox.failed.is_some() || inbox.read_shut;
+                nothing_more
+            };
+            if finished {
+                let _ = race(pin!(shared.write_done.wait()), &shared.closed, Some(shared.read_timeout)).await;
+                return Next::End;
+            }
+            if self.fill(None).await.is_err() {
+                return Next::End;
+            }
+        }
+    }
+
+    /// The delivery counters now (taken as a callback begins).
+    pub(crate) fn seen(&self) -> Seen {
+        let inbox = self.0.inbox.borrow();
+        Seen { arrived: inbox.arrived, taken: inbox.taken }
+    }
+
+    /// Writes all of `data`, waiting while the peer is slow; concurrent
+    /// writes to the connection go one after another, whole.
+    pub(crate) async fn write_all(&self, data: &[u8]) -> Result<(), Error> {
+        let shared = &self.0;
+        let mut send = shared.send.lock().await;
+        if shared.write_done.is_set() {
+            *send = None; // shut while an earlier write held the stream
+        }
+        let Some(writer) = send.as_mut() else { return Err(generic(WRITE_AFTER_CLOSE)) };
+        if data.is_empty() {
+            return Ok(());
+        }
+        let left = match race(pin!(writer.write_all(data.to_vec())), &shared.closed, None).await {
+            Race::Done(left) => Some(left),
+            Race::Stopped | Race::TimedOut => None,
+        };
+        let Some(left) = left else {
+            *send = None;
+            return Err(generic(WRITE_AFTER_CLOSE));
+        };
+        if left.is_empty() {
+            if shared.write_done.is_set() {
+                *send = None;
+            }
+            return Ok(());
+        }
+        // The runtime dropped the stream: the connection broke.
+        *send = None;
+        let sent = shared.sent.borrow_mut().take();
+        let why = match sent {
+            Some(sent) => match sent.await {
+                Err(code) => reason(&code),
+                Ok(()) => "Broken pipe".to_string(),
+            },
+            None => "Broken pipe".to_string(),
+        };
+        Err(generic(why))
+    }
+
+    /// Closes both ways, now: pending reads and writes fail, the dispatch
+    /// ends (and calls `on_close`).
+    pub(crate) fn close(&self) -> Result<(), Error> {
+        let shared = &self.0;
+        shared.closed.set();
+        shared.write_done.set();
+        // Whatever no task holds now goes at once; a task that holds a
+        // stream drops it as it sees the close.
+        if let Some(mut send) = shared.send.try_lock() {
+            *send = None;
+        }
+        if let Some(mut receive) = shared.receive.try_lock() {
+            *receive = None;
+        }
+        shared.socket.borrow_mut().take();
+        Ok(())
+    }
+
+    /// Stops reading: later reads return the end of the stream.
+    pub(crate) fn shutdown_read(&self) -> Result<(), Error> {
+        if self.0.closed.is_set() {
+            return Err(generic(SOCKET_CLOSED));
+        }
+        self.0.inbox.borrow_mut().read_shut = true;
+        if let Some(mut receive) = self.0.receive.try_lock() {
+            *receive = None;
+        }
+        Ok(())
+    }
+
+    /// Stops writing (the peer sees the end once what was written is sent).
+    pub(crate) fn shutdown_write(&self) -> Result<(), Error> {
+        if self.0.closed.is_set() {
+            return Err(generic(WRITE_AFTER_CLOSE));
+        }
+        self.0.write_done.set();
+        match self.0.send.try_lock() {
+            Some(mut send) => {
+                *send = None;
+                Ok(())
+            }
+            // A write in parts is under way: it ends the stream when done.
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub(crate) fn is_accepted(&self) -> bool {
+        self.0.accepted
+    }
+
+    pub(crate) fn remote_addr(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.0.local
+    }
+
+    pub(crate) fn clone_handle(&self) -> Conn {
+        self.clone()
+    }
+
+    /// The read side broke (the service was told, or will be by its next read).
+    pub(crate) fn failed(&self) -> bool {
+        self.0.inbox.borrow().failed.is_some()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.closed.is_set()
+    }
+}
+
+/// Opens a client connection: `host` resolved through the runtime (which
+/// checks the name), each address tried in turn within `connect_timeout`.
+pub(crate) async fn connect(
+    host: String,
+    port: u16,
+    read_timeout: Duration,
+    connect_timeout: Duration,
+    callback: bool,
+) -> Result<Conn, Error> {
+    let asked = || format!("connect tcp://{}:{port}", bracketed(&host));
+    let ips = resolve(&host, CONNECT_FAILED, asked).await?;
+    let mut last = generic(format!("{CONNECT_FAILED}no address for {host}"));
+    for ip in ips {
+        let addr = SocketAddr::new(ip, port);
+        match connect_one(addr, connect_timeout).await {
+            Ok(socket) => {
+                let conn = Conn::new(socket, false, read_timeout);
+                if callback {
+                    serve(conn.clone())?;
+                }
+                return Ok(conn);
+            }
+            Err(code) => last = socket_error(code, CONNECT_FAILED, asked),
+        }
+    }
+    Err(last)
+}
+
+async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpSocket, ErrorCode> {
+    let socket = TcpSocket::create(family(&addr))?;
+    let never = Signal::default();
+    let outcome = race(pin!(socket.connect(to_wasi(addr))), &never, Some(timeout)).await;
+    match outcome {
+        Race::Done(result) => result.map(|()| socket),
+        Race::Stopped | Race::TimedOut => Err(ErrorCode::Timeout),
+    }
+}
+
+/// A listener; its connections go to the exported service.
+pub(crate) struct Listener {
+    port: u16,
+    interface: Option<String>,
+    read_timeout: Duration,
+    started: RefCell<Option<Rc<Accepting>>>,
+}
+
+/// A started listener, shared with its accept loop.
+struct Accepting {
+    local: SocketAddr,
+    stop: Signal,
+    /// What it accepted, to close at an immediate stop.
+    accepted: RefCell<Vec<Weak<Shared>>>,
+}
+
+impl Listener {
+    pub(crate) fn new(port: u16, interface: Option<String>, read_timeout: Duration) -> Self {
+        Listener { port, interface, read_timeout, started: RefCell::new(None) }
+    }
+
+    /// Binds and starts accepting (in a task of its own).
+    pub(crate) async fn start(&self) -> Result<(), Error> {
+        let host = self.interface.clone().unwrap_or_else(|| "0.0.0.0".to_string());
+        let asked = || format!("listen tcp://{}:{}", bracketed(&host), self.port);
+        let ip = resolve(&host, LISTEN_FAILED, asked).await?.into_iter().next();
+        let ip = ip.ok_or_else(|| generic(format!("{LISTEN_FAILED}no address for {host}")))?;
+        let accepting = listen(SocketAddr::new(ip, self.port), self.read_timeout)?;
+        *self.started.borrow_mut() = Some(accepting);
+        Ok(())
+    }
+
+    fn accepting(&self) -> Result<Rc<Accepting>, Error> {
+        self.started.borrow().clone().ok_or_else(|| generic("listener is not started"))
+    }
+
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.accepting()?.local)
+    }
+
+    pub(crate) fn graceful_stop(&self) -> Result<(), Error> {
+        self.accepting()?.stop.set();
+        Ok(())
+    }
+
+    pub(crate) fn immediate_stop(&self) -> Result<(), Error> {
+        let accepting = self.accepting()?;
+        accepting.stop.set();
+        for conn in accepting.accepted.take().iter().filter_map(Weak::upgrade) {
+            let _ = Conn(conn).close();
+        }
+        Ok(())
+    }
+}
+
+/// Binds `addr`, listens, and accepts in a task of its own until stopped
+/// (or the runtime ends the stream); returns the listener's address.
+pub(crate) fn listen_at(addr: SocketAddr, read_timeout: Duration) -> Result<SocketAddr, Error> {
+    Ok(listen(addr, read_timeout)?.local)
+}
+
+fn listen(addr: SocketAddr, read_timeout: Duration) -> Result<Rc<Accepting>, Error> {
+    let asked = || format!("listen tcp://{addr}");
+    let failed = |code| socket_error(code, LISTEN_FAILED, asked);
+    let socket = TcpSocket::create(family(&addr)).map_err(failed)?;
+    socket.bind(to_wasi(addr)).map_err(failed)?;
+    let incoming = socket.listen().map_err(failed)?;
+    let local = socket.get_local_address().map(from_wasi).unwrap_or(addr);
+    let accepting = Rc::new(Accepting { local, stop: Signal::default(), accepted: RefCell::default() });
+    CALLBACKS.get().ok_or_else(|| {
+        generic("this component exports no service for its listener (export_program!(main, callbacks = Service))")
+    })?;
+    let live = Live::enter();
+    wit_bindgen::spawn_local(accept_loop(socket, incoming, accepting.clone(), read_timeout, live));
+    Ok(accepting)
+}
+
+async fn accept_loop(
+    _socket: TcpSocket,
+    mut incoming: StreamReader<TcpSocket>,
+    accepting: Rc<Accepting>,
+    read_timeout: Duration,
+    _live: Live,
+) {
+    loop {
+        let next = match race(pin!(incoming.next()), &accepting.stop, None).await {
+            Race::Done(Some(socket)) => socket,
+            Race::Done(None) | Race::Stopped | Race::TimedOut => return,
+        };
+        let conn = Conn::new(next, true, read_timeout);
+        let mut accepted = accepting.accepted.borrow_mut();
+        accepted.retain(|c| c.strong_count() > 0);
+        accepted.push(Rc::downgrade(&conn.0));
+        drop(accepted);
+        if serve(conn).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Standard `wasi:sockets` (0.3.0) for components that import it (the SDK's
+//! WASI backend, or any WASI 0.3 program), under the operator's policy.
+//!
+//! wasmtime-wasi implements the sockets; this module only decides what they
+//! may reach, through its two hooks:
+//! - every address a socket uses goes through [`WasiSockets::check`]
+//!   (wasmtime-wasi's socket address check): binds and listens only where
+//!   `--listen` says or an `--allow-listen` grant covers; connects, UDP
+//!   binds, sends and receives by the `--allow-*` grants and the blocked
+//!   networks, as for native components;
+//! - name look-ups go through [`WasiSockets::resolve`], which shadows
+//!   wasmtime-wasi's `resolve-addresses`: only names a grant covers are
+//!   looked up, a name any of whose addresses is blocked is refused whole,
+//!   and the addresses a granted name resolved to are admitted for that
+//!   grant's ports for [`NAME_ADMISSION`] (a WASI guest connects to the
+//!   addresses, not the name, so the grant by name must follow them).
+//!
+//! Denials are logged as for native components (coalesced per component);
+//! datagrams from senders no grant covers are dropped by wasmtime-wasi.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Accessor, Linker};
+use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::ErrorCode;
+use wasmtime_wasi::p3::bindings::sockets::types::IpAddress;
+use wasmtime_wasi::sockets::SocketAddrUse;
+
+use crate::coalesce::Coalesced;
+use crate::policy::{self, Action, Policy, Ports, Use};
+use crate::state::HostState;
+
+/// How long the addresses a granted name resolved to stay admitted.
+pub const NAME_ADMISSION: Duration = Duration::from_secs(60);
+/// The most admitted (address, grant) pairs one component keeps; the
+/// oldest go first.
+const MAX_ADMITTED: usize = 4096;
+
+/// The policy of one component's standard sockets.
+pub struct WasiSockets {
+    policy: Arc<Policy>,
+    /// `--listen`: where the guest may bind and listen (port 0: any port of
+    /// that address).
+    listen: Vec<SocketAddr>,
+    admitted: Mutex<Vec<Admitted>>,
+    denials: Arc<Coalesced>,
+}
+
+/// An address a granted name resolved to, for that grant's ports.
+struct Admitted {
+    ip: IpAddr,
+    action: Action,
+    ports: Ports,
+    until: Instant,
+}
+
+impl WasiSockets {
+    pub fn new(policy: Arc<Policy>, listen: Vec<SocketAddr>, denials: Arc<Coalesced>) -> Arc<Self> {
+        Arc::new(WasiSockets { policy, listen, admitted: Mutex::default(), denials })
+    }
+
+    /// wasmtime-wasi's socket address check: may the guest use `addr` for `use_`?
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis::policy::Policy;
+    /// use portcullis::wasi_sockets::WasiSockets;
+    /// use wasmtime_wasi::sockets::SocketAddrUse;
+    /// let policy = Policy::parse(&["tcp://127.0.0.1:7000".into()], &[], &[], false).unwrap();
+    /// let denials = portcullis::coalesce::Coalesced::new("denials", None);
+    /// let sockets = WasiSockets::new(Arc::new(policy), vec!["127.0.0.1:0".parse().unwrap()], denials);
+    /// assert!(sockets.check("127.0.0.1:7000".parse().unwrap(), SocketAddrUse::TcpConnect));
+    /// assert!(!sockets.check("127.0.0.1:7001".parse().unwrap(), SocketAddrUse::TcpConnect));
+    /// assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
+    /// assert!(!sockets.check("0.0.0.0:41234".parse().unwrap(), SocketAddrUse::TcpListen));
+    /// ```
+    pub fn check(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+        let addr = SocketAddr::new(policy::unmap(addr.ip()), addr.port());
+        let (allowed, denied_use) = match use_ {
+            // An ephemeral bind reaches nothing (a connect makes one); a
+            // fixed port would take it from others, so it needs a listen.
+            SocketAddrUse::TcpBind => (
+                addr.port() == 0 || self.listens_at(addr) || self.policy.check_addr(addr, Use::TcpListen),
+                Use::TcpListen,
+            ),
+            SocketAddrUse::TcpListen => {
+                (self.listens_at(addr) || self.policy.check_addr(addr, Use::TcpListen), Use::TcpListen)
+            }
+            SocketAddrUse::TcpAccept => (true, Use::TcpListen),
+            SocketAddrUse::TcpConnect => (self.reaches(addr, Use::TcpConnect), Use::TcpConnect),
+            SocketAddrUse::UdpBind => (self.policy.check_addr(addr, Use::UdpBind), Use::UdpBind),
+            SocketAddrUse::UdpSend => (self.reaches(addr, Use::UdpSend), Use::UdpSend),
+            // Dropped quietly by wasmtime-wasi, as portcullis drops them.
+            SocketAddrUse::UdpReceive => return self.reaches(addr, Use::UdpReceive),
+        };
+        if !allowed {
+            self.denials.warn(|| {
+                let target = policy::target_text(denied_use, &addr.ip().to_string(), addr.port());
+                format!("permission denied: {} {target} is not granted (wasi:sockets)", denied_use.verb())
+            });
+        }
+        allowed
+    }
+
+    fn listens_at(&self, addr: SocketAddr) -> bool {
+        self.listen.iter().any(|l| policy::unmap(l.ip()) == addr.ip() && (l.port() == 0 || l.port() == addr.port()))
+    }
+
+    /// A peer: granted by address, or admitted through a granted name.
+    fn reaches(&self, addr: SocketAddr, use_: Use) -> bool {
+        if self.policy.check_addr(addr, use_) {
+            return true;
+        }
+        let now = Instant::now();
+        let admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        admitted
+            .iter()
+            .any(|a| a.ip == addr.ip() && a.action == use_.action() && a.ports.contains(addr.port()) && a.until > now)
+    }
+
+    /// `resolve-addresses` under the grants: only a name a connect or UDP
+    /// grant covers is looked up; all its addresses must be outside the
+    /// blocked networks; they are then admitted for the grant's ports.
+    /// An IP literal resolves to itself (its uses are checked).
+    pub async fn resolve(&self, name: String) -> Result<Vec<IpAddr>, ErrorCode> {
+        if policy::check_host_text(&name).is_err() {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        if let Some(ip) = policy::parse_ip_literal(&name) {
+            return Ok(vec![ip]);
+        }
+        let grants: Vec<(Action, Ports)> = [Action::Connect, Action::Udp]
+            .into_iter()
+            .flat_map(|action| self.policy.ports_for_name(action, &name).into_iter().map(move |p| (action, p)))
+            .collect();
+        if grants.is_empty() {
+            self.denials.warn(|| format!("permission denied: look up {name}: no grant names it (wasi:sockets)"));
+            return Err(ErrorCode::AccessDenied);
+        }
+        let addrs = match policy::resolve::resolve(&policy::normalise_name(&name), 0).await {
+            Ok(addrs) => addrs,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(ErrorCode::TemporaryResolverFailure),
+            Err(_) => return Err(ErrorCode::NameUnresolvable),
+        };
+        let mut ips: Vec<IpAddr> = addrs.iter().map(|a| policy::unmap(a.ip())).collect();
+        ips.dedup();
+        let blocked: Vec<String> =
+            ips.iter().filter(|ip| self.policy.is_blocked_ip(**ip)).map(|ip| ip.to_string()).collect();
+        if !blocked.is_empty() {
+            self.denials.warn(|| {
+                format!(
+                    "permission denied: {name} resolves to blocked addresses ({}) (wasi:sockets)",
+                    blocked.join(", ")
+                )
+            });
+            return Err(ErrorCode::AccessDenied);
+        }
+        let until = Instant::now() + NAME_ADMISSION;
+        let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        admitted.retain(|a| a.until > now);
+        for ip in &ips {
+            for (action, ports) in &grants {
+                admitted.push(Admitted { ip: *ip, action: *action, ports: *ports, until });
+            }
+        }
+        let over = admitted.len().saturating_sub(MAX_ADMITTED);
+        admitted.drain(..over);
+        Ok(ips)
+    }
+}
+
+/// The `wasi:sockets/ip-name-lookup` version that wasmtime-wasi's p3 links.
+const NAME_LOOKUP_INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.3.0";
+
+/// Shadows `resolve-addresses` in `linker` (after
+/// `wasmtime_wasi::p3::add_to_linker`) with [`WasiSockets::resolve`]; an
+/// instance without standard sockets is refused every look-up.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE)?;
+    lookup.func_wrap_concurrent("resolve-addresses", |acc: &Accessor<HostState>, (name,): (String,)| {
+        Box::pin(async move {
+            let sockets = acc.with(|mut access| access.get().wasi_sockets.clone());
+            let resolved = match sockets {
+                Some(sockets) => sockets.resolve(name).await,
+                None => Err(ErrorCode::AccessDenied),
+            };
+            Ok((resolved.map(|ips| ips.into_iter().map(IpAddress::from).collect::<Vec<_>>()),))
+        })
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
