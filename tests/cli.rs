@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{guest, portcullis_bin, root, test_cache};
+use portcullis_tests::{Backend, guest, on_both_backends, portcullis_bin, root, test_cache};
 
 fn portcullis(args: &[&str], cache: &Path) -> Output {
     Command::new(portcullis_bin()).args(args).env("PORTCULLIS_CACHE_DIR", cache).output().expect("run portcullis")
@@ -274,9 +274,12 @@ fn the_second_start_loads_the_compiled_component_from_the_cache() {
     assert!(log.contains("component loaded from cache"), "log: {log}");
 }
 
-#[test]
-fn a_program_declares_its_own_listener_and_ends_when_it_stops() {
-    let (mut child, addr, mut stdout) = start_listener_program(&[]);
+async fn a_program_declares_its_own_listener_and_ends_when_it_stops(backend: Backend) {
+    tokio::task::spawn_blocking(move || program_with_its_own_listener(backend)).await.unwrap()
+}
+
+fn program_with_its_own_listener(backend: Backend) {
+    let (mut child, addr, mut stdout) = start_listener_program_on(backend, &[]);
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "second listener: unable to start the socket service: Address already in use\n");
@@ -304,8 +307,15 @@ fn a_program_declares_its_own_listener_and_ends_when_it_stops() {
 /// Starts `listener-program` with `extra` flags and returns it with the address
 /// its own listener took (and its stdout, kept open: the guest prints to it).
 fn start_listener_program(extra: &[&str]) -> (Child, String, BufReader<std::process::ChildStdout>) {
+    start_listener_program_on(Backend::Portcullis, extra)
+}
+
+fn start_listener_program_on(
+    backend: Backend,
+    extra: &[&str],
+) -> (Child, String, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(portcullis_bin())
-        .args(["run", guest("listener-program").to_str().unwrap(), "--allow-listen", "tcp://127.0.0.1:*"])
+        .args(["run", backend.guest("listener-program").to_str().unwrap(), "--allow-listen", "tcp://127.0.0.1:*"])
         .args(extra)
         .env("PORTCULLIS_CACHE_DIR", test_cache())
         .stdout(Stdio::piped())
@@ -343,3 +353,5 @@ fn max_connections_caps_what_a_guests_own_listener_accepts() {
     assert!(second_client_is_served(&[]), "without a cap both clients are served");
     assert!(!second_client_is_served(&["--max-connections", "1"]), "the cap let a second connection in");
 }
+
+on_both_backends!(a_program_declares_its_own_listener_and_ends_when_it_stops);

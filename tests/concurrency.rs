@@ -8,11 +8,10 @@ use portcullis_tests::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundred_connections_thousand_random_messages_each_echo_exactly() {
+async fn hundred_connections_thousand_random_messages_each_echo_exactly(backend: Backend) {
     const CONNECTIONS: u64 = 100;
     const MESSAGES: usize = 1000;
-    let service = TestService::builder("echo").start();
+    let service = TestService::builder("echo").on(backend).start();
     let mut clients = Vec::new();
     for seed in 0..CONNECTIONS {
         let mut stream = service.connect().await;
@@ -38,9 +37,8 @@ async fn hundred_connections_thousand_random_messages_each_echo_exactly() {
     assert_eq!(service.stop().await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_parked_in_read_n_does_not_delay_the_others() {
-    let service = TestService::scenario("blocking").start();
+async fn a_connection_parked_in_read_n_does_not_delay_the_others(backend: Backend) {
+    let service = TestService::scenario("blocking").on(backend).start();
     let mut parked = parked_in_read(&service).await;
 
     for i in 0..10 {
@@ -67,6 +65,8 @@ async fn parked_in_read(service: &TestService) -> tokio::net::TcpStream {
 
 /// A stop lets a callback that is still running finish, but not forever:
 /// after the grace period the host closes its connection and the service ends.
+/// (The portcullis backend only: a WASI-backend service's callbacks run in
+/// the guest, which the host can only end as a whole, at once.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_closes_a_connection_still_busy_after_the_grace_period() {
     let service = TestService::scenario("blocking").start();
@@ -134,10 +134,9 @@ async fn a_read_parked_in_a_batch_holds_up_none_of_the_others() {
 /// A large echo to a reader that drains slowly: the socket takes only part of
 /// each write (`try-write` writes what fits, `write` the rest under
 /// back-pressure), and every byte still arrives once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_reader_gets_every_byte_of_a_large_echo() {
+async fn a_slow_reader_gets_every_byte_of_a_large_echo(backend: Backend) {
     const TOTAL: usize = 8 << 20;
-    let service = TestService::builder("echo").start();
+    let service = TestService::builder("echo").on(backend).start();
     let stream = service.connect().await;
     let (mut reader, mut writer) = stream.into_split();
     let mut rng = StdRng::seed_from_u64(7);
@@ -174,15 +173,15 @@ async fn a_slow_reader_gets_every_byte_of_a_large_echo() {
 /// sender's callback (the `broadcast` scenario; the `chat` example queues
 /// them instead): with several senders at once, writes to one member race.
 /// Each write must land whole: no line may be cut by another.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcasts_from_many_senders_never_interleave() {
+async fn broadcasts_from_many_senders_never_interleave(backend: Backend) {
     const SENDERS: usize = 4;
     const LINES: usize = 200;
-    let service = TestService::scenario("broadcast").start();
+    let service = TestService::scenario("broadcast").on(backend).start();
     // A small receive buffer, and no reading for a while: the service's writes
     // to this member fill its socket and go out in parts.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(8 * 1024).unwrap();
+    service.listening().await;
     let listener = socket.connect(service.addr).await.unwrap();
     let mut senders = Vec::new();
     for _ in 0..SENDERS {
@@ -243,3 +242,10 @@ async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     }
     out
 }
+
+on_both_backends!(
+    hundred_connections_thousand_random_messages_each_echo_exactly,
+    a_connection_parked_in_read_n_does_not_delay_the_others,
+    a_slow_reader_gets_every_byte_of_a_large_echo,
+    broadcasts_from_many_senders_never_interleave,
+);

@@ -16,9 +16,8 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_that_never_reads_is_not_called_again_and_costs_no_cpu() {
-    let service = TestService::scenario("never-read").start();
+async fn a_service_that_never_reads_is_not_called_again_and_costs_no_cpu(backend: Backend) {
+    let service = TestService::scenario("never-read").on(backend).start();
     let mut silent = service.connect().await;
     assert_eq!(read_line(&mut silent).await, "calls 0\n");
     silent.write_all(b"nobody reads this").await.unwrap();
@@ -40,3 +39,5 @@ async fn a_service_that_never_reads_is_not_called_again_and_costs_no_cpu() {
     assert_eq!(read_line(&mut probe).await, "calls 2\n");
     service.stop().await;
 }
+
+on_both_backends!(a_service_that_never_reads_is_not_called_again_and_costs_no_cpu,);

@@ -5,9 +5,8 @@ use std::time::Duration;
 use portcullis_tests::*;
 use tokio::io::AsyncWriteExt;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_trap_the_next_connection_is_still_served() {
-    let service = TestService::scenario("trap").start();
+async fn after_a_trap_the_next_connection_is_still_served(backend: Backend) {
+    let service = TestService::scenario("trap").on(backend).start();
 
     let mut first = service.connect().await;
     assert_eq!(round_trip(&mut first, b"hello").await, b"hello");
@@ -25,9 +24,8 @@ async fn after_a_trap_the_next_connection_is_still_served() {
     assert_eq!(service.stop().await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_traps_never_stop_the_service() {
-    let service = TestService::scenario("trap").start();
+async fn repeated_traps_never_stop_the_service(backend: Backend) {
+    let service = TestService::scenario("trap").on(backend).start();
     for round in 0..5 {
         let mut trapper = service.connect().await;
         trapper.write_all(b"trap").await.unwrap();
@@ -41,26 +39,28 @@ async fn repeated_traps_never_stop_the_service() {
 
 /// Current-thread, like the `portcullis` binary: a looping guest must not
 /// freeze the thread for everyone else, and is stopped after its budget.
-#[tokio::test(flavor = "current_thread")]
-async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on() {
-    let looping = TestService::scenario("trap").start();
-    let neighbour = TestService::builder("echo").start();
+async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on(backend: Backend) {
+    on_current_thread(async move {
+        let looping = TestService::scenario("trap").on(backend).start();
+        let neighbour = TestService::builder("echo").on(backend).start();
 
-    let mut spinner = looping.connect().await;
-    spinner.write_all(b"spin").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut spinner = looping.connect().await;
+        spinner.write_all(b"spin").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // Meanwhile another service on the same thread still answers.
-    let mut other = neighbour.connect().await;
-    assert_eq!(round_trip(&mut other, b"still served").await, b"still served");
+        // Meanwhile another service on the same thread still answers.
+        let mut other = neighbour.connect().await;
+        assert_eq!(round_trip(&mut other, b"still served").await, b"still served");
 
-    // The spinning instance is stopped (its connection closed) and replaced.
-    let closed = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut spinner)).await;
-    assert_eq!(closed.expect("the looping guest was never stopped"), b"");
-    let mut next = looping.connect().await;
-    assert_eq!(round_trip(&mut next, b"fresh instance").await, b"fresh instance");
-    assert_eq!(looping.stop().await, 0);
-    assert_eq!(neighbour.stop().await, 0);
+        // The spinning instance is stopped (its connection closed) and replaced.
+        let closed = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut spinner)).await;
+        assert_eq!(closed.expect("the looping guest was never stopped"), b"");
+        let mut next = looping.connect().await;
+        assert_eq!(round_trip(&mut next, b"fresh instance").await, b"fresh instance");
+        assert_eq!(looping.stop().await, 0);
+        assert_eq!(neighbour.stop().await, 0);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,3 +79,9 @@ async fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
     assert_eq!(read_n(&mut third, 5).await, b"three");
     assert_eq!(service.stop().await, 0);
 }
+
+on_both_backends!(
+    after_a_trap_the_next_connection_is_still_served,
+    repeated_traps_never_stop_the_service,
+    a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on,
+);

@@ -1,5 +1,6 @@
 //! The listener-side scenarios of Ballerina's socket test suite, against the real
-//! host and the `scenarios` guest, over loopback.
+//! host and the `scenarios` guest, over loopback: each on both backends
+//! (`on_both_backends!`), most also on the `wasmtime` command line.
 
 use std::time::{Duration, Instant};
 
@@ -201,4 +202,21 @@ on_both_backends!(
     a_default_on_connect_is_skipped_but_on_close_still_fires_every_time,
     graceful_stop_closes_open_connections_and_returns,
     graceful_stop_bounds_a_callback_stuck_in_read,
+);
+
+// The same WASI-backend guests on the `wasmtime` command line (stops and
+// `--listen` are portcullis's, so those scenarios are not here).
+on_wasmtime!(
+    server_echo_returns_the_bytes_exactly,
+    bytes_and_the_end_sent_together_are_both_served,
+    partial_reads_gather_exact_lengths,
+    bytes_a_callback_leaves_unread_come_first_in_the_next,
+    a_connection_knows_both_its_ends,
+    blocking_read_waits_for_all_eighteen_bytes,
+    on_error_receives_the_error_on_read_ready_returned,
+    on_error_receives_the_error_on_connect_returned,
+    five_joins_are_counted_in_shared_state,
+    read_times_out_with_read_timed_out,
+    on_close_fires_once_and_kept_handles_outlive_their_callback,
+    a_default_on_connect_is_skipped_but_on_close_still_fires_every_time,
 );

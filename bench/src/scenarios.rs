@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::load;
 use crate::report::{Row, row};
-use crate::servers::{native_server, portcullis_tcp, portcullis_udp};
+use crate::servers::{native_server, portcullis_tcp, portcullis_udp, portcullis_wasi_tcp};
 use crate::stats::{alternate, median};
 
 /// How long and how often a run measures.
@@ -55,6 +55,9 @@ pub async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
     let (n_tcp, p_tcp, p_tcp_per_conn) = (native.tcp.unwrap(), ours.tcp.unwrap(), ours_per_conn.tcp.unwrap());
 
     let mut rows = tcp_echo(s, n_tcp, p_tcp).await;
+    let wasi = portcullis_wasi_tcp(root, &cache)?;
+    rows.extend(tcp_echo_wasi_backend(s, n_tcp, p_tcp, wasi.tcp.unwrap()).await);
+    drop(wasi);
     rows.extend(tcp_echo_per_connection(s, n_tcp, p_tcp_per_conn).await);
     rows.extend(connection_churn(s, n_tcp, p_tcp, p_tcp_per_conn).await);
     rows.extend(fixed_rate_latency(s, n_tcp, p_tcp).await);
@@ -85,6 +88,22 @@ async fn tcp_echo(s: &Settings, native: SocketAddr, ours: SocketAddr) -> Vec<Row
         rows.push(paired.scaled_row(&scenario, "shared", "MB/s", 0, size as f64 / 1e6));
     }
     rows
+}
+
+/// Closed-loop echo on 50 connections, 64 B, of the echo built with the SDK's
+/// WASI backend (on wasmtime-wasi's sockets, under portcullis): against
+/// native tokio, and against the same echo on the portcullis backend (in
+/// that row the baseline column is the portcullis backend).
+async fn tcp_echo_wasi_backend(s: &Settings, native: SocketAddr, ours: SocketAddr, wasi: SocketAddr) -> Vec<Row> {
+    eprintln!("bench: tcp echo 64 B, WASI backend");
+    let run = s.run;
+    let echo = |addr| async move { vec![load::tcp_echo(addr, 50, 64, run).await] };
+    let against_native = alternate(s.rounds, native, wasi, echo).await;
+    let against_ours = alternate(s.rounds, ours, wasi, echo).await;
+    vec![
+        against_native.row("tcp echo 64 B, 50 conns", "WASI backend", "msg/s", 0),
+        against_ours.row("tcp echo 64 B, 50 conns", "WASI / portcullis backend", "msg/s", 0),
+    ]
 }
 
 /// Closed-loop echo on 50 connections, 64 B, an instance per connection.

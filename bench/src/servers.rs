@@ -76,6 +76,12 @@ pub fn portcullis_tcp(root: &Path, cache: &Path, mode: &str) -> Result<Server> {
     portcullis_server(&layout::portcullis_bin(root), &layout::guest(root, "echo"), cache, mode)
 }
 
+/// `portcullis run` of the echo built with the SDK's WASI backend (it binds
+/// `--listen` itself and announces it the same way).
+pub fn portcullis_wasi_tcp(root: &Path, cache: &Path) -> Result<Server> {
+    portcullis_server(&layout::portcullis_bin(root), &layout::wasi_guest(root, "echo"), cache, "shared")
+}
+
 /// `BIN run GUEST` on an ephemeral loopback port, with `--instances MODE`.
 pub fn portcullis_server(bin: &Path, guest: &Path, cache: &Path, mode: &str) -> Result<Server> {
     let guest = guest.display().to_string();

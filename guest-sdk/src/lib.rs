@@ -31,10 +31,34 @@
 //! [`ErrorKind`], [`spawn`] (work that goes on after a callback returns),
 //! [`warn`] (stderr lines a peer cannot flood).
 //!
-//! Inside, the public types sit on `sys`, the backend (today the portcullis
-//! WIT, its generated bindings at the bottom); none of them shows a generated
-//! type (the bindings and the export glue are reachable only through the
-//! hidden paths the macros expand to).
+//! # Backends
+//!
+//! The same source builds two ways:
+//! - by default, against the portcullis WIT (`portcullis:socket`): the host
+//!   listens (`portcullis run --listen`), reads ahead and calls the callbacks;
+//! - with the cargo feature **`wasi`**, against standard `wasi:sockets@0.3.0`:
+//!   the component imports only WASI interfaces and exports `wasi:cli/run`,
+//!   so any runtime with WASI 0.3 sockets runs it (portcullis too, under its
+//!   grants). The SDK then listens itself, where `PORTCULLIS_LISTEN`
+//!   (`ADDR:PORT[,ADDR:PORT...]`) says, with `PORTCULLIS_READ_TIMEOUT_MS` as
+//!   the accepted connections' read time-out, and runs the callbacks by the
+//!   same rules (at most one `on_read_ready` at a time per connection, again
+//!   only after a read or new bytes; `on_close` exactly once).
+//!
+//! ```toml
+//! [dependencies]
+//! portcullis-sdk = { path = "../../guest-sdk", features = ["wasi"] }
+//! ```
+//!
+//! (or `cargo build --features portcullis-sdk/wasi` for one build). Under
+//! `wasi`, policy and limits are the runtime's: a grant denial is
+//! [`ErrorKind::PermissionDenied`] as under portcullis, and a name look-up
+//! goes through `wasi:sockets/ip-name-lookup`.
+//!
+//! Inside, the public types sit on `sys`, the backend (`sys::portcullis` or
+//! `sys::wasi`, each with its generated bindings at the bottom); none of them
+//! shows a generated type (the bindings and the export glue are reachable
+//! only through the hidden paths the macros expand to).
 
 #![warn(missing_docs)]
 

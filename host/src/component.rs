@@ -184,7 +184,12 @@ impl ServiceComponent {
                     env.push((LISTEN_VAR.to_string(), listen.join(",")));
                     env.push((READ_TIMEOUT_VAR.to_string(), spec.limits.read_timeout.as_millis().to_string()));
                 }
-                Some(WasiSockets::new(policy.clone(), spec.listen.clone(), warnings.denials.clone()))
+                Some(WasiSockets::new(
+                    policy.clone(),
+                    spec.listen.clone(),
+                    warnings.denials.clone(),
+                    warnings.udp_refusals.clone(),
+                ))
             }
         };
         Ok(ServiceComponent {
@@ -222,6 +227,11 @@ impl ServiceComponent {
     /// Which sockets the component programs against.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A WASI-backend component told where to listen (`--listen`): a service.
+    pub fn serves_listen(&self) -> bool {
+        self.env.iter().any(|(k, _)| k == LISTEN_VAR)
     }
 
     pub fn has_main(&self) -> bool {

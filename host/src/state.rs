@@ -91,6 +91,10 @@ impl NetHost for HostState {
     }
 }
 
+/// Table entries of a WASI-backend instance beyond `--max-sockets`: its
+/// stdio streams, pollables and the like.
+const TABLE_SLACK: usize = 64;
+
 /// A store for one instance, with its memory limit and CPU bound in force.
 ///
 /// With standard `wasi:sockets` the guest waits in wasmtime-wasi's calls,
@@ -107,7 +111,13 @@ pub fn new_store(
     limits: &Limits,
 ) -> Store<HostState> {
     let standard_sockets = wasi_sockets.is_some();
-    let mut store = Store::new(engine, HostState::new(env, output, net, wasi_sockets, memory, limits));
+    let mut state = HostState::new(env, output, net, wasi_sockets, memory, limits);
+    if standard_sockets {
+        // wasmtime-wasi keeps each socket in the table: its size bounds them
+        // (past it a socket call traps, and a service starts afresh).
+        state.table.set_max_capacity(limits.max_sockets as usize + TABLE_SLACK);
+    }
+    let mut store = Store::new(engine, state);
     if standard_sockets {
         store.call_hook(|mut ctx, hook| {
             let state = ctx.data_mut();

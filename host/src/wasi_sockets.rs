@@ -36,6 +36,10 @@ pub const NAME_ADMISSION: Duration = Duration::from_secs(60);
 /// The most admitted (address, grant) pairs one component keeps; the
 /// oldest go first.
 const MAX_ADMITTED: usize = 4096;
+/// The most name look-ups one component has under way at once (each holds a
+/// thread of the blocking pool for up to `policy::resolve::RESOLVE_TIMEOUT`);
+/// more fail at once with `temporary-resolver-failure`.
+pub const MAX_LOOKUPS: usize = 8;
 
 /// The policy of one component's standard sockets.
 pub struct WasiSockets {
@@ -44,7 +48,10 @@ pub struct WasiSockets {
     /// that address).
     listen: Vec<SocketAddr>,
     admitted: Mutex<Vec<Admitted>>,
+    lookups: tokio::sync::Semaphore,
     denials: Arc<Coalesced>,
+    /// Datagrams from senders no grant covers (wasmtime-wasi drops them).
+    udp_refusals: Arc<Coalesced>,
 }
 
 /// An address a granted name resolved to, for that grant's ports.
@@ -56,8 +63,14 @@ struct Admitted {
 }
 
 impl WasiSockets {
-    pub fn new(policy: Arc<Policy>, listen: Vec<SocketAddr>, denials: Arc<Coalesced>) -> Arc<Self> {
-        Arc::new(WasiSockets { policy, listen, admitted: Mutex::default(), denials })
+    pub fn new(
+        policy: Arc<Policy>,
+        listen: Vec<SocketAddr>,
+        denials: Arc<Coalesced>,
+        udp_refusals: Arc<Coalesced>,
+    ) -> Arc<Self> {
+        let lookups = tokio::sync::Semaphore::new(MAX_LOOKUPS);
+        Arc::new(WasiSockets { policy, listen, admitted: Mutex::default(), lookups, denials, udp_refusals })
     }
 
     /// wasmtime-wasi's socket address check: may the guest use `addr` for `use_`?
@@ -68,8 +81,8 @@ impl WasiSockets {
     /// use portcullis::wasi_sockets::WasiSockets;
     /// use wasmtime_wasi::sockets::SocketAddrUse;
     /// let policy = Policy::parse(&["tcp://127.0.0.1:7000".into()], &[], &[], false).unwrap();
-    /// let denials = portcullis::coalesce::Coalesced::new("denials", None);
-    /// let sockets = WasiSockets::new(Arc::new(policy), vec!["127.0.0.1:0".parse().unwrap()], denials);
+    /// let log = || portcullis::coalesce::Coalesced::new("denials", None);
+    /// let sockets = WasiSockets::new(Arc::new(policy), vec!["127.0.0.1:0".parse().unwrap()], log(), log());
     /// assert!(sockets.check("127.0.0.1:7000".parse().unwrap(), SocketAddrUse::TcpConnect));
     /// assert!(!sockets.check("127.0.0.1:7001".parse().unwrap(), SocketAddrUse::TcpConnect));
     /// assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
@@ -91,8 +104,15 @@ impl WasiSockets {
             SocketAddrUse::TcpConnect => (self.reaches(addr, Use::TcpConnect), Use::TcpConnect),
             SocketAddrUse::UdpBind => (self.policy.check_addr(addr, Use::UdpBind), Use::UdpBind),
             SocketAddrUse::UdpSend => (self.reaches(addr, Use::UdpSend), Use::UdpSend),
-            // Dropped quietly by wasmtime-wasi, as portcullis drops them.
-            SocketAddrUse::UdpReceive => return self.reaches(addr, Use::UdpReceive),
+            // Dropped by wasmtime-wasi, as portcullis drops them: logged, coalesced.
+            SocketAddrUse::UdpReceive => {
+                let admitted = self.reaches(addr, Use::UdpReceive);
+                if !admitted {
+                    self.udp_refusals
+                        .warn(|| format!("datagram from {addr} dropped: no grant covers it (wasi:sockets)"));
+                }
+                return admitted;
+            }
         };
         if !allowed {
             self.denials.warn(|| {
@@ -138,6 +158,10 @@ impl WasiSockets {
             self.denials.warn(|| format!("permission denied: look up {name}: no grant names it (wasi:sockets)"));
             return Err(ErrorCode::AccessDenied);
         }
+        let Ok(_lookup) = self.lookups.try_acquire() else {
+            self.denials.warn(|| format!("look-up of {name} refused: {MAX_LOOKUPS} already under way (wasi:sockets)"));
+            return Err(ErrorCode::TemporaryResolverFailure);
+        };
         let addrs = match policy::resolve::resolve(&policy::normalise_name(&name), 0).await {
             Ok(addrs) => addrs,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(ErrorCode::TemporaryResolverFailure),
@@ -192,4 +216,87 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sockets(
+        connect: &[&str],
+        listen_grants: &[&str],
+        udp: &[&str],
+        listen: &[&str],
+        block: bool,
+    ) -> Arc<WasiSockets> {
+        let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let policy = Policy::parse(&strings(connect), &strings(listen_grants), &strings(udp), block).unwrap();
+        let listen = listen.iter().map(|a| a.parse().unwrap()).collect();
+        let log = || Coalesced::new("test", None);
+        WasiSockets::new(Arc::new(policy), listen, log(), log())
+    }
+
+    fn at(addr: &str) -> SocketAddr {
+        addr.parse().unwrap()
+    }
+
+    #[test]
+    fn binds_and_listens_only_where_listen_or_a_listen_grant_says() {
+        let s = sockets(&[], &["tcp://127.0.0.2:9000"], &[], &["127.0.0.1:7000", "[::1]:0"], false);
+        // Ephemeral binds (a connect makes one) reach nothing.
+        assert!(s.check(at("0.0.0.0:0"), SocketAddrUse::TcpBind));
+        assert!(s.check(at("127.0.0.1:7000"), SocketAddrUse::TcpBind));
+        assert!(s.check(at("127.0.0.1:7000"), SocketAddrUse::TcpListen));
+        assert!(!s.check(at("127.0.0.1:7001"), SocketAddrUse::TcpBind), "a fixed port would be taken from others");
+        assert!(!s.check(at("0.0.0.0:7000"), SocketAddrUse::TcpListen), "all interfaces is not 127.0.0.1");
+        // Port 0 in --listen: any port of that address.
+        assert!(s.check(at("[::1]:45678"), SocketAddrUse::TcpListen));
+        assert!(!s.check(at("[::2]:45678"), SocketAddrUse::TcpListen));
+        // A listen grant.
+        assert!(s.check(at("127.0.0.2:9000"), SocketAddrUse::TcpListen));
+        assert!(!s.check(at("127.0.0.2:9001"), SocketAddrUse::TcpListen));
+        // An implicit listen (no bind first) is on all interfaces, port 0.
+        assert!(!s.check(at("0.0.0.0:0"), SocketAddrUse::TcpListen));
+    }
+
+    #[test]
+    fn peers_by_the_grants_and_the_blocked_networks() {
+        let s = sockets(&["tcp://127.0.0.1:80", "tcp://*:443"], &[], &["udp://10.0.0.53:53"], &[], false);
+        assert!(s.check(at("127.0.0.1:80"), SocketAddrUse::TcpConnect));
+        assert!(s.check(at("[::ffff:127.0.0.1]:80"), SocketAddrUse::TcpConnect), "a mapped spelling is the same");
+        assert!(!s.check(at("127.0.0.1:81"), SocketAddrUse::TcpConnect));
+        assert!(s.check(at("93.184.216.34:443"), SocketAddrUse::TcpConnect));
+        assert!(!s.check(at("169.254.169.254:443"), SocketAddrUse::TcpConnect), "`*` never reaches a blocked network");
+        // UDP: an ephemeral bind with any UDP grant, then sends and receives.
+        assert!(s.check(at("0.0.0.0:0"), SocketAddrUse::UdpBind));
+        assert!(s.check(at("10.0.0.53:53"), SocketAddrUse::UdpSend));
+        assert!(s.check(at("10.0.0.53:53"), SocketAddrUse::UdpReceive));
+        assert!(!s.check(at("10.0.0.54:53"), SocketAddrUse::UdpReceive));
+        // Connect grants are not UDP grants.
+        assert!(!s.check(at("127.0.0.1:80"), SocketAddrUse::UdpSend));
+    }
+
+    #[tokio::test]
+    async fn a_granted_name_admits_its_addresses_for_its_own_ports_and_use() {
+        let s = sockets(&["tcp://localhost:7000"], &[], &[], &[], false);
+        assert!(!s.check(at("127.0.0.1:7000"), SocketAddrUse::TcpConnect), "not before the look-up");
+        let ips = s.resolve("LOCALHOST.".into()).await.unwrap();
+        assert!(ips.iter().any(|ip| ip.is_loopback()), "{ips:?}");
+        let ip = ips[0];
+        assert!(s.check(SocketAddr::new(ip, 7000), SocketAddrUse::TcpConnect));
+        assert!(!s.check(SocketAddr::new(ip, 7001), SocketAddrUse::TcpConnect), "another port");
+        assert!(!s.check(SocketAddr::new(ip, 7000), SocketAddrUse::UdpSend), "another use");
+    }
+
+    #[tokio::test]
+    async fn names_no_grant_names_or_that_reach_blocked_networks_are_not_resolved() {
+        let s = sockets(&["tcp://127.0.0.1:*"], &[], &[], &[], false);
+        assert!(matches!(s.resolve("localhost".into()).await, Err(ErrorCode::AccessDenied)));
+        let s = sockets(&["tcp://localhost:*"], &[], &[], &[], true);
+        assert!(matches!(s.resolve("localhost".into()).await, Err(ErrorCode::AccessDenied)), "loopback is blocked");
+        assert!(matches!(s.resolve("bad name\n".into()).await, Err(ErrorCode::InvalidArgument)));
+        assert!(matches!(s.resolve("x".repeat(300)).await, Err(ErrorCode::InvalidArgument)));
+        // An IP literal resolves to itself; its use is checked later.
+        assert!(matches!(s.resolve("0x7f.1".into()).await, Ok(ips) if ips == vec![IpAddr::from([127, 0, 0, 1])]));
+    }
 }

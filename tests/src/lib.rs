@@ -40,6 +40,10 @@ pub enum Backend {
     /// Standard `wasi:sockets` (`target/wasi-backend/`): the guest listens
     /// where `PORTCULLIS_LISTEN` says.
     Wasi,
+    /// The same WASI-backend build, run by the `wasmtime` command-line
+    /// runtime instead of portcullis (`wasmtime run -S inherit-network`):
+    /// portcullis's flags (grants, limits) do not apply there.
+    Wasmtime,
 }
 
 impl Backend {
@@ -47,7 +51,7 @@ impl Backend {
     pub fn guest(self, name: &str) -> PathBuf {
         let path = match self {
             Backend::Portcullis => layout::guest(&root(), name),
-            Backend::Wasi => layout::wasi_guest(&root(), name),
+            Backend::Wasi | Backend::Wasmtime => layout::wasi_guest(&root(), name),
         };
         assert!(path.exists(), "{} is missing: run `cargo xtask build` first", path.display());
         path
@@ -77,6 +81,34 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// Runs each listed test, an `async fn(Backend)`, with the WASI-backend
+/// guest on the `wasmtime` command-line runtime, as `on_wasmtime::NAME`.
+#[macro_export]
+macro_rules! on_wasmtime {
+    ($($name:ident),* $(,)?) => {
+        mod on_wasmtime {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Wasmtime).await
+                }
+            )*
+        }
+    };
+}
+
+/// `wasmtime run` of `guest` with the network whole (what a WASI guest may
+/// reach is that runtime's business) and `env`.
+pub fn wasmtime_run(guest: &std::path::Path, env: &[(String, String)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("wasmtime");
+    cmd.args(["run", "-S", "inherit-network", "-S", "allow-ip-name-lookup"]);
+    for (k, v) in env {
+        cmd.args(["--env", &format!("{k}={v}")]);
+    }
+    cmd.arg(guest).kill_on_drop(true);
+    cmd
 }
 
 /// The `portcullis` binary built by `cargo xtask build`.
@@ -177,9 +209,12 @@ impl<'r> TestServiceBuilder<'r> {
     pub fn start(mut self) -> TestService {
         let listen: SocketAddr = match self.backend {
             Backend::Portcullis => "127.0.0.1:0".parse().unwrap(),
-            Backend::Wasi => free_port(),
+            Backend::Wasi | Backend::Wasmtime => free_port(),
         };
         self.spec.listen = vec![listen];
+        if self.backend == Backend::Wasmtime {
+            return self.start_on_wasmtime(listen);
+        }
         let loaded = self.runtime.load(&self.spec).expect("load guest");
         let (listeners, addr) = match self.backend {
             Backend::Portcullis => {
@@ -187,11 +222,47 @@ impl<'r> TestServiceBuilder<'r> {
                 let addr = listeners[0].local_addr().unwrap();
                 (listeners, addr)
             }
-            Backend::Wasi => (Vec::new(), listen),
+            Backend::Wasi | Backend::Wasmtime => (Vec::new(), listen),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(loaded, listeners, shutdown.clone()));
         TestService { addr, shutdown, task, backend: self.backend }
+    }
+}
+
+/// Runs `test` on a current-thread runtime of its own, like the
+/// `portcullis` binary's (for tests of what one thread must not block).
+pub async fn on_current_thread(test: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(test)
+    })
+    .await
+    .expect("the test panicked")
+}
+
+impl TestServiceBuilder<'_> {
+    /// The service as a `wasmtime run` child, told where to listen and its
+    /// read time-out as portcullis would tell it; its stop kills the child.
+    fn start_on_wasmtime(self, listen: SocketAddr) -> TestService {
+        let mut env = self.spec.env.clone();
+        env.push(("PORTCULLIS_LISTEN".into(), listen.to_string()));
+        env.push(("PORTCULLIS_READ_TIMEOUT_MS".into(), self.spec.limits.read_timeout.as_millis().to_string()));
+        let mut child = wasmtime_run(&self.spec.component, &env)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start `wasmtime` (cargo xtask wasmtime installs it)");
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    child.kill().await?;
+                    Ok(0)
+                }
+                status = child.wait() => anyhow::bail!("wasmtime exited by itself: {:?}", status?),
+            }
+        });
+        TestService { addr: listen, shutdown, task, backend: Backend::Wasmtime }
     }
 }
 
@@ -216,12 +287,18 @@ impl TestService {
     /// A client connection (for a WASI-backend guest, once it listens:
     /// refused connects are retried for up to 10 s).
     pub async fn connect(&self) -> TcpStream {
-        let stream = match self.backend {
-            Backend::Portcullis => TcpStream::connect(self.addr).await.expect("connect to the service"),
-            Backend::Wasi => connect_when_listening(self.addr).await,
-        };
+        self.listening().await;
+        let stream = TcpStream::connect(self.addr).await.expect("connect to the service");
         stream.set_nodelay(true).unwrap();
         stream
+    }
+
+    /// Returns once the service listens (a WASI-backend guest binds its own
+    /// listener a moment after it starts), without connecting to it.
+    pub async fn listening(&self) {
+        if self.backend != Backend::Portcullis {
+            wait_until_listening(self.addr).await;
+        }
     }
 
     /// Stops gracefully and returns the exit code; fails if it takes too long.
@@ -232,6 +309,29 @@ impl TestService {
             .expect("service did not stop within 10 s")
             .expect("service task panicked")
             .expect("service failed")
+    }
+}
+
+/// Waits (up to 10 s) until a socket listens on `addr`'s port, as the
+/// kernel's `/proc/net/tcp{,6}` says: unlike a probing connect, the service
+/// sees nothing.
+pub async fn wait_until_listening(addr: SocketAddr) {
+    const LISTEN: &str = "0A";
+    let port = format!("{:04X}", addr.port());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            let listens = text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[1].ends_with(&format!(":{port}")) && fields[3] == LISTEN
+            });
+            if listens {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing listens on {addr} after 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -319,7 +419,13 @@ pub async fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
 }
 
 /// `portcullis run <guest> --env K=V ... ARGS`, with the tests' compile cache.
+/// On `Backend::Wasmtime`, `wasmtime run` instead, without `args` (they are
+/// portcullis's: grants and limits do not exist there).
 fn program(backend: Backend, guest_name: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Command {
+    if backend == Backend::Wasmtime {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        return wasmtime_run(&backend.guest(guest_name), &env);
+    }
     let mut cmd = tokio::process::Command::new(portcullis_bin());
     cmd.arg("run").arg(backend.guest(guest_name)).args(args);
     for (k, v) in env {
@@ -384,6 +490,18 @@ impl HostProcess {
         args: &[&str],
         before_exec: Option<fn() -> std::io::Result<()>>,
     ) -> Self {
+        HostProcess::start_on(Backend::Portcullis, test, guest_name, args, before_exec)
+    }
+
+    /// [`HostProcess::start`] with the guest built with `backend` (a
+    /// WASI-backend service prints its own `listening on ADDR`).
+    pub fn start_on(
+        backend: Backend,
+        test: &str,
+        guest_name: &str,
+        args: &[&str],
+        before_exec: Option<fn() -> std::io::Result<()>>,
+    ) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = root().join("target/test-scratch").join(test);
         let _ = std::fs::remove_dir_all(&dir);
@@ -392,7 +510,7 @@ impl HostProcess {
         let mut command = std::process::Command::new(portcullis_bin());
         command
             .arg("run")
-            .arg(guest(guest_name))
+            .arg(backend.guest(guest_name))
             .args(args)
             .env("PORTCULLIS_CACHE_DIR", test_cache())
             .stdout(std::process::Stdio::piped())

@@ -4,8 +4,9 @@
 
 mod layout;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -18,6 +19,8 @@ const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick] |
          smoke run of the bench (every scenario completes; no speed asserted)
   bench  build, then measure portcullis against a native tokio baseline
          (--quick: a short smoke run, under 2 minutes)
+  wasmtime  install the `wasmtime` command-line runtime (the version of the
+         host's wasmtime) when it is missing; `test` does this too
   snapshot DIR  build, then copy the host binary and the echo guest to DIR,
          to compare two builds: target/release/portcullis-bench ab DIR_A DIR_B LOAD";
 
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("snapshot") if args.len() == 2 => snapshot(Path::new(&args[1])),
+        Some("wasmtime") => ensure_wasmtime_cli(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -64,6 +68,110 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// Runs `cmd` with its stdout passed through line by line, and returns each
+/// test's outcome (`test NAME ... ok`) by name; fails as [`run`] does, after
+/// the outcomes are read.
+fn run_recording(cmd: &mut Command) -> Result<HashMap<String, String>> {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+    let mut outcomes = HashMap::new();
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((name, outcome)) = line.strip_prefix("test ").and_then(|rest| rest.split_once(" ... ")) {
+            outcomes.insert(name.to_string(), outcome.trim().to_string());
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(outcomes)
+}
+
+/// The test files whose scenarios run on both backends (`on_both_backends!`).
+const CONFORMANCE_FILES: &[&str] =
+    &["tcp_conformance", "udp", "clients", "permissions", "concurrency", "robustness", "idle", "cli"];
+
+/// Writes the conformance table (scenario x backend, each cell from
+/// `outcomes`) to `target/conformance.md` and into README.md between its
+/// markers.
+fn write_conformance_table(outcomes: &HashMap<String, String>) -> Result<()> {
+    let mut table = String::from(
+        "| file | scenario | portcullis backend | WASI backend | WASI backend on `wasmtime run` |\n|---|---|---|---|---|\n",
+    );
+    for file in CONFORMANCE_FILES {
+        let listed = cargo()
+            .args(["test", "--release", "-q", "-p", "portcullis-tests", "--test", file, "--", "--list"])
+            .stderr(Stdio::null())
+            .output()?;
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        for line in listed.lines() {
+            let Some(name) = line.strip_prefix("portcullis_backend::").and_then(|l| l.strip_suffix(": test")) else {
+                continue;
+            };
+            let listed_here = |module: &str| listed.lines().any(|l| l == format!("{module}::{name}: test"));
+            let cell = |backend: &str| match outcomes.get(&format!("{backend}::{name}")).map(String::as_str) {
+                Some("ok") => "pass".to_string(),
+                Some(other) => format!("**{other}**"),
+                None if listed_here(backend) => "not run".to_string(),
+                None => "—".to_string(),
+            };
+            let scenario = name.replace('_', " ");
+            table.push_str(&format!(
+                "| `{file}` | {scenario} | {} | {} | {} |\n",
+                cell("portcullis_backend"),
+                cell("wasi_backend"),
+                cell("on_wasmtime")
+            ));
+        }
+    }
+    std::fs::write(root().join("target/conformance.md"), &table)?;
+    let readme_path = root().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path)?;
+    let (start, end) = (CONFORMANCE_START, CONFORMANCE_END);
+    if let (Some(a), Some(b)) = (readme.find(start), readme.find(end)) {
+        let updated = format!("{}{start}\n{table}{}", &readme[..a], &readme[b..]);
+        if updated != readme {
+            std::fs::write(&readme_path, updated)?;
+            eprintln!("xtask: README.md's conformance table updated from this run");
+        }
+    }
+    Ok(())
+}
+
+const CONFORMANCE_START: &str = "<!-- conformance table: written by `cargo xtask test` from its run -->";
+const CONFORMANCE_END: &str = "<!-- end of conformance table -->";
+
+/// The `wasmtime` command-line runtime the WASI backend's tests run guests
+/// on: the host's wasmtime version, with what those tests (and `wasmtime
+/// serve` benchmarks) use.
+const WASMTIME_CLI_VERSION: &str = "48.0.8";
+const WASMTIME_CLI_FEATURES: &str = "run,serve,cranelift,component-model,component-model-async,cache,\
+parallel-compilation,pooling-allocator,addr2line,logging";
+
+/// Installs `wasmtime` (with `cargo install --locked`) unless that version
+/// is on the PATH already.
+fn ensure_wasmtime_cli() -> Result<()> {
+    let installed = Command::new("wasmtime").arg("--version").output();
+    if let Ok(out) = &installed
+        && String::from_utf8_lossy(&out.stdout).starts_with(&format!("wasmtime {WASMTIME_CLI_VERSION}"))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing wasmtime-cli {WASMTIME_CLI_VERSION} (several minutes, once)");
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+        "install",
+        "wasmtime-cli",
+        "--version",
+        WASMTIME_CLI_VERSION,
+        "--locked",
+        "--no-default-features",
+        "--features",
+        WASMTIME_CLI_FEATURES,
+    ]))
 }
 
 /// Installs the wasm32-wasip2 target when rustup does not list it yet.
@@ -170,9 +278,17 @@ fn snapshot(dir: &Path) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     build()?;
+    ensure_wasmtime_cli()?;
     // Release: the tests share the optimised host build with demo and bench, and
     // compile guests with an optimised Cranelift.
-    run(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra))?;
+    let outcome =
+        run_recording(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra));
+    // The README's conformance table is this run's outcome, scenario x backend
+    // (also with failures, which it then shows).
+    if let Ok(results) = &outcome {
+        write_conformance_table(results)?;
+    }
+    outcome?;
     // The bench's own helpers (its memory probe) and its argument parsing.
     run(cargo().args(["test", "--release", "-p", "portcullis-bench", "--lib", "--bins"]))?;
     // The SDK's docs must build without warnings.

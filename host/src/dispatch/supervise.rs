@@ -13,7 +13,7 @@ use wasmtime::Store;
 
 use super::event_loop::{EventLoop, Live};
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
-use crate::component::{MainFunc, ServiceComponent};
+use crate::component::{Backend, MainFunc, ServiceComponent};
 use crate::net::TcpConn;
 use crate::net::admission::Admission;
 use crate::state::HostState;
@@ -56,16 +56,25 @@ pub async fn run_shared(
                 // A service has no exit status: its `exit` ends only its
                 // instance, as a trap does (and is logged as one).
                 let closed = live.close_all();
-                if main.is_some() {
+                // A WASI-backend service's `main` is its accept loop: it
+                // starts again, as a service's instance does.
+                let wasi_service = loaded.backend() == Backend::Wasi && loaded.serves_listen();
+                if main.is_some() && !wasi_service {
                     // A program whose main trapped has failed; nothing to restart.
                     tracing::error!(component = %loaded.name, "guest trapped: {trap:#}; closed its {closed} connection(s)");
                     return Ok(1);
                 }
                 // What happened first: a count line keeps only the first line.
-                loaded.warnings.traps.warn(|| {
-                    format!("guest trapped (closed its {closed} connection(s), starting a fresh instance): {trap:#}")
+                loaded.warnings.traps.warn(|| match wasi_service {
+                    // Its connections are the guest's own, gone with it.
+                    true => {
+                        format!("guest trapped (its connections closed with it, starting a fresh instance): {trap:#}")
+                    }
+                    false => format!(
+                        "guest trapped (closed its {closed} connection(s), starting a fresh instance): {trap:#}"
+                    ),
                 });
-                run_main = false;
+                run_main = wasi_service;
                 if shutdown.is_cancelled() {
                     return Ok(0);
                 }

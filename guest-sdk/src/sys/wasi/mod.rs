@@ -207,6 +207,34 @@ impl Signal {
     }
 }
 
+/// Tasks waiting for something to change (a read took bytes), woken all at
+/// once; unlike [`Signal`], it fires again and again.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl Waiters {
+    pub(crate) fn wake_all(&self) {
+        self.waiting.take().into_iter().for_each(Waker::wake);
+    }
+
+    /// Waits until `changed()` is true, checked at each wake.
+    pub(crate) async fn until(&self, changed: impl Fn() -> bool) {
+        poll_fn(|cx| {
+            if changed() {
+                return Poll::Ready(());
+            }
+            let mut waiting = self.waiting.borrow_mut();
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// How a [`race`] ended.
 pub(crate) enum Race<T> {
     Done(T),

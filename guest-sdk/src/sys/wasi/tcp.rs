@@ -23,8 +23,8 @@ use super::bindings::wasi::sockets::types::{ErrorCode, TcpSocket};
 use super::bindings::wit_stream;
 use super::{CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, MAX_IO, SOCKET_CLOSED, WRITE_AFTER_CLOSE};
 use super::{
-    Live, Race, Signal, bracketed, family, from_wasi, generic, race, read_timed_out, reason, resolve, socket_error,
-    to_wasi,
+    Live, Race, Signal, Waiters, bracketed, family, from_wasi, generic, race, read_timed_out, reason, resolve,
+    socket_error, to_wasi,
 };
 use crate::error::Error;
 use crate::sys::Unread;
@@ -77,6 +77,9 @@ struct Shared {
     closed: Signal,
     /// Closed, or its writing shut: the end of a connection whose peer ended.
     write_done: Signal,
+    /// Woken when a read takes bytes: a dispatch whose read-ahead is full
+    /// waits for that.
+    took: Waiters,
 }
 
 /// The receive stream and how it ended.
@@ -144,6 +147,7 @@ impl Conn {
             sent: RefCell::new(Some(sent)),
             closed: Signal::default(),
             write_done: Signal::default(),
+            took: Waiters::default(),
         }))
     }
 
@@ -180,7 +184,10 @@ impl Conn {
         };
         if enough || (have > 0 && (inbox.unread.end || inbox.failed.is_some())) {
             inbox.taken += 1;
-            return Ok(Some(inbox.unread.take(length)));
+            let out = inbox.unread.take(length);
+            drop(inbox);
+            self.0.took.wake_all();
+            return Ok(Some(out));
         }
         if let Some(err) = &inbox.failed {
             return Err(err.clone());
@@ -193,7 +200,7 @@ impl Conn {
         Ok(None)
     }
 
-    /// Reads what the stream has (up to [`MAX_IO`]) into the inbox, waiting
+    /// Reads what the stream has (up to [`MAX_IO`] more) into the inbox, waiting
     /// at most `timeout`. False: it timed out with nothing. A fill by
     /// another task while this one waited for the stream counts.
     async fn fill(&self, timeout: Option<Duration>) -> Result<bool, Error> {
@@ -270,6 +277,16 @@ impl Conn {
             if finished {
                 let _ = race(pin!(shared.write_done.wait()), &shared.closed, Some(shared.read_timeout)).await;
                 return Next::End;
+            }
+            // A full read-ahead the service does not read: no more is read
+            // (the peer meets back-pressure) until a read takes some.
+            let taken = shared.inbox.borrow().taken;
+            if shared.inbox.borrow().unread.len() >= MAX_IO {
+                let took = shared.took.until(|| shared.inbox.borrow().taken != taken);
+                if let Race::Stopped = race(pin!(took), &shared.closed, None).await {
+                    return Next::End;
+                }
+                continue;
             }
             if self.fill(None).await.is_err() {
                 return Next::End;

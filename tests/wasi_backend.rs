@@ -1,0 +1,208 @@
+//! What only the WASI backend has: a component on standard `wasi:sockets`,
+//! under portcullis's policy and bounds. It listens only where `--listen` (or
+//! a listen grant) says; a name grant follows the name to its addresses and
+//! no further; Rust's `std::net` in it goes through the grants too; its CPU
+//! bound restarts at every true wait; its sockets are bounded; a trap starts
+//! a fresh instance, which listens again. (The scenarios both backends share
+//! are in the conformance files, through `on_both_backends!`.)
+
+use std::time::Duration;
+
+use portcullis_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A native echo server on loopback, for any number of connections.
+async fn native_echo() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_service_without_listen_addresses_says_what_is_missing() {
+    let out = run_program_on(Backend::Wasi, "echo", &[], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: PORTCULLIS_LISTEN is not set"), "{stderr}");
+
+    let out = run_program_on(Backend::Wasi, "echo", &[("PORTCULLIS_LISTEN", "localhost:80")], &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`localhost:80` is not ADDR:PORT"), "{stderr}");
+}
+
+#[tokio::test]
+async fn it_listens_only_where_listen_says() {
+    // Without `--listen`, PORTCULLIS_LISTEN set by hand (as on another
+    // runtime) grants nothing: the guest's listen is refused.
+    let other = free_port();
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-listen-elsewhere",
+        "echo",
+        &["--env", &format!("PORTCULLIS_LISTEN={other}")],
+        None,
+    );
+    let code = service.exit_code_within(Duration::from_secs(10));
+    assert_eq!(code, Some(1), "a service listening where no --listen or grant says must fail");
+    let log = service.log();
+    assert!(log.contains(&format!("permission denied: listen tcp://{other}")), "{log}");
+}
+
+#[tokio::test]
+async fn std_net_in_a_wasi_guest_goes_through_the_grants() {
+    let echo = native_echo().await;
+    let env = [("MODE", "std-net"), ("TARGET", &echo.to_string() as &str)];
+    let granted = format!("tcp://127.0.0.1:{}", echo.port());
+    let out = run_program_on(Backend::Wasi, "clients", &env, &["--allow-connect", &granted]).await;
+    assert_eq!(stdout_of(&out), "std::net connected\n");
+    let out = run_program_on(Backend::Wasi, "clients", &env, &["--allow-connect", "tcp://127.0.0.2:1"]).await;
+    assert!(stdout_of(&out).starts_with("std::net refused:"), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_name_grant_admits_its_addresses_only_for_its_own_ports() {
+    let echo = native_echo().await;
+    let target = format!("localhost:{}", echo.port());
+    let env = [("MODE", "echo"), ("TARGET", &target as &str)];
+    // The name is granted, but for another port: the look-up is allowed, the
+    // connect to what it resolved to is not.
+    let other_port = format!("tcp://localhost:{}", echo.port().wrapping_add(1).max(1));
+    let out = run_program_on(Backend::Wasi, "clients", &env, &["--allow-connect", &other_port]).await;
+    assert!(
+        stdout_of(&out).starts_with("error: PermissionDenied: permission denied: connect tcp://localhost"),
+        "{out:?}"
+    );
+    // Not named by any grant: not even looked up (the log says so).
+    let out = run_program_on(Backend::Wasi, "clients", &env, &["--allow-connect", "tcp://127.0.0.1:*"]).await;
+    assert!(stdout_of(&out).starts_with("error: PermissionDenied"), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("look up localhost: no grant names it"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_cpu_bound_restarts_at_every_true_wait() {
+    // Idle for three times the bound between messages: an idle guest is
+    // waiting, not running, and is served each time.
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-cpu-idle",
+        "echo",
+        &["--listen", "127.0.0.1:0", "--callback-cpu-ms", "200"],
+        None,
+    );
+    let addr = service.listening_on();
+    let mut client = connect_when_listening(addr).await;
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let hello = format!("after a wait {i}");
+        assert_eq!(round_trip(&mut client, hello.as_bytes()).await, hello.as_bytes());
+    }
+    assert!(service.running());
+}
+
+#[tokio::test]
+async fn a_spinning_guest_traps_and_a_fresh_instance_listens_again() {
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-spin",
+        "hostile",
+        &["--listen", &free_port().to_string(), "--env", "MODE=spin", "--callback-cpu-ms", "300"],
+        None,
+    );
+    let addr = service.listening_on();
+    let mut client = connect_when_listening(addr).await;
+    client.write_all(b"spin").await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, b"", "the trapped instance's connection is closed");
+    let log = service.log_with("without waiting", 1, Duration::from_secs(5));
+    assert!(log.contains("without waiting (--callback-cpu-ms)"), "{log}");
+    // The fresh instance binds the same address again.
+    assert_eq!(service.stdout_line(), format!("listening on {addr}"));
+    let _again = connect_when_listening(addr).await;
+    assert!(service.running());
+}
+
+#[tokio::test]
+async fn a_socket_flood_stops_at_max_sockets_and_the_host_holds() {
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-udp-flood",
+        "hostile",
+        &[
+            "--listen",
+            &free_port().to_string(),
+            "--env",
+            "MODE=udp-flood",
+            "--max-sockets",
+            "32",
+            "--allow-udp",
+            "udp://*:*",
+        ],
+        None,
+    );
+    let addr = service.listening_on();
+    let before = service.descriptors();
+    let mut client = connect_when_listening(addr).await;
+    client.write_all(b"flood").await.unwrap();
+    // The guest meets its table's bound and traps (wasmtime-wasi has no
+    // error for a full table); its sockets go with it.
+    let _ = read_to_end(&mut client).await;
+    let log = service.log_with("guest trapped", 1, Duration::from_secs(5));
+    assert!(log.contains("guest trapped"), "{log}");
+    assert_eq!(service.stdout_line(), format!("listening on {addr}"));
+    let after = service.descriptors();
+    assert!(after <= before + 8, "descriptors before {before}, after {after}");
+    let mut again = connect_when_listening(addr).await;
+    again.write_all(b"x").await.unwrap();
+    assert!(service.running());
+}
+
+/// The README's command for another runtime, as written there: the echo
+/// example on `wasmtime run`, driven over loopback (a round trip, a large
+/// echo in parts, the end of stream closing it).
+#[tokio::test]
+async fn the_echo_example_runs_on_the_wasmtime_command_line_as_the_readme_says() {
+    let addr = free_port();
+    let mut wasmtime = tokio::process::Command::new("wasmtime")
+        .args(["run", "-S", "inherit-network", "--env", &format!("PORTCULLIS_LISTEN={addr}")])
+        .arg(Backend::Wasi.guest("echo"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start `wasmtime` (cargo xtask wasmtime installs it)");
+    let mut stdout = tokio::io::BufReader::new(wasmtime.stdout.take().unwrap());
+    let mut line = String::new();
+    let announced = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncBufReadExt;
+        stdout.read_line(&mut line).await
+    });
+    announced.await.expect("no `listening on` within 30 s").unwrap();
+    assert_eq!(line.trim(), format!("listening on {addr}"));
+
+    let mut client = connect_when_listening(addr).await;
+    client.set_nodelay(true).unwrap();
+    assert_eq!(round_trip(&mut client, b"Hello Ballerina\n").await, b"Hello Ballerina\n");
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut read_half, mut write_half) = client.into_split();
+    let writer = tokio::spawn(async move {
+        write_half.write_all(&large).await.unwrap();
+        write_half.shutdown().await.unwrap();
+        large
+    });
+    let mut echoed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), read_half.read_to_end(&mut echoed)).await.unwrap().unwrap();
+    assert!(echoed == writer.await.unwrap(), "the large echo differs");
+    assert!(wasmtime.try_wait().unwrap().is_none(), "the service keeps running after a client ends");
+}
