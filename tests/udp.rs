@@ -192,3 +192,12 @@ on_both_backends!(
     two_clients_of_one_instance_work_at_once,
     four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing,
 );
+
+// On the `wasmtime` command line too (no grants there, so not the denials).
+on_wasmtime!(
+    udp_echo_returns_the_datagram,
+    receive_on_a_bound_port_gets_the_peers_datagram,
+    receive_times_out_with_read_timed_out,
+    udp_errors_are_clear,
+    two_clients_of_one_instance_work_at_once,
+);

@@ -265,16 +265,15 @@ impl Conn {
             if shared.closed.is_set() {
                 return Next::End;
             }
-            let finished = {
+            let nothing_more_comes = {
                 let inbox = shared.inbox.borrow();
                 let new = inbox.arrived != seen.arrived || inbox.taken != seen.taken;
                 if inbox.pending() && new {
                     return Next::Deliver;
                 }
-                let nothing_more = inbox.unread.end || inbox.failed.is_some() || inbox.read_shut;
-                nothing_more
+                inbox.unread.end || inbox.failed.is_some() || inbox.read_shut
             };
-            if finished {
+            if nothing_more_comes {
                 let _ = race(pin!(shared.write_done.wait()), &shared.closed, Some(shared.read_timeout)).await;
                 return Next::End;
             }
