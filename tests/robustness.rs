@@ -63,9 +63,8 @@ async fn a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on(backend: 
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
-    let service = TestService::scenario("echo").max_connections(2).start();
+async fn at_the_connection_limit_a_new_client_waits_until_one_closes(backend: Backend) {
+    let service = TestService::scenario("echo").on(backend).max_connections(2).start();
     let mut clients = echoing_clients(&service, 2).await;
 
     // The third handshake completes in the kernel's backlog, but nobody serves it...
@@ -81,6 +80,7 @@ async fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
 }
 
 on_both_backends!(
+    at_the_connection_limit_a_new_client_waits_until_one_closes,
     after_a_trap_the_next_connection_is_still_served,
     repeated_traps_never_stop_the_service,
     a_guest_stuck_in_a_loop_neither_freezes_the_host_nor_lives_on,

@@ -206,3 +206,37 @@ async fn the_echo_example_runs_on_the_wasmtime_command_line_as_the_readme_says()
     assert!(echoed == writer.await.unwrap(), "the large echo differs");
     assert!(wasmtime.try_wait().unwrap().is_none(), "the service keeps running after a client ends");
 }
+
+/// Clients cannot fill a WASI-backend service's socket table (which would
+/// trap it): its listeners accept at most `--max-connections` (by default
+/// half of `--max-sockets`) at once, and the rest wait in the backlog.
+#[tokio::test]
+async fn a_client_flood_waits_in_the_backlog_instead_of_trapping_the_service() {
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-client-flood",
+        "echo",
+        &["--listen", &free_port().to_string(), "--max-sockets", "40"],
+        None,
+    );
+    let addr = service.listening_on();
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        clients.push(connect_when_listening(addr).await);
+    }
+    // The first 20 (40 / 2) are served; the 21st waits.
+    for (i, client) in clients.iter_mut().enumerate().take(20) {
+        let hello = format!("client {i}");
+        assert_eq!(round_trip(client, hello.as_bytes()).await, hello.as_bytes());
+    }
+    assert_unserved(&mut clients[20], b"waiting", Duration::from_millis(300)).await;
+    // Room comes as clients leave; nothing trapped.
+    clients.drain(..20);
+    assert_eq!(read_n(&mut clients[0], 7).await, b"waiting");
+    for (i, client) in clients.iter_mut().enumerate().skip(1).take(19) {
+        let hello = format!("late {i}");
+        assert_eq!(round_trip(client, hello.as_bytes()).await, hello.as_bytes());
+    }
+    assert!(!service.log().contains("guest trapped"), "{}", service.log());
+    assert!(service.running());
+}

@@ -41,7 +41,8 @@
 //!   so any runtime with WASI 0.3 sockets runs it (portcullis too, under its
 //!   grants). The SDK then listens itself, where `PORTCULLIS_LISTEN`
 //!   (`ADDR:PORT[,ADDR:PORT...]`) says, with `PORTCULLIS_READ_TIMEOUT_MS` as
-//!   the accepted connections' read time-out, and runs the callbacks by the
+//!   the accepted connections' read time-out and `PORTCULLIS_MAX_CONNECTIONS`
+//!   as the most it serves at once, and runs the callbacks by the
 //!   same rules (at most one `on_read_ready` at a time per connection, again
 //!   only after a read or new bytes; `on_close` exactly once).
 //!

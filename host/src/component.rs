@@ -128,6 +128,9 @@ impl Backend {
 pub const LISTEN_VAR: &str = "PORTCULLIS_LISTEN";
 /// ... and the read time-out of the connections it accepts (`--read-timeout-ms`).
 pub const READ_TIMEOUT_VAR: &str = "PORTCULLIS_READ_TIMEOUT_MS";
+/// ... and the most it accepts at once (`--max-connections`; by default half
+/// of `--max-sockets`, so that each connection may hold one socket more).
+pub const MAX_CONNECTIONS_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS";
 
 /// Every capability a component may import, each through its own
 /// `add_to_linker`: WASI p2 and p3 (stdio, env, clocks, random; sockets only
@@ -178,6 +181,9 @@ impl ServiceComponent {
         let wasi_sockets = match backend {
             Backend::Portcullis => None,
             Backend::Wasi => {
+                let max = spec.limits.max_connections.map_or(spec.limits.max_sockets as usize / 2, |n| n.get());
+                env.retain(|(k, _)| k != MAX_CONNECTIONS_VAR);
+                env.push((MAX_CONNECTIONS_VAR.to_string(), max.to_string()));
                 if !spec.listen.is_empty() {
                     let listen: Vec<String> = spec.listen.iter().map(|a| a.to_string()).collect();
                     env.retain(|(k, _)| k != LISTEN_VAR && k != READ_TIMEOUT_VAR);

@@ -26,6 +26,10 @@ pub const LISTEN_VAR: &str = "PORTCULLIS_LISTEN";
 /// 300,000; `portcullis run --read-timeout-ms` sets it).
 pub const READ_TIMEOUT_VAR: &str = "PORTCULLIS_READ_TIMEOUT_MS";
 
+/// The most accepted connections open at once (`portcullis run
+/// --max-connections` sets it; default: no cap).
+pub const MAX_CONNECTIONS_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS";
+
 /// A service's `run`: listens where [`LISTEN_VAR`] says and serves until
 /// every listener has ended (the runtime stops it sooner).
 pub async fn serve<S: Service>() -> Result<(), ()> {
@@ -43,11 +47,24 @@ async fn listen_and_serve<S: Service>() -> Result<(), Error> {
         ),
         Err(_) => crate::DEFAULT_READ_TIMEOUT,
     };
+    cap_accepted()?;
     for addr in addrs {
         let local = tcp::listen_at(addr, read_timeout)?;
         crate::program::print_stdout(&format!("listening on {local}"));
     }
     Live::all_ended().await;
+    Ok(())
+}
+
+/// Applies `PORTCULLIS_MAX_CONNECTIONS`, if set, to every listener.
+fn cap_accepted() -> Result<(), Error> {
+    if let Ok(max) = std::env::var(MAX_CONNECTIONS_VAR) {
+        let max = max
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| generic(format!("{MAX_CONNECTIONS_VAR}: `{max}` is not a number of connections")))?;
+        tcp::set_max_accepted(max);
+    }
     Ok(())
 }
 
@@ -77,7 +94,10 @@ pub async fn run_program<E: Display>(
     if let Some(Callbacks(serve)) = callbacks {
         tcp::set_callbacks(serve);
     }
-    let result = main.await;
+    let result = match cap_accepted() {
+        Ok(()) => main.await,
+        Err(e) => return report(Err(e)),
+    };
     Live::all_ended().await;
     report(result)
 }

@@ -219,16 +219,21 @@ impl Waiters {
         self.waiting.take().into_iter().for_each(Waker::wake);
     }
 
+    /// Wakes the task of `cx` at the next [`Waiters::wake_all`].
+    pub(crate) fn register(&self, cx: &Context<'_>) {
+        let mut waiting = self.waiting.borrow_mut();
+        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            waiting.push(cx.waker().clone());
+        }
+    }
+
     /// Waits until `changed()` is true, checked at each wake.
     pub(crate) async fn until(&self, changed: impl Fn() -> bool) {
         poll_fn(|cx| {
             if changed() {
                 return Poll::Ready(());
             }
-            let mut waiting = self.waiting.borrow_mut();
-            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                waiting.push(cx.waker().clone());
-            }
+            self.register(cx);
             Poll::Pending
         })
         .await

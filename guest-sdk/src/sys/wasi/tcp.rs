@@ -11,9 +11,11 @@
 //! so concurrent writes never interleave.
 
 use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::rc::{Rc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::lock::Mutex;
@@ -36,6 +38,51 @@ pub(crate) type ServeFn = fn(Conn) -> Pin<Box<dyn Future<Output = ()>>>;
 thread_local! {
     static CALLBACKS: Cell<Option<ServeFn>> = const { Cell::new(None) };
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+    /// Connections the listeners accepted and that are still open, against
+    /// the most the instance accepts at once.
+    static ACCEPTED: Accepted = Accepted { open: Cell::new(0), max: Cell::new(usize::MAX), closed: Waiters::default() };
+}
+
+struct Accepted {
+    open: Cell<usize>,
+    max: Cell<usize>,
+    /// Woken as an accepted connection closes.
+    closed: Waiters,
+}
+
+/// The most accepted connections open at once (`PORTCULLIS_MAX_CONNECTIONS`):
+/// at the cap the listeners stop accepting, so further clients wait in the
+/// listen backlog, as under the portcullis backend.
+pub(crate) fn set_max_accepted(max: usize) {
+    ACCEPTED.with(|a| a.max.set(max.max(1)));
+}
+
+/// An accepted connection's place under the cap, given back as it closes.
+struct AcceptedSlot;
+
+impl AcceptedSlot {
+    async fn take() -> AcceptedSlot {
+        poll_fn(|cx| {
+            ACCEPTED.with(|a| {
+                if a.open.get() < a.max.get() {
+                    a.open.set(a.open.get() + 1);
+                    return Poll::Ready(AcceptedSlot);
+                }
+                a.closed.register(cx);
+                Poll::Pending
+            })
+        })
+        .await
+    }
+}
+
+impl Drop for AcceptedSlot {
+    fn drop(&mut self) {
+        ACCEPTED.with(|a| {
+            a.open.set(a.open.get() - 1);
+            a.closed.wake_all();
+        });
+    }
 }
 
 /// Makes `serve` the dispatch of callback clients and listeners' connections.
@@ -80,6 +127,8 @@ struct Shared {
     /// Woken when a read takes bytes: a dispatch whose read-ahead is full
     /// waits for that.
     took: Waiters,
+    /// An accepted connection's place under the cap, until it closes.
+    slot: RefCell<Option<AcceptedSlot>>,
 }
 
 /// The receive stream and how it ended.
@@ -125,7 +174,8 @@ pub(crate) enum Next {
 }
 
 impl Conn {
-    fn new(socket: TcpSocket, accepted: bool, read_timeout: Duration) -> Conn {
+    fn new(socket: TcpSocket, slot: Option<AcceptedSlot>, read_timeout: Duration) -> Conn {
+        let accepted = slot.is_some();
         let unknown = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
         let remote = socket.get_remote_address().map(from_wasi).unwrap_or(unknown);
         let local = socket.get_local_address().map(from_wasi).unwrap_or(unknown);
@@ -148,6 +198,7 @@ impl Conn {
             closed: Signal::default(),
             write_done: Signal::default(),
             took: Waiters::default(),
+            slot: RefCell::new(slot),
         }))
     }
 
@@ -353,6 +404,7 @@ impl Conn {
             *receive = None;
         }
         shared.socket.borrow_mut().take();
+        shared.slot.borrow_mut().take();
         Ok(())
     }
 
@@ -430,7 +482,7 @@ pub(crate) async fn connect(
         let addr = SocketAddr::new(ip, port);
         match connect_one(addr, connect_timeout).await {
             Ok(socket) => {
-                let conn = Conn::new(socket, false, read_timeout);
+                let conn = Conn::new(socket, None, read_timeout);
                 if callback {
                     serve(conn.clone())?;
                 }
@@ -537,11 +589,16 @@ async fn accept_loop(
     _live: Live,
 ) {
     loop {
+        // At the cap, wait for a connection to close before taking the next.
+        let slot = match race(pin!(AcceptedSlot::take()), &accepting.stop, None).await {
+            Race::Done(slot) => slot,
+            Race::Stopped | Race::TimedOut => return,
+        };
         let next = match race(pin!(incoming.next()), &accepting.stop, None).await {
             Race::Done(Some(socket)) => socket,
             Race::Done(None) | Race::Stopped | Race::TimedOut => return,
         };
-        let conn = Conn::new(next, true, read_timeout);
+        let conn = Conn::new(next, Some(slot), read_timeout);
         let mut accepted = accepting.accepted.borrow_mut();
         accepted.retain(|c| c.strong_count() > 0);
         accepted.push(Rc::downgrade(&conn.0));
