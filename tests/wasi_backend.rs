@@ -240,3 +240,45 @@ async fn a_client_flood_waits_in_the_backlog_instead_of_trapping_the_service() {
     assert!(!service.log().contains("guest trapped"), "{}", service.log());
     assert!(service.running());
 }
+
+/// The connection limits portcullis passes on (`--idle-timeout-ms`,
+/// `--max-connections-per-ip`, `--write-timeout-ms`), which the SDK's WASI
+/// backend applies as the host does for its own connections.
+#[tokio::test]
+async fn idle_per_address_and_write_limits_hold_for_a_wasi_service() {
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-connection-limits",
+        "scenarios",
+        &[
+            "--listen",
+            &free_port().to_string(),
+            "--env",
+            "MODE=stream-out",
+            "--idle-timeout-ms",
+            "600",
+            "--max-connections-per-ip",
+            "2",
+            "--write-timeout-ms",
+            "500",
+        ],
+        None,
+    );
+    let addr = service.listening_on();
+    let mut idle = connect_when_listening(addr).await;
+    let mut never_reads = connect_when_listening(addr).await;
+    // A third from the same address is closed at once.
+    let mut third = connect_when_listening(addr).await;
+    let closed_at_once = tokio::time::timeout(Duration::from_secs(2), read_to_end(&mut third)).await;
+    assert_eq!(closed_at_once.expect("the third connection was kept"), b"");
+    // The one that asks for a stream and never reads: its write times out.
+    never_reads.write_all(b"go").await.unwrap();
+    let log = service.log_with("write timed out", 1, Duration::from_secs(5));
+    assert!(log.contains("stream-out: write failed after") && log.contains("write timed out"), "{log}");
+    // The silent one is closed after the idle time-out.
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), read_to_end(&mut idle)).await;
+    assert_eq!(closed.expect("the idle connection was kept"), b"");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(service.running());
+}

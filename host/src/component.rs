@@ -131,6 +131,11 @@ pub const READ_TIMEOUT_VAR: &str = "PORTCULLIS_READ_TIMEOUT_MS";
 /// ... and the most it accepts at once (`--max-connections`; by default half
 /// of `--max-sockets`, so that each connection may hold one socket more).
 pub const MAX_CONNECTIONS_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS";
+/// ... `--max-connections-per-ip`, `--idle-timeout-ms`, `--write-timeout-ms`
+/// (0: never), which the SDK's WASI backend applies as the host does.
+pub const MAX_CONNECTIONS_PER_IP_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS_PER_IP";
+pub const IDLE_TIMEOUT_VAR: &str = "PORTCULLIS_IDLE_TIMEOUT_MS";
+pub const WRITE_TIMEOUT_VAR: &str = "PORTCULLIS_WRITE_TIMEOUT_MS";
 
 /// Every capability a component may import, each through its own
 /// `add_to_linker`: WASI p2 and p3 (stdio, env, clocks, random; sockets only
@@ -181,9 +186,19 @@ impl ServiceComponent {
         let wasi_sockets = match backend {
             Backend::Portcullis => None,
             Backend::Wasi => {
-                let max = spec.limits.max_connections.map_or(spec.limits.max_sockets as usize / 2, |n| n.get());
-                env.retain(|(k, _)| k != MAX_CONNECTIONS_VAR);
-                env.push((MAX_CONNECTIONS_VAR.to_string(), max.to_string()));
+                let limits = &spec.limits;
+                let max = limits.max_connections.map_or(limits.max_sockets as usize / 2, |n| n.get());
+                let ms = |t: Option<std::time::Duration>| t.map_or(0, |t| t.as_millis().max(1)).to_string();
+                let mut told = vec![
+                    (MAX_CONNECTIONS_VAR, max.to_string()),
+                    (IDLE_TIMEOUT_VAR, ms(limits.idle_timeout)),
+                    (WRITE_TIMEOUT_VAR, ms(limits.write_timeout)),
+                ];
+                if let Some(per_ip) = limits.max_connections_per_ip {
+                    told.push((MAX_CONNECTIONS_PER_IP_VAR, per_ip.to_string()));
+                }
+                env.retain(|(k, _)| !told.iter().any(|(var, _)| k == var));
+                env.extend(told.into_iter().map(|(var, value)| (var.to_string(), value)));
                 if !spec.listen.is_empty() {
                     let listen: Vec<String> = spec.listen.iter().map(|a| a.to_string()).collect();
                     env.retain(|(k, _)| k != LISTEN_VAR && k != READ_TIMEOUT_VAR);

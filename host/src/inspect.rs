@@ -32,7 +32,11 @@ pub fn inspect(path: &Path) -> Result<String> {
     let exports: Vec<String> = ty.exports(&engine).map(|(name, _)| name.to_string()).collect();
 
     let has = |prefix: &str| exports.iter().any(|e| e.starts_with(prefix));
+    let wasi_backend = Backend::of(&engine, &component) == Backend::Wasi;
     let world = match (has("portcullis:socket/callbacks@"), has("wasi:cli/run@")) {
+        (false, true) if wasi_backend => {
+            "command (wasi:cli/run: a service listens where PORTCULLIS_LISTEN says; a program runs to completion)"
+        }
         (true, true) => "program-with-callbacks (a main, and callbacks for its clients and listeners)",
         (false, true) => "program (a main that runs to completion)",
         (true, false) => "service (callbacks; attach it with --listen ADDR:PORT)",

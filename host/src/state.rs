@@ -119,6 +119,9 @@ pub fn new_store(
     }
     let mut store = Store::new(engine, state);
     if standard_sockets {
+        // Streams, futures and calls under way cost the host too.
+        let handles = limits.max_sockets as usize * crate::wasi_sockets::HANDLES_PER_SOCKET;
+        store.set_max_component_handles(handles.max(1024));
         store.call_hook(|mut ctx, hook| {
             let state = ctx.data_mut();
             match hook {

@@ -36,6 +36,15 @@ pub const NAME_ADMISSION: Duration = Duration::from_secs(60);
 /// The most admitted (address, grant) pairs one component keeps; the
 /// oldest go first.
 const MAX_ADMITTED: usize = 4096;
+/// The most UDP receives one instance has under way at once: wasmtime-wasi
+/// sets aside a 64 KiB buffer for each as it starts (100,000 pending
+/// receives took 2.6 GB of the host); more wait for a turn.
+pub const MAX_UDP_RECEIVES: usize = 16;
+/// The most component-model handles (sockets, streams, futures, calls under
+/// way) one WASI-backend instance holds, per socket of `--max-sockets`: an
+/// SDK connection takes about eight. Past it, the instance traps.
+pub const HANDLES_PER_SOCKET: usize = 16;
+
 /// The most name look-ups one component has under way at once (each holds a
 /// thread of the blocking pool for up to `policy::resolve::RESOLVE_TIMEOUT`);
 /// more fail at once with `temporary-resolver-failure`.
@@ -49,6 +58,7 @@ pub struct WasiSockets {
     listen: Vec<SocketAddr>,
     admitted: Mutex<Vec<Admitted>>,
     lookups: tokio::sync::Semaphore,
+    udp_receives: Arc<tokio::sync::Semaphore>,
     denials: Arc<Coalesced>,
     /// Datagrams from senders no grant covers (wasmtime-wasi drops them).
     udp_refusals: Arc<Coalesced>,
@@ -70,7 +80,16 @@ impl WasiSockets {
         udp_refusals: Arc<Coalesced>,
     ) -> Arc<Self> {
         let lookups = tokio::sync::Semaphore::new(MAX_LOOKUPS);
-        Arc::new(WasiSockets { policy, listen, admitted: Mutex::default(), lookups, denials, udp_refusals })
+        let udp_receives = Arc::new(tokio::sync::Semaphore::new(MAX_UDP_RECEIVES));
+        Arc::new(WasiSockets {
+            policy,
+            listen,
+            admitted: Mutex::default(),
+            lookups,
+            udp_receives,
+            denials,
+            udp_refusals,
+        })
     }
 
     /// wasmtime-wasi's socket address check: may the guest use `addr` for `use_`?
@@ -93,16 +112,11 @@ impl WasiSockets {
         let (allowed, denied_use) = match use_ {
             // An ephemeral bind reaches nothing (a connect makes one); a
             // fixed port would take it from others, so it needs a listen.
-            SocketAddrUse::TcpBind => (
-                addr.port() == 0 || self.listens_at(addr) || self.policy.check_addr(addr, Use::TcpListen),
-                Use::TcpListen,
-            ),
-            SocketAddrUse::TcpListen => {
-                (self.listens_at(addr) || self.policy.check_addr(addr, Use::TcpListen), Use::TcpListen)
-            }
+            SocketAddrUse::TcpBind => (addr.port() == 0 || self.may_listen(addr), Use::TcpListen),
+            SocketAddrUse::TcpListen => (self.may_listen(addr), Use::TcpListen),
             SocketAddrUse::TcpAccept => (true, Use::TcpListen),
             SocketAddrUse::TcpConnect => (self.reaches(addr, Use::TcpConnect), Use::TcpConnect),
-            SocketAddrUse::UdpBind => (self.policy.check_addr(addr, Use::UdpBind), Use::UdpBind),
+            SocketAddrUse::UdpBind => (self.reaches(addr, Use::UdpBind), Use::UdpBind),
             SocketAddrUse::UdpSend => (self.reaches(addr, Use::UdpSend), Use::UdpSend),
             // Dropped by wasmtime-wasi, as portcullis drops them: logged, coalesced.
             SocketAddrUse::UdpReceive => {
@@ -123,11 +137,17 @@ impl WasiSockets {
         allowed
     }
 
-    fn listens_at(&self, addr: SocketAddr) -> bool {
-        self.listen.iter().any(|l| policy::unmap(l.ip()) == addr.ip() && (l.port() == 0 || l.port() == addr.port()))
+    /// `--listen` says so, or a listen grant (by address, or by a name that
+    /// resolved to it).
+    fn may_listen(&self, addr: SocketAddr) -> bool {
+        let listed = self
+            .listen
+            .iter()
+            .any(|l| policy::unmap(l.ip()) == addr.ip() && (l.port() == 0 || l.port() == addr.port()));
+        listed || self.reaches(addr, Use::TcpListen)
     }
 
-    /// A peer: granted by address, or admitted through a granted name.
+    /// Granted by address, or admitted through a granted name.
     fn reaches(&self, addr: SocketAddr, use_: Use) -> bool {
         if self.policy.check_addr(addr, use_) {
             return true;
@@ -139,8 +159,8 @@ impl WasiSockets {
             .any(|a| a.ip == addr.ip() && a.action == use_.action() && a.ports.contains(addr.port()) && a.until > now)
     }
 
-    /// `resolve-addresses` under the grants: only a name a connect or UDP
-    /// grant covers is looked up; all its addresses must be outside the
+    /// `resolve-addresses` under the grants: only a name a connect, listen or
+    /// UDP grant covers is looked up; all its addresses must be outside the
     /// blocked networks; they are then admitted for the grant's ports.
     /// An IP literal resolves to itself (its uses are checked).
     pub async fn resolve(&self, name: String) -> Result<Vec<IpAddr>, ErrorCode> {
@@ -150,7 +170,7 @@ impl WasiSockets {
         if let Some(ip) = policy::parse_ip_literal(&name) {
             return Ok(vec![ip]);
         }
-        let grants: Vec<(Action, Ports)> = [Action::Connect, Action::Udp]
+        let grants: Vec<(Action, Ports)> = [Action::Connect, Action::Listen, Action::Udp]
             .into_iter()
             .flat_map(|action| self.policy.ports_for_name(action, &name).into_iter().map(move |p| (action, p)))
             .collect();
@@ -186,7 +206,11 @@ impl WasiSockets {
         admitted.retain(|a| a.until > now);
         for ip in &ips {
             for (action, ports) in &grants {
-                admitted.push(Admitted { ip: *ip, action: *action, ports: *ports, until });
+                // A look-up repeated renews its admission rather than adding one.
+                match admitted.iter_mut().find(|a| a.ip == *ip && a.action == *action && a.ports == *ports) {
+                    Some(known) => known.until = until,
+                    None => admitted.push(Admitted { ip: *ip, action: *action, ports: *ports, until }),
+                }
             }
         }
         let over = admitted.len().saturating_sub(MAX_ADMITTED);
@@ -198,11 +222,37 @@ impl WasiSockets {
 /// The `wasi:sockets/ip-name-lookup` version that wasmtime-wasi's p3 links.
 const NAME_LOOKUP_INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.3.0";
 
-/// Shadows `resolve-addresses` in `linker` (after
-/// `wasmtime_wasi::p3::add_to_linker`) with [`WasiSockets::resolve`]; an
-/// instance without standard sockets is refused every look-up.
+/// The `wasi:sockets/types` version that wasmtime-wasi's p3 links.
+const TYPES_INTERFACE: &str = "wasi:sockets/types@0.3.0";
+
+/// Shadows, in `linker` (after `wasmtime_wasi::p3::add_to_linker`),
+/// `resolve-addresses` with [`WasiSockets::resolve`] (an instance without
+/// standard sockets is refused every look-up) and `udp-socket.receive` with
+/// wasmtime-wasi's own under [`MAX_UDP_RECEIVES`].
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p3::bindings::sockets::types::{ErrorCode as SocketErrorCode, HostUdpSocketWithStore};
+    use wasmtime_wasi::sockets::{UdpSocket, WasiSocketsView};
     linker.allow_shadowing(true);
+    let mut types = linker.instance(TYPES_INTERFACE)?;
+    types.func_wrap_concurrent(
+        "[method]udp-socket.receive",
+        |acc: &Accessor<HostState>, (socket,): (wasmtime::component::Resource<UdpSocket>,)| {
+            Box::pin(async move {
+                let turns = acc.with(|mut access| access.get().wasi_sockets.as_ref().map(|s| s.udp_receives.clone()));
+                let _turn = match &turns {
+                    Some(turns) => Some(turns.acquire().await?),
+                    None => None,
+                };
+                let sockets = acc.with_getter::<wasmtime_wasi::sockets::WasiSockets>(|state| state.sockets());
+                let received: Result<(Vec<u8>, _), SocketErrorCode> =
+                    match wasmtime_wasi::sockets::WasiSockets::receive(&sockets, socket).await {
+                        Ok(received) => Ok(received),
+                        Err(e) => Err(e.downcast()?),
+                    };
+                Ok((received,))
+            })
+        },
+    )?;
     let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE)?;
     lookup.func_wrap_concurrent("resolve-addresses", |acc: &Accessor<HostState>, (name,): (String,)| {
         Box::pin(async move {
@@ -286,6 +336,21 @@ mod tests {
         assert!(s.check(SocketAddr::new(ip, 7000), SocketAddrUse::TcpConnect));
         assert!(!s.check(SocketAddr::new(ip, 7001), SocketAddrUse::TcpConnect), "another port");
         assert!(!s.check(SocketAddr::new(ip, 7000), SocketAddrUse::UdpSend), "another use");
+    }
+
+    #[tokio::test]
+    async fn a_listen_or_udp_grant_by_name_admits_binds_to_its_addresses() {
+        let s = sockets(&[], &["tcp://localhost:9000"], &["udp://localhost:5000"], &[], false);
+        let ip = s.resolve("localhost".into()).await.unwrap()[0];
+        assert!(s.check(SocketAddr::new(ip, 9000), SocketAddrUse::TcpBind));
+        assert!(s.check(SocketAddr::new(ip, 9000), SocketAddrUse::TcpListen));
+        assert!(!s.check(SocketAddr::new(ip, 9001), SocketAddrUse::TcpListen));
+        assert!(s.check(SocketAddr::new(ip, 5000), SocketAddrUse::UdpBind));
+        assert!(!s.check(SocketAddr::new(ip, 5000), SocketAddrUse::TcpConnect));
+        // Looked up again: renewed, not added.
+        let before = s.admitted.lock().unwrap().len();
+        s.resolve("localhost".into()).await.unwrap();
+        assert_eq!(s.admitted.lock().unwrap().len(), before);
     }
 
     #[tokio::test]

@@ -83,9 +83,11 @@ pub(super) fn nets(list: &[&str]) -> Vec<IpNet> {
 
 /// Never reachable through a name or `*`: an explicit IP/CIDR grant is needed.
 pub(super) const ALWAYS_BLOCKED: &[&str] = &[
-    "0.0.0.0/8",      // "this network"
-    "169.254.0.0/16", // link-local, including the cloud metadata 169.254.169.254
-    "224.0.0.0/4",    // multicast
+    "0.0.0.0/8",          // "this network"
+    "169.254.0.0/16",     // link-local, including the cloud metadata 169.254.169.254
+    "100.100.100.200/32", // Alibaba Cloud's metadata service
+    "fd00:ec2::254/128",  // AWS's IPv6 metadata service
+    "224.0.0.0/4",        // multicast
     "255.255.255.255/32",
     "::/128",
     "fe80::/10", // link-local

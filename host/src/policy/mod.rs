@@ -155,8 +155,9 @@ impl Policy {
 
     /// The ports `action`'s grants give `name` by name (`db.internal`,
     /// `*.internal`, `*`): what a WASI guest's look-up of the name may lead
-    /// to. A WASI guest looks a name up before it says what for, so the
-    /// look-up is checked on the name alone. Empty: no grant names it.
+    /// to (a connect, a listen, UDP). A WASI guest looks a name up before it
+    /// says what for, so the look-up is checked on the name alone. Empty: no
+    /// grant names it.
     ///
     /// ```
     /// use portcullis::policy::{Action, Policy};

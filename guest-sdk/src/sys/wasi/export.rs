@@ -29,6 +29,15 @@ pub const READ_TIMEOUT_VAR: &str = "PORTCULLIS_READ_TIMEOUT_MS";
 /// The most accepted connections open at once (`portcullis run
 /// --max-connections` sets it; default: no cap).
 pub const MAX_CONNECTIONS_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS";
+/// The most from one client address, an IPv4 address or an IPv6 /64
+/// (`--max-connections-per-ip`; default: no cap).
+pub const MAX_CONNECTIONS_PER_IP_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS_PER_IP";
+/// Close an accepted connection idle this long, in ms; 0: never
+/// (`--idle-timeout-ms`; default 300000).
+pub const IDLE_TIMEOUT_VAR: &str = "PORTCULLIS_IDLE_TIMEOUT_MS";
+/// Fail a write that sent nothing for this long, in ms; 0: never
+/// (`--write-timeout-ms`; default 300000).
+pub const WRITE_TIMEOUT_VAR: &str = "PORTCULLIS_WRITE_TIMEOUT_MS";
 
 /// A service's `run`: listens where [`LISTEN_VAR`] says and serves until
 /// every listener has ended (the runtime stops it sooner).
@@ -47,7 +56,7 @@ async fn listen_and_serve<S: Service>() -> Result<(), Error> {
         ),
         Err(_) => crate::DEFAULT_READ_TIMEOUT,
     };
-    cap_accepted()?;
+    apply_limits()?;
     for addr in addrs {
         let local = tcp::listen_at(addr, read_timeout)?;
         crate::program::print_stdout(&format!("listening on {local}"));
@@ -56,15 +65,34 @@ async fn listen_and_serve<S: Service>() -> Result<(), Error> {
     Ok(())
 }
 
-/// Applies `PORTCULLIS_MAX_CONNECTIONS`, if set, to every listener.
-fn cap_accepted() -> Result<(), Error> {
-    if let Ok(max) = std::env::var(MAX_CONNECTIONS_VAR) {
-        let max = max
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| generic(format!("{MAX_CONNECTIONS_VAR}: `{max}` is not a number of connections")))?;
-        tcp::set_max_accepted(max);
+/// The connection limits the runtime sets (portcullis from its flags): any
+/// not set keeps [`tcp::Limits::DEFAULT`].
+fn apply_limits() -> Result<(), Error> {
+    let number = |var: &str| -> Result<Option<u64>, Error> {
+        match std::env::var(var) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| generic(format!("{var}: `{text}` is not a whole number"))),
+            Err(_) => Ok(None),
+        }
+    };
+    let timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    let mut limits = tcp::Limits::DEFAULT;
+    if let Some(n) = number(MAX_CONNECTIONS_VAR)? {
+        limits.max_accepted = (n as usize).max(1);
     }
+    if let Some(n) = number(MAX_CONNECTIONS_PER_IP_VAR)? {
+        limits.per_ip = (n as usize).max(1);
+    }
+    if let Some(ms) = number(IDLE_TIMEOUT_VAR)? {
+        limits.idle = timeout(ms);
+    }
+    if let Some(ms) = number(WRITE_TIMEOUT_VAR)? {
+        limits.write = timeout(ms);
+    }
+    tcp::set_limits(limits);
     Ok(())
 }
 
@@ -94,7 +122,7 @@ pub async fn run_program<E: Display>(
     if let Some(Callbacks(serve)) = callbacks {
         tcp::set_callbacks(serve);
     }
-    let result = match cap_accepted() {
+    let result = match apply_limits() {
         Ok(()) => main.await,
         Err(e) => return report(Err(e)),
     };

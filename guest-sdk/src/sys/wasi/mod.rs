@@ -43,6 +43,7 @@ pub(crate) const MAX_IO: usize = 64 * 1024;
 /// Ballerina's wording of the errors, as the native backend's host words them.
 pub(crate) const WRITE_AFTER_CLOSE: &str = "client socket close already.";
 pub(crate) const READ_TIMED_OUT: &str = "read timed out";
+pub(crate) const WRITE_TIMED_OUT: &str = "write timed out";
 pub(crate) const INVALID_READ_LENGTH: &str = "requested byte length need to be 1 or more";
 pub(crate) const SOCKET_CLOSED: &str = "socket is closed";
 pub(crate) const CONNECT_FAILED: &str = "unable to start the client socket: ";

@@ -16,14 +16,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::rc::{Rc, Weak};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::lock::Mutex;
 use wit_bindgen::{FutureReader, StreamReader, StreamResult, StreamWriter};
 
 use super::bindings::wasi::sockets::types::{ErrorCode, TcpSocket};
 use super::bindings::wit_stream;
-use super::{CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, MAX_IO, SOCKET_CLOSED, WRITE_AFTER_CLOSE};
+use super::{
+    CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, MAX_IO, SOCKET_CLOSED, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT,
+};
 use super::{
     Live, Race, Signal, Waiters, bracketed, family, from_wasi, generic, race, read_timed_out, reason, resolve,
     socket_error, to_wasi,
@@ -38,35 +40,78 @@ pub(crate) type ServeFn = fn(Conn) -> Pin<Box<dyn Future<Output = ()>>>;
 thread_local! {
     static CALLBACKS: Cell<Option<ServeFn>> = const { Cell::new(None) };
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
-    /// Connections the listeners accepted and that are still open, against
-    /// the most the instance accepts at once.
-    static ACCEPTED: Accepted = Accepted { open: Cell::new(0), max: Cell::new(usize::MAX), closed: Waiters::default() };
+    static LIMITS: Cell<Limits> = const { Cell::new(Limits::DEFAULT) };
+    /// Connections the listeners accepted and that are still open.
+    static ACCEPTED: Accepted = Accepted { open: Cell::new(0), per_ip: RefCell::new(Vec::new()), closed: Waiters::default() };
+}
+
+/// What the listeners and connections hold to, as the runtime says
+/// (`PORTCULLIS_*` variables; portcullis sets them from its flags).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The most accepted connections open at once; at the cap the listeners
+    /// stop accepting, so further clients wait in the listen backlog.
+    pub(crate) max_accepted: usize,
+    /// The most from one client address (IPv4, or an IPv6 /64); a further
+    /// one is closed as soon as it is accepted.
+    pub(crate) per_ip: usize,
+    /// An accepted connection on which nothing was received or sent for
+    /// this long is closed.
+    pub(crate) idle: Option<Duration>,
+    /// A write that could send nothing for this long fails, and closes its
+    /// connection.
+    pub(crate) write: Option<Duration>,
+}
+
+impl Limits {
+    /// portcullis's own defaults: no connection cap, 300 s idle and write.
+    pub(crate) const DEFAULT: Limits = Limits {
+        max_accepted: usize::MAX,
+        per_ip: usize::MAX,
+        idle: Some(Duration::from_secs(300)),
+        write: Some(Duration::from_secs(300)),
+    };
+}
+
+pub(crate) fn set_limits(limits: Limits) {
+    LIMITS.set(limits);
 }
 
 struct Accepted {
     open: Cell<usize>,
-    max: Cell<usize>,
+    /// Open connections per client address key.
+    per_ip: RefCell<Vec<(IpAddr, usize)>>,
     /// Woken as an accepted connection closes.
     closed: Waiters,
 }
 
-/// The most accepted connections open at once (`PORTCULLIS_MAX_CONNECTIONS`):
-/// at the cap the listeners stop accepting, so further clients wait in the
-/// listen backlog, as under the portcullis backend.
-pub(crate) fn set_max_accepted(max: usize) {
-    ACCEPTED.with(|a| a.max.set(max.max(1)));
+/// The per-address key: an IPv4 address, or an IPv6 address's /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
-/// An accepted connection's place under the cap, given back as it closes.
-struct AcceptedSlot;
+/// An accepted connection's place under the caps, given back as it closes.
+struct AcceptedSlot {
+    key: Option<IpAddr>,
+}
 
 impl AcceptedSlot {
+    /// Waits until the listeners may accept one more.
     async fn take() -> AcceptedSlot {
         poll_fn(|cx| {
             ACCEPTED.with(|a| {
-                if a.open.get() < a.max.get() {
+                if a.open.get() < LIMITS.get().max_accepted {
                     a.open.set(a.open.get() + 1);
-                    return Poll::Ready(AcceptedSlot);
+                    return Poll::Ready(AcceptedSlot { key: None });
                 }
                 a.closed.register(cx);
                 Poll::Pending
@@ -74,12 +119,43 @@ impl AcceptedSlot {
         })
         .await
     }
+
+    /// Counts the connection against its address; false: that address has
+    /// its most already (the caller closes the connection).
+    fn admit(&mut self, remote: IpAddr) -> bool {
+        let key = address_key(remote);
+        ACCEPTED.with(|a| {
+            let mut per_ip = a.per_ip.borrow_mut();
+            let count = match per_ip.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => n,
+                None => {
+                    per_ip.push((key, 0));
+                    &mut per_ip.last_mut().expect("just pushed").1
+                }
+            };
+            if *count >= LIMITS.get().per_ip {
+                return false;
+            }
+            *count += 1;
+            self.key = Some(key);
+            true
+        })
+    }
 }
 
 impl Drop for AcceptedSlot {
     fn drop(&mut self) {
         ACCEPTED.with(|a| {
             a.open.set(a.open.get() - 1);
+            if let Some(key) = self.key {
+                let mut per_ip = a.per_ip.borrow_mut();
+                if let Some(at) = per_ip.iter().position(|(k, _)| *k == key) {
+                    per_ip[at].1 -= 1;
+                    if per_ip[at].1 == 0 {
+                        per_ip.swap_remove(at);
+                    }
+                }
+            }
             a.closed.wake_all();
         });
     }
@@ -114,6 +190,11 @@ struct Shared {
     remote: SocketAddr,
     local: SocketAddr,
     read_timeout: Duration,
+    /// Accepted connections: closed after this long without a byte either way.
+    idle_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    /// When a byte last came or went.
+    last_active: Cell<Instant>,
     /// Kept until the connection closes (the streams outlive it otherwise).
     socket: RefCell<Option<TcpSocket>>,
     inbox: RefCell<Inbox>,
@@ -176,6 +257,7 @@ pub(crate) enum Next {
 impl Conn {
     fn new(socket: TcpSocket, slot: Option<AcceptedSlot>, read_timeout: Duration) -> Conn {
         let accepted = slot.is_some();
+        let limits = LIMITS.get();
         let unknown = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
         let remote = socket.get_remote_address().map(from_wasi).unwrap_or(unknown);
         let local = socket.get_local_address().map(from_wasi).unwrap_or(unknown);
@@ -190,6 +272,9 @@ impl Conn {
             remote,
             local,
             read_timeout,
+            idle_timeout: if accepted { limits.idle } else { None },
+            write_timeout: limits.write,
+            last_active: Cell::new(Instant::now()),
             socket: RefCell::new(Some(socket)),
             inbox: RefCell::default(),
             receive: Mutex::new(Some(Receive { stream, result })),
@@ -286,6 +371,7 @@ impl Conn {
             return Ok(false);
         }
         if !bytes.is_empty() {
+            shared.last_active.set(Instant::now());
             let mut inbox = shared.inbox.borrow_mut();
             inbox.unread.append(bytes);
             inbox.arrived += 1;
@@ -328,17 +414,22 @@ impl Conn {
                 let _ = race(pin!(shared.write_done.wait()), &shared.closed, Some(shared.read_timeout)).await;
                 return Next::End;
             }
+            // Idle for the idle time-out (accepted connections): closed.
+            let idle_left = shared.idle_timeout.map(|idle| idle.saturating_sub(shared.last_active.get().elapsed()));
+            if idle_left == Some(Duration::ZERO) {
+                return Next::End;
+            }
             // A full read-ahead the service does not read: no more is read
             // (the peer meets back-pressure) until a read takes some.
             let taken = shared.inbox.borrow().taken;
             if shared.inbox.borrow().unread.len() >= MAX_IO {
                 let took = shared.took.until(|| shared.inbox.borrow().taken != taken);
-                if let Race::Stopped = race(pin!(took), &shared.closed, None).await {
+                if let Race::Stopped = race(pin!(took), &shared.closed, idle_left).await {
                     return Next::End;
                 }
                 continue;
             }
-            if self.fill(None).await.is_err() {
+            if self.fill(idle_left).await.is_err() {
                 return Next::End;
             }
         }
@@ -362,14 +453,29 @@ impl Conn {
         if data.is_empty() {
             return Ok(());
         }
-        let left = match race(pin!(writer.write_all(data.to_vec())), &shared.closed, None).await {
-            Race::Done(left) => Some(left),
-            Race::Stopped | Race::TimedOut => None,
-        };
-        let Some(left) = left else {
-            *send = None;
-            return Err(generic(WRITE_AFTER_CLOSE));
-        };
+        // In parts, each within the write time-out: a peer that reads
+        // slowly is waited for, one that does not read is given up on.
+        let mut left = Vec::new();
+        for part in data.chunks(MAX_IO) {
+            let written = race(pin!(writer.write_all(part.to_vec())), &shared.closed, shared.write_timeout).await;
+            match written {
+                Race::Done(rest) if rest.is_empty() => shared.last_active.set(Instant::now()),
+                Race::Done(rest) => {
+                    left = rest;
+                    break;
+                }
+                Race::Stopped => {
+                    *send = None;
+                    return Err(generic(WRITE_AFTER_CLOSE));
+                }
+                Race::TimedOut => {
+                    *send = None;
+                    drop(send);
+                    let _ = self.close();
+                    return Err(generic(WRITE_TIMED_OUT));
+                }
+            }
+        }
         if left.is_empty() {
             if shared.write_done.is_set() {
                 *send = None;
@@ -594,10 +700,17 @@ async fn accept_loop(
             Race::Done(slot) => slot,
             Race::Stopped | Race::TimedOut => return,
         };
+        let mut slot = slot;
         let next = match race(pin!(incoming.next()), &accepting.stop, None).await {
             Race::Done(Some(socket)) => socket,
             Race::Done(None) | Race::Stopped | Race::TimedOut => return,
         };
+        if let Ok(remote) = next.get_remote_address().map(from_wasi)
+            && !slot.admit(remote.ip())
+        {
+            crate::program::warn(&format!("{remote}: closed at once: its address has its most connections open"));
+            continue; // `next` and `slot` drop: the connection closes
+        }
         let conn = Conn::new(next, Some(slot), read_timeout);
         let mut accepted = accepting.accepted.borrow_mut();
         accepted.retain(|c| c.strong_count() > 0);
