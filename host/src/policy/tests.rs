@@ -126,6 +126,10 @@ fn cases() -> Vec<Case> {
         (&["tcp://*:*"], false, C, "fe80::1", 80, Deny),
         (&["tcp://*:*"], false, C, "ff02::1", 80, Deny),
         (&["tcp://*:*"], false, C, "::ffff:169.254.169.254", 80, Deny),
+        // The other clouds' metadata services.
+        (&["tcp://*:*"], false, C, "100.100.100.200", 80, Deny),
+        (&["tcp://*:*"], false, C, "fd00:ec2::254", 80, Deny),
+        (&["tcp://100.100.100.200:80"], false, C, "100.100.100.200", 80, Allow(vec!["100.100.100.200"])),
         (&["tcp://*:*"], false, C, "127.0.0.1", 80, Allow(vec!["127.0.0.1"])),
         (&["tcp://*:*"], true, C, "127.0.0.1", 80, Deny),
         (&["tcp://*:*"], true, C, "10.0.0.1", 80, Deny),
