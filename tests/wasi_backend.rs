@@ -282,3 +282,40 @@ async fn idle_per_address_and_write_limits_hold_for_a_wasi_service() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(service.running());
 }
+
+/// A service that reads fixed-size pieces while a client streams without a
+/// pause never truly waits (its read-ahead never empties), yet must not meet
+/// the CPU bound: the SDK gives the runtime a turn every 10 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_streaming_without_pause_does_not_trap_a_read_exact_service() {
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-streaming-client",
+        "scenarios",
+        &["--listen", &free_port().to_string(), "--env", "MODE=blocking", "--callback-cpu-ms", "300"],
+        None,
+    );
+    let addr = service.listening_on();
+    let client = connect_when_listening(addr).await;
+    client.set_nodelay(true).unwrap();
+    let (mut read_half, mut write_half) = client.into_split();
+    // Five times the bound of streaming, without a pause.
+    let sender = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut sent = 0usize;
+        while started.elapsed() < Duration::from_millis(1500) {
+            write_half.write_all(&b"ThisIsBlockingRead".repeat(64)).await.unwrap();
+            sent += 64;
+        }
+        write_half.shutdown().await.unwrap();
+        sent
+    });
+    let mut echoed = Vec::new();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), read_half.read_to_end(&mut echoed)).await.unwrap().unwrap();
+    let sent = sender.await.unwrap();
+    assert_eq!(echoed.len(), sent * 18, "every piece comes back");
+    assert!(echoed.chunks(18).all(|c| c == b"ThisIsBlockingRead"), "the echo differs");
+    let log = service.log();
+    assert!(!log.contains("guest trapped"), "took {:?}; {log}", started.elapsed());
+}

@@ -57,7 +57,9 @@ pub struct WasiSockets {
     /// that address).
     listen: Vec<SocketAddr>,
     admitted: Mutex<Vec<Admitted>>,
-    lookups: tokio::sync::Semaphore,
+    /// Held by each look-up's resolver thread until that thread ends (a
+    /// look-up given up on keeps its thread busy).
+    lookups: Arc<tokio::sync::Semaphore>,
     udp_receives: Arc<tokio::sync::Semaphore>,
     denials: Arc<Coalesced>,
     /// Datagrams from senders no grant covers (wasmtime-wasi drops them).
@@ -79,7 +81,7 @@ impl WasiSockets {
         denials: Arc<Coalesced>,
         udp_refusals: Arc<Coalesced>,
     ) -> Arc<Self> {
-        let lookups = tokio::sync::Semaphore::new(MAX_LOOKUPS);
+        let lookups = Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS));
         let udp_receives = Arc::new(tokio::sync::Semaphore::new(MAX_UDP_RECEIVES));
         Arc::new(WasiSockets {
             policy,
@@ -178,14 +180,21 @@ impl WasiSockets {
             self.denials.warn(|| format!("permission denied: look up {name}: no grant names it (wasi:sockets)"));
             return Err(ErrorCode::AccessDenied);
         }
-        let Ok(_lookup) = self.lookups.try_acquire() else {
+        let Ok(turn) = self.lookups.clone().try_acquire_owned() else {
             self.denials.warn(|| format!("look-up of {name} refused: {MAX_LOOKUPS} already under way (wasi:sockets)"));
             return Err(ErrorCode::TemporaryResolverFailure);
         };
-        let addrs = match policy::resolve::resolve(&policy::normalise_name(&name), 0).await {
-            Ok(addrs) => addrs,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(ErrorCode::TemporaryResolverFailure),
-            Err(_) => return Err(ErrorCode::NameUnresolvable),
+        // The resolver thread holds the turn until it ends, even when the
+        // guest gave up on it (or it timed out): at most MAX_LOOKUPS threads.
+        let wanted = policy::normalise_name(&name);
+        let lookup = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            std::net::ToSocketAddrs::to_socket_addrs(&(wanted.as_str(), 0)).map(|addrs| addrs.collect::<Vec<_>>())
+        });
+        let addrs = match tokio::time::timeout(policy::resolve::RESOLVE_TIMEOUT, lookup).await {
+            Ok(Ok(Ok(addrs))) if !addrs.is_empty() => addrs,
+            Err(_) => return Err(ErrorCode::TemporaryResolverFailure),
+            _ => return Err(ErrorCode::NameUnresolvable),
         };
         let mut ips: Vec<IpAddr> = addrs.iter().map(|a| policy::unmap(a.ip())).collect();
         ips.dedup();

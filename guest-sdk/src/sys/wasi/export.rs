@@ -158,6 +158,7 @@ async fn serve_connection<S: Service>(conn: Conn) {
             Next::End => break,
         }
         seen = conn.seen();
+        super::take_turns().await;
         service::read_ready::<S>(&handle).await;
         if conn.failed() || conn.is_closed() {
             break;

@@ -241,6 +241,29 @@ impl Waiters {
     }
 }
 
+/// How long the SDK runs without giving the runtime a turn: under
+/// portcullis a turn restarts the guest's CPU bound, and bytes that keep
+/// coming (a read-ahead that never empties, writes a fast peer takes at once)
+/// would otherwise let a busy but honest service run past it.
+const TURN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+thread_local! {
+    static LAST_TURN: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Yields to the runtime if the last turn was [`TURN_EVERY`] ago or more.
+pub(crate) async fn take_turns() {
+    let now = std::time::Instant::now();
+    match LAST_TURN.get() {
+        Some(last) if now.duration_since(last) < TURN_EVERY => {}
+        Some(_) => {
+            LAST_TURN.set(Some(now));
+            wit_bindgen::yield_async().await;
+        }
+        None => LAST_TURN.set(Some(now)),
+    }
+}
+
 /// How a [`race`] ended.
 pub(crate) enum Race<T> {
     Done(T),

@@ -28,7 +28,7 @@ use super::{
 };
 use super::{
     Live, Race, Signal, Waiters, bracketed, family, from_wasi, generic, race, read_timed_out, reason, resolve,
-    socket_error, to_wasi,
+    socket_error, take_turns, to_wasi,
 };
 use crate::error::Error;
 use crate::sys::Unread;
@@ -296,6 +296,7 @@ impl Conn {
         }
         loop {
             if let Some(out) = self.take(length.map(|n| n as usize))? {
+                take_turns().await;
                 return Ok(out);
             }
             if !self.fill(Some(self.0.read_timeout)).await? {
@@ -459,7 +460,10 @@ impl Conn {
         for part in data.chunks(MAX_IO) {
             let written = race(pin!(writer.write_all(part.to_vec())), &shared.closed, shared.write_timeout).await;
             match written {
-                Race::Done(rest) if rest.is_empty() => shared.last_active.set(Instant::now()),
+                Race::Done(rest) if rest.is_empty() => {
+                    shared.last_active.set(Instant::now());
+                    take_turns().await;
+                }
                 Race::Done(rest) => {
                     left = rest;
                     break;
@@ -705,9 +709,9 @@ async fn accept_loop(
             Race::Done(Some(socket)) => socket,
             Race::Done(None) | Race::Stopped | Race::TimedOut => return,
         };
-        if let Ok(remote) = next.get_remote_address().map(from_wasi)
-            && !slot.admit(remote.ip())
-        {
+        // A connection with no peer address cannot be counted: closed too.
+        let Ok(remote) = next.get_remote_address().map(from_wasi) else { continue };
+        if !slot.admit(remote.ip()) {
             crate::program::warn(&format!("{remote}: closed at once: its address has its most connections open"));
             continue; // `next` and `slot` drop: the connection closes
         }
