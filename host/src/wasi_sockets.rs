@@ -1,8 +1,9 @@
 //! Standard `wasi:sockets` (0.3.0) for components that import it (the SDK's
 //! WASI backend, or any WASI 0.3 program), under the operator's policy.
 //!
-//! wasmtime-wasi implements the sockets; this module only decides what they
-//! may reach, through its two hooks:
+//! wasmtime-wasi implements the sockets; this module decides what they may
+//! reach, through its two hooks, and bounds the UDP receives under way
+//! (`udp-socket.receive`, shadowed: [`MAX_UDP_RECEIVES`]):
 //! - every address a socket uses goes through [`WasiSockets::check`]
 //!   (wasmtime-wasi's socket address check): binds and listens only where
 //!   `--listen` says or an `--allow-listen` grant covers; connects, UDP
@@ -36,18 +37,19 @@ pub const NAME_ADMISSION: Duration = Duration::from_secs(60);
 /// The most admitted (address, grant) pairs one component keeps; the
 /// oldest go first.
 const MAX_ADMITTED: usize = 4096;
-/// The most UDP receives one instance has under way at once: wasmtime-wasi
-/// sets aside a 64 KiB buffer for each as it starts (100,000 pending
-/// receives took 2.6 GB of the host); more wait for a turn.
+/// The most UDP receives one component has under way at once: wasmtime-wasi
+/// sets aside a 64 KiB buffer for each as it starts, which a guest could
+/// otherwise multiply without bound; more wait for a turn.
 pub const MAX_UDP_RECEIVES: usize = 16;
 /// The most component-model handles (sockets, streams, futures, calls under
 /// way) one WASI-backend instance holds, per socket of `--max-sockets`: an
 /// SDK connection takes about eight. Past it, the instance traps.
 pub const HANDLES_PER_SOCKET: usize = 16;
 
-/// The most name look-ups one component has under way at once (each holds a
-/// thread of the blocking pool for up to `policy::resolve::RESOLVE_TIMEOUT`);
-/// more fail at once with `temporary-resolver-failure`.
+/// The most name look-ups one component has under way at once, each on a
+/// thread of the blocking pool until the resolver answers (the guest waits
+/// at most `policy::resolve::RESOLVE_TIMEOUT`); more fail at once with
+/// `temporary-resolver-failure`.
 pub const MAX_LOOKUPS: usize = 8;
 
 /// The policy of one component's standard sockets.
