@@ -106,17 +106,9 @@ async fn client_callback_service_reads_the_echo(backend: Backend) {
 }
 
 on_both_backends!(
-    client_one_way_write_reaches_the_server,
-    write_after_shutdown_write_fails_and_the_server_gets_only_the_first,
-    client_echo_reads_the_echo,
-    read_of_zero_bytes_is_an_error,
-    connect_to_a_closed_port_is_refused,
-    a_failing_main_exits_with_one,
-    client_callback_service_reads_the_echo,
-);
-
-// The client programs on the `wasmtime` command line too.
-on_wasmtime!(
+    ;
+    // All of them also with the WASI programs on the `wasmtime` command line.
+    and_on_wasmtime:
     client_one_way_write_reaches_the_server,
     write_after_shutdown_write_fails_and_the_server_gets_only_the_first,
     client_echo_reads_the_echo,

@@ -244,14 +244,9 @@ async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
 }
 
 on_both_backends!(
-    hundred_connections_thousand_random_messages_each_echo_exactly,
-    a_connection_parked_in_read_n_does_not_delay_the_others,
-    a_slow_reader_gets_every_byte_of_a_large_echo,
-    broadcasts_from_many_senders_never_interleave,
-);
-
-// The same guests on the `wasmtime` command line.
-on_wasmtime!(
+    ;
+    // All of them also with the WASI guests on the `wasmtime` command line.
+    and_on_wasmtime:
     hundred_connections_thousand_random_messages_each_echo_exactly,
     a_connection_parked_in_read_n_does_not_delay_the_others,
     a_slow_reader_gets_every_byte_of_a_large_echo,

@@ -7,32 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use portcullis_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-
-/// A native echo server on loopback, for any number of connections.
-async fn native_echo() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 async fn client_echo(backend: Backend, target: &str, grants: &[&str]) -> std::process::Output {
     run_program_on(backend, "clients", &[("MODE", "echo"), ("TARGET", target)], grants).await
@@ -52,7 +28,7 @@ async fn without_a_grant_connect_is_denied_clearly_and_logged(backend: Backend) 
 }
 
 async fn a_granted_connect_works_and_an_odd_spelling_is_the_same_address(backend: Backend) {
-    let echo = native_echo().await;
+    let echo = native_tcp_echo().await;
     let grant = format!("tcp://127.0.0.1:{}", echo.port());
     let out = client_echo(backend, &echo.to_string(), &["--allow-connect", &grant]).await;
     assert_eq!(stdout_of(&out), "read: Hello Ballerina Echo\n");
@@ -66,7 +42,7 @@ async fn a_granted_connect_works_and_an_odd_spelling_is_the_same_address(backend
 }
 
 async fn a_name_grant_holds_for_the_name_and_not_for_its_address(backend: Backend) {
-    let echo = native_echo().await;
+    let echo = native_tcp_echo().await;
     let grant = format!("tcp://LOCALHOST.:{}", echo.port());
     let by_name = client_echo(backend, &format!("localhost:{}", echo.port()), &["--allow-connect", &grant]).await;
     assert_eq!(stdout_of(&by_name), "read: Hello Ballerina Echo\n");
@@ -78,7 +54,7 @@ async fn a_name_grant_holds_for_the_name_and_not_for_its_address(backend: Backen
 }
 
 async fn a_name_resolving_into_a_blocked_network_is_refused(backend: Backend) {
-    let echo = native_echo().await;
+    let echo = native_tcp_echo().await;
     let grant = format!("tcp://localhost:{}", echo.port());
     let out =
         client_echo(backend, &format!("localhost:{}", echo.port()), &["--allow-connect", &grant, "--block-private"])
@@ -107,7 +83,7 @@ async fn udp_and_guest_listeners_are_denied_by_default(backend: Backend) {
 }
 
 async fn the_proxy_pipes_both_ways_with_its_grant(backend: Backend) {
-    let echo = native_echo().await;
+    let echo = native_tcp_echo().await;
     let grants = Grants { connect: vec![format!("tcp://127.0.0.1:{}", echo.port())], ..Grants::default() };
     let proxy = TestService::builder("tcp-proxy").on(backend).env("UPSTREAM", &echo.to_string()).grants(grants).start();
     let mut client = proxy.connect().await;
@@ -120,7 +96,7 @@ async fn the_proxy_pipes_both_ways_with_its_grant(backend: Backend) {
 }
 
 async fn without_its_grant_the_proxy_closes_every_client(backend: Backend) {
-    let echo = native_echo().await;
+    let echo = native_tcp_echo().await;
     let proxy = TestService::builder("tcp-proxy").on(backend).env("UPSTREAM", &echo.to_string()).start();
     for _ in 0..3 {
         let mut client = proxy.connect().await;
@@ -133,7 +109,7 @@ async fn without_its_grant_the_proxy_closes_every_client(backend: Backend) {
 #[test]
 fn a_manifest_runs_two_services_at_once() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo_upstream = runtime.block_on(native_echo());
+    let echo_upstream = runtime.block_on(native_tcp_echo());
     let dir = root().join("target/permissions-test-manifest");
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = dir.join("portcullis.toml");

@@ -187,26 +187,13 @@ async fn graceful_stop_bounds_a_callback_stuck_in_read(backend: Backend) {
 }
 
 on_both_backends!(
-    server_echo_returns_the_bytes_exactly,
-    bytes_and_the_end_sent_together_are_both_served,
-    partial_reads_gather_exact_lengths,
-    bytes_a_callback_leaves_unread_come_first_in_the_next,
-    a_connection_knows_both_its_ends,
-    blocking_read_waits_for_all_eighteen_bytes,
-    on_error_receives_the_error_on_read_ready_returned,
-    on_error_receives_the_error_on_connect_returned,
     a_second_listener_on_the_same_port_fails,
-    five_joins_are_counted_in_shared_state,
-    read_times_out_with_read_timed_out,
-    on_close_fires_once_and_kept_handles_outlive_their_callback,
-    a_default_on_connect_is_skipped_but_on_close_still_fires_every_time,
     graceful_stop_closes_open_connections_and_returns,
     graceful_stop_bounds_a_callback_stuck_in_read,
-);
-
-// The same WASI-backend guests on the `wasmtime` command line (stops and
-// `--listen` are portcullis's, so those scenarios are not here).
-on_wasmtime!(
+    ;
+    // Also with the WASI guest on the `wasmtime` command line (`--listen` and
+    // a graceful stop are portcullis's: those scenarios are the ones above).
+    and_on_wasmtime:
     server_echo_returns_the_bytes_exactly,
     bytes_and_the_end_sent_together_are_both_served,
     partial_reads_gather_exact_lengths,

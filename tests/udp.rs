@@ -183,18 +183,13 @@ async fn four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing(backe
 }
 
 on_both_backends!(
-    udp_echo_returns_the_datagram,
-    receive_on_a_bound_port_gets_the_peers_datagram,
     datagrams_from_a_peer_nobody_granted_are_dropped_and_the_receive_waits_on,
-    receive_times_out_with_read_timed_out,
-    udp_errors_are_clear,
     sends_outside_the_grants_are_refused_to_literals_and_names_alike,
-    two_clients_of_one_instance_work_at_once,
     four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing,
-);
-
-// On the `wasmtime` command line too (no grants there, so not the denials).
-on_wasmtime!(
+    ;
+    // Also with the WASI programs on the `wasmtime` command line (no grants
+    // there, nor a graceful stop: those scenarios are the ones above).
+    and_on_wasmtime:
     udp_echo_returns_the_datagram,
     receive_on_a_bound_port_gets_the_peers_datagram,
     receive_times_out_with_read_timed_out,

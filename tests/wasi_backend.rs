@@ -10,26 +10,6 @@ use std::time::Duration;
 
 use portcullis_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A native echo server on loopback, for any number of connections.
-async fn native_echo() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    if stream.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test]
 async fn a_service_without_listen_addresses_says_what_is_missing() {
@@ -63,7 +43,7 @@ async fn it_listens_only_where_listen_says() {
 
 #[tokio::test]
 async fn std_net_in_a_wasi_guest_goes_through_the_grants() {
-    let echo = native_echo().await;
+    let echo = native_tcp_echo().await;
     let env = [("MODE", "std-net"), ("TARGET", &echo.to_string() as &str)];
     let granted = format!("tcp://127.0.0.1:{}", echo.port());
     let out = run_program_on(Backend::Wasi, "clients", &env, &["--allow-connect", &granted]).await;
@@ -74,7 +54,7 @@ async fn std_net_in_a_wasi_guest_goes_through_the_grants() {
 
 #[tokio::test]
 async fn a_name_grant_admits_its_addresses_only_for_its_own_ports() {
-    let echo = native_echo().await;
+    let echo = native_tcp_echo().await;
     let target = format!("localhost:{}", echo.port());
     let env = [("MODE", "echo"), ("TARGET", &target as &str)];
     // The name is granted, but for another port: the look-up is allowed, the

@@ -137,6 +137,29 @@ pub const MAX_CONNECTIONS_PER_IP_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS_PER_IP"
 pub const IDLE_TIMEOUT_VAR: &str = "PORTCULLIS_IDLE_TIMEOUT_MS";
 pub const WRITE_TIMEOUT_VAR: &str = "PORTCULLIS_WRITE_TIMEOUT_MS";
 
+/// What a WASI-backend service is told through its environment (replacing
+/// any `--env` of the same name): where to listen, if `--listen` says, and
+/// the connection limits the host applies to its own connections.
+fn wasi_env(spec: &ServiceSpec) -> Vec<(&'static str, String)> {
+    let limits = &spec.limits;
+    let max = limits.max_connections.map_or(limits.max_sockets as usize / 2, |n| n.get());
+    let ms = |t: Option<std::time::Duration>| t.map_or(0, |t| t.as_millis().max(1)).to_string();
+    let mut told = vec![
+        (MAX_CONNECTIONS_VAR, max.to_string()),
+        (IDLE_TIMEOUT_VAR, ms(limits.idle_timeout)),
+        (WRITE_TIMEOUT_VAR, ms(limits.write_timeout)),
+    ];
+    if let Some(per_ip) = limits.max_connections_per_ip {
+        told.push((MAX_CONNECTIONS_PER_IP_VAR, per_ip.to_string()));
+    }
+    if !spec.listen.is_empty() {
+        let listen: Vec<String> = spec.listen.iter().map(|a| a.to_string()).collect();
+        told.push((LISTEN_VAR, listen.join(",")));
+        told.push((READ_TIMEOUT_VAR, limits.read_timeout.as_millis().to_string()));
+    }
+    told
+}
+
 /// Every capability a component may import, each through its own
 /// `add_to_linker`: WASI p2 and p3 (stdio, env, clocks, random; sockets only
 /// for a WASI-backend component, under the policy: see `wasi_sockets`), the
@@ -186,25 +209,9 @@ impl ServiceComponent {
         let wasi_sockets = match backend {
             Backend::Portcullis => None,
             Backend::Wasi => {
-                let limits = &spec.limits;
-                let max = limits.max_connections.map_or(limits.max_sockets as usize / 2, |n| n.get());
-                let ms = |t: Option<std::time::Duration>| t.map_or(0, |t| t.as_millis().max(1)).to_string();
-                let mut told = vec![
-                    (MAX_CONNECTIONS_VAR, max.to_string()),
-                    (IDLE_TIMEOUT_VAR, ms(limits.idle_timeout)),
-                    (WRITE_TIMEOUT_VAR, ms(limits.write_timeout)),
-                ];
-                if let Some(per_ip) = limits.max_connections_per_ip {
-                    told.push((MAX_CONNECTIONS_PER_IP_VAR, per_ip.to_string()));
-                }
+                let told = wasi_env(spec);
                 env.retain(|(k, _)| !told.iter().any(|(var, _)| k == var));
                 env.extend(told.into_iter().map(|(var, value)| (var.to_string(), value)));
-                if !spec.listen.is_empty() {
-                    let listen: Vec<String> = spec.listen.iter().map(|a| a.to_string()).collect();
-                    env.retain(|(k, _)| k != LISTEN_VAR && k != READ_TIMEOUT_VAR);
-                    env.push((LISTEN_VAR.to_string(), listen.join(",")));
-                    env.push((READ_TIMEOUT_VAR.to_string(), spec.limits.read_timeout.as_millis().to_string()));
-                }
                 Some(WasiSockets::new(
                     policy.clone(),
                     spec.listen.clone(),

@@ -60,41 +60,41 @@ impl Backend {
 
 /// Runs each listed test, an `async fn(Backend)`, once per backend: as
 /// `portcullis_backend::NAME` and `wasi_backend::NAME` (the README's
-/// conformance table is made from those names).
+/// conformance table is made from those names). Those listed after
+/// `and_on_wasmtime:` run on both backends too, and also with the WASI
+/// guest on the `wasmtime` command line, as `on_wasmtime::NAME`.
+///
+/// ```ignore
+/// on_both_backends!(a_denial_is_logged; and_on_wasmtime: echo_returns_the_bytes);
+/// ```
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
+        $crate::on_both_backends!($($name),* ; and_on_wasmtime:);
+    };
+    ($($both:ident),* $(,)? ; and_on_wasmtime: $($all:ident),* $(,)?) => {
         mod portcullis_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::Portcullis).await
-                }
-            )*
+            $( $crate::__backend_test!($both, Portcullis); )*
+            $( $crate::__backend_test!($all, Portcullis); )*
         }
         mod wasi_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::Wasi).await
-                }
-            )*
+            $( $crate::__backend_test!($both, Wasi); )*
+            $( $crate::__backend_test!($all, Wasi); )*
+        }
+        mod on_wasmtime {
+            $( $crate::__backend_test!($all, Wasmtime); )*
         }
     };
 }
 
-/// Runs each listed test, an `async fn(Backend)`, with the WASI-backend
-/// guest on the `wasmtime` command-line runtime, as `on_wasmtime::NAME`.
+/// One test of [`on_both_backends!`]: `super::$name` on `$backend`.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! on_wasmtime {
-    ($($name:ident),* $(,)?) => {
-        mod on_wasmtime {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::Wasmtime).await
-                }
-            )*
+macro_rules! __backend_test {
+    ($name:ident, $backend:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            super::$name($crate::Backend::$backend).await
         }
     };
 }
@@ -333,6 +333,26 @@ pub async fn wait_until_listening(addr: SocketAddr) {
         assert!(tokio::time::Instant::now() < deadline, "nothing listens on {addr} after 10 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A native (tokio) TCP echo server on loopback, for any number of
+/// connections: the peer a guest's clients are granted to reach.
+pub async fn native_tcp_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// Connects to `addr`, retrying while it is refused, for up to 10 s: a guest

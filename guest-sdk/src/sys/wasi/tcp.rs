@@ -700,11 +700,10 @@ async fn accept_loop(
 ) {
     loop {
         // At the cap, wait for a connection to close before taking the next.
-        let slot = match race(pin!(AcceptedSlot::take()), &accepting.stop, None).await {
+        let mut slot = match race(pin!(AcceptedSlot::take()), &accepting.stop, None).await {
             Race::Done(slot) => slot,
             Race::Stopped | Race::TimedOut => return,
         };
-        let mut slot = slot;
         let next = match race(pin!(incoming.next()), &accepting.stop, None).await {
             Race::Done(Some(socket)) => socket,
             Race::Done(None) | Race::Stopped | Race::TimedOut => return,
@@ -717,7 +716,10 @@ async fn accept_loop(
         }
         let conn = Conn::new(next, Some(slot), read_timeout);
         let mut accepted = accepting.accepted.borrow_mut();
-        accepted.retain(|c| c.strong_count() > 0);
+        // Closed ones are dropped when the list is full, not at every accept.
+        if accepted.len() == accepted.capacity() {
+            accepted.retain(|c| c.strong_count() > 0);
+        }
         accepted.push(Rc::downgrade(&conn.0));
         drop(accepted);
         if serve(conn).is_err() {
