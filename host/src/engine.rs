@@ -93,6 +93,12 @@ fn engine_with(mut config: Config) -> Result<Engine> {
     config.wasm_component_model_async(true);
     config.concurrency_support(true);
     config.epoch_interruption(true);
+    if std::env::var_os("PORTCULLIS_PERFMAP").is_some() {
+        // For profiling guests with `perf`: /tmp/perf-PID.map names the
+        // compiled wasm functions (see bench/README.md). The compile cache
+        // is bypassed then, since the map is written at compile time.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("creating the wasmtime engine"))?;
     start_epoch_ticker(&engine)?;
     Ok(engine)

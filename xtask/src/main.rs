@@ -93,7 +93,7 @@ fn run_recording(cmd: &mut Command) -> Result<HashMap<String, String>> {
 
 /// The test files whose scenarios run on both backends (`on_both_backends!`).
 const CONFORMANCE_FILES: &[&str] =
-    &["tcp_conformance", "udp", "clients", "permissions", "concurrency", "robustness", "idle", "cli"];
+    &["tcp_conformance", "udp", "clients", "permissions", "concurrency", "robustness", "idle", "cli", "real_clients"];
 
 /// Writes the conformance table (scenario x backend, each cell from
 /// `outcomes`) to `target/conformance.md` and into README.md between its
@@ -187,10 +187,11 @@ fn ensure_wasm_target() -> Result<()> {
     }
 }
 
-/// Every guest crate: the examples and the test guests (package names).
+/// Every guest crate: the examples, the test guests and the bench's (package
+/// names).
 fn guests() -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for dir in ["examples", "tests/guests"] {
+    for dir in ["examples", "tests/guests", "bench/guests"] {
         for entry in std::fs::read_dir(root().join(dir))? {
             let manifest = entry?.path().join("Cargo.toml");
             if let Ok(text) = std::fs::read_to_string(&manifest) {
@@ -206,9 +207,9 @@ fn guests() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Guests written against the portcullis WIT itself, not the SDK: they have
-/// no WASI-backend build.
-const PORTCULLIS_WIT_ONLY: &[&str] = &["raw-hostile"];
+/// Guests not written with the SDK (against the portcullis WIT itself, or a
+/// `wasi:http` handler for `wasmtime serve`): they have no WASI-backend build.
+const NOT_SDK_GUESTS: &[&str] = &["raw-hostile", "wasi-http-hello"];
 
 fn build() -> Result<()> {
     ensure_wasm_target()?;
@@ -226,7 +227,7 @@ fn build() -> Result<()> {
 /// folder: the feature changes the SDK), copied to `target/wasi-backend/`.
 fn build_wasi_backend() -> Result<()> {
     let root = root();
-    let guests: Vec<String> = guests()?.into_iter().filter(|g| !PORTCULLIS_WIT_ONLY.contains(&g.as_str())).collect();
+    let guests: Vec<String> = guests()?.into_iter().filter(|g| !NOT_SDK_GUESTS.contains(&g.as_str())).collect();
     let mut wasi_build = cargo();
     wasi_build
         .args(["build", "--profile", "guest", "--target", "wasm32-wasip2", "--features", "portcullis-sdk/wasi"])
@@ -291,6 +292,8 @@ fn test(extra: &[String]) -> Result<()> {
     outcome?;
     // The bench's own helpers (its memory probe) and its argument parsing.
     run(cargo().args(["test", "--release", "-p", "portcullis-bench", "--lib", "--bins"]))?;
+    // The examples' protocol code (RESP, the key space, HTTP requests), natively.
+    run(cargo().args(["test", "--release", "-p", "resp-kv", "-p", "http-hello", "--lib"]))?;
     // The SDK's docs must build without warnings.
     run(cargo()
         .args(["doc", "--release", "--no-deps", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])

@@ -1,0 +1,278 @@
+//! http-hello: an HTTP/1.1 server that answers `GET /` (and `HEAD /`) with
+//! `Hello, world!`, `404` for any other path and `405` for other methods on
+//! `/`. Connections are kept alive (HTTP/1.1's default, or HTTP/1.0 with
+//! `Connection: keep-alive`) until the client sends `Connection: close`;
+//! pipelined requests are answered in order, those of one read in one write.
+//! Requests are parsed by `httparse`.
+//!
+//! Bounds (what a client meets past each; each closes only its connection):
+//! - a request head (request line and headers) of at most [`MAX_HEAD`]
+//!   bytes and [`MAX_HEADERS`] headers: else `431`;
+//! - a body (which this server does not need) of at most [`MAX_BODY`]
+//!   bytes by `Content-Length`, skipped as it arrives, never buffered: else
+//!   `413`; a `Transfer-Encoding` body: `501`;
+//! - anything `httparse` refuses, an HTTP/1.1 request without `Host`, or a
+//!   bad `Content-Length`: `400`.
+//! Each of those answers says `Connection: close`, and the connection is
+//! closed after it. A client that pipelines without reading meets
+//! back-pressure: answers are written at most [`FLUSH_AT`] bytes at a time.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use portcullis_sdk::{Connection, Error, Service, export_service};
+
+/// The longest request head (request line and headers), in bytes.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// The most headers one request may have.
+pub const MAX_HEADERS: usize = 64;
+/// The longest body a request may carry (skipped), in bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Answers are written once this many bytes wait (and after each read).
+pub const FLUSH_AT: usize = 64 * 1024;
+
+/// The body of `GET /`.
+pub const HELLO: &[u8] = b"Hello, world!\n";
+
+#[derive(Default)]
+struct HttpHello {
+    connections: RefCell<HashMap<u64, Rc<RefCell<Pending>>>>,
+}
+
+/// What a connection has sent that is not answered yet.
+#[derive(Default)]
+struct Pending {
+    /// Bytes of requests not complete yet.
+    head: Vec<u8>,
+    /// Body bytes of the last request still to skip.
+    skip: usize,
+}
+
+/// What to do with one request.
+struct Answer {
+    status: &'static str,
+    body: &'static [u8],
+    /// Send the body (not for `HEAD`).
+    with_body: bool,
+    extra_headers: &'static str,
+    keep_alive: bool,
+}
+
+impl Answer {
+    fn error(status: &'static str, body: &'static [u8]) -> Answer {
+        Answer { status, body, with_body: true, extra_headers: "", keep_alive: false }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.extra_headers.as_bytes());
+        if !self.keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if self.with_body {
+            out.extend_from_slice(self.body);
+        }
+    }
+}
+
+/// How much of `buf` the next request takes, and its answer; `None` until
+/// its head is complete.
+fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Some((buf.len(), 0, Answer::error("431 Request Header Fields Too Large", b"Request head too large\n")));
+        }
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Some((buf.len(), 0, Answer::error("431 Request Header Fields Too Large", b"Too many headers\n")));
+        }
+        Err(_) => return Some((buf.len(), 0, Answer::error("400 Bad Request", b"Bad request\n"))),
+    };
+    if head_len > MAX_HEAD {
+        return Some((buf.len(), 0, Answer::error("431 Request Header Fields Too Large", b"Request head too large\n")));
+    }
+    let bad = |what: &'static [u8]| Some((buf.len(), 0, Answer::error("400 Bad Request", what)));
+    let http_1_1 = request.version == Some(1);
+    let (mut host, mut close, mut keep_alive, mut length) = (false, false, false, None);
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("host") {
+            host = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(header.value).ok().filter(|v| v.bytes().all(|b| b.is_ascii_digit()));
+            match parsed.and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return bad(b"Bad Content-Length\n"),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Some((buf.len(), 0, Answer::error("501 Not Implemented", b"Transfer-Encoding is not supported\n")));
+        }
+    }
+    if http_1_1 && !host {
+        return bad(b"Missing Host header\n");
+    }
+    let body = length.unwrap_or(0);
+    if body > MAX_BODY as u64 {
+        return Some((buf.len(), 0, Answer::error("413 Content Too Large", b"Body too large\n")));
+    }
+    let keep_alive = !close && (http_1_1 || keep_alive);
+    let method = request.method.unwrap_or("");
+    let path = request.path.unwrap_or("");
+    let path = path.split_once('?').map_or(path, |(path, _query)| path);
+    let answer = match (method, path) {
+        ("GET" | "HEAD", "/") => Answer {
+            status: "200 OK",
+            body: HELLO,
+            with_body: method == "GET",
+            extra_headers: if !http_1_1 && keep_alive { "connection: keep-alive\r\n" } else { "" },
+            keep_alive,
+        },
+        (_, "/") => Answer {
+            status: "405 Method Not Allowed",
+            body: b"Method not allowed\n",
+            with_body: method != "HEAD",
+            extra_headers: "allow: GET, HEAD\r\n",
+            keep_alive,
+        },
+        _ => Answer {
+            status: "404 Not Found",
+            body: b"Not found\n",
+            with_body: method != "HEAD",
+            extra_headers: if !http_1_1 && keep_alive { "connection: keep-alive\r\n" } else { "" },
+            keep_alive,
+        },
+    };
+    Some((head_len, body as usize, answer))
+}
+
+impl Service for HttpHello {
+    async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error> {
+        let data = conn.read().await?;
+        if data.is_empty() {
+            return conn.close();
+        }
+        let pending = self.connections.borrow_mut().entry(conn.id()).or_default().clone();
+        // The bytes to answer: what was left unfinished, then the new ones
+        // past any body still being skipped (a body left to skip means
+        // nothing after it was left).
+        let mut bytes = {
+            let mut p = pending.borrow_mut();
+            let skipped = p.skip.min(data.len());
+            p.skip -= skipped;
+            let new = &data[skipped..];
+            if !p.head.is_empty() && !new.contains(&b'\n') && p.head.len() + new.len() <= MAX_HEAD {
+                // A head ends with a newline: no need to parse it again yet.
+                p.head.extend_from_slice(new);
+                return Ok(());
+            }
+            let mut bytes = std::mem::take(&mut p.head);
+            bytes.extend_from_slice(new);
+            bytes
+        };
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Some((used, body, answer)) = next_request(&bytes[at..]) {
+            answer.encode(&mut out);
+            if !answer.keep_alive {
+                conn.write_all(&out).await?;
+                return conn.close();
+            }
+            at += used;
+            let skipped = body.min(bytes.len() - at);
+            at += skipped;
+            if skipped < body {
+                pending.borrow_mut().skip = body - skipped;
+            }
+            if out.len() >= FLUSH_AT {
+                conn.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        bytes.drain(..at);
+        pending.borrow_mut().head = bytes;
+        if !out.is_empty() {
+            conn.write_all(&out).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_close(&self, conn: &Connection) {
+        self.connections.borrow_mut().remove(&conn.id());
+    }
+}
+
+export_service!(HttpHello);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(request: &str) -> (usize, usize, String, bool) {
+        let (used, body, answer) = next_request(request.as_bytes()).expect("complete");
+        let mut out = Vec::new();
+        answer.encode(&mut out);
+        (used, body, String::from_utf8(out).unwrap(), answer.keep_alive)
+    }
+
+    #[test]
+    fn hello_and_not_found() {
+        let (used, _, text, keep) = answer("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /");
+        assert_eq!(used, 27);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nHello, world!\n") && keep);
+        let (_, _, text, _) = answer("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        let (_, _, text, _) = answer("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(text.ends_with("content-length: 14\r\n\r\n"));
+        let (_, _, text, _) = answer("DELETE / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(text.starts_with("HTTP/1.1 405") && text.contains("allow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_header() {
+        assert!(!answer("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").3);
+        assert!(!answer("GET / HTTP/1.0\r\n\r\n").3);
+        let (_, _, text, keep) = answer("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(keep && text.contains("connection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn bodies_are_skipped_or_refused() {
+        assert_eq!(answer("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").1, 5);
+        for (request, status) in [
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", "413"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", "400"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "400"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "501"),
+            ("GET / HTTP/1.1\r\n\r\n", "400"),
+            ("GARBAGE\r\n\r\n", "400"),
+        ] {
+            let (_, _, text, keep) = answer(request);
+            assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{request:?}: {text}");
+            assert!(!keep && text.contains("connection: close\r\n"));
+        }
+    }
+
+    #[test]
+    fn heads_are_bounded() {
+        assert_eq!(next_request(b"GET / HTTP/1.1\r\nHost: x\r\n").map(|r| r.0), None);
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert!(next_request(long.as_bytes()).unwrap().2.status.starts_with("431"));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS + 1));
+        assert!(next_request(many.as_bytes()).unwrap().2.status.starts_with("431"));
+    }
+}

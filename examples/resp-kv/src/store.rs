@@ -1,0 +1,283 @@
+//! The key space: keys to values with optional deadlines, bounded in bytes.
+//!
+//! Expired keys go two ways, as in Redis: lazily, when a command touches one,
+//! and actively, a few at a time before each command ([`Store::expire_due`])
+//! from an index ordered by deadline, so keys nobody reads again do not hold
+//! memory for ever. Every key counts its bytes and a fixed overhead against
+//! `maxmemory`; a write that would pass it is refused whole (Redis's `-OOM`),
+//! so no client can grow the instance until it traps and loses everything.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// What a key costs beyond its key and value bytes (map entry, index entry,
+/// allocations), for `maxmemory`.
+pub const ENTRY_OVERHEAD: usize = 96;
+
+/// The default of `maxmemory`: 48 MiB, within an instance's default 128 MiB
+/// with room for the connections' buffers.
+pub const DEFAULT_MAXMEMORY: usize = 48 * 1024 * 1024;
+
+/// The time, read at most once per batch of commands and only by a command
+/// that needs it (reading the clock is a call out of the guest).
+#[derive(Default)]
+pub struct Clock {
+    read: Cell<Option<Instant>>,
+}
+
+impl Clock {
+    /// A clock stopped at `at` (for tests).
+    pub fn at(at: Instant) -> Self {
+        Clock { read: Cell::new(Some(at)) }
+    }
+
+    pub fn now(&self) -> Instant {
+        *self.read.get().get_or_insert_with(Instant::now)
+    }
+
+    /// The next [`Clock::now`] reads the clock again (after a wait).
+    pub fn forget(&self) {
+        self.read.set(None);
+    }
+}
+
+/// A deadline, unique per setting (the sequence number orders equal instants).
+type Deadline = (Instant, u64);
+
+struct Entry {
+    value: Rc<[u8]>,
+    expires: Option<Deadline>,
+}
+
+/// The write would take the store past `maxmemory`.
+#[derive(Debug, PartialEq)]
+pub struct OutOfMemory;
+
+/// foldhash with a seed from the system's random source (through std's
+/// `RandomState`): several times faster than std's SipHash on short keys,
+/// and the secret seed keeps clients from choosing keys that collide.
+type Hasher = foldhash::fast::FixedState;
+
+fn random_hasher() -> Hasher {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    Hasher::with_seed(seed)
+}
+
+pub struct Store {
+    map: HashMap<Rc<[u8]>, Entry, Hasher>,
+    by_deadline: BTreeMap<Deadline, Rc<[u8]>>,
+    next_seq: u64,
+    used: usize,
+    maxmemory: usize,
+}
+
+/// How a write treats the key's time to live.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Ttl {
+    /// No deadline (a plain `SET`).
+    Clear,
+    /// Keep the key's deadline, if any (`INCR`, `SET ... KEEPTTL`).
+    Keep,
+    At(Instant),
+}
+
+fn cost(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
+impl Store {
+    /// An empty store that holds at most `maxmemory` bytes (keys, values
+    /// and [`ENTRY_OVERHEAD`] each).
+    pub fn new(maxmemory: usize) -> Self {
+        Store { map: HashMap::with_hasher(random_hasher()), by_deadline: BTreeMap::new(), next_seq: 0, used: 0, maxmemory }
+    }
+
+    /// The key's value, unless it is missing or expired (then removed).
+    pub fn get(&mut self, key: &[u8], now: &Clock) -> Option<Rc<[u8]>> {
+        self.expire_if_due(key, now);
+        self.map.get(key).map(|entry| entry.value.clone())
+    }
+
+    pub fn contains(&mut self, key: &[u8], now: &Clock) -> bool {
+        self.expire_if_due(key, now);
+        self.map.contains_key(key)
+    }
+
+    /// Whether writing a `value_len`-byte value to `key` fits under
+    /// `maxmemory`, counting what it replaces.
+    pub fn fits(&self, key: &[u8], value_len: usize) -> bool {
+        let old = self.map.get(key).map_or(0, |entry| cost(key, &entry.value));
+        self.used - old + key.len() + value_len + ENTRY_OVERHEAD <= self.maxmemory
+    }
+
+    /// Whether all of `writes` (key, value length) fit together.
+    pub fn all_fit<'a>(&self, writes: impl IntoIterator<Item = (&'a [u8], usize)>) -> bool {
+        // The last write of a key is the one that stays.
+        let writes: HashMap<&[u8], usize> = writes.into_iter().collect();
+        let mut used = self.used;
+        for (key, value_len) in writes {
+            let old = self.map.get(key).map_or(0, |entry| cost(key, &entry.value));
+            used = used - old + key.len() + value_len + ENTRY_OVERHEAD;
+        }
+        used <= self.maxmemory
+    }
+
+    /// Sets the key. Fails, changing nothing, past `maxmemory`.
+    pub fn set(&mut self, key: &[u8], value: Rc<[u8]>, ttl: Ttl, now: &Clock) -> Result<(), OutOfMemory> {
+        self.expire_if_due(key, now);
+        if !self.fits(key, value.len()) {
+            return Err(OutOfMemory);
+        }
+        let key = match self.map.get_mut(key) {
+            Some(entry) => {
+                // In place: the key keeps its allocation and its map slot.
+                self.used = self.used - entry.value.len() + value.len();
+                entry.value = value;
+                if ttl == Ttl::Keep || (ttl == Ttl::Clear && entry.expires.is_none()) {
+                    return Ok(());
+                }
+                self.map.get_key_value(key).expect("present").0.clone()
+            }
+            None => {
+                let key: Rc<[u8]> = Rc::from(key);
+                self.used += cost(&key, &value);
+                self.map.insert(key.clone(), Entry { value, expires: None });
+                key
+            }
+        };
+        match ttl {
+            Ttl::At(at) => self.set_deadline(&key, Some(at)),
+            Ttl::Clear => self.set_deadline(&key, None),
+            Ttl::Keep => true,
+        };
+        Ok(())
+    }
+
+    /// Removes the key; whether it was there (and not expired).
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        let Some((key, entry)) = self.map.remove_entry(key) else { return false };
+        self.used -= cost(&key, &entry.value);
+        if let Some(deadline) = entry.expires {
+            self.by_deadline.remove(&deadline);
+        }
+        true
+    }
+
+    /// Gives an existing key a deadline (`None`: none); whether it exists.
+    pub fn set_deadline(&mut self, key: &[u8], at: Option<Instant>) -> bool {
+        let Some(entry) = self.map.get_mut(key) else { return false };
+        if let Some(old) = entry.expires.take() {
+            self.by_deadline.remove(&old);
+        }
+        if let Some(at) = at {
+            let deadline = (at, self.next_seq);
+            self.next_seq += 1;
+            entry.expires = Some(deadline);
+            let (key, _) = self.map.get_key_value(key).expect("present");
+            self.by_deadline.insert(deadline, key.clone());
+        }
+        true
+    }
+
+    /// The key's deadline: `Err(())` if there is no such key, `Ok(None)`
+    /// if it has none.
+    pub fn deadline(&mut self, key: &[u8], now: &Clock) -> Result<Option<Instant>, ()> {
+        self.expire_if_due(key, now);
+        let entry = self.map.get(key).ok_or(())?;
+        Ok(entry.expires.map(|(at, _)| at))
+    }
+
+    /// Removes at most `limit` keys whose deadline has passed, soonest first.
+    pub fn expire_due(&mut self, now: &Clock, limit: usize) {
+        for _ in 0..limit {
+            let Some((&(at, _), key)) = self.by_deadline.first_key_value() else { return };
+            if at > now.now() {
+                return;
+            }
+            let key = key.clone();
+            self.remove(&key);
+        }
+    }
+
+    /// Keys that have not expired.
+    pub fn len(&mut self, now: &Clock) -> usize {
+        self.expire_due(now, usize::MAX);
+        self.map.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.by_deadline.clear();
+        self.used = 0;
+    }
+
+    /// Bytes counted against `maxmemory`.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    fn expire_if_due(&mut self, key: &[u8], now: &Clock) {
+        let due = self.map.get(key).and_then(|entry| entry.expires).is_some_and(|(at, _)| at <= now.now());
+        if due {
+            self.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn value(text: &str) -> Rc<[u8]> {
+        Rc::from(text.as_bytes())
+    }
+
+    #[test]
+    fn keys_expire_lazily_and_actively() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(10);
+        let mut store = Store::new(DEFAULT_MAXMEMORY);
+        store.set(b"a", value("1"), Ttl::At(now + Duration::from_secs(5)), &Clock::at(now)).unwrap();
+        store.set(b"b", value("2"), Ttl::At(now + Duration::from_secs(5)), &Clock::at(now)).unwrap();
+        store.set(b"c", value("3"), Ttl::Clear, &Clock::at(now)).unwrap();
+        assert_eq!(store.get(b"a", &Clock::at(now)).as_deref(), Some(&b"1"[..]));
+        assert_eq!(store.get(b"a", &Clock::at(later)), None);
+        store.expire_due(&Clock::at(later), 10);
+        assert_eq!(store.len(&Clock::at(later)), 1);
+        assert_eq!(store.used(), cost(b"c", b"3"));
+    }
+
+    #[test]
+    fn keep_ttl_and_a_plain_set_clears_it() {
+        let now = Instant::now();
+        let at = now + Duration::from_secs(5);
+        let mut store = Store::new(DEFAULT_MAXMEMORY);
+        store.set(b"k", value("1"), Ttl::At(at), &Clock::at(now)).unwrap();
+        store.set(b"k", value("2"), Ttl::Keep, &Clock::at(now)).unwrap();
+        assert_eq!(store.deadline(b"k", &Clock::at(now)), Ok(Some(at)));
+        store.set(b"k", value("3"), Ttl::Clear, &Clock::at(now)).unwrap();
+        assert_eq!(store.deadline(b"k", &Clock::at(now)), Ok(None));
+        assert_eq!(store.by_deadline.len(), 0);
+        assert_eq!(store.deadline(b"missing", &Clock::at(now)), Err(()));
+    }
+
+    #[test]
+    fn writes_past_maxmemory_are_refused_whole() {
+        let now = Instant::now();
+        let mut store = Store::new(2 * (ENTRY_OVERHEAD + 11));
+        store.set(b"a", value("0123456789"), Ttl::Clear, &Clock::at(now)).unwrap();
+        store.set(b"b", value("0123456789"), Ttl::Clear, &Clock::at(now)).unwrap();
+        assert_eq!(store.set(b"c", value("0"), Ttl::Clear, &Clock::at(now)), Err(OutOfMemory));
+        // Replacing a value counts what it frees.
+        store.set(b"a", value("9876543210"), Ttl::Clear, &Clock::at(now)).unwrap();
+        assert!(!store.all_fit([(&b"a"[..], 1), (&b"c"[..], 1)]));
+        assert!(store.all_fit([(&b"a"[..], 1), (&b"a"[..], 10)]));
+        assert!(store.remove(b"a"));
+        assert!(store.fits(b"c", 10));
+    }
+}
