@@ -24,6 +24,7 @@ mod report;
 mod scenarios;
 mod servers;
 mod stats;
+mod tools;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -55,6 +56,13 @@ enum Mode {
     Ab(ab::Args),
     /// The native baseline alone.
     NativeServer,
+    /// The native HTTP baseline alone (hyper; prints `http ADDR`).
+    HyperServer,
+    /// The native proxy baseline alone (prints `tcp ADDR`).
+    NativeProxy {
+        /// Where every connection is piped, as IP:PORT.
+        upstream: SocketAddr,
+    },
     #[command(flatten)]
     LoadOnly(LoadOnly),
 }
@@ -130,6 +138,8 @@ fn main() -> Result<()> {
         None => full_run(cli.quick),
         Some(Mode::Ab(args)) => ab::run(args),
         Some(Mode::NativeServer) => native::serve(),
+        Some(Mode::HyperServer) => native::serve_http(),
+        Some(Mode::NativeProxy { upstream }) => native::serve_proxy(upstream),
         Some(Mode::LoadOnly(kind)) => load_only(kind),
     }
 }
@@ -204,6 +214,8 @@ mod tests {
         let quick = parse("--quick").unwrap();
         assert!(quick.quick && quick.command.is_none());
         assert!(matches!(parse("native-server").unwrap().command, Some(Mode::NativeServer)));
+        assert!(matches!(parse("hyper-server").unwrap().command, Some(Mode::HyperServer)));
+        assert!(matches!(parse("native-proxy 127.0.0.1:6379").unwrap().command, Some(Mode::NativeProxy { .. })));
         for line in [
             "ab a b echo-64",
             "ab a b churn per-connection 12 2",

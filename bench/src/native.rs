@@ -45,3 +45,63 @@ pub fn serve() -> anyhow::Result<()> {
         }
     })
 }
+
+/// The native HTTP baseline for `http-hello`: hyper's HTTP/1.1 server with
+/// the same answers (`GET /`: `Hello, world!`; else 404), keep-alive, on the
+/// same runtime flavour. Prints `http ADDR`.
+pub fn serve_http() -> anyhow::Result<()> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Method, Request, Response, StatusCode};
+
+    async fn hello(request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        let (status, body): (StatusCode, &'static [u8]) =
+            if request.method() == Method::GET && request.uri().path() == "/" {
+                (StatusCode::OK, b"Hello, world!\n")
+            } else {
+                (StatusCode::NOT_FOUND, b"Not found\n")
+            };
+        let mut response = Response::new(Full::new(Bytes::from_static(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+        Ok(response)
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        println!("http {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, hyper::service::service_fn(hello))
+                    .await;
+            });
+        }
+    })
+}
+
+/// The native proxy baseline for `tcp-proxy`: every accepted connection
+/// piped both ways to `upstream` (tokio's `copy_bidirectional`). Prints
+/// `tcp ADDR`.
+pub fn serve_proxy(upstream: std::net::SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        println!("tcp {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        loop {
+            let (mut client, _) = listener.accept().await?;
+            client.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    })
+}

@@ -11,8 +11,12 @@ use anyhow::{Context, Result, bail};
 
 use crate::load;
 use crate::report::{Row, row};
-use crate::servers::{native_server, portcullis_tcp, portcullis_udp, portcullis_wasi_tcp};
-use crate::stats::{alternate, median};
+use crate::servers::{
+    hyper_server, native_proxy, native_server, portcullis_example, portcullis_tcp, portcullis_udp, portcullis_wasi_tcp,
+    redis_server, wasmtime_serve, which,
+};
+use crate::stats::{Paired, alternate, median};
+use crate::tools;
 
 /// How long and how often a run measures.
 pub struct Settings {
@@ -22,6 +26,8 @@ pub struct Settings {
     pub run: Duration,
     pub latency_run: Duration,
     pub idle_conns: usize,
+    /// Requests per `redis-benchmark` test in one round.
+    pub redis_requests: usize,
 }
 
 impl Settings {
@@ -32,6 +38,7 @@ impl Settings {
         run: Duration::from_millis(400),
         latency_run: Duration::from_millis(800),
         idle_conns: 1000,
+        redis_requests: 20_000,
     };
 
     /// The full run.
@@ -41,6 +48,7 @@ impl Settings {
         run: Duration::from_secs(1),
         latency_run: Duration::from_secs(3),
         idle_conns: 5000,
+        redis_requests: 300_000,
     };
 }
 
@@ -67,6 +75,9 @@ pub async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
     rows.extend(idle_memory(s, root, &cache).await?);
     rows.extend(udp_echo(s, root, &cache, native.udp.unwrap()).await?);
     drop(native);
+    rows.extend(resp_kv_against_redis(s, root, &cache).await?);
+    rows.extend(tcp_proxy_in_front_of_redis(s, root, &cache).await?);
+    rows.extend(http_hello_under_wrk(s, root, &cache).await?);
     rows.extend(start_up(s, root)?);
     let (instantiation_rows, probe_ns) = instantiation(s)?;
     rows.extend(instantiation_rows);
@@ -193,6 +204,96 @@ async fn udp_echo(s: &Settings, root: &Path, cache: &Path, native: SocketAddr) -
     .await;
     drop(ours_udp);
     Ok(vec![paired.row("udp echo 64 B, 16 clients", "shared", "dgram/s", 0)])
+}
+
+/// `redis-benchmark -t set,get -P 16 -c 50` against `addr`: SET and GET
+/// requests per second, then their p99 in µs (zeros when it failed, which
+/// the full run reports as a row that measured nothing).
+async fn redis_set_get(addr: SocketAddr, requests: usize) -> Vec<f64> {
+    match tools::redis_benchmark(addr, "set,get", requests) {
+        Ok(rates) => {
+            let ((set, set_p99), (get, get_p99)) = (tools::rate_of(&rates, "SET"), tools::rate_of(&rates, "GET"));
+            vec![set, get, set_p99, get_p99]
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            vec![0.0; 4]
+        }
+    }
+}
+
+/// The rows of [`redis_set_get`]'s values, against the baseline `mode` names.
+fn redis_rows(paired: &Paired, scenario: &str, mode: &str) -> Vec<Row> {
+    vec![
+        paired.row(scenario, &format!("SET, {mode}"), "ops/s", 0),
+        paired.row(scenario, &format!("GET, {mode}"), "ops/s", 1),
+        paired.row(scenario, &format!("SET, {mode}"), "p99 µs", 2),
+        paired.row(scenario, &format!("GET, {mode}"), "p99 µs", 3),
+    ]
+}
+
+/// `resp-kv` against a real `redis-server` (in the baseline column), both
+/// on core 0, under `redis-benchmark` SET and GET.
+async fn resp_kv_against_redis(s: &Settings, root: &Path, cache: &Path) -> Result<Vec<Row>> {
+    eprintln!("bench: resp-kv against redis-server");
+    let redis = redis_server()?;
+    let ours = portcullis_example(root, cache, "resp-kv", &[])?;
+    let requests = s.redis_requests;
+    let paired = alternate(s.rounds, redis.tcp.unwrap(), ours.tcp.unwrap(), |addr| redis_set_get(addr, requests)).await;
+    Ok(redis_rows(&paired, "resp-kv, redis-benchmark -P 16 -c 50", "vs redis-server"))
+}
+
+/// `redis-benchmark` through `tcp-proxy` in front of `redis-server`, against
+/// the same load straight to `redis-server`, and against a native tokio
+/// proxy. The servers (redis and the proxy) share core 0.
+async fn tcp_proxy_in_front_of_redis(s: &Settings, root: &Path, cache: &Path) -> Result<Vec<Row>> {
+    eprintln!("bench: tcp-proxy in front of redis-server");
+    let redis = redis_server()?;
+    let upstream = redis.tcp.unwrap();
+    let (env, grant) = (format!("UPSTREAM={upstream}"), format!("tcp://{upstream}"));
+    let ours = portcullis_example(root, cache, "tcp-proxy", &["--env", &env, "--allow-connect", &grant])?;
+    let native = native_proxy(upstream)?;
+    let requests = s.redis_requests;
+    let load = |addr| redis_set_get(addr, requests);
+    let direct = alternate(s.rounds, upstream, ours.tcp.unwrap(), load).await;
+    let against_native = alternate(s.rounds, native.tcp.unwrap(), ours.tcp.unwrap(), load).await;
+    let scenario = "redis-benchmark through tcp-proxy, -P 16 -c 50";
+    let mut rows = redis_rows(&direct, scenario, "vs direct");
+    rows.extend(redis_rows(&against_native, scenario, "vs native proxy").into_iter().take(2));
+    Ok(rows)
+}
+
+/// `http-hello` under `wrk` (50 connections, keep-alive) against native
+/// hyper and, when the `wasmtime` command is installed, against `wasmtime
+/// serve` running the same answers as a `wasi:http` component.
+async fn http_hello_under_wrk(s: &Settings, root: &Path, cache: &Path) -> Result<Vec<Row>> {
+    eprintln!("bench: http-hello under wrk");
+    let ours = portcullis_example(root, cache, "http-hello", &[])?;
+    let run = s.run;
+    let load = |addr| async move {
+        match tools::wrk(addr, 50, run) {
+            Ok((rate, p99)) => vec![rate, p99],
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                vec![0.0; 2]
+            }
+        }
+    };
+    let scenario = "http-hello under wrk, 50 conns";
+    let hyper = hyper_server()?;
+    let paired = alternate(s.rounds, hyper.tcp.unwrap(), ours.tcp.unwrap(), load).await;
+    drop(hyper);
+    let mut rows =
+        vec![paired.row(scenario, "vs native hyper", "req/s", 0), paired.row(scenario, "vs native hyper", "p99 µs", 1)];
+    if which("wasmtime").is_none() {
+        eprintln!("bench: no `wasmtime` command (cargo xtask wasmtime): no wasmtime serve rows");
+        return Ok(rows);
+    }
+    let serve = wasmtime_serve(root)?;
+    let paired = alternate(s.rounds, serve.tcp.unwrap(), ours.tcp.unwrap(), load).await;
+    rows.push(paired.row(scenario, "vs wasmtime serve", "req/s", 0));
+    rows.push(paired.row(scenario, "vs wasmtime serve", "p99 µs", 1));
+    Ok(rows)
 }
 
 /// The time from starting a server to its `listening on` line: native's, and

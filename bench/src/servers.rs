@@ -84,8 +84,20 @@ pub fn portcullis_wasi_tcp(root: &Path, cache: &Path) -> Result<Server> {
 
 /// `BIN run GUEST` on an ephemeral loopback port, with `--instances MODE`.
 pub fn portcullis_server(bin: &Path, guest: &Path, cache: &Path, mode: &str) -> Result<Server> {
+    portcullis_with(bin, guest, cache, &["--instances", mode])
+}
+
+/// `portcullis run` of example `name` (`resp-kv`, `http-hello`, `tcp-proxy`)
+/// with `args` added (grants, `--env`).
+pub fn portcullis_example(root: &Path, cache: &Path, name: &str, args: &[&str]) -> Result<Server> {
+    portcullis_with(&layout::portcullis_bin(root), &layout::guest(root, name), cache, args)
+}
+
+fn portcullis_with(bin: &Path, guest: &Path, cache: &Path, args: &[&str]) -> Result<Server> {
     let guest = guest.display().to_string();
-    let mut cmd = on_core_0(bin, &["run", &guest, "--listen", "127.0.0.1:0", "--instances", mode]);
+    let mut all = vec!["run", guest.as_str(), "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut cmd = on_core_0(bin, &all);
     cmd.env("PORTCULLIS_CACHE_DIR", cache);
     let (child, mut out) = spawn(cmd)?;
     let addr = line(&mut out)?.strip_prefix("listening on ").context("listening line")?.parse()?;
@@ -102,4 +114,74 @@ pub fn portcullis_udp(root: &Path, cache: &Path) -> Result<Server> {
     let announced = line(&mut out)?;
     let port: u16 = announced.rsplit_once(':').context("udp-echo line")?.1.parse()?;
     Ok(Server { child, tcp: None, udp: Some(SocketAddr::from(([127, 0, 0, 1], port))) })
+}
+
+/// The bench binary's own `MODE ARGS` server (`hyper-server`,
+/// `native-proxy UPSTREAM`), announcing `KIND ADDR` on its first line.
+fn bench_mode(args: &[&str], kind: &str) -> Result<Server> {
+    let exe = std::env::current_exe()?;
+    let (child, mut out) = spawn(on_core_0(&exe, args))?;
+    let addr = line(&mut out)?.strip_prefix(kind).context("address line")?.trim().parse()?;
+    Ok(Server { child, tcp: Some(addr), udp: None })
+}
+
+/// The native HTTP baseline: hyper (this binary's `hyper-server`).
+pub fn hyper_server() -> Result<Server> {
+    bench_mode(&["hyper-server"], "http ")
+}
+
+/// The native proxy baseline to `upstream` (this binary's `native-proxy`).
+pub fn native_proxy(upstream: SocketAddr) -> Result<Server> {
+    bench_mode(&["native-proxy", &upstream.to_string()], "tcp ")
+}
+
+/// A free loopback port (for a server that takes its port on the command line).
+fn free_port() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Waits (5 s at most) until `addr` accepts a connection.
+fn wait_for(addr: SocketAddr, child: &mut Child) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("the server exited with {status} before listening on {addr}");
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("nothing listens on {addr} after 5 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A real `redis-server` (Debian's), no persistence, on a free loopback port.
+pub fn redis_server() -> Result<Server> {
+    let addr = free_port()?;
+    let port = addr.port().to_string();
+    let args = ["--bind", "127.0.0.1", "--port", &port, "--save", "", "--appendonly", "no"];
+    let redis = which("redis-server").context("redis-server is not installed (Debian's redis-server)")?;
+    let mut cmd = on_core_0(&redis, &args);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting redis-server")?;
+    wait_for(addr, &mut child)?;
+    Ok(Server { child, tcp: Some(addr), udp: None })
+}
+
+/// `wasmtime serve` of the bench's `wasi-http-hello` component, on a free
+/// loopback port.
+pub fn wasmtime_serve(root: &Path) -> Result<Server> {
+    let addr = free_port()?;
+    let guest = layout::guest(root, "wasi-http-hello").display().to_string();
+    let wasmtime = which("wasmtime").context("wasmtime is not installed (cargo xtask wasmtime)")?;
+    let listen = addr.to_string();
+    // `-S cli=y`: the component is built with std, which imports wasi:cli.
+    let mut cmd = on_core_0(&wasmtime, &["serve", "-S", "cli=y", "--addr", &listen, &guest]);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting wasmtime serve")?;
+    wait_for(addr, &mut child)?;
+    Ok(Server { child, tcp: Some(addr), udp: None })
+}
+
+/// Where `program` is on the PATH.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
 }
