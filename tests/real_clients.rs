@@ -215,7 +215,8 @@ async fn redis_benchmark_completes(port: u16) {
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("rror"), "redis-benchmark saw errors: {text}");
     for test in ["PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "MSET (10 keys)"] {
-        let line = text.split(['\n', '\r']).find(|l| l.starts_with(&format!("{test}: ")) && l.contains("requests per second"));
+        let line =
+            text.split(['\n', '\r']).find(|l| l.starts_with(&format!("{test}: ")) && l.contains("requests per second"));
         assert!(line.is_some(), "no rate for {test}: {text}");
     }
     assert_eq!(redis_cli(port, &["GET", "counter:__rand_int__"]).await, "\"20000\"");
@@ -273,7 +274,8 @@ async fn tcp_proxy_in_front_of_redis_server_under_redis_benchmark(backend: Backe
                 for i in 0..8 {
                     let (key, value) = (format!("k:{c}:{round}:{i}"), format!("value {c} {round} {i}"));
                     batch.extend_from_slice(
-                        format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len()).as_bytes(),
+                        format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len())
+                            .as_bytes(),
                     );
                     batch.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
                     expected.extend_from_slice(format!("+OK\r\n${}\r\n{value}\r\n", value.len()).as_bytes());
@@ -333,7 +335,9 @@ async fn http_hello_answers_pipelined_and_malformed_requests(backend: Backend) {
     let service = http_hello(backend);
     let mut client = service.connect().await;
     client
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
         .await
         .unwrap();
     let ok = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 14\r\n\r\n";

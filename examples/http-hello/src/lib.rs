@@ -89,7 +89,11 @@ fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
     let head_len = match request.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Some((buf.len(), 0, Answer::error("431 Request Header Fields Too Large", b"Request head too large\n")));
+            return Some((
+                buf.len(),
+                0,
+                Answer::error("431 Request Header Fields Too Large", b"Request head too large\n"),
+            ));
         }
         Ok(httparse::Status::Partial) => return None,
         Err(httparse::Error::TooManyHeaders) => {

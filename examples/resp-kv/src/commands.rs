@@ -324,7 +324,9 @@ fn command(a: &[Vec<u8>]) -> Reply {
     let Some(sub) = a.first() else { return Reply::Array(COMMANDS.iter().map(describe).collect()) };
     match sub.to_ascii_uppercase().as_slice() {
         b"COUNT" if a.len() == 1 => Reply::Int(COMMANDS.len() as i64),
-        b"LIST" if a.len() == 1 => Reply::Array(COMMANDS.iter().map(|spec| Reply::bulk(spec.name.as_bytes())).collect()),
+        b"LIST" if a.len() == 1 => {
+            Reply::Array(COMMANDS.iter().map(|spec| Reply::bulk(spec.name.as_bytes())).collect())
+        }
         b"INFO" => Reply::Array(
             a[1..]
                 .iter()
@@ -466,7 +468,8 @@ mod tests {
             if count == 0 {
                 continue;
             }
-            let line = std::iter::once(spec.name).chain(std::iter::repeat_n("x", count as usize - 1)).collect::<Vec<_>>();
+            let line =
+                std::iter::once(spec.name).chain(std::iter::repeat_n("x", count as usize - 1)).collect::<Vec<_>>();
             let reply = run(&mut store, now, &line.join(" "));
             assert_eq!(reply, wrong_arity(spec.name), "{}", spec.name);
         }

@@ -97,8 +97,12 @@ impl Decoder {
                     Len::Empty => continue,
                     Len::N(n) if n > MAX_ARGS => return Err(ProtocolError::new("invalid multibulk length")),
                     Len::N(n) => {
-                        self.pending =
-                            Some(Multibulk { remaining: n, args: Vec::with_capacity(n.min(64)), bulk_len: None, held: 0 })
+                        self.pending = Some(Multibulk {
+                            remaining: n,
+                            args: Vec::with_capacity(n.min(64)),
+                            bulk_len: None,
+                            held: 0,
+                        })
                     }
                 }
             }
@@ -270,7 +274,9 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                     i += 1;
                     break;
                 }
-                Some(b'"') if c == b'\\' && line.get(i + 1) == Some(&b'x') && hex_pair(line.get(i + 2..i + 4)).is_some() => {
+                Some(b'"')
+                    if c == b'\\' && line.get(i + 1) == Some(&b'x') && hex_pair(line.get(i + 2..i + 4)).is_some() =>
+                {
                     word.push(hex_pair(line.get(i + 2..i + 4)).expect("checked"));
                     i += 3;
                 }

@@ -92,7 +92,13 @@ impl Store {
     /// An empty store that holds at most `maxmemory` bytes (keys, values
     /// and [`ENTRY_OVERHEAD`] each).
     pub fn new(maxmemory: usize) -> Self {
-        Store { map: HashMap::with_hasher(random_hasher()), by_deadline: BTreeMap::new(), next_seq: 0, used: 0, maxmemory }
+        Store {
+            map: HashMap::with_hasher(random_hasher()),
+            by_deadline: BTreeMap::new(),
+            next_seq: 0,
+            used: 0,
+            maxmemory,
+        }
     }
 
     /// The key's value, unless it is missing or expired (then removed).
