@@ -17,9 +17,10 @@
 //! closed after it. A client that pipelines without reading meets
 //! back-pressure: answers are written at most [`FLUSH_AT`] bytes at a time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_sdk::{Connection, Error, Service, export_service};
 
@@ -38,6 +39,28 @@ pub const HELLO: &[u8] = b"Hello, world!\n";
 #[derive(Default)]
 struct HttpHello {
     connections: RefCell<HashMap<u64, Rc<RefCell<Pending>>>>,
+    date: DateHeader,
+}
+
+/// The `date` header every answer carries (RFC 9110: a server with a clock
+/// sends one), formatted once a second, not once per answer.
+#[derive(Default)]
+struct DateHeader {
+    second: Cell<u64>,
+    line: RefCell<String>,
+}
+
+impl DateHeader {
+    /// `date: <IMF-fixdate>\r\n` for now.
+    fn line(&self) -> std::cell::Ref<'_, String> {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second.get() || self.line.borrow().is_empty() {
+            self.second.set(second);
+            *self.line.borrow_mut() = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+        }
+        self.line.borrow()
+    }
 }
 
 /// What a connection has sent that is not answered yet.
@@ -64,10 +87,13 @@ impl Answer {
         Answer { status, body, with_body: true, extra_headers: "", keep_alive: false }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// The answer's bytes; `date` is the `date: ...\r\n` line.
+    fn encode(&self, date: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(self.status.as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"content-type: text/plain\r\ncontent-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(self.extra_headers.as_bytes());
@@ -190,8 +216,9 @@ impl Service for HttpHello {
         };
         let mut at = 0;
         let mut out = Vec::new();
+        let date = self.date.line().clone();
         while let Some((used, body, answer)) = next_request(&bytes[at..]) {
-            answer.encode(&mut out);
+            answer.encode(&date, &mut out);
             if !answer.keep_alive {
                 conn.write_all(&out).await?;
                 return conn.close();
@@ -229,7 +256,7 @@ mod tests {
     fn answer(request: &str) -> (usize, usize, String, bool) {
         let (used, body, answer) = next_request(request.as_bytes()).expect("complete");
         let mut out = Vec::new();
-        answer.encode(&mut out);
+        answer.encode("", &mut out);
         (used, body, String::from_utf8(out).unwrap(), answer.keep_alive)
     }
 
