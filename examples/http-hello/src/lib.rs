@@ -13,6 +13,7 @@
 //!   `413`; a `Transfer-Encoding` body: `501`;
 //! - anything `httparse` refuses, an HTTP/1.1 request without `Host`, or a
 //!   bad `Content-Length`: `400`.
+//!
 //! Each of those answers says `Connection: close`, and the connection is
 //! closed after it. A client that pipelines without reading meets
 //! back-pressure: answers are written at most [`FLUSH_AT`] bytes at a time.

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::resp::{Reply, parse_i64};
-use crate::store::{Clock, OutOfMemory, Store, Ttl};
+use crate::store::{Clock, Deadline, OutOfMemory, Store, Ttl};
 
 /// One command as `COMMAND` describes it: arity (negative: at least that
 /// many arguments, the name included), flags, and where its keys are.
@@ -62,6 +62,9 @@ pub enum Outcome {
     Reply(Reply),
     /// Send the reply, then close the connection (`QUIT`).
     ReplyAndClose(Reply),
+    /// The request could not be read: answer `-ERR Protocol error: ...`
+    /// and close the connection.
+    Refuse(String),
 }
 
 /// What a command runs against.
@@ -77,9 +80,9 @@ const SYNTAX: &str = "ERR syntax error";
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
 /// Runs one request (`args[0]` is the command name, any case).
-pub fn execute(args: &[Vec<u8>], cx: &mut Context) -> Outcome {
-    let Some(spec) = COMMANDS.iter().find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(&args[0])) else {
-        return Outcome::Reply(unknown_command(&String::from_utf8_lossy(&args[0]), &args[1..]));
+pub fn execute(args: &[&[u8]], cx: &mut Context) -> Outcome {
+    let Some(spec) = COMMANDS.iter().find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(args[0])) else {
+        return Outcome::Reply(unknown_command(&String::from_utf8_lossy(args[0]), &args[1..]));
     };
     let count = args.len() as i64;
     if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
@@ -92,19 +95,19 @@ pub fn execute(args: &[Vec<u8>], cx: &mut Context) -> Outcome {
             [message] => Reply::bulk(message),
             _ => wrong_arity("ping"),
         },
-        "echo" => Reply::bulk(&a[0]),
+        "echo" => Reply::bulk(a[0]),
         "set" => set(a, cx),
-        "get" => cx.store.get(&a[0], cx.now).map_or(Reply::Nil, Reply::Bulk),
+        "get" => cx.store.get(a[0], cx.now).map_or(Reply::Nil, Reply::Bulk),
         "del" => Reply::Int(a.iter().filter(|key| cx.store.remove(key)).count() as i64),
         "exists" => Reply::Int(a.iter().filter(|key| cx.store.contains(key, cx.now)).count() as i64),
-        "incr" => add(&a[0], 1, cx),
-        "decr" => add(&a[0], -1, cx),
-        "incrby" => match parse_i64(&a[1]) {
-            Some(by) => add(&a[0], by, cx),
+        "incr" => add(a[0], 1, cx),
+        "decr" => add(a[0], -1, cx),
+        "incrby" => match parse_i64(a[1]) {
+            Some(by) => add(a[0], by, cx),
             None => Reply::error(NOT_AN_INTEGER),
         },
-        "decrby" => match parse_i64(&a[1]).map(i64::checked_neg) {
-            Some(Some(by)) => add(&a[0], by, cx),
+        "decrby" => match parse_i64(a[1]).map(i64::checked_neg) {
+            Some(Some(by)) => add(a[0], by, cx),
             Some(None) => Reply::error("ERR decrement would overflow"),
             None => Reply::error(NOT_AN_INTEGER),
         },
@@ -112,8 +115,8 @@ pub fn execute(args: &[Vec<u8>], cx: &mut Context) -> Outcome {
         "mset" => mset(a, cx),
         "expire" => expire(a, 1000, "expire", cx),
         "pexpire" => expire(a, 1, "pexpire", cx),
-        "ttl" => ttl(&a[0], 1000, cx),
-        "pttl" => ttl(&a[0], 1, cx),
+        "ttl" => ttl(a[0], 1000, cx),
+        "pttl" => ttl(a[0], 1, cx),
         "dbsize" => Reply::Int(cx.store.len(cx.now) as i64),
         "flushall" => match a {
             [] => flush(cx),
@@ -122,7 +125,7 @@ pub fn execute(args: &[Vec<u8>], cx: &mut Context) -> Outcome {
         },
         "command" => command(a),
         "hello" => hello(a, cx),
-        "select" => match parse_i64(&a[0]) {
+        "select" => match parse_i64(a[0]) {
             Some(0) => Reply::Simple("OK"),
             Some(_) => Reply::error("ERR DB index is out of range"),
             None => Reply::error(NOT_AN_INTEGER),
@@ -136,7 +139,7 @@ pub fn execute(args: &[Vec<u8>], cx: &mut Context) -> Outcome {
 }
 
 /// Redis 7's wording, the arguments quoted up to 128 bytes in all.
-fn unknown_command(name: &str, args: &[Vec<u8>]) -> Reply {
+fn unknown_command(name: &str, args: &[&[u8]]) -> Reply {
     let mut quoted = String::new();
     for arg in args {
         if quoted.len() >= 128 {
@@ -173,8 +176,8 @@ fn deadline(now: Instant, amount: i64, unit_ms: i64) -> Option<Instant> {
 }
 
 /// `SET key value [NX | XX] [GET] [EX seconds | PX milliseconds | KEEPTTL]`.
-fn set(a: &[Vec<u8>], cx: &mut Context) -> Reply {
-    let (key, value) = (&a[0], &a[1]);
+fn set(a: &[&[u8]], cx: &mut Context) -> Reply {
+    let (key, value) = (a[0], a[1]);
     let (mut nx, mut xx, mut get, mut keep_ttl) = (false, false, false, false);
     let mut expiry: Option<(i64, i64)> = None;
     let mut i = 2;
@@ -203,11 +206,11 @@ fn set(a: &[Vec<u8>], cx: &mut Context) -> Reply {
             _ => return Reply::error("ERR invalid expire time in 'set' command"),
         },
     };
-    let old = cx.store.get(key, cx.now);
+    let old = if nx || xx || get { cx.store.get(key, cx.now) } else { None };
     if (nx && old.is_some()) || (xx && old.is_none()) {
         return if get { old.map_or(Reply::Nil, Reply::Bulk) } else { Reply::Nil };
     }
-    match cx.store.set(key, Rc::from(value.as_slice()), ttl, cx.now) {
+    match cx.store.set(key, Rc::from(value), ttl, cx.now) {
         Err(OutOfMemory) => Reply::error(OOM),
         Ok(()) if get => old.map_or(Reply::Nil, Reply::Bulk),
         Ok(()) => Reply::Simple("OK"),
@@ -234,24 +237,24 @@ fn add(key: &[u8], by: i64, cx: &mut Context) -> Reply {
 }
 
 /// `MSET key value [key value ...]`: all or nothing.
-fn mset(a: &[Vec<u8>], cx: &mut Context) -> Reply {
-    if a.len() % 2 != 0 {
+fn mset(a: &[&[u8]], cx: &mut Context) -> Reply {
+    if !a.len().is_multiple_of(2) {
         return wrong_arity("mset");
     }
     let pairs = || a.chunks(2).map(|pair| (&pair[0], &pair[1]));
-    if !cx.store.all_fit(pairs().map(|(key, value)| (key.as_slice(), value.len()))) {
+    if !cx.store.all_fit(pairs().map(|(key, value)| (*key, value.len()))) {
         return Reply::error(OOM);
     }
     for (key, value) in pairs() {
-        cx.store.set(key, Rc::from(value.as_slice()), Ttl::Clear, cx.now).expect("checked by fits");
+        cx.store.set(key, Rc::from(*value), Ttl::Clear, cx.now).expect("checked by all_fit");
     }
     Reply::Simple("OK")
 }
 
 /// `EXPIRE key seconds [NX | XX | GT | LT]` (`PEXPIRE`: milliseconds). A
 /// time in the past deletes the key.
-fn expire(a: &[Vec<u8>], unit_ms: i64, name: &str, cx: &mut Context) -> Reply {
-    let Some(amount) = parse_i64(&a[1]) else { return Reply::error(NOT_AN_INTEGER) };
+fn expire(a: &[&[u8]], unit_ms: i64, name: &str, cx: &mut Context) -> Reply {
+    let Some(amount) = parse_i64(a[1]) else { return Reply::error(NOT_AN_INTEGER) };
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for option in &a[2..] {
         match option.to_ascii_uppercase().as_slice() {
@@ -281,7 +284,11 @@ fn expire(a: &[Vec<u8>], unit_ms: i64, name: &str, cx: &mut Context) -> Reply {
     if amount.checked_mul(unit_ms).is_none() {
         return Reply::error(format!("ERR invalid expire time in '{name}' command"));
     }
-    let Ok(current) = cx.store.deadline(&a[0], cx.now) else { return Reply::Int(0) };
+    let Some(current) = cx.store.deadline(a[0], cx.now) else { return Reply::Int(0) };
+    let current = match current {
+        Deadline::Never => None,
+        Deadline::At(at) => Some(at),
+    };
     let allowed = match (current, at) {
         _ if nx => current.is_none(),
         _ if xx && current.is_none() => false,
@@ -295,8 +302,8 @@ fn expire(a: &[Vec<u8>], unit_ms: i64, name: &str, cx: &mut Context) -> Reply {
         return Reply::Int(0);
     }
     match at {
-        None => cx.store.remove(&a[0]),
-        Some(at) => cx.store.set_deadline(&a[0], Some(at)),
+        None => cx.store.remove(a[0]),
+        Some(at) => cx.store.set_deadline(a[0], Some(at)),
     };
     Reply::Int(1)
 }
@@ -304,9 +311,9 @@ fn expire(a: &[Vec<u8>], unit_ms: i64, name: &str, cx: &mut Context) -> Reply {
 /// `TTL` (seconds, rounded) and `PTTL`: -2 for no key, -1 for no deadline.
 fn ttl(key: &[u8], unit_ms: u128, cx: &mut Context) -> Reply {
     match cx.store.deadline(key, cx.now) {
-        Err(()) => Reply::Int(-2),
-        Ok(None) => Reply::Int(-1),
-        Ok(Some(at)) => {
+        None => Reply::Int(-2),
+        Some(Deadline::Never) => Reply::Int(-1),
+        Some(Deadline::At(at)) => {
             let ms = at.saturating_duration_since(cx.now.now()).as_millis();
             Reply::Int(((ms + unit_ms / 2) / unit_ms) as i64)
         }
@@ -320,7 +327,7 @@ fn flush(cx: &mut Context) -> Reply {
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND LIST`,
 /// `COMMAND DOCS` (empty: there are none): what clients ask at start.
-fn command(a: &[Vec<u8>]) -> Reply {
+fn command(a: &[&[u8]]) -> Reply {
     let Some(sub) = a.first() else { return Reply::Array(COMMANDS.iter().map(describe).collect()) };
     match sub.to_ascii_uppercase().as_slice() {
         b"COUNT" if a.len() == 1 => Reply::Int(COMMANDS.len() as i64),
@@ -364,7 +371,7 @@ fn describe(spec: &Spec) -> Reply {
 /// that speaks RESP2 only: version 2 (or none) gets the server's details as
 /// a flat array; 3 gets `-NOPROTO`. There are no passwords: `AUTH` is
 /// accepted for user `default` (Redis's default user without a password).
-fn hello(a: &[Vec<u8>], cx: &mut Context) -> Reply {
+fn hello(a: &[&[u8]], cx: &mut Context) -> Reply {
     if let Some(version) = a.first() {
         match parse_i64(version) {
             None => return Reply::error("ERR Protocol version is not an integer or out of range"),
@@ -385,7 +392,7 @@ fn hello(a: &[Vec<u8>], cx: &mut Context) -> Reply {
             }
             b"SETNAME" if left >= 1 => i += 2,
             _ => {
-                let option = String::from_utf8_lossy(&a[i]);
+                let option = String::from_utf8_lossy(a[i]);
                 return Reply::error(format!("ERR Syntax error in HELLO option '{}'", truncate(&option, 128)));
             }
         }
@@ -411,23 +418,23 @@ fn hello(a: &[Vec<u8>], cx: &mut Context) -> Reply {
 
 /// `CLIENT SETNAME | SETINFO | GETNAME | ID`: what client libraries send
 /// when they connect (names are accepted, not kept).
-fn client(a: &[Vec<u8>], cx: &mut Context) -> Reply {
+fn client(a: &[&[u8]], cx: &mut Context) -> Reply {
     match (a[0].to_ascii_uppercase().as_slice(), a.len()) {
         (b"SETNAME", 2) | (b"SETINFO", 3) => Reply::Simple("OK"),
         (b"GETNAME", 1) => Reply::Nil,
         (b"ID", 1) => Reply::Int(cx.connection_id as i64),
         (b"SETNAME" | b"SETINFO" | b"GETNAME" | b"ID", _) => {
-            wrong_arity(&format!("client|{}", String::from_utf8_lossy(&a[0]).to_lowercase()))
+            wrong_arity(&format!("client|{}", String::from_utf8_lossy(a[0]).to_lowercase()))
         }
-        _ => unknown_subcommand(&a[0], "CLIENT"),
+        _ => unknown_subcommand(a[0], "CLIENT"),
     }
 }
 
 /// `CONFIG GET parameter...`: the few parameters benchmarks and clients
 /// read (`*` lists them all). Nothing can be set.
-fn config(a: &[Vec<u8>], cx: &mut Context) -> Reply {
+fn config(a: &[&[u8]], cx: &mut Context) -> Reply {
     if !a[0].eq_ignore_ascii_case(b"GET") {
-        return unknown_subcommand(&a[0], "CONFIG");
+        return unknown_subcommand(a[0], "CONFIG");
     }
     if a.len() < 2 {
         return wrong_arity("config|get");
@@ -450,11 +457,12 @@ mod tests {
     use crate::store::DEFAULT_MAXMEMORY;
 
     fn run(store: &mut Store, now: Instant, line: &str) -> Reply {
-        let args: Vec<Vec<u8>> = line.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
         let clock = Clock::at(now);
         let mut cx = Context { store, now: &clock, connection_id: 7, maxmemory: DEFAULT_MAXMEMORY };
         match execute(&args, &mut cx) {
             Outcome::Reply(reply) | Outcome::ReplyAndClose(reply) => reply,
+            Outcome::Refuse(what) => panic!("refused: {what}"),
         }
     }
 

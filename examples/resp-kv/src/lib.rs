@@ -95,7 +95,7 @@ impl KeyValue {
         total <= MAX_INPUT_TOTAL
     }
 
-    fn run(&self, args: &[Vec<u8>], conn: &Connection, now: &Clock) -> Outcome {
+    fn run(&self, args: &[&[u8]], conn: &Connection, now: &Clock) -> Outcome {
         let mut store = self.store.borrow_mut();
         store.expire_due(now, EXPIRE_PER_COMMAND);
         let mut cx = Context { store: &mut store, now, connection_id: conn.id(), maxmemory: self.maxmemory };
@@ -114,22 +114,25 @@ impl Service for KeyValue {
         let mut out = Vec::new();
         let clock = Clock::default();
         loop {
-            let next = state.borrow_mut().decoder.next_request();
-            match next {
-                Ok(Some(args)) => match self.run(&args, conn, &clock) {
-                    Outcome::Reply(reply) => {
-                        if send(conn, &mut out, reply).await? {
-                            clock.forget(); // it waited for the client
-                        }
-                    }
-                    Outcome::ReplyAndClose(reply) => {
-                        send(conn, &mut out, reply).await?;
-                        flush(conn, &mut out).await?;
-                        return conn.close();
-                    }
-                },
+            // The command runs while its arguments are borrowed from the
+            // decoder; the borrow ends before its reply is sent.
+            let outcome = match state.borrow_mut().decoder.next_request() {
+                Ok(Some(args)) => self.run(&args, conn, &clock),
                 Ok(None) => break,
-                Err(ProtocolError(what)) => return refuse(conn, &mut out, &what).await,
+                Err(ProtocolError(what)) => Outcome::Refuse(what),
+            };
+            match outcome {
+                Outcome::Reply(reply) => {
+                    if send(conn, &mut out, reply).await? {
+                        clock.forget(); // it waited for the client
+                    }
+                }
+                Outcome::ReplyAndClose(reply) => {
+                    send(conn, &mut out, reply).await?;
+                    flush(conn, &mut out).await?;
+                    return conn.close();
+                }
+                Outcome::Refuse(what) => return refuse(conn, &mut out, &what).await,
             }
         }
         flush(conn, &mut out).await?;

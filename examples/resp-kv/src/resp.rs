@@ -36,14 +36,15 @@ impl ProtocolError {
     }
 }
 
-/// A multibulk request whose arguments are still arriving.
+/// A multibulk request whose arguments are still arriving. Its bytes stay
+/// in the decoder's buffer from `start` on, and its arguments are spans of
+/// them: nothing is copied until a command keeps a value.
 struct Multibulk {
+    /// Where the request's `*N` line starts in the buffer.
+    start: usize,
     remaining: usize,
-    args: Vec<Vec<u8>>,
     /// The length of the bulk whose header has been read, body not yet.
     bulk_len: Option<usize>,
-    /// Bytes held in `args`, with [`ARG_OVERHEAD`] each.
-    held: usize,
 }
 
 /// Turns the bytes of one connection into requests (each a list of
@@ -54,88 +55,108 @@ pub struct Decoder {
     /// Where the bytes not yet decoded start in `buf`.
     pos: usize,
     pending: Option<Multibulk>,
+    /// The pending multibulk's arguments so far: start and end in `buf`
+    /// (kept between requests, so that a request allocates no list of its own).
+    spans: Vec<(usize, usize)>,
     /// How far past `pos` an inline line was already searched for `\n`.
     inline_scanned: usize,
+    /// The words of the last inline request (unquoted, so copied).
+    inline_words: Vec<Vec<u8>>,
 }
 
 impl Decoder {
-    /// Adds bytes read from the connection.
+    /// Adds bytes read from the connection (first dropping those of
+    /// requests already decoded, when they are at least half the buffer).
     pub fn feed(&mut self, data: &[u8]) {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 0 && self.pos >= self.buf.len() / 2 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        let keep_from = self.pending.as_ref().map_or(self.pos, |m| m.start);
+        if keep_from > 0 && keep_from >= self.buf.len() / 2 {
+            self.buf.drain(..keep_from);
+            self.pos -= keep_from;
+            if let Some(pending) = &mut self.pending {
+                pending.start -= keep_from;
+                for (from, to) in &mut self.spans {
+                    *from -= keep_from;
+                    *to -= keep_from;
+                }
+            }
         }
         self.buf.extend_from_slice(data);
     }
 
-    /// Bytes held for requests not finished yet (what counts against
-    /// [`MAX_REQUEST`] and the service's budget for all connections).
+    /// Bytes held for requests not finished yet, each argument counted with
+    /// [`ARG_OVERHEAD`] more (what counts against [`MAX_REQUEST`] and the
+    /// service's budget for all connections).
     pub fn held(&self) -> usize {
-        self.buf.len() - self.pos + self.pending.as_ref().map_or(0, |m| m.held)
+        match &self.pending {
+            Some(pending) => self.buf.len() - pending.start + self.spans.len() * ARG_OVERHEAD,
+            None => self.buf.len() - self.pos,
+        }
     }
 
-    /// The next complete request, `None` until more bytes arrive, or why the
+    /// The next complete request (its arguments, borrowed from the decoder
+    /// until the next call), `None` until more bytes arrive, or why the
     /// bytes are not RESP. Empty requests (`*0`, blank lines) are skipped.
-    pub fn next_request(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+    pub fn next_request(&mut self) -> Result<Option<Vec<&[u8]>>, ProtocolError> {
         loop {
             if self.pending.is_none() {
                 if self.pos == self.buf.len() {
                     return Ok(None);
                 }
                 if self.buf[self.pos] != b'*' {
-                    match self.inline()? {
-                        Some(args) if args.is_empty() => continue,
-                        other => return Ok(other),
+                    if !self.inline()? {
+                        return Ok(None);
                     }
+                    if self.inline_words.is_empty() {
+                        continue;
+                    }
+                    return Ok(Some(self.inline_words.iter().map(Vec::as_slice).collect()));
                 }
+                let start = self.pos;
                 let Some(count) = self.header_line("mbulk count")? else { return self.check_held() };
-                let count = parse_len(count).ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
-                match count {
-                    Len::Empty => continue,
-                    Len::N(n) if n > MAX_ARGS => return Err(ProtocolError::new("invalid multibulk length")),
-                    Len::N(n) => {
-                        self.pending = Some(Multibulk {
-                            remaining: n,
-                            args: Vec::with_capacity(n.min(64)),
-                            bulk_len: None,
-                            held: 0,
-                        })
+                match parse_i64(count) {
+                    None => return Err(ProtocolError::new("invalid multibulk length")),
+                    Some(n) if n <= 0 => continue,
+                    Some(n) if n as u64 > MAX_ARGS as u64 => {
+                        return Err(ProtocolError::new("invalid multibulk length"));
+                    }
+                    Some(n) => {
+                        self.spans.clear();
+                        self.pending = Some(Multibulk { start, remaining: n as usize, bulk_len: None });
                     }
                 }
             }
-            match self.bulks()? {
-                Some(args) => return Ok(Some(args)),
-                None => return self.check_held(),
+            if !self.bulks()? {
+                return self.check_held();
             }
+            self.pending = None;
+            return Ok(Some(self.spans.iter().map(|&(from, to)| &self.buf[from..to]).collect()));
         }
     }
 
-    fn check_held(&self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+    fn check_held<T>(&self) -> Result<Option<T>, ProtocolError> {
         if self.held() > MAX_REQUEST {
             return Err(ProtocolError::new(format!("request larger than {MAX_REQUEST} bytes")));
         }
         Ok(None)
     }
 
-    /// Reads the pending multibulk's arguments as far as the bytes go.
-    fn bulks(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+    /// Reads the pending multibulk's arguments as far as the bytes go;
+    /// whether it is complete.
+    fn bulks(&mut self) -> Result<bool, ProtocolError> {
         loop {
             let bulk_len = match self.pending.as_ref().expect("a pending multibulk").bulk_len {
                 Some(len) => len,
                 None => {
                     if self.pos == self.buf.len() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     let first = self.buf[self.pos];
                     if first != b'$' {
                         return Err(ProtocolError::new(format!("expected '$', got '{}'", printable(first))));
                     }
-                    let Some(line) = self.header_line("bulk count")? else { return Ok(None) };
-                    let len = match parse_len(line) {
-                        Some(Len::N(n)) if n <= MAX_BULK_LEN => n,
+                    let Some(line) = self.header_line("bulk count")? else { return Ok(false) };
+                    let len = match parse_i64(line) {
+                        Some(n) if (0..=MAX_BULK_LEN as i64).contains(&n) => n as usize,
                         _ => return Err(ProtocolError::new("invalid bulk length")),
                     };
                     self.pending.as_mut().expect("pending").bulk_len = Some(len);
@@ -143,20 +164,18 @@ impl Decoder {
                 }
             };
             if self.buf.len() - self.pos < bulk_len + 2 {
-                return Ok(None);
+                return Ok(false);
             }
-            let body = &self.buf[self.pos..self.pos + bulk_len];
             if &self.buf[self.pos + bulk_len..self.pos + bulk_len + 2] != b"\r\n" {
                 return Err(ProtocolError::new("expected CRLF after a bulk string"));
             }
             let pending = self.pending.as_mut().expect("pending");
-            pending.args.push(body.to_vec());
-            pending.held += bulk_len + ARG_OVERHEAD;
+            self.spans.push((self.pos, self.pos + bulk_len));
             pending.bulk_len = None;
             pending.remaining -= 1;
             self.pos += bulk_len + 2;
             if pending.remaining == 0 {
-                return Ok(self.pending.take().map(|m| m.args));
+                return Ok(true);
             }
         }
     }
@@ -176,16 +195,16 @@ impl Decoder {
         }
     }
 
-    /// An inline command (a line of words, Redis's quoting rules), consumed;
-    /// `None` until its newline arrives.
-    fn inline(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+    /// An inline command (a line of words, Redis's quoting rules) into
+    /// `inline_words`, consumed; whether its newline had arrived.
+    fn inline(&mut self) -> Result<bool, ProtocolError> {
         let rest = &self.buf[self.pos..];
         let Some(found) = rest[self.inline_scanned..].iter().position(|&b| b == b'\n') else {
             self.inline_scanned = rest.len();
             if rest.len() > MAX_INLINE {
                 return Err(ProtocolError::new("too big inline request"));
             }
-            return Ok(None);
+            return Ok(false);
         };
         let end = self.inline_scanned + found;
         self.inline_scanned = 0;
@@ -193,26 +212,14 @@ impl Decoder {
             return Err(ProtocolError::new("too big inline request"));
         }
         let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
-        let args = split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
-        if args.len() > MAX_ARGS {
+        let words = split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+        if words.len() > MAX_ARGS {
             return Err(ProtocolError::new("invalid multibulk length"));
         }
+        self.inline_words = words;
         self.pos += end + 1;
-        Ok(Some(args))
+        Ok(true)
     }
-}
-
-enum Len {
-    /// A count of zero or less: an empty request.
-    Empty,
-    N(usize),
-}
-
-/// A decimal length as Redis reads one (an optional `-`, digits; no `+`, no
-/// spaces).
-fn parse_len(text: &[u8]) -> Option<Len> {
-    let value = parse_i64(text)?;
-    Some(if value <= 0 { Len::Empty } else { Len::N(usize::try_from(value).ok()?) })
 }
 
 /// An integer as Redis's `string2ll` reads one: an optional `-`, then digits
@@ -229,15 +236,13 @@ pub fn parse_i64(text: &[u8]) -> Option<i64> {
         [b'0', ..] => return None,
         _ => {}
     }
-    // Accumulated as a negative number: i64::MIN has no positive twin.
-    let mut value: i64 = 0;
-    for &digit in digits {
-        if !digit.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_sub(i64::from(digit - b'0'))?;
+    // 19 digits always fit a u64 (no overflow check per digit: on wasm32 an
+    // i64 `checked_mul` is a 128-bit multiply in software); 20 never fit an i64.
+    if digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
     }
-    if negative { Some(value) } else { value.checked_neg() }
+    let magnitude = digits.iter().fold(0u64, |n, &digit| n * 10 + u64::from(digit - b'0'));
+    if negative { 0i64.checked_sub_unsigned(magnitude) } else { i64::try_from(magnitude).ok() }
 }
 
 /// Splits an inline line into arguments as Redis's `sdssplitargs` does:
@@ -401,7 +406,7 @@ mod tests {
     fn all(decoder: &mut Decoder) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
         let mut out = Vec::new();
         while let Some(request) = decoder.next_request()? {
-            out.push(request);
+            out.push(request.iter().map(|arg| arg.to_vec()).collect());
         }
         Ok(out)
     }
@@ -416,6 +421,24 @@ mod tests {
             got.extend(all(&mut decoder).unwrap());
         }
         assert_eq!(got, vec![args(&["SET", "k", "hello"]), args(&["PING"]), args(&["PING"])]);
+        assert_eq!(decoder.held(), 0);
+    }
+
+    #[test]
+    fn empty_bulk_strings_are_arguments() {
+        let mut decoder = Decoder::default();
+        decoder.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+        assert_eq!(all(&mut decoder).unwrap(), vec![args(&["SET", "k", ""])]);
+    }
+
+    #[test]
+    fn a_pending_request_survives_the_buffer_moving() {
+        let mut decoder = Decoder::default();
+        decoder.feed(&b"PING\r\n".repeat(100));
+        decoder.feed(b"*2\r\n$4\r\nECHO\r\n$5\r\nhel");
+        assert_eq!(all(&mut decoder).unwrap().len(), 100);
+        decoder.feed(b"lo\r\n");
+        assert_eq!(all(&mut decoder).unwrap(), vec![args(&["ECHO", "hello"])]);
         assert_eq!(decoder.held(), 0);
     }
 
@@ -482,6 +505,9 @@ mod tests {
         assert_eq!(parse_i64(b"0"), Some(0));
         assert_eq!(parse_i64(b"-12"), Some(-12));
         assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"-9223372036854775809"), None);
+        assert_eq!(parse_i64(b"99999999999999999999"), None);
         for bad in [&b""[..], b"-", b"-0", b"+1", b" 1", b"01", b"1.5", b"9223372036854775808", b"1e3"] {
             assert_eq!(parse_i64(bad), None, "{bad:?}");
         }

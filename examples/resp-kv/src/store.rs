@@ -43,12 +43,20 @@ impl Clock {
     }
 }
 
-/// A deadline, unique per setting (the sequence number orders equal instants).
-type Deadline = (Instant, u64);
+/// A key's deadline in the index, unique per setting (the sequence number
+/// orders equal instants).
+type Slot = (Instant, u64);
+
+/// When an existing key expires.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Deadline {
+    Never,
+    At(Instant),
+}
 
 struct Entry {
     value: Rc<[u8]>,
-    expires: Option<Deadline>,
+    expires: Option<Slot>,
 }
 
 /// The write would take the store past `maxmemory`.
@@ -68,7 +76,7 @@ fn random_hasher() -> Hasher {
 
 pub struct Store {
     map: HashMap<Rc<[u8]>, Entry, Hasher>,
-    by_deadline: BTreeMap<Deadline, Rc<[u8]>>,
+    by_deadline: BTreeMap<Slot, Rc<[u8]>>,
     next_seq: u64,
     used: usize,
     maxmemory: usize,
@@ -103,20 +111,16 @@ impl Store {
 
     /// The key's value, unless it is missing or expired (then removed).
     pub fn get(&mut self, key: &[u8], now: &Clock) -> Option<Rc<[u8]>> {
-        self.expire_if_due(key, now);
-        self.map.get(key).map(|entry| entry.value.clone())
+        let entry = self.map.get(key)?;
+        if is_due(entry, now) {
+            self.remove(key);
+            return None;
+        }
+        Some(entry.value.clone())
     }
 
     pub fn contains(&mut self, key: &[u8], now: &Clock) -> bool {
-        self.expire_if_due(key, now);
-        self.map.contains_key(key)
-    }
-
-    /// Whether writing a `value_len`-byte value to `key` fits under
-    /// `maxmemory`, counting what it replaces.
-    pub fn fits(&self, key: &[u8], value_len: usize) -> bool {
-        let old = self.map.get(key).map_or(0, |entry| cost(key, &entry.value));
-        self.used - old + key.len() + value_len + ENTRY_OVERHEAD <= self.maxmemory
+        self.get(key, now).is_some()
     }
 
     /// Whether all of `writes` (key, value length) fit together.
@@ -133,32 +137,38 @@ impl Store {
 
     /// Sets the key. Fails, changing nothing, past `maxmemory`.
     pub fn set(&mut self, key: &[u8], value: Rc<[u8]>, ttl: Ttl, now: &Clock) -> Result<(), OutOfMemory> {
-        self.expire_if_due(key, now);
-        if !self.fits(key, value.len()) {
+        if let Some(entry) = self.map.get_mut(key)
+            && !is_due(entry, now)
+        {
+            // In place: the key keeps its allocation and its map slot.
+            let used = self.used - entry.value.len() + value.len();
+            if used > self.maxmemory {
+                return Err(OutOfMemory);
+            }
+            self.used = used;
+            entry.value = value;
+            match ttl {
+                Ttl::Keep => {}
+                Ttl::Clear if entry.expires.is_none() => {}
+                Ttl::Clear => {
+                    self.set_deadline(key, None);
+                }
+                Ttl::At(at) => {
+                    self.set_deadline(key, Some(at));
+                }
+            }
+            return Ok(());
+        }
+        self.remove(key); // expired, if there at all
+        if self.used + cost(key, &value) > self.maxmemory {
             return Err(OutOfMemory);
         }
-        let key = match self.map.get_mut(key) {
-            Some(entry) => {
-                // In place: the key keeps its allocation and its map slot.
-                self.used = self.used - entry.value.len() + value.len();
-                entry.value = value;
-                if ttl == Ttl::Keep || (ttl == Ttl::Clear && entry.expires.is_none()) {
-                    return Ok(());
-                }
-                self.map.get_key_value(key).expect("present").0.clone()
-            }
-            None => {
-                let key: Rc<[u8]> = Rc::from(key);
-                self.used += cost(&key, &value);
-                self.map.insert(key.clone(), Entry { value, expires: None });
-                key
-            }
-        };
-        match ttl {
-            Ttl::At(at) => self.set_deadline(&key, Some(at)),
-            Ttl::Clear => self.set_deadline(&key, None),
-            Ttl::Keep => true,
-        };
+        let key: Rc<[u8]> = Rc::from(key);
+        self.used += cost(&key, &value);
+        self.map.insert(key.clone(), Entry { value, expires: None });
+        if let Ttl::At(at) = ttl {
+            self.set_deadline(&key, Some(at));
+        }
         Ok(())
     }
 
@@ -188,12 +198,14 @@ impl Store {
         true
     }
 
-    /// The key's deadline: `Err(())` if there is no such key, `Ok(None)`
-    /// if it has none.
-    pub fn deadline(&mut self, key: &[u8], now: &Clock) -> Result<Option<Instant>, ()> {
-        self.expire_if_due(key, now);
-        let entry = self.map.get(key).ok_or(())?;
-        Ok(entry.expires.map(|(at, _)| at))
+    /// The key's deadline, if the key exists.
+    pub fn deadline(&mut self, key: &[u8], now: &Clock) -> Option<Deadline> {
+        let entry = self.map.get(key)?;
+        if is_due(entry, now) {
+            self.remove(key);
+            return None;
+        }
+        Some(entry.expires.map_or(Deadline::Never, |(at, _)| Deadline::At(at)))
     }
 
     /// Removes at most `limit` keys whose deadline has passed, soonest first.
@@ -224,13 +236,10 @@ impl Store {
     pub fn used(&self) -> usize {
         self.used
     }
+}
 
-    fn expire_if_due(&mut self, key: &[u8], now: &Clock) {
-        let due = self.map.get(key).and_then(|entry| entry.expires).is_some_and(|(at, _)| at <= now.now());
-        if due {
-            self.remove(key);
-        }
-    }
+fn is_due(entry: &Entry, now: &Clock) -> bool {
+    entry.expires.is_some_and(|(at, _)| at <= now.now())
 }
 
 #[cfg(test)]
@@ -265,11 +274,11 @@ mod tests {
         let mut store = Store::new(DEFAULT_MAXMEMORY);
         store.set(b"k", value("1"), Ttl::At(at), &Clock::at(now)).unwrap();
         store.set(b"k", value("2"), Ttl::Keep, &Clock::at(now)).unwrap();
-        assert_eq!(store.deadline(b"k", &Clock::at(now)), Ok(Some(at)));
+        assert_eq!(store.deadline(b"k", &Clock::at(now)), Some(Deadline::At(at)));
         store.set(b"k", value("3"), Ttl::Clear, &Clock::at(now)).unwrap();
-        assert_eq!(store.deadline(b"k", &Clock::at(now)), Ok(None));
+        assert_eq!(store.deadline(b"k", &Clock::at(now)), Some(Deadline::Never));
         assert_eq!(store.by_deadline.len(), 0);
-        assert_eq!(store.deadline(b"missing", &Clock::at(now)), Err(()));
+        assert_eq!(store.deadline(b"missing", &Clock::at(now)), None);
     }
 
     #[test]
@@ -284,6 +293,6 @@ mod tests {
         assert!(!store.all_fit([(&b"a"[..], 1), (&b"c"[..], 1)]));
         assert!(store.all_fit([(&b"a"[..], 1), (&b"a"[..], 10)]));
         assert!(store.remove(b"a"));
-        assert!(store.fits(b"c", 10));
+        assert!(store.all_fit([(&b"c"[..], 10)]));
     }
 }
