@@ -8,17 +8,53 @@ use std::time::{Duration, Instant};
 use crate::resp::{Reply, parse_i64};
 use crate::store::{Clock, Deadline, OutOfMemory, Store, Ttl};
 
+/// Which command a [`Spec`] describes (what [`execute`] dispatches on).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Name {
+    Ping,
+    Echo,
+    Set,
+    Get,
+    Del,
+    Exists,
+    Incr,
+    Decr,
+    IncrBy,
+    DecrBy,
+    MGet,
+    MSet,
+    Expire,
+    PExpire,
+    Ttl,
+    PTtl,
+    DbSize,
+    FlushAll,
+    Command,
+    Hello,
+    Select,
+    Client,
+    Config,
+    Quit,
+}
+
 /// One command as `COMMAND` describes it: arity (negative: at least that
 /// many arguments, the name included), flags, and where its keys are.
 pub struct Spec {
+    pub command: Name,
     pub name: &'static str,
     pub arity: i64,
     pub flags: &'static [&'static str],
     pub keys: (i64, i64, i64),
 }
 
-const fn spec(name: &'static str, arity: i64, flags: &'static [&'static str], keys: (i64, i64, i64)) -> Spec {
-    Spec { name, arity, flags, keys }
+const fn spec(
+    command: Name,
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+) -> Spec {
+    Spec { command, name, arity, flags, keys }
 }
 
 const WRITE: &[&str] = &["write", "denyoom"];
@@ -30,30 +66,30 @@ const NO_KEYS: (i64, i64, i64) = (0, 0, 0);
 
 /// Every command this service knows.
 pub const COMMANDS: &[Spec] = &[
-    spec("ping", -1, CONN, NO_KEYS),
-    spec("echo", 2, CONN, NO_KEYS),
-    spec("set", -3, WRITE, ONE_KEY),
-    spec("get", 2, READ, ONE_KEY),
-    spec("del", -2, &["write"], EVERY_KEY),
-    spec("exists", -2, READ, EVERY_KEY),
-    spec("incr", 2, WRITE, ONE_KEY),
-    spec("decr", 2, WRITE, ONE_KEY),
-    spec("incrby", 3, WRITE, ONE_KEY),
-    spec("decrby", 3, WRITE, ONE_KEY),
-    spec("mget", -2, READ, EVERY_KEY),
-    spec("mset", -3, WRITE, (1, -1, 2)),
-    spec("expire", -3, &["write", "fast"], ONE_KEY),
-    spec("pexpire", -3, &["write", "fast"], ONE_KEY),
-    spec("ttl", 2, READ, ONE_KEY),
-    spec("pttl", 2, READ, ONE_KEY),
-    spec("dbsize", 1, READ, NO_KEYS),
-    spec("flushall", -1, &["write"], NO_KEYS),
-    spec("command", -1, &["loading", "stale"], NO_KEYS),
-    spec("hello", -1, CONN, NO_KEYS),
-    spec("select", 2, CONN, NO_KEYS),
-    spec("client", -2, CONN, NO_KEYS),
-    spec("config", -2, &["admin", "loading", "stale"], NO_KEYS),
-    spec("quit", -1, CONN, NO_KEYS),
+    spec(Name::Ping, "ping", -1, CONN, NO_KEYS),
+    spec(Name::Echo, "echo", 2, CONN, NO_KEYS),
+    spec(Name::Set, "set", -3, WRITE, ONE_KEY),
+    spec(Name::Get, "get", 2, READ, ONE_KEY),
+    spec(Name::Del, "del", -2, &["write"], EVERY_KEY),
+    spec(Name::Exists, "exists", -2, READ, EVERY_KEY),
+    spec(Name::Incr, "incr", 2, WRITE, ONE_KEY),
+    spec(Name::Decr, "decr", 2, WRITE, ONE_KEY),
+    spec(Name::IncrBy, "incrby", 3, WRITE, ONE_KEY),
+    spec(Name::DecrBy, "decrby", 3, WRITE, ONE_KEY),
+    spec(Name::MGet, "mget", -2, READ, EVERY_KEY),
+    spec(Name::MSet, "mset", -3, WRITE, (1, -1, 2)),
+    spec(Name::Expire, "expire", -3, &["write", "fast"], ONE_KEY),
+    spec(Name::PExpire, "pexpire", -3, &["write", "fast"], ONE_KEY),
+    spec(Name::Ttl, "ttl", 2, READ, ONE_KEY),
+    spec(Name::PTtl, "pttl", 2, READ, ONE_KEY),
+    spec(Name::DbSize, "dbsize", 1, READ, NO_KEYS),
+    spec(Name::FlushAll, "flushall", -1, &["write"], NO_KEYS),
+    spec(Name::Command, "command", -1, &["loading", "stale"], NO_KEYS),
+    spec(Name::Hello, "hello", -1, CONN, NO_KEYS),
+    spec(Name::Select, "select", 2, CONN, NO_KEYS),
+    spec(Name::Client, "client", -2, CONN, NO_KEYS),
+    spec(Name::Config, "config", -2, &["admin", "loading", "stale"], NO_KEYS),
+    spec(Name::Quit, "quit", -1, CONN, NO_KEYS),
 ];
 
 /// What the connection does after a command.
@@ -89,51 +125,52 @@ pub fn execute(args: &[&[u8]], cx: &mut Context) -> Outcome {
         return Outcome::Reply(wrong_arity(spec.name));
     }
     let a = &args[1..];
-    let reply = match spec.name {
-        "ping" => match a {
+    let reply = match spec.command {
+        Name::Ping => match a {
             [] => Reply::Simple("PONG"),
             [message] => Reply::bulk(message),
             _ => wrong_arity("ping"),
         },
-        "echo" => Reply::bulk(a[0]),
-        "set" => set(a, cx),
-        "get" => cx.store.get(a[0], cx.now).map_or(Reply::Nil, Reply::Bulk),
-        "del" => Reply::Int(a.iter().filter(|key| cx.store.remove(key)).count() as i64),
-        "exists" => Reply::Int(a.iter().filter(|key| cx.store.contains(key, cx.now)).count() as i64),
-        "incr" => add(a[0], 1, cx),
-        "decr" => add(a[0], -1, cx),
-        "incrby" => match parse_i64(a[1]) {
+        Name::Echo => Reply::bulk(a[0]),
+        Name::Set => set(a, cx),
+        Name::Get => cx.store.get(a[0], cx.now).map_or(Reply::Nil, Reply::Bulk),
+        Name::Del => Reply::Int(a.iter().filter(|key| cx.store.remove(key)).count() as i64),
+        Name::Exists => Reply::Int(a.iter().filter(|key| cx.store.contains(key, cx.now)).count() as i64),
+        Name::Incr => add(a[0], 1, cx),
+        Name::Decr => add(a[0], -1, cx),
+        Name::IncrBy => match parse_i64(a[1]) {
             Some(by) => add(a[0], by, cx),
             None => Reply::error(NOT_AN_INTEGER),
         },
-        "decrby" => match parse_i64(a[1]).map(i64::checked_neg) {
+        Name::DecrBy => match parse_i64(a[1]).map(i64::checked_neg) {
             Some(Some(by)) => add(a[0], by, cx),
             Some(None) => Reply::error("ERR decrement would overflow"),
             None => Reply::error(NOT_AN_INTEGER),
         },
-        "mget" => Reply::Array(a.iter().map(|key| cx.store.get(key, cx.now).map_or(Reply::Nil, Reply::Bulk)).collect()),
-        "mset" => mset(a, cx),
-        "expire" => expire(a, 1000, "expire", cx),
-        "pexpire" => expire(a, 1, "pexpire", cx),
-        "ttl" => ttl(a[0], 1000, cx),
-        "pttl" => ttl(a[0], 1, cx),
-        "dbsize" => Reply::Int(cx.store.len(cx.now) as i64),
-        "flushall" => match a {
+        Name::MGet => {
+            Reply::Array(a.iter().map(|key| cx.store.get(key, cx.now).map_or(Reply::Nil, Reply::Bulk)).collect())
+        }
+        Name::MSet => mset(a, cx),
+        Name::Expire => expire(a, 1000, "expire", cx),
+        Name::PExpire => expire(a, 1, "pexpire", cx),
+        Name::Ttl => ttl(a[0], 1000, cx),
+        Name::PTtl => ttl(a[0], 1, cx),
+        Name::DbSize => Reply::Int(cx.store.len(cx.now) as i64),
+        Name::FlushAll => match a {
             [] => flush(cx),
             [mode] if mode.eq_ignore_ascii_case(b"sync") || mode.eq_ignore_ascii_case(b"async") => flush(cx),
             _ => Reply::error(SYNTAX),
         },
-        "command" => command(a),
-        "hello" => hello(a, cx),
-        "select" => match parse_i64(a[0]) {
+        Name::Command => command(a),
+        Name::Hello => hello(a, cx),
+        Name::Select => match parse_i64(a[0]) {
             Some(0) => Reply::Simple("OK"),
             Some(_) => Reply::error("ERR DB index is out of range"),
             None => Reply::error(NOT_AN_INTEGER),
         },
-        "client" => client(a, cx),
-        "config" => config(a, cx),
-        "quit" => return Outcome::ReplyAndClose(Reply::Simple("OK")),
-        other => unreachable!("{other} is in COMMANDS without a function"),
+        Name::Client => client(a, cx),
+        Name::Config => config(a, cx),
+        Name::Quit => return Outcome::ReplyAndClose(Reply::Simple("OK")),
     };
     Outcome::Reply(reply)
 }
