@@ -34,7 +34,12 @@ impl Clock {
     }
 
     pub fn now(&self) -> Instant {
-        *self.read.get().get_or_insert_with(Instant::now)
+        if let Some(read) = self.read.get() {
+            return read;
+        }
+        let read = Instant::now();
+        self.read.set(Some(read));
+        read
     }
 
     /// The next [`Clock::now`] reads the clock again (after a wait).
@@ -250,6 +255,16 @@ mod tests {
 
     fn value(text: &str) -> Rc<[u8]> {
         Rc::from(text.as_bytes())
+    }
+
+    #[test]
+    fn the_clock_is_read_once_until_forgotten() {
+        let clock = Clock::default();
+        let first = clock.now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(clock.now(), first);
+        clock.forget();
+        assert!(clock.now() > first);
     }
 
     #[test]

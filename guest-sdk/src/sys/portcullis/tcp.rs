@@ -8,7 +8,7 @@
 //! the stream if no read returned it. Nothing delivered is ever dropped here:
 //! a read that fails puts what it took back in front.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
@@ -27,6 +27,8 @@ pub(crate) struct Conn {
     /// False for the host's handle lent to a callback: the host drops that one.
     owned: bool,
     delivery: RefCell<Unread>,
+    /// The connection's id once asked (it never changes; asking is a host call).
+    id: Cell<Option<u64>>,
 }
 
 thread_local! {
@@ -63,11 +65,12 @@ impl Conn {
             handle: ManuallyDrop::new(unsafe { tcp::Connection::from_handle(handle.handle()) }),
             owned: false,
             delivery: RefCell::default(),
+            id: Cell::new(None),
         }
     }
 
     pub(crate) fn owned(handle: tcp::Connection) -> Self {
-        Conn { handle: ManuallyDrop::new(handle), owned: true, delivery: RefCell::default() }
+        Conn { handle: ManuallyDrop::new(handle), owned: true, delivery: RefCell::default(), id: Cell::new(None) }
     }
 
     /// This handle with what `on-read-ready` brought, read before anything else.
@@ -141,7 +144,7 @@ impl Conn {
     pub(crate) async fn write_all(&self, data: &[u8]) -> Result<(), Error> {
         // Another task of this guest writing to this connection in parts goes
         // first (asked only while some connection is written in parts: the
-        // id is a host call).
+        // first `id` is a host call).
         if PARTED_WRITES.with_borrow(|parted| !parted.is_empty()) {
             let id = self.id();
             std::future::poll_fn(|cx| {
@@ -183,7 +186,12 @@ impl Conn {
     }
 
     pub(crate) fn id(&self) -> u64 {
-        self.handle.id()
+        if let Some(id) = self.id.get() {
+            return id;
+        }
+        let id = self.handle.id();
+        self.id.set(Some(id));
+        id
     }
 
     pub(crate) fn is_accepted(&self) -> bool {
@@ -200,7 +208,9 @@ impl Conn {
 
     /// A new handle to the same connection, valid until dropped.
     pub(crate) fn clone_handle(&self) -> Conn {
-        Conn::owned(self.handle.clone_handle())
+        let clone = Conn::owned(self.handle.clone_handle());
+        clone.id.set(self.id.get());
+        clone
     }
 }
 
