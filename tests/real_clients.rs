@@ -206,6 +206,59 @@ async fn writes_past_maxmemory_get_oom_and_the_store_survives(backend: Backend) 
     service.stop().await;
 }
 
+async fn clients_holding_too_much_are_disconnected_not_the_instance(backend: Backend) {
+    // 2 MB for all clients' buffers; six clients each hold ~450 KB of an
+    // unfinished request. Some are disconnected (the biggest first), the
+    // rest keep theirs, and the key space and new clients are untouched.
+    let service = TestService::builder("resp-kv").on(backend).env("MAXMEMORY_CLIENTS", "2000000").start();
+    service.listening().await;
+    let port = service.addr.port();
+    assert_eq!(redis_cli(port, &["SET", "canary", "alive"]).await, "OK");
+    let mut holders = Vec::new();
+    for _ in 0..6 {
+        let mut holder = service.connect().await;
+        let mut request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$500000\r\n".to_vec();
+        request.extend_from_slice(&[b'x'; 450_000]);
+        holder.write_all(&request).await.unwrap();
+        holders.push(holder);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut open = 0;
+    for holder in &mut holders {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(200), holder.read(&mut byte)).await {
+            Err(_) => open += 1, // nothing to read: still connected
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(_)) => panic!("a holder got a reply to an unfinished request"),
+        }
+    }
+    assert!((1..=4).contains(&open), "{open} of 6 holders still connected");
+    assert_eq!(redis_cli(port, &["GET", "canary"]).await, "\"alive\"");
+    assert_eq!(redis_cli(port, &["SET", "after", "yes"]).await, "OK");
+    service.stop().await;
+}
+
+async fn an_mset_that_fits_only_in_the_end_is_applied_whole(backend: Backend) {
+    let service = TestService::builder("resp-kv").on(backend).env("MAXMEMORY", "400000").start();
+    service.listening().await;
+    let port = service.addr.port();
+    let fill = "f".repeat(100_000);
+    for key in ["a", "b", "c"] {
+        assert_eq!(redis_cli(port, &["SET", key, &fill]).await, "OK");
+    }
+    // A 120 KB value for k, then a 1-byte one: only the end state counts.
+    let big = "x".repeat(120_000);
+    assert_eq!(redis_cli(port, &["MSET", "k", &big, "k", "1"]).await, "OK");
+    assert_eq!(redis_cli(port, &["GET", "k"]).await, "\"1\"");
+    assert_eq!(
+        redis_cli(port, &["MSET", "k", "1", "k", &big]).await,
+        "(error) OOM command not allowed when used memory > 'maxmemory'."
+    );
+    assert_eq!(redis_cli(port, &["DBSIZE"]).await, "(integer) 4");
+    service.stop().await;
+}
+
 /// `redis-benchmark -t ping,set,get,incr,mset -n 20000 -P 16 -c 50 -q`
 /// against `port`: no error, a rate for every test, and every one of the
 /// 20000 INCRs counted once.
@@ -416,6 +469,8 @@ on_both_backends!(
     requests_split_across_reads_and_many_in_one_read,
     a_malformed_or_oversized_frame_closes_only_its_connection,
     writes_past_maxmemory_get_oom_and_the_store_survives,
+    clients_holding_too_much_are_disconnected_not_the_instance,
+    an_mset_that_fits_only_in_the_end_is_applied_whole,
     redis_benchmark_runs_against_resp_kv_without_errors,
     tcp_proxy_in_front_of_redis_server_under_redis_benchmark,
     http_hello_answers_curl_and_keeps_connections_alive,

@@ -111,6 +111,10 @@ pub struct Context<'a> {
     pub maxmemory: usize,
 }
 
+/// The longest reply one command may make, in bytes: an `MGET` whose values
+/// add up to more gets an error instead (a reply is held whole until sent).
+pub const MAX_REPLY: usize = 8 * 1024 * 1024;
+
 const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
 const SYNTAX: &str = "ERR syntax error";
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
@@ -147,15 +151,13 @@ pub fn execute(args: &[&[u8]], cx: &mut Context) -> Outcome {
             Some(None) => Reply::error("ERR decrement would overflow"),
             None => Reply::error(NOT_AN_INTEGER),
         },
-        Name::MGet => {
-            Reply::Array(a.iter().map(|key| cx.store.get(key, cx.now).map_or(Reply::Nil, Reply::Bulk)).collect())
-        }
+        Name::MGet => mget(a, cx),
         Name::MSet => mset(a, cx),
         Name::Expire => expire(a, 1000, "expire", cx),
         Name::PExpire => expire(a, 1, "pexpire", cx),
         Name::Ttl => ttl(a[0], 1000, cx),
         Name::PTtl => ttl(a[0], 1, cx),
-        Name::DbSize => Reply::Int(cx.store.len(cx.now) as i64),
+        Name::DbSize => Reply::Int(cx.store.len() as i64),
         Name::FlushAll => match a {
             [] => flush(cx),
             [mode] if mode.eq_ignore_ascii_case(b"sync") || mode.eq_ignore_ascii_case(b"async") => flush(cx),
@@ -206,9 +208,15 @@ fn unknown_subcommand(sub: &[u8], command: &str) -> Reply {
     Reply::error(format!("ERR unknown subcommand '{}'. Try {command} HELP.", truncate(&sub, 128)))
 }
 
-/// `now + amount × unit_ms` milliseconds, or `None` when that overflows.
+/// `now + amount × unit_ms` milliseconds, or `None` when that overflows, or
+/// when the deadline as Unix milliseconds would not fit an i64 (Redis's
+/// limit).
 fn deadline(now: Instant, amount: i64, unit_ms: i64) -> Option<Instant> {
     let ms = amount.checked_mul(unit_ms)?;
+    let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    if i128::from(ms) + unix_ms as i128 > i128::from(i64::MAX) {
+        return None;
+    }
     now.checked_add(Duration::from_millis(u64::try_from(ms).ok()?))
 }
 
@@ -273,19 +281,29 @@ fn add(key: &[u8], by: i64, cx: &mut Context) -> Reply {
     }
 }
 
+/// `MGET key [key ...]`: the values, each `nil` if missing; an error if
+/// they add up to more than [`MAX_REPLY`].
+fn mget(a: &[&[u8]], cx: &mut Context) -> Reply {
+    let values: Vec<Reply> = a.iter().map(|key| cx.store.get(key, cx.now).map_or(Reply::Nil, Reply::Bulk)).collect();
+    let size: usize = values.iter().map(|v| if let Reply::Bulk(b) = v { b.len() + 16 } else { 5 }).sum();
+    if size > MAX_REPLY {
+        return Reply::error(format!(
+            "ERR the reply would be {size} bytes, over the {MAX_REPLY}-byte limit; ask for fewer keys"
+        ));
+    }
+    Reply::Array(values)
+}
+
 /// `MSET key value [key value ...]`: all or nothing.
 fn mset(a: &[&[u8]], cx: &mut Context) -> Reply {
     if !a.len().is_multiple_of(2) {
         return wrong_arity("mset");
     }
-    let pairs = || a.chunks(2).map(|pair| (&pair[0], &pair[1]));
-    if !cx.store.all_fit(pairs().map(|(key, value)| (*key, value.len()))) {
-        return Reply::error(OOM);
+    let pairs: Vec<(&[u8], Rc<[u8]>)> = a.chunks(2).map(|pair| (pair[0], Rc::from(pair[1]))).collect();
+    match cx.store.set_all(pairs, cx.now) {
+        Ok(()) => Reply::Simple("OK"),
+        Err(OutOfMemory) => Reply::error(OOM),
     }
-    for (key, value) in pairs() {
-        cx.store.set(key, Rc::from(*value), Ttl::Clear, cx.now).expect("checked by all_fit");
-    }
-    Reply::Simple("OK")
 }
 
 /// `EXPIRE key seconds [NX | XX | GT | LT]` (`PEXPIRE`: milliseconds). A
@@ -540,6 +558,18 @@ mod tests {
             run(&mut store, now, "EXPIRE k 9223372036854775807"),
             Reply::error("ERR invalid expire time in 'expire' command")
         );
+    }
+
+    #[test]
+    fn a_reply_past_the_limit_is_an_error() {
+        let mut store = Store::new(DEFAULT_MAXMEMORY);
+        let now = Instant::now();
+        let big = "x".repeat(512 * 1024);
+        assert_eq!(run(&mut store, now, &format!("SET big {big}")), Reply::Simple("OK"));
+        let line = format!("MGET{}", " big".repeat(MAX_REPLY / (512 * 1024)));
+        assert!(matches!(run(&mut store, now, &line), Reply::Error(e) if e.contains("over the 8388608-byte limit")));
+        let line = format!("MGET{}", " big".repeat(MAX_REPLY / (512 * 1024) - 1));
+        assert!(matches!(run(&mut store, now, &line), Reply::Array(values) if values.len() == 15));
     }
 
     #[test]

@@ -10,21 +10,27 @@
 //! SETNAME|SETINFO|GETNAME|ID`, `CONFIG GET`, `QUIT`; pipelined and inline.
 //!
 //! The layers: [`resp`] decodes requests and encodes replies, [`commands`]
-//! runs them against the [`store`]; this file keeps each connection's
-//! decoder and writes its replies.
+//! runs them against the [`store`]; this file keeps each client's decoder
+//! and output and what they hold.
 //!
-//! Bounds (what a client meets past each):
+//! Bounds, so that no client can grow the instance to its `--max-memory`
+//! (a trap would take every key with it). What a client meets past each:
 //! - a request: [`resp::MAX_BULK_LEN`] per bulk string, [`resp::MAX_ARGS`]
 //!   arguments, [`resp::MAX_INLINE`] per inline line, [`resp::MAX_REQUEST`]
 //!   in all. Past one, or on a malformed frame: `-ERR Protocol error: ...`,
 //!   then that connection is closed (others go on).
-//! - unfinished requests of all connections together: [`MAX_INPUT_TOTAL`];
-//!   the connection whose bytes pass it is closed the same way.
+//! - a reply: [`commands::MAX_REPLY`] bytes (an `MGET` past it gets an
+//!   error); replies are encoded whole as the command runs, then sent once
+//!   [`FLUSH_AT`] bytes wait, so a client that pipelines and never reads
+//!   waits (back-pressure) holding one such buffer, not a growing queue.
+//! - what all clients hold together (their unfinished requests and unsent
+//!   replies): `maxmemory-clients` (env `MAXMEMORY_CLIENTS`, bytes, default
+//!   [`DEFAULT_MAXMEMORY_CLIENTS`]); past it the client holding the most is
+//!   disconnected (Redis's `maxmemory-clients` policy), logged.
+//! - clients: [`MAX_CLIENTS`] at once; a further one gets Redis's `-ERR max
+//!   number of clients reached` and is closed.
 //! - the key space: `maxmemory` bytes (env `MAXMEMORY`, bytes, default
 //!   [`store::DEFAULT_MAXMEMORY`]); a write past it gets Redis's `-OOM ...`.
-//! - replies are written as they are made, [`FLUSH_AT`] bytes at a time, so
-//!   a client that pipelines and never reads holds one such buffer (and
-//!   waits, back-pressure) rather than an ever-growing queue.
 
 pub mod commands;
 pub mod resp;
@@ -40,8 +46,12 @@ use crate::commands::{Context, Outcome, execute};
 use crate::resp::{Decoder, ProtocolError, Reply};
 use crate::store::{Clock, DEFAULT_MAXMEMORY, Store};
 
-/// The most bytes unfinished requests may hold across all connections.
-pub const MAX_INPUT_TOTAL: usize = 16 * 1024 * 1024;
+/// The default of `maxmemory-clients`: what all clients' buffers may hold.
+pub const DEFAULT_MAXMEMORY_CLIENTS: usize = 24 * 1024 * 1024;
+/// The most clients at once (with the budgets above, what the instance
+/// holds stays well inside its default 128 MiB, each connection's 64 KiB of
+/// read-ahead included).
+pub const MAX_CLIENTS: usize = 512;
 /// Replies are sent once this many bytes wait (and at the end of each read).
 pub const FLUSH_AT: usize = 64 * 1024;
 /// Keys expired actively before each command, at most.
@@ -50,163 +60,175 @@ const EXPIRE_PER_COMMAND: usize = 16;
 struct KeyValue {
     store: RefCell<Store>,
     maxmemory: usize,
-    connections: RefCell<HashMap<u64, Rc<RefCell<ConnectionState>>>>,
-    /// Bytes of unfinished requests, all connections.
-    input_total: Cell<usize>,
+    clients: RefCell<HashMap<u64, Rc<Client>>>,
+    /// Bytes all clients hold (their `held`, summed).
+    clients_hold: Cell<usize>,
+    maxmemory_clients: usize,
 }
 
-#[derive(Default)]
-struct ConnectionState {
-    decoder: Decoder,
-    /// What this connection adds to `input_total`.
-    counted: usize,
+/// One connection's state.
+struct Client {
+    /// A handle of its own, to close it when it is evicted.
+    conn: Connection,
+    decoder: RefCell<Decoder>,
+    /// What its decoder and unsent replies hold, as last counted.
+    held: Cell<usize>,
+    /// Disconnected for holding the most past `maxmemory-clients`.
+    evicted: Cell<bool>,
+}
+
+/// A byte count from the environment, or `default` (with a warning when
+/// the variable is set but not a number).
+fn bytes_from_env(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            portcullis_sdk::warn(&format!("resp-kv: {name}={text} is not a byte count; using {default}"));
+            default
+        }),
+        Err(_) => default,
+    }
 }
 
 impl Default for KeyValue {
     fn default() -> Self {
-        let maxmemory = match std::env::var("MAXMEMORY") {
-            Ok(text) => text.trim().parse().unwrap_or_else(|_| {
-                portcullis_sdk::warn(&format!("resp-kv: MAXMEMORY={text} is not a byte count; using the default"));
-                DEFAULT_MAXMEMORY
-            }),
-            Err(_) => DEFAULT_MAXMEMORY,
-        };
+        let maxmemory = bytes_from_env("MAXMEMORY", DEFAULT_MAXMEMORY);
         KeyValue {
             store: RefCell::new(Store::new(maxmemory)),
             maxmemory,
-            connections: RefCell::default(),
-            input_total: Cell::new(0),
+            clients: RefCell::default(),
+            clients_hold: Cell::new(0),
+            maxmemory_clients: bytes_from_env("MAXMEMORY_CLIENTS", DEFAULT_MAXMEMORY_CLIENTS),
         }
     }
 }
 
 impl KeyValue {
-    fn state(&self, conn: &Connection) -> Rc<RefCell<ConnectionState>> {
-        self.connections.borrow_mut().entry(conn.id()).or_default().clone()
-    }
-
-    /// Re-counts what the connection's unfinished request holds; whether
-    /// all connections together are still within [`MAX_INPUT_TOTAL`].
-    fn account(&self, state: &mut ConnectionState) -> bool {
-        let held = state.decoder.held();
-        let total = self.input_total.get() - state.counted + held;
-        self.input_total.set(total);
-        state.counted = held;
-        total <= MAX_INPUT_TOTAL
-    }
-
     fn run(&self, args: &[&[u8]], conn: &Connection, now: &Clock) -> Outcome {
         let mut store = self.store.borrow_mut();
         store.expire_due(now, EXPIRE_PER_COMMAND);
         let mut cx = Context { store: &mut store, now, connection_id: conn.id(), maxmemory: self.maxmemory };
         execute(args, &mut cx)
     }
+
+    /// Counts what `client` holds now (its decoder, and `out` waiting to be
+    /// sent). Past `maxmemory-clients`, disconnects the clients holding the
+    /// most until the rest fit; whether `client` is still connected.
+    fn charge(&self, client: &Client, out: &[u8]) -> bool {
+        if client.evicted.get() {
+            return false;
+        }
+        let held = client.decoder.borrow().allocated() + out.len();
+        let mut total = self.clients_hold.get() - client.held.get() + held;
+        client.held.set(held);
+        while total > self.maxmemory_clients {
+            let clients = self.clients.borrow();
+            let Some(biggest) = clients.values().filter(|c| !c.evicted.get()).max_by_key(|c| c.held.get()) else {
+                break;
+            };
+            portcullis_sdk::warn(&format!(
+                "resp-kv: clients hold {total} bytes, past maxmemory-clients {}: disconnecting connection {}, \
+                 which holds {}",
+                self.maxmemory_clients,
+                biggest.conn.id(),
+                biggest.held.get()
+            ));
+            total -= biggest.held.replace(0);
+            biggest.evicted.set(true);
+            let _ = biggest.conn.close();
+        }
+        self.clients_hold.set(total);
+        !client.evicted.get()
+    }
+
+    /// Sends what `out` holds, counting it as held while it waits for the
+    /// client to read.
+    async fn flush(&self, client: &Client, out: &mut Vec<u8>) -> Result<(), Error> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        if !self.charge(client, out) {
+            return Err(Error::new("disconnected: past maxmemory-clients"));
+        }
+        client.conn.write_all(out).await?;
+        out.clear();
+        Ok(())
+    }
 }
 
 impl Service for KeyValue {
+    async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
+        if self.clients.borrow().len() >= MAX_CLIENTS {
+            portcullis_sdk::warn(&format!("resp-kv: {MAX_CLIENTS} clients already; closing connection {}", conn.id()));
+            let _ = conn.write_all(b"-ERR max number of clients reached\r\n").await;
+            return conn.close();
+        }
+        let client =
+            Client { conn: conn.clone(), decoder: RefCell::default(), held: Cell::new(0), evicted: Cell::new(false) };
+        self.clients.borrow_mut().insert(conn.id(), Rc::new(client));
+        Ok(())
+    }
+
     async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error> {
         let data = conn.read().await?;
+        let client = self.clients.borrow().get(&conn.id()).cloned();
+        let Some(client) = client.filter(|c| !c.evicted.get()) else {
+            return conn.close(); // refused at on_connect, or evicted
+        };
         if data.is_empty() {
             return conn.close();
         }
-        let state = self.state(conn);
-        state.borrow_mut().decoder.feed(&data);
+        client.decoder.borrow_mut().feed(&data);
+        drop(data);
         let mut out = Vec::new();
         let clock = Clock::default();
         loop {
             // The command runs while its arguments are borrowed from the
-            // decoder; the borrow ends before its reply is sent.
-            let outcome = match state.borrow_mut().decoder.next_request() {
+            // decoder, and its reply is encoded whole before anything waits:
+            // no value of the store is kept alive by a reply in flight.
+            let outcome = match client.decoder.borrow_mut().next_request() {
                 Ok(Some(args)) => self.run(&args, conn, &clock),
                 Ok(None) => break,
                 Err(ProtocolError(what)) => Outcome::Refuse(what),
             };
             match outcome {
-                Outcome::Reply(reply) => {
-                    if send(conn, &mut out, reply).await? {
-                        clock.forget(); // it waited for the client
-                    }
-                }
+                Outcome::Reply(reply) => reply.encode(&mut out),
                 Outcome::ReplyAndClose(reply) => {
-                    send(conn, &mut out, reply).await?;
-                    flush(conn, &mut out).await?;
+                    reply.encode(&mut out);
+                    self.flush(&client, &mut out).await?;
                     return conn.close();
                 }
-                Outcome::Refuse(what) => return refuse(conn, &mut out, &what).await,
+                Outcome::Refuse(what) => return self.refuse(&client, &mut out, &what).await,
+            }
+            if out.len() >= FLUSH_AT {
+                self.flush(&client, &mut out).await?;
+                clock.forget(); // it may have waited for the client
             }
         }
-        flush(conn, &mut out).await?;
-        if !self.account(&mut state.borrow_mut()) {
-            let what = format!("unfinished requests of all clients past {MAX_INPUT_TOTAL} bytes");
-            return refuse(conn, &mut out, &what).await;
+        self.flush(&client, &mut out).await?;
+        client.decoder.borrow_mut().release();
+        if !self.charge(&client, &[]) {
+            return conn.close();
         }
         Ok(())
     }
 
     async fn on_close(&self, conn: &Connection) {
-        if let Some(state) = self.connections.borrow_mut().remove(&conn.id()) {
-            let counted = state.borrow().counted;
-            self.input_total.set(self.input_total.get() - counted);
+        if let Some(client) = self.clients.borrow_mut().remove(&conn.id()) {
+            self.clients_hold.set(self.clients_hold.get() - client.held.get());
         }
     }
 }
 
-/// Adds `reply` to `out`, sending whenever [`FLUSH_AT`] bytes wait. An
-/// array's elements (`MGET`'s values, shared with the store) are encoded
-/// one by one, and a large value is written from the store's copy, so a
-/// reply never needs a buffer of its whole size.
-/// Whether it sent (and so may have waited).
-async fn send(conn: &Connection, out: &mut Vec<u8>, reply: Reply) -> Result<bool, Error> {
-    let items = match reply {
-        Reply::Array(items) => {
-            Reply::array_header(items.len(), out);
-            items
-        }
-        Reply::Bulk(value) if value.len() >= FLUSH_AT => vec![Reply::Bulk(value)],
-        small => {
-            small.encode(out);
-            if out.len() < FLUSH_AT {
-                return Ok(false);
-            }
-            flush(conn, out).await?;
-            return Ok(true);
-        }
-    };
-    let mut sent = false;
-    for item in items {
-        match item {
-            Reply::Bulk(value) if value.len() >= FLUSH_AT => {
-                Reply::bulk_header(value.len(), out);
-                flush(conn, out).await?;
-                conn.write_all(&value).await?;
-                out.extend_from_slice(b"\r\n");
-                sent = true;
-            }
-            item => item.encode(out),
-        }
-        if out.len() >= FLUSH_AT {
-            flush(conn, out).await?;
-            sent = true;
-        }
+impl KeyValue {
+    /// Answers a request that cannot be read with Redis's `Protocol error`
+    /// and closes the connection (only this one).
+    async fn refuse(&self, client: &Client, out: &mut Vec<u8>, what: &str) -> Result<(), Error> {
+        let conn = &client.conn;
+        portcullis_sdk::warn(&format!("resp-kv: connection {}: protocol error: {what}; closing it", conn.id()));
+        Reply::error(format!("ERR Protocol error: {what}")).encode(out);
+        let _ = self.flush(client, out).await;
+        conn.close()
     }
-    Ok(sent)
-}
-
-async fn flush(conn: &Connection, out: &mut Vec<u8>) -> Result<(), Error> {
-    if !out.is_empty() {
-        conn.write_all(out).await?;
-        out.clear();
-    }
-    Ok(())
-}
-
-/// Answers a request that cannot be read with Redis's `Protocol error` and
-/// closes the connection (only this one).
-async fn refuse(conn: &Connection, out: &mut Vec<u8>, what: &str) -> Result<(), Error> {
-    portcullis_sdk::warn(&format!("resp-kv: connection {}: protocol error: {what}; closing it", conn.id()));
-    Reply::error(format!("ERR Protocol error: {what}")).encode(out);
-    let _ = flush(conn, out).await;
-    conn.close()
 }
 
 export_service!(KeyValue);

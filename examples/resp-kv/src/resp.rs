@@ -93,6 +93,32 @@ impl Decoder {
         }
     }
 
+    /// Bytes the decoder has allocated (what counts against the service's
+    /// `maxmemory-clients`).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
+            + self.spans.capacity() * std::mem::size_of::<(usize, usize)>()
+            + self.inline_words.iter().map(|w| w.capacity() + ARG_OVERHEAD).sum::<usize>()
+    }
+
+    /// Frees what the decoder holds beyond a few KiB when no request is
+    /// unfinished: an idle connection keeps nothing of its last burst.
+    pub fn release(&mut self) {
+        const KEEP: usize = 4096;
+        self.inline_words = Vec::new();
+        if self.pending.is_some() || self.pos != self.buf.len() {
+            return;
+        }
+        self.buf.clear();
+        self.pos = 0;
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+        }
+        if self.spans.capacity() > 64 {
+            self.spans = Vec::new();
+        }
+    }
+
     /// The next complete request (its arguments, borrowed from the decoder
     /// until the next call), `None` until more bytes arrive, or why the
     /// bytes are not RESP. Empty requests (`*0`, blank lines) are skipped.
@@ -498,6 +524,21 @@ mod tests {
         let mut decoder = Decoder::default();
         decoder.feed(&vec![b'a'; MAX_INLINE + 1]);
         assert_eq!(all(&mut decoder).unwrap_err().0, "too big inline request");
+    }
+
+    #[test]
+    fn an_idle_decoder_keeps_nothing_of_its_last_burst() {
+        let mut decoder = Decoder::default();
+        let big = format!("*2\r\n$4\r\nECHO\r\n$500000\r\n{}\r\n", "x".repeat(500_000));
+        decoder.feed(big.as_bytes());
+        decoder.feed(b"*1\r\n$4\r\nPI");
+        assert_eq!(all(&mut decoder).unwrap().len(), 1);
+        decoder.release(); // a request is unfinished: kept
+        assert!(decoder.allocated() >= 500_000);
+        decoder.feed(b"NG\r\n");
+        assert_eq!(all(&mut decoder).unwrap(), vec![args(&["PING"])]);
+        decoder.release();
+        assert!(decoder.allocated() < 8192, "{}", decoder.allocated());
     }
 
     #[test]

@@ -140,6 +140,23 @@ impl Store {
         used <= self.maxmemory
     }
 
+    /// Sets every key to its value (no deadline), all or nothing: fails,
+    /// changing nothing, if the end state is past `maxmemory`.
+    pub fn set_all(&mut self, pairs: Vec<(&[u8], Rc<[u8]>)>, now: &Clock) -> Result<(), OutOfMemory> {
+        if !self.all_fit(pairs.iter().map(|(key, value)| (*key, value.len()))) {
+            return Err(OutOfMemory);
+        }
+        // A pair may pass `maxmemory` for a moment (a big value before a
+        // later pair shrinks the same key): the check above is the one
+        // that holds.
+        let maxmemory = std::mem::replace(&mut self.maxmemory, usize::MAX);
+        for (key, value) in pairs {
+            self.set(key, value, Ttl::Clear, now).expect("no limit while applying");
+        }
+        self.maxmemory = maxmemory;
+        Ok(())
+    }
+
     /// Sets the key. Fails, changing nothing, past `maxmemory`.
     pub fn set(&mut self, key: &[u8], value: Rc<[u8]>, ttl: Ttl, now: &Clock) -> Result<(), OutOfMemory> {
         if let Some(entry) = self.map.get_mut(key)
@@ -225,9 +242,10 @@ impl Store {
         }
     }
 
-    /// Keys that have not expired.
-    pub fn len(&mut self, now: &Clock) -> usize {
-        self.expire_due(now, usize::MAX);
+    /// Keys held, those expired but not yet removed included (as Redis's
+    /// `DBSIZE`: counting only live ones would mean removing every due key
+    /// at once, unbounded work in one command).
+    pub fn len(&self) -> usize {
         self.map.len()
     }
 
@@ -278,7 +296,7 @@ mod tests {
         assert_eq!(store.get(b"a", &Clock::at(now)).as_deref(), Some(&b"1"[..]));
         assert_eq!(store.get(b"a", &Clock::at(later)), None);
         store.expire_due(&Clock::at(later), 10);
-        assert_eq!(store.len(&Clock::at(later)), 1);
+        assert_eq!(store.len(), 1);
         assert_eq!(store.used(), cost(b"c", b"3"));
     }
 
@@ -309,5 +327,19 @@ mod tests {
         assert!(store.all_fit([(&b"a"[..], 1), (&b"a"[..], 10)]));
         assert!(store.remove(b"a"));
         assert!(store.all_fit([(&b"c"[..], 10)]));
+    }
+
+    #[test]
+    fn set_all_checks_the_end_state_only() {
+        let now = Clock::at(Instant::now());
+        let mut store = Store::new(2 * ENTRY_OVERHEAD + 30);
+        store.set(b"a", value("0123456789"), Ttl::Clear, &now).unwrap();
+        // A big value for b, then a small one: the end state fits.
+        let pairs = vec![(&b"b"[..], value(&"x".repeat(40))), (&b"b"[..], value("1"))];
+        assert_eq!(store.set_all(pairs, &now), Ok(()));
+        assert_eq!(store.get(b"b", &now).as_deref(), Some(&b"1"[..]));
+        let pairs = vec![(&b"c"[..], value(&"x".repeat(40)))];
+        assert_eq!(store.set_all(pairs, &now), Err(OutOfMemory));
+        assert_eq!(store.used(), cost(b"a", b"0123456789") + cost(b"b", b"1"));
     }
 }
