@@ -429,6 +429,18 @@ async fn http_hello_answers_pipelined_and_malformed_requests(backend: Backend) {
         assert!(answer.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{answer}");
         assert!(answer.contains("connection: close\r\n"), "{answer}");
     }
+    // An answer that closes the connection is not lost to the requests
+    // pipelined after it: the server drops them and closes at their end.
+    let mut client = service.connect().await;
+    let mut burst = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(2999);
+    burst.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    burst.extend_from_slice(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(3000));
+    client.write_all(&burst).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the answers wait unread meanwhile
+    let answers = tokio::time::timeout(Duration::from_secs(5), read_to_end(&mut client)).await.expect("closed");
+    let answers = String::from_utf8_lossy(&answers);
+    assert_eq!(answers.matches("Hello, world!\n").count(), 3000);
+    assert!(answers.ends_with("connection: close\r\n\r\nHello, world!\n"));
     // A head that never ends is cut at 8 KiB.
     let mut client = service.connect().await;
     client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: ").await.unwrap();

@@ -32,7 +32,12 @@ pub const MAX_HEADERS: usize = 64;
 /// The longest body a request may carry (skipped), in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Answers are written once this many bytes wait (and after each read).
-pub const FLUSH_AT: usize = 64 * 1024;
+pub const FLUSH_AT: usize = 16 * 1024;
+/// The most connections at once; a further one gets `503` and is closed.
+pub const MAX_CONNECTIONS: usize = 512;
+/// After a last answer, the most bytes dropped while waiting for the
+/// client's end of stream before closing anyway.
+pub const MAX_LINGER: usize = 256 * 1024;
 
 /// The body of `GET /`.
 pub const HELLO: &[u8] = b"Hello, world!\n";
@@ -71,6 +76,10 @@ struct Pending {
     head: Vec<u8>,
     /// Body bytes of the last request still to skip.
     skip: usize,
+    /// The last answer is sent: what comes now is dropped until the end.
+    closing: bool,
+    /// Bytes dropped since.
+    lingered: usize,
 }
 
 /// What to do with one request.
@@ -133,11 +142,13 @@ fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
     }
     let bad = |what: &'static [u8]| Some((buf.len(), 0, Answer::error("400 Bad Request", what)));
     let http_1_1 = request.version == Some(1);
-    let (mut host, mut close, mut keep_alive, mut length) = (false, false, false, None);
+    let (mut hosts, mut close, mut keep_alive, mut length, mut expect) = (0, false, false, None, false);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
-            host = true;
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect = true;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in header.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -154,14 +165,16 @@ fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
             return Some((buf.len(), 0, Answer::error("501 Not Implemented", b"Transfer-Encoding is not supported\n")));
         }
     }
-    if http_1_1 && !host {
-        return bad(b"Missing Host header\n");
+    if (http_1_1 && hosts == 0) || hosts > 1 {
+        return bad(b"A request needs one Host header\n");
     }
     let body = length.unwrap_or(0);
     if body > MAX_BODY as u64 {
         return Some((buf.len(), 0, Answer::error("413 Content Too Large", b"Body too large\n")));
     }
-    let keep_alive = !close && (http_1_1 || keep_alive);
+    // A client that waits for `100 Continue` before its body gets the final
+    // answer instead, and the connection closes (RFC 9110, 10.1.1).
+    let keep_alive = !close && (http_1_1 || keep_alive) && !(expect && body > 0);
     let method = request.method.unwrap_or("");
     let path = request.path.unwrap_or("");
     let path = path.split_once('?').map_or(path, |(path, _query)| path);
@@ -192,16 +205,35 @@ fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
 }
 
 impl Service for HttpHello {
+    async fn on_connect(&self, conn: &Connection) -> Result<(), Error> {
+        if self.connections.borrow().len() >= MAX_CONNECTIONS {
+            portcullis_sdk::warn(&format!("http-hello: {MAX_CONNECTIONS} connections already; refusing one"));
+            let answer = Answer::error("503 Service Unavailable", b"Too many connections\n");
+            let mut out = Vec::new();
+            answer.encode(&self.date.line(), &mut out);
+            let _ = conn.write_all(&out).await;
+            return conn.close();
+        }
+        self.connections.borrow_mut().insert(conn.id(), Rc::default());
+        Ok(())
+    }
+
     async fn on_read_ready(&self, conn: &Connection) -> Result<(), Error> {
         let data = conn.read().await?;
+        let Some(pending) = self.connections.borrow().get(&conn.id()).cloned() else {
+            return conn.close(); // refused in on_connect
+        };
         if data.is_empty() {
             return conn.close();
         }
-        let pending = self.connections.borrow_mut().entry(conn.id()).or_default().clone();
+        if pending.borrow().closing {
+            return linger(&pending, conn, data.len());
+        }
         // The bytes to answer: what was left unfinished, then the new ones
         // past any body still being skipped (a body left to skip means
         // nothing after it was left).
-        let mut bytes = {
+        let joined: Vec<u8>;
+        let bytes: &[u8] = {
             let mut p = pending.borrow_mut();
             let skipped = p.skip.min(data.len());
             p.skip -= skipped;
@@ -211,9 +243,14 @@ impl Service for HttpHello {
                 p.head.extend_from_slice(new);
                 return Ok(());
             }
-            let mut bytes = std::mem::take(&mut p.head);
-            bytes.extend_from_slice(new);
-            bytes
+            if p.head.is_empty() {
+                new
+            } else {
+                let mut head = std::mem::take(&mut p.head);
+                head.extend_from_slice(new);
+                joined = head;
+                &joined
+            }
         };
         let mut at = 0;
         let mut out = Vec::new();
@@ -222,7 +259,12 @@ impl Service for HttpHello {
             answer.encode(&date, &mut out);
             if !answer.keep_alive {
                 conn.write_all(&out).await?;
-                return conn.close();
+                // Close only after the client's bytes stop coming (or
+                // enough of them were dropped): closing with bytes unread
+                // would reset the connection and could lose this answer.
+                pending.borrow_mut().closing = true;
+                conn.shutdown_write()?;
+                return linger(&pending, conn, bytes.len() - at);
             }
             at += used;
             let skipped = body.min(bytes.len() - at);
@@ -235,8 +277,9 @@ impl Service for HttpHello {
                 out.clear();
             }
         }
-        bytes.drain(..at);
-        pending.borrow_mut().head = bytes;
+        // What is left of an unfinished head, at its own size (an idle
+        // connection keeps no buffer of its last burst).
+        pending.borrow_mut().head = bytes[at..].to_vec();
         if !out.is_empty() {
             conn.write_all(&out).await?;
         }
@@ -246,6 +289,17 @@ impl Service for HttpHello {
     async fn on_close(&self, conn: &Connection) {
         self.connections.borrow_mut().remove(&conn.id());
     }
+}
+
+/// After a last answer: drops what the client still sends, and closes at
+/// its end of stream or once [`MAX_LINGER`] bytes were dropped.
+fn linger(pending: &RefCell<Pending>, conn: &Connection, dropped: usize) -> Result<(), Error> {
+    let mut p = pending.borrow_mut();
+    p.lingered += dropped;
+    if p.lingered > MAX_LINGER {
+        return conn.close();
+    }
+    Ok(())
 }
 
 export_service!(HttpHello);
@@ -291,6 +345,8 @@ mod tests {
             ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "400"),
             ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "501"),
             ("GET / HTTP/1.1\r\n\r\n", "400"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", "405"),
             ("GARBAGE\r\n\r\n", "400"),
         ] {
             let (_, _, text, keep) = answer(request);

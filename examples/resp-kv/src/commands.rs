@@ -157,7 +157,7 @@ pub fn execute(args: &[&[u8]], cx: &mut Context) -> Outcome {
         Name::PExpire => expire(a, 1, "pexpire", cx),
         Name::Ttl => ttl(a[0], 1000, cx),
         Name::PTtl => ttl(a[0], 1, cx),
-        Name::DbSize => Reply::Int(cx.store.len() as i64),
+        Name::DbSize => Reply::Int(cx.store.key_count() as i64),
         Name::FlushAll => match a {
             [] => flush(cx),
             [mode] if mode.eq_ignore_ascii_case(b"sync") || mode.eq_ignore_ascii_case(b"async") => flush(cx),

@@ -245,7 +245,7 @@ impl Store {
     /// Keys held, those expired but not yet removed included (as Redis's
     /// `DBSIZE`: counting only live ones would mean removing every due key
     /// at once, unbounded work in one command).
-    pub fn len(&self) -> usize {
+    pub fn key_count(&self) -> usize {
         self.map.len()
     }
 
@@ -296,7 +296,7 @@ mod tests {
         assert_eq!(store.get(b"a", &Clock::at(now)).as_deref(), Some(&b"1"[..]));
         assert_eq!(store.get(b"a", &Clock::at(later)), None);
         store.expire_due(&Clock::at(later), 10);
-        assert_eq!(store.len(), 1);
+        assert_eq!(store.key_count(), 1);
         assert_eq!(store.used(), cost(b"c", b"3"));
     }
 
