@@ -66,12 +66,22 @@ async fn every_resp_kv_command_and_error_through_redis_cli(backend: Backend) {
         ("TTL k", "(integer) 50"),
         ("EXPIRE missing 50", "(integer) 0"),
         ("EXPIRE k soon", "(error) ERR value is not an integer or out of range"),
+        ("EXPIRE t 10 NX", "(integer) 0"),
+        ("EXPIRE t 1000 GT", "(integer) 1"),
+        ("EXPIRE t 100 LT", "(integer) 1"),
+        ("EXPIRE t 10 XX GT", "(integer) 0"),
+        ("EXPIRE t 10 SOON", "(error) ERR Unsupported option SOON"),
+        ("EXPIRE t 10 NX XX", "(error) ERR NX and XX, GT or LT options at the same time are not compatible"),
+        ("TTL t", "(integer) 100"),
+        ("PEXPIRE t 100000", "(integer) 1"),
+        ("PTTL missing", "(integer) -2"),
         ("EXISTS k t missing k", "(integer) 3"),
         ("DEL k missing", "(integer) 1"),
         ("EXISTS k", "(integer) 0"),
         ("INCR n", "(integer) 1"),
         ("INCRBY n 41", "(integer) 42"),
         ("DECR n", "(integer) 41"),
+        ("DECRBY n 40", "(integer) 1"),
         ("INCRBY n x", "(error) ERR value is not an integer or out of range"),
         ("INCR t", "(error) ERR value is not an integer or out of range"),
         ("SET big 9223372036854775807", "OK"),
@@ -90,6 +100,13 @@ async fn every_resp_kv_command_and_error_through_redis_cli(backend: Backend) {
         ("FROB nicate now", "(error) ERR unknown command 'FROB', with args beginning with: 'nicate' 'now'"),
         ("SELECT 0", "OK"),
         ("SELECT 1", "(error) ERR DB index is out of range"),
+        ("CLIENT SETNAME me", "OK"),
+        ("CLIENT GETNAME", "(nil)"),
+        ("CLIENT KILL me", "(error) ERR unknown subcommand 'KILL'. Try CLIENT HELP."),
+        ("CONFIG GET appendonly", "1) \"appendonly\"\n2) \"no\""),
+        ("CONFIG SET appendonly yes", "(error) ERR unknown subcommand 'SET'. Try CONFIG HELP."),
+        ("COMMAND DOCS", "(empty array)"),
+        ("QUIT", "OK"),
     ] {
         let args = split(command);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -101,11 +118,17 @@ async fn every_resp_kv_command_and_error_through_redis_cli(backend: Backend) {
     // COMMAND INFO: as Redis describes GET.
     let info = redis_cli(port, &["COMMAND", "INFO", "get"]).await;
     assert!(info.starts_with("1)  1) \"get\"\n    2) (integer) 2"), "{info}");
+    // PTTL counts down in milliseconds.
+    assert_eq!(redis_cli(port, &["PEXPIRE", "pt", "5000"]).await, "(integer) 0");
+    assert_eq!(redis_cli(port, &["SET", "pt", "v", "PX", "5000"]).await, "OK");
+    let pttl = redis_cli(port, &["PTTL", "pt"]).await;
+    let ms: i64 = pttl.strip_prefix("(integer) ").and_then(|n| n.parse().ok()).expect("an integer");
+    assert!((4000..=5000).contains(&ms), "{pttl}");
     // A key with a deadline is gone after it.
     assert_eq!(redis_cli(port, &["SET", "brief", "v", "PX", "150"]).await, "OK");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(redis_cli(port, &["GET", "brief"]).await, "(nil)");
-    assert_eq!(redis_cli(port, &["DBSIZE"]).await, "(integer) 0");
+    assert_eq!(redis_cli(port, &["DBSIZE"]).await, "(integer) 1", "only pt is left");
     service.stop().await;
 }
 
