@@ -1,7 +1,8 @@
 //! Real protocols driven by real clients nobody here wrote: `redis-cli` and
 //! `redis-benchmark` against `resp-kv`, `tcp-proxy` in front of a real
 //! `redis-server`, `curl` and `wrk` against `http-hello`. Each on both
-//! backends (the same service source).
+//! backends (the same service source), and the clients' own runs also with
+//! the WASI build on `wasmtime run`.
 //!
 //! The clients are Debian's `redis-tools`, `redis-server`, `wrk` and `curl`
 //! (`.ci/run` installs them); a missing one fails the test with its name.
@@ -500,15 +501,16 @@ async fn http_hello_under_wrk_answers_every_request(backend: Backend) {
 }
 
 on_both_backends!(
-    every_resp_kv_command_and_error_through_redis_cli,
-    requests_split_across_reads_and_many_in_one_read,
     a_malformed_or_oversized_frame_closes_only_its_connection,
     writes_past_maxmemory_get_oom_and_the_store_survives,
     clients_holding_too_much_are_disconnected_not_the_instance,
     an_mset_that_fits_only_in_the_end_is_applied_whole,
-    redis_benchmark_runs_against_resp_kv_without_errors,
     tcp_proxy_in_front_of_redis_server_under_redis_benchmark,
+    http_hello_answers_pipelined_and_malformed_requests;
+    and_on_wasmtime:
+    every_resp_kv_command_and_error_through_redis_cli,
+    requests_split_across_reads_and_many_in_one_read,
+    redis_benchmark_runs_against_resp_kv_without_errors,
     http_hello_answers_curl_and_keeps_connections_alive,
-    http_hello_answers_pipelined_and_malformed_requests,
     http_hello_under_wrk_answers_every_request,
 );
