@@ -144,7 +144,7 @@ async fn call_on_read_ready(
 /// What `on-read-ready` brings along for `conn` (see `TcpConn::deliver`).
 fn delivery(conn: &TcpConn) -> Delivery {
     let (data, end) = conn.deliver();
-    Delivery { data, end }
+    Delivery { data, end, id: conn.id() }
 }
 
 impl<'a> EventLoop<'a> {

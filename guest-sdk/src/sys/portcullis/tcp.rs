@@ -76,6 +76,7 @@ impl Conn {
     /// This handle with what `on-read-ready` brought, read before anything else.
     pub(crate) fn with_delivery(self, delivery: Delivery) -> Self {
         *self.delivery.borrow_mut() = Unread::new(delivery.data, delivery.end);
+        self.id.set(Some(delivery.id));
         self
     }
 
