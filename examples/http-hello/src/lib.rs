@@ -50,22 +50,33 @@ struct HttpHello {
 
 /// The `date` header every answer carries (RFC 9110: a server with a clock
 /// sends one), formatted once a second, not once per answer.
-#[derive(Default)]
 struct DateHeader {
     second: Cell<u64>,
-    line: RefCell<String>,
+    line: Cell<DateLine>,
 }
 
+impl Default for DateHeader {
+    fn default() -> Self {
+        DateHeader { second: Cell::new(0), line: Cell::new([0; 37]) }
+    }
+}
+
+/// `date: <IMF-fixdate>\r\n`: always 37 bytes (the date is fixed-width).
+type DateLine = [u8; 37];
+
 impl DateHeader {
-    /// `date: <IMF-fixdate>\r\n` for now.
-    fn line(&self) -> std::cell::Ref<'_, String> {
+    /// The `date` line for now.
+    fn line(&self) -> DateLine {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if second != self.second.get() || self.line.borrow().is_empty() {
+        if second != self.second.get() || self.line.get()[0] == 0 {
             self.second.set(second);
-            *self.line.borrow_mut() = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+            let text = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+            let mut line = [0; 37];
+            line.copy_from_slice(text.as_bytes());
+            self.line.set(line);
         }
-        self.line.borrow()
+        self.line.get()
     }
 }
 
@@ -98,11 +109,11 @@ impl Answer {
     }
 
     /// The answer's bytes; `date` is the `date: ...\r\n` line.
-    fn encode(&self, date: &str, out: &mut Vec<u8>) {
+    fn encode(&self, date: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(self.status.as_bytes());
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(date);
         out.extend_from_slice(b"content-type: text/plain\r\ncontent-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -120,9 +131,10 @@ impl Answer {
 /// How much of `buf` the next request takes, and its answer; `None` until
 /// its head is complete.
 fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
+    // Not zeroed: httparse writes each header before it reads it.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Some((
@@ -253,8 +265,8 @@ impl Service for HttpHello {
             }
         };
         let mut at = 0;
-        let mut out = Vec::new();
-        let date = self.date.line().clone();
+        let mut out = Vec::with_capacity(256); // one answer without growing
+        let date = self.date.line();
         while let Some((used, body, answer)) = next_request(&bytes[at..]) {
             answer.encode(&date, &mut out);
             if !answer.keep_alive {
@@ -311,7 +323,7 @@ mod tests {
     fn answer(request: &str) -> (usize, usize, String, bool) {
         let (used, body, answer) = next_request(request.as_bytes()).expect("complete");
         let mut out = Vec::new();
-        answer.encode("", &mut out);
+        answer.encode(b"", &mut out);
         (used, body, String::from_utf8(out).unwrap(), answer.keep_alive)
     }
 
