@@ -299,3 +299,54 @@ async fn a_client_streaming_without_pause_does_not_trap_a_read_exact_service() {
     let log = service.log();
     assert!(!log.contains("guest trapped"), "took {:?}; {log}", started.elapsed());
 }
+
+/// A service kept busy by many clients at once — 300 connections pipelining
+/// requests as fast as it answers, none reading its replies — always has
+/// work; it still must not meet the CPU bound, which counts the instance's
+/// work between two returns to the runtime: the SDK's turns park every task
+/// until the runtime has run. (A yield alone did not return: the executor
+/// took the next ready event instead, and `resp-kv` trapped, its keys lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_pipelining_without_reading_do_not_trap_a_busy_service() {
+    let mut service = HostProcess::start_on(
+        Backend::Wasi,
+        "wasi-pipelining-flood",
+        "resp-kv",
+        &["--listen", &free_port().to_string(), "--callback-cpu-ms", "1000"],
+        None,
+    );
+    let addr = service.listening_on();
+    let mut canary = connect_when_listening(addr).await;
+    canary.write_all(b"SET canary alive\r\n").await.unwrap();
+    assert_eq!(read_n(&mut canary, 5).await, b"+OK\r\n");
+    let pings = b"*1\r\n$4\r\nPING\r\n".repeat(4096);
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        // A small receive buffer: the replies back up soon, as in the flood
+        // that first showed this.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let pings = pings.clone();
+        flood.push(tokio::spawn(async move {
+            let mut stream = stream;
+            // As much as the connection takes in 3 s (it blocks once the
+            // service's replies, never read, fill the buffers).
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                loop {
+                    if stream.write_all(&pings).await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            stream
+        }));
+    }
+    for client in flood {
+        drop(client.await.unwrap());
+    }
+    canary.write_all(b"GET canary\r\n").await.unwrap();
+    assert_eq!(read_n(&mut canary, 11).await, b"$5\r\nalive\r\n", "the instance was replaced: {}", service.log());
+    assert!(!service.log().contains("guest trapped"), "{}", service.log());
+}

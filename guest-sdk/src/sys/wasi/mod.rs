@@ -27,6 +27,7 @@ use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -249,16 +250,33 @@ const TURN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 thread_local! {
     static LAST_TURN: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+    /// The turn under way, if any: every task that comes to [`take_turns`]
+    /// waits for it to end.
+    static TURN: RefCell<Option<Rc<Signal>>> = const { RefCell::new(None) };
 }
 
-/// Yields to the runtime if the last turn was [`TURN_EVERY`] ago or more.
+/// Gives the runtime a turn if the last one was [`TURN_EVERY`] ago or more.
+///
+/// A yield alone would not do: woken, wit-bindgen's executor takes the next
+/// ready event before it returns to the runtime, and a busy service always
+/// has one. So a turn parks every task that comes here until a 1 ns timer
+/// has fired, which can only happen once the guest has returned to the
+/// runtime (every task then waits, here or on I/O; a timer of 0 would
+/// complete at once, without a return).
 pub(crate) async fn take_turns() {
+    if let Some(turn) = TURN.with_borrow(Clone::clone) {
+        return turn.wait().await;
+    }
     let now = std::time::Instant::now();
     match LAST_TURN.get() {
         Some(last) if now.duration_since(last) < TURN_EVERY => {}
         Some(_) => {
             LAST_TURN.set(Some(now));
-            wit_bindgen::yield_async().await;
+            let turn = Rc::new(Signal::default());
+            TURN.set(Some(turn.clone()));
+            monotonic_clock::wait_for(1).await;
+            TURN.set(None);
+            turn.set();
         }
         None => LAST_TURN.set(Some(now)),
     }
