@@ -318,7 +318,8 @@ fn expire(a: &[&[u8]], unit_ms: i64, name: &str, cx: &mut Context) -> Reply {
             b"GT" => gt = true,
             b"LT" => lt = true,
             _ => {
-                return Reply::error(format!("ERR Unsupported option {}", String::from_utf8_lossy(option)));
+                let option = String::from_utf8_lossy(&option[..option.len().min(128)]).into_owned();
+                return Reply::error(format!("ERR Unsupported option {}", truncate(&option, 128)));
             }
         }
     }
@@ -383,7 +384,7 @@ fn flush(cx: &mut Context) -> Reply {
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND LIST`,
 /// `COMMAND DOCS` (empty: there are none): what clients ask at start.
 fn command(a: &[&[u8]]) -> Reply {
-    let Some(sub) = a.first() else { return Reply::Array(COMMANDS.iter().map(describe).collect()) };
+    let Some(sub) = a.first() else { return every_command() };
     match sub.to_ascii_uppercase().as_slice() {
         b"COUNT" if a.len() == 1 => Reply::Int(COMMANDS.len() as i64),
         b"LIST" if a.len() == 1 => {
@@ -402,6 +403,20 @@ fn command(a: &[&[u8]]) -> Reply {
         b"COUNT" | b"LIST" => wrong_arity(&format!("command|{}", String::from_utf8_lossy(sub).to_lowercase())),
         _ => unknown_subcommand(sub, "COMMAND"),
     }
+}
+
+/// `COMMAND`'s reply, encoded once: ~1.6 KB for a 9-byte request, so
+/// building it each time made it the costliest request per byte (a
+/// client pipelining it kept the instance busy past its CPU bound).
+fn every_command() -> Reply {
+    thread_local! {
+        static ENCODED: Rc<[u8]> = {
+            let mut out = Vec::new();
+            Reply::Array(COMMANDS.iter().map(describe).collect()).encode(&mut out);
+            Rc::from(out)
+        };
+    }
+    Reply::Encoded(ENCODED.with(Rc::clone))
 }
 
 /// One `COMMAND` entry: name, arity, flags, first/last key and step, then

@@ -54,6 +54,9 @@ pub const DEFAULT_MAXMEMORY_CLIENTS: usize = 24 * 1024 * 1024;
 pub const MAX_CLIENTS: usize = 512;
 /// Replies are sent once this many bytes wait (and at the end of each read).
 pub const FLUSH_AT: usize = 64 * 1024;
+/// What the host holds of a write the client has not taken yet (its copy
+/// of up to 64 KiB, and then some), counted for a client waiting to write.
+const HOST_WRITE_COPY: usize = 68 * 1024;
 /// Keys expired actively before each command, at most.
 const EXPIRE_PER_COMMAND: usize = 16;
 
@@ -113,11 +116,14 @@ impl KeyValue {
     /// Counts what `client` holds now (its decoder, and `out` waiting to be
     /// sent). Past `maxmemory-clients`, disconnects the clients holding the
     /// most until the rest fit; whether `client` is still connected.
-    fn charge(&self, client: &Client, out: &[u8]) -> bool {
+    fn charge(&self, client: &Client, out: &Vec<u8>) -> bool {
         if client.evicted.get() {
             return false;
         }
-        let held = client.decoder.borrow().allocated() + out.len();
+        // What is allocated (not just used), and the host's copy of a write
+        // the client has not taken yet.
+        let writing = if out.is_empty() { 0 } else { HOST_WRITE_COPY };
+        let held = client.decoder.borrow().allocated() + out.capacity() + writing;
         let mut total = self.clients_hold.get() - client.held.get() + held;
         client.held.set(held);
         while total > self.maxmemory_clients {
@@ -151,6 +157,9 @@ impl KeyValue {
         }
         client.conn.write_all(out).await?;
         out.clear();
+        if out.capacity() > 2 * FLUSH_AT {
+            *out = Vec::new(); // a big reply's buffer is not kept for small ones
+        }
         Ok(())
     }
 }
@@ -206,7 +215,7 @@ impl Service for KeyValue {
         }
         self.flush(&client, &mut out).await?;
         client.decoder.borrow_mut().release();
-        if !self.charge(&client, &[]) {
+        if !self.charge(&client, &Vec::new()) {
             return conn.close();
         }
         Ok(())

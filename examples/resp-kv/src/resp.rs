@@ -360,6 +360,8 @@ pub enum Reply {
     /// `$-1`.
     Nil,
     Array(Vec<Reply>),
+    /// A reply encoded already (`COMMAND`'s, made once).
+    Encoded(Rc<[u8]>),
 }
 
 impl Reply {
@@ -403,6 +405,7 @@ impl Reply {
                     item.encode(out);
                 }
             }
+            Reply::Encoded(bytes) => out.extend_from_slice(bytes),
         }
     }
 

@@ -12,13 +12,18 @@
 //!
 //! Misbehaving peers: each direction waits for the other side to take its
 //! bytes (back-pressure, nothing buffered here beyond what an upstream sends
-//! before its pairing). A side that stops reading stalls its direction until
+//! before its pairing, at most [`MAX_EARLY`] per upstream). A side that stops reading stalls its direction until
 //! the host's write time-out fails the write; then both connections close.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use portcullis_sdk::{Client, ClientConfig, Connection, Error, Service, export_service};
+
+/// The most bytes kept from an upstream not yet paired with its client
+/// (its first reply, usually: a banner or a greeting); past it the upstream
+/// is closed, and its client with it.
+pub const MAX_EARLY: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Proxy {
@@ -81,6 +86,17 @@ impl Service for Proxy {
             None => {
                 let mut early = self.early.borrow_mut();
                 let entry = early.entry(conn.id()).or_default();
+                if entry.0.len() + data.len() > MAX_EARLY {
+                    // An upstream that talks this much before its client is
+                    // even paired is not waited for: memory is bounded.
+                    drop(early);
+                    portcullis_sdk::warn(&format!(
+                        "tcp-proxy: upstream connection {} sent over {MAX_EARLY} bytes before its client was paired; \
+                         closing it",
+                        conn.id()
+                    ));
+                    return conn.close();
+                }
                 entry.1 |= data.is_empty();
                 entry.0.extend_from_slice(&data);
                 Ok(())

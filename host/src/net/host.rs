@@ -261,7 +261,13 @@ impl HostConnection for NetView<'_> {
     fn drop(&mut self, this: Resource<Connection>) -> wasmtime::Result<()> {
         // Dropping a handle does not close the connection: other handles (and the
         // dispatcher) may still use it.
-        self.table.delete(this)?;
+        let handle = self.table.delete(this)?;
+        if handle.served.is_some() {
+            // The guest is done with one connection of an `on-read-ready-batch`:
+            // the next one's work gets the bound a callback of its own would
+            // (once per lent handle, so a batch of N gets at most N bounds).
+            self.waited();
+        }
         Ok(())
     }
 }

@@ -116,6 +116,26 @@ impl Service for Scenarios {
             "never-read" => {
                 self.read_ready_calls.set(self.read_ready_calls.get() + 1);
             }
+            // "work N": computes for N ms without waiting, then echoes.
+            "work" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                let ms: u64 = std::str::from_utf8(&data)
+                    .ok()
+                    .and_then(|t| t.trim().strip_prefix("work "))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                let mut x = 0u64;
+                while std::time::Instant::now() < until {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                }
+                conn.write_all(&data).await?;
+            }
             // "trap" in the data makes the guest panic (a wasm trap), "spin" makes
             // it loop forever; anything else is echoed.
             "trap" => {
