@@ -81,12 +81,12 @@ async fn at_the_connection_limit_a_new_client_waits_until_one_closes(backend: Ba
 
 /// Connections ready together are served by one call into the guest (a
 /// batch); each one's work still gets the CPU bound a call of its own
-/// would: eight connections needing 250 ms each, against a 600 ms bound,
-/// all served, nothing trapped. (Before, the batch's 2 s counted as one
-/// call's: a flood of costly requests trapped the instance.)
+/// would: eight connections needing 100 ms each, against a 400 ms bound,
+/// all served, nothing trapped. (Before, the batch's 700-800 ms counted as
+/// one call's: a flood of costly requests trapped the instance.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_connection_of_a_batch_gets_its_own_cpu_bound() {
-    let args = ["--listen", "127.0.0.1:0", "--env", "MODE=work", "--callback-cpu-ms", "600"];
+    let args = ["--listen", "127.0.0.1:0", "--env", "MODE=work", "--callback-cpu-ms", "400"];
     let mut host = HostProcess::start("batch-cpu-bound", "scenarios", &args, None);
     let addr = host.listening_on();
     let mut clients = Vec::new();
@@ -94,10 +94,10 @@ async fn each_connection_of_a_batch_gets_its_own_cpu_bound() {
         clients.push(connect_when_listening(addr).await);
     }
     for client in &mut clients {
-        client.write_all(b"work 250").await.unwrap();
+        client.write_all(b"work 100").await.unwrap();
     }
     for client in &mut clients {
-        assert_eq!(read_n(client, 8).await, b"work 250", "{}", host.log());
+        assert_eq!(read_n(client, 8).await, b"work 100", "{}", host.log());
     }
     assert!(!host.log().contains("guest trapped"), "{}", host.log());
 }

@@ -46,6 +46,9 @@ pub struct HostState {
     pub cpu: CpuUse,
     /// Host calls under way (see [`new_store`]'s call hook).
     host_calls: u32,
+    /// Callbacks the dispatcher has called that have not entered the guest
+    /// yet: each restarts the CPU bound when it does (see [`new_store`]).
+    callbacks_to_start: u32,
 }
 
 impl HostState {
@@ -67,12 +70,19 @@ impl HostState {
             limiter: InstanceLimiter::new(memory),
             cpu: CpuUse::new(limits.callback_cpu),
             host_calls: 0,
+            callbacks_to_start: 0,
         }
     }
 
     /// The guest truly waited, or a callback starts: its bound starts over.
     pub fn waited(&mut self) {
         self.cpu.restart();
+    }
+
+    /// The dispatcher calls a callback: when it enters the guest (calls
+    /// queue while the guest runs another), its bound starts over.
+    pub fn callback_called(&mut self) {
+        self.callbacks_to_start += 1;
     }
 
     /// The instance's memory account (linear memory and host buffers).
@@ -100,7 +110,10 @@ const TABLE_SLACK: usize = 64;
 /// With standard `wasi:sockets` the guest waits in wasmtime-wasi's calls,
 /// which know nothing of the CPU bound: there, a call hook counts every entry
 /// into the guest that is not inside a host call (an event for a task that
-/// waited, a new call) as the end of a true wait.
+/// waited, a new call) as the end of a true wait. With the portcullis
+/// interface the same hook restarts the bound when a callback the
+/// dispatcher called enters the guest (not other entries: a guest's own
+/// yield is no wait there).
 pub fn new_store(
     engine: &Engine,
     env: Arc<[(String, String)]>,
@@ -122,18 +135,27 @@ pub fn new_store(
         // Streams, futures and calls under way cost the host too.
         let handles = limits.max_sockets as usize * crate::wasi_sockets::HANDLES_PER_SOCKET;
         store.set_max_component_handles(handles.max(1024));
-        store.call_hook(|mut ctx, hook| {
-            let state = ctx.data_mut();
-            match hook {
-                CallHook::CallingHost => state.host_calls += 1,
-                CallHook::ReturningFromHost => state.host_calls = state.host_calls.saturating_sub(1),
-                // A realloc or post-return inside a host call is no wait.
-                CallHook::CallingWasm if state.host_calls == 0 => state.waited(),
-                _ => {}
-            }
-            Ok(())
-        });
     }
+    store.call_hook(move |mut ctx, hook| {
+        let state = ctx.data_mut();
+        match hook {
+            CallHook::CallingHost => state.host_calls += 1,
+            CallHook::ReturningFromHost => state.host_calls = state.host_calls.saturating_sub(1),
+            // A realloc or post-return inside a host call is no wait.
+            CallHook::CallingWasm if state.host_calls == 0 => {
+                if standard_sockets {
+                    state.waited();
+                } else if state.callbacks_to_start > 0 {
+                    // A callback starts now, not when it was called: calls
+                    // queued behind a busy guest do not share one bound.
+                    state.callbacks_to_start -= 1;
+                    state.waited();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    });
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {

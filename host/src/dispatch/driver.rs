@@ -63,8 +63,8 @@ impl EventLoop<'_> {
         let handle = acc.with(|mut a| a.get().table.push(Connection::new(conn.clone())))?;
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
-        // A callback starts with its whole CPU bound.
-        let start_callback = || acc.with(|mut a| a.get().waited());
+        // A callback starts with its whole CPU bound (when it enters the guest).
+        let start_callback = || acc.with(|mut a| a.get().callback_called());
         if !self.component.unwanted.on_connect.load(Ordering::Relaxed) {
             start_callback();
             match callbacks.call_on_connect(acc, borrow()).await? {

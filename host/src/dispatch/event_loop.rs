@@ -202,7 +202,7 @@ impl<'a> EventLoop<'a> {
                     FromDrivers::Ended(ended) => ended?,
                     FromDrivers::Ready(batch) => {
                         if let Some(callbacks) = self.callbacks {
-                            acc.with(|mut a| a.get().waited());
+                            acc.with(|mut a| a.get().callback_called());
                             batches.push(call_on_read_ready(acc, callbacks, batch));
                         }
                     }
