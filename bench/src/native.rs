@@ -67,21 +67,10 @@ pub fn serve_http() -> anyhow::Result<()> {
         Ok(response)
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        println!("http {}", listener.local_addr()?);
-        std::io::stdout().flush()?;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, hyper::service::service_fn(hello))
-                    .await;
-            });
-        }
+    serve_each_connection("http", |stream| async move {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let _ =
+            hyper::server::conn::http1::Builder::new().serve_connection(io, hyper::service::service_fn(hello)).await;
     })
 }
 
@@ -89,19 +78,30 @@ pub fn serve_http() -> anyhow::Result<()> {
 /// piped both ways to `upstream` (tokio's `copy_bidirectional`). Prints
 /// `tcp ADDR`.
 pub fn serve_proxy(upstream: std::net::SocketAddr) -> anyhow::Result<()> {
+    serve_each_connection("tcp", move |mut client| async move {
+        let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+        let _ = server.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    })
+}
+
+/// A loopback listener on the `portcullis` binary's runtime flavour that
+/// prints `KIND ADDR` and serves each accepted connection (no delay) in a
+/// task of its own.
+fn serve_each_connection<F, Fut>(kind: &str, serve: F) -> anyhow::Result<()>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        println!("tcp {}", listener.local_addr()?);
+        println!("{kind} {}", listener.local_addr()?);
         std::io::stdout().flush()?;
         loop {
-            let (mut client, _) = listener.accept().await?;
-            client.set_nodelay(true)?;
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                let _ = server.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-            });
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(serve(stream));
         }
     })
 }

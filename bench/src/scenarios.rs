@@ -210,16 +210,20 @@ async fn udp_echo(s: &Settings, root: &Path, cache: &Path, native: SocketAddr) -
 /// requests per second, then their p99 in µs (zeros when it failed, which
 /// the full run reports as a row that measured nothing).
 async fn redis_set_get(addr: SocketAddr, requests: usize) -> Vec<f64> {
-    match tools::redis_benchmark(addr, "set,get", requests) {
-        Ok(rates) => {
-            let ((set, set_p99), (get, get_p99)) = (tools::rate_of(&rates, "SET"), tools::rate_of(&rates, "GET"));
-            vec![set, get, set_p99, get_p99]
-        }
-        Err(e) => {
-            eprintln!("bench: {e:#}");
-            vec![0.0; 4]
-        }
-    }
+    let measured = tools::redis_benchmark(addr, "set,get", requests).map(|rates| {
+        let ((set, set_p99), (get, get_p99)) = (tools::rate_of(&rates, "SET"), tools::rate_of(&rates, "GET"));
+        vec![set, get, set_p99, get_p99]
+    });
+    or_zeros(measured, 4)
+}
+
+/// A real tool's values, or `n` zeros when it failed (said on stderr; the
+/// full run then reports the row as measuring nothing).
+fn or_zeros(measured: Result<Vec<f64>>, n: usize) -> Vec<f64> {
+    measured.unwrap_or_else(|e| {
+        eprintln!("bench: {e:#}");
+        vec![0.0; n]
+    })
 }
 
 /// The rows of [`redis_set_get`]'s values, against the baseline `mode` names.
@@ -270,15 +274,7 @@ async fn http_hello_under_wrk(s: &Settings, root: &Path, cache: &Path) -> Result
     eprintln!("bench: http-hello under wrk");
     let ours = portcullis_example(root, cache, "http-hello", &[])?;
     let run = s.run;
-    let load = |addr| async move {
-        match tools::wrk(addr, 50, run) {
-            Ok((rate, p99)) => vec![rate, p99],
-            Err(e) => {
-                eprintln!("bench: {e:#}");
-                vec![0.0; 2]
-            }
-        }
-    };
+    let load = |addr| async move { or_zeros(tools::wrk(addr, 50, run).map(|(rate, p99)| vec![rate, p99]), 2) };
     let scenario = "http-hello under wrk, 50 conns";
     let hyper = hyper_server()?;
     let paired = alternate(s.rounds, hyper.tcp.unwrap(), ours.tcp.unwrap(), load).await;

@@ -101,11 +101,13 @@ struct Answer {
     with_body: bool,
     extra_headers: &'static str,
     keep_alive: bool,
+    /// An HTTP/1.0 client, told `connection: keep-alive` when it is kept.
+    http_1_0: bool,
 }
 
 impl Answer {
     fn error(status: &'static str, body: &'static [u8]) -> Answer {
-        Answer { status, body, with_body: true, extra_headers: "", keep_alive: false }
+        Answer { status, body, with_body: true, extra_headers: "", keep_alive: false, http_1_0: false }
     }
 
     /// The answer's bytes; `date` is the `date: ...\r\n` line.
@@ -120,6 +122,8 @@ impl Answer {
         out.extend_from_slice(self.extra_headers.as_bytes());
         if !self.keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
+        } else if self.http_1_0 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if self.with_body {
@@ -131,28 +135,20 @@ impl Answer {
 /// How much of `buf` the next request takes, and its answer; `None` until
 /// its head is complete.
 fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
+    // An answer that ends the connection: it takes the rest of `buf`.
+    let refuse = |status, what| Some((buf.len(), 0, Answer::error(status, what)));
+    const TOO_LARGE: &str = "431 Request Header Fields Too Large";
     // Not zeroed: httparse writes each header before it reads it.
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Some((
-                buf.len(),
-                0,
-                Answer::error("431 Request Header Fields Too Large", b"Request head too large\n"),
-            ));
-        }
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Complete(_)) => return refuse(TOO_LARGE, b"Request head too large\n"),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return refuse(TOO_LARGE, b"Request head too large\n"),
         Ok(httparse::Status::Partial) => return None,
-        Err(httparse::Error::TooManyHeaders) => {
-            return Some((buf.len(), 0, Answer::error("431 Request Header Fields Too Large", b"Too many headers\n")));
-        }
-        Err(_) => return Some((buf.len(), 0, Answer::error("400 Bad Request", b"Bad request\n"))),
+        Err(httparse::Error::TooManyHeaders) => return refuse(TOO_LARGE, b"Too many headers\n"),
+        Err(_) => return refuse("400 Bad Request", b"Bad request\n"),
     };
-    if head_len > MAX_HEAD {
-        return Some((buf.len(), 0, Answer::error("431 Request Header Fields Too Large", b"Request head too large\n")));
-    }
-    let bad = |what: &'static [u8]| Some((buf.len(), 0, Answer::error("400 Bad Request", what)));
     let http_1_1 = request.version == Some(1);
     let (mut hosts, mut close, mut keep_alive, mut length, mut expect) = (0, false, false, None, false);
     for header in request.headers.iter() {
@@ -171,18 +167,18 @@ fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
             let parsed = std::str::from_utf8(header.value).ok().filter(|v| v.bytes().all(|b| b.is_ascii_digit()));
             match parsed.and_then(|v| v.parse::<u64>().ok()) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => return bad(b"Bad Content-Length\n"),
+                _ => return refuse("400 Bad Request", b"Bad Content-Length\n"),
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Some((buf.len(), 0, Answer::error("501 Not Implemented", b"Transfer-Encoding is not supported\n")));
+            return refuse("501 Not Implemented", b"Transfer-Encoding is not supported\n");
         }
     }
     if (http_1_1 && hosts == 0) || hosts > 1 {
-        return bad(b"A request needs one Host header\n");
+        return refuse("400 Bad Request", b"A request needs one Host header\n");
     }
     let body = length.unwrap_or(0);
     if body > MAX_BODY as u64 {
-        return Some((buf.len(), 0, Answer::error("413 Content Too Large", b"Body too large\n")));
+        return refuse("413 Content Too Large", b"Body too large\n");
     }
     // A client that waits for `100 Continue` before its body gets the final
     // answer instead, and the connection closes (RFC 9110, 10.1.1).
@@ -195,8 +191,9 @@ fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
             status: "200 OK",
             body: HELLO,
             with_body: method == "GET",
-            extra_headers: if !http_1_1 && keep_alive { "connection: keep-alive\r\n" } else { "" },
+            extra_headers: "",
             keep_alive,
+            http_1_0: !http_1_1,
         },
         (_, "/") => Answer {
             status: "405 Method Not Allowed",
@@ -204,13 +201,15 @@ fn next_request(buf: &[u8]) -> Option<(usize, usize, Answer)> {
             with_body: method != "HEAD",
             extra_headers: "allow: GET, HEAD\r\n",
             keep_alive,
+            http_1_0: !http_1_1,
         },
         _ => Answer {
             status: "404 Not Found",
             body: b"Not found\n",
             with_body: method != "HEAD",
-            extra_headers: if !http_1_1 && keep_alive { "connection: keep-alive\r\n" } else { "" },
+            extra_headers: "",
             keep_alive,
+            http_1_0: !http_1_1,
         },
     };
     Some((head_len, body as usize, answer))
@@ -344,8 +343,12 @@ mod tests {
     fn keep_alive_by_version_and_header() {
         assert!(!answer("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").3);
         assert!(!answer("GET / HTTP/1.0\r\n\r\n").3);
-        let (_, _, text, keep) = answer("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
-        assert!(keep && text.contains("connection: keep-alive\r\n"));
+        for line in ["GET /", "GET /nope", "DELETE /"] {
+            let request = format!("{line} HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+            let (_, _, text, keep) = answer(&request);
+            assert!(keep && text.contains("connection: keep-alive\r\n"), "{request:?}: {text}");
+        }
+        assert!(!answer("GET / HTTP/1.1\r\nHost: x\r\n\r\n").2.contains("keep-alive"));
     }
 
     #[test]

@@ -108,7 +108,6 @@ pub struct Context<'a> {
     pub store: &'a mut Store,
     pub now: &'a Clock,
     pub connection_id: u64,
-    pub maxmemory: usize,
 }
 
 /// The longest reply one command may make, in bytes: an `MGET` whose values
@@ -509,7 +508,7 @@ fn config(a: &[&[u8]], cx: &mut Context) -> Reply {
     if a.len() < 2 {
         return wrong_arity("config|get");
     }
-    let maxmemory = cx.maxmemory.to_string();
+    let maxmemory = cx.store.maxmemory().to_string();
     let known = [("save", ""), ("appendonly", "no"), ("databases", "1"), ("maxmemory", maxmemory.as_str())];
     let mut pairs = Vec::new();
     for (name, value) in known {
@@ -529,7 +528,7 @@ mod tests {
     fn run(store: &mut Store, now: Instant, line: &str) -> Reply {
         let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
         let clock = Clock::at(now);
-        let mut cx = Context { store, now: &clock, connection_id: 7, maxmemory: DEFAULT_MAXMEMORY };
+        let mut cx = Context { store, now: &clock, connection_id: 7 };
         match execute(&args, &mut cx) {
             Outcome::Reply(reply) | Outcome::ReplyAndClose(reply) => reply,
             Outcome::Refuse(what) => panic!("refused: {what}"),

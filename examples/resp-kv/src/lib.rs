@@ -62,7 +62,6 @@ const EXPIRE_PER_COMMAND: usize = 16;
 
 struct KeyValue {
     store: RefCell<Store>,
-    maxmemory: usize,
     clients: RefCell<HashMap<u64, Rc<Client>>>,
     /// Bytes all clients hold (their `held`, summed).
     clients_hold: Cell<usize>,
@@ -94,10 +93,8 @@ fn bytes_from_env(name: &str, default: usize) -> usize {
 
 impl Default for KeyValue {
     fn default() -> Self {
-        let maxmemory = bytes_from_env("MAXMEMORY", DEFAULT_MAXMEMORY);
         KeyValue {
-            store: RefCell::new(Store::new(maxmemory)),
-            maxmemory,
+            store: RefCell::new(Store::new(bytes_from_env("MAXMEMORY", DEFAULT_MAXMEMORY))),
             clients: RefCell::default(),
             clients_hold: Cell::new(0),
             maxmemory_clients: bytes_from_env("MAXMEMORY_CLIENTS", DEFAULT_MAXMEMORY_CLIENTS),
@@ -109,7 +106,7 @@ impl KeyValue {
     fn run(&self, args: &[&[u8]], conn: &Connection, now: &Clock) -> Outcome {
         let mut store = self.store.borrow_mut();
         store.expire_due(now, EXPIRE_PER_COMMAND);
-        let mut cx = Context { store: &mut store, now, connection_id: conn.id(), maxmemory: self.maxmemory };
+        let mut cx = Context { store: &mut store, now, connection_id: conn.id() };
         execute(args, &mut cx)
     }
 
@@ -161,6 +158,16 @@ impl KeyValue {
             *out = Vec::new(); // a big reply's buffer is not kept for small ones
         }
         Ok(())
+    }
+
+    /// Answers a request that cannot be read with Redis's `Protocol error`
+    /// and closes the connection (only this one).
+    async fn refuse(&self, client: &Client, out: &mut Vec<u8>, what: &str) -> Result<(), Error> {
+        let conn = &client.conn;
+        portcullis_sdk::warn(&format!("resp-kv: connection {}: protocol error: {what}; closing it", conn.id()));
+        Reply::error(format!("ERR Protocol error: {what}")).encode(out);
+        let _ = self.flush(client, out).await;
+        conn.close()
     }
 }
 
@@ -225,18 +232,6 @@ impl Service for KeyValue {
         if let Some(client) = self.clients.borrow_mut().remove(&conn.id()) {
             self.clients_hold.set(self.clients_hold.get() - client.held.get());
         }
-    }
-}
-
-impl KeyValue {
-    /// Answers a request that cannot be read with Redis's `Protocol error`
-    /// and closes the connection (only this one).
-    async fn refuse(&self, client: &Client, out: &mut Vec<u8>, what: &str) -> Result<(), Error> {
-        let conn = &client.conn;
-        portcullis_sdk::warn(&format!("resp-kv: connection {}: protocol error: {what}; closing it", conn.id()));
-        Reply::error(format!("ERR Protocol error: {what}")).encode(out);
-        let _ = self.flush(client, out).await;
-        conn.close()
     }
 }
 

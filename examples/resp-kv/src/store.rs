@@ -151,22 +151,30 @@ impl Store {
         // A pair may pass `maxmemory` for a moment (a big value before a
         // later pair shrinks the same key): the check above is the one
         // that holds.
-        let maxmemory = std::mem::replace(&mut self.maxmemory, usize::MAX);
         for (key, value) in pairs {
-            self.set(key, value, Ttl::Clear, now).expect("no limit while applying");
+            self.put(key, value, Ttl::Clear, now, usize::MAX).expect("no limit while applying");
         }
-        self.maxmemory = maxmemory;
         Ok(())
     }
 
     /// Sets the key. Fails, changing nothing, past `maxmemory`.
     pub fn set(&mut self, key: &[u8], value: Rc<[u8]>, ttl: Ttl, now: &Clock) -> Result<(), OutOfMemory> {
+        self.put(key, value, ttl, now, self.maxmemory)
+    }
+
+    /// The `maxmemory` this store was made with.
+    pub fn maxmemory(&self) -> usize {
+        self.maxmemory
+    }
+
+    /// [`Store::set`] against `limit` bytes in place of `maxmemory`.
+    fn put(&mut self, key: &[u8], value: Rc<[u8]>, ttl: Ttl, now: &Clock, limit: usize) -> Result<(), OutOfMemory> {
         if let Some(entry) = self.map.get_mut(key)
             && !is_due(entry, now)
         {
             // In place: the key keeps its allocation and its map slot.
             let used = self.used - entry.value.len() + value.len();
-            if used > self.maxmemory {
+            if used > limit {
                 return Err(OutOfMemory);
             }
             self.used = used;
@@ -184,7 +192,7 @@ impl Store {
             return Ok(());
         }
         self.remove(key); // expired, if there at all
-        if self.used + cost(key, &value) > self.maxmemory {
+        if self.used + cost(key, &value) > limit {
             return Err(OutOfMemory);
         }
         let key: Rc<[u8]> = Rc::from(key);
