@@ -126,6 +126,37 @@ async fn read_times_out_with_read_timed_out(backend: Backend) {
     service.stop().await;
 }
 
+/// A read that times out loses nothing: the client sends a part, more while
+/// the read waits, pauses past the read time-out, then the rest; a service
+/// that tries again gets every byte, in order. With `len` over 64 KiB the SDK
+/// gathers parts of its own, and gives them back too.
+async fn a_read_tried_again_after_a_time_out_gets_every_byte(backend: Backend, len: usize) {
+    let timeout = Duration::from_millis(400);
+    let service =
+        TestService::scenario("retrying").on(backend).env("LEN", &len.to_string()).read_timeout(timeout).start();
+    let mut client = service.connect().await;
+    let sent: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let (first, rest) = sent.split_at(len * 2 / 5);
+    let (second, third) = rest.split_at(len * 2 / 5);
+    client.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // the read now waits for the rest
+    client.write_all(second).await.unwrap();
+    tokio::time::sleep(timeout * 2).await; // past the time-out: the service reads again
+    client.write_all(third).await.unwrap();
+    let echoed = read_to_end(&mut client).await;
+    assert_eq!(echoed.len(), len, "bytes lost or added across the time-out");
+    assert!(echoed == sent, "the stream came back out of order or changed");
+    service.stop().await;
+}
+
+async fn a_short_read_tried_again_after_a_time_out_gets_every_byte(backend: Backend) {
+    a_read_tried_again_after_a_time_out_gets_every_byte(backend, 18).await;
+}
+
+async fn a_read_over_64_kib_tried_again_after_a_time_out_gets_every_byte(backend: Backend) {
+    a_read_tried_again_after_a_time_out_gets_every_byte(backend, 200_000).await;
+}
+
 async fn on_close_fires_once_and_kept_handles_outlive_their_callback(backend: Backend) {
     let service = TestService::scenario("close-log").on(backend).start();
     let mut watcher = service.connect().await;
@@ -206,4 +237,6 @@ on_both_backends!(
     read_times_out_with_read_timed_out,
     on_close_fires_once_and_kept_handles_outlive_their_callback,
     a_default_on_connect_is_skipped_but_on_close_still_fires_every_time,
+    a_short_read_tried_again_after_a_time_out_gets_every_byte,
+    a_read_over_64_kib_tried_again_after_a_time_out_gets_every_byte,
 );

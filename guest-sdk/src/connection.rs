@@ -54,7 +54,9 @@ impl Connection {
 
     /// Reads exactly `n` bytes, gathering chunks as they come; fewer only at end
     /// of stream. The read time-out restarts with every chunk. `n` of 0 is an
-    /// error (`requested byte length need to be 1 or more`).
+    /// error (`requested byte length need to be 1 or more`). A read that fails
+    /// (`ReadTimedOut`, say) loses nothing: what it had gathered is what the
+    /// next read returns first, so a service may simply try again.
     ///
     /// ```no_run
     /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
@@ -71,7 +73,16 @@ impl Connection {
         let mut out = Vec::new();
         while out.len() < n as usize {
             let part = (n as usize - out.len()).min(sys::MAX_IO) as u32;
-            let chunk = self.sys.read(Some(part)).await?;
+            let chunk = match self.sys.read(Some(part)).await {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    // The parts gathered so far go back, for the next read.
+                    if !out.is_empty() {
+                        self.sys.restore(out);
+                    }
+                    return Err(err);
+                }
+            };
             let ended = chunk.len() < part as usize;
             out.extend_from_slice(&chunk);
             if ended {

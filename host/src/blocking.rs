@@ -1,19 +1,26 @@
-//! Blocking WASI calls under the guest's CPU bound.
+//! Blocking WASI calls are waits, as any other.
 //!
-//! A guest's `std::thread::sleep` or blocking poll is a plain (sync) call to
-//! `wasi:io/poll`, which wasmtime runs by suspending the guest while the
-//! instance keeps its store: the thread goes on (other services run), but the
-//! instance does nothing else until the call returns, and a stop cannot reach
-//! it. So these calls count as running: they may last what is left of the
-//! guest's `--callback-cpu-ms` bound, and then the instance traps, as a
-//! guest that computes too long does.
+//! A guest's `std::thread::sleep`, a blocking `accept` or `read` of a
+//! `std::net` program, are plain (sync) calls to `wasi:io/poll`, which
+//! wasmtime runs by suspending the guest while the instance keeps its store:
+//! the thread goes on (other services run), but this instance does nothing
+//! else until the call returns. Such a call is a true wait: while it waits
+//! no CPU bound runs down, and one that had to wait restarts the bound when
+//! it returns (one that found its pollables ready at once restarts nothing,
+//! so a loop of polls is still computation).
+//!
+//! Since the instance's event loop cannot run meanwhile, the call itself
+//! watches for the stop: once a stop's grace period is over
+//! ([`HostState::forced_stop`]), it ends the instance with [`Stopped`].
 //!
 //! The WASI implementation itself stays wasmtime-wasi's; this module only
-//! shadows the two entry points that block (`poll` and `pollable.block`) with
-//! the same calls under a time-out.
+//! shadows the two entry points that block (`poll` and `pollable.block`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
-use wasmtime::{StoreContextMut, format_err};
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::io::poll::{Host as _, HostPollable as _};
@@ -24,6 +31,20 @@ use crate::state::HostState;
 /// imports resolve to it).
 const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
 
+/// The trap that ends an instance waiting in a blocking call when a stop's
+/// grace period is over (not a failure of the guest: the supervisor ends
+/// quietly on it).
+#[derive(Debug)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped while the guest waited in wasi:io/poll")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 /// Shadows `wasi:io/poll`'s blocking calls in `linker` (after
 /// `wasmtime_wasi::p2::add_to_linker_async`).
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -33,10 +54,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "[method]pollable.block",
         |mut store: StoreContextMut<'_, HostState>, (pollable,): (Resource<DynPollable>,)| {
             Box::new(async move {
-                let left = store.data().cpu.remaining();
-                let outcome = tokio::time::timeout(left, store.data_mut().ctx().table.block(pollable)).await;
-                finish(&mut store, "pollable.block", outcome)?;
-                Ok(())
+                let stop = store.data().forced_stop.clone();
+                let state = store.data_mut();
+                let (result, waited) = waiting(&stop, state.ctx().table.block(pollable)).await?;
+                if waited {
+                    state.waited();
+                }
+                result
             })
         },
     )?;
@@ -44,9 +68,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "poll",
         |mut store: StoreContextMut<'_, HostState>, (pollables,): (Vec<Resource<DynPollable>>,)| {
             Box::new(async move {
-                let left = store.data().cpu.remaining();
-                let outcome = tokio::time::timeout(left, store.data_mut().ctx().table.poll(pollables)).await;
-                Ok((finish(&mut store, "poll", outcome)?,))
+                let stop = store.data().forced_stop.clone();
+                let state = store.data_mut();
+                let (ready, waited) = waiting(&stop, state.ctx().table.poll(pollables)).await?;
+                if waited {
+                    state.waited();
+                }
+                Ok((ready?,))
             })
         },
     )?;
@@ -54,21 +82,21 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Turns running out of the bound in a blocking call into a trap. (The time
-/// the call took counts by itself: it was no true wait, so the guest's clock
-/// ran on.)
-fn finish<R>(
-    store: &mut StoreContextMut<'_, HostState>,
-    what: &str,
-    outcome: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
-) -> wasmtime::Result<R> {
-    let cpu = &store.data().cpu;
-    match outcome {
-        Ok(result) => result,
-        Err(_) => Err(format_err!(
-            "the guest blocked in wasi:io/poll ({what}) until its {:?} without waiting were used up \
-             (--callback-cpu-ms)",
-            cpu.limit
-        )),
+/// Awaits `work` unless `stop` comes first (then [`Stopped`]); says whether
+/// it had to wait.
+async fn waiting<F: Future>(stop: &CancellationToken, work: F) -> wasmtime::Result<(F::Output, bool)> {
+    let mut work = std::pin::pin!(work);
+    let waited = AtomicBool::new(false);
+    let polled = std::future::poll_fn(|cx| {
+        let poll = work.as_mut().poll(cx);
+        if poll.is_pending() {
+            waited.store(true, Ordering::Relaxed);
+        }
+        poll
+    });
+    tokio::select! {
+        biased;
+        out = polled => Ok((out, waited.load(Ordering::Relaxed))),
+        _ = stop.cancelled() => Err(wasmtime::Error::new(Stopped)),
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Result, bail};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, TypedFunc};
 use wasmtime::{Engine, Store};
 
@@ -177,6 +178,13 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 const RUN_INTERFACE: &str = "wasi:cli/run@";
 const CALLBACKS_INTERFACE: &str = "portcullis:socket/callbacks@0.1.0";
 
+/// The version of a `wasi:cli/run@X.Y.Z` export, as numbers to compare
+/// (`0.3.0` after `0.2.12`); text that is no version sorts first.
+fn run_version(export: &str) -> Vec<u64> {
+    let version = export.strip_prefix(RUN_INTERFACE).unwrap_or("");
+    version.split(['.', '-']).map(|part| part.parse().unwrap_or(0)).collect()
+}
+
 impl ServiceComponent {
     /// Links `component` against the portcullis and WASI imports. Fails with a
     /// message naming the missing import when the component wants something
@@ -193,13 +201,17 @@ impl ServiceComponent {
         link(&mut linker)?;
         let pre = linker.instantiate_pre(component).map_err(|e| anyhow::anyhow!("{name} cannot run here: {e}"))?;
         let callbacks = GuestIndices::new(&pre).ok();
-        let main =
-            component.component_type().exports(engine).find(|(export, _)| export.starts_with(RUN_INTERFACE)).and_then(
-                |(export, _)| {
-                    let iface = component.get_export_index(None, export)?;
-                    component.get_export_index(Some(&iface), "run")
-                },
-            );
+        // A component may export both 0.2's and 0.3's `run`: the newest runs
+        // (as `wasmtime run` does), never one at random.
+        let main = component
+            .component_type()
+            .exports(engine)
+            .filter(|(export, _)| export.starts_with(RUN_INTERFACE))
+            .max_by(|(a, _), (b, _)| run_version(a).cmp(&run_version(b)))
+            .and_then(|(export, _)| {
+                let iface = component.get_export_index(None, export)?;
+                component.get_export_index(Some(&iface), "run")
+            });
         if main.is_some() && spec.instances == Instances::PerConnection {
             bail!("{name} is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
         }
@@ -293,12 +305,14 @@ impl ServiceComponent {
 
     /// A store for a new instance of this component: its env, its grants,
     /// where its callback connections go, and the service's admission rules
-    /// (for the guest's own listeners).
+    /// (for the guest's own listeners). `forced_stop` is cancelled when a
+    /// stop's grace period is over (see `blocking`).
     pub(crate) fn new_store(
         &self,
         sink: mpsc::UnboundedSender<TcpConn>,
         active_listeners: Arc<AtomicUsize>,
         admission: Admission,
+        forced_stop: CancellationToken,
     ) -> Store<HostState> {
         let component: Arc<str> = Arc::from(self.name.as_str());
         let memory =
@@ -315,15 +329,16 @@ impl ServiceComponent {
             denials: self.warnings.denials.clone(),
             udp_refusals: self.warnings.udp_refusals.clone(),
         };
-        new_store(
-            self.pre.engine(),
+        let state = HostState::new(
             self.env.clone(),
             self.warnings.output.clone(),
             net,
             self.wasi_sockets.clone(),
             memory,
             &self.limits,
-        )
+            forced_stop,
+        );
+        new_store(self.pre.engine(), state, &self.limits)
     }
 
     /// A service must export the callbacks; the error names what is missing.

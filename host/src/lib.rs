@@ -13,7 +13,7 @@
 //!   `on-close`; traps restart it.
 //! - [`component`]: a service's component, linked (each capability's
 //!   `add_to_linker`) and looked up once, and the stores of its instances.
-//! - [`blocking`]: blocking WASI calls under the CPU bound;
+//! - [`blocking`]: blocking WASI calls, waits like any other (and the stop that ends them);
 //!   [`wasi_sockets`]: standard `wasi:sockets` (the SDK's WASI backend)
 //!   under the policy.
 //! - [`state`]: what one store holds (the composition root: the table, WASI,

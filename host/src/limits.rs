@@ -14,17 +14,21 @@
 //!   of its own ([`SocketCount`]); all guests of the process together leave a
 //!   reserve of file descriptors for the operator's listeners
 //!   ([`guest_socket_ceiling`]).
-//! - **CPU.** [`Limits::callback_cpu`] is enforced by the store's epoch
-//!   callback (`state::new_store`).
+//! - **CPU.** [`Limits::callback_cpu`] is CPU time, read from the thread's
+//!   CPU clock ([`CpuUse`]) and enforced by the store's epoch callback
+//!   (`state::new_store`).
 //!
 //! Nothing here knows about sockets or instances beyond counting them.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::coalesce::Coalesced;
+
+mod cpu;
+pub use cpu::{AtEpoch, CpuUse, thread_cpu_nanos};
 
 /// Default [`Limits::max_memory`]: 128 MiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
@@ -89,9 +93,12 @@ pub struct Limits {
     /// Sockets one instance may hold open at once: client connections, UDP
     /// sockets, its own listeners (`--max-sockets`, default 1024).
     pub max_sockets: u32,
-    /// How long a callback (or a program's `main`) may run guest code, or sit
-    /// in a blocking WASI call, without truly waiting in the host
+    /// How much CPU time a callback (or a program's `main`) may spend in guest
+    /// code and in host calls that do not wait, without truly waiting
     /// (`--callback-cpu-ms`, default 2000 ms). Then its instance traps.
+    /// CPU time, not wall-clock time: a guest on a busy machine, or one that
+    /// sleeps or waits in any call (a read, an accept, `poll`, `sleep`),
+    /// uses none of it meanwhile.
     pub callback_cpu: Duration,
 }
 
@@ -418,69 +425,15 @@ pub struct GuestSocket {
     pub charge: HostCharge,
 }
 
-/// How long the guest has run (guest code, host calls that did not wait,
-/// blocking WASI calls) since it last truly waited, against its bound. Time
-/// is measured, not ticks counted: a long stretch between two epoch checks (a
-/// bulk `memory.fill`, a slow host call) counts in full. Time the guest spent
-/// yielded to others (at an epoch tick) does not count.
-pub struct CpuUse {
-    /// Time used up to `checkpoint`.
-    used: Duration,
-    /// Since when time counts again: the last true wait, or when the guest
-    /// resumed after a yield (set by the yield itself, hence shared).
-    checkpoint: Arc<AtomicU64>,
-    /// `--callback-cpu-ms`.
-    pub limit: Duration,
-}
-
-/// Instants as nanoseconds since this one, to keep them in an atomic.
-static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn now_nanos() -> u64 {
-    ORIGIN.elapsed().as_nanos() as u64
-}
-
-impl CpuUse {
-    pub fn new(limit: Duration) -> Self {
-        CpuUse { used: Duration::ZERO, checkpoint: Arc::new(AtomicU64::new(now_nanos())), limit }
-    }
-
-    /// Time used so far, up to now.
-    pub fn used(&self) -> Duration {
-        let since = now_nanos().saturating_sub(self.checkpoint.load(Ordering::Relaxed));
-        self.used + Duration::from_nanos(since)
-    }
-
-    /// How long the guest has run since it last started or resumed.
-    pub fn running_for(&self) -> Duration {
-        Duration::from_nanos(now_nanos().saturating_sub(self.checkpoint.load(Ordering::Relaxed)))
-    }
-
-    /// What is left of the bound.
-    pub fn remaining(&self) -> Duration {
-        self.limit.saturating_sub(self.used())
-    }
-
-    /// The guest truly waited, or a callback starts: the bound starts over.
-    pub fn restart(&mut self) {
-        self.used = Duration::ZERO;
-        self.checkpoint.store(now_nanos(), Ordering::Relaxed);
-    }
-
-    /// At an epoch tick: books the time up to now, and returns the yield that
-    /// gives the thread away until tokio resumes the guest (from then on time
-    /// counts again).
-    pub fn tick(&mut self) -> impl Future<Output = ()> + Send + 'static {
-        self.used = self.used();
-        self.checkpoint.store(u64::MAX, Ordering::Relaxed); // yielded: no time counts
-        let checkpoint = self.checkpoint.clone();
-        async move {
-            // tokio's own yield: it polls sockets and timers before resuming
-            // the guest (wasmtime's plain yield wakes at once, and tokio then
-            // checks its sockets only every 61 turns).
-            tokio::task::yield_now().await;
-            checkpoint.store(now_nanos(), Ordering::Relaxed);
-        }
+#[cfg(test)]
+impl MemoryAccount {
+    /// An account with no limit, for unit tests of the socket core.
+    pub fn unlimited() -> Arc<Self> {
+        MemoryAccount::new(
+            u64::MAX,
+            MemoryBudget::new(u64::MAX),
+            Coalesced::new("memory refusals", Some("test".into())),
+        )
     }
 }
 

@@ -3,24 +3,27 @@
 //! instance.
 //!
 //! The store also keeps a guest from hogging its thread: the engine's epoch
-//! ticks every [`crate::engine::EPOCH_TICK`]; while wasm runs, each tick yields to
-//! tokio (which polls sockets and timers before it resumes the guest, so
-//! other services go on) and counts against [`Limits::callback_cpu`]. Only a
-//! true wait resets the count: the start of a callback, or a host call that
-//! suspended the guest. A host call that completes at once (`try-write`, an
-//! empty `write`, `id`) does not, so no loop of cheap calls escapes the bound.
-//! A blocking WASI call (`std::thread::sleep`, a blocking poll) counts too,
-//! by the wall clock (see `blocking`). Past the bound the instance traps (and
-//! is replaced, as for any trap).
+//! ticks every [`crate::engine::EPOCH_TICK`]; a guest that has run a whole
+//! tick of CPU time yields to tokio (which polls sockets and timers before it
+//! resumes the guest, so other services go on), and its CPU time counts
+//! against [`Limits::callback_cpu`] (`limits::CpuUse`, the thread's CPU
+//! clock). Only a true wait resets the count: the start of a callback, or a
+//! host or WASI call that suspended the guest (a blocking `poll` or `sleep`
+//! included: see `blocking`). A host call that completes at once
+//! (`try-write`, an empty `write`, `id`) does not, so no loop of cheap calls
+//! escapes the bound. Past the bound the instance traps (and is replaced, as
+//! for any trap).
 
 use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::guest_output::{GuestOutput, OutputRate};
-use crate::limits::{CpuUse, InstanceLimiter, Limits, MemoryAccount};
+use crate::limits::{AtEpoch, CpuUse, InstanceLimiter, Limits, MemoryAccount};
 use crate::net::NetCtx;
 use crate::net::view::{NetHost, NetView};
 use crate::wasi_sockets::WasiSockets;
@@ -41,14 +44,16 @@ pub struct HostState {
     pub wasi_sockets: Option<Arc<WasiSockets>>,
     /// The instance's memories and tables, charged to its memory account.
     limiter: InstanceLimiter,
-    /// Time the guest has run (or sat in blocking WASI calls) since it last
-    /// truly waited.
+    /// CPU time the guest has run since it last truly waited.
     pub cpu: CpuUse,
     /// Host calls under way (see [`new_store`]'s call hook).
     host_calls: u32,
     /// Callbacks the dispatcher has called that have not entered the guest
     /// yet: each restarts the CPU bound when it does (see [`new_store`]).
     callbacks_to_start: u32,
+    /// Cancelled when a stop's grace period is over: a guest still waiting
+    /// in a blocking WASI call then ends (see `blocking`).
+    pub forced_stop: CancellationToken,
 }
 
 impl HostState {
@@ -59,6 +64,7 @@ impl HostState {
         wasi_sockets: Option<Arc<WasiSockets>>,
         memory: Arc<MemoryAccount>,
         limits: &Limits,
+        forced_stop: CancellationToken,
     ) -> Self {
         HostState {
             table: ResourceTable::new(),
@@ -71,6 +77,7 @@ impl HostState {
             cpu: CpuUse::new(limits.callback_cpu),
             host_calls: 0,
             callbacks_to_start: 0,
+            forced_stop,
         }
     }
 
@@ -114,17 +121,8 @@ const TABLE_SLACK: usize = 64;
 /// interface the same hook restarts the bound when a callback the
 /// dispatcher called enters the guest (not other entries: a guest's own
 /// yield is no wait there).
-pub fn new_store(
-    engine: &Engine,
-    env: Arc<[(String, String)]>,
-    output: Arc<OutputRate>,
-    net: NetCtx,
-    wasi_sockets: Option<Arc<WasiSockets>>,
-    memory: Arc<MemoryAccount>,
-    limits: &Limits,
-) -> Store<HostState> {
-    let standard_sockets = wasi_sockets.is_some();
-    let mut state = HostState::new(env, output, net, wasi_sockets, memory, limits);
+pub fn new_store(engine: &Engine, mut state: HostState, limits: &Limits) -> Store<HostState> {
+    let standard_sockets = state.wasi_sockets.is_some();
     if standard_sockets {
         // wasmtime-wasi keeps each socket in the table: its size bounds them
         // (past it a socket call traps, and a service starts afresh).
@@ -160,16 +158,14 @@ pub fn new_store(
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let cpu = &mut ctx.data_mut().cpu;
-        if cpu.used() >= cpu.limit {
-            return Err(wasmtime::format_err!("the guest ran for {:?} without waiting (--callback-cpu-ms)", cpu.limit));
+        match cpu.at_epoch() {
+            AtEpoch::Continue => Ok(UpdateDeadline::Continue(1)),
+            AtEpoch::Yield => Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.yield_turn()))),
+            AtEpoch::Exceeded => Err(wasmtime::format_err!(
+                "the guest ran for {:?} of CPU time without waiting (--callback-cpu-ms)",
+                cpu.limit
+            )),
         }
-        // A deadline that passed while the instance was idle is no reason to
-        // yield (with an instance per connection most callbacks would):
-        // only a guest that has run a whole tick gives the thread away.
-        if cpu.running_for() < crate::engine::EPOCH_TICK {
-            return Ok(UpdateDeadline::Continue(1));
-        }
-        Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.tick())))
     });
     store
 }

@@ -9,8 +9,8 @@
 //!   `--listen` says or an `--allow-listen` grant covers; connects, UDP
 //!   binds, sends and receives by the `--allow-*` grants and the blocked
 //!   networks, as for native components;
-//! - name look-ups go through [`WasiSockets::resolve`], which shadows
-//!   wasmtime-wasi's `resolve-addresses`: only names a grant covers are
+//! - name look-ups (WASI 0.3 and 0.2) go through [`WasiSockets::resolve`],
+//!   which shadows wasmtime-wasi's `resolve-addresses`: only names a grant covers are
 //!   looked up, a name any of whose addresses is blocked is refused whole,
 //!   and the addresses a granted name resolved to are admitted for that
 //!   grant's ports for [`NAME_ADMISSION`] (a WASI guest connects to the
@@ -166,13 +166,38 @@ impl WasiSockets {
     /// `resolve-addresses` under the grants: only a name a connect, listen or
     /// UDP grant covers is looked up; all its addresses must be outside the
     /// blocked networks; they are then admitted for the grant's ports.
-    /// An IP literal resolves to itself (its uses are checked).
+    /// An IP literal resolves to itself (its uses are checked). Text that is
+    /// not a name (`localhost:80`, `a b`) is `invalid-argument`, as
+    /// wasi:sockets specifies; a Unicode name is looked up (and matched
+    /// against the grants) in its ASCII form (IDNA: `bücher.example` is
+    /// `xn--bcher-kva.example`).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis::policy::Policy;
+    /// use portcullis::wasi_sockets::WasiSockets;
+    /// use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::ErrorCode;
+    /// let policy = Policy::parse(&["tcp://localhost:7000".into()], &[], &[], false).unwrap();
+    /// let log = || portcullis::coalesce::Coalesced::new("denials", None);
+    /// let sockets = WasiSockets::new(Arc::new(policy), vec![], log(), log());
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// assert!(sockets.resolve("localhost".into()).await.unwrap().iter().all(|ip| ip.is_loopback()));
+    /// assert!(matches!(sockets.resolve("localhost:7000".into()).await, Err(ErrorCode::InvalidArgument)));
+    /// assert!(matches!(sockets.resolve("example.com".into()).await, Err(ErrorCode::AccessDenied)));
+    /// # });
+    /// ```
     pub async fn resolve(&self, name: String) -> Result<Vec<IpAddr>, ErrorCode> {
-        if policy::check_host_text(&name).is_err() {
-            return Err(ErrorCode::InvalidArgument);
-        }
         if let Some(ip) = policy::parse_ip_literal(&name) {
             return Ok(vec![ip]);
+        }
+        let name = match url::Host::parse(&name) {
+            Ok(url::Host::Domain(ascii)) => ascii,
+            Ok(url::Host::Ipv4(ip)) => return Ok(vec![IpAddr::V4(ip)]),
+            Ok(url::Host::Ipv6(ip)) => return Ok(vec![policy::unmap(IpAddr::V6(ip))]),
+            Err(_) => return Err(ErrorCode::InvalidArgument),
+        };
+        if policy::check_host_text(&name).is_err() {
+            return Err(ErrorCode::InvalidArgument);
         }
         let grants: Vec<(Action, Ports)> = [Action::Connect, Action::Listen, Action::Udp]
             .into_iter()
@@ -198,8 +223,12 @@ impl WasiSockets {
             Err(_) => return Err(ErrorCode::TemporaryResolverFailure),
             _ => return Err(ErrorCode::NameUnresolvable),
         };
-        let mut ips: Vec<IpAddr> = addrs.iter().map(|a| policy::unmap(a.ip())).collect();
-        ips.dedup();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for ip in addrs.iter().map(|a| policy::unmap(a.ip())) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
         let blocked: Vec<String> =
             ips.iter().filter(|ip| self.policy.is_blocked_ip(**ip)).map(|ip| ip.to_string()).collect();
         if !blocked.is_empty() {
@@ -233,13 +262,116 @@ impl WasiSockets {
 /// The `wasi:sockets/ip-name-lookup` version that wasmtime-wasi's p3 links.
 const NAME_LOOKUP_INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.3.0";
 
+/// The same for p2 (guests' older 0.2 imports resolve to it).
+const NAME_LOOKUP_INTERFACE_P2: &str = "wasi:sockets/ip-name-lookup@0.2.12";
+
+/// A WASI 0.2 `resolve-address-stream`: a look-up through
+/// [`WasiSockets::resolve`], then its addresses one by one.
+pub struct NameLookup(LookupState);
+
+enum LookupState {
+    Pending(std::pin::Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, ErrorCode>> + Send>>),
+    Done(Result<std::vec::IntoIter<IpAddr>, ErrorCode>),
+}
+
+impl NameLookup {
+    /// Polls a look-up under way once; `false`: still under way.
+    fn poll_done(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if let LookupState::Pending(lookup) = &mut self.0 {
+            match lookup.as_mut().poll(cx) {
+                std::task::Poll::Ready(answer) => self.0 = LookupState::Done(answer.map(Vec::into_iter)),
+                std::task::Poll::Pending => return false,
+            }
+        }
+        true
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for NameLookup {
+    async fn ready(&mut self) {
+        std::future::poll_fn(
+            |cx| if self.poll_done(cx) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending },
+        )
+        .await
+    }
+}
+
+/// A WASI 0.3 look-up error as WASI 0.2 words it.
+fn p2_error(code: ErrorCode) -> wasmtime_wasi::p2::bindings::sockets::network::ErrorCode {
+    use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode as P2;
+    match code {
+        ErrorCode::AccessDenied => P2::AccessDenied,
+        ErrorCode::InvalidArgument => P2::InvalidArgument,
+        ErrorCode::NameUnresolvable => P2::NameUnresolvable,
+        ErrorCode::TemporaryResolverFailure => P2::TemporaryResolverFailure,
+        ErrorCode::PermanentResolverFailure => P2::PermanentResolverFailure,
+        _ => P2::Unknown,
+    }
+}
+
+/// Shadows WASI 0.2's `ip-name-lookup` (wasmtime-wasi's own stays off): the
+/// same [`WasiSockets::resolve`] as 0.3, behind 0.2's stream of addresses.
+fn add_p2_lookup_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::StoreContextMut;
+    use wasmtime::component::{Resource, ResourceType};
+    use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode as P2Error, IpAddress as P2Address};
+    use wasmtime_wasi::p2::{DynPollable, Network};
+    let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE_P2)?;
+    lookup.resource("resolve-address-stream", ResourceType::host::<NameLookup>(), |mut store, rep| {
+        store.data_mut().table.delete(Resource::<NameLookup>::new_own(rep))?;
+        Ok(())
+    })?;
+    lookup.func_wrap(
+        "resolve-addresses",
+        |mut store: StoreContextMut<'_, HostState>, (network, name): (Resource<Network>, String)| {
+            let state = store.data_mut();
+            state.table.get(&network)?;
+            let Some(sockets) = state.wasi_sockets.clone() else {
+                return Ok((Err(P2Error::AccessDenied),));
+            };
+            let mut lookup = NameLookup(LookupState::Pending(Box::pin(async move { sockets.resolve(name).await })));
+            // What is known at once (a refusal, a literal) is answered at once.
+            lookup.poll_done(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            if let LookupState::Done(Err(code)) = &lookup.0 {
+                return Ok((Err(p2_error(code.clone())),));
+            }
+            Ok((Ok(state.table.push(lookup)?),))
+        },
+    )?;
+    lookup.func_wrap(
+        "[method]resolve-address-stream.resolve-next-address",
+        |mut store: StoreContextMut<'_, HostState>, (this,): (Resource<NameLookup>,)| {
+            let lookup = store.data_mut().table.get_mut(&this)?;
+            if !lookup.poll_done(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+                return Ok((Err(P2Error::WouldBlock),));
+            }
+            let next: Result<Option<P2Address>, P2Error> = match &mut lookup.0 {
+                LookupState::Done(Ok(addresses)) => Ok(addresses.next().map(P2Address::from)),
+                LookupState::Done(Err(code)) => Err(p2_error(code.clone())),
+                LookupState::Pending(_) => Err(P2Error::WouldBlock),
+            };
+            Ok((next,))
+        },
+    )?;
+    lookup.func_wrap(
+        "[method]resolve-address-stream.subscribe",
+        |mut store: StoreContextMut<'_, HostState>,
+         (this,): (Resource<NameLookup>,)|
+         -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Ok((wasmtime_wasi::p2::subscribe(&mut store.data_mut().table, this)?,))
+        },
+    )?;
+    Ok(())
+}
+
 /// The `wasi:sockets/types` version that wasmtime-wasi's p3 links.
 const TYPES_INTERFACE: &str = "wasi:sockets/types@0.3.0";
 
-/// Shadows, in `linker` (after `wasmtime_wasi::p3::add_to_linker`),
-/// `resolve-addresses` with [`WasiSockets::resolve`] (an instance without
-/// standard sockets is refused every look-up) and `udp-socket.receive` with
-/// wasmtime-wasi's own under [`MAX_UDP_RECEIVES`].
+/// Shadows, in `linker` (after wasmtime-wasi's p2 and p3 `add_to_linker`),
+/// `resolve-addresses` of WASI 0.3 and 0.2 with [`WasiSockets::resolve`] (an
+/// instance without standard sockets is refused every look-up) and
+/// `udp-socket.receive` with wasmtime-wasi's own under [`MAX_UDP_RECEIVES`].
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::p3::bindings::sockets::types::{ErrorCode as SocketErrorCode, HostUdpSocketWithStore};
     use wasmtime_wasi::sockets::{UdpSocket, WasiSocketsView};
@@ -275,6 +407,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok((resolved.map(|ips| ips.into_iter().map(IpAddress::from).collect::<Vec<_>>()),))
         })
     })?;
+    add_p2_lookup_to_linker(linker)?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -374,5 +507,18 @@ mod tests {
         assert!(matches!(s.resolve("x".repeat(300)).await, Err(ErrorCode::InvalidArgument)));
         // An IP literal resolves to itself; its use is checked later.
         assert!(matches!(s.resolve("0x7f.1".into()).await, Ok(ips) if ips == vec![IpAddr::from([127, 0, 0, 1])]));
+    }
+
+    #[tokio::test]
+    async fn text_that_is_no_name_is_an_invalid_argument_and_unicode_is_looked_up_in_ascii() {
+        let s = sockets(&["tcp://xn--bcher-kva.example:80", "tcp://localhost:80"], &[], &[], &[], false);
+        for text in ["localhost:80", "127.0.0.1:80", "a b", "", "exa mple.com"] {
+            assert!(matches!(s.resolve(text.into()).await, Err(ErrorCode::InvalidArgument)), "{text:?}");
+        }
+        // The Unicode name is its ASCII form (IDNA), which the grant names:
+        // looked up (and not found here), not refused.
+        let unicode = s.resolve("bücher.example".into()).await;
+        assert!(!matches!(unicode, Err(ErrorCode::AccessDenied | ErrorCode::InvalidArgument)), "{unicode:?}");
+        assert!(matches!(s.resolve("bücher.other".into()).await, Err(ErrorCode::AccessDenied)));
     }
 }

@@ -207,9 +207,10 @@ fn guests() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Guests not written with the SDK (against the portcullis WIT itself, or a
-/// `wasi:http` handler for `wasmtime serve`): they have no WASI-backend build.
-const NOT_SDK_GUESTS: &[&str] = &["raw-hostile", "wasi-http-hello"];
+/// Guests not written with the SDK (against the portcullis WIT itself, a
+/// `wasi:http` handler for `wasmtime serve`, plain `std::net` programs):
+/// they have no WASI-backend build.
+const NOT_SDK_GUESTS: &[&str] = &["raw-hostile", "wasi-http-hello", "std-echo", "std-client", "std-programs"];
 
 fn build() -> Result<()> {
     ensure_wasm_target()?;

@@ -43,7 +43,6 @@ impl Unread {
     }
 
     /// Puts `bytes` (taken by a read that then failed) back in front.
-    #[cfg_attr(feature = "wasi", allow(dead_code))] // the native backend's
     pub(crate) fn restore(&mut self, mut bytes: Vec<u8>) {
         bytes.extend_from_slice(&self.bytes[self.start..]);
         *self = Unread { bytes, start: 0, end: self.end, end_read: false };

@@ -141,6 +141,50 @@ async fn call_on_read_ready(
     callbacks.call_on_read_ready_batch(acc, lent).await
 }
 
+/// The bytes a shared instance is handed at once, in deliveries whose
+/// callbacks have not returned: this share of its `--max-memory` (at least
+/// one full read-ahead). Connections ready past it wait, their bytes in the
+/// host's read-ahead (TCP holds the rest back), until earlier callbacks
+/// return: no number of clients sending at once makes a service trap on
+/// what it was handed.
+pub(crate) const DELIVERY_BUDGET_SHARE: u64 = 4;
+
+/// Connections ready for `on-read-ready` that wait for room in the
+/// instance's delivery budget (see [`DELIVERY_BUDGET_SHARE`]).
+struct Deliveries {
+    waiting: std::collections::VecDeque<Ready>,
+    in_guest: usize,
+    budget: usize,
+}
+
+impl Deliveries {
+    fn new(max_memory: u64) -> Self {
+        let budget = (max_memory / DELIVERY_BUDGET_SHARE).max(crate::limits::MAX_IO as u64);
+        Deliveries { waiting: Default::default(), in_guest: 0, budget: usize::try_from(budget).unwrap_or(usize::MAX) }
+    }
+
+    /// The next batch that fits in what is left of the budget (at least one
+    /// connection when nothing is in the guest), and its bytes.
+    fn next_batch(&mut self) -> Option<(Vec<Ready>, usize)> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.waiting.front() {
+            let size = next.conn.buffered();
+            let fits = self.in_guest + bytes + size <= self.budget;
+            if !fits && !(batch.is_empty() && self.in_guest == 0) {
+                break;
+            }
+            bytes += size;
+            batch.push(self.waiting.pop_front().expect("looked at"));
+        }
+        if batch.is_empty() {
+            return None;
+        }
+        self.in_guest += bytes;
+        Some((batch, bytes))
+    }
+}
+
 /// What `on-read-ready` brings along for `conn` (see `TcpConn::deliver`).
 fn delivery(conn: &TcpConn) -> Delivery {
     let (data, end) = conn.deliver();
@@ -168,8 +212,10 @@ impl<'a> EventLoop<'a> {
         shutdown: &CancellationToken,
     ) -> wasmtime::Result<i32> {
         let mut drivers = FuturesUnordered::new();
-        // `on-read-ready` calls under way; each is done when all its connections are.
+        // `on-read-ready` calls under way; each is done when all its
+        // connections are, and gives back its bytes of the delivery budget.
         let mut batches = FuturesUnordered::new();
+        let mut deliveries = Deliveries::new(self.component.limits().max_memory);
         let mut main_call = std::pin::pin!(async {
             match main {
                 Some(main) => Some(main.call_concurrent(acc, ()).await),
@@ -196,18 +242,26 @@ impl<'a> EventLoop<'a> {
             if (idle || stopping) && drivers.is_empty() {
                 return Ok(exit_code);
             }
+            if let Some(callbacks) = self.callbacks {
+                while let Some((batch, bytes)) = deliveries.next_batch() {
+                    acc.with(|mut a| a.get().callback_called());
+                    batches.push(async move { (call_on_read_ready(acc, callbacks, batch).await, bytes) });
+                }
+            }
             tokio::select! {
                 biased;
                 from_drivers = next_from_drivers(&mut drivers, &self.ready) => match from_drivers {
                     FromDrivers::Ended(ended) => ended?,
                     FromDrivers::Ready(batch) => {
-                        if let Some(callbacks) = self.callbacks {
-                            acc.with(|mut a| a.get().callback_called());
-                            batches.push(call_on_read_ready(acc, callbacks, batch));
+                        if self.callbacks.is_some() {
+                            deliveries.waiting.extend(batch);
                         }
                     }
                 },
-                Some(served) = batches.next() => served?,
+                Some((served, bytes)) = batches.next() => {
+                    deliveries.in_guest -= bytes;
+                    served?;
+                }
                 Some(conn) = poll_fn(|cx| conns_gate.poll(cx, |cx| conns.poll_recv(cx))), if !stopping => {
                     drivers.push(self.drive(acc, conn, shutdown));
                 }

@@ -13,6 +13,7 @@ use wasmtime::Store;
 
 use super::event_loop::{EventLoop, Live};
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
+use crate::blocking::Stopped;
 use crate::component::{Backend, MainFunc, ServiceComponent};
 use crate::net::TcpConn;
 use crate::net::admission::Admission;
@@ -33,8 +34,10 @@ pub async fn run_shared(
 ) -> Result<i32> {
     let active_listeners = Arc::new(AtomicUsize::new(0));
     let mut run_main = loaded.has_main();
+    let forced_stop = forced_stop(&shutdown);
     loop {
-        let mut store = loaded.new_store(sink.clone(), active_listeners.clone(), admission.clone());
+        let mut store =
+            loaded.new_store(sink.clone(), active_listeners.clone(), admission.clone(), forced_stop.clone());
         let (instance, callbacks) = loaded.instantiate(&mut store).await?;
         let main = if run_main { loaded.main(&mut store, &instance)? } else { None };
         let (ended, live) = serve_instance(
@@ -48,6 +51,12 @@ pub async fn run_shared(
         match ended {
             Ok(code) => return Ok(code),
             Err(trap) => {
+                if trap.is::<Stopped>() {
+                    // Still waiting in a blocking WASI call when the stop's grace ran out.
+                    tracing::info!(component = %loaded.name, "{Stopped}");
+                    live.close_all();
+                    return Ok(0);
+                }
                 if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>()
                     && main.is_some()
                 {
@@ -103,6 +112,7 @@ pub async fn run_per_connection(
     // After a failed attempt (typically a full pool), try again only once an
     // instance has ended, instead of spinning on a full pool.
     let mut may_prepare = true;
+    let forced_stop = forced_stop(&shutdown);
     let mut stop = sync::cancelled(&shutdown);
     loop {
         tokio::select! {
@@ -112,7 +122,7 @@ pub async fn run_per_connection(
                 Some(conn) => {
                     let made = match spare.take() {
                         Some(spare) => Ok(spare),
-                        None => Spare::new(&loaded, admission.clone()).await,
+                        None => Spare::new(&loaded, admission.clone(), forced_stop.clone()).await,
                     };
                     match made {
                         Ok(spare) => {
@@ -135,7 +145,7 @@ pub async fn run_per_connection(
                 // Let the connection just handed over (and whatever else is
                 // ready) go first: the spare is for the time nothing is.
                 tokio::task::yield_now().await;
-                Spare::new(&loaded, admission.clone()).await
+                Spare::new(&loaded, admission.clone(), forced_stop.clone()).await
             }, if spare.is_none() && may_prepare => match made {
                 Ok(made) => spare = Some(made),
                 Err(_) => may_prepare = false,
@@ -165,10 +175,10 @@ pub struct Spare {
 
 impl Spare {
     /// A fresh store and instance for one connection, made before it arrives.
-    async fn new(component: &ServiceComponent, admission: Admission) -> Result<Spare> {
+    async fn new(component: &ServiceComponent, admission: Admission, forced_stop: CancellationToken) -> Result<Spare> {
         let (sink, conns) = mpsc::unbounded_channel();
         let active_listeners = Arc::new(AtomicUsize::new(0));
-        let mut store = component.new_store(sink.clone(), active_listeners.clone(), admission);
+        let mut store = component.new_store(sink.clone(), active_listeners.clone(), admission, forced_stop);
         let (_instance, callbacks) = component.instantiate(&mut store).await?;
         Ok(Spare { store, callbacks, sink, conns, active_listeners })
     }
@@ -180,7 +190,22 @@ impl Spare {
 /// and frees its pool slot.
 #[doc(hidden)]
 pub async fn instantiate_once(component: &ServiceComponent) -> Result<Spare> {
-    Spare::new(component, component.admission().clone()).await
+    Spare::new(component, component.admission().clone(), CancellationToken::new()).await
+}
+
+/// A token cancelled [`STOP_GRACE`](super::STOP_GRACE) after `shutdown`: the
+/// end of the grace for guests that wait in a blocking WASI call (the event
+/// loop, which enforces the grace for everything else, cannot run while
+/// they do).
+fn forced_stop(shutdown: &CancellationToken) -> CancellationToken {
+    let forced = CancellationToken::new();
+    let (shutdown, token) = (shutdown.clone(), forced.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(super::STOP_GRACE).await;
+        token.cancel();
+    });
+    forced
 }
 
 /// What an instance's event loop serves: its callbacks, its `main` (a

@@ -217,7 +217,7 @@ impl HostConnection for NetView<'_> {
     }
 
     fn unread(&mut self, this: Resource<Connection>, data: Vec<u8>) -> HostResult<()> {
-        Ok(self.table.get(&this)?.conn.unread(data)?)
+        Ok(self.table.get(&this)?.conn.unread(data, self.memory)?)
     }
 
     // What the bindings require; `add_bounded_lists` links a copy-free twin instead.
@@ -502,7 +502,8 @@ pub fn add_to_linker<T: NetHost>(linker: &mut Linker<T>) -> wasmtime::Result<()>
 /// - `try-write` writes from guest memory (at 16 KiB messages the copy was a
 ///   fifth of the host's work per message);
 /// - `write` and `unread` check the length first, so a guest cannot make the
-///   host copy a list larger than [`MAX_IO`];
+///   host copy a list larger than [`MAX_IO`] (a write) or than it may give
+///   back (`TcpConn::unread_allowance`);
 /// - UDP `send-to` checks the datagram's size first, and `try-send-to` sends
 ///   from guest memory.
 ///
@@ -520,13 +521,18 @@ fn add_bounded_lists<T: NetHost>(linker: &mut Linker<T>) -> wasmtime::Result<()>
     )?;
     tcp.func_wrap(
         "[method]connection.unread",
-        |store: wasmtime::StoreContextMut<'_, T>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+        |mut store: wasmtime::StoreContextMut<'_, T>, (this, data): (Resource<Connection>, WasmList<u8>)| {
+            let memory = store.data_mut().net().memory.clone();
             let conn = &store.data().net_ref().0.get(&this)?.conn;
-            // Never more than a delivery, which is at most the read-ahead bound.
-            let result = if data.len() > MAX_IO {
-                Err(SocketError::generic(format!("unread gives back {} bytes, over any delivery", data.len())))
+            // Never more than the delivery and the reads since brought.
+            let allowed = conn.unread_allowance();
+            let result = if data.len() > allowed {
+                Err(SocketError::generic(format!(
+                    "unread gives back {} bytes, but on-read-ready and the reads since brought {allowed}",
+                    data.len()
+                )))
             } else {
-                conn.unread(data.as_le_slice(&store).to_vec())
+                conn.unread(data.as_le_slice(&store).to_vec(), &memory)
             };
             Ok((result.map_err(types::Error::from),))
         },

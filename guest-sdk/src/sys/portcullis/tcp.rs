@@ -131,6 +131,12 @@ impl Conn {
         }
     }
 
+    /// Puts `bytes` (taken by reads that then failed) back in front, for the
+    /// next read; what is left when the callback ends goes back to the host.
+    pub(crate) fn restore(&self, bytes: Vec<u8>) {
+        self.delivery.borrow_mut().restore(bytes);
+    }
+
     async fn read_from_host(&self, length: Option<u32>) -> Result<Vec<u8>, Error> {
         if let Some(ready) = self.handle.try_read(length).sdk()? {
             return Ok(ready);

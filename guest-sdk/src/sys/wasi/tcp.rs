@@ -305,6 +305,12 @@ impl Conn {
         }
     }
 
+    /// Puts `bytes` (taken by reads that then failed) back in front of the
+    /// inbox, for the next read.
+    pub(crate) fn restore(&self, bytes: Vec<u8>) {
+        self.0.inbox.borrow_mut().unread.restore(bytes);
+    }
+
     /// What a read returns at once, if anything.
     fn take(&self, length: Option<usize>) -> Result<Option<Vec<u8>>, Error> {
         if self.0.closed.is_set() {

@@ -17,8 +17,10 @@
 //!    from now on.
 //!    [`TcpConn::end_seen`] says whether the read side is over.
 //!
-//! Host-side invariants: at most [`READ_AHEAD_LIMIT`] bytes buffered; a guest
-//! gives back at most what was delivered, so it cannot grow the buffer; all
+//! Host-side invariants: at most [`READ_AHEAD_LIMIT`] bytes read ahead; a
+//! guest gives back at most what the delivery and its reads since brought,
+//! so it cannot grow the buffer with bytes of its own (what goes past the
+//! bound is charged to its memory); all
 //! bytes given back untouched mean nothing new, so a service that never reads
 //! is not called again until more bytes come; nothing is delivered while an
 //! async read waits (those bytes are its).
@@ -29,8 +31,11 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use tokio::io::Interest;
 
+use std::sync::Arc;
+
 use super::TcpConn;
 use super::read_ahead::READ_AHEAD_LIMIT;
+use crate::limits::MemoryAccount;
 use crate::net::error::SocketError;
 
 /// Where the dispatcher stands with a connection, to tell "new" from "already seen".
@@ -62,6 +67,12 @@ pub enum Readiness {
 }
 
 impl TcpConn {
+    /// How many bytes the next [`TcpConn::deliver`] would hand over (what is
+    /// read ahead), for the dispatcher's budget of bytes in the guest.
+    pub fn buffered(&self) -> usize {
+        self.side().buf.len()
+    }
+
     /// The delivery for an `on-read-ready`: everything read ahead, and
     /// whether the stream ends right after it. The bytes are the guest's from
     /// now on (a take), and the end counts as seen, except what it gives back
@@ -78,6 +89,8 @@ impl TcpConn {
         let n = side.buf.len();
         side.delivered = n;
         let data = if n == 0 { Vec::new() } else { self.take_for_guest(&mut side, n) };
+        side.delivering = true;
+        side.taken_in_delivery = 0;
         let end = side.end.is_over() && !side.end.is_failed() && !side.end_seen;
         if end {
             side.end_seen = true;
@@ -91,18 +104,27 @@ impl TcpConn {
     /// it if that delivery told of one: the guest did not read that far.
     /// Giving back all the bytes undoes the take, so the dispatcher waits for
     /// new bytes before calling again (a service that never reads costs no
-    /// CPU). More than was delivered is refused: the guest cannot grow the buffer
-    /// past its bound.
-    pub fn unread(&self, data: Vec<u8>) -> Result<(), SocketError> {
+    /// CPU). The guest may also give back what its reads took during the
+    /// callback (the SDK does, for a read that failed after gathering some):
+    /// no byte a client sent is lost. More than that is refused: the guest
+    /// cannot grow the buffer with bytes of its own. What goes past the
+    /// read-ahead bound is charged to `memory` until reads take it (past the
+    /// instance's memory limit: refused).
+    pub fn unread(&self, data: Vec<u8>, memory: &Arc<MemoryAccount>) -> Result<(), SocketError> {
         let mut side = self.side();
-        if data.len() > side.delivered {
+        let allowed = side.unread_allowance();
+        if data.len() > allowed {
             return Err(SocketError::generic(format!(
-                "unread gives back {} bytes, but on-read-ready brought {} still unread",
+                "unread gives back {} bytes, but on-read-ready and the reads since brought {allowed}",
                 data.len(),
-                side.delivered
             )));
         }
-        if side.delivered > 0 && data.len() == side.delivered {
+        let over = (side.buf.len() + data.len()).saturating_sub(READ_AHEAD_LIMIT);
+        if over > 0 {
+            let charge = memory.charge(over, "bytes given back (unread)").map_err(SocketError::generic)?;
+            side.overflow = Some(charge);
+        }
+        if side.delivered > 0 && side.taken_in_delivery == 0 && data.len() == side.delivered {
             side.takes -= 1;
         }
         if side.delivered_end {
@@ -110,6 +132,7 @@ impl TcpConn {
         }
         side.delivered = 0;
         side.delivered_end = false;
+        side.taken_in_delivery = 0;
         if !data.is_empty() {
             let rest = std::mem::take(&mut side.buf);
             let mut joined = BytesMut::with_capacity(data.len() + rest.len());
@@ -120,12 +143,20 @@ impl TcpConn {
         Ok(())
     }
 
+    /// The most bytes [`TcpConn::unread`] takes now (checked before a guest's
+    /// list is copied).
+    pub fn unread_allowance(&self) -> usize {
+        self.side().unread_allowance()
+    }
+
     /// Ends the delivery of the callback that just returned: a late `unread`
     /// (from a handle kept beyond it) is refused.
     pub fn end_delivery(&self) {
         let mut side = self.side();
         side.delivered = 0;
         side.delivered_end = false;
+        side.delivering = false;
+        side.taken_in_delivery = 0;
     }
 
     /// Whether the guest has seen the end, once a delivery ended (after any
@@ -237,8 +268,11 @@ mod tests {
         peer.write_all(b"abcdef").await.unwrap();
         let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
         assert_eq!(conn.deliver(), (b"abcdef".to_vec(), false));
-        assert!(conn.unread(b"abcdefg".to_vec()).is_err(), "more than was delivered");
-        conn.unread(b"abcdef".to_vec()).unwrap();
+        assert!(
+            conn.unread(b"abcdefg".to_vec(), &crate::limits::MemoryAccount::unlimited()).is_err(),
+            "more than was delivered"
+        );
+        conn.unread(b"abcdef".to_vec(), &crate::limits::MemoryAccount::unlimited()).unwrap();
         conn.end_delivery();
         // All given back: nothing new for the guest until more bytes come.
         let not_yet = tokio::time::timeout(Duration::from_millis(100), conn.wait_ready(seen)).await;
@@ -247,8 +281,8 @@ mod tests {
         let Readiness::Ready(seen) = conn.wait_ready(seen).await else { panic!("not ready") };
         assert_eq!(conn.deliver(), (b"abcdefgh".to_vec(), false));
         // Part given back: the guest read something, so it is called again at once.
-        conn.unread(b"fgh".to_vec()).unwrap();
-        assert!(conn.unread(b"h".to_vec()).is_err(), "given back already");
+        conn.unread(b"fgh".to_vec(), &crate::limits::MemoryAccount::unlimited()).unwrap();
+        assert!(conn.unread(b"h".to_vec(), &crate::limits::MemoryAccount::unlimited()).is_err(), "given back already");
         conn.end_delivery();
         assert!(matches!(conn.wait_ready(seen).await, Readiness::Ready(_)));
         assert_eq!(conn.try_read(None).unwrap().unwrap(), b"fgh");
@@ -277,7 +311,7 @@ mod tests {
         assert_eq!(conn.end_seen().await, EndSeen::Ended, "the guest was told of the end");
         if conn.side().delivered > 0 {
             // Giving the bytes back un-sees the end: it comes after them.
-            conn.unread(b"bye".to_vec()).unwrap();
+            conn.unread(b"bye".to_vec(), &crate::limits::MemoryAccount::unlimited()).unwrap();
             assert_eq!(conn.end_seen().await, EndSeen::No);
             assert_eq!(conn.try_read(None).unwrap().unwrap(), b"bye");
             assert_eq!(conn.try_read(None).unwrap().unwrap(), b"");

@@ -450,7 +450,7 @@ pub(super) mod tests {
         let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
         let (delivered, _) = conn.deliver();
         assert_eq!(delivered.len(), READ_AHEAD_LIMIT, "the read-ahead is full");
-        conn.unread(delivered).unwrap(); // a service that does not read
+        conn.unread(delivered, &crate::limits::MemoryAccount::unlimited()).unwrap(); // a service that does not read
         conn.end_delivery();
         // The peer resets, and a write takes the error before the runtime's
         // driver looks at the socket (nothing awaits in between): epoll then

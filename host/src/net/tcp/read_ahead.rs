@@ -15,7 +15,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{TcpConn, read_too_long};
-use crate::limits::MAX_IO;
+use crate::limits::{HostCharge, MAX_IO};
 use crate::net::error::{INVALID_READ_LENGTH, SocketError};
 
 /// Most bytes the host reads ahead of the guest, per connection.
@@ -50,6 +50,14 @@ pub(super) struct ReadSide {
     pub(super) delivered: usize,
     /// That delivery also told the guest the stream ends (and so set `end_seen`).
     pub(super) delivered_end: bool,
+    /// Bytes the guest's reads took while that callback runs: it may give
+    /// them back too (a read that failed after gathering some, in the SDK).
+    pub(super) taken_in_delivery: usize,
+    /// The callback with a delivery runs (from `deliver` to `end_delivery`).
+    pub(super) delivering: bool,
+    /// What `unread` put back beyond [`READ_AHEAD_LIMIT`], charged to the
+    /// instance until reads bring the buffer under the limit again.
+    pub(super) overflow: Option<HostCharge>,
     /// Bytes the last fill brought, to size the next buffer (see [`MIN_FILL`]).
     last_fill: usize,
 }
@@ -96,12 +104,21 @@ impl Default for ReadSide {
             takes: 0,
             delivered: 0,
             delivered_end: false,
+            taken_in_delivery: 0,
+            delivering: false,
+            overflow: None,
             last_fill: 0,
         }
     }
 }
 
 impl ReadSide {
+    /// What the guest may give back with `unread` now: what the running
+    /// callback's delivery and its reads since brought.
+    pub(super) fn unread_allowance(&self) -> usize {
+        self.delivered + self.taken_in_delivery
+    }
+
     /// The socket broke: nothing more will come; the next read reports `err`.
     pub(super) fn fail(&mut self, err: io::Error) {
         self.end = ReadEnd::Failed(Some(err));
@@ -189,6 +206,8 @@ impl TcpConn {
     /// Reads for the guest. `None`: what is available, waiting for at least one
     /// byte. `Some(n)`: exactly `n` bytes, fewer only at end of stream. The
     /// time-out restarts with every chunk. End of stream gives an empty vector.
+    /// A read that fails (time-out, closed) takes nothing: what arrived
+    /// meanwhile is there for the next read.
     pub async fn read(&self, length: Option<u32>) -> Result<Vec<u8>, SocketError> {
         let want = wanted(length)?;
         let inner = &*self.0;
@@ -196,40 +215,36 @@ impl TcpConn {
         if inner.read_shut.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
         loop {
-            // What the buffer answers now (the lock is never held across an await).
+            // What the buffer answers now (the lock is never held across an
+            // await). Bytes stay in the buffer until the read can return
+            // them all (`want` fits: it is at most the buffer's limit), so a
+            // read that times out or fails loses none: the next read gets them.
             {
                 let mut side = self.side();
-                let take = if want == 0 { side.buf.len() } else { (want - out.len()).min(side.buf.len()) };
-                if take > 0 {
-                    let chunk = self.take_for_guest(&mut side, take);
-                    if out.is_empty() {
-                        out = chunk;
-                    } else {
-                        out.extend_from_slice(&chunk);
-                    }
-                }
-                let done = if want == 0 { !out.is_empty() } else { out.len() == want };
-                if done {
-                    return Ok(out);
+                let ready = if want == 0 { !side.buf.is_empty() } else { side.buf.len() >= want };
+                if ready {
+                    let take = if want == 0 { side.buf.len() } else { want };
+                    return Ok(self.take_for_guest(&mut side, take));
                 }
                 if side.end.is_over() {
-                    // Bytes gathered so far come first; the end (or the error) is
+                    // What is left comes first; the end (or the error) is
                     // reported by the read that finds nothing.
-                    if out.is_empty() {
-                        side.end_seen = true;
-                        if let Some(err) = side.end.take_error() {
-                            return Err(SocketError::from(err));
-                        }
+                    if !side.buf.is_empty() {
+                        let take = side.buf.len();
+                        return Ok(self.take_for_guest(&mut side, take));
                     }
-                    return Ok(out);
+                    side.end_seen = true;
+                    if let Some(err) = side.end.take_error() {
+                        return Err(SocketError::from(err));
+                    }
+                    return Ok(Vec::new());
                 }
                 if inner.closed.is_closed() {
                     return Err(SocketError::generic("socket is closed"));
                 }
             }
-            // Nothing buffered: wait for the socket, bounded by the read time-out.
+            // Not enough buffered: wait for the socket, bounded by the read time-out.
             let waited = tokio::select! {
                 r = tokio::time::timeout(inner.timeouts.read, inner.stream.readable()) => r,
                 _ = inner.closed.closed() => continue,
@@ -286,8 +301,15 @@ impl TcpConn {
     /// room in a full buffer.
     pub(super) fn take_for_guest(&self, side: &mut ReadSide, n: usize) -> Vec<u8> {
         side.takes += 1;
+        if side.delivering {
+            side.taken_in_delivery += n;
+        }
         self.0.consumed.notify_one();
-        side.take(n)
+        let out = side.take(n);
+        if side.buf.len() <= READ_AHEAD_LIMIT {
+            side.overflow = None;
+        }
+        out
     }
 }
 

@@ -80,6 +80,23 @@ impl Service for Scenarios {
                     conn.close()?;
                 }
             },
+            // A heartbeat-style service: `read_exact(LEN)` (env, default 18),
+            // tried again after each `ReadTimedOut` (at most 20 times), then
+            // the bytes echoed and the connection closed.
+            "retrying" => {
+                let len = std::env::var("LEN").ok().and_then(|l| l.parse().ok()).unwrap_or(18);
+                for _ in 0..20 {
+                    match conn.read_exact(len).await {
+                        Ok(data) => {
+                            conn.write_all(&data).await?;
+                            break;
+                        }
+                        Err(e) if e.kind() == portcullis_sdk::ErrorKind::ReadTimedOut => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                conn.close()?;
+            }
             // Ballerina "onError": the callback fails; `on_error` sees the message.
             "read-error" => {
                 let data = conn.read().await?;

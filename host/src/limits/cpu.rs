@@ -1,0 +1,208 @@
+//! The CPU bound's clock: CPU time the guest spent since it last truly
+//! waited, read from the thread's own CPU clock (`CLOCK_THREAD_CPUTIME_ID`).
+//!
+//! Wall-clock time would trap honest work on a busy machine (a guest that
+//! needs 100 ms of CPU may take 400 ms of wall time beside two busy loops),
+//! so the bound counts only the time the guest's thread was on a core.
+//! The clock is read at epoch checks (every [`EPOCH_TICK`] while the guest
+//! runs), never on the message path: a restart only forgets the reading,
+//! and the next epoch check takes a new one. So a spinning guest is trapped
+//! within its bound plus about one tick.
+//!
+//! What counts: guest code and host calls that return without waiting (they
+//! run on the guest's thread between two checks). What does not: a true wait
+//! (a callback's start, a host call or WASI call that suspended the guest),
+//! and time the guest gave its thread away at a tick (other services ran).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::engine::EPOCH_TICK;
+
+/// CPU time the guest has run since it last truly waited, against its
+/// `--callback-cpu-ms` bound (see the module doc).
+pub struct CpuUse {
+    /// CPU time booked since the last restart, up to `reading`.
+    used: Duration,
+    /// The thread's CPU clock when counting (re)started, and on which thread
+    /// (shared: the yield at a tick takes it when the guest resumes).
+    reading: Arc<Reading>,
+    /// `--callback-cpu-ms`.
+    pub limit: Duration,
+}
+
+/// A reading of one thread's CPU clock; `NONE` in `cpu_nanos`: not taken
+/// since the last restart or yield.
+#[derive(Default)]
+struct Reading {
+    cpu_nanos: AtomicU64,
+    thread: AtomicU64,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl Reading {
+    fn take_now(&self) {
+        self.thread.store(thread_key(), Ordering::Relaxed);
+        self.cpu_nanos.store(thread_cpu_nanos(), Ordering::Relaxed);
+    }
+
+    fn forget(&self) {
+        self.cpu_nanos.store(NONE, Ordering::Relaxed);
+    }
+}
+
+/// What the epoch check decided (see [`CpuUse::at_epoch`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum AtEpoch {
+    /// Run on.
+    Continue,
+    /// The guest ran a whole tick: give the thread away (the future yields).
+    Yield,
+    /// Past the bound: trap.
+    Exceeded,
+}
+
+impl CpuUse {
+    pub fn new(limit: Duration) -> Self {
+        let reading = Arc::new(Reading::default());
+        reading.forget();
+        CpuUse { used: Duration::ZERO, reading, limit }
+    }
+
+    /// The guest truly waited, or a callback starts: the bound starts over.
+    /// Cheap (two stores): it runs once per callback.
+    pub fn restart(&mut self) {
+        self.used = Duration::ZERO;
+        self.reading.forget();
+    }
+
+    /// CPU time used since the last restart, as of the last epoch check.
+    pub fn used(&self) -> Duration {
+        self.used
+    }
+
+    /// At an epoch check, while the guest runs on this thread: books the CPU
+    /// time since the last reading and says what to do.
+    pub fn at_epoch(&mut self) -> AtEpoch {
+        let cpu = self.reading.cpu_nanos.load(Ordering::Relaxed);
+        let same_thread = self.reading.thread.load(Ordering::Relaxed) == thread_key();
+        if cpu == NONE || !same_thread {
+            // Just (re)started, or resumed on another thread (a runtime with
+            // several workers): count from here.
+            self.reading.take_now();
+            return AtEpoch::Continue;
+        }
+        let ran = Duration::from_nanos(thread_cpu_nanos().saturating_sub(cpu));
+        if self.used + ran >= self.limit {
+            self.used += ran;
+            return AtEpoch::Exceeded;
+        }
+        if ran < EPOCH_TICK {
+            return AtEpoch::Continue;
+        }
+        self.used += ran;
+        self.reading.forget();
+        AtEpoch::Yield
+    }
+
+    /// The yield that gives the thread away after [`AtEpoch::Yield`], until
+    /// tokio resumes the guest; counting goes on from then.
+    pub fn yield_turn(&self) -> impl Future<Output = ()> + Send + 'static {
+        let reading = self.reading.clone();
+        async move {
+            // tokio's own yield: it polls sockets and timers before resuming
+            // the guest (wasmtime's plain yield wakes at once, and tokio then
+            // checks its sockets only every 61 turns).
+            tokio::task::yield_now().await;
+            reading.take_now();
+        }
+    }
+}
+
+/// This thread's CPU time, in nanoseconds.
+pub fn thread_cpu_nanos() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// A number that names this thread for as long as the process lives.
+fn thread_key() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    KEY.with(|k| *k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spin(for_cpu: Duration) {
+        let start = thread_cpu_nanos();
+        while Duration::from_nanos(thread_cpu_nanos() - start) < for_cpu {
+            std::hint::black_box(0);
+        }
+    }
+
+    #[test]
+    fn computing_counts_and_traps_past_the_bound() {
+        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        assert_eq!(cpu.at_epoch(), AtEpoch::Continue, "the first check only takes a reading");
+        let mut yields = 0;
+        let outcome = loop {
+            spin(Duration::from_millis(3));
+            match cpu.at_epoch() {
+                AtEpoch::Yield => {
+                    yields += 1;
+                    cpu.reading.take_now(); // as the yield does when the guest resumes
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(outcome, AtEpoch::Exceeded);
+        assert!(yields >= 10, "gave the thread away each tick: {yields}");
+        assert!(cpu.used() >= Duration::from_millis(50) && cpu.used() < Duration::from_millis(60), "{:?}", cpu.used());
+    }
+
+    #[test]
+    fn sleeping_counts_nothing() {
+        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        cpu.at_epoch();
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(cpu.at_epoch(), AtEpoch::Continue, "wall time is no CPU time");
+        assert!(cpu.used() < Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_restart_forgets_what_was_used() {
+        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        cpu.at_epoch();
+        spin(Duration::from_millis(40));
+        assert_eq!(cpu.at_epoch(), AtEpoch::Yield);
+        cpu.restart();
+        assert_eq!(cpu.used(), Duration::ZERO);
+        cpu.at_epoch();
+        spin(Duration::from_millis(40));
+        assert_eq!(cpu.at_epoch(), AtEpoch::Yield, "40 + 40 ms, but a restart came between");
+    }
+
+    #[test]
+    fn another_threads_clock_is_never_compared() {
+        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        cpu.at_epoch();
+        spin(Duration::from_millis(60));
+        let cpu = std::thread::spawn(move || {
+            let mut cpu = cpu;
+            assert_eq!(cpu.at_epoch(), AtEpoch::Continue, "resumed elsewhere: counting starts there");
+            cpu
+        })
+        .join()
+        .unwrap();
+        assert_eq!(cpu.used(), Duration::ZERO);
+    }
+}
