@@ -114,11 +114,16 @@ async fn six_thousand_clients_sending_64_kib_at_once_leave_a_default_echo_servin
     raise_open_file_limit(CLIENTS + 512);
     let mut host = HostProcess::start("six-thousand-clients", "echo", &["--listen", "127.0.0.1:0"], None);
     let addr = host.listening_on();
+    // All connect first, then all send at the same moment: the instance's
+    // drivers see them ready together.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..CLIENTS {
+        let start = start.clone();
         clients.spawn(async move {
             let sent: Vec<u8> = (0..EACH).map(|b| (b + i) as u8).collect();
             let mut stream = connect_when_listening(addr).await;
+            start.wait().await;
             let (mut reader, mut writer) = stream.split();
             let (wrote, echoed) = tokio::join!(writer.write_all(&sent), async {
                 let mut echoed = vec![0u8; EACH];
