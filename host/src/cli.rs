@@ -99,8 +99,9 @@ pub struct RunArgs {
     #[arg(long = "max-sockets", value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
           conflicts_with = "manifest")]
     pub max_sockets: Option<u32>,
-    /// How long a callback (or main) may run, or block in WASI, without truly
-    /// waiting, in milliseconds; then its instance traps [default: 2000].
+    /// How much CPU time a callback (or main) may compute without truly
+    /// waiting, in milliseconds; then its instance traps. Waits (a read, an
+    /// accept, a sleep) use none of it [default: 2000].
     #[arg(long = "callback-cpu-ms", value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
           conflicts_with = "manifest")]
     pub callback_cpu_ms: Option<u64>,
