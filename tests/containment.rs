@@ -341,8 +341,9 @@ fn a_service_calling_exit_ends_only_its_instance() {
     let mut next = host.attack(b"go\n");
     assert_closed(&mut next);
     host.neighbour_round_trip();
-    let log = host.log_with_times("starting a fresh instance", 2);
-    assert_eq!(log.matches("starting a fresh instance").count(), 2, "{log}");
+    let log = host.log_with_times("a fresh instance in", 2);
+    assert_eq!(log.matches("a fresh instance in").count(), 2, "{log}");
+    assert!(log.contains("guest exited with status"), "{log}");
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0);
 }

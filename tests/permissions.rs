@@ -193,6 +193,31 @@ fn inspect_names_the_world_and_the_grants_a_component_may_need() {
 }
 
 #[test]
+fn inspect_names_the_grants_of_standard_components() {
+    let inspect = |path: std::path::PathBuf| {
+        let out = Command::new(portcullis_bin())
+            .args(["inspect", path.to_str().unwrap()])
+            .env("PORTCULLIS_CACHE_DIR", test_cache())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A plain std::net program (WASI 0.2): it connects by name and listens.
+    let text = inspect(guest("std-programs"));
+    assert!(text.contains("wasi:sockets/tcp@0.2"), "{text}");
+    assert!(text.contains("--allow-connect tcp://HOST:PORTS"), "{text}");
+    assert!(text.contains("--listen ADDR:PORT"), "{text}");
+    assert!(text.contains("a grant by name"), "{text}");
+    assert!(!text.contains("none (it reaches no network"), "{text}");
+    // A program built with the SDK's WASI backend (WASI 0.3) that listens itself.
+    let text = inspect(Backend::Wasi.guest("listener-program"));
+    assert!(text.contains("wasi:sockets/types@0.3"), "{text}");
+    assert!(text.contains("--listen ADDR:PORT"), "{text}");
+    assert!(!text.contains("none (it reaches no network"), "{text}");
+}
+
+#[test]
 fn bad_grants_stop_the_start_up_with_the_bad_part_named() {
     let out = Command::new(portcullis_bin())
         .args([

@@ -71,10 +71,113 @@ fn a_spinning_server_is_trapped_and_listens_again() {
     assert_eq!(ask(&mut client, "spin"), "", "the connection ends with the trapped instance");
     let log = host.log_with("CPU time", 1, Duration::from_secs(30));
     assert!(log.contains("without waiting (--callback-cpu-ms)"), "{log}");
-    // A fresh instance binds again (port 0: a port of its own).
+    // A fresh instance is told the port the first one got: the service keeps its address.
     let again = host.listening_on();
+    assert_eq!(again, addr, "a restart moved the service");
     let mut client = connect(again);
     assert_eq!(ask(&mut client, "still here"), "still here");
+}
+
+#[test]
+fn a_service_that_exits_is_logged_and_replaced_at_the_same_address() {
+    let (mut host, addr) = std_server("exiting-std-server", &[]);
+    let mut client = connect(addr);
+    assert_eq!(ask(&mut client, "exit 3"), "", "the connection ends with the instance");
+    // WASI 0.2's `exit` passes success or failure only: status 3 is a 1.
+    let log = host.log_with("guest exited with status 1", 1, Duration::from_secs(30));
+    assert!(log.contains("guest exited with status 1"), "{log}");
+    assert_eq!(host.listening_on(), addr);
+    let mut client = connect(addr);
+    assert_eq!(ask(&mut client, "still here"), "still here");
+    assert!(host.running());
+}
+
+#[test]
+fn a_program_that_panics_at_once_backs_off_and_its_neighbour_answers_throughout() {
+    let manifest = format!(
+        "[[service]]\nname = \"crasher\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\nenv = {{ MODE = \"panic\" }}\n\n\
+         [[service]]\nname = \"neighbour\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n",
+        guest("std-programs"),
+        guest("echo"),
+    );
+    let mut host = HostProcess::start_manifest("crash-loop", &manifest, &[]);
+    let neighbour: SocketAddr = loop {
+        let line = host.stdout_line();
+        if let Some(addr) = line.strip_prefix("neighbour: listening on ") {
+            break addr.parse().unwrap();
+        }
+    };
+    let (cpu_before, wall) = (host.cpu_time(), Instant::now());
+    // Three seconds of probes while the crasher panics again and again:
+    // every one answered (each may wait 5 s: a loaded machine is slow, not stuck).
+    let mut probes = 0;
+    while wall.elapsed() < Duration::from_secs(3) {
+        let mut echo = connect(neighbour);
+        echo.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        echo.write_all(b"ping").unwrap();
+        let mut answer = [0u8; 4];
+        echo.read_exact(&mut answer).unwrap_or_else(|e| panic!("probe {probes}: {e}\n{}", host.log()));
+        assert_eq!(&answer, b"ping");
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // CPU time is the feature: a restart without a pause held a whole core.
+    let share = (host.cpu_time() - cpu_before).as_secs_f64() / wall.elapsed().as_secs_f64();
+    let log = host.log_with("quick ends in a row", 1, Duration::from_secs(5));
+    assert!(share < 0.5, "the host used {share:.2} of a core during the crash loop\n{log}");
+    assert!(log.contains("a program that panics before it listens"), "the guest's own panic message: {log}");
+    assert!(log.contains("quick ends in a row"), "the crash loop is counted: {log}");
+    // Coalesced: the first end in full, then count lines, not a line a restart.
+    let full = log.lines().filter(|l| l.contains("guest trapped (")).count();
+    assert!(full <= 6, "{full} full trap lines in 3 s:\n{log}");
+    assert!(host.running());
+}
+
+/// The trap's backtrace names functions as the component's name section
+/// does: a name holding a line break, and names of 100 KB.
+#[test]
+fn guest_chosen_names_stay_inside_one_bounded_host_line() {
+    let forged = "x\\n2026-12-06T00:00:00.000000Z  INFO portcullis::cli: listening on 127.0.0.1:1";
+    let long = "n".repeat(100_000);
+    // $f0 calls $f1 ... $f19 calls $boom: twenty frames of long names.
+    let calls: String = (0..20)
+        .map(|i| {
+            let next = if i == 19 { "$boom".to_string() } else { format!("$f{}", i + 1) };
+            format!("(func $f{i} (@name \"{long}{i}\") call {next})\n")
+        })
+        .collect();
+    let wat = format!(
+        r#"(component
+          (core module $m (@name "{forged}")
+            (func $boom (@name "{forged}") unreachable)
+            {calls}
+            (func (export "run") (result i32) call $f0 i32.const 0))
+          (core instance $i (instantiate $m))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $cli (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $cli)))"#
+    );
+    let dir = root().join("target/test-scratch/forged-names");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("forged-names.wasm");
+    std::fs::write(&path, wat::parse_str(&wat).unwrap()).unwrap();
+    let out = std::process::Command::new(portcullis_bin())
+        .args(["run", path.to_str().unwrap()])
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a program whose main trapped has failed");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("guest trapped"), "{log}");
+    for line in log.lines() {
+        let record = line.split_whitespace().nth(1).unwrap_or("");
+        assert!(
+            line.starts_with("20") && ["ERROR", "WARN", "INFO", "DEBUG"].contains(&record),
+            "not one host record: {line:.200}"
+        );
+        assert!(line.len() <= portcullis::guest_text::MAX_LINE + 512, "a line of {} bytes", line.len());
+    }
+    assert!(log.contains(r"x\n2026-12-06"), "the line break is escaped, not dropped: {log:.2000}");
 }
 
 #[test]

@@ -329,8 +329,20 @@ impl ServiceComponent {
             denials: self.warnings.denials.clone(),
             udp_refusals: self.warnings.udp_refusals.clone(),
         };
+        let env = match &self.wasi_sockets {
+            // Told where its first instance listened, so a restart keeps the address.
+            Some(sockets) if self.serves_listen() => {
+                let listen: Vec<String> = sockets.listen_addresses().iter().map(|a| a.to_string()).collect();
+                let listen = listen.join(",");
+                self.env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), if k == LISTEN_VAR { listen.clone() } else { v.clone() }))
+                    .collect()
+            }
+            _ => self.env.clone(),
+        };
         let state = HostState::new(
-            self.env.clone(),
+            env,
             self.warnings.output.clone(),
             net,
             self.wasi_sockets.clone(),

@@ -79,11 +79,22 @@ pub fn inspect(path: &Path) -> Result<String> {
     if imports_fn("portcullis:socket/udp@", "[static]udp-client.bind") {
         needs.push("  --allow-udp udp://HOST:PORTS      (it binds UDP sockets and exchanges datagrams)");
     }
-    if imports_fn("wasi:sockets/types@", "[method]tcp-socket.connect") {
+    // Standard sockets, WASI 0.3 (`types`) and 0.2 (`tcp`, `udp`).
+    let wasi = |p3: &str, p2: (&str, &str)| imports_fn("wasi:sockets/types@", p3) || imports_fn(p2.0, p2.1);
+    if wasi("[method]tcp-socket.connect", ("wasi:sockets/tcp@", "[method]tcp-socket.start-connect")) {
         needs.push("  --allow-connect tcp://HOST:PORTS  (it opens TCP connections through wasi:sockets)");
     }
-    if imports_fn("wasi:sockets/types@", "[static]udp-socket.create") {
+    if wasi("[method]tcp-socket.listen", ("wasi:sockets/tcp@", "[method]tcp-socket.start-listen")) {
+        needs.push(
+            "  --listen ADDR:PORT                (it listens through wasi:sockets: where --listen says, \
+             told in PORTCULLIS_LISTEN; elsewhere with --allow-listen tcp://HOST:PORTS)",
+        );
+    }
+    if wasi("[static]udp-socket.create", ("wasi:sockets/udp@", "[method]udp-socket.start-bind")) {
         needs.push("  --allow-udp udp://HOST:PORTS      (it may use UDP through wasi:sockets)");
+    }
+    if imports_fn("wasi:sockets/ip-name-lookup@", "resolve-addresses") {
+        needs.push("  a grant by name (tcp://NAME:PORTS) (it looks names up: only names a grant names resolve)");
     }
     if needs.is_empty() {
         needs.push("  none (it reaches no network by itself)");

@@ -24,7 +24,9 @@
 //! - [`policy`]: the operator's grants, checked before every connect, bind and
 //!   send; it imports nothing from the crate.
 //! - [`engine`]: wasmtime configuration and the on-disk component cache;
-//!   [`guest_output`]: a guest's stdout and stderr, which never block.
+//!   [`guest_output`]: a guest's stdout and stderr, which never block;
+//!   [`guest_text`]: text a guest chose (trap messages, backtrace names),
+//!   escaped and bounded for a host log line.
 //! - [`limits`]: every bound a guest meets (memory, sockets, CPU), as plain
 //!   data with defaults and as the accounts that enforce it.
 //!   [`coalesce`]: repeated warnings written as one line per interval.
@@ -40,6 +42,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod guest_output;
+pub mod guest_text;
 pub mod inspect;
 pub mod limits;
 pub mod net;

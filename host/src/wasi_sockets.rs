@@ -46,12 +46,6 @@ pub const MAX_UDP_RECEIVES: usize = 16;
 /// SDK connection takes about eight. Past it, the instance traps.
 pub const HANDLES_PER_SOCKET: usize = 16;
 
-/// The most name look-ups one component has under way at once, each on a
-/// thread of the blocking pool until the resolver answers (the guest waits
-/// at most `policy::resolve::RESOLVE_TIMEOUT`); more fail at once with
-/// `temporary-resolver-failure`.
-pub const MAX_LOOKUPS: usize = 8;
-
 /// The longest name text [`WasiSockets::resolve`] looks at; longer is
 /// `invalid-argument` at once.
 pub const MAX_NAME_TEXT: usize = 1024;
@@ -62,10 +56,11 @@ pub struct WasiSockets {
     /// `--listen`: where the guest may bind and listen (port 0: any port of
     /// that address).
     listen: Vec<SocketAddr>,
+    /// The port each `--listen` address of port 0 got at the guest's first
+    /// listen there (0: none yet): later instances are told it, so that a
+    /// service keeps its address across restarts.
+    first_ports: Mutex<Vec<u16>>,
     admitted: Mutex<Vec<Admitted>>,
-    /// Held by each look-up's resolver thread until that thread ends (a
-    /// look-up given up on keeps its thread busy).
-    lookups: Arc<tokio::sync::Semaphore>,
     udp_receives: Arc<tokio::sync::Semaphore>,
     denials: Arc<Coalesced>,
     /// Datagrams from senders no grant covers (wasmtime-wasi drops them).
@@ -87,13 +82,13 @@ impl WasiSockets {
         denials: Arc<Coalesced>,
         udp_refusals: Arc<Coalesced>,
     ) -> Arc<Self> {
-        let lookups = Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS));
         let udp_receives = Arc::new(tokio::sync::Semaphore::new(MAX_UDP_RECEIVES));
+        let first_ports = Mutex::new(vec![0; listen.len()]);
         Arc::new(WasiSockets {
             policy,
             listen,
+            first_ports,
             admitted: Mutex::default(),
-            lookups,
             udp_receives,
             denials,
             udp_refusals,
@@ -121,7 +116,13 @@ impl WasiSockets {
             // An ephemeral bind reaches nothing (a connect makes one); a
             // fixed port would take it from others, so it needs a listen.
             SocketAddrUse::TcpBind => (addr.port() == 0 || self.may_listen(addr), Use::TcpListen),
-            SocketAddrUse::TcpListen => (self.may_listen(addr), Use::TcpListen),
+            SocketAddrUse::TcpListen => {
+                let allowed = self.may_listen(addr);
+                if allowed {
+                    self.note_listen(addr);
+                }
+                (allowed, Use::TcpListen)
+            }
             SocketAddrUse::TcpAccept => (true, Use::TcpListen),
             SocketAddrUse::TcpConnect => (self.reaches(addr, Use::TcpConnect), Use::TcpConnect),
             SocketAddrUse::UdpBind => (self.reaches(addr, Use::UdpBind), Use::UdpBind),
@@ -153,6 +154,41 @@ impl WasiSockets {
             .iter()
             .any(|l| policy::unmap(l.ip()) == addr.ip() && (l.port() == 0 || l.port() == addr.port()));
         listed || self.reaches(addr, Use::TcpListen)
+    }
+
+    /// Keeps the port of the guest's first listen on a `--listen` address of
+    /// port 0 (a listen's check is given the bound address).
+    fn note_listen(&self, addr: SocketAddr) {
+        let mut first_ports = self.first_ports.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = self.listen.iter().position(|l| l.port() == 0 && policy::unmap(l.ip()) == addr.ip());
+        if let Some(i) = entry
+            && first_ports[i] == 0
+        {
+            first_ports[i] = addr.port();
+        }
+    }
+
+    /// Where the guest is told to listen (`PORTCULLIS_LISTEN`): `--listen`,
+    /// with each port 0 that a listen has fixed replaced by its port.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis::policy::Policy;
+    /// use portcullis::wasi_sockets::WasiSockets;
+    /// use wasmtime_wasi::sockets::SocketAddrUse;
+    /// let log = || portcullis::coalesce::Coalesced::new("denials", None);
+    /// let policy = Arc::new(Policy::parse(&[], &[], &[], false).unwrap());
+    /// let sockets = WasiSockets::new(policy, vec!["127.0.0.1:0".parse().unwrap()], log(), log());
+    /// assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
+    /// assert_eq!(sockets.listen_addresses(), vec!["127.0.0.1:41234".parse().unwrap()]);
+    /// ```
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        let first_ports = self.first_ports.lock().unwrap_or_else(|e| e.into_inner());
+        self.listen
+            .iter()
+            .zip(first_ports.iter())
+            .map(|(l, &port)| if port == 0 { *l } else { SocketAddr::new(l.ip(), port) })
+            .collect()
     }
 
     /// Granted by address, or admitted through a granted name.
@@ -217,21 +253,10 @@ impl WasiSockets {
             self.denials.warn(|| format!("permission denied: look up {name}: no grant names it (wasi:sockets)"));
             return Err(ErrorCode::AccessDenied);
         }
-        let Ok(turn) = self.lookups.clone().try_acquire_owned() else {
-            self.denials.warn(|| format!("look-up of {name} refused: {MAX_LOOKUPS} already under way (wasi:sockets)"));
-            return Err(ErrorCode::TemporaryResolverFailure);
-        };
-        // The resolver thread holds the turn until it ends, even when the
-        // guest gave up on it (or it timed out): at most MAX_LOOKUPS threads.
-        let wanted = policy::normalise_name(&name);
-        let lookup = tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            std::net::ToSocketAddrs::to_socket_addrs(&(wanted.as_str(), 0)).map(|addrs| addrs.collect::<Vec<_>>())
-        });
-        let addrs = match tokio::time::timeout(policy::resolve::RESOLVE_TIMEOUT, lookup).await {
-            Ok(Ok(Ok(addrs))) if !addrs.is_empty() => addrs,
-            Err(_) => return Err(ErrorCode::TemporaryResolverFailure),
-            _ => return Err(ErrorCode::NameUnresolvable),
+        let addrs = match self.policy.lookup(&policy::normalise_name(&name), 0).await {
+            Ok(addrs) => addrs,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(ErrorCode::TemporaryResolverFailure),
+            Err(_) => return Err(ErrorCode::NameUnresolvable),
         };
         let mut ips: Vec<IpAddr> = Vec::new();
         for ip in addrs.iter().map(|a| policy::unmap(a.ip())) {
@@ -375,6 +400,46 @@ fn add_p2_lookup_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<(
     Ok(())
 }
 
+/// The `wasi:sockets/tcp` version that wasmtime-wasi's p2 links.
+const TCP_INTERFACE_P2: &str = "wasi:sockets/tcp@0.2.12";
+
+/// Shadows WASI 0.2's `tcp-socket.accept` with wasmtime-wasi's own, except
+/// that a failure for want of descriptors (at the open-file limit) is
+/// logged (coalesced) and answered only after
+/// [`ACCEPT_RETRY`](crate::net::listener::ACCEPT_RETRY), as the host's own
+/// listeners retry: the guest's accept loop, which tries again at once,
+/// then waits instead of spinning.
+fn add_p2_accept_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::StoreContextMut;
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::TcpSocket;
+    use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode as P2Error;
+    use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
+    use wasmtime_wasi::sockets::WasiSocketsView;
+    let mut tcp = linker.instance(TCP_INTERFACE_P2)?;
+    tcp.func_wrap_async(
+        "[method]tcp-socket.accept",
+        |mut store: StoreContextMut<'_, HostState>, (this,): (Resource<TcpSocket>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let error = match HostTcpSocket::accept(&mut state.sockets(), this) {
+                    Ok(accepted) => return Ok((Ok(accepted),)),
+                    Err(e) => e.downcast()?,
+                };
+                if error == P2Error::NewSocketLimit {
+                    let admission = &state.net.admission;
+                    admission
+                        .accept_failures
+                        .warn(|| "accept failed: out of file descriptors (wasi:sockets); retrying in 50ms".into());
+                    tokio::time::sleep(crate::net::listener::ACCEPT_RETRY).await;
+                }
+                Ok((Err(error),))
+            })
+        },
+    )?;
+    Ok(())
+}
+
 /// The `wasi:sockets/types` version that wasmtime-wasi's p3 links.
 const TYPES_INTERFACE: &str = "wasi:sockets/types@0.3.0";
 
@@ -418,6 +483,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         })
     })?;
     add_p2_lookup_to_linker(linker)?;
+    add_p2_accept_to_linker(linker)?;
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -522,15 +522,32 @@ impl HostProcess {
         args: &[&str],
         before_exec: Option<fn() -> std::io::Result<()>>,
     ) -> Self {
-        use std::os::unix::process::CommandExt;
+        let _ = std::fs::remove_dir_all(root().join("target/test-scratch").join(test));
+        let mut all = vec!["run".to_string(), backend.guest(guest_name).to_str().unwrap().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        HostProcess::spawn(test, &all, before_exec)
+    }
+
+    /// `portcullis run --manifest M ARGS`, with `manifest` (TOML) written to
+    /// the test's scratch folder as M.
+    pub fn start_manifest(test: &str, manifest: &str, args: &[&str]) -> Self {
         let dir = root().join("target/test-scratch").join(test);
         let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("portcullis.toml");
+        std::fs::write(&path, manifest).unwrap();
+        let mut all = vec!["run".to_string(), "--manifest".to_string(), path.to_str().unwrap().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        HostProcess::spawn(test, &all, None)
+    }
+
+    fn spawn(test: &str, args: &[String], before_exec: Option<fn() -> std::io::Result<()>>) -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = root().join("target/test-scratch").join(test);
         std::fs::create_dir_all(&dir).unwrap();
         let log_path = dir.join("stderr.log");
         let mut command = std::process::Command::new(portcullis_bin());
         command
-            .arg("run")
-            .arg(backend.guest(guest_name))
             .args(args)
             .env("PORTCULLIS_CACHE_DIR", test_cache())
             .stdout(std::process::Stdio::piped())
@@ -542,6 +559,17 @@ impl HostProcess {
         let mut child = command.spawn().expect("start portcullis");
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         HostProcess { child, stdout, log_path }
+    }
+
+    /// CPU time the process has used so far (user and system, from `/proc`).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf with a valid name.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
     }
 
     /// The next line the process prints on stdout (its own or its guest's).

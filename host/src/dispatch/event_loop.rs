@@ -171,7 +171,7 @@ impl Deliveries {
         while let Some(next) = self.waiting.front() {
             let size = next.conn.buffered();
             let fits = self.in_guest + bytes + size <= self.budget;
-            if !fits && !(batch.is_empty() && self.in_guest == 0) {
+            if !(fits || batch.is_empty() && self.in_guest == 0) {
                 break;
             }
             bytes += size;

@@ -22,10 +22,12 @@
 //!
 //! A trap ends the instance: its connections are closed, the trap is logged with
 //! the component and connection, and a fresh instance takes over for new
-//! connections. Dispatch knows nothing about address checks.
+//! connections, after a pause that grows while instances keep ending quickly
+//! ([`restart`]). Dispatch knows nothing about address checks.
 
 mod driver;
 mod event_loop;
+pub mod restart;
 pub mod supervise;
 
 use std::time::Duration;

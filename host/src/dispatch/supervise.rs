@@ -5,20 +5,23 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 
 use super::event_loop::{EventLoop, Live};
+use super::restart::Backoff;
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
 use crate::blocking::Stopped;
 use crate::component::{Backend, MainFunc, ServiceComponent};
 use crate::net::TcpConn;
 use crate::net::admission::Admission;
 use crate::state::HostState;
-use crate::sync;
+use crate::{guest_text, sync};
 
 /// Runs `loaded` until it is done: a program until its `main` returned and its
 /// callback connections and listeners are gone, a service until `shutdown`.
@@ -33,61 +36,77 @@ pub async fn run_shared(
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let active_listeners = Arc::new(AtomicUsize::new(0));
-    let mut run_main = loaded.has_main();
     let forced_stop = forced_stop(&shutdown);
+    // A WASI-backend service's `main` is its accept loop: it runs in every
+    // instance, and its end (a return, an `exit`) ends only that instance.
+    let wasi_service = loaded.backend() == Backend::Wasi && loaded.serves_listen();
+    let program = loaded.has_main() && !wasi_service;
+    let mut run_main = loaded.has_main();
+    let mut backoff = Backoff::default();
     loop {
+        let born = Instant::now();
         let mut store =
             loaded.new_store(sink.clone(), active_listeners.clone(), admission.clone(), forced_stop.clone());
-        let (instance, callbacks) = loaded.instantiate(&mut store).await?;
-        let main = if run_main { loaded.main(&mut store, &instance)? } else { None };
-        let (ended, live) = serve_instance(
-            &loaded,
-            &mut store,
-            Sources { callbacks: callbacks.as_ref(), main, conns: &mut conns, active_listeners: &active_listeners },
-            false,
-            &shutdown,
-        )
-        .await;
-        match ended {
-            Ok(code) => return Ok(code),
-            Err(trap) => {
-                if trap.is::<Stopped>() {
-                    // Still waiting in a blocking WASI call when the stop's grace ran out.
-                    tracing::info!(component = %loaded.name, "{Stopped}");
-                    live.close_all();
-                    return Ok(0);
-                }
-                if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>()
-                    && main.is_some()
-                {
-                    return Ok(exit.0);
-                }
-                // A service has no exit status: its `exit` ends only its
-                // instance, as a trap does (and is logged as one).
+        // How the instance ended, the connections it took along, and the
+        // error's line (for the log).
+        let (end, closed, error) = match loaded.instantiate(&mut store).await {
+            Ok((instance, callbacks)) => {
+                let main = if run_main { loaded.main(&mut store, &instance)? } else { None };
+                let sources = Sources {
+                    callbacks: callbacks.as_ref(),
+                    main,
+                    conns: &mut conns,
+                    active_listeners: &active_listeners,
+                };
+                let (ended, live) = serve_instance(&loaded, &mut store, sources, false, &shutdown).await;
                 let closed = live.close_all();
-                // A WASI-backend service's `main` is its accept loop: it
-                // starts again, as a service's instance does.
-                let wasi_service = loaded.backend() == Backend::Wasi && loaded.serves_listen();
-                if main.is_some() && !wasi_service {
-                    // A program whose main trapped has failed; nothing to restart.
-                    tracing::error!(component = %loaded.name, "guest trapped: {trap:#}; closed its {closed} connection(s)");
-                    return Ok(1);
-                }
-                // What happened first: a count line keeps only the first line.
-                loaded.warnings.traps.warn(|| match wasi_service {
-                    // Its connections are the guest's own, gone with it.
-                    true => {
-                        format!("guest trapped (its connections closed with it, starting a fresh instance): {trap:#}")
+                match ended {
+                    Ok(code) if shutdown.is_cancelled() || !wasi_service => return Ok(code),
+                    Ok(code) => (format!("exited with status {code}"), closed, None),
+                    Err(trap) if trap.is::<Stopped>() => {
+                        // Still waiting in a blocking WASI call when the stop's grace ran out.
+                        tracing::info!(component = %loaded.name, "{Stopped}");
+                        return Ok(0);
                     }
-                    false => format!(
-                        "guest trapped (closed its {closed} connection(s), starting a fresh instance): {trap:#}"
-                    ),
-                });
-                run_main = wasi_service;
-                if shutdown.is_cancelled() {
-                    return Ok(0);
+                    Err(trap) => match trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                        Some(exit) if program => return Ok(exit.0),
+                        Some(exit) => (format!("exited with status {}", exit.0), closed, None),
+                        None if program => {
+                            // A program whose main trapped has failed; nothing to restart.
+                            let trap = guest_text::error_line(&trap);
+                            tracing::error!(component = %loaded.name, "guest trapped: {trap}; closed its {closed} connection(s)");
+                            return Ok(1);
+                        }
+                        None => ("trapped".to_string(), closed, Some(guest_text::error_line(&trap))),
+                    },
                 }
             }
+            // A program that cannot start has failed; a service tries again.
+            Err(e) if program => bail!("{}", guest_text::anyhow_line(&e)),
+            Err(e) => ("failed to start".to_string(), 0, Some(guest_text::anyhow_line(&e))),
+        };
+        if shutdown.is_cancelled() {
+            return Ok(0);
+        }
+        let pause = backoff.next(born.elapsed());
+        // What happened first, in full; then a count line a second while it goes on.
+        loaded.warnings.traps.warn(|| {
+            let connections = match wasi_service {
+                // Its connections are the guest's own, gone with it.
+                true => "its connections closed with it".to_string(),
+                false => format!("closed its {closed} connection(s)"),
+            };
+            let quick = match backoff.quick_ends() {
+                1 => String::new(),
+                n => format!("; {n} quick ends in a row"),
+            };
+            let error = error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            format!("guest {end} ({connections}{quick}; a fresh instance in {pause:?}){error}")
+        });
+        run_main = wasi_service;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return Ok(0),
         }
     }
 }
@@ -112,6 +131,11 @@ pub async fn run_per_connection(
     // After a failed attempt (typically a full pool), try again only once an
     // instance has ended, instead of spinning on a full pool.
     let mut may_prepare = true;
+    // After an instance failed to start (its start function trapped, not a
+    // full pool), connections are refused for a pause that grows while it
+    // goes on: a client's connection must not buy a failing start each time.
+    let mut backoff = Backoff::default();
+    let mut refuse_until: Option<Instant> = None;
     let forced_stop = forced_stop(&shutdown);
     let mut stop = sync::cancelled(&shutdown);
     loop {
@@ -120,19 +144,27 @@ pub async fn run_per_connection(
             _ = &mut stop => break,
             conn = conns.recv() => match conn {
                 Some(conn) => {
-                    let made = match spare.take() {
-                        Some(spare) => Ok(spare),
-                        None => Spare::new(&loaded, admission.clone(), forced_stop.clone()).await,
+                    let made = match (spare.take(), refuse_until) {
+                        (Some(spare), _) => Ok(spare),
+                        (None, Some(until)) if Instant::now() < until => {
+                            Err(anyhow::anyhow!("instances fail to start; the next try at most {:?} from now", until - Instant::now()))
+                        }
+                        (None, _) => Spare::new(&loaded, admission.clone(), forced_stop.clone()).await,
                     };
                     match made {
                         Ok(spare) => {
+                            backoff = Backoff::default();
                             instances.spawn(serve_alone(loaded.clone(), spare, conn, shutdown.clone()));
                         }
                         Err(e) => {
+                            if !pool_full(&e) && refuse_until.is_none_or(|t| Instant::now() >= t) {
+                                refuse_until = Some(Instant::now() + backoff.next(Duration::ZERO));
+                            }
                             // Typically the instance pool is exhausted: refuse this
                             // connection, keep serving the others.
                             loaded.warnings.unserved.warn(|| {
-                                format!("no instance for connection {} from {}: {e:#}", conn.id(), conn.remote_addr())
+                                let e = guest_text::anyhow_line(&e);
+                                format!("no instance for connection {} from {}: {e}", conn.id(), conn.remote_addr())
                             });
                             conn.close();
                         }
@@ -145,10 +177,21 @@ pub async fn run_per_connection(
                 // Let the connection just handed over (and whatever else is
                 // ready) go first: the spare is for the time nothing is.
                 tokio::task::yield_now().await;
+                if let Some(until) = refuse_until {
+                    tokio::time::sleep_until(until).await;
+                }
                 Spare::new(&loaded, admission.clone(), forced_stop.clone()).await
             }, if spare.is_none() && may_prepare => match made {
-                Ok(made) => spare = Some(made),
-                Err(_) => may_prepare = false,
+                Ok(made) => {
+                    spare = Some(made);
+                    refuse_until = None;
+                }
+                Err(e) => {
+                    if !pool_full(&e) {
+                        refuse_until = Some(Instant::now() + backoff.next(Duration::ZERO));
+                    }
+                    may_prepare = false;
+                }
             },
         }
     }
@@ -159,6 +202,12 @@ pub async fn run_per_connection(
     }
     while instances.join_next().await.is_some() {}
     Ok(0)
+}
+
+/// Whether an instantiation failed for want of a pool slot (not for what
+/// the component did).
+fn pool_full(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
 }
 
 /// A fresh instance waiting for its connection (`--instances per-connection`),
@@ -252,8 +301,9 @@ async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn,
     if let Err(trap) = ended {
         let closed = live.close_all();
         loaded.warnings.traps.warn(|| {
+            let trap = guest_text::error_line(&trap);
             format!(
-                "guest trapped (closed the instance of connection {id} from {remote}, {closed} connection(s)): {trap:#}"
+                "guest trapped (closed the instance of connection {id} from {remote}, {closed} connection(s)): {trap}"
             )
         });
     }

@@ -23,6 +23,10 @@ use super::tcp::{TcpConn, WeakConn};
 /// (tokio's default; std's is 128, which a burst of idle clients fills).
 pub const LISTEN_BACKLOG: i32 = 1024;
 
+/// The pause after a failed accept (at the open-file limit, mostly) before
+/// the next try, for the host's listeners and a WASI 0.2 guest's.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
 /// Binds `addr` for listening. Must run inside a tokio runtime.
 pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, SocketError> {
     let listen = || -> std::io::Result<TcpListener> {
@@ -76,7 +80,7 @@ pub async fn accept_loop(
             Ok(accepted) => accepted,
             Err(e) => {
                 admission.accept_failures.warn(|| format!("accept failed: {e}"));
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
         };

@@ -1,8 +1,9 @@
 //! Addresses as the policy sees them: IP literals in every spelling the C
-//! resolver accepts, IPv4-mapped IPv6 as IPv4, names in one case, the networks
-//! no name reaches, and the host text a guest may pass at all.
+//! resolver accepts, IPv4-mapped IPv6 as IPv4, the IPv4 inside other IPv6
+//! forms (NAT64, 6to4, Teredo), names in one case, the networks no name
+//! reaches, and the host text a guest may pass at all.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -77,6 +78,61 @@ pub fn unmap(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The IPv4 addresses an IPv6 address may stand for: the IPv4 inside it, which
+/// a translator or tunnel on the way would reach. Empty for other IPv6
+/// addresses. The forms (RFC 6052 layouts for NAT64):
+///
+/// - NAT64 well-known prefix `64:ff9b::/96`: the last 32 bits;
+/// - NAT64 local use `64:ff9b:1::/48` (RFC 8215): the operator picks the prefix
+///   length, so one candidate for each of /48, /56, /64 and /96 (bits 64..72,
+///   the `u` octet, are skipped);
+/// - 6to4 `2002::/16`: bits 16..48;
+/// - Teredo `2001::/32`: the server (bits 32..64) and the client (the last 32
+///   bits, inverted);
+/// - IPv4-mapped `::ffff:0:0/96` and IPv4-compatible `::/96` (not `::` or
+///   `::1`): the last 32 bits.
+///
+/// ```
+/// use std::net::Ipv4Addr;
+/// use portcullis::policy::embedded_ipv4;
+/// let metadata = Ipv4Addr::new(169, 254, 169, 254);
+/// let of = |text: &str| embedded_ipv4(text.parse().unwrap()).collect::<Vec<_>>();
+/// assert_eq!(of("64:ff9b::a9fe:a9fe"), [metadata]);
+/// assert_eq!(of("2002:a9fe:a9fe::1"), [metadata]);
+/// assert_eq!(of("2001:0:a9fe:a9fe::5601:5601"), [metadata, metadata]);
+/// assert_eq!(of("64:ff9b:1:a9fe:a9:fea9:fe00:0").len(), 4);
+/// assert!(of("2606:2800:220:1::1").is_empty());
+/// assert!(of("::1").is_empty());
+/// ```
+pub fn embedded_ipv4(ip: Ipv6Addr) -> impl Iterator<Item = Ipv4Addr> {
+    let o = ip.octets();
+    let at = |[a, b, c, d]: [usize; 4]| Some(Ipv4Addr::new(o[a], o[b], o[c], o[d]));
+    let last = at([12, 13, 14, 15]);
+    let found = match ip.segments() {
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => [last, None, None, None],
+        [0x64, 0xff9b, 1, ..] => [at([6, 7, 9, 10]), at([7, 9, 10, 11]), at([9, 10, 11, 12]), last],
+        [0x2002, ..] => [at([2, 3, 4, 5]), None, None, None],
+        [0x2001, 0, ..] => [at([4, 5, 6, 7]), last.map(|client| !client), None, None],
+        [0, 0, 0, 0, 0, 0xffff, _, _] => [last, None, None, None],
+        [0, 0, 0, 0, 0, 0, high, low] if high != 0 || low > 1 => [last, None, None, None],
+        _ => [None; 4],
+    };
+    // A local-use layout's zero bits read as 0.x.x.x under the others: no
+    // translator reaches "this network", so such a reading is no candidate.
+    let local_use = ip.segments()[..3] == [0x64, 0xff9b, 1];
+    found.into_iter().flatten().filter(move |v4| !(local_use && v4.octets()[0] == 0))
+}
+
+/// The last 32 bits of a site-local `fec0::/10` address. No standard puts an
+/// IPv4 address there, so this only adds to what is blocked (an IPv4 grant
+/// does not open it): a home-made translator on this deprecated prefix still
+/// does not reach the metadata service. The cost (`fec0::1` reads as 0.0.0.1,
+/// blocked) falls on a prefix nobody should use.
+pub(super) fn site_local_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = ip.octets();
+    (ip.segments()[0] & 0xffc0 == 0xfec0).then(|| Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+}
+
 pub(super) fn nets(list: &[&str]) -> Vec<IpNet> {
     list.iter().map(|n| n.parse().expect("built-in network")).collect()
 }
@@ -102,6 +158,7 @@ pub(super) const PRIVATE: &[&str] = &[
     "100.64.0.0/10", // carrier-grade NAT
     "127.0.0.0/8",
     "fc00::/7",
+    "fec0::/10", // site-local, deprecated (RFC 3879)
     "::1/128",
 ];
 

@@ -8,10 +8,18 @@
 //! - a name target is checked against name grants *before* resolving; every
 //!   resolved address must then stay out of the blocked networks (link-local and
 //!   cloud metadata, `0.0.0.0/8`, multicast; with `block_private` also the
-//!   private ranges and loopback), which defeats DNS rebinding;
+//!   private ranges, site-local `fec0::/10` and loopback), which defeats DNS
+//!   rebinding;
 //! - an IP target (however it is spelled: `127.1`, `0x7f.0.0.1`, `2130706433`,
 //!   `::ffff:127.0.0.1` are all 127.0.0.1) is checked only against IP/CIDR grants
 //!   (and `*`); a name grant never covers an IP literal;
+//! - an IPv6 address with an IPv4 address inside ([`embedded_ipv4`]: NAT64
+//!   `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo `2001::/32`,
+//!   IPv4-compatible `::a.b.c.d`) is judged as that IPv4 too, since a
+//!   translator on the way reaches it: it is blocked if any IPv4 it may stand
+//!   for is (`64:ff9b::a9fe:a9fe` is 169.254.169.254), and an IPv4 grant covers
+//!   it if it covers them all (the last 32 bits of a site-local address count
+//!   for blocking only). What is connected to is still the address given;
 //! - an explicit IP/CIDR grant may open a blocked range on purpose; `*` does not.
 //!
 //! Each check names its [`Use`] (connect, listen, UDP bind, send, receive), the
@@ -21,12 +29,12 @@
 //!
 //! This module imports nothing from the rest of the crate: it answers with its
 //! own [`PolicyError`], and the name look-up is passed in (`*_with`; the plain
-//! forms use [`resolve::resolve`]). IP ranges are kept in `Pool`s of
+//! forms use the service's own [`resolve::Resolver`]). IP ranges are kept in `Pool`s of
 //! cap-primitives (the crate behind cap-std). Apart from name resolution it
 //! does no I/O, so its rules are tested with tables.
 //!
 //! - [`grant`]: the grant syntax; [`addr`]: address spellings and the blocked
-//!   networks; [`resolve`]: the host's name look-up with a time-out.
+//!   networks; [`resolve`]: the host's name look-ups, bounded per service.
 
 mod addr;
 mod error;
@@ -40,11 +48,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use cap_primitives::ambient_authority;
 use cap_primitives::net::Pool;
 
-pub use addr::{MAX_HOST_LEN, check_host_text, normalise_name, parse_ip_literal, unmap};
+pub use addr::{MAX_HOST_LEN, check_host_text, embedded_ipv4, normalise_name, parse_ip_literal, unmap};
 pub use error::PolicyError;
 pub use grant::{Action, Grant, GrantError, HostPattern, Ports};
 
-use addr::{ALWAYS_BLOCKED, PRIVATE, nets};
+use addr::{ALWAYS_BLOCKED, PRIVATE, nets, site_local_ipv4};
 
 /// What an address is being used for, and so which grant must cover it
 /// (wasmtime's `SocketAddrUse`, less the implicit binds a connect makes).
@@ -95,6 +103,9 @@ pub struct Policy {
     /// IP/CIDR grants per action, as cap-primitives pools.
     ip_pools: [Pool; 3],
     blocked: Pool,
+    /// The service's own name look-ups (at most `resolve::MAX_LOOKUPS`
+    /// under way, on threads of their own).
+    resolver: resolve::Resolver,
 }
 
 impl Default for Policy {
@@ -134,7 +145,7 @@ impl Policy {
         for net in blocked_nets {
             blocked.insert_ip_net_port_any(net, ambient_authority());
         }
-        Policy { grants, ip_pools, blocked }
+        Policy { grants, ip_pools, blocked, resolver: resolve::Resolver::new() }
     }
 
     /// Parses grant strings (as given to the CLI or in a manifest).
@@ -170,8 +181,15 @@ impl Policy {
         self.grants.iter().filter(|g| g.action == action && g.matches_name(&name)).map(|g| g.ports).collect()
     }
 
+    /// Looks `name` up with the service's own [`resolve::Resolver`] (the
+    /// caller has checked the grants).
+    pub async fn lookup(&self, name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        self.resolver.lookup(name, port).await
+    }
+
     /// Whether `ip` is in a network no name grant reaches (always blocked,
-    /// and private ones with `--block-private`).
+    /// and private ones with `--block-private`), or stands for an IPv4
+    /// address that is ([`embedded_ipv4`]).
     pub fn is_blocked_ip(&self, ip: IpAddr) -> bool {
         self.is_blocked(unmap(ip))
     }
@@ -180,11 +198,23 @@ impl Policy {
         self.grants.iter().any(|g| g.action == action)
     }
 
+    /// In a blocked network, itself or through any IPv4 address inside it.
     fn is_blocked(&self, ip: IpAddr) -> bool {
-        self.blocked.check_addr(&SocketAddr::new(ip, 0)).is_ok()
+        let blocked = |ip: IpAddr| self.blocked.check_addr(&SocketAddr::new(ip, 0)).is_ok();
+        let IpAddr::V6(v6) = ip else { return blocked(ip) };
+        blocked(ip) || embedded_ipv4(v6).chain(site_local_ipv4(v6)).any(|v4| blocked(IpAddr::V4(v4)))
     }
 
+    /// Covered by an IP grant: the address itself, or every IPv4 address it
+    /// may stand for (`udp://10.0.0.0/8:53` covers `[64:ff9b::a00:1]:53`).
     fn ip_granted(&self, action: Action, addr: SocketAddr) -> bool {
+        let granted = |ip: IpAddr| self.ip_granted_exactly(action, SocketAddr::new(ip, addr.port()));
+        let IpAddr::V6(v6) = addr.ip() else { return granted(addr.ip()) };
+        let mut candidates = embedded_ipv4(v6).peekable();
+        granted(addr.ip()) || (candidates.peek().is_some() && candidates.all(|v4| granted(IpAddr::V4(v4))))
+    }
+
+    fn ip_granted_exactly(&self, action: Action, addr: SocketAddr) -> bool {
         self.ip_pools[index(action)].check_addr(&addr).is_ok()
     }
 
@@ -208,9 +238,11 @@ impl Policy {
         self.ip_granted(action, addr) || (self.any_granted(action, addr.port()) && !self.is_blocked(addr.ip()))
     }
 
-    /// May a local address be bound? (An IP grant or `*` for the port.)
+    /// May a local address be bound? (An IP grant or `*` for the port.) A
+    /// local address is not reached through a translator, so an IPv4 grant
+    /// does not cover an IPv6 form of it here.
     fn allows_bind(&self, action: Action, addr: SocketAddr) -> bool {
-        self.ip_granted(action, addr) || self.any_granted(action, addr.port())
+        self.ip_granted_exactly(action, addr) || self.any_granted(action, addr.port())
     }
 
     /// The address-only check: may `addr` be used for `use_`? For a peer
@@ -242,10 +274,15 @@ impl Policy {
 
     /// Resolves an outbound target (`connect`, UDP `send-to`) under the grants:
     /// the addresses it may reach, or [`PolicyError::Denied`] naming it. Names
-    /// are looked up with [`resolve::resolve`].
+    /// are looked up by the service's own [`resolve::Resolver`].
     pub async fn resolve_outbound(&self, use_: Use, host: &str, port: u16) -> Result<Vec<SocketAddr>, PolicyError> {
-        self.resolve_outbound_with(use_, host, port, |name, port| async move { resolve::resolve(&name, port).await })
-            .await
+        self.resolve_outbound_with(
+            use_,
+            host,
+            port,
+            |name, port| async move { self.resolver.lookup(&name, port).await },
+        )
+        .await
     }
 
     /// [`Policy::resolve_outbound`] for an IP literal, which needs no lookup (so
@@ -313,7 +350,8 @@ impl Policy {
         host: Option<&str>,
         port: u16,
     ) -> Result<Option<SocketAddr>, PolicyError> {
-        self.resolve_bind_with(use_, host, port, |name, port| async move { resolve::resolve(&name, port).await }).await
+        self.resolve_bind_with(use_, host, port, |name, port| async move { self.resolver.lookup(&name, port).await })
+            .await
     }
 
     /// [`Policy::resolve_bind`] with the name lookup passed in.

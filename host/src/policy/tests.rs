@@ -2,7 +2,7 @@
 //! Names resolve through a fixed table, never the network.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::*;
 
@@ -16,6 +16,9 @@ fn lookup_table(name: &str) -> Vec<IpAddr> {
         "mixed.example.com" => &["169.254.1.1", "93.184.216.34"],
         "web.svc.internal" => &["10.9.9.9"],
         "v6only.example.com" => &["::ffff:93.184.216.34"],
+        // What DNS64 answers behind a NAT64 gateway.
+        "dns64.example.com" => &["64:ff9b::5db8:d822"],
+        "dns64.evil" => &["64:ff9b::a9fe:a9fe"],
         _ => &[],
     };
     ips.iter().map(|ip| ip.parse().unwrap()).collect()
@@ -147,6 +150,51 @@ fn cases() -> Vec<Case> {
         (&["tcp://169.254.169.254:80"], false, C, "169.254.169.254", 80, Allow(vec!["169.254.169.254"])),
         (&["tcp://127.0.0.0/8:*"], true, C, "127.0.0.1", 80, Allow(vec!["127.0.0.1"])),
         (&["tcp://127.0.0.0/8:*", "tcp://rebind.example.com:80"], true, C, "rebind.example.com", 80, Allow(vec!["127.0.0.1"])),
+        // IPv6 forms with an IPv4 address inside are judged as that IPv4 too
+        // (169.254.169.254 is a9fe:a9fe, 10.0.0.1 a00:1, 93.184.216.34 5db8:d822),
+        // and reach the address given.
+        (&["udp://*:*"], false, U, "64:ff9b::a9fe:a9fe", 53, Deny),
+        (&["udp://*:*"], false, U, "[2002:a9fe:a9fe::1]", 53, Deny),
+        (&["udp://*:*"], true, U, "64:ff9b::a00:1", 53, Deny),
+        (&["udp://*:*"], false, U, "64:ff9b::a00:1", 53, Allow(vec!["64:ff9b::a00:1"])),
+        (&["tcp://*:*"], true, C, "64:ff9b::5db8:d822", 80, Allow(vec!["64:ff9b::5db8:d822"])),
+        (&["tcp://*:*"], true, C, "2002:5db8:d822::1", 80, Allow(vec!["2002:5db8:d822::1"])),
+        (&["tcp://*:*"], true, C, "::5db8:d822", 80, Allow(vec!["::5db8:d822"])),
+        (&["tcp://dns64.example.com:80"], true, C, "dns64.example.com", 80, Allow(vec!["64:ff9b::5db8:d822"])),
+        (&["tcp://dns64.evil:80"], false, C, "dns64.evil", 80, Deny),
+        // Teredo: the server, and the client (inverted); both must be allowed.
+        (&["tcp://*:*"], false, C, "2001:0:5db8:d822::a247:27dd", 80, Allow(vec!["2001:0:5db8:d822::a247:27dd"])),
+        (&["tcp://*:*"], false, C, "2001:0:a9fe:a9fe::a247:27dd", 80, Deny),
+        (&["tcp://*:*"], false, C, "2001:0:5db8:d822::5601:5601", 80, Deny),
+        // NAT64 local use: every prefix length's reading counts, except the
+        // 0.x.x.x that one layout's zeros make of another (no translator
+        // reaches "this network").
+        (&["tcp://*:*"], false, C, "64:ff9b:1::5db8:d822", 80, Allow(vec!["64:ff9b:1::5db8:d822"])),
+        (&["tcp://*:*"], false, C, "64:ff9b:1::a9fe:a9fe", 80, Deny),
+        (&["tcp://[64:ff9b:1::]/48:*"], false, C, "64:ff9b:1::5db8:d822", 80, Allow(vec!["64:ff9b:1::5db8:d822"])),
+        // An IPv4 grant covers the forms of the IPv4 it grants, and only those.
+        (&["udp://10.0.0.0/8:53"], false, U, "[64:ff9b::a00:1]", 53, Allow(vec!["64:ff9b::a00:1"])),
+        (&["udp://10.0.0.0/8:53"], true, U, "2002:a00:1::1", 53, Allow(vec!["2002:a00:1::1"])),
+        (&["udp://10.0.0.0/8:53"], false, U, "64:ff9b::a00:1", 54, Deny),
+        (&["udp://10.0.0.0/8:53"], false, U, "64:ff9b::b00:1", 53, Deny),
+        (&["tcp://10.0.0.0/8:53"], false, U, "64:ff9b::a00:1", 53, Deny),
+        (&["udp://10.0.0.0/8:53"], false, U, "2001:0:a00:1::a247:27dd", 53, Deny),
+        (&["udp://10.0.0.0/8:53"], false, U, "2001:0:a00:1::f5ff:fffe", 53, Allow(vec!["2001:0:a00:1::f5ff:fffe"])),
+        (&["udp://169.254.169.254:53"], false, U, "64:ff9b::a9fe:a9fe", 53, Allow(vec!["64:ff9b::a9fe:a9fe"])),
+        // `::`, `::1` and ordinary IPv6 are what they were.
+        (&["tcp://*:*"], false, C, "::", 80, Deny),
+        (&["tcp://*:*"], false, C, "::1", 80, Allow(vec!["::1"])),
+        (&["tcp://*:*"], true, C, "2001:db8::1", 80, Allow(vec!["2001:db8::1"])),
+        (&["tcp://0.0.0.0/0:*"], false, C, "::", 80, Deny),
+        (&["tcp://0.0.0.0/0:*"], false, C, "::1", 80, Deny),
+        (&["tcp://0.0.0.0/0:*"], false, C, "2001:db8::1", 80, Deny),
+        // Site-local (deprecated) is private; its last 32 bits only block (so
+        // `fec0::1`, 0.0.0.1, is blocked even without --block-private).
+        (&["tcp://*:*"], true, C, "fec0::5db8:d822", 80, Deny),
+        (&["tcp://*:*"], false, C, "fec0::5db8:d822", 80, Allow(vec!["fec0::5db8:d822"])),
+        (&["tcp://*:*"], false, C, "fec0::1", 80, Deny),
+        (&["tcp://*:*"], false, C, "fec0::a9fe:a9fe", 80, Deny),
+        (&["tcp://10.0.0.0/8:*"], false, C, "fec0::a00:1", 80, Deny),
         // Actions do not leak into each other.
         (&["udp://10.0.0.5:53"], false, C, "10.0.0.5", 53, Deny),
         (&["tcp://10.0.0.5:53"], false, U, "10.0.0.5", 53, Deny),
@@ -301,4 +349,113 @@ fn the_address_only_check_for_binds_and_receives() {
 
     let names = policy_of(&["tcp://db.internal:5432"], false);
     assert!(!names.check_addr(addr("10.1.2.3:5432"), Use::TcpConnect), "a name grant never covers an address alone");
+}
+
+/// Public, for the parts of a form that are not under test.
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
+
+/// `v4` in each IPv6 form the policy sees through, by name.
+fn embeddings(v4: Ipv4Addr) -> Vec<(&'static str, Ipv6Addr)> {
+    let [a, b, c, d] = v4.octets();
+    let [p, q, r, s] = (!PUBLIC).octets(); // a Teredo client is stored inverted
+    let [w, x, y, z] = (!v4).octets();
+    let [e, f, g, h] = PUBLIC.octets();
+    vec![
+        ("NAT64 /96", [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0, a, b, c, d]),
+        ("local-use NAT64 /48", [0, 0x64, 0xff, 0x9b, 0, 1, a, b, 0, c, d, 0, 0, 0, 0, 0]),
+        ("local-use NAT64 /56", [0, 0x64, 0xff, 0x9b, 0, 1, 0, a, 0, b, c, d, 0, 0, 0, 0]),
+        ("local-use NAT64 /64", [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, a, b, c, d, 0, 0, 0]),
+        ("local-use NAT64 /96", [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0, a, b, c, d]),
+        ("6to4", [0x20, 0x02, a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        ("Teredo server", [0x20, 0x01, 0, 0, a, b, c, d, 0, 0, 0, 0, p, q, r, s]),
+        ("Teredo client", [0x20, 0x01, 0, 0, e, f, g, h, 0, 0, 0, 0, w, x, y, z]),
+        ("IPv4-compatible", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, a, b, c, d]),
+        ("site-local", [0xfe, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, a, b, c, d]),
+    ]
+    .into_iter()
+    .map(|(form, octets)| (form, Ipv6Addr::from(octets)))
+    .collect()
+}
+
+/// Every check refuses `ip` as a peer under `*` for UDP and TCP.
+fn assert_denied_everywhere(block_private: bool, ip: Ipv6Addr, what: &str) {
+    let policy = policy_of(&["udp://*:*", "tcp://*:*"], block_private);
+    assert!(policy.is_blocked_ip(IpAddr::V6(ip)), "{what}: is_blocked_ip");
+    for use_ in [U, C] {
+        assert!(!policy.check_addr(SocketAddr::new(IpAddr::V6(ip), 53), use_), "{what}: check_addr {use_:?}");
+        for host in [ip.to_string(), format!("[{ip}]")] {
+            let checked = policy.check_literal(use_, &host, 53);
+            assert!(matches!(checked, Some(Err(PolicyError::Denied(_)))), "{what}: check_literal {use_:?} {host}");
+        }
+        let resolved = futures::executor::block_on(policy.resolve_outbound_with(use_, "any.example", 53, |_, port| {
+            std::future::ready(Ok(vec![SocketAddr::new(IpAddr::V6(ip), port)]))
+        }));
+        assert!(matches!(resolved, Err(PolicyError::Denied(_))), "{what}: a name resolving to it, {use_:?}");
+    }
+}
+
+#[test]
+fn embedded_ipv4_reads_each_form() {
+    for v4 in [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(10, 0, 0, 1)] {
+        for (form, ip) in embeddings(v4) {
+            let candidates: Vec<Ipv4Addr> = embedded_ipv4(ip).collect();
+            match form {
+                "Teredo server" => assert_eq!(candidates, [v4, PUBLIC], "{form} {ip}"),
+                "Teredo client" => assert_eq!(candidates, [PUBLIC, v4], "{form} {ip}"),
+                "site-local" => assert!(candidates.is_empty(), "{form} {ip}: it blocks, but is no translated form"),
+                f if f.starts_with("local-use") => {
+                    assert!(!candidates.is_empty() && candidates.contains(&v4), "{form} {ip}: {candidates:?}")
+                }
+                _ => assert_eq!(candidates, [v4], "{form} {ip}"),
+            }
+        }
+    }
+    let of = |text: &str| embedded_ipv4(text.parse().unwrap()).collect::<Vec<_>>();
+    assert_eq!(of("64:ff9b:1:a9fe:a9:fea9:fe00:0")[0], Ipv4Addr::new(169, 254, 169, 254), "/48, past the `u` octet");
+    assert_eq!(of("::ffff:10.0.0.1"), [Ipv4Addr::new(10, 0, 0, 1)]);
+    let plain = ["::", "::1", "2001:db8::1", "64:ff9b:2::a00:1", "64:ff9b:0:0:1::a00:1", "fe80::a00:1", "fec0::a00:1"];
+    for ip in plain {
+        assert!(of(ip).is_empty(), "{ip}");
+    }
+}
+
+#[test]
+fn blocked_ipv4_is_blocked_in_every_embedding() {
+    let blocked =
+        ["169.254.169.254", "100.100.100.200", "10.0.0.1", "127.0.0.1"].map(|ip| ip.parse::<Ipv4Addr>().unwrap());
+    for v4 in blocked {
+        for (form, ip) in embeddings(v4) {
+            assert_denied_everywhere(true, ip, &format!("{v4} as {form} ({ip}), --block-private"));
+        }
+    }
+}
+
+#[test]
+fn always_blocked_ipv4_is_blocked_in_every_embedding_without_block_private() {
+    for v4 in [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200)] {
+        for (form, ip) in embeddings(v4) {
+            assert_denied_everywhere(false, ip, &format!("{v4} as {form} ({ip})"));
+        }
+    }
+}
+
+#[test]
+fn public_ipv4_in_the_translated_forms_is_allowed_under_any() {
+    let policy = policy_of(&["udp://*:*", "tcp://*:*"], true);
+    let mut checked = 0;
+    for (form, ip) in embeddings(PUBLIC) {
+        // Local use reads zeros as 0.x.x.x (always blocked); site-local is private.
+        if form.starts_with("local-use") || form == "site-local" {
+            continue;
+        }
+        let what = format!("{PUBLIC} as {form} ({ip})");
+        assert!(!policy.is_blocked_ip(IpAddr::V6(ip)), "{what}");
+        for use_ in [U, C] {
+            assert!(policy.check_addr(SocketAddr::new(IpAddr::V6(ip), 53), use_), "{what}: {use_:?}");
+            let checked_literal = policy.check_literal(use_, &ip.to_string(), 53);
+            assert_eq!(checked_literal.unwrap().unwrap(), SocketAddr::new(IpAddr::V6(ip), 53), "{what}: as given");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
 }

@@ -697,6 +697,10 @@ fn listen(addr: SocketAddr, read_timeout: Duration) -> Result<Rc<Accepting>, Err
     Ok(accepting)
 }
 
+/// The pause after a failed accept before the next (as the host's own
+/// listeners wait), in nanoseconds.
+const ACCEPT_RETRY_NS: u64 = 50_000_000;
+
 async fn accept_loop(
     _socket: TcpSocket,
     mut incoming: StreamReader<TcpSocket>,
@@ -715,7 +719,18 @@ async fn accept_loop(
             Race::Done(None) | Race::Stopped | Race::TimedOut => return,
         };
         // A connection with no peer address cannot be counted: closed too.
-        let Ok(remote) = next.get_remote_address().map(from_wasi) else { continue };
+        // Mostly it is an accept that failed (at the open-file limit): the
+        // next would fail at once as well, so wait a moment first.
+        let Ok(remote) = next.get_remote_address().map(from_wasi) else {
+            crate::program::warn("accept failed (at the open-file limit?); retrying in 50 ms");
+            drop(next);
+            if let Race::Stopped =
+                race(pin!(super::monotonic_clock::wait_for(ACCEPT_RETRY_NS)), &accepting.stop, None).await
+            {
+                return;
+            }
+            continue;
+        };
         if !slot.admit(remote.ip()) {
             crate::program::warn(&format!("{remote}: closed at once: its address has its most connections open"));
             continue; // `next` and `slot` drop: the connection closes

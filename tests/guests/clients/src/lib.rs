@@ -65,6 +65,24 @@ async fn scenario(mode: &str, host: &str, port: u16) -> Result<(), Error> {
             Ok(_) => println!("std::net connected"),
             Err(e) => println!("std::net refused: {e}"),
         },
+        // A look-up flood: COUNT connects at once to names under TARGET's
+        // (`nI.HOST`), then five more one after another; it prints how the
+        // last ended.
+        "lookups" => {
+            let count: usize = std::env::var("COUNT").ok().and_then(|c| c.parse().ok()).unwrap_or(2000);
+            for i in 0..count {
+                let name = format!("n{i}.{host}");
+                portcullis_sdk::spawn(async move {
+                    let _ = Client::connect(&name, port).await;
+                });
+            }
+            for _ in 0..5 {
+                match Client::connect(host, port).await {
+                    Ok(_) => println!("last: connected"),
+                    Err(e) => println!("last: {e}"),
+                }
+            }
+        }
         other => println!("unknown MODE {other}"),
     }
     Ok(())

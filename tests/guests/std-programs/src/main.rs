@@ -4,11 +4,14 @@
 //! `MODE=client`: connects to `TARGET` (`host:port`), sends `hello`, prints
 //! `reply: ...`; exits 1 with the error if anything fails.
 //!
+//! `MODE=panic`: panics at once, before it listens (a crash loop).
+//!
 //! Otherwise a server on `PORTCULLIS_LISTEN`, one connection at a time. Each
 //! read is a request: `sleep MS` sleeps (`std::thread::sleep`) and answers
 //! `slept`; `spin` computes forever; `grow MIB` allocates and touches that
 //! much memory and answers `grew`; `sockets N` opens N connections to its
-//! own listener and answers `held N`; anything else is echoed.
+//! own listener and answers `held N`; `exit N` exits with status N;
+//! anything else is echoed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +28,9 @@ fn main() {
             }
         }
         return;
+    }
+    if std::env::var("MODE").as_deref() == Ok("panic") {
+        panic!("a program that panics before it listens");
     }
     let address = std::env::var("PORTCULLIS_LISTEN").expect("PORTCULLIS_LISTEN");
     let listener = TcpListener::bind(address.split(',').next().unwrap()).expect("bind");
@@ -70,6 +76,7 @@ fn serve(mut client: TcpStream, local: SocketAddr) -> std::io::Result<()> {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
                 }
             }
+            (Some("exit"), Some(code)) => std::process::exit(code as i32),
             (Some("grow"), Some(mib)) => {
                 let block = vec![1u8; (mib as usize) << 20];
                 std::hint::black_box(&block);

@@ -1,0 +1,63 @@
+//! IPv6 forms with an IPv4 address inside are judged as that IPv4, end to
+//! end: under `*` with `--block-private`, a guest cannot reach the metadata
+//! service by writing 169.254.169.254 as a NAT64 (`64:ff9b::a9fe:a9fe`) or
+//! 6to4 (`2002:a9fe:a9fe::1`) address. A denied send or connect makes no
+//! syscall, so nothing leaves the machine.
+
+use portcullis::policy::{Policy, Use};
+use portcullis_tests::*;
+
+/// 169.254.169.254 behind a NAT64 gateway, and as 6to4.
+const TARGETS: [&str; 2] = ["[64:ff9b::a9fe:a9fe]:53", "[2002:a9fe:a9fe::1]:53"];
+
+/// The policy as built refuses `target` for `use_` under these grants:
+/// checked first, so that a policy that lets it through fails the test here,
+/// before a guest could send anything towards it.
+fn assert_policy_refuses(use_: Use, grant: &str, target: &str) {
+    let (connect, udp) = match use_ {
+        Use::UdpSend => (vec![], vec![grant.to_string()]),
+        _ => (vec![grant.to_string()], vec![]),
+    };
+    let policy = Policy::parse(&connect, &[], &udp, true).unwrap();
+    let (host, port) = target.rsplit_once(':').unwrap();
+    let checked = policy.check_literal(use_, host, port.parse().unwrap());
+    assert!(matches!(checked, Some(Err(_))), "the policy lets {target} through: {checked:?}");
+}
+
+/// The guest was told `permission denied` for `expected`, and the host logged it.
+fn assert_denied(out: &std::process::Output, expected: &str) {
+    assert_eq!(stdout_of(out), format!("error: PermissionDenied: {expected}\n"), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(expected), "the denial is logged: {stderr}");
+}
+
+/// Only on the portcullis backend: the SDK's WASI backend binds an unbound
+/// UDP client on `0.0.0.0`, and wasmtime refuses an IPv6 target on an IPv4
+/// socket (`invalid-argument`) before it asks the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sends_to_the_metadata_service_as_nat64_or_6to4_are_denied() {
+    let grant = "udp://*:*";
+    for target in TARGETS {
+        assert_policy_refuses(Use::UdpSend, grant, target);
+        let env = [("MODE", "echo"), ("TARGET", target)];
+        let out =
+            run_program_on(Backend::Portcullis, "udp-clients", &env, &["--allow-udp", grant, "--block-private"]).await;
+        assert_denied(&out, &format!("permission denied: send to udp://{target} is not granted"));
+    }
+}
+
+async fn tcp_connects_to_the_metadata_service_as_nat64_or_6to4_are_denied(backend: Backend) {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 here: a WASI guest could not even make the socket");
+        return;
+    }
+    let grant = "tcp://*:*";
+    for target in TARGETS {
+        assert_policy_refuses(Use::TcpConnect, grant, target);
+        let env = [("MODE", "echo"), ("TARGET", target)];
+        let out = run_program_on(backend, "clients", &env, &["--allow-connect", grant, "--block-private"]).await;
+        assert_denied(&out, &format!("permission denied: connect tcp://{target} is not granted"));
+    }
+}
+
+on_both_backends!(tcp_connects_to_the_metadata_service_as_nat64_or_6to4_are_denied);
