@@ -93,6 +93,37 @@ fn a_service_that_exits_is_logged_and_replaced_at_the_same_address() {
 }
 
 #[test]
+fn a_client_that_traps_a_service_again_and_again_does_not_grow_its_pauses() {
+    let (host, addr) = std_server("client-traps-std-server", &["--max-memory", "32MiB"]);
+    for _ in 0..6 {
+        let mut attacker = connect(addr);
+        assert_eq!(ask(&mut attacker, "grow 64"), "", "past the bound the instance ends");
+    }
+    // Each instance served a client before it ended: no crash loop, so no
+    // growing pause keeps the honest client out.
+    let mut honest = connect(addr);
+    assert_eq!(ask(&mut honest, "hello"), "hello");
+    let log = host.log_with("instances ended:", 1, Duration::from_secs(5));
+    assert!(log.contains("a fresh instance in 10ms"), "{log}");
+    assert!(!log.contains("quick ends in a row"), "{log}");
+}
+
+#[test]
+fn a_service_that_cannot_start_is_logged_at_once_and_tried_again_with_pauses() {
+    // Its memory's minimum (17 pages) is over the bound: every instantiation fails.
+    let mut host = HostProcess::start(
+        "unstartable-std-server",
+        "std-programs",
+        &["--listen", "127.0.0.1:0", "--max-memory", "64KiB"],
+        None,
+    );
+    let log = host.log_with("quick ends in a row", 1, Duration::from_secs(30));
+    assert!(log.contains("guest failed to start (a fresh instance in 10ms): instantiating"), "{log}");
+    assert!(log.contains("quick ends in a row"), "tried again, with growing pauses: {log}");
+    assert!(host.running(), "the process serves on: {log}");
+}
+
+#[test]
 fn a_program_that_panics_at_once_backs_off_and_its_neighbour_answers_throughout() {
     let manifest = format!(
         "[[service]]\nname = \"crasher\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\nenv = {{ MODE = \"panic\" }}\n\n\

@@ -62,7 +62,8 @@ pub(crate) struct Warnings {
     pub(crate) denials: Arc<Coalesced>,
     pub(crate) udp_refusals: Arc<Coalesced>,
     pub(crate) memory_refusals: Arc<Coalesced>,
-    /// An instance ended by a trap (the first with its backtrace).
+    /// An instance ended: a trap (the first with its backtrace), an exit,
+    /// a failed start.
     pub(crate) traps: Arc<Coalesced>,
     /// Which connection's callback trapped.
     pub(crate) trapped_connections: Arc<Coalesced>,
@@ -79,7 +80,7 @@ impl Warnings {
             denials: Coalesced::new("denials", c()),
             udp_refusals: Coalesced::new("datagrams dropped", c()),
             memory_refusals: Coalesced::new("memory refusals", c()),
-            traps: Coalesced::errors("guest traps", c()),
+            traps: Coalesced::errors("instances ended", c()),
             trapped_connections: Coalesced::errors("connections whose callback trapped", c()),
             unserved: Coalesced::new("connections without an instance", c()),
             output: OutputRate::new(component.clone()),
@@ -272,6 +273,12 @@ impl ServiceComponent {
     /// A WASI-backend component told where to listen (`--listen`): a service.
     pub fn serves_listen(&self) -> bool {
         self.env.iter().any(|(k, _)| k == LISTEN_VAR)
+    }
+
+    /// Connections a WASI-backend component's own listeners accepted so far
+    /// (0 for a portcullis one, whose connections the host hands over).
+    pub(crate) fn wasi_accepted(&self) -> u64 {
+        self.wasi_sockets.as_ref().map_or(0, |s| s.accepted())
     }
 
     pub fn has_main(&self) -> bool {

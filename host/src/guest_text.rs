@@ -82,15 +82,19 @@ fn line<'a>(
         if line.len() >= MAX_LINE {
             break;
         }
+        // Only the start of a cause is made: a 2 MB backtrace is not.
+        let text = bounded_text(cause, MAX_ITEM * 4);
+        if backtrace.is_some() && text.starts_with(BACKTRACE_HEADER) {
+            continue; // written last, after what happened
+        }
         if !line.is_empty() {
             line.push_str(": ");
         }
-        // Only the start of a cause is made: a 2 MB backtrace is not.
-        let text = bounded_text(cause, MAX_ITEM * 4);
-        match backtrace {
-            Some(backtrace) if text.starts_with(BACKTRACE_HEADER) => line.push_str(&backtrace_text(backtrace)),
-            _ => line.push_str(&escape(&text, MAX_ITEM * 4)),
-        }
+        line.push_str(&escape(&text, MAX_ITEM * 4));
+    }
+    if let Some(backtrace) = backtrace {
+        line.push_str("; ");
+        line.push_str(&backtrace_text(backtrace));
     }
     escape_cut(line)
 }
@@ -126,7 +130,7 @@ fn backtrace_text(backtrace: &wasmtime::WasmBacktrace) -> String {
     for (i, frame) in frames.iter().take(MAX_FRAMES).enumerate() {
         let module = frame.module().name().map_or_else(|| "<module>".to_string(), |m| escape(m, MAX_ITEM));
         let function = match frame.func_name() {
-            Some(name) => escape(name, MAX_ITEM),
+            Some(name) => escape(&demangled(name), MAX_ITEM),
             None => format!("<function {}>", frame.func_index()),
         };
         let _ = write!(text, "{} #{i} {module}!{function}", if i == 0 { "" } else { "," });
@@ -138,6 +142,15 @@ fn backtrace_text(backtrace: &wasmtime::WasmBacktrace) -> String {
         let _ = write!(text, ", ... ({} more frames)", frames.len() - MAX_FRAMES);
     }
     text
+}
+
+/// A Rust symbol demangled, without its hash (`std::sys::abort_internal`);
+/// other names as they are. Only names of a sensible length are demangled.
+fn demangled(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(symbol) if name.len() <= 1024 => format!("{symbol:#}"),
+        _ => name.to_string(),
+    }
 }
 
 /// `line` (already escaped) cut at [`MAX_LINE`] bytes, on a character boundary.

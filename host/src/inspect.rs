@@ -68,6 +68,8 @@ pub fn inspect(path: &Path) -> Result<String> {
     for name in &exports {
         writeln!(out, "  {name}")?;
     }
+    // From its imports: what it may do, not what it will (Rust's std imports
+    // WASI's socket interfaces whole).
     writeln!(out, "grants it may need:")?;
     let mut needs = Vec::new();
     if imports_fn("portcullis:socket/tcp@", "[static]connection.connect") {
@@ -82,11 +84,11 @@ pub fn inspect(path: &Path) -> Result<String> {
     // Standard sockets, WASI 0.3 (`types`) and 0.2 (`tcp`, `udp`).
     let wasi = |p3: &str, p2: (&str, &str)| imports_fn("wasi:sockets/types@", p3) || imports_fn(p2.0, p2.1);
     if wasi("[method]tcp-socket.connect", ("wasi:sockets/tcp@", "[method]tcp-socket.start-connect")) {
-        needs.push("  --allow-connect tcp://HOST:PORTS  (it opens TCP connections through wasi:sockets)");
+        needs.push("  --allow-connect tcp://HOST:PORTS  (it may open TCP connections through wasi:sockets)");
     }
     if wasi("[method]tcp-socket.listen", ("wasi:sockets/tcp@", "[method]tcp-socket.start-listen")) {
         needs.push(
-            "  --listen ADDR:PORT                (it listens through wasi:sockets: where --listen says, \
+            "  --listen ADDR:PORT                (it may listen through wasi:sockets: where --listen says, \
              told in PORTCULLIS_LISTEN; elsewhere with --allow-listen tcp://HOST:PORTS)",
         );
     }
@@ -94,7 +96,7 @@ pub fn inspect(path: &Path) -> Result<String> {
         needs.push("  --allow-udp udp://HOST:PORTS      (it may use UDP through wasi:sockets)");
     }
     if imports_fn("wasi:sockets/ip-name-lookup@", "resolve-addresses") {
-        needs.push("  a grant by name (tcp://NAME:PORTS) (it looks names up: only names a grant names resolve)");
+        needs.push("  a grant by name (tcp://NAME:PORTS) (it may look names up: only names a grant names resolve)");
     }
     if needs.is_empty() {
         needs.push("  none (it reaches no network by itself)");

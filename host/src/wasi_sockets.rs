@@ -60,6 +60,9 @@ pub struct WasiSockets {
     /// listen there (0: none yet): later instances are told it, so that a
     /// service keeps its address across restarts.
     first_ports: Mutex<Vec<u16>>,
+    /// Connections its listeners accepted, ever (a service that accepted
+    /// none before it ended was in no client's service: a crash loop).
+    accepted: std::sync::atomic::AtomicU64,
     admitted: Mutex<Vec<Admitted>>,
     udp_receives: Arc<tokio::sync::Semaphore>,
     denials: Arc<Coalesced>,
@@ -88,6 +91,7 @@ impl WasiSockets {
             policy,
             listen,
             first_ports,
+            accepted: Default::default(),
             admitted: Mutex::default(),
             udp_receives,
             denials,
@@ -123,7 +127,10 @@ impl WasiSockets {
                 }
                 (allowed, Use::TcpListen)
             }
-            SocketAddrUse::TcpAccept => (true, Use::TcpListen),
+            SocketAddrUse::TcpAccept => {
+                self.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (true, Use::TcpListen)
+            }
             SocketAddrUse::TcpConnect => (self.reaches(addr, Use::TcpConnect), Use::TcpConnect),
             SocketAddrUse::UdpBind => (self.reaches(addr, Use::UdpBind), Use::UdpBind),
             SocketAddrUse::UdpSend => (self.reaches(addr, Use::UdpSend), Use::UdpSend),
@@ -189,6 +196,11 @@ impl WasiSockets {
             .zip(first_ports.iter())
             .map(|(l, &port)| if port == 0 { *l } else { SocketAddr::new(l.ip(), port) })
             .collect()
+    }
+
+    /// Connections its listeners accepted so far, all instances together.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Granted by address, or admitted through a granted name.

@@ -25,19 +25,28 @@ use crate::sync::{self, Served, WakeGate};
 /// The connections an instance is driving, to close them all at a forced stop
 /// or after a trap.
 #[derive(Default)]
-pub(super) struct Live(Mutex<HashMap<u64, TcpConn>>);
+pub(super) struct Live {
+    conns: Mutex<HashMap<u64, TcpConn>>,
+    /// Connections the instance was handed, ever.
+    served: AtomicUsize,
+}
 
 impl Live {
     pub(super) fn insert(&self, conn: &TcpConn) {
-        self.0.lock().unwrap().insert(conn.id(), conn.clone());
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().unwrap().insert(conn.id(), conn.clone());
     }
     pub(super) fn remove(&self, conn: &TcpConn) {
-        self.0.lock().unwrap().remove(&conn.id());
+        self.conns.lock().unwrap().remove(&conn.id());
     }
     pub(super) fn close_all(&self) -> usize {
-        let conns: Vec<TcpConn> = self.0.lock().unwrap().drain().map(|(_, c)| c).collect();
+        let conns: Vec<TcpConn> = self.conns.lock().unwrap().drain().map(|(_, c)| c).collect();
         conns.iter().for_each(TcpConn::close);
         conns.len()
+    }
+    /// Whether the instance was handed any connection.
+    pub(super) fn served_any(&self) -> bool {
+        self.served.load(Ordering::Relaxed) > 0
     }
 }
 

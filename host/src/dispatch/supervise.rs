@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
 
 use anyhow::{Result, bail};
 use tokio::sync::mpsc;
@@ -45,10 +44,13 @@ pub async fn run_shared(
     let mut backoff = Backoff::default();
     loop {
         let born = Instant::now();
+        let accepted_before = loaded.wasi_accepted();
         let mut store =
             loaded.new_store(sink.clone(), active_listeners.clone(), admission.clone(), forced_stop.clone());
         // How the instance ended, the connections it took along, and the
         // error's line (for the log).
+        let mut started = true;
+        let mut served = false;
         let (end, closed, error) = match loaded.instantiate(&mut store).await {
             Ok((instance, callbacks)) => {
                 let main = if run_main { loaded.main(&mut store, &instance)? } else { None };
@@ -60,6 +62,7 @@ pub async fn run_shared(
                 };
                 let (ended, live) = serve_instance(&loaded, &mut store, sources, false, &shutdown).await;
                 let closed = live.close_all();
+                served = live.served_any() || loaded.wasi_accepted() > accepted_before;
                 match ended {
                     Ok(code) if shutdown.is_cancelled() || !wasi_service => return Ok(code),
                     Ok(code) => (format!("exited with status {code}"), closed, None),
@@ -83,25 +86,34 @@ pub async fn run_shared(
             }
             // A program that cannot start has failed; a service tries again.
             Err(e) if program => bail!("{}", guest_text::anyhow_line(&e)),
-            Err(e) => ("failed to start".to_string(), 0, Some(guest_text::anyhow_line(&e))),
+            Err(e) => {
+                started = false;
+                ("failed to start".to_string(), 0, Some(guest_text::anyhow_line(&e)))
+            }
         };
+        // Gone before the pause: its memory, and its sockets (a WASI
+        // service's listener: clients are refused, not accepted and reset).
+        drop(store);
         if shutdown.is_cancelled() {
             return Ok(0);
         }
-        let pause = backoff.next(born.elapsed());
+        let pause = backoff.next(born.elapsed(), served);
         // What happened first, in full; then a count line a second while it goes on.
         loaded.warnings.traps.warn(|| {
-            let connections = match wasi_service {
+            let connections = match (started, wasi_service) {
+                (false, _) => None,
                 // Its connections are the guest's own, gone with it.
-                true => "its connections closed with it".to_string(),
-                false => format!("closed its {closed} connection(s)"),
+                (true, true) => Some("its connections closed with it".to_string()),
+                (true, false) => Some(format!("closed its {closed} connection(s)")),
             };
             let quick = match backoff.quick_ends() {
-                1 => String::new(),
-                n => format!("; {n} quick ends in a row"),
+                0 | 1 => None,
+                n => Some(format!("{n} quick ends in a row")),
             };
+            let next = Some(format!("a fresh instance in {pause:?}"));
+            let notes: Vec<String> = [connections, quick, next].into_iter().flatten().collect();
             let error = error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-            format!("guest {end} ({connections}{quick}; a fresh instance in {pause:?}){error}")
+            format!("guest {end} ({}){error}", notes.join("; "))
         });
         run_main = wasi_service;
         tokio::select! {
@@ -144,6 +156,7 @@ pub async fn run_per_connection(
             _ = &mut stop => break,
             conn = conns.recv() => match conn {
                 Some(conn) => {
+                    let tried = Instant::now();
                     let made = match (spare.take(), refuse_until) {
                         (Some(spare), _) => Ok(spare),
                         (None, Some(until)) if Instant::now() < until => {
@@ -158,7 +171,7 @@ pub async fn run_per_connection(
                         }
                         Err(e) => {
                             if !pool_full(&e) && refuse_until.is_none_or(|t| Instant::now() >= t) {
-                                refuse_until = Some(Instant::now() + backoff.next(Duration::ZERO));
+                                refuse_until = Some(Instant::now() + backoff.next(tried.elapsed(), false));
                             }
                             // Typically the instance pool is exhausted: refuse this
                             // connection, keep serving the others.
@@ -180,15 +193,16 @@ pub async fn run_per_connection(
                 if let Some(until) = refuse_until {
                     tokio::time::sleep_until(until).await;
                 }
-                Spare::new(&loaded, admission.clone(), forced_stop.clone()).await
+                let tried = Instant::now();
+                (tried, Spare::new(&loaded, admission.clone(), forced_stop.clone()).await)
             }, if spare.is_none() && may_prepare => match made {
-                Ok(made) => {
+                (_, Ok(made)) => {
                     spare = Some(made);
                     refuse_until = None;
                 }
-                Err(e) => {
+                (tried, Err(e)) => {
                     if !pool_full(&e) {
-                        refuse_until = Some(Instant::now() + backoff.next(Duration::ZERO));
+                        refuse_until = Some(Instant::now() + backoff.next(tried.elapsed(), false));
                     }
                     may_prepare = false;
                 }

@@ -89,8 +89,10 @@ pub fn unmap(ip: IpAddr) -> IpAddr {
 /// - 6to4 `2002::/16`: bits 16..48;
 /// - Teredo `2001::/32`: the server (bits 32..64) and the client (the last 32
 ///   bits, inverted);
-/// - IPv4-mapped `::ffff:0:0/96` and IPv4-compatible `::/96` (not `::` or
-///   `::1`): the last 32 bits.
+/// - IPv4-mapped `::ffff:0:0/96`, SIIT's IPv4-translated `::ffff:0:0:0/96`
+///   and IPv4-compatible `::/96` (not `::` or `::1`): the last 32 bits;
+/// - of the local-use layouts, none that reads as `0.x.x.x` (one layout's
+///   zeros under another: no translator reaches "this network").
 ///
 /// ```
 /// use std::net::Ipv4Addr;
@@ -114,6 +116,8 @@ pub fn embedded_ipv4(ip: Ipv6Addr) -> impl Iterator<Item = Ipv4Addr> {
         [0x2002, ..] => [at([2, 3, 4, 5]), None, None, None],
         [0x2001, 0, ..] => [at([4, 5, 6, 7]), last.map(|client| !client), None, None],
         [0, 0, 0, 0, 0, 0xffff, _, _] => [last, None, None, None],
+        // IPv4-translated (SIIT, RFC 6145): `::ffff:0:a.b.c.d`.
+        [0, 0, 0, 0, 0xffff, 0, _, _] => [last, None, None, None],
         [0, 0, 0, 0, 0, 0, high, low] if high != 0 || low > 1 => [last, None, None, None],
         _ => [None; 4],
     };

@@ -17,9 +17,12 @@
 //!   `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo `2001::/32`,
 //!   IPv4-compatible `::a.b.c.d`) is judged as that IPv4 too, since a
 //!   translator on the way reaches it: it is blocked if any IPv4 it may stand
-//!   for is (`64:ff9b::a9fe:a9fe` is 169.254.169.254), and an IPv4 grant covers
-//!   it if it covers them all (the last 32 bits of a site-local address count
-//!   for blocking only). What is connected to is still the address given;
+//!   for is (`64:ff9b::a9fe:a9fe` is 169.254.169.254; the last 32 bits of a
+//!   site-local address count too). A grant covers only what it names: an
+//!   IPv4 grant does not cover IPv6 forms of its address, which leave by
+//!   another route to another network's translator (`tcp://127.0.0.1:80`
+//!   must not reach `[64:ff9b::7f00:1]` off the machine). What is connected
+//!   to is the address given;
 //! - an explicit IP/CIDR grant may open a blocked range on purpose; `*` does not.
 //!
 //! Each check names its [`Use`] (connect, listen, UDP bind, send, receive), the
@@ -205,16 +208,9 @@ impl Policy {
         blocked(ip) || embedded_ipv4(v6).chain(site_local_ipv4(v6)).any(|v4| blocked(IpAddr::V4(v4)))
     }
 
-    /// Covered by an IP grant: the address itself, or every IPv4 address it
-    /// may stand for (`udp://10.0.0.0/8:53` covers `[64:ff9b::a00:1]:53`).
+    /// Covered by an IP grant, as written: an IPv4 grant does not cover an
+    /// IPv6 form of its address (see the module's docs).
     fn ip_granted(&self, action: Action, addr: SocketAddr) -> bool {
-        let granted = |ip: IpAddr| self.ip_granted_exactly(action, SocketAddr::new(ip, addr.port()));
-        let IpAddr::V6(v6) = addr.ip() else { return granted(addr.ip()) };
-        let mut candidates = embedded_ipv4(v6).peekable();
-        granted(addr.ip()) || (candidates.peek().is_some() && candidates.all(|v4| granted(IpAddr::V4(v4))))
-    }
-
-    fn ip_granted_exactly(&self, action: Action, addr: SocketAddr) -> bool {
         self.ip_pools[index(action)].check_addr(&addr).is_ok()
     }
 
@@ -238,11 +234,9 @@ impl Policy {
         self.ip_granted(action, addr) || (self.any_granted(action, addr.port()) && !self.is_blocked(addr.ip()))
     }
 
-    /// May a local address be bound? (An IP grant or `*` for the port.) A
-    /// local address is not reached through a translator, so an IPv4 grant
-    /// does not cover an IPv6 form of it here.
+    /// May a local address be bound? (An IP grant or `*` for the port.)
     fn allows_bind(&self, action: Action, addr: SocketAddr) -> bool {
-        self.ip_granted_exactly(action, addr) || self.any_granted(action, addr.port())
+        self.ip_granted(action, addr) || self.any_granted(action, addr.port())
     }
 
     /// The address-only check: may `addr` be used for `use_`? For a peer

@@ -6,8 +6,8 @@
 //! threads without bound nor delay another service's look-ups, so each
 //! component has its own [`Resolver`]: at most [`MAX_LOOKUPS`] look-ups under
 //! way, each on a thread of its own (not tokio's blocking pool, which every
-//! service shares); more wait for a turn, within the same
-//! [`RESOLVE_TIMEOUT`].
+//! service shares); more wait for a turn, at most [`RESOLVE_TIMEOUT`], and
+//! then have their own [`RESOLVE_TIMEOUT`].
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-/// How long a name lookup may take before it counts as failed (waiting for
-/// a turn included).
+/// How long a name look-up may take before it counts as failed; and how
+/// long one waits for a turn before that.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most name look-ups one component has under way at once.
@@ -51,12 +51,12 @@ impl Resolver {
     }
 
     /// The addresses of `name` (a host name, not an IP literal), with `port`.
-    /// Fails with `TimedOut` after [`RESOLVE_TIMEOUT`] (a turn waited for
-    /// included), or with the resolver's error.
+    /// Fails with `TimedOut` when no turn came within [`RESOLVE_TIMEOUT`] or
+    /// the resolver did not answer within [`RESOLVE_TIMEOUT`] of its turn,
+    /// or with the resolver's error.
     pub async fn lookup(&self, name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         let timed_out = || io::Error::new(io::ErrorKind::TimedOut, format!("resolving host `{name}` timed out"));
-        let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
-        let turn = match tokio::time::timeout_at(deadline, self.turns.clone().acquire_owned()).await {
+        let turn = match tokio::time::timeout(RESOLVE_TIMEOUT, self.turns.clone().acquire_owned()).await {
             Ok(Ok(turn)) => turn,
             Ok(Err(_)) | Err(_) => return Err(timed_out()),
         };
@@ -66,7 +66,7 @@ impl Resolver {
             let _turn = turn;
             let _ = answer.send((wanted.as_str(), port).to_socket_addrs().map(|addrs| addrs.collect::<Vec<_>>()));
         })?;
-        match tokio::time::timeout_at(deadline, answered).await {
+        match tokio::time::timeout(RESOLVE_TIMEOUT, answered).await {
             Ok(Ok(Ok(addrs))) if !addrs.is_empty() => Ok(addrs),
             Ok(Ok(Ok(_))) => Err(io::Error::new(io::ErrorKind::NotFound, format!("host `{name}` has no address"))),
             Ok(Ok(Err(e))) => Err(io::Error::new(e.kind(), format!("cannot resolve host `{name}`: {e}"))),

@@ -172,15 +172,18 @@ fn cases() -> Vec<Case> {
         (&["tcp://*:*"], false, C, "64:ff9b:1::5db8:d822", 80, Allow(vec!["64:ff9b:1::5db8:d822"])),
         (&["tcp://*:*"], false, C, "64:ff9b:1::a9fe:a9fe", 80, Deny),
         (&["tcp://[64:ff9b:1::]/48:*"], false, C, "64:ff9b:1::5db8:d822", 80, Allow(vec!["64:ff9b:1::5db8:d822"])),
-        // An IPv4 grant covers the forms of the IPv4 it grants, and only those.
-        (&["udp://10.0.0.0/8:53"], false, U, "[64:ff9b::a00:1]", 53, Allow(vec!["64:ff9b::a00:1"])),
-        (&["udp://10.0.0.0/8:53"], true, U, "2002:a00:1::1", 53, Allow(vec!["2002:a00:1::1"])),
-        (&["udp://10.0.0.0/8:53"], false, U, "64:ff9b::a00:1", 54, Deny),
-        (&["udp://10.0.0.0/8:53"], false, U, "64:ff9b::b00:1", 53, Deny),
-        (&["tcp://10.0.0.0/8:53"], false, U, "64:ff9b::a00:1", 53, Deny),
-        (&["udp://10.0.0.0/8:53"], false, U, "2001:0:a00:1::a247:27dd", 53, Deny),
-        (&["udp://10.0.0.0/8:53"], false, U, "2001:0:a00:1::f5ff:fffe", 53, Allow(vec!["2001:0:a00:1::f5ff:fffe"])),
-        (&["udp://169.254.169.254:53"], false, U, "64:ff9b::a9fe:a9fe", 53, Allow(vec!["64:ff9b::a9fe:a9fe"])),
+        // A grant covers what it names: an IPv4 grant not the IPv6 forms of its
+        // address (they leave by another route); an IPv6 grant opens them.
+        (&["udp://10.0.0.0/8:53"], false, U, "[64:ff9b::a00:1]", 53, Deny),
+        (&["udp://10.0.0.0/8:53"], true, U, "2002:a00:1::1", 53, Deny),
+        (&["tcp://127.0.0.1:80"], false, C, "::7f00:1", 80, Deny),
+        (&["udp://10.0.0.0/8:53"], false, U, "2001:0:a00:1::f5ff:fffe", 53, Deny),
+        (&["udp://[64:ff9b::]/96:53"], false, U, "[64:ff9b::a00:1]", 53, Allow(vec!["64:ff9b::a00:1"])),
+        (&["udp://[64:ff9b::a9fe:a9fe]:53"], false, U, "64:ff9b::a9fe:a9fe", 53, Allow(vec!["64:ff9b::a9fe:a9fe"])),
+        (&["udp://169.254.169.254:53"], false, U, "64:ff9b::a9fe:a9fe", 53, Deny),
+        // SIIT's IPv4-translated form.
+        (&["tcp://*:*"], false, C, "::ffff:0:a9fe:a9fe", 80, Deny),
+        (&["tcp://*:*"], true, C, "::ffff:0:7f00:1", 80, Deny),
         // `::`, `::1` and ordinary IPv6 are what they were.
         (&["tcp://*:*"], false, C, "::", 80, Deny),
         (&["tcp://*:*"], false, C, "::1", 80, Allow(vec!["::1"])),
