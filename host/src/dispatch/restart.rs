@@ -67,7 +67,9 @@ impl Backoff {
         self.quick_ends = self.quick_ends.saturating_add(1);
         let doublings = (self.quick_ends - 1).min(16);
         let doubled = (FIRST_PAUSE * 2u32.pow(doublings)).min(MAX_PAUSE);
-        doubled.max((lived * LIFE_FACTOR).min(MAX_LIFE_PAUSE))
+        // In whole milliseconds: the log says it.
+        let life = Duration::from_millis((lived * LIFE_FACTOR).min(MAX_LIFE_PAUSE).as_millis() as u64);
+        doubled.max(life)
     }
 
     /// How many instances in a row ended quickly, serving nobody (the last
