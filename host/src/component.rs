@@ -281,6 +281,11 @@ impl ServiceComponent {
         self.wasi_sockets.as_ref().map_or(0, |s| s.accepted())
     }
 
+    /// Whether a WASI-backend component's instances have ever listened.
+    pub(crate) fn wasi_listened(&self) -> bool {
+        self.wasi_sockets.as_ref().is_some_and(|s| s.listened())
+    }
+
     pub fn has_main(&self) -> bool {
         self.main.is_some()
     }

@@ -63,6 +63,9 @@ pub struct WasiSockets {
     /// Connections its listeners accepted, ever (a service that accepted
     /// none before it ended was in no client's service: a crash loop).
     accepted: std::sync::atomic::AtomicU64,
+    /// Whether any instance has listened (a service that ends before it
+    /// ever did could not start: its exit status is the process's).
+    listened: std::sync::atomic::AtomicBool,
     admitted: Mutex<Vec<Admitted>>,
     udp_receives: Arc<tokio::sync::Semaphore>,
     denials: Arc<Coalesced>,
@@ -92,6 +95,7 @@ impl WasiSockets {
             listen,
             first_ports,
             accepted: Default::default(),
+            listened: Default::default(),
             admitted: Mutex::default(),
             udp_receives,
             denials,
@@ -123,6 +127,7 @@ impl WasiSockets {
             SocketAddrUse::TcpListen => {
                 let allowed = self.may_listen(addr);
                 if allowed {
+                    self.listened.store(true, std::sync::atomic::Ordering::Relaxed);
                     self.note_listen(addr);
                 }
                 (allowed, Use::TcpListen)
@@ -201,6 +206,11 @@ impl WasiSockets {
     /// Connections its listeners accepted so far, all instances together.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether any instance has listened yet.
+    pub fn listened(&self) -> bool {
+        self.listened.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Granted by address, or admitted through a granted name.

@@ -63,8 +63,12 @@ pub async fn run_shared(
                 let (ended, live) = serve_instance(&loaded, &mut store, sources, false, &shutdown).await;
                 let closed = live.close_all();
                 served = live.served_any() || loaded.wasi_accepted() > accepted_before;
+                // A WASI service that ends (returns or exits) before it ever
+                // listened could not start (`Address already in use`): its
+                // status is the process's, as a program's is.
+                let failed_start = wasi_service && !loaded.wasi_listened();
                 match ended {
-                    Ok(code) if shutdown.is_cancelled() || !wasi_service => return Ok(code),
+                    Ok(code) if shutdown.is_cancelled() || !wasi_service || failed_start => return Ok(code),
                     Ok(code) => (format!("exited with status {code}"), closed, None),
                     Err(trap) if trap.is::<Stopped>() => {
                         // Still waiting in a blocking WASI call when the stop's grace ran out.
@@ -72,7 +76,7 @@ pub async fn run_shared(
                         return Ok(0);
                     }
                     Err(trap) => match trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                        Some(exit) if program => return Ok(exit.0),
+                        Some(exit) if program || failed_start => return Ok(exit.0),
                         Some(exit) => (format!("exited with status {}", exit.0), closed, None),
                         None if program => {
                             // A program whose main trapped has failed; nothing to restart.
