@@ -343,7 +343,8 @@ impl ServiceComponent {
         };
         let env = match &self.wasi_sockets {
             // Told where its first instance listened, so a restart keeps the address.
-            Some(sockets) if self.serves_listen() => {
+            // (Only what `--listen` set: a PORTCULLIS_LISTEN of `--env` is the operator's.)
+            Some(sockets) if !sockets.listen_addresses().is_empty() => {
                 let listen: Vec<String> = sockets.listen_addresses().iter().map(|a| a.to_string()).collect();
                 let listen = listen.join(",");
                 self.env
