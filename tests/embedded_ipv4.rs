@@ -46,17 +46,12 @@ fn assert_denied(out: &std::process::Output, expected: &str) {
     assert!(stderr.contains(expected), "the denial is logged: {stderr}");
 }
 
-/// Only on the portcullis backend: the SDK's WASI backend binds an unbound
-/// UDP client on `0.0.0.0`, and wasmtime refuses an IPv6 target on an IPv4
-/// socket (`invalid-argument`) before it asks the policy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_sends_to_the_metadata_service_as_nat64_or_6to4_are_denied() {
+async fn udp_sends_to_the_metadata_service_as_nat64_or_6to4_are_denied(backend: Backend) {
     let grant = "udp://*:*";
     for target in TARGETS {
         assert_policy_refuses(Use::UdpSend, grant, target);
         let env = [("MODE", "echo"), ("TARGET", target)];
-        let out =
-            run_isolated(Backend::Portcullis, "udp-clients", &env, &["--allow-udp", grant, "--block-private"]).await;
+        let out = run_isolated(backend, "udp-clients", &env, &["--allow-udp", grant, "--block-private"]).await;
         assert_denied(&out, &format!("permission denied: send to udp://{target} is not granted"));
     }
 }
@@ -71,4 +66,7 @@ async fn tcp_connects_to_the_metadata_service_as_nat64_or_6to4_are_denied(backen
     }
 }
 
-on_both_backends!(tcp_connects_to_the_metadata_service_as_nat64_or_6to4_are_denied);
+on_both_backends!(
+    udp_sends_to_the_metadata_service_as_nat64_or_6to4_are_denied,
+    tcp_connects_to_the_metadata_service_as_nat64_or_6to4_are_denied
+);

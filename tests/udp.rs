@@ -36,6 +36,20 @@ async fn udp_mode(backend: Backend, mode: &str, target: SocketAddr) -> String {
     stdout_of(&out)
 }
 
+/// An unbound client reaches an IPv6 peer as well as an IPv4 one.
+async fn an_unbound_client_reaches_an_ipv6_peer(backend: Backend) {
+    let socket = UdpSocket::bind("[::1]:0").await.unwrap();
+    let echo = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    let text = udp_mode(backend, "echo", echo).await;
+    assert_eq!(text, format!("received: Hello Ballerina echo from port {}\n", echo.port()));
+}
+
 async fn udp_echo_returns_the_datagram(backend: Backend) {
     let echo = native_echo().await;
     let text = udp_mode(backend, "echo", echo).await;
@@ -186,6 +200,7 @@ on_both_backends!(
     datagrams_from_a_peer_nobody_granted_are_dropped_and_the_receive_waits_on,
     sends_outside_the_grants_are_refused_to_literals_and_names_alike,
     four_clients_ten_thousand_datagrams_through_udp_echo_lose_nothing,
+    an_unbound_client_reaches_an_ipv6_peer,
     ;
     // Also with the WASI programs on the `wasmtime` command line (no grants
     // there, nor a graceful stop: those scenarios are the ones above).

@@ -1,7 +1,7 @@
 //! UDP on `wasi:sockets/types@0.3.0`.
 
-use std::cell::RefCell;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,23 +24,40 @@ pub(crate) struct Socket {
     /// Shared with the sends and receives under way: `close` drops this
     /// handle and tells them (they end at once, failing).
     handle: RefCell<Option<Rc<UdpSocket>>>,
+    /// Bound by `bind(None)` (an ephemeral port on all interfaces) and not
+    /// used yet. wasi:sockets has no dual-stack socket, so such a socket is
+    /// made anew in the family of its first send's target: an unbound client
+    /// reaches IPv6 peers as on the native backend.
+    fresh: Cell<bool>,
     read_timeout: Duration,
     closed: Signal,
+}
+
+/// A UDP socket of `addr`'s family, bound to it.
+fn bound(addr: SocketAddr) -> Result<Rc<UdpSocket>, super::bindings::wasi::sockets::types::ErrorCode> {
+    let handle = UdpSocket::create(family(&addr))?;
+    handle.bind(to_wasi(addr))?;
+    Ok(Rc::new(handle))
 }
 
 impl Socket {
     /// Binds `local` (host, port; `None` host is all interfaces), or an
     /// ephemeral port on all interfaces.
     pub(crate) async fn bind(local: Option<(Option<String>, u16)>, read_timeout: Duration) -> Result<Socket, Error> {
+        let fresh = local.is_none();
         let (host, port) = local.unwrap_or((None, 0));
         let host = host.unwrap_or_else(|| "0.0.0.0".to_string());
         let asked = || format!("bind udp://{}:{port}", bracketed(&host));
         let ip = resolve(&host, "unable to bind the UDP socket: ", asked).await?.into_iter().next();
         let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port);
         let failed = |code| socket_error(code, "unable to bind the UDP socket: ", asked);
-        let handle = UdpSocket::create(family(&addr)).map_err(failed)?;
-        handle.bind(to_wasi(addr)).map_err(failed)?;
-        Ok(Socket { handle: RefCell::new(Some(Rc::new(handle))), read_timeout, closed: Signal::default() })
+        let handle = bound(addr).map_err(failed)?;
+        Ok(Socket {
+            handle: RefCell::new(Some(handle)),
+            fresh: Cell::new(fresh),
+            read_timeout,
+            closed: Signal::default(),
+        })
     }
 
     fn handle(&self) -> Result<Rc<UdpSocket>, Error> {
@@ -66,6 +83,14 @@ impl Socket {
             let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
             return Err(generic(format!("datagram too large: {} bytes (at most {max} over {family})", data.len())));
         }
+        if self.fresh.replace(false) && ip.is_ipv6() {
+            let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+            let handle = bound(any).map_err(|code| socket_error(code, "unable to send: ", asked))?;
+            let mut current = self.handle.borrow_mut();
+            if current.is_some() {
+                *current = Some(handle);
+            }
+        }
         let handle = self.handle()?;
         let sending = pin!(handle.send(data.to_vec(), Some(to_wasi(SocketAddr::new(ip, port)))));
         match race(sending, &self.closed, None).await {
@@ -81,6 +106,7 @@ impl Socket {
         if length == Some(0) {
             return Err(generic(INVALID_READ_LENGTH));
         }
+        self.fresh.set(false);
         let handle = self.handle()?;
         let outcome = race(pin!(handle.receive()), &self.closed, Some(self.read_timeout)).await;
         match outcome {
@@ -103,6 +129,7 @@ impl Socket {
     }
 
     pub(crate) fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.fresh.set(false);
         self.handle()?.get_local_address().map(from_wasi).map_err(|code| socket_error(code, "", String::new))
     }
 }
