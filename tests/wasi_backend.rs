@@ -149,11 +149,11 @@ async fn a_socket_flood_stops_at_max_sockets_and_the_host_holds() {
     assert!(service.running());
 }
 
-/// The README's command for another runtime, as written there: the echo
+/// The command for another runtime, as docs/wasi.md writes it: the echo
 /// example on `wasmtime run`, driven over loopback (a round trip, a large
 /// echo in parts, the end of stream closing it).
 #[tokio::test]
-async fn the_echo_example_runs_on_the_wasmtime_command_line_as_the_readme_says() {
+async fn the_echo_example_runs_on_the_wasmtime_command_line_as_the_docs_say() {
     let addr = free_port();
     let mut wasmtime = tokio::process::Command::new("wasmtime")
         .args(["run", "-S", "inherit-network", "--env", &format!("PORTCULLIS_LISTEN={addr}")])

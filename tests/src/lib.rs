@@ -59,7 +59,7 @@ impl Backend {
 }
 
 /// Runs each listed test, an `async fn(Backend)`, once per backend: as
-/// `portcullis_backend::NAME` and `wasi_backend::NAME` (the README's
+/// `portcullis_backend::NAME` and `wasi_backend::NAME` (docs/conformance.md's
 /// conformance table is made from those names). Those listed after
 /// `and_on_wasmtime:` run on both backends too, and also with the WASI
 /// guest on the `wasmtime` command line, as `on_wasmtime::NAME`.

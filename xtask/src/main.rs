@@ -15,8 +15,10 @@ const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick] |
          profile `guest`: release with LTO), and each again with the SDK's
          WASI backend (feature `wasi`) to target/wasi-backend/<name>.wasm
   demo   build, then serve the echo example on 127.0.0.1:61598
-  test   build, then run every test (unit, integration, SDK docs) and a
-         smoke run of the bench (every scenario completes; no speed asserted)
+  test [FILTER...]  build, then run every test (unit, integration, SDK docs)
+         and a smoke run of the bench (every scenario completes; no speed
+         asserted); a full run writes docs/conformance.md. FILTER is passed to
+         `cargo test` (e.g. `--test udp`, or a test name)
   bench  build, then measure portcullis against a native tokio baseline
          (--quick: a short smoke run, under 2 minutes)
   wasmtime  install the `wasmtime` command-line runtime (the version of the
@@ -96,9 +98,9 @@ const CONFORMANCE_FILES: &[&str] =
     &["tcp_conformance", "udp", "clients", "permissions", "concurrency", "robustness", "idle", "cli", "real_clients"];
 
 /// Writes the conformance table (scenario x backend, each cell from
-/// `outcomes`) to `target/conformance.md` and into README.md between its
-/// markers.
-fn write_conformance_table(outcomes: &HashMap<String, String>) -> Result<()> {
+/// `outcomes`) to `target/conformance.md` and, after a full run (`full`: no
+/// filter), into `docs/conformance.md` between its markers.
+fn write_conformance_table(outcomes: &HashMap<String, String>, full: bool) -> Result<()> {
     let mut table = String::from(
         "| file | scenario | portcullis backend | WASI backend | WASI backend on `wasmtime run` |\n|---|---|---|---|---|\n",
     );
@@ -129,14 +131,18 @@ fn write_conformance_table(outcomes: &HashMap<String, String>) -> Result<()> {
         }
     }
     std::fs::write(root().join("target/conformance.md"), &table)?;
-    let readme_path = root().join("README.md");
-    let readme = std::fs::read_to_string(&readme_path)?;
+    if !full {
+        eprintln!("xtask: a filtered run's table is in target/conformance.md (docs/ keeps the last full run's)");
+        return Ok(());
+    }
+    let page_path = root().join("docs/conformance.md");
+    let page = std::fs::read_to_string(&page_path)?;
     let (start, end) = (CONFORMANCE_START, CONFORMANCE_END);
-    if let (Some(a), Some(b)) = (readme.find(start), readme.find(end)) {
-        let updated = format!("{}{start}\n{table}{}", &readme[..a], &readme[b..]);
-        if updated != readme {
-            std::fs::write(&readme_path, updated)?;
-            eprintln!("xtask: README.md's conformance table updated from this run");
+    if let (Some(a), Some(b)) = (page.find(start), page.find(end)) {
+        let updated = format!("{}{start}\n{table}{}", &page[..a], &page[b..]);
+        if updated != page {
+            std::fs::write(&page_path, updated)?;
+            eprintln!("xtask: docs/conformance.md's table updated from this run");
         }
     }
     Ok(())
@@ -285,10 +291,10 @@ fn test(extra: &[String]) -> Result<()> {
     // compile guests with an optimised Cranelift.
     let outcome =
         run_recording(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra));
-    // The README's conformance table is this run's outcome, scenario x backend
-    // (also with failures, which it then shows).
+    // The conformance table is this run's outcome, scenario x backend (also
+    // with failures, which it then shows).
     if let Ok(results) = &outcome {
-        write_conformance_table(results)?;
+        write_conformance_table(results, extra.is_empty())?;
     }
     outcome?;
     // The bench's own helpers (its memory probe) and its argument parsing.
