@@ -355,3 +355,49 @@ fn max_connections_caps_what_a_guests_own_listener_accepts() {
 }
 
 on_both_backends!(a_program_declares_its_own_listener_and_ends_when_it_stops);
+
+/// `portcullis new` as a newcomer uses it, outside this repository: the
+/// crate it writes builds with one command into a component that serves.
+#[test]
+fn a_new_service_crate_builds_and_serves() {
+    let dir = scratch("new-service");
+    let out = Command::new(portcullis_bin()).args(["new", "my-echo"]).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let next = String::from_utf8_lossy(&out.stdout);
+    assert!(next.contains("cargo build --release"), "{next}");
+    let again = Command::new(portcullis_bin()).args(["new", "my-echo"]).current_dir(&dir).output().unwrap();
+    assert_fails_with(&again, "already exists");
+
+    // One build command, as the output says (its target folder shared between
+    // runs of this test, so that only the first compiles the SDK's dependencies).
+    let crate_dir = dir.join("my-echo");
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", root().join("target/scaffold-test"))
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let wasm = root().join("target/scaffold-test/wasm32-wasip2/release/my_echo.wasm");
+    assert!(wasm.exists(), "{} is missing", wasm.display());
+
+    let mut child = Command::new(portcullis_bin())
+        .args(["run", wasm.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("PORTCULLIS_CACHE_DIR", test_cache())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    let mut client = TcpStream::connect(&addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    client.write_all(b"mine").unwrap();
+    let mut answer = [0u8; 4];
+    client.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"mine");
+    let _ = child.kill();
+    let _ = child.wait();
+}

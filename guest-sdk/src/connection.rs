@@ -52,20 +52,28 @@ impl Connection {
         self.sys.read(None).await
     }
 
-    /// Reads exactly `n` bytes, gathering chunks as they come; fewer only at end
-    /// of stream. The read time-out restarts with every chunk. `n` of 0 is an
-    /// error (`requested byte length need to be 1 or more`). A read that fails
-    /// (`ReadTimedOut`, say) loses nothing: what it had gathered is what the
-    /// next read returns first, so a service may simply try again.
+    /// Reads exactly `n` bytes, gathering chunks as they come. The read
+    /// time-out restarts with every chunk. If the stream ends first, fails
+    /// with [`ErrorKind::UnexpectedEof`](crate::ErrorKind::UnexpectedEof) (as
+    /// std's `read_exact` does), and the bytes that did arrive are what the
+    /// next read returns. `n` of 0 is an error (`requested byte length need
+    /// to be 1 or more`). A read that fails otherwise (`ReadTimedOut`, say)
+    /// loses nothing either: a service may simply try again.
     ///
     /// ```no_run
     /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
-    /// let header = conn.read_exact(18).await?;
+    /// use portcullis_sdk::ErrorKind;
+    /// match conn.read_exact(18).await {
+    ///     Ok(header) => assert_eq!(header.len(), 18),
+    ///     Err(e) if e.kind() == ErrorKind::UnexpectedEof => conn.close()?, // the peer left
+    ///     Err(e) => return Err(e),
+    /// }
     /// # Ok(()) }
     /// ```
     pub async fn read_exact(&self, n: u32) -> Result<Vec<u8>, Error> {
         if n as usize <= sys::MAX_IO {
-            return self.sys.read(Some(n)).await;
+            let data = self.sys.read(Some(n)).await?;
+            return self.exactly(n, data);
         }
         // The backend moves at most MAX_IO bytes per read: gather the parts here,
         // in the guest's own memory, growing only as bytes come (a length a
@@ -89,24 +97,35 @@ impl Connection {
                 break;
             }
         }
-        Ok(out)
+        self.exactly(n, out)
+    }
+
+    /// `data` if it is the `n` bytes asked for; else (the stream ended) it
+    /// goes back for the next read, and the read fails.
+    fn exactly(&self, n: u32, data: Vec<u8>) -> Result<Vec<u8>, Error> {
+        if data.len() == n as usize {
+            return Ok(data);
+        }
+        let got = data.len();
+        if got > 0 {
+            self.sys.restore(data);
+        }
+        Err(Error::unexpected_eof(n, got))
     }
 
     /// Writes every byte of `data`, waiting while the peer is slow; fails rather
-    /// than writing part of it. Returns the number of bytes written, which is
-    /// always `data.len()` (Ballerina's `int`). Any size
-    /// works (the host takes 64 KiB per call; a larger write goes in parts,
-    /// and other writes of this guest to the connection wait for the last),
-    /// and concurrent `write_all`s to one connection never interleave.
+    /// than writing part of it (as std's `write_all`). Any size works (the
+    /// host takes 64 KiB per call; a larger write goes in parts, and other
+    /// writes of this guest to the connection wait for the last), and
+    /// concurrent `write_all`s to one connection never interleave.
     ///
     /// ```no_run
     /// # async fn f(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
     /// conn.write_all(b"Hello Client").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn write_all(&self, data: &[u8]) -> Result<usize, Error> {
-        self.sys.write_all(data).await?;
-        Ok(data.len())
+    pub async fn write_all(&self, data: &[u8]) -> Result<(), Error> {
+        self.sys.write_all(data).await
     }
 
     /// Closes the connection both ways. The host then calls `on_close`. Never

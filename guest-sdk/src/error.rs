@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// What kind of failure an [`Error`] is (Ballerina's `GenericError` and
-/// `ReadTimedOutError`, plus permission denials).
+/// `ReadTimedOutError`, plus permission denials and the end of a stream
+/// before [`Connection::read_exact`](crate::Connection::read_exact) had its
+/// bytes). More kinds may come: match with a `_` arm.
 ///
 /// ```
 /// use portcullis_sdk::{Error, ErrorKind};
@@ -12,6 +14,7 @@ use std::fmt;
 /// assert_eq!(err.kind(), ErrorKind::Generic);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Any socket failure that is not a time-out or a denial.
     Generic,
@@ -19,6 +22,9 @@ pub enum ErrorKind {
     ReadTimedOut,
     /// The operator did not grant the address the operation needed.
     PermissionDenied,
+    /// The peer ended the stream before `read_exact(n)` had `n` bytes (std's
+    /// `UnexpectedEof`); the bytes it had are what the next read returns.
+    UnexpectedEof,
 }
 
 /// A socket error: a kind, a message (Ballerina's wording where it has one) and
@@ -90,6 +96,15 @@ impl Error {
     /// ```
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::ReadTimedOut
+    }
+
+    /// The stream ended after `got` of the `wanted` bytes of a `read_exact`.
+    pub(crate) fn unexpected_eof(wanted: u32, got: usize) -> Self {
+        Error {
+            kind: ErrorKind::UnexpectedEof,
+            message: format!("the stream ended after {got} of {wanted} bytes"),
+            cause: None,
+        }
     }
 
     /// For a backend turning its own errors into this one.

@@ -4,7 +4,7 @@
 //! for an operator's mistake.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +37,19 @@ pub enum Command {
     Inspect {
         /// The component (.wasm) to look at.
         component: PathBuf,
+    },
+    /// Make a service crate of your own in a new folder NAME: `cargo build
+    /// --release` there makes the component `portcullis run` serves.
+    New {
+        /// The crate's name (and its folder's).
+        name: String,
+        /// A program (an `async fn main` with a client) instead of a service.
+        #[arg(long)]
+        program: bool,
+        /// The portcullis SDK to depend on (the `guest-sdk` folder of a
+        /// checkout); default: the one this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -187,6 +200,12 @@ pub fn main() -> i32 {
             print!("{report}");
             0
         }),
+        Command::New { name, program, sdk } => {
+            crate::scaffold::new_crate(&name, Path::new(&name), program, sdk.as_deref()).map(|next| {
+                print!("{next}");
+                0
+            })
+        }
     };
     let code = match result {
         Ok(code) => code,

@@ -4,8 +4,9 @@
 //! The map, top to bottom (arrows go down; the one exception is `bindings`,
 //! whose `with:` names `net`'s types; ARCHITECTURE.md draws them):
 //!
-//! - [`cli`]: `portcullis run | inspect`; [`config`]: flags or a manifest to a
-//!   [`config::ServiceSpec`]; [`inspect`]: what a component needs.
+//! - [`cli`]: `portcullis run | inspect | new`; [`config`]: flags or a manifest to a
+//!   [`config::ServiceSpec`]; [`inspect`]: what a component needs;
+//!   [`scaffold`]: a service crate of one's own.
 //! - [`server`]: bind the operator's listeners, accept, hand connections on;
 //!   [`server::Runtime`] owns the engine and the compile cache.
 //! - [`dispatch`]: one shared instance per service (or one per connection); a
@@ -47,6 +48,7 @@ pub mod inspect;
 pub mod limits;
 pub mod net;
 pub mod policy;
+pub mod scaffold;
 pub mod server;
 pub mod state;
 pub mod sync;

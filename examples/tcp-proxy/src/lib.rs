@@ -80,7 +80,7 @@ impl Service for Proxy {
                 let _ = peer.shutdown_write();
                 Ok(())
             }
-            Some(peer) => peer.write_all(&data).await.map(drop),
+            Some(peer) => peer.write_all(&data).await,
             // Only an upstream can be unpaired here: a client's on_read_ready
             // comes after its on_connect, which pairs it (or closes it).
             None => {

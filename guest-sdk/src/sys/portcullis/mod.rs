@@ -45,9 +45,10 @@ fn from_wit(e: types::Error) -> Error {
 /// The SDK's error as the generated one (a callback's error, for the host).
 fn to_wit(e: Error) -> types::Error {
     let kind = match e.kind() {
-        ErrorKind::Generic => types::ErrorKind::Generic,
         ErrorKind::ReadTimedOut => types::ErrorKind::ReadTimedOut,
         ErrorKind::PermissionDenied => types::ErrorKind::PermissionDenied,
+        // The WIT has no end-of-stream kind: the SDK's own (read_exact's).
+        _ => types::ErrorKind::Generic,
     };
     let (message, cause) = e.into_parts();
     types::Error { kind, message, cause }

@@ -130,7 +130,7 @@ impl Service for Hostile {
                 std::mem::forget(spill);
                 self.hoard.borrow_mut().push(own.into_bytes());
             }
-            _ => conn.write_all(&data).await.map(drop)?,
+            _ => conn.write_all(&data).await?,
         }
         Ok(())
     }

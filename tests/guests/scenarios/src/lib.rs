@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use portcullis_sdk::{Connection, Error, Service, export_service};
+use portcullis_sdk::{Connection, Error, ErrorKind, Service, export_service};
 
 #[derive(Default)]
 struct Scenarios {
@@ -65,7 +65,14 @@ impl Service for Scenarios {
             // 300 ms first (connections that become ready meanwhile are then
             // ready together).
             "blocking" => match conn.read_exact(18).await {
-                Ok(data) if data.is_empty() => conn.close()?,
+                // The peer ended the stream first: what it sent, then the end.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    let rest = conn.read().await?;
+                    if !rest.is_empty() {
+                        conn.write_all(&rest).await?;
+                    }
+                    conn.close()?;
+                }
                 Ok(data) => {
                     if data.starts_with(b"stall") {
                         let started = std::time::Instant::now();
@@ -91,7 +98,8 @@ impl Service for Scenarios {
                             conn.write_all(&data).await?;
                             break;
                         }
-                        Err(e) if e.kind() == portcullis_sdk::ErrorKind::ReadTimedOut => continue,
+                        Err(e) if e.kind() == ErrorKind::ReadTimedOut => continue,
+                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
                         Err(e) => return Err(e),
                     }
                 }
@@ -116,10 +124,11 @@ impl Service for Scenarios {
             // One byte per callback, echoed: the rest of each delivery goes back
             // to the host and must come again, in order, in the next calls.
             "byte-at-a-time" => {
-                let byte = conn.read_exact(1).await?;
-                if byte.is_empty() {
-                    return conn.close();
-                }
+                let byte = match conn.read_exact(1).await {
+                    Ok(byte) => byte,
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => return conn.close(),
+                    Err(e) => return Err(e),
+                };
                 conn.write_all(&byte).await?;
             }
             // Answers each message with the connection's two ends, as the guest sees them.
@@ -208,12 +217,17 @@ impl Service for Scenarios {
             // length: only its own memory limit stands between a client's
             // claim and the host.
             "length-prefixed" => {
-                let header = conn.read_exact(4).await?;
-                if header.len() < 4 {
-                    return conn.close();
-                }
+                let header = match conn.read_exact(4).await {
+                    Ok(header) => header,
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => return conn.close(),
+                    Err(e) => return Err(e),
+                };
                 let len = u32::from_be_bytes(header.try_into().unwrap());
-                let body = conn.read_exact(len).await?;
+                let body = match conn.read_exact(len).await {
+                    Ok(body) => body,
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => return conn.close(),
+                    Err(e) => return Err(e),
+                };
                 conn.write_all(format!("got {} bytes\n", body.len()).as_bytes()).await?;
             }
             // Streams 64 KiB chunks to the client until a write fails, then
@@ -226,7 +240,7 @@ impl Service for Scenarios {
                 let mut sent = 0usize;
                 let err = loop {
                     match conn.write_all(&chunk).await {
-                        Ok(n) => sent += n,
+                        Ok(()) => sent += chunk.len(),
                         Err(e) => break e,
                     }
                 };
