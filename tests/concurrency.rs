@@ -41,13 +41,13 @@ async fn a_connection_parked_in_read_n_does_not_delay_the_others(backend: Backen
     let service = TestService::scenario("blocking").on(backend).start();
     let mut parked = parked_in_read(&service).await;
 
+    // Each is served while the parked read still waits: it is released only
+    // after them (a connection held up behind it would get nothing within
+    // `round_trip`'s 5 s and fail; no speed is asserted).
     for i in 0..10 {
         let mut other = service.connect().await;
         let message = format!("other connection{i:>2}"); // 18 bytes
-        let started = Instant::now();
-        assert_eq!(round_trip(&mut other, message.as_bytes()).await, message.as_bytes());
-        let waited = started.elapsed();
-        assert!(waited < Duration::from_millis(100), "connection {i} waited {waited:?} behind the parked read");
+        assert_eq!(round_trip(&mut other, message.as_bytes()).await, message.as_bytes(), "connection {i}");
     }
 
     parked.write_all(b"BlockingRead").await.unwrap();
