@@ -11,7 +11,7 @@
 //!
 //! Since the instance's event loop cannot run meanwhile, the call itself
 //! watches for the stop: once a stop's grace period is over
-//! ([`HostState::forced_stop`]), it ends the instance with [`Stopped`].
+//! ([`BlockingHost::forced_stop`]), it ends the instance with [`Stopped`].
 //!
 //! The WASI implementation itself stays wasmtime-wasi's; this module only
 //! shadows the two entry points that block (`poll` and `pollable.block`).
@@ -24,8 +24,6 @@ use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::io::poll::{Host as _, HostPollable as _};
-
-use crate::state::HostState;
 
 /// The `wasi:io/poll` version that wasmtime-wasi links (guests' older 0.2
 /// imports resolve to it).
@@ -45,16 +43,25 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// What a store's data gives the blocking calls: WASI's own view, the stop's
+/// end of grace, and where a true wait is told (it restarts the CPU bound).
+pub trait BlockingHost: WasiView + 'static {
+    /// Cancelled when a stop's grace period is over.
+    fn forced_stop(&self) -> &CancellationToken;
+    /// The guest truly waited.
+    fn waited(&mut self);
+}
+
 /// Shadows `wasi:io/poll`'s blocking calls in `linker` (after
 /// `wasmtime_wasi::p2::add_to_linker_async`).
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: BlockingHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut poll = linker.instance(POLL_INTERFACE)?;
     poll.func_wrap_async(
         "[method]pollable.block",
-        |mut store: StoreContextMut<'_, HostState>, (pollable,): (Resource<DynPollable>,)| {
+        |mut store: StoreContextMut<'_, T>, (pollable,): (Resource<DynPollable>,)| {
             Box::new(async move {
-                let stop = store.data().forced_stop.clone();
+                let stop = store.data().forced_stop().clone();
                 let state = store.data_mut();
                 let (result, waited) = waiting(&stop, state.ctx().table.block(pollable)).await?;
                 if waited {
@@ -64,20 +71,17 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })
         },
     )?;
-    poll.func_wrap_async(
-        "poll",
-        |mut store: StoreContextMut<'_, HostState>, (pollables,): (Vec<Resource<DynPollable>>,)| {
-            Box::new(async move {
-                let stop = store.data().forced_stop.clone();
-                let state = store.data_mut();
-                let (ready, waited) = waiting(&stop, state.ctx().table.poll(pollables)).await?;
-                if waited {
-                    state.waited();
-                }
-                Ok((ready?,))
-            })
-        },
-    )?;
+    poll.func_wrap_async("poll", |mut store: StoreContextMut<'_, T>, (pollables,): (Vec<Resource<DynPollable>>,)| {
+        Box::new(async move {
+            let stop = store.data().forced_stop().clone();
+            let state = store.data_mut();
+            let (ready, waited) = waiting(&stop, state.ctx().table.poll(pollables)).await?;
+            if waited {
+                state.waited();
+            }
+            Ok((ready?,))
+        })
+    })?;
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -98,6 +98,26 @@ impl HostState {
     }
 }
 
+impl crate::blocking::BlockingHost for HostState {
+    fn forced_stop(&self) -> &CancellationToken {
+        &self.forced_stop
+    }
+
+    fn waited(&mut self) {
+        HostState::waited(self)
+    }
+}
+
+impl crate::wasi_sockets::WasiSocketsHost for HostState {
+    fn standard_sockets(&self) -> Option<&Arc<WasiSockets>> {
+        self.wasi_sockets.as_ref()
+    }
+
+    fn accept_failures(&self) -> &Arc<crate::coalesce::Coalesced> {
+        &self.net.admission.accept_failures
+    }
+}
+
 impl NetHost for HostState {
     fn net(&mut self) -> NetView<'_> {
         NetView { table: &mut self.table, net: &self.net, memory: self.limiter.account(), cpu: &mut self.cpu }

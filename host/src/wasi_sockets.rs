@@ -30,7 +30,6 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 
 use crate::coalesce::Coalesced;
 use crate::policy::{self, Action, Policy, Ports, Use};
-use crate::state::HostState;
 
 /// How long the addresses a granted name resolved to stay admitted.
 pub const NAME_ADMISSION: Duration = Duration::from_secs(60);
@@ -316,6 +315,17 @@ impl WasiSockets {
     }
 }
 
+/// What a store's data gives standard sockets: WASI's own view (its table
+/// and sockets), the component's policy of them, and where failed accepts
+/// are logged.
+pub trait WasiSocketsHost: wasmtime_wasi::WasiView + 'static {
+    /// The component's standard sockets under its policy; `None` for a
+    /// component without them (every look-up is refused).
+    fn standard_sockets(&self) -> Option<&Arc<WasiSockets>>;
+    /// The service's failed accepts, coalesced.
+    fn accept_failures(&self) -> &Arc<Coalesced>;
+}
+
 /// The `wasi:sockets/ip-name-lookup` version that wasmtime-wasi's p3 links.
 const NAME_LOOKUP_INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.3.0";
 
@@ -369,22 +379,22 @@ fn p2_error(code: ErrorCode) -> wasmtime_wasi::p2::bindings::sockets::network::E
 
 /// Shadows WASI 0.2's `ip-name-lookup` (wasmtime-wasi's own stays off): the
 /// same [`WasiSockets::resolve`] as 0.3, behind 0.2's stream of addresses.
-fn add_p2_lookup_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+fn add_p2_lookup_to_linker<T: WasiSocketsHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime::StoreContextMut;
     use wasmtime::component::{Resource, ResourceType};
     use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode as P2Error, IpAddress as P2Address};
     use wasmtime_wasi::p2::{DynPollable, Network};
     let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE_P2)?;
     lookup.resource("resolve-address-stream", ResourceType::host::<NameLookup>(), |mut store, rep| {
-        store.data_mut().table.delete(Resource::<NameLookup>::new_own(rep))?;
+        store.data_mut().ctx().table.delete(Resource::<NameLookup>::new_own(rep))?;
         Ok(())
     })?;
     lookup.func_wrap(
         "resolve-addresses",
-        |mut store: StoreContextMut<'_, HostState>, (network, name): (Resource<Network>, String)| {
+        |mut store: StoreContextMut<'_, T>, (network, name): (Resource<Network>, String)| {
             let state = store.data_mut();
-            state.table.get(&network)?;
-            let Some(sockets) = state.wasi_sockets.clone() else {
+            state.ctx().table.get(&network)?;
+            let Some(sockets) = state.standard_sockets().cloned() else {
                 return Ok((Err(P2Error::AccessDenied),));
             };
             let mut lookup = NameLookup(LookupState::Pending(Box::pin(async move { sockets.resolve(name).await })));
@@ -393,13 +403,14 @@ fn add_p2_lookup_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<(
             if let LookupState::Done(Err(code)) = &lookup.0 {
                 return Ok((Err(p2_error(code.clone())),));
             }
-            Ok((Ok(state.table.push(lookup)?),))
+            Ok((Ok(state.ctx().table.push(lookup)?),))
         },
     )?;
     lookup.func_wrap(
         "[method]resolve-address-stream.resolve-next-address",
-        |mut store: StoreContextMut<'_, HostState>, (this,): (Resource<NameLookup>,)| {
-            let lookup = store.data_mut().table.get_mut(&this)?;
+        |mut store: StoreContextMut<'_, T>, (this,): (Resource<NameLookup>,)| {
+            let state = store.data_mut();
+            let lookup = state.ctx().table.get_mut(&this)?;
             if !lookup.poll_done(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
                 return Ok((Err(P2Error::WouldBlock),));
             }
@@ -413,10 +424,10 @@ fn add_p2_lookup_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<(
     )?;
     lookup.func_wrap(
         "[method]resolve-address-stream.subscribe",
-        |mut store: StoreContextMut<'_, HostState>,
+        |mut store: StoreContextMut<'_, T>,
          (this,): (Resource<NameLookup>,)|
          -> wasmtime::Result<(Resource<DynPollable>,)> {
-            Ok((wasmtime_wasi::p2::subscribe(&mut store.data_mut().table, this)?,))
+            Ok((wasmtime_wasi::p2::subscribe(store.data_mut().ctx().table, this)?,))
         },
     )?;
     Ok(())
@@ -431,7 +442,7 @@ const TCP_INTERFACE_P2: &str = "wasi:sockets/tcp@0.2.12";
 /// [`ACCEPT_RETRY`](crate::net::listener::ACCEPT_RETRY), as the host's own
 /// listeners retry: the guest's accept loop, which tries again at once,
 /// then waits instead of spinning.
-fn add_p2_accept_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+fn add_p2_accept_to_linker<T: WasiSocketsHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime::StoreContextMut;
     use wasmtime::component::Resource;
     use wasmtime_wasi::p2::TcpSocket;
@@ -441,7 +452,7 @@ fn add_p2_accept_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<(
     let mut tcp = linker.instance(TCP_INTERFACE_P2)?;
     tcp.func_wrap_async(
         "[method]tcp-socket.accept",
-        |mut store: StoreContextMut<'_, HostState>, (this,): (Resource<TcpSocket>,)| {
+        |mut store: StoreContextMut<'_, T>, (this,): (Resource<TcpSocket>,)| {
             Box::new(async move {
                 let state = store.data_mut();
                 let error = match HostTcpSocket::accept(&mut state.sockets(), this) {
@@ -449,9 +460,8 @@ fn add_p2_accept_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<(
                     Err(e) => e.downcast()?,
                 };
                 if error == P2Error::NewSocketLimit {
-                    let admission = &state.net.admission;
-                    admission
-                        .accept_failures
+                    state
+                        .accept_failures()
                         .warn(|| "accept failed: out of file descriptors (wasi:sockets); retrying in 50ms".into());
                     tokio::time::sleep(crate::net::listener::ACCEPT_RETRY).await;
                 }
@@ -469,21 +479,21 @@ const TYPES_INTERFACE: &str = "wasi:sockets/types@0.3.0";
 /// `resolve-addresses` of WASI 0.3 and 0.2 with [`WasiSockets::resolve`] (an
 /// instance without standard sockets is refused every look-up) and
 /// `udp-socket.receive` with wasmtime-wasi's own under [`MAX_UDP_RECEIVES`].
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: WasiSocketsHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime_wasi::p3::bindings::sockets::types::{ErrorCode as SocketErrorCode, HostUdpSocketWithStore};
     use wasmtime_wasi::sockets::{UdpSocket, WasiSocketsView};
     linker.allow_shadowing(true);
     let mut types = linker.instance(TYPES_INTERFACE)?;
     types.func_wrap_concurrent(
         "[method]udp-socket.receive",
-        |acc: &Accessor<HostState>, (socket,): (wasmtime::component::Resource<UdpSocket>,)| {
+        |acc: &Accessor<T>, (socket,): (wasmtime::component::Resource<UdpSocket>,)| {
             Box::pin(async move {
-                let turns = acc.with(|mut access| access.get().wasi_sockets.as_ref().map(|s| s.udp_receives.clone()));
+                let turns = acc.with(|mut access| access.get().standard_sockets().map(|s| s.udp_receives.clone()));
                 let _turn = match &turns {
                     Some(turns) => Some(turns.acquire().await?),
                     None => None,
                 };
-                let sockets = acc.with_getter::<wasmtime_wasi::sockets::WasiSockets>(|state| state.sockets());
+                let sockets = acc.with_getter::<wasmtime_wasi::sockets::WasiSockets>(|state: &mut T| state.sockets());
                 let received: Result<(Vec<u8>, _), SocketErrorCode> =
                     match wasmtime_wasi::sockets::WasiSockets::receive(&sockets, socket).await {
                         Ok(received) => Ok(received),
@@ -494,9 +504,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE)?;
-    lookup.func_wrap_concurrent("resolve-addresses", |acc: &Accessor<HostState>, (name,): (String,)| {
+    lookup.func_wrap_concurrent("resolve-addresses", |acc: &Accessor<T>, (name,): (String,)| {
         Box::pin(async move {
-            let sockets = acc.with(|mut access| access.get().wasi_sockets.clone());
+            let sockets = acc.with(|mut access| access.get().standard_sockets().cloned());
             let resolved = match sockets {
                 Some(sockets) => sockets.resolve(name).await,
                 None => Err(ErrorCode::AccessDenied),
