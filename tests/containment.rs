@@ -6,23 +6,19 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{guest, portcullis_bin, root, test_cache};
+use portcullis_tests::{HostProcess, guest, portcullis_bin, test_cache};
 
 const MIB: u64 = 1 << 20;
 
 /// A `portcullis run --manifest` with the `hostile` guest and an echo
 /// neighbour, both on 127.0.0.1:0.
 struct Host {
-    child: Child,
-    /// The child's stdout, open but no longer read: a pipe that fills up.
-    _stdout: BufReader<std::process::ChildStdout>,
+    process: HostProcess,
     hostile: String,
     neighbour: String,
-    stderr_log: PathBuf,
 }
 
 /// Starts the pair: `hostile_keys` are extra manifest lines for the hostile
@@ -33,62 +29,42 @@ fn start(test: &str, hostile_keys: &str, args: &[&str]) -> Host {
 
 /// [`start`] with the hostile service built from guest crate `hostile_guest`.
 fn start_guest(hostile_guest: &str, test: &str, hostile_keys: &str, args: &[&str]) -> Host {
-    let dir = root().join("target/containment-scratch").join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("portcullis.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[service]]\nname = \"hostile\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n{hostile_keys}\n\n\
-             [[service]]\nname = \"neighbour\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n",
-            guest(hostile_guest),
-            guest("echo"),
-        ),
-    )
-    .unwrap();
-    let stderr_log = dir.join("stderr.log");
-    let mut child = Command::new(portcullis_bin())
-        .args(["run", "--manifest", manifest.to_str().unwrap()])
-        .args(args)
-        .env("PORTCULLIS_CACHE_DIR", test_cache())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_log).unwrap())
-        .spawn()
-        .expect("start portcullis");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let manifest = format!(
+        "[[service]]\nname = \"hostile\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n{hostile_keys}\n\n\
+         [[service]]\nname = \"neighbour\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n",
+        guest(hostile_guest),
+        guest("echo"),
+    );
+    // Its stdout stays open but is no longer read after this: a pipe that fills up.
+    let mut process = HostProcess::start_manifest(&format!("containment-{test}"), &manifest, args);
     let (mut hostile, mut neighbour) = (String::new(), String::new());
     for _ in 0..2 {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("a `listening on` line");
-        let line = line.trim_end();
+        let line = process.stdout_line();
         let (name, addr) = line.split_once(": listening on ").expect("NAME: listening on ADDR");
         match name {
             "hostile" => hostile = addr.to_string(),
             _ => neighbour = addr.to_string(),
         }
     }
-    Host { child, _stdout: stdout, hostile, neighbour, stderr_log }
+    Host { process, hostile, neighbour }
 }
 
 impl Host {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: the peak).
     fn memory(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        self.process.memory(field)
     }
 
     fn open_descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+        self.process.descriptors()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+        self.process.log()
     }
 
     /// The log once it has `needle` (log lines are written by a thread of
@@ -99,14 +75,7 @@ impl Host {
 
     /// The log once it has `needle` `times` times, or as it is after 3 s.
     fn log_with_times(&self, needle: &str, times: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let log = self.log();
-            if log.matches(needle).count() >= times || Instant::now() > deadline {
-                return log;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.log_with(needle, times, Duration::from_secs(3))
     }
 
     /// Connects to the hostile service and sends `message`.
@@ -131,23 +100,8 @@ impl Host {
 
     /// SIGTERM; returns the exit code, how long the stop took, and the log.
     fn terminate(mut self) -> (i32, Duration, String) {
-        let started = Instant::now();
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), started.elapsed(), self.log());
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "portcullis did not stop within 20 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (code, took) = self.process.terminate(Duration::from_secs(20));
+        (code, took, self.log())
     }
 }
 

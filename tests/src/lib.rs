@@ -602,6 +602,17 @@ impl HostProcess {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
     }
 
+    /// SIGTERM, then waits for the exit (at most `wait`, else the test
+    /// fails): the exit code and how long the stop took.
+    pub fn terminate(&mut self, wait: Duration) -> (i32, Duration) {
+        let started = std::time::Instant::now();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let code = self.exit_code_within(wait);
+        let code = code.unwrap_or_else(|| panic!("portcullis did not stop within {wait:?} of SIGTERM"));
+        (code, started.elapsed())
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
