@@ -352,8 +352,10 @@ fn stop_on_signal(shutdown: CancellationToken) -> Result<()> {
             if signals.next().is_none() {
                 return;
             }
-            shutdown.cancel();
+            // Logged before the stop begins: a stop that is over at once
+            // (nothing to finish) must not exit before its line is queued.
             tracing::info!("stopping: no new connections, letting callbacks finish");
+            shutdown.cancel();
             let deadline = std::thread::Builder::new().name("portcullis-stop-deadline".into()).spawn(|| {
                 // Less the moment `exit_now` gives the log.
                 std::thread::sleep(STOP_DEADLINE - Duration::from_millis(450));
