@@ -395,22 +395,10 @@ fn a_new_service_crate_builds_and_serves() {
     let wasm = root().join("target/scaffold-test/wasm32-wasip2/release/my_echo.wasm");
     assert!(wasm.exists(), "{} is missing", wasm.display());
 
-    let mut child = Command::new(portcullis_bin())
-        .args(["run", wasm.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .env("PORTCULLIS_CACHE_DIR", test_cache())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
-    let mut client = TcpStream::connect(&addr).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    client.write_all(b"mine").unwrap();
-    let mut answer = [0u8; 4];
-    client.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"mine");
-    let _ = child.kill();
-    let _ = child.wait();
+    let mut command = Command::new(portcullis_bin());
+    command.args(["run", wasm.to_str().unwrap(), "--listen", "127.0.0.1:0"]).env("PORTCULLIS_CACHE_DIR", test_cache());
+    let running = serve(command, &dir);
+    echo_once(&running.addr, b"mine");
+    let (code, log) = running.terminate();
+    assert_eq!(code, 0, "log: {log}");
 }

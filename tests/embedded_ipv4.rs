@@ -46,24 +46,27 @@ fn assert_denied(out: &std::process::Output, expected: &str) {
     assert!(stderr.contains(expected), "the denial is logged: {stderr}");
 }
 
-async fn udp_sends_to_the_metadata_service_as_nat64_or_6to4_are_denied(backend: Backend) {
-    let grant = "udp://*:*";
+/// `guest` in `MODE=echo` aims at each of [`TARGETS`] under `*` for `use_`
+/// with `--block-private`: the policy and the running host refuse each.
+async fn every_target_is_denied(backend: Backend, guest: &str, use_: Use) {
+    let (flag, grant, verb, scheme) = match use_ {
+        Use::UdpSend => ("--allow-udp", "udp://*:*", "send to", "udp"),
+        _ => ("--allow-connect", "tcp://*:*", "connect", "tcp"),
+    };
     for target in TARGETS {
-        assert_policy_refuses(Use::UdpSend, grant, target);
+        assert_policy_refuses(use_, grant, target);
         let env = [("MODE", "echo"), ("TARGET", target)];
-        let out = run_isolated(backend, "udp-clients", &env, &["--allow-udp", grant, "--block-private"]).await;
-        assert_denied(&out, &format!("permission denied: send to udp://{target} is not granted"));
+        let out = run_isolated(backend, guest, &env, &[flag, grant, "--block-private"]).await;
+        assert_denied(&out, &format!("permission denied: {verb} {scheme}://{target} is not granted"));
     }
 }
 
+async fn udp_sends_to_the_metadata_service_as_nat64_or_6to4_are_denied(backend: Backend) {
+    every_target_is_denied(backend, "udp-clients", Use::UdpSend).await;
+}
+
 async fn tcp_connects_to_the_metadata_service_as_nat64_or_6to4_are_denied(backend: Backend) {
-    let grant = "tcp://*:*";
-    for target in TARGETS {
-        assert_policy_refuses(Use::TcpConnect, grant, target);
-        let env = [("MODE", "echo"), ("TARGET", target)];
-        let out = run_isolated(backend, "clients", &env, &["--allow-connect", grant, "--block-private"]).await;
-        assert_denied(&out, &format!("permission denied: connect tcp://{target} is not granted"));
-    }
+    every_target_is_denied(backend, "clients", Use::TcpConnect).await;
 }
 
 on_both_backends!(

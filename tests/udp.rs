@@ -9,9 +9,14 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
 
-/// A native UDP echo peer; returns its address.
+/// A native UDP echo peer on 127.0.0.1; returns its address.
 async fn native_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    native_echo_at("127.0.0.1:0").await
+}
+
+/// A native UDP echo peer bound to `local`; returns its address.
+async fn native_echo_at(local: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(local).await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
@@ -38,14 +43,7 @@ async fn udp_mode(backend: Backend, mode: &str, target: SocketAddr) -> String {
 
 /// An unbound client reaches an IPv6 peer as well as an IPv4 one.
 async fn an_unbound_client_reaches_an_ipv6_peer(backend: Backend) {
-    let socket = UdpSocket::bind("[::1]:0").await.unwrap();
-    let echo = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
+    let echo = native_echo_at("[::1]:0").await;
     let text = udp_mode(backend, "echo", echo).await;
     assert_eq!(text, format!("received: Hello Ballerina echo from port {}\n", echo.port()));
 }

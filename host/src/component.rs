@@ -341,18 +341,18 @@ impl ServiceComponent {
             denials: self.warnings.denials.clone(),
             udp_refusals: self.warnings.udp_refusals.clone(),
         };
-        let env = match &self.wasi_sockets {
-            // Told where its first instance listened, so a restart keeps the address.
-            // (Only what `--listen` set: a PORTCULLIS_LISTEN of `--env` is the operator's.)
-            Some(sockets) if !sockets.listen_addresses().is_empty() => {
-                let listen: Vec<String> = sockets.listen_addresses().iter().map(|a| a.to_string()).collect();
-                let listen = listen.join(",");
+        // Told where its first instance listened, so a restart keeps the address.
+        // (Only what `--listen` set: a PORTCULLIS_LISTEN of `--env` is the operator's.)
+        let listen = self.wasi_sockets.as_ref().map(|s| s.listen_addresses()).unwrap_or_default();
+        let env = match listen.is_empty() {
+            false => {
+                let listen = listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
                 self.env
                     .iter()
                     .map(|(k, v)| (k.clone(), if k == LISTEN_VAR { listen.clone() } else { v.clone() }))
                     .collect()
             }
-            _ => self.env.clone(),
+            true => self.env.clone(),
         };
         let state = HostState::new(
             env,

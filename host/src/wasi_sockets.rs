@@ -449,6 +449,8 @@ fn add_p2_accept_to_linker<T: WasiSocketsHost>(linker: &mut Linker<T>) -> wasmti
     use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode as P2Error;
     use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
     use wasmtime_wasi::sockets::WasiSocketsView;
+
+    use crate::net::listener::ACCEPT_RETRY;
     let mut tcp = linker.instance(TCP_INTERFACE_P2)?;
     tcp.func_wrap_async(
         "[method]tcp-socket.accept",
@@ -460,10 +462,10 @@ fn add_p2_accept_to_linker<T: WasiSocketsHost>(linker: &mut Linker<T>) -> wasmti
                     Err(e) => e.downcast()?,
                 };
                 if error == P2Error::NewSocketLimit {
-                    state
-                        .accept_failures()
-                        .warn(|| "accept failed: out of file descriptors (wasi:sockets); retrying in 50ms".into());
-                    tokio::time::sleep(crate::net::listener::ACCEPT_RETRY).await;
+                    state.accept_failures().warn(|| {
+                        format!("accept failed: out of file descriptors (wasi:sockets); retrying in {ACCEPT_RETRY:?}")
+                    });
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                 }
                 Ok((Err(error),))
             })

@@ -74,9 +74,4 @@ impl Resolver {
             Err(_) => Err(timed_out()),
         }
     }
-
-    /// Look-ups under way now (threads held).
-    pub fn under_way(&self) -> usize {
-        MAX_LOOKUPS - self.turns.available_permits()
-    }
 }
