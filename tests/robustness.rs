@@ -102,6 +102,40 @@ async fn each_connection_of_a_batch_gets_its_own_cpu_bound() {
     assert!(!host.log().contains("guest trapped"), "{}", host.log());
 }
 
+/// Callbacks whose waits end together each get the whole bound when they
+/// run, and so does each callback that starts while another of the same
+/// instance is computing: but none of that frees a callback that computes
+/// without end. Here one connection spins while twenty others keep the
+/// shared instance busy with calls of their own: the spinner is still
+/// trapped by its 300 ms bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_callback_is_trapped_while_other_connections_keep_calling() {
+    let args = ["--listen", "127.0.0.1:0", "--env", "MODE=trap", "--callback-cpu-ms", "300"];
+    let mut host = HostProcess::start("spin-among-callers", "scenarios", &args, None);
+    let addr = host.listening_on();
+    let mut spinner = connect_when_listening(addr).await;
+    spinner.write_all(b"spin").await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let stop = stop.clone();
+        callers.spawn(async move {
+            while !stop.is_cancelled() {
+                if let Ok(mut caller) = tokio::net::TcpStream::connect(addr).await {
+                    let _ = caller.write_all(b"hello").await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), read_to_end(&mut spinner)).await;
+    stop.cancel();
+    while callers.join_next().await.is_some() {}
+    assert!(ended.is_ok(), "the spinning callback was never trapped\n{}", host.log());
+    let log = host.log_with("of CPU time without waiting", 1, Duration::from_secs(5));
+    assert!(log.contains("of CPU time without waiting"), "{log}");
+}
+
 /// 6,000 clients each sending 64 KiB at once to a default echo (one shared
 /// instance, 128 MiB): the host hands the instance only what its delivery
 /// budget allows at a time, so nothing traps and every client gets its bytes

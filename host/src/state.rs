@@ -46,11 +46,6 @@ pub struct HostState {
     limiter: InstanceLimiter,
     /// CPU time the guest has run since it last truly waited.
     pub cpu: CpuUse,
-    /// Host calls under way (see [`new_store`]'s call hook).
-    host_calls: u32,
-    /// Callbacks the dispatcher has called that have not entered the guest
-    /// yet: each restarts the CPU bound when it does (see [`new_store`]).
-    callbacks_to_start: u32,
     /// Cancelled when a stop's grace period is over: a guest still waiting
     /// in a blocking WASI call then ends (see `blocking`).
     pub forced_stop: CancellationToken,
@@ -75,8 +70,6 @@ impl HostState {
             wasi_sockets,
             limiter: InstanceLimiter::new(memory),
             cpu: CpuUse::new(limits.callback_cpu),
-            host_calls: 0,
-            callbacks_to_start: 0,
             forced_stop,
         }
     }
@@ -84,12 +77,6 @@ impl HostState {
     /// The guest truly waited, or a callback starts: its bound starts over.
     pub fn waited(&mut self) {
         self.cpu.restart();
-    }
-
-    /// The dispatcher calls a callback: when it enters the guest (calls
-    /// queue while the guest runs another), its bound starts over.
-    pub fn callback_called(&mut self) {
-        self.callbacks_to_start += 1;
     }
 
     /// The instance's memory account (linear memory and host buffers).
@@ -134,13 +121,10 @@ const TABLE_SLACK: usize = 64;
 
 /// A store for one instance, with its memory limit and CPU bound in force.
 ///
-/// With standard `wasi:sockets` the guest waits in wasmtime-wasi's calls,
-/// which know nothing of the CPU bound: there, a call hook counts every entry
-/// into the guest that is not inside a host call (an event for a task that
-/// waited, a new call) as the end of a true wait. With the portcullis
-/// interface the same hook restarts the bound when a callback the
-/// dispatcher called enters the guest (not other entries: a guest's own
-/// yield is no wait there).
+/// A call hook tells the CPU bound when the guest is entered and when it
+/// is inside a host call: an entry from the event loop (a callback starts, a
+/// task resumes) starts the bound over (see `limits::cpu`), for both the
+/// portcullis interface and standard `wasi:sockets`.
 pub fn new_store(engine: &Engine, mut state: HostState, limits: &Limits) -> Store<HostState> {
     let standard_sockets = state.wasi_sockets.is_some();
     if standard_sockets {
@@ -155,22 +139,12 @@ pub fn new_store(engine: &Engine, mut state: HostState, limits: &Limits) -> Stor
         store.set_max_component_handles(handles.max(1024));
     }
     store.call_hook(move |mut ctx, hook| {
-        let state = ctx.data_mut();
+        let cpu = &mut ctx.data_mut().cpu;
         match hook {
-            CallHook::CallingHost => state.host_calls += 1,
-            CallHook::ReturningFromHost => state.host_calls = state.host_calls.saturating_sub(1),
-            // A realloc or post-return inside a host call is no wait.
-            CallHook::CallingWasm if state.host_calls == 0 => {
-                if standard_sockets {
-                    state.waited();
-                } else if state.callbacks_to_start > 0 {
-                    // A callback starts now, not when it was called: calls
-                    // queued behind a busy guest do not share one bound.
-                    state.callbacks_to_start -= 1;
-                    state.waited();
-                }
-            }
-            _ => {}
+            CallHook::CallingHost => cpu.calling_host(),
+            CallHook::ReturningFromHost => cpu.returning_from_host(),
+            CallHook::CallingWasm => cpu.entering_guest(),
+            CallHook::ReturningFromWasm => {}
         }
         Ok(())
     });

@@ -63,14 +63,10 @@ impl EventLoop<'_> {
         let handle = acc.with(|mut a| a.get().table.push(Connection::new(conn.clone())))?;
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
-        // A callback starts with its whole CPU bound (when it enters the guest).
-        let start_callback = || acc.with(|mut a| a.get().callback_called());
         if !self.component.unwanted.on_connect.load(Ordering::Relaxed) {
-            start_callback();
             match callbacks.call_on_connect(acc, borrow()).await? {
                 Ok(answer) => Unwanted::note(&self.component.unwanted.on_connect, answer),
                 Err(err) => {
-                    start_callback();
                     callbacks.call_on_error(acc, borrow(), err).await?;
                 }
             }
@@ -129,7 +125,6 @@ impl EventLoop<'_> {
         }
         conn.close();
         if !self.component.unwanted.on_close.load(Ordering::Relaxed) {
-            start_callback();
             Unwanted::note(&self.component.unwanted.on_close, callbacks.call_on_close(acc, borrow()).await?);
         }
         acc.with(|mut a| a.get().table.delete(handle))?;

@@ -253,7 +253,6 @@ impl<'a> EventLoop<'a> {
             }
             if let Some(callbacks) = self.callbacks {
                 while let Some((batch, bytes)) = deliveries.next_batch() {
-                    acc.with(|mut a| a.get().callback_called());
                     batches.push(async move { (call_on_read_ready(acc, callbacks, batch).await, bytes) });
                 }
             }

@@ -13,6 +13,15 @@
 //! run on the guest's thread between two checks). What does not: a true wait
 //! (a callback's start, a host call or WASI call that suspended the guest),
 //! and time the guest gave its thread away at a tick (other services ran).
+//!
+//! One instance runs several callbacks at once, each an async task, and the
+//! host sees only entries into the guest, not which task enters. So the bound
+//! starts over whenever the guest is entered from the event loop
+//! ([`CpuUse::entering_guest`]: a callback starts, a task resumes after its
+//! wait, or after its own yield), which is whenever the guest gave its thread
+//! back; and inside a host call that held the guest until it completed
+//! ([`CpuUse::wait_ended`]). A wait that ends while another task runs
+//! restarts nothing: that task did not wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +39,8 @@ pub struct CpuUse {
     reading: Arc<Reading>,
     /// `--callback-cpu-ms`.
     pub limit: Duration,
+    /// Host calls under way (the guest is inside one while this is not 0).
+    host_calls: u32,
 }
 
 /// A reading of one thread's CPU clock; `NONE` in `cpu_nanos`: not taken
@@ -68,7 +79,37 @@ impl CpuUse {
     pub fn new(limit: Duration) -> Self {
         let reading = Arc::new(Reading::default());
         reading.forget();
-        CpuUse { used: Duration::ZERO, reading, limit }
+        CpuUse { used: Duration::ZERO, reading, limit, host_calls: 0 }
+    }
+
+    /// The guest calls into the host.
+    pub fn calling_host(&mut self) {
+        self.host_calls += 1;
+    }
+
+    /// A host call returns to the guest.
+    pub fn returning_from_host(&mut self) {
+        self.host_calls = self.host_calls.saturating_sub(1);
+    }
+
+    /// The host enters the guest. From the event loop (not inside a host
+    /// call, as a `realloc` is) the guest gave its thread back since it last
+    /// ran: the bound starts over.
+    pub fn entering_guest(&mut self) {
+        if self.host_calls == 0 {
+            self.restart();
+        }
+    }
+
+    /// A host call that suspended completed. If the guest is inside a host
+    /// call (one that held it until it completed) it goes on at once: the
+    /// bound starts over now. Otherwise the waiting task resumes at an entry
+    /// of its own ([`CpuUse::entering_guest`]), and whatever runs now did not
+    /// wait.
+    pub fn wait_ended(&mut self) {
+        if self.host_calls > 0 {
+            self.restart();
+        }
     }
 
     /// The guest truly waited, or a callback starts: the bound starts over.
@@ -176,6 +217,52 @@ mod tests {
         std::thread::sleep(Duration::from_millis(120));
         assert_eq!(cpu.at_epoch(), AtEpoch::Continue, "wall time is no CPU time");
         assert!(cpu.used() < Duration::from_millis(5));
+    }
+
+    /// Two tasks whose waits ended while neither ran (the failing case of
+    /// `each_connection_of_a_batch_gets_its_own_cpu_bound`): each gets its
+    /// whole bound when it enters.
+    #[test]
+    fn each_entry_from_the_event_loop_gets_the_whole_bound() {
+        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        cpu.wait_ended();
+        cpu.wait_ended();
+        for task in ["first", "second"] {
+            cpu.entering_guest();
+            cpu.at_epoch();
+            spin(Duration::from_millis(40));
+            assert_eq!(cpu.at_epoch(), AtEpoch::Yield, "the {task} task: 40 ms of its own 50");
+            cpu.reading.take_now();
+        }
+    }
+
+    #[test]
+    fn a_wait_ending_while_the_guest_runs_restarts_nothing() {
+        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        cpu.entering_guest();
+        cpu.at_epoch();
+        spin(Duration::from_millis(30));
+        assert_eq!(cpu.at_epoch(), AtEpoch::Yield);
+        cpu.reading.take_now();
+        // Another task's call completes while this one is given its tick.
+        cpu.wait_ended();
+        spin(Duration::from_millis(30));
+        assert_eq!(cpu.at_epoch(), AtEpoch::Exceeded, "30 + 30 ms: the other task's wait is not this one's");
+    }
+
+    #[test]
+    fn a_wait_inside_a_host_call_restarts_at_once() {
+        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        cpu.at_epoch();
+        spin(Duration::from_millis(40));
+        assert_eq!(cpu.at_epoch(), AtEpoch::Yield);
+        cpu.calling_host();
+        cpu.entering_guest(); // a realloc inside the call: the guest did not give its thread back
+        assert_eq!(cpu.used(), Duration::from_millis(40).max(cpu.used()), "nothing restarted by the realloc");
+        assert!(cpu.used() >= Duration::from_millis(40));
+        cpu.wait_ended();
+        cpu.returning_from_host();
+        assert_eq!(cpu.used(), Duration::ZERO);
     }
 
     #[test]

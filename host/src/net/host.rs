@@ -65,7 +65,7 @@ fn policy_of<T>(acc: &Accessor<T, Net>) -> std::sync::Arc<Policy> {
 }
 
 /// Awaits `work`; if it had to wait (the guest was suspended), the guest truly
-/// waited and its CPU bound starts over (see `state`). A call that completes
+/// waited and its CPU bound starts over (see `limits::cpu`). A call that completes
 /// at once resets nothing, so a loop of cheap calls is still bounded. The work
 /// runs outside tokio's cooperative budget: that budget makes a future that
 /// is ready say "pending" now and then (to let others run), which would count
@@ -81,7 +81,7 @@ async fn wait_in_host<T, F: Future>(acc: &Accessor<T, Net>, work: F) -> F::Outpu
     })
     .await;
     if suspended {
-        acc.with(|mut access| access.get().waited());
+        acc.with(|mut access| access.get().wait_ended());
     }
     out
 }
@@ -266,7 +266,7 @@ impl HostConnection for NetView<'_> {
             // The guest is done with one connection of an `on-read-ready-batch`:
             // the next one's work gets the bound a callback of its own would
             // (once per lent handle, so a batch of N gets at most N bounds).
-            self.waited();
+            self.next_of_batch();
         }
         Ok(())
     }

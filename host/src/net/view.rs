@@ -21,8 +21,16 @@ pub struct NetView<'a> {
 }
 
 impl NetView<'_> {
-    /// The guest truly waited in a host call: its CPU bound starts over.
-    pub fn waited(&mut self) {
+    /// A host call truly waited: the waiting task's CPU bound starts over
+    /// (now if the call held the guest, else when the task enters the guest
+    /// again; see `limits::cpu`).
+    pub fn wait_ended(&mut self) {
+        self.cpu.wait_ended();
+    }
+
+    /// The guest is done with one connection of a batch: the next one's work
+    /// gets a bound of its own, from now (the task runs on).
+    pub fn next_of_batch(&mut self) {
         self.cpu.restart();
     }
 }
