@@ -103,7 +103,7 @@ pub fn spawn(future: impl std::future::Future<Output = ()> + 'static) {
 
 /// Ballerina's read time-out, the default of clients, listeners and UDP
 /// sockets: 300 s.
-const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+const DEFAULT_READ_TIMEOUT: std::time::Duration = portcullis_protocol::environment::DEFAULT_TIMEOUT;
 
 /// The generated bindings, for the export macros and for tests that call the
 /// WIT directly. Not part of the API: use the types above.

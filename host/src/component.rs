@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Result, bail};
+use portcullis_protocol::environment::{self, ServiceEnv};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, TypedFunc};
@@ -125,41 +126,22 @@ impl Backend {
     }
 }
 
-/// The environment variable that tells a WASI-backend service where to
-/// listen (`--listen`, comma-separated).
-pub const LISTEN_VAR: &str = "PORTCULLIS_LISTEN";
-/// ... and the read time-out of the connections it accepts (`--read-timeout-ms`).
-pub const READ_TIMEOUT_VAR: &str = "PORTCULLIS_READ_TIMEOUT_MS";
-/// ... and the most it accepts at once (`--max-connections`; by default half
-/// of `--max-sockets`, so that each connection may hold one socket more).
-pub const MAX_CONNECTIONS_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS";
-/// ... `--max-connections-per-ip`, `--idle-timeout-ms`, `--write-timeout-ms`
-/// (0: never), which the SDK's WASI backend applies as the host does.
-pub const MAX_CONNECTIONS_PER_IP_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS_PER_IP";
-pub const IDLE_TIMEOUT_VAR: &str = "PORTCULLIS_IDLE_TIMEOUT_MS";
-pub const WRITE_TIMEOUT_VAR: &str = "PORTCULLIS_WRITE_TIMEOUT_MS";
-
 /// What a WASI-backend service is told through its environment (replacing
 /// any `--env` of the same name): where to listen, if `--listen` says, and
-/// the connection limits the host applies to its own connections.
+/// the connection limits the host applies to its own connections
+/// (`--max-connections` by default half of `--max-sockets`, so that each
+/// connection may hold one socket more).
 fn wasi_env(spec: &ServiceSpec) -> Vec<(&'static str, String)> {
     let limits = &spec.limits;
-    let max = limits.max_connections.map_or(limits.max_sockets as usize / 2, |n| n.get());
-    let ms = |t: Option<std::time::Duration>| t.map_or(0, |t| t.as_millis().max(1)).to_string();
-    let mut told = vec![
-        (MAX_CONNECTIONS_VAR, max.to_string()),
-        (IDLE_TIMEOUT_VAR, ms(limits.idle_timeout)),
-        (WRITE_TIMEOUT_VAR, ms(limits.write_timeout)),
-    ];
-    if let Some(per_ip) = limits.max_connections_per_ip {
-        told.push((MAX_CONNECTIONS_PER_IP_VAR, per_ip.to_string()));
+    ServiceEnv {
+        listen: spec.listen.clone(),
+        read_timeout: limits.read_timeout,
+        max_connections: Some(limits.max_connections.map_or(limits.max_sockets as u64 / 2, |n| n.get() as u64)),
+        max_connections_per_ip: limits.max_connections_per_ip.map(|n| n.get() as u64),
+        idle_timeout: limits.idle_timeout,
+        write_timeout: limits.write_timeout,
     }
-    if !spec.listen.is_empty() {
-        let listen: Vec<String> = spec.listen.iter().map(|a| a.to_string()).collect();
-        told.push((LISTEN_VAR, listen.join(",")));
-        told.push((READ_TIMEOUT_VAR, limits.read_timeout.as_millis().to_string()));
-    }
-    told
+    .to_vars()
 }
 
 /// Every capability a component may import, each through its own
@@ -272,7 +254,7 @@ impl ServiceComponent {
 
     /// A WASI-backend component told where to listen (`--listen`): a service.
     pub fn serves_listen(&self) -> bool {
-        self.env.iter().any(|(k, _)| k == LISTEN_VAR)
+        self.env.iter().any(|(k, _)| k == environment::LISTEN)
     }
 
     /// Connections a WASI-backend component's own listeners accepted so far
@@ -349,7 +331,7 @@ impl ServiceComponent {
                 let listen = listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
                 self.env
                     .iter()
-                    .map(|(k, v)| (k.clone(), if k == LISTEN_VAR { listen.clone() } else { v.clone() }))
+                    .map(|(k, v)| (k.clone(), if k == environment::LISTEN { listen.clone() } else { v.clone() }))
                     .collect()
             }
             true => self.env.clone(),

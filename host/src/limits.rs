@@ -38,11 +38,11 @@ pub const DEFAULT_MAX_SOCKETS: u32 = 1024;
 /// Default [`Limits::callback_cpu`]: 2 s.
 pub const DEFAULT_CALLBACK_CPU: Duration = Duration::from_secs(2);
 /// Ballerina's default read time-out: 300000 ms.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(300_000);
+pub const DEFAULT_READ_TIMEOUT: Duration = portcullis_protocol::environment::DEFAULT_TIMEOUT;
 /// Default [`Limits::idle_timeout`]: 300 s.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(300_000);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = portcullis_protocol::environment::DEFAULT_TIMEOUT;
 /// Default [`Limits::write_timeout`]: 300 s.
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(300_000);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = portcullis_protocol::environment::DEFAULT_TIMEOUT;
 
 /// The most bytes one `read(n)` or one `write` moves through the host: a
 /// larger `read` length or `write` list fails with a `generic` error (the

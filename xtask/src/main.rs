@@ -298,7 +298,7 @@ fn test(extra: &[String]) -> Result<()> {
     // Release: the tests share the optimised host build with demo and bench, and
     // compile guests with an optimised Cranelift.
     let outcome =
-        run_recording(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-tests"]).args(extra));
+        run_recording(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-protocol", "-p", "portcullis-tests"]).args(extra));
     // The conformance table is this run's outcome, scenario x backend (also
     // with failures, which it then shows).
     if let Ok(results) = &outcome {

@@ -13,7 +13,7 @@ use wasmtime::component::{Accessor, Resource};
 use super::event_loop::{EventLoop, Ready};
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
 use crate::component::Unwanted;
-use crate::net::tcp::{EndSeen, ReadMark, Readiness};
+use crate::net::tcp::{EndSeen, Mark, Readiness};
 use crate::net::{Connection, TcpConn};
 use crate::state::HostState;
 use crate::sync::{self, Served};
@@ -72,7 +72,7 @@ impl EventLoop<'_> {
             }
         }
         let served = Arc::new(Served::default());
-        let mut seen = ReadMark::default();
+        let mut seen = Mark::default();
         // One wait for the stop per connection, not one per message: each new
         // one registers with the token (a mutex) and unregisters when dropped;
         // and behind a gate, since each poll of it takes two mutexes.
@@ -91,7 +91,7 @@ impl EventLoop<'_> {
                 }
             };
             match readiness {
-                Readiness::Ready(now) => seen = now,
+                Readiness::Deliver(now) => seen = now,
                 Readiness::Closed => break,
             }
             // Queue for the next `on-read-ready` and wait until the guest is done

@@ -8,7 +8,7 @@
 //! only for the idle time-out.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -163,21 +163,8 @@ impl Drop for AddressSlot {
     }
 }
 
-/// What counts as one client address: an IPv4 address (also when it came
-/// spelt as IPv4-mapped IPv6, `::ffff:a.b.c.d`), or an IPv6 /64 (one host's
-/// usual share: a client could otherwise take a fresh address per connection).
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+/// What counts as one client address (shared with the SDK's WASI backend).
+pub use portcullis_protocol::address_key;
 
 #[cfg(test)]
 mod tests {

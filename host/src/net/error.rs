@@ -26,19 +26,11 @@ pub struct SocketError {
     pub cause: Option<String>,
 }
 
-/// Message of a write after `close` or `shutdown-write` (Ballerina's wording).
-pub const WRITE_AFTER_CLOSE: &str = "client socket close already.";
-/// Message of a `write` that sent nothing for the write time-out (the
-/// connection is closed with it).
-pub const WRITE_TIMED_OUT: &str = "write timed out";
-/// Message of a read that timed out (Ballerina's wording).
-pub const READ_TIMED_OUT: &str = "read timed out";
-/// Message of a read with a length of 0 (Ballerina's wording).
-pub const INVALID_READ_LENGTH: &str = "requested byte length need to be 1 or more";
-/// Prefix of a failed connect (Ballerina's wording).
-pub const CONNECT_FAILED: &str = "unable to start the client socket: ";
-/// Prefix of a failed listener start (Ballerina's wording).
-pub const LISTEN_FAILED: &str = "unable to start the socket service: ";
+// Ballerina's wording, shared with the SDK's WASI backend.
+pub use portcullis_protocol::messages::{
+    CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, READ_TIMED_OUT, SOCKET_CLOSED, WRITE_AFTER_CLOSE,
+    WRITE_TIMED_OUT,
+};
 
 impl SocketError {
     pub fn generic(message: impl Into<String>) -> Self {

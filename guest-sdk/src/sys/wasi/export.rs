@@ -6,11 +6,12 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Duration;
 
-use super::tcp::{self, Conn, Next};
+use portcullis_protocol::delivery::{Mark, Readiness};
+use portcullis_protocol::environment::ServiceEnv;
+
+use super::tcp::{self, Conn};
 use super::{Live, generic};
 use crate::error::Error;
 use crate::service;
@@ -18,28 +19,7 @@ use crate::{Connection, Service};
 
 pub use crate::program::report;
 
-/// The environment variable that says where a WASI-backend service listens:
-/// `ADDR:PORT[,ADDR:PORT...]` (`portcullis run --listen` sets it).
-pub const LISTEN_VAR: &str = "PORTCULLIS_LISTEN";
-
-/// The read time-out of accepted connections, in milliseconds (default
-/// 300,000; `portcullis run --read-timeout-ms` sets it).
-pub const READ_TIMEOUT_VAR: &str = "PORTCULLIS_READ_TIMEOUT_MS";
-
-/// The most accepted connections open at once (`portcullis run
-/// --max-connections` sets it; default: no cap).
-pub const MAX_CONNECTIONS_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS";
-/// The most from one client address, an IPv4 address or an IPv6 /64
-/// (`--max-connections-per-ip`; default: no cap).
-pub const MAX_CONNECTIONS_PER_IP_VAR: &str = "PORTCULLIS_MAX_CONNECTIONS_PER_IP";
-/// Close an accepted connection idle this long, in ms; 0: never
-/// (`--idle-timeout-ms`; default 300000).
-pub const IDLE_TIMEOUT_VAR: &str = "PORTCULLIS_IDLE_TIMEOUT_MS";
-/// Fail a write that sent nothing for this long, in ms; 0: never
-/// (`--write-timeout-ms`; default 300000).
-pub const WRITE_TIMEOUT_VAR: &str = "PORTCULLIS_WRITE_TIMEOUT_MS";
-
-/// A service's `run`: listens where [`LISTEN_VAR`] says and serves until
+/// A service's `run`: listens where `PORTCULLIS_LISTEN` says and serves until
 /// every listener has ended (the runtime stops it sooner).
 pub async fn serve<S: Service>() -> Result<(), ()> {
     report(listen_and_serve::<S>().await)
@@ -47,70 +27,31 @@ pub async fn serve<S: Service>() -> Result<(), ()> {
 
 async fn listen_and_serve<S: Service>() -> Result<(), Error> {
     tcp::set_callbacks(dispatch::<S>);
-    let addrs = listen_addresses(std::env::var(LISTEN_VAR).ok().as_deref())?;
-    let read_timeout = match std::env::var(READ_TIMEOUT_VAR) {
-        Ok(ms) => Duration::from_millis(
-            ms.trim()
-                .parse::<u64>()
-                .map_err(|_| generic(format!("{READ_TIMEOUT_VAR}: `{ms}` is not a number of milliseconds")))?,
-        ),
-        Err(_) => crate::DEFAULT_READ_TIMEOUT,
-    };
-    apply_limits()?;
-    for addr in addrs {
-        let local = tcp::listen_at(addr, read_timeout)?;
+    let told = apply_limits()?;
+    if told.listen.is_empty() {
+        return Err(generic(ServiceEnv::no_listen_error()));
+    }
+    for addr in told.listen {
+        let local = tcp::listen_at(addr, told.read_timeout)?;
         crate::program::print_stdout(&format!("listening on {local}"));
     }
     Live::all_ended().await;
     Ok(())
 }
 
-/// The connection limits the runtime sets (portcullis from its flags): any
-/// not set keeps [`tcp::Limits::DEFAULT`].
-fn apply_limits() -> Result<(), Error> {
-    let number = |var: &str| -> Result<Option<u64>, Error> {
-        match std::env::var(var) {
-            Ok(text) => text
-                .trim()
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| generic(format!("{var}: `{text}` is not a whole number"))),
-            Err(_) => Ok(None),
-        }
-    };
-    let timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-    let mut limits = tcp::Limits::DEFAULT;
-    if let Some(n) = number(MAX_CONNECTIONS_VAR)? {
-        limits.max_accepted = (n as usize).max(1);
-    }
-    if let Some(n) = number(MAX_CONNECTIONS_PER_IP_VAR)? {
-        limits.per_ip = (n as usize).max(1);
-    }
-    if let Some(ms) = number(IDLE_TIMEOUT_VAR)? {
-        limits.idle = timeout(ms);
-    }
-    if let Some(ms) = number(WRITE_TIMEOUT_VAR)? {
-        limits.write = timeout(ms);
-    }
-    tcp::set_limits(limits);
-    Ok(())
-}
-
-/// `PORTCULLIS_LISTEN`'s addresses.
-fn listen_addresses(value: Option<&str>) -> Result<Vec<SocketAddr>, Error> {
-    let value = value.map(str::trim).filter(|v| !v.is_empty()).ok_or_else(|| {
-        generic(format!(
-            "{LISTEN_VAR} is not set: set it to ADDR:PORT[,ADDR:PORT...] (portcullis run --listen sets it)"
-        ))
-    })?;
-    value
-        .split(',')
-        .map(|part| {
-            part.trim().parse::<SocketAddr>().map_err(|_| {
-                generic(format!("{LISTEN_VAR}: `{}` is not ADDR:PORT (e.g. 127.0.0.1:7000 or [::1]:7000)", part.trim()))
-            })
-        })
-        .collect()
+/// What the runtime told (`PORTCULLIS_*`; portcullis sets them from its
+/// flags), with the connection limits in force: any not set keeps its
+/// default ([`ServiceEnv::default`]).
+fn apply_limits() -> Result<ServiceEnv, Error> {
+    let told = ServiceEnv::from_vars(|var| std::env::var(var).ok()).map_err(generic)?;
+    let cap = |n: Option<u64>| n.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    tcp::set_limits(tcp::Limits {
+        max_accepted: cap(told.max_connections),
+        per_ip: cap(told.max_connections_per_ip),
+        idle: told.idle_timeout,
+        write: told.write_timeout,
+    });
+    Ok(told)
 }
 
 /// A program's `run`: `main`, then its callback connections and listeners
@@ -123,7 +64,7 @@ pub async fn run_program<E: Display>(
         tcp::set_callbacks(serve);
     }
     let result = match apply_limits() {
-        Ok(()) => main.await,
+        Ok(_) => main.await,
         Err(e) => return report(Err(e)),
     };
     Live::all_ended().await;
@@ -151,13 +92,12 @@ async fn serve_connection<S: Service>(conn: Conn) {
     if let Err(err) = service::connected::<S>(&handle).await {
         service::failed::<S>(&handle, err).await;
     }
-    let mut seen = Default::default();
+    let mut seen = Mark::default();
     loop {
         match conn.next_delivery(seen).await {
-            Next::Deliver => {}
-            Next::End => break,
+            Readiness::Deliver(now) => seen = now,
+            Readiness::Closed => break,
         }
-        seen = conn.seen();
         super::take_turns().await;
         service::read_ready::<S>(&handle).await;
         if conn.failed() || conn.is_closed() {

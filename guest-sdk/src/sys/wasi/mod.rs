@@ -41,14 +41,11 @@ use crate::error::{Error, ErrorKind};
 /// The most bytes one read returns (and the read-ahead per connection).
 pub(crate) const MAX_IO: usize = 64 * 1024;
 
-/// Ballerina's wording of the errors, as the native backend's host words them.
-pub(crate) const WRITE_AFTER_CLOSE: &str = "client socket close already.";
-pub(crate) const READ_TIMED_OUT: &str = "read timed out";
-pub(crate) const WRITE_TIMED_OUT: &str = "write timed out";
-pub(crate) const INVALID_READ_LENGTH: &str = "requested byte length need to be 1 or more";
-pub(crate) const SOCKET_CLOSED: &str = "socket is closed";
-pub(crate) const CONNECT_FAILED: &str = "unable to start the client socket: ";
-pub(crate) const LISTEN_FAILED: &str = "unable to start the socket service: ";
+/// Ballerina's wording of the errors, as the host words them.
+pub(crate) use portcullis_protocol::messages::{
+    CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, READ_TIMED_OUT, SOCKET_CLOSED, WRITE_AFTER_CLOSE,
+    WRITE_TIMED_OUT,
+};
 
 fn generic(message: impl Into<String>) -> Error {
     Error::from_parts(ErrorKind::Generic, message.into(), None)

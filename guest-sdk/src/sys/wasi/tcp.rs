@@ -1,6 +1,7 @@
 //! TCP on `wasi:sockets/types@0.3.0`: a connection's read-ahead and reads,
 //! its writes and shutdowns, client connects and listeners, and the delivery
-//! rules a connection's dispatch follows ([`Conn::next_delivery`]).
+//! rules a connection's dispatch follows ([`Conn::next_delivery`], by
+//! `portcullis_protocol::delivery`, as the host's does).
 //!
 //! A connection is shared by its handles (`Rc`): the dispatch, the service's
 //! `&Connection` and any clones. Its receive stream is read by one task at a
@@ -19,6 +20,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::lock::Mutex;
+use portcullis_protocol::address_key;
+use portcullis_protocol::delivery::{self, Mark, Next, Readiness, Stream};
 use wit_bindgen::{FutureReader, StreamReader, StreamResult, StreamWriter};
 
 use super::bindings::wasi::sockets::types::{ErrorCode, TcpSocket};
@@ -83,20 +86,6 @@ struct Accepted {
     per_ip: RefCell<Vec<(IpAddr, usize)>>,
     /// Woken as an accepted connection closes.
     closed: Waiters,
-}
-
-/// The per-address key: an IPv4 address, or an IPv6 address's /64.
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
-    }
 }
 
 /// An accepted connection's place under the caps, given back as it closes.
@@ -226,32 +215,28 @@ struct Inbox {
     /// The stream broke: reads report this (after the bytes before it).
     failed: Option<Error>,
     read_shut: bool,
-    /// Times bytes (or the end, or a failure) arrived.
-    arrived: u64,
-    /// Times a read took bytes (or the end).
-    taken: u64,
+    /// Times bytes (or the end, or a failure) arrived, and times a read took
+    /// bytes (or the end): what the delivery rule compares.
+    mark: Mark,
 }
 
 impl Inbox {
-    /// Something a read would return at once.
-    fn pending(&self) -> bool {
-        self.unread.len() > 0 || (self.unread.end && !self.unread.end_read) || self.failed.is_some()
+    /// The read side as the delivery rule sees it (a failure stays to be
+    /// read: every read reports it).
+    fn for_delivery(&self) -> delivery::ReadSide {
+        let stream = match (&self.failed, self.unread.end) {
+            (Some(_), _) => Stream::Failed,
+            (None, true) => Stream::Ended,
+            (None, false) => Stream::Open,
+        };
+        delivery::ReadSide {
+            mark: self.mark,
+            buffered: self.unread.len(),
+            stream,
+            end_seen: self.unread.end_read && self.failed.is_none(),
+            read_shut: self.read_shut,
+        }
     }
-}
-
-/// Where the dispatch's delivery counters stood when a callback began.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Seen {
-    arrived: u64,
-    taken: u64,
-}
-
-/// What the dispatch does next.
-pub(crate) enum Next {
-    /// Call `on_read_ready`.
-    Deliver,
-    /// The connection is over: close it and call `on_close`.
-    End,
 }
 
 impl Conn {
@@ -326,7 +311,7 @@ impl Conn {
             Some(n) => have >= n,
         };
         if enough || (have > 0 && (inbox.unread.end || inbox.failed.is_some())) {
-            inbox.taken += 1;
+            inbox.mark.taken += 1;
             let out = inbox.unread.take(length);
             drop(inbox);
             self.0.took.wake_all();
@@ -337,7 +322,7 @@ impl Conn {
         }
         if inbox.unread.end {
             inbox.unread.end_read = true;
-            inbox.taken += 1;
+            inbox.mark.taken += 1;
             return Ok(Some(Vec::new()));
         }
         Ok(None)
@@ -348,13 +333,13 @@ impl Conn {
     /// another task while this one waited for the stream counts.
     async fn fill(&self, timeout: Option<Duration>) -> Result<bool, Error> {
         let shared = &self.0;
-        let before = shared.inbox.borrow().arrived;
+        let before = shared.inbox.borrow().mark.arrived;
         let mut receive = match race(pin!(shared.receive.lock()), &shared.closed, timeout).await {
             Race::Done(guard) => guard,
             Race::Stopped => return Err(generic(SOCKET_CLOSED)),
             Race::TimedOut => return Ok(false),
         };
-        if shared.inbox.borrow().arrived != before {
+        if shared.inbox.borrow().mark.arrived != before {
             return Ok(true);
         }
         let Some(Receive { stream, .. }) = receive.as_mut() else {
@@ -381,7 +366,7 @@ impl Conn {
             shared.last_active.set(Instant::now());
             let mut inbox = shared.inbox.borrow_mut();
             inbox.unread.append(bytes);
-            inbox.arrived += 1;
+            inbox.mark.arrived += 1;
         }
         if status == StreamResult::Dropped {
             let Receive { result, .. } = receive.take().expect("the stream was read");
@@ -391,7 +376,7 @@ impl Conn {
                 Ok(()) => inbox.unread.end = true,
                 Err(code) => inbox.failed = Some(generic(reason(&code))),
             }
-            inbox.arrived += 1;
+            inbox.mark.arrived += 1;
         }
         Ok(true)
     }
@@ -403,49 +388,43 @@ impl Conn {
     /// service read (or that it shut for reading) ends when it is closed or
     /// its writing shut, or after the read time-out; so does one whose
     /// failure or end the service left unread, with nothing more to come.
-    pub(crate) async fn next_delivery(&self, seen: Seen) -> Next {
+    pub(crate) async fn next_delivery(&self, seen: Mark) -> Readiness {
         let shared = &self.0;
         loop {
             if shared.closed.is_set() {
-                return Next::End;
+                return Readiness::Closed;
             }
-            let nothing_more_comes = {
+            let (next, now) = {
                 let inbox = shared.inbox.borrow();
-                let new = inbox.arrived != seen.arrived || inbox.taken != seen.taken;
-                if inbox.pending() && new {
-                    return Next::Deliver;
-                }
-                inbox.unread.end || inbox.failed.is_some() || inbox.read_shut
+                (delivery::next(seen, &inbox.for_delivery()), inbox.mark)
             };
-            if nothing_more_comes {
-                let _ = race(pin!(shared.write_done.wait()), &shared.closed, Some(shared.read_timeout)).await;
-                return Next::End;
+            match next {
+                Next::Deliver => return Readiness::Deliver(now),
+                Next::ReadOver => {
+                    let _ = race(pin!(shared.write_done.wait()), &shared.closed, Some(shared.read_timeout)).await;
+                    return Readiness::Closed;
+                }
+                Next::ReadOn => {}
             }
             // Idle for the idle time-out (accepted connections): closed.
             let idle_left = shared.idle_timeout.map(|idle| idle.saturating_sub(shared.last_active.get().elapsed()));
             if idle_left == Some(Duration::ZERO) {
-                return Next::End;
+                return Readiness::Closed;
             }
             // A full read-ahead the service does not read: no more is read
             // (the peer meets back-pressure) until a read takes some.
-            let taken = shared.inbox.borrow().taken;
+            let taken = shared.inbox.borrow().mark.taken;
             if shared.inbox.borrow().unread.len() >= MAX_IO {
-                let took = shared.took.until(|| shared.inbox.borrow().taken != taken);
+                let took = shared.took.until(|| shared.inbox.borrow().mark.taken != taken);
                 if let Race::Stopped = race(pin!(took), &shared.closed, idle_left).await {
-                    return Next::End;
+                    return Readiness::Closed;
                 }
                 continue;
             }
             if self.fill(idle_left).await.is_err() {
-                return Next::End;
+                return Readiness::Closed;
             }
         }
-    }
-
-    /// The delivery counters now (taken as a callback begins).
-    pub(crate) fn seen(&self) -> Seen {
-        let inbox = self.0.inbox.borrow();
-        Seen { arrived: inbox.arrived, taken: inbox.taken }
     }
 
     /// Writes all of `data`, waiting while the peer is slow; concurrent

@@ -1,12 +1,14 @@
 //! The host half of the delivery protocol: what the dispatcher and
 //! `on-read-ready` use. The protocol's specification is the WIT
-//! (`wit/socket.wit`, interface `callbacks`, record `delivery`); the guest
-//! half is the SDK's `sys/portcullis/tcp.rs`.
+//! (`wit/socket.wit`, interface `callbacks`, record `delivery`); when a
+//! callback runs is `portcullis_protocol::delivery::next` (which the SDK's
+//! WASI backend follows too); the guest half is the SDK's
+//! `sys/portcullis/tcp.rs`.
 //!
 //! One connection's cycle, as its driver runs it (`dispatch::driver`):
 //!
 //! 1. [`TcpConn::wait_ready`] reads ahead until something is new for the
-//!    guest since the last [`ReadMark`] (bytes or the end arrived, or the
+//!    guest since the last [`Mark`] (bytes or the end arrived, or the
 //!    guest took bytes) and something is there for it (bytes, or an end it
 //!    has not seen).
 //! 2. [`TcpConn::deliver`] hands the guest everything buffered (and the end,
@@ -33,17 +35,12 @@ use tokio::io::Interest;
 
 use std::sync::Arc;
 
+use portcullis_protocol::delivery::{self, Mark, Next, Readiness, Stream};
+
 use super::TcpConn;
-use super::read_ahead::READ_AHEAD_LIMIT;
+use super::read_ahead::{READ_AHEAD_LIMIT, ReadEnd, ReadSide};
 use crate::limits::MemoryAccount;
 use crate::net::error::SocketError;
-
-/// Where the dispatcher stands with a connection, to tell "new" from "already seen".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReadMark {
-    arrivals: u64,
-    takes: u64,
-}
 
 /// Whether the guest has seen the end of the stream, once a delivery ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,14 +53,16 @@ pub enum EndSeen {
     Failed,
 }
 
-/// What the dispatcher should do next for a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Readiness {
-    /// Bytes or end of stream wait for the guest: fire `on-read-ready`. The
-    /// mark is where things stand now, to pass to the next `wait_ready`.
-    Ready(ReadMark),
-    /// The connection was closed: fire `on-close` and stop.
-    Closed,
+impl ReadSide {
+    /// The read side as the delivery rule sees it.
+    fn for_delivery(&self, read_shut: bool) -> delivery::ReadSide {
+        let stream = match self.end {
+            ReadEnd::Open => Stream::Open,
+            ReadEnd::Ended => Stream::Ended,
+            ReadEnd::Failed(_) => Stream::Failed,
+        };
+        delivery::ReadSide { mark: self.mark, buffered: self.buf.len(), stream, end_seen: self.end_seen, read_shut }
+    }
 }
 
 impl TcpConn {
@@ -125,7 +124,7 @@ impl TcpConn {
             side.overflow = Some(charge);
         }
         if side.delivered > 0 && side.taken_in_delivery == 0 && data.len() == side.delivered {
-            side.takes -= 1;
+            side.mark.taken -= 1;
         }
         if side.delivered_end {
             side.end_seen = false;
@@ -181,7 +180,7 @@ impl TcpConn {
     /// bytes arrived since, or the guest took bytes and some remain. A callback that
     /// returns without reading is therefore not called again until more bytes come,
     /// so a service that never reads costs no CPU.
-    pub async fn wait_ready(&self, seen: ReadMark) -> Readiness {
+    pub async fn wait_ready(&self, seen: Mark) -> Readiness {
         let inner = &*self.0;
         // The socket is read once it says it is readable, not before: right
         // after a callback took everything, a read would only find it empty.
@@ -194,17 +193,15 @@ impl TcpConn {
             // Decided under the lock, waited for without it.
             let socket_done = {
                 let mut side = self.side();
-                let fresh = side.arrivals != seen.arrivals || side.takes != seen.takes;
-                let pending = !side.buf.is_empty() || (side.end.is_over() && !side.end_seen);
-                if fresh && pending {
-                    return Readiness::Ready(ReadMark { arrivals: side.arrivals, takes: side.takes });
-                }
-                if side.end.is_failed() {
-                    // The guest was told (the failure counted as an arrival)
-                    // and did not read: nothing more can come or go.
-                    return Readiness::Closed;
-                }
-                let socket_done = side.end.is_over() || side.buf.len() >= READ_AHEAD_LIMIT;
+                let read_shut = inner.read_shut.load(Ordering::Acquire);
+                let socket_done = match delivery::next(seen, &side.for_delivery(read_shut)) {
+                    Next::Deliver => return Readiness::Deliver(side.mark),
+                    // The guest was told of the failure (it counted as an
+                    // arrival) and did not read: nothing more can come or go.
+                    Next::ReadOver if side.end.is_failed() => return Readiness::Closed,
+                    Next::ReadOver => true,
+                    Next::ReadOn => side.buf.len() >= READ_AHEAD_LIMIT,
+                };
                 if !socket_done && readable && self.fill(&mut side) {
                     continue;
                 }
@@ -253,11 +250,11 @@ mod tests {
         let (conn, mut peer) = pair().await;
         peer.write_all(b"last words").await.unwrap();
         peer.shutdown().await.unwrap(); // data and FIN, likely in one read-ahead
-        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
+        let Readiness::Deliver(seen) = conn.wait_ready(Mark::default()).await else { panic!("not ready") };
         assert_eq!(conn.read(None).await.unwrap(), b"last words");
         assert_eq!(conn.end_seen().await, EndSeen::No, "the guest has not seen the end yet");
         // It took bytes and the end is pending: fire again.
-        assert!(matches!(conn.wait_ready(seen).await, Readiness::Ready(_)));
+        assert!(matches!(conn.wait_ready(seen).await, Readiness::Deliver(_)));
         assert_eq!(conn.read(None).await.unwrap(), b"");
         assert_eq!(conn.end_seen().await, EndSeen::Ended);
     }
@@ -266,7 +263,7 @@ mod tests {
     async fn delivered_bytes_given_back_are_read_again_and_count_as_unread() {
         let (conn, mut peer) = pair().await;
         peer.write_all(b"abcdef").await.unwrap();
-        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
+        let Readiness::Deliver(seen) = conn.wait_ready(Mark::default()).await else { panic!("not ready") };
         assert_eq!(conn.deliver(), (b"abcdef".to_vec(), false));
         assert!(
             conn.unread(b"abcdefg".to_vec(), &crate::limits::MemoryAccount::unlimited()).is_err(),
@@ -278,13 +275,13 @@ mod tests {
         let not_yet = tokio::time::timeout(Duration::from_millis(100), conn.wait_ready(seen)).await;
         assert!(not_yet.is_err(), "fired again for bytes the guest gave back untouched");
         peer.write_all(b"gh").await.unwrap();
-        let Readiness::Ready(seen) = conn.wait_ready(seen).await else { panic!("not ready") };
+        let Readiness::Deliver(seen) = conn.wait_ready(seen).await else { panic!("not ready") };
         assert_eq!(conn.deliver(), (b"abcdefgh".to_vec(), false));
         // Part given back: the guest read something, so it is called again at once.
         conn.unread(b"fgh".to_vec(), &crate::limits::MemoryAccount::unlimited()).unwrap();
         assert!(conn.unread(b"h".to_vec(), &crate::limits::MemoryAccount::unlimited()).is_err(), "given back already");
         conn.end_delivery();
-        assert!(matches!(conn.wait_ready(seen).await, Readiness::Ready(_)));
+        assert!(matches!(conn.wait_ready(seen).await, Readiness::Deliver(_)));
         assert_eq!(conn.try_read(None).unwrap().unwrap(), b"fgh");
     }
 
@@ -293,11 +290,11 @@ mod tests {
         let (conn, mut peer) = pair().await;
         peer.write_all(b"bye").await.unwrap();
         peer.shutdown().await.unwrap();
-        let mut seen = ReadMark::default();
+        let mut seen = Mark::default();
         // The bytes and the end may come in one read-ahead or in two.
         let mut delivered = Vec::new();
         let ended = loop {
-            let Readiness::Ready(now) = conn.wait_ready(seen).await else { panic!("not ready") };
+            let Readiness::Deliver(now) = conn.wait_ready(seen).await else { panic!("not ready") };
             seen = now;
             let (data, end) = conn.deliver();
             delivered.extend(data);
@@ -328,10 +325,10 @@ mod tests {
             let waiting = tokio::spawn({
                 let conn = conn.clone();
                 async move {
-                    let mut seen = ReadMark::default();
+                    let mut seen = Mark::default();
                     loop {
                         match conn.wait_ready(seen).await {
-                            Readiness::Ready(now) => {
+                            Readiness::Deliver(now) => {
                                 seen = now;
                                 let _ = conn.deliver();
                                 conn.end_delivery();

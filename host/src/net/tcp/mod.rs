@@ -18,7 +18,8 @@
 mod delivery;
 mod read_ahead;
 
-pub use delivery::{EndSeen, ReadMark, Readiness};
+pub use delivery::EndSeen;
+pub use portcullis_protocol::delivery::{Mark, Readiness};
 pub use read_ahead::READ_AHEAD_LIMIT;
 
 use std::io;
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use self::read_ahead::{ReadEnd, ReadSide};
 use super::admission::Admitted;
 pub use super::admission::Timeouts;
-use super::error::{SocketError, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT};
+use super::error::{SOCKET_CLOSED, SocketError, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT};
 use crate::limits::{GuestSocket, MAX_IO};
 use crate::sync::{Closing, OpQueue};
 
@@ -380,7 +381,7 @@ impl TcpConn {
     pub fn shutdown_read(&self) -> Result<(), SocketError> {
         let inner = &*self.0;
         if inner.closed.is_closed() {
-            return Err(SocketError::generic("socket is closed"));
+            return Err(SocketError::generic(SOCKET_CLOSED));
         }
         inner.read_shut.store(true, Ordering::Release);
         let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Read);
@@ -447,7 +448,7 @@ pub(super) mod tests {
         let mut peer = peer.into_std().unwrap();
         peer.set_nonblocking(false).unwrap();
         peer.write_all(&[7u8; 70_000]).unwrap_or(()); // the rest waits in the peer's buffer
-        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
+        let Readiness::Deliver(seen) = conn.wait_ready(Mark::default()).await else { panic!("not ready") };
         let (delivered, _) = conn.deliver();
         assert_eq!(delivered.len(), READ_AHEAD_LIMIT, "the read-ahead is full");
         conn.unread(delivered, &crate::limits::MemoryAccount::unlimited()).unwrap(); // a service that does not read

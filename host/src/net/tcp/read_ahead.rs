@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 
 use super::{TcpConn, read_too_long};
 use crate::limits::{HostCharge, MAX_IO};
-use crate::net::error::{INVALID_READ_LENGTH, SocketError};
+use crate::net::error::{INVALID_READ_LENGTH, SOCKET_CLOSED, SocketError};
+use portcullis_protocol::delivery::Mark;
 
 /// Most bytes the host reads ahead of the guest, per connection.
 pub const READ_AHEAD_LIMIT: usize = MAX_IO;
@@ -40,10 +41,9 @@ pub(super) struct ReadSide {
     /// The guest has seen the end (an empty read at end of stream, or the
     /// error): only then is the read side over for the dispatcher.
     pub(super) end_seen: bool,
-    /// Counts socket reads that brought bytes or end of stream.
-    pub(super) arrivals: u64,
-    /// Counts guest reads (and deliveries) that took bytes.
-    pub(super) takes: u64,
+    /// The delivery counters: socket reads that brought bytes or end of
+    /// stream (`arrived`), guest reads and deliveries that took bytes (`taken`).
+    pub(super) mark: Mark,
     /// Bytes the running `on-read-ready`'s delivery brought
     /// ([`TcpConn::deliver`]), as many as the guest may still give back with
     /// `unread`.
@@ -100,8 +100,7 @@ impl Default for ReadSide {
             buf: BytesMut::new(),
             end: ReadEnd::Open,
             end_seen: false,
-            arrivals: 0,
-            takes: 0,
+            mark: Mark::default(),
             delivered: 0,
             delivered_end: false,
             taken_in_delivery: 0,
@@ -177,7 +176,7 @@ impl ReadSide {
                 // SAFETY: `recv` initialised `got` bytes of the spare capacity.
                 unsafe { self.buf.set_len(self.buf.len() + got) };
                 brought += got;
-                self.arrivals += 1;
+                self.mark.arrived += 1;
                 progressed = true;
                 continue;
             }
@@ -192,7 +191,7 @@ impl ReadSide {
                 }
                 Err(e) => self.fail(e),
             }
-            self.arrivals += 1;
+            self.mark.arrived += 1;
             progressed = true;
         }
         if brought > 0 {
@@ -241,7 +240,7 @@ impl TcpConn {
                     return Ok(Vec::new());
                 }
                 if inner.closed.is_closed() {
-                    return Err(SocketError::generic("socket is closed"));
+                    return Err(SocketError::generic(SOCKET_CLOSED));
                 }
             }
             // Not enough buffered: wait for the socket, bounded by the read time-out.
@@ -300,7 +299,7 @@ impl TcpConn {
     /// take (see [`TcpConn::wait_ready`]) and wakes a dispatcher waiting for
     /// room in a full buffer.
     pub(super) fn take_for_guest(&self, side: &mut ReadSide, n: usize) -> Vec<u8> {
-        side.takes += 1;
+        side.mark.taken += 1;
         if side.delivering {
             side.taken_in_delivery += n;
         }
@@ -329,9 +328,10 @@ mod tests {
 
     use tokio::io::AsyncWriteExt;
 
-    use super::super::delivery::{EndSeen, ReadMark, Readiness};
+    use super::super::delivery::EndSeen;
     use super::super::tests::pair;
     use super::*;
+    use portcullis_protocol::delivery::{Mark, Readiness};
 
     #[tokio::test]
     async fn read_exact_gathers_and_returns_a_short_read_only_at_the_end() {
@@ -355,7 +355,7 @@ mod tests {
         let (conn, mut peer) = pair().await;
         assert_eq!(conn.try_read(None).unwrap(), None, "nothing there yet");
         peer.write_all(b"Hello").await.unwrap();
-        let _ = conn.wait_ready(ReadMark::default()).await;
+        let _ = conn.wait_ready(Mark::default()).await;
         assert_eq!(conn.try_read(Some(9)).unwrap(), None, "read(9) would wait for 4 more");
         assert_eq!(conn.try_read(Some(2)).unwrap().unwrap(), b"He");
         assert_eq!(conn.try_read(None).unwrap().unwrap(), b"llo");
@@ -372,7 +372,7 @@ mod tests {
     async fn a_few_bytes_are_copied_out_and_a_big_buffer_is_handed_over() {
         let (conn, mut peer) = pair().await;
         peer.write_all(b"small").await.unwrap();
-        let Readiness::Ready(seen) = conn.wait_ready(ReadMark::default()).await else { panic!("not ready") };
+        let Readiness::Deliver(seen) = conn.wait_ready(Mark::default()).await else { panic!("not ready") };
         assert_eq!(conn.deliver().0, b"small");
         let kept = conn.side().buf.capacity();
         assert!(kept >= MIN_FILL, "the buffer stays for the next fill (capacity {kept})");
@@ -382,7 +382,7 @@ mod tests {
         let mut got = Vec::new();
         let mut seen = seen;
         while got.len() < big.len() {
-            let Readiness::Ready(now) = conn.wait_ready(seen).await else { panic!("not ready") };
+            let Readiness::Deliver(now) = conn.wait_ready(seen).await else { panic!("not ready") };
             seen = now;
             let (delivered, _) = conn.deliver();
             if delivered.len() > COPY_OUT_MAX {
@@ -398,9 +398,9 @@ mod tests {
         let (conn, mut peer) = pair().await;
         peer.write_all(&[7u8; 3000]).await.unwrap();
         // Most likely one segment; should it come in two, the second fits too.
-        let mut seen = ReadMark::default();
+        let mut seen = Mark::default();
         while conn.side().buf.len() < 3000 {
-            let Readiness::Ready(now) = conn.wait_ready(seen).await else { panic!("not ready") };
+            let Readiness::Deliver(now) = conn.wait_ready(seen).await else { panic!("not ready") };
             seen = now;
         }
         let side = conn.side();
