@@ -3,7 +3,6 @@
 //! Every failure is one clear line on stderr and a non-zero exit; no backtraces
 //! for an operator's mistake.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,10 +11,12 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::component::Backend;
-use crate::config::{self, Grants, Instances, ServiceSpec};
+use crate::config::{Instances, ServiceSpec};
 use crate::inspect;
 use crate::limits;
+use crate::manifest;
 use crate::server::{self, Runtime};
+use crate::settings::ServiceSettings;
 
 #[derive(Parser)]
 #[command(
@@ -55,83 +56,22 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The component (.wasm) to run.
-    #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
-    pub component: Option<PathBuf>,
+    /// The service: its component and settings (each flag is also a
+    /// manifest key: `settings::ServiceSettings`).
+    #[command(flatten)]
+    pub service: ServiceSettings,
     /// Run the services of this manifest (portcullis.toml) instead.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
-    /// Listen on ADDR:PORT and send its connections to the component's callbacks
-    /// (repeatable; port 0 picks a free port).
-    #[arg(long = "listen", value_name = "ADDR:PORT")]
-    pub listen: Vec<SocketAddr>,
-    /// An environment variable for the guest (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-    /// Read time-out of accepted connections, in milliseconds [default: 300000].
-    #[arg(long = "read-timeout-ms", value_name = "N", conflicts_with = "manifest")]
-    pub read_timeout_ms: Option<u64>,
-    /// `shared`: one instance serves every connection (module state shared);
-    /// `per-connection`: a fresh instance per accepted connection (isolated).
-    #[arg(long = "instances", value_enum, default_value_t = Instances::Shared)]
-    pub instances: Instances,
     /// With `--instances per-connection`: how many instances may live at once
     /// (the most connections served at once; each slot reserves address space).
     #[arg(long = "max-instances", value_name = "N", default_value_t = crate::engine::POOLED_INSTANCES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
-    /// The most connections a service serves at once; further ones wait in the
-    /// listen backlog until one closes. Default: no limit with shared instances,
-    /// `--max-instances` with an instance per connection (so that a full pool
-    /// makes connections wait instead of refusing them).
-    #[arg(long = "max-connections", value_name = "N", conflicts_with = "manifest")]
-    pub max_connections: Option<std::num::NonZeroUsize>,
-    /// The most connections open at once from one client address (an IPv4
-    /// address or an IPv6 /64); a further one is closed as soon as it is
-    /// accepted [default: no cap].
-    #[arg(long = "max-connections-per-ip", value_name = "N", conflicts_with = "manifest")]
-    pub max_connections_per_ip: Option<std::num::NonZeroUsize>,
-    /// Close an accepted connection on which nothing was received or sent for
-    /// this long, in milliseconds; 0: never [default: 300000].
-    #[arg(long = "idle-timeout-ms", value_name = "N", conflicts_with = "manifest")]
-    pub idle_timeout_ms: Option<u64>,
-    /// Fail a write that sent nothing for this long (the peer does not read)
-    /// and close its connection, in milliseconds; 0: never [default: 300000].
-    #[arg(long = "write-timeout-ms", value_name = "N", conflicts_with = "manifest")]
-    pub write_timeout_ms: Option<u64>,
-    /// The most linear memory, tables and host buffers one instance may hold
-    /// (e.g. 64MiB); growth beyond fails in the guest [default: 128MiB].
-    #[arg(long = "max-memory", value_name = "SIZE", value_parser = limits::parse_memory_size, conflicts_with = "manifest")]
-    pub max_memory: Option<u64>,
     /// The most memory all instances of the process may hold together
     /// [default: half the machine's physical memory].
     #[arg(long = "memory-budget", value_name = "SIZE", value_parser = limits::parse_memory_size)]
     pub memory_budget: Option<u64>,
-    /// The most sockets one instance may hold open at once (client
-    /// connections, UDP sockets, its own listeners) [default: 1024].
-    #[arg(long = "max-sockets", value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
-          conflicts_with = "manifest")]
-    pub max_sockets: Option<u32>,
-    /// How much CPU time a callback (or main) may compute without truly
-    /// waiting, in milliseconds; then its instance traps. Waits (a read, an
-    /// accept, a sleep) use none of it [default: 2000].
-    #[arg(long = "callback-cpu-ms", value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
-          conflicts_with = "manifest")]
-    pub callback_cpu_ms: Option<u64>,
-    /// Let the guest open TCP connections to tcp://HOST:PORTS (repeatable). HOST:
-    /// a name, *.suffix, an IP (`[v6]`), a CIDR or *; PORTS: a port, a range or *.
-    #[arg(long = "allow-connect", value_name = "GRANT")]
-    pub allow_connect: Vec<String>,
-    /// Let the guest create its own listeners on tcp://HOST:PORTS (repeatable).
-    #[arg(long = "allow-listen", value_name = "GRANT")]
-    pub allow_listen: Vec<String>,
-    /// Let the guest bind UDP sockets and exchange datagrams with udp://HOST:PORTS
-    /// (repeatable).
-    #[arg(long = "allow-udp", value_name = "GRANT")]
-    pub allow_udp: Vec<String>,
-    /// Also block private ranges and loopback for names and `*` grants.
-    #[arg(long = "block-private")]
-    pub block_private: bool,
     /// Do not use the on-disk cache of compiled components.
     #[arg(long = "no-cache")]
     pub no_cache: bool,
@@ -141,45 +81,11 @@ impl RunArgs {
     /// The services to run: the manifest's, or the one the flags describe.
     fn specs(&self) -> Result<Vec<ServiceSpec>> {
         if let Some(manifest) = &self.manifest {
-            return config::load_manifest(manifest);
+            return manifest::load_manifest(manifest);
         }
-        let component = self.component.clone().context("give a COMPONENT or --manifest FILE")?;
-        let mut spec = ServiceSpec::new(component);
-        spec.listen = self.listen.clone();
-        spec.env = self.env.clone();
-        spec.instances = self.instances;
-        spec.grants = Grants {
-            connect: self.allow_connect.clone(),
-            listen: self.allow_listen.clone(),
-            udp: self.allow_udp.clone(),
-            block_private: self.block_private,
-        };
-        let limits = &mut spec.limits;
-        if let Some(ms) = self.read_timeout_ms {
-            limits.read_timeout = Duration::from_millis(ms.max(1));
-        }
-        limits.max_connections = self.max_connections;
-        limits.max_connections_per_ip = self.max_connections_per_ip;
-        if let Some(ms) = self.idle_timeout_ms {
-            limits.idle_timeout = limits::optional_timeout(ms);
-        }
-        if let Some(ms) = self.write_timeout_ms {
-            limits.write_timeout = limits::optional_timeout(ms);
-        }
-        limits.max_memory = self.max_memory.unwrap_or(limits.max_memory);
-        limits.max_sockets = self.max_sockets.unwrap_or(limits.max_sockets);
-        if let Some(ms) = self.callback_cpu_ms {
-            limits.callback_cpu = Duration::from_millis(ms);
-        }
+        let spec = self.service.clone().into_spec(None).map_err(|e| anyhow::anyhow!(e.as_flag()))?;
         spec.grants.policy()?; // a bad grant stops the start-up
         Ok(vec![spec])
-    }
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
     }
 }
 

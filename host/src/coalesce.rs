@@ -16,15 +16,6 @@ use tokio::time::Instant;
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// One kind of warning, for one component (or the process: `None`).
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let accept_failures = portcullis::coalesce::Coalesced::new("accept failed", None);
-/// accept_failures.warn(|| "accept failed: Too many open files".to_string()); // written
-/// accept_failures.warn(|| "accept failed: Too many open files".to_string()); // counted
-/// assert_eq!(accept_failures.pending(), 1); // written as one line after a second
-/// # }
-/// ```
 pub struct Coalesced {
     /// What the count line calls these warnings.
     what: &'static str,
@@ -150,6 +141,14 @@ impl Coalesced {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_burst_is_written_once_and_counted() {
+        let accept_failures = crate::coalesce::Coalesced::new("accept failed", None);
+        accept_failures.warn(|| "accept failed: Too many open files".to_string()); // written
+        accept_failures.warn(|| "accept failed: Too many open files".to_string()); // counted
+        assert_eq!(accept_failures.pending(), 1); // written as one line after a second
+    }
 
     #[tokio::test]
     async fn a_burst_writes_its_first_line_then_one_count_per_interval() {

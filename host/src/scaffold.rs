@@ -20,8 +20,8 @@ fn built_sdk() -> PathBuf {
 /// exists, if `name` is no crate name, or if no SDK is found. Returns what
 /// to do next, for the user.
 ///
-/// ```no_run
-/// let next = portcullis::scaffold::new_crate("greeter", "greeter".as_ref(), false, None).unwrap();
+/// ```text
+/// let next = scaffold::new_crate("greeter", "greeter".as_ref(), false, None)?;
 /// println!("{next}");
 /// ```
 pub fn new_crate(name: &str, dir: &Path, program: bool, sdk: Option<&Path>) -> Result<String> {

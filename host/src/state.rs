@@ -78,11 +78,6 @@ impl HostState {
     pub fn waited(&mut self) {
         self.cpu.restart();
     }
-
-    /// The instance's memory account (linear memory and host buffers).
-    pub fn memory(&self) -> &Arc<MemoryAccount> {
-        self.limiter.account()
-    }
 }
 
 impl crate::blocking::BlockingHost for HostState {

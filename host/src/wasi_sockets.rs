@@ -103,20 +103,6 @@ impl WasiSockets {
     }
 
     /// wasmtime-wasi's socket address check: may the guest use `addr` for `use_`?
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// use portcullis::policy::Policy;
-    /// use portcullis::wasi_sockets::WasiSockets;
-    /// use wasmtime_wasi::sockets::SocketAddrUse;
-    /// let policy = Policy::parse(&["tcp://127.0.0.1:7000".into()], &[], &[], false).unwrap();
-    /// let log = || portcullis::coalesce::Coalesced::new("denials", None);
-    /// let sockets = WasiSockets::new(Arc::new(policy), vec!["127.0.0.1:0".parse().unwrap()], log(), log());
-    /// assert!(sockets.check("127.0.0.1:7000".parse().unwrap(), SocketAddrUse::TcpConnect));
-    /// assert!(!sockets.check("127.0.0.1:7001".parse().unwrap(), SocketAddrUse::TcpConnect));
-    /// assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
-    /// assert!(!sockets.check("0.0.0.0:41234".parse().unwrap(), SocketAddrUse::TcpListen));
-    /// ```
     pub fn check(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
         let addr = SocketAddr::new(policy::unmap(addr.ip()), addr.port());
         let (allowed, denied_use) = match use_ {
@@ -181,18 +167,6 @@ impl WasiSockets {
 
     /// Where the guest is told to listen (`PORTCULLIS_LISTEN`): `--listen`,
     /// with each port 0 that a listen has fixed replaced by its port.
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// use portcullis::policy::Policy;
-    /// use portcullis::wasi_sockets::WasiSockets;
-    /// use wasmtime_wasi::sockets::SocketAddrUse;
-    /// let log = || portcullis::coalesce::Coalesced::new("denials", None);
-    /// let policy = Arc::new(Policy::parse(&[], &[], &[], false).unwrap());
-    /// let sockets = WasiSockets::new(policy, vec!["127.0.0.1:0".parse().unwrap()], log(), log());
-    /// assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
-    /// assert_eq!(sockets.listen_addresses(), vec!["127.0.0.1:41234".parse().unwrap()]);
-    /// ```
     pub fn listen_addresses(&self) -> Vec<SocketAddr> {
         let first_ports = self.first_ports.lock().unwrap_or_else(|e| e.into_inner());
         self.listen
@@ -232,21 +206,6 @@ impl WasiSockets {
     /// wasi:sockets specifies; a Unicode name is looked up (and matched
     /// against the grants) in its ASCII form (IDNA: `bücher.example` is
     /// `xn--bcher-kva.example`).
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// use portcullis::policy::Policy;
-    /// use portcullis::wasi_sockets::WasiSockets;
-    /// use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::ErrorCode;
-    /// let policy = Policy::parse(&["tcp://localhost:7000".into()], &[], &[], false).unwrap();
-    /// let log = || portcullis::coalesce::Coalesced::new("denials", None);
-    /// let sockets = WasiSockets::new(Arc::new(policy), vec![], log(), log());
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// assert!(sockets.resolve("localhost".into()).await.unwrap().iter().all(|ip| ip.is_loopback()));
-    /// assert!(matches!(sockets.resolve("localhost:7000".into()).await, Err(ErrorCode::InvalidArgument)));
-    /// assert!(matches!(sockets.resolve("example.com".into()).await, Err(ErrorCode::AccessDenied)));
-    /// # });
-    /// ```
     pub async fn resolve(&self, name: String) -> Result<Vec<IpAddr>, ErrorCode> {
         // Before any parsing: IDNA over megabytes of text runs long in one
         // host call, where no CPU bound reaches (a name is at most 253 bytes
@@ -525,6 +484,48 @@ pub fn add_to_linker<T: WasiSocketsHost>(linker: &mut Linker<T>) -> wasmtime::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn names_resolve_only_as_granted() {
+        use crate::policy::Policy;
+        use crate::wasi_sockets::WasiSockets;
+        use std::sync::Arc;
+        use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::ErrorCode;
+        let policy = Policy::parse(&["tcp://localhost:7000".into()], &[], &[], false).unwrap();
+        let log = || crate::coalesce::Coalesced::new("denials", None);
+        let sockets = WasiSockets::new(Arc::new(policy), vec![], log(), log());
+        assert!(sockets.resolve("localhost".into()).await.unwrap().iter().all(|ip| ip.is_loopback()));
+        assert!(matches!(sockets.resolve("localhost:7000".into()).await, Err(ErrorCode::InvalidArgument)));
+        assert!(matches!(sockets.resolve("example.com".into()).await, Err(ErrorCode::AccessDenied)));
+    }
+
+    #[test]
+    fn a_listen_on_port_0_fixes_the_port_told() {
+        use crate::policy::Policy;
+        use crate::wasi_sockets::WasiSockets;
+        use std::sync::Arc;
+        use wasmtime_wasi::sockets::SocketAddrUse;
+        let log = || crate::coalesce::Coalesced::new("denials", None);
+        let policy = Arc::new(Policy::parse(&[], &[], &[], false).unwrap());
+        let sockets = WasiSockets::new(policy, vec!["127.0.0.1:0".parse().unwrap()], log(), log());
+        assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
+        assert_eq!(sockets.listen_addresses(), vec!["127.0.0.1:41234".parse().unwrap()]);
+    }
+
+    #[test]
+    fn the_check_follows_the_grants_and_listen() {
+        use crate::policy::Policy;
+        use crate::wasi_sockets::WasiSockets;
+        use std::sync::Arc;
+        use wasmtime_wasi::sockets::SocketAddrUse;
+        let policy = Policy::parse(&["tcp://127.0.0.1:7000".into()], &[], &[], false).unwrap();
+        let log = || crate::coalesce::Coalesced::new("denials", None);
+        let sockets = WasiSockets::new(Arc::new(policy), vec!["127.0.0.1:0".parse().unwrap()], log(), log());
+        assert!(sockets.check("127.0.0.1:7000".parse().unwrap(), SocketAddrUse::TcpConnect));
+        assert!(!sockets.check("127.0.0.1:7001".parse().unwrap(), SocketAddrUse::TcpConnect));
+        assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
+        assert!(!sockets.check("0.0.0.0:41234".parse().unwrap(), SocketAddrUse::TcpListen));
+    }
 
     fn sockets(
         connect: &[&str],

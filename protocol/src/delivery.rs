@@ -13,7 +13,7 @@
 //! - the end of the stream, and a failure, are delivered once each.
 //!
 //! The host (`host/src/net/tcp/delivery.rs`) and the SDK's WASI backend
-//! (`guest-sdk/src/sys/wasi/tcp.rs`) each count and read ahead their own way,
+//! (`guest-sdk/src/sys/wasi/tcp/mod.rs`) each count and read ahead their own way,
 //! and both ask [`next`] what to do.
 
 /// A connection's delivery counters, as they stand or as a callback found

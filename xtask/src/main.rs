@@ -297,8 +297,11 @@ fn test(extra: &[String]) -> Result<()> {
     ensure_wasmtime_cli()?;
     // Release: the tests share the optimised host build with demo and bench, and
     // compile guests with an optimised Cranelift.
-    let outcome =
-        run_recording(cargo().args(["test", "--release", "-p", "portcullis", "-p", "portcullis-protocol", "-p", "portcullis-tests"]).args(extra));
+    let outcome = run_recording(
+        cargo()
+            .args(["test", "--release", "-p", "portcullis", "-p", "portcullis-protocol", "-p", "portcullis-tests"])
+            .args(extra),
+    );
     // The conformance table is this run's outcome, scenario x backend (also
     // with failures, which it then shows).
     if let Ok(results) = &outcome {
@@ -309,7 +312,11 @@ fn test(extra: &[String]) -> Result<()> {
     run(cargo().args(["test", "--release", "-p", "portcullis-bench", "--lib", "--bins"]))?;
     // The examples' protocol code (RESP, the key space, HTTP requests), natively.
     run(cargo().args(["test", "--release", "-p", "resp-kv", "-p", "http-hello", "--lib"]))?;
-    // The SDK's docs must build without warnings.
+    // The host's and the protocol crate's docs (their links included) must
+    // build without warnings, and so must the SDK's.
+    run(cargo()
+        .args(["doc", "--release", "--no-deps", "-p", "portcullis", "-p", "portcullis-protocol"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo()
         .args(["doc", "--release", "--no-deps", "-p", "portcullis-sdk", "--target", "wasm32-wasip2"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

@@ -143,7 +143,7 @@ async fn call_on_read_ready(
             .into_iter()
             .map(|ready| {
                 let delivery = delivery(&ready.conn);
-                Ok((table.push(Connection { conn: ready.conn, served: Some(ready.served), charge: None })?, delivery))
+                Ok((table.push(Connection { conn: ready.conn, served: Some(ready.served), _charge: None })?, delivery))
             })
             .collect::<Result<Vec<_>, wasmtime::component::ResourceTableError>>()
     })?;

@@ -20,13 +20,6 @@ use crate::limits::Limits;
 
 /// The time-outs a connection lives by (see [`crate::limits::Limits`] for
 /// the flags and defaults).
-///
-/// ```
-/// use std::time::Duration;
-/// use portcullis::net::admission::Timeouts;
-/// let client = Timeouts { write: Some(Duration::from_secs(300)), ..Timeouts::read_only(Duration::from_secs(30)) };
-/// assert_eq!(client.idle, None);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Of every read that waits: `read-timed-out` when nothing came for this long.
@@ -47,21 +40,6 @@ impl Timeouts {
 }
 
 /// A service's admission rules, shared by all its listeners (cheap to clone).
-///
-/// ```
-/// use std::num::NonZeroUsize;
-/// use portcullis::limits::Limits;
-/// use portcullis::net::admission::Admission;
-///
-/// let limits = Limits { max_connections_per_ip: NonZeroUsize::new(1), ..Limits::default() };
-/// let admission = Admission::new(&limits, "echo".into());
-/// let first = admission.admit("127.0.0.2".parse().unwrap(), None);
-/// assert!(first.is_some());
-/// // The same address spelt as IPv4-mapped IPv6 is at its cap.
-/// assert!(admission.admit("::ffff:127.0.0.2".parse().unwrap(), None).is_none());
-/// drop(first);
-/// assert!(admission.admit("127.0.0.2".parse().unwrap(), None).is_some());
-/// ```
 #[derive(Clone)]
 pub struct Admission {
     /// `--max-connections`: a connection is accepted only with a permit.
@@ -169,6 +147,30 @@ pub use portcullis_protocol::address_key;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_per_address_cap_holds_for_either_spelling() {
+        use crate::limits::Limits;
+        use crate::net::admission::Admission;
+        use std::num::NonZeroUsize;
+
+        let limits = Limits { max_connections_per_ip: NonZeroUsize::new(1), ..Limits::default() };
+        let admission = Admission::new(&limits, "echo".into());
+        let first = admission.admit("127.0.0.2".parse().unwrap(), None);
+        assert!(first.is_some());
+        // The same address spelt as IPv4-mapped IPv6 is at its cap.
+        assert!(admission.admit("::ffff:127.0.0.2".parse().unwrap(), None).is_none());
+        drop(first);
+        assert!(admission.admit("127.0.0.2".parse().unwrap(), None).is_some());
+    }
+
+    #[test]
+    fn a_client_has_no_idle_timeout() {
+        use crate::net::admission::Timeouts;
+        use std::time::Duration;
+        let client = Timeouts { write: Some(Duration::from_secs(300)), ..Timeouts::read_only(Duration::from_secs(30)) };
+        assert_eq!(client.idle, None);
+    }
 
     #[test]
     fn the_cap_counts_one_address_however_it_is_spelt_and_frees_on_drop() {

@@ -43,14 +43,15 @@ pub struct Connection {
     /// Set on a handle lent to `on-read-ready-batch`: when the guest drops the
     /// handle (it is done with that connection), the dispatcher hears of it.
     pub served: Option<Arc<Served>>,
-    /// For a handle the guest made (`clone-handle`): the table entry's charge.
-    pub charge: Option<HostCharge>,
+    /// For a handle the guest made (`clone-handle`): the table entry's charge,
+    /// held until the handle is dropped.
+    pub _charge: Option<HostCharge>,
 }
 
 impl Connection {
     /// A handle of the guest's own (a client it opened, or a clone).
     pub fn new(conn: TcpConn) -> Self {
-        Connection { conn, served: None, charge: None }
+        Connection { conn, served: None, _charge: None }
     }
 }
 

@@ -256,13 +256,6 @@ fn answers_an_earlier_send(e: &io::Error) -> bool {
 
 /// The largest datagram to or from `peer`'s address family, in bytes
 /// (an IPv4-mapped IPv6 address counts as IPv4).
-///
-/// ```
-/// use portcullis::net::udp::max_datagram;
-/// assert_eq!(max_datagram("127.0.0.1:53".parse().unwrap()), 65_507);
-/// assert_eq!(max_datagram("[::ffff:127.0.0.1]:53".parse().unwrap()), 65_507);
-/// assert_eq!(max_datagram("[::1]:53".parse().unwrap()), 65_527);
-/// ```
 pub fn max_datagram(peer: SocketAddr) -> usize {
     match unmap(peer) {
         SocketAddr::V4(_) => MAX_DATAGRAM_V4,
@@ -312,6 +305,14 @@ fn unmap(addr: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_datagram_by_family() {
+        use crate::net::udp::max_datagram;
+        assert_eq!(max_datagram("127.0.0.1:53".parse().unwrap()), 65_507);
+        assert_eq!(max_datagram("[::ffff:127.0.0.1]:53".parse().unwrap()), 65_507);
+        assert_eq!(max_datagram("[::1]:53".parse().unwrap()), 65_527);
+    }
 
     #[tokio::test]
     async fn a_dual_stack_client_talks_to_an_ipv4_peer_and_reports_it_unmapped() {

@@ -36,7 +36,7 @@
 //! cap-primitives (the crate behind cap-std). Apart from name resolution it
 //! does no I/O, so its rules are tested with tables.
 //!
-//! - [`grant`]: the grant syntax; [`addr`]: address spellings and the blocked
+//! - `grant`: the grant syntax; `addr`: address spellings and the blocked
 //!   networks; [`resolve`]: the host's name look-ups, bounded per service.
 
 mod addr;

@@ -20,7 +20,6 @@ mod read_ahead;
 
 pub use delivery::EndSeen;
 pub use portcullis_protocol::delivery::{Mark, Readiness};
-pub use read_ahead::READ_AHEAD_LIMIT;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -426,6 +425,7 @@ impl std::fmt::Debug for TcpConn {
 pub(super) mod tests {
     use tokio::net::TcpListener;
 
+    use super::read_ahead::READ_AHEAD_LIMIT;
     use super::*;
 
     /// A connection as a listener accepts it, and the client's end.

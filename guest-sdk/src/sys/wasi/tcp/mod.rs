@@ -10,17 +10,25 @@
 //! `inbox`, which reads take from first, so nothing read is ever lost. Its
 //! send stream is written by one `write_all` at a time (another async lock),
 //! so concurrent writes never interleave.
+//!
+//! Beside it: `listen.rs` (listeners and their accept loop) and
+//! `admission.rs` (the caps on accepted connections: how many, how many per
+//! client address, and the time-outs they start with).
+
+mod admission;
+mod listen;
+
+use admission::{AcceptedSlot, LIMITS};
+pub(crate) use admission::{Limits, set_limits};
+pub(crate) use listen::{Listener, listen_at};
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::rc::{Rc, Weak};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::lock::Mutex;
-use portcullis_protocol::address_key;
 use portcullis_protocol::delivery::{self, Mark, Next, Readiness, Stream};
 use wit_bindgen::{FutureReader, StreamReader, StreamResult, StreamWriter};
 
@@ -43,113 +51,7 @@ pub(crate) type ServeFn = fn(Conn) -> Pin<Box<dyn Future<Output = ()>>>;
 thread_local! {
     static CALLBACKS: Cell<Option<ServeFn>> = const { Cell::new(None) };
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
-    static LIMITS: Cell<Limits> = const { Cell::new(Limits::DEFAULT) };
-    /// Connections the listeners accepted and that are still open.
-    static ACCEPTED: Accepted = Accepted { open: Cell::new(0), per_ip: RefCell::new(Vec::new()), closed: Waiters::default() };
 }
-
-/// What the listeners and connections hold to, as the runtime says
-/// (`PORTCULLIS_*` variables; portcullis sets them from its flags).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
-    /// The most accepted connections open at once; at the cap the listeners
-    /// stop accepting, so further clients wait in the listen backlog.
-    pub(crate) max_accepted: usize,
-    /// The most from one client address (IPv4, or an IPv6 /64); a further
-    /// one is closed as soon as it is accepted.
-    pub(crate) per_ip: usize,
-    /// An accepted connection on which nothing was received or sent for
-    /// this long is closed.
-    pub(crate) idle: Option<Duration>,
-    /// A write that could send nothing for this long fails, and closes its
-    /// connection.
-    pub(crate) write: Option<Duration>,
-}
-
-impl Limits {
-    /// portcullis's own defaults: no connection cap, 300 s idle and write.
-    pub(crate) const DEFAULT: Limits = Limits {
-        max_accepted: usize::MAX,
-        per_ip: usize::MAX,
-        idle: Some(Duration::from_secs(300)),
-        write: Some(Duration::from_secs(300)),
-    };
-}
-
-pub(crate) fn set_limits(limits: Limits) {
-    LIMITS.set(limits);
-}
-
-struct Accepted {
-    open: Cell<usize>,
-    /// Open connections per client address key.
-    per_ip: RefCell<Vec<(IpAddr, usize)>>,
-    /// Woken as an accepted connection closes.
-    closed: Waiters,
-}
-
-/// An accepted connection's place under the caps, given back as it closes.
-struct AcceptedSlot {
-    key: Option<IpAddr>,
-}
-
-impl AcceptedSlot {
-    /// Waits until the listeners may accept one more.
-    async fn take() -> AcceptedSlot {
-        poll_fn(|cx| {
-            ACCEPTED.with(|a| {
-                if a.open.get() < LIMITS.get().max_accepted {
-                    a.open.set(a.open.get() + 1);
-                    return Poll::Ready(AcceptedSlot { key: None });
-                }
-                a.closed.register(cx);
-                Poll::Pending
-            })
-        })
-        .await
-    }
-
-    /// Counts the connection against its address; false: that address has
-    /// its most already (the caller closes the connection).
-    fn admit(&mut self, remote: IpAddr) -> bool {
-        let key = address_key(remote);
-        ACCEPTED.with(|a| {
-            let mut per_ip = a.per_ip.borrow_mut();
-            let count = match per_ip.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, n)) => n,
-                None => {
-                    per_ip.push((key, 0));
-                    &mut per_ip.last_mut().expect("just pushed").1
-                }
-            };
-            if *count >= LIMITS.get().per_ip {
-                return false;
-            }
-            *count += 1;
-            self.key = Some(key);
-            true
-        })
-    }
-}
-
-impl Drop for AcceptedSlot {
-    fn drop(&mut self) {
-        ACCEPTED.with(|a| {
-            a.open.set(a.open.get() - 1);
-            if let Some(key) = self.key {
-                let mut per_ip = a.per_ip.borrow_mut();
-                if let Some(at) = per_ip.iter().position(|(k, _)| *k == key) {
-                    per_ip[at].1 -= 1;
-                    if per_ip[at].1 == 0 {
-                        per_ip.swap_remove(at);
-                    }
-                }
-            }
-            a.closed.wake_all();
-        });
-    }
-}
-
 /// Makes `serve` the dispatch of callback clients and listeners' connections.
 pub(crate) fn set_callbacks(serve: ServeFn) {
     CALLBACKS.set(Some(serve));
@@ -596,134 +498,5 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpSocket, E
     match outcome {
         Race::Done(result) => result.map(|()| socket),
         Race::Stopped | Race::TimedOut => Err(ErrorCode::Timeout),
-    }
-}
-
-/// A listener; its connections go to the exported service.
-pub(crate) struct Listener {
-    port: u16,
-    interface: Option<String>,
-    read_timeout: Duration,
-    started: RefCell<Option<Rc<Accepting>>>,
-}
-
-/// A started listener, shared with its accept loop.
-struct Accepting {
-    local: SocketAddr,
-    stop: Signal,
-    /// What it accepted, to close at an immediate stop.
-    accepted: RefCell<Vec<Weak<Shared>>>,
-}
-
-impl Listener {
-    pub(crate) fn new(port: u16, interface: Option<String>, read_timeout: Duration) -> Self {
-        Listener { port, interface, read_timeout, started: RefCell::new(None) }
-    }
-
-    /// Binds and starts accepting (in a task of its own).
-    pub(crate) async fn start(&self) -> Result<(), Error> {
-        let host = self.interface.clone().unwrap_or_else(|| "0.0.0.0".to_string());
-        let asked = || format!("listen tcp://{}:{}", bracketed(&host), self.port);
-        let ip = resolve(&host, LISTEN_FAILED, asked).await?.into_iter().next();
-        let ip = ip.ok_or_else(|| generic(format!("{LISTEN_FAILED}no address for {host}")))?;
-        let accepting = listen(SocketAddr::new(ip, self.port), self.read_timeout)?;
-        *self.started.borrow_mut() = Some(accepting);
-        Ok(())
-    }
-
-    fn accepting(&self) -> Result<Rc<Accepting>, Error> {
-        self.started.borrow().clone().ok_or_else(|| generic("listener is not started"))
-    }
-
-    pub(crate) fn local_addr(&self) -> Result<SocketAddr, Error> {
-        Ok(self.accepting()?.local)
-    }
-
-    pub(crate) fn graceful_stop(&self) -> Result<(), Error> {
-        self.accepting()?.stop.set();
-        Ok(())
-    }
-
-    pub(crate) fn immediate_stop(&self) -> Result<(), Error> {
-        let accepting = self.accepting()?;
-        accepting.stop.set();
-        for conn in accepting.accepted.take().iter().filter_map(Weak::upgrade) {
-            let _ = Conn(conn).close();
-        }
-        Ok(())
-    }
-}
-
-/// Binds `addr`, listens, and accepts in a task of its own until stopped
-/// (or the runtime ends the stream); returns the listener's address.
-pub(crate) fn listen_at(addr: SocketAddr, read_timeout: Duration) -> Result<SocketAddr, Error> {
-    Ok(listen(addr, read_timeout)?.local)
-}
-
-fn listen(addr: SocketAddr, read_timeout: Duration) -> Result<Rc<Accepting>, Error> {
-    let asked = || format!("listen tcp://{addr}");
-    let failed = |code| socket_error(code, LISTEN_FAILED, asked);
-    let socket = TcpSocket::create(family(&addr)).map_err(failed)?;
-    socket.bind(to_wasi(addr)).map_err(failed)?;
-    let incoming = socket.listen().map_err(failed)?;
-    let local = socket.get_local_address().map(from_wasi).unwrap_or(addr);
-    let accepting = Rc::new(Accepting { local, stop: Signal::default(), accepted: RefCell::default() });
-    CALLBACKS.get().ok_or_else(|| {
-        generic("this component exports no service for its listener (export_program!(main, callbacks = Service))")
-    })?;
-    let live = Live::enter();
-    wit_bindgen::spawn_local(accept_loop(socket, incoming, accepting.clone(), read_timeout, live));
-    Ok(accepting)
-}
-
-/// The pause after a failed accept before the next (as the host's own
-/// listeners wait), in nanoseconds.
-const ACCEPT_RETRY_NS: u64 = 50_000_000;
-
-async fn accept_loop(
-    _socket: TcpSocket,
-    mut incoming: StreamReader<TcpSocket>,
-    accepting: Rc<Accepting>,
-    read_timeout: Duration,
-    _live: Live,
-) {
-    loop {
-        // At the cap, wait for a connection to close before taking the next.
-        let mut slot = match race(pin!(AcceptedSlot::take()), &accepting.stop, None).await {
-            Race::Done(slot) => slot,
-            Race::Stopped | Race::TimedOut => return,
-        };
-        let next = match race(pin!(incoming.next()), &accepting.stop, None).await {
-            Race::Done(Some(socket)) => socket,
-            Race::Done(None) | Race::Stopped | Race::TimedOut => return,
-        };
-        // A connection with no peer address cannot be counted: closed too.
-        // Mostly it is an accept that failed (at the open-file limit): the
-        // next would fail at once as well, so wait a moment first.
-        let Ok(remote) = next.get_remote_address().map(from_wasi) else {
-            crate::program::warn("accept failed (at the open-file limit?); retrying in 50 ms");
-            drop(next);
-            if let Race::Stopped =
-                race(pin!(super::monotonic_clock::wait_for(ACCEPT_RETRY_NS)), &accepting.stop, None).await
-            {
-                return;
-            }
-            continue;
-        };
-        if !slot.admit(remote.ip()) {
-            crate::program::warn(&format!("{remote}: closed at once: its address has its most connections open"));
-            continue; // `next` and `slot` drop: the connection closes
-        }
-        let conn = Conn::new(next, Some(slot), read_timeout);
-        let mut accepted = accepting.accepted.borrow_mut();
-        // Closed ones are dropped when the list is full, not at every accept.
-        if accepted.len() == accepted.capacity() {
-            accepted.retain(|c| c.strong_count() > 0);
-        }
-        accepted.push(Rc::downgrade(&conn.0));
-        drop(accepted);
-        if serve(conn).is_err() {
-            return;
-        }
     }
 }
