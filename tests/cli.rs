@@ -402,3 +402,42 @@ fn a_new_service_crate_builds_and_serves() {
     let (code, log) = running.terminate();
     assert_eq!(code, 0, "log: {log}");
 }
+
+/// A service of a manifest that fails (here a WASI service whose address the
+/// other service holds) stops the process with its status and its name in
+/// the log, instead of leaving the others running without it.
+#[test]
+fn a_failing_service_of_a_manifest_stops_the_process_and_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    drop(taken);
+    let manifest = format!(
+        "[[service]]\nname = \"first\"\ncomponent = {:?}\nlisten = [\"{addr}\"]\n\n\
+         [[service]]\nname = \"second\"\ncomponent = {:?}\nlisten = [\"{addr}\"]\n",
+        guest("echo"),
+        Backend::Wasi.guest("echo"),
+    );
+    let mut host = portcullis_tests::HostProcess::start_manifest("failing-service", &manifest, &[]);
+    let code = host.exit_code_within(Duration::from_secs(30));
+    let log = host.log();
+    assert_eq!(code, Some(1), "still running (or another status) after 30 s: {log}");
+    assert!(log.contains("service `second` ended with status 1; stopping the other services"), "{log}");
+}
+
+/// Two services on one address: the error names the service and the address.
+#[test]
+fn a_port_clash_between_services_names_both() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    drop(taken);
+    let dir = scratch("port-clash");
+    let manifest = dir.join("portcullis.toml");
+    let echo = guest("echo");
+    let text = format!(
+        "[[service]]\nname = \"a\"\ncomponent = {echo:?}\nlisten = [\"{addr}\"]\n\n\
+         [[service]]\nname = \"b\"\ncomponent = {echo:?}\nlisten = [\"{addr}\"]\n"
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let out = portcullis(&["run", "--manifest", manifest.to_str().unwrap()], &test_cache());
+    assert_fails_with(&out, &format!("service `b`: listen on {addr}: unable to start the socket service: Address"));
+}

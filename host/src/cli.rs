@@ -173,9 +173,10 @@ async fn run(args: RunArgs) -> Result<i32> {
     let mut runtime = match pooled_memory {
         Some(max_memory) => Runtime::pooled(args.max_instances, max_memory).with_context(|| {
             format!(
-                "cannot reserve {} instance slots for --instances per-connection (is address space limited? \
-                 try a smaller --max-instances)",
-                args.max_instances
+                "cannot reserve {} instance slots of {} MiB for --instances per-connection (is address space \
+                 limited? try a smaller --max-instances or --max-memory)",
+                args.max_instances,
+                max_memory >> 20
             )
         })?,
         None => Runtime::new()?,
@@ -204,7 +205,7 @@ async fn run(args: RunArgs) -> Result<i32> {
                 } else if !spec.listen.is_empty() {
                     loaded.require_callbacks()?;
                 }
-                server::bind_all(&spec.listen)?
+                server::bind_all(&spec.listen).with_context(|| format!("service `{}`", spec.name))?
             }
         };
         ready.push((spec, loaded, listeners));
@@ -227,7 +228,26 @@ async fn run(args: RunArgs) -> Result<i32> {
     }
     let _ = stdout.flush();
 
-    let runs = ready.into_iter().map(|(_, loaded, listeners)| server::serve(loaded, listeners, shutdown.clone()));
+    // A service of several that fails (a WASI service that could not listen,
+    // a program that failed) stops the others: the process exits with its
+    // status, so that a supervisor sees it, and the log names it.
+    let several = ready.len() > 1;
+    let runs = ready.into_iter().map(|(spec, loaded, listeners)| {
+        let shutdown = shutdown.clone();
+        async move {
+            let result = server::serve(loaded, listeners, shutdown.clone()).await;
+            let failed = match &result {
+                Ok(0) => None,
+                Ok(code) => Some(format!("ended with status {code}")),
+                Err(e) => Some(format!("failed: {e:#}")),
+            };
+            if let Some(failed) = failed.filter(|_| several && !shutdown.is_cancelled()) {
+                tracing::error!("service `{}` {failed}; stopping the other services", spec.name);
+                shutdown.cancel();
+            }
+            result
+        }
+    });
     let codes = futures::future::join_all(runs).await;
     let mut exit = 0;
     for code in codes {

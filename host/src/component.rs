@@ -204,6 +204,18 @@ impl ServiceComponent {
         let wasi_sockets = match backend {
             Backend::Portcullis => None,
             Backend::Wasi => {
+                let limits = &spec.limits;
+                if let Some(max) = limits.max_connections.filter(|n| n.get() > limits.max_sockets as usize / 2) {
+                    // Each connection holds a socket and its streams in the
+                    // instance's table, which --max-sockets sizes.
+                    tracing::warn!(
+                        "service `{}`: --max-connections {max} is more than half of --max-sockets {}: a WASI \
+                         service's instance traps (and closes every connection) when its connections fill its \
+                         socket table; raise --max-sockets",
+                        spec.name,
+                        limits.max_sockets
+                    );
+                }
                 let told = wasi_env(spec);
                 env.retain(|(k, _)| !told.iter().any(|(var, _)| k == var));
                 env.extend(told.into_iter().map(|(var, value)| (var.to_string(), value)));

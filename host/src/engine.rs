@@ -133,10 +133,31 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     dirs::cache_dir().map(|d| d.join("portcullis"))
 }
 
+/// The largest component file read: 512 MiB (components are a few MB; a
+/// device such as `/dev/zero` or a huge file is refused before it is read).
+pub const MAX_COMPONENT_FILE: u64 = 512 << 20;
+
+fn read_component_file(path: &Path) -> Result<Vec<u8>> {
+    let cannot_read = || format!("cannot read {}", path.display());
+    let meta = std::fs::metadata(path).with_context(cannot_read)?;
+    if !meta.is_file() {
+        bail!("{} is not a file", path.display());
+    }
+    if meta.len() > MAX_COMPONENT_FILE {
+        bail!(
+            "{} is {} MiB, more than a component may be ({} MiB)",
+            path.display(),
+            meta.len() >> 20,
+            MAX_COMPONENT_FILE >> 20
+        );
+    }
+    std::fs::read(path).with_context(cannot_read)
+}
+
 /// Reads, validates and compiles `path`, or loads it from `cache_dir` when it was
 /// compiled before. Errors are one clear sentence naming the file.
 pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<Component> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_component_file(path)?;
     if !bytes.starts_with(b"\0asm") {
         bail!("{} is not a WebAssembly file", path.display());
     }

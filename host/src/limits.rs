@@ -141,7 +141,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size (say e.g. 64MiB)"))?;
+    let number: u64 =
+        digits.parse().map_err(|_| format!("`{text}` is not a size (a whole number and a unit: 64MiB)"))?;
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kib" | "k" => 1 << 10,
@@ -151,7 +152,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        _ => return Err(format!("`{text}` has an unknown unit (use KiB, MiB or GiB)")),
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size (a whole number and a unit: B, KiB, MiB, GiB, TiB, KB, MB or GB; 1536MiB, not 1.5GiB)"
+            ));
+        }
     };
     number.checked_mul(scale).ok_or_else(|| format!("`{text}` is too large"))
 }
@@ -189,7 +194,8 @@ mod tests {
         assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("2MB"), Ok(2_000_000));
-        assert!(parse_size("64 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("64 parsecs").unwrap_err().contains("is not a size"));
+        assert!(parse_size("1.5TiB").unwrap_err().contains("1536MiB, not 1.5GiB"));
         assert!(parse_size("MiB").unwrap_err().contains("not a size"));
         assert!(parse_size("99999999999GiB").unwrap_err().contains("too large"));
         assert!(parse_memory_size("2TiB").unwrap_err().contains("more than 1TiB"));

@@ -175,7 +175,7 @@ mod tests {
         let err = load_manifest(&manifest.path).unwrap_err().to_string();
         // toml names the line and shows it: `4 | max-memory = "64 parsecs"`.
         assert!(err.contains("line 4") && err.contains("max-memory = \"64 parsecs\""), "{err}");
-        assert!(err.contains("`64 parsecs` has an unknown unit"), "{err}");
+        assert!(err.contains("`64 parsecs` is not a size"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 

@@ -9,7 +9,7 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +108,10 @@ impl Runtime {
 /// Binds every address in `addrs`, failing on the first that cannot be bound
 /// (`unable to start the socket service: Address already in use`).
 pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
-    addrs.iter().map(|addr| bind_tcp(*addr).map_err(anyhow::Error::from)).collect()
+    addrs
+        .iter()
+        .map(|addr| bind_tcp(*addr).map_err(anyhow::Error::from).with_context(|| format!("listen on {addr}")))
+        .collect()
 }
 
 /// Serves `loaded` on `listeners` (already bound) as its [`ServiceSpec`] says,

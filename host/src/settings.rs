@@ -112,10 +112,18 @@ impl ServiceSettings {
     /// relative component path is taken from `base` (a manifest's folder).
     ///
     /// # Errors
-    /// A [`SettingError`] naming the setting: no component, or a count of 0
-    /// where at least 1 is needed. Grants are checked by [`Grants::policy`].
+    /// A [`SettingError`] naming the setting: no component (or an empty
+    /// path); a name that is empty, longer than [`MAX_NAME`] characters or
+    /// holds a control character (names go into log lines: a line break
+    /// there would forge one); a count or time-out of 0 where at least 1 is
+    /// needed; a `max-memory` under 1 MiB. Grants are checked by
+    /// [`Grants::policy`].
     pub fn into_spec(self, base: Option<&Path>) -> Result<ServiceSpec, SettingError> {
         let component = self.component.ok_or(SettingError { key: "component", problem: "is missing".into() })?;
+        if component.as_os_str().is_empty() {
+            return Err(SettingError { key: "component", problem: "is empty".into() });
+        }
+        check_name(&self.name.clone().unwrap_or_else(|| default_name(&component)), self.name.is_some())?;
         let component = base.map_or(component.clone(), |base| base.join(&component));
         let at_least_one = |key: &'static str, n: Option<u64>| match n {
             Some(0) => Err(SettingError { key, problem: "must be at least 1".into() }),
@@ -127,8 +135,8 @@ impl ServiceSettings {
         limits.max_connections = at_least_one("max-connections", self.max_connections)?.and_then(count);
         limits.max_connections_per_ip =
             at_least_one("max-connections-per-ip", self.max_connections_per_ip)?.and_then(count);
-        if let Some(ms) = self.read_timeout_ms {
-            limits.read_timeout = Duration::from_millis(ms.max(1));
+        if let Some(ms) = at_least_one("read-timeout-ms", self.read_timeout_ms)? {
+            limits.read_timeout = Duration::from_millis(ms);
         }
         if let Some(ms) = self.idle_timeout_ms {
             limits.idle_timeout = limits::optional_timeout(ms);
@@ -137,6 +145,9 @@ impl ServiceSettings {
             limits.write_timeout = limits::optional_timeout(ms);
         }
         if let Some(Size(bytes)) = self.max_memory {
+            if bytes < MIN_MEMORY {
+                return Err(SettingError { key: "max-memory", problem: "must be at least 1MiB".into() });
+            }
             limits.max_memory = bytes;
         }
         if let Some(n) = at_least_one("max-sockets", self.max_sockets.map(u64::from))? {
@@ -167,6 +178,30 @@ impl ServiceSettings {
             (None, Some(component)) => default_name(component),
             (None, None) => "component".into(),
         }
+    }
+}
+
+/// The longest service name, in characters.
+pub const MAX_NAME: usize = 128;
+
+/// The least `max-memory`: below it no component built with the SDK starts
+/// (and every instance would fail to start, again and again).
+const MIN_MEMORY: u64 = 1 << 20;
+
+/// A service's name is printed in log lines and `NAME: listening on` lines.
+fn check_name(name: &str, given: bool) -> Result<(), SettingError> {
+    let printable = !name.trim().is_empty() && name.chars().count() <= MAX_NAME && !name.chars().any(char::is_control);
+    match (printable, given) {
+        (true, _) => Ok(()),
+        (false, true) => Err(SettingError {
+            key: "name",
+            problem: format!("must be 1 to {MAX_NAME} characters with no control characters (line breaks, escapes)"),
+        }),
+        (false, false) => Err(SettingError {
+            key: "name",
+            problem: "is needed: the component's file name is no usable service name (control characters, or too long)"
+                .into(),
+        }),
     }
 }
 
@@ -337,6 +372,29 @@ mod tests {
             assert_eq!(err.as_flag(), format!("--{key} must be at least 1"));
             let keys: ServiceSettings = toml::from_str(&format!("component = \"a.wasm\"\n{key} = 0")).unwrap();
             assert_eq!(keys.into_spec(None).unwrap_err().to_string(), format!("{key} must be at least 1"));
+        }
+    }
+
+    #[test]
+    fn names_that_would_break_a_log_line_are_refused() {
+        let named = |name: &str| ServiceSettings {
+            component: Some("a.wasm".into()),
+            name: Some(name.into()),
+            ..ServiceSettings::default()
+        };
+        for bad in ["", "  ", "evil\n2026-12-07T00:00:00Z  INFO forged", "red\u{1b}[31m", &"n".repeat(MAX_NAME + 1)] {
+            assert_eq!(named(bad).into_spec(None).unwrap_err().key, "name", "{bad:?}");
+        }
+        assert!(named("proxy: the one in front").into_spec(None).is_ok());
+        let file = ServiceSettings { component: Some("h\nINFO forged.wasm".into()), ..ServiceSettings::default() };
+        assert!(file.into_spec(None).unwrap_err().problem.contains("file name"), "a default name is checked too");
+    }
+
+    #[test]
+    fn too_little_memory_and_an_instant_read_time_out_are_refused() {
+        for (key, value) in [("max-memory", "0"), ("max-memory", "\"512KiB\""), ("read-timeout-ms", "0")] {
+            let keys: ServiceSettings = toml::from_str(&format!("component = \"a.wasm\"\n{key} = {value}")).unwrap();
+            assert_eq!(keys.into_spec(None).unwrap_err().key, key);
         }
     }
 
