@@ -200,7 +200,12 @@ async fn run(args: RunArgs) -> Result<i32> {
                 if !loaded.has_main() {
                     loaded.require_callbacks()?;
                     if spec.listen.is_empty() {
-                        bail!("{} is a service: give it at least one --listen ADDR:PORT", spec.name);
+                        match args.manifest {
+                            Some(_) => {
+                                bail!("service `{}` is a service: give it `listen = [\"ADDR:PORT\"]`", spec.name)
+                            }
+                            None => bail!("{} is a service: give it at least one --listen ADDR:PORT", spec.name),
+                        }
                     }
                 } else if !spec.listen.is_empty() {
                     loaded.require_callbacks()?;

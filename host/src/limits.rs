@@ -145,10 +145,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         digits.parse().map_err(|_| format!("`{text}` is not a size (a whole number and a unit: 64MiB)"))?;
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        "tib" | "t" => 1 << 40,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
@@ -196,6 +196,7 @@ mod tests {
         assert_eq!(parse_size("2MB"), Ok(2_000_000));
         assert!(parse_size("64 parsecs").unwrap_err().contains("is not a size"));
         assert!(parse_size("1.5TiB").unwrap_err().contains("1536MiB, not 1.5GiB"));
+        assert!(parse_size("16M").is_err(), "16M: MiB or MB? Neither is guessed");
         assert!(parse_size("MiB").unwrap_err().contains("not a size"));
         assert!(parse_size("99999999999GiB").unwrap_err().contains("too large"));
         assert!(parse_memory_size("2TiB").unwrap_err().contains("more than 1TiB"));

@@ -84,15 +84,15 @@ const PROGRAM: &str = r#"//! A program: its `main` runs to completion, with clie
 
 use portcullis_sdk::{Client, export_program};
 
-async fn main() -> Result<(), String> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let target = std::env::var("TARGET").map_err(|_| "set TARGET=host:port")?;
     let (host, port) = target.rsplit_once(':').ok_or("TARGET is host:port")?;
-    let port: u16 = port.parse().map_err(|_| "TARGET's port is no number")?;
-    let conn = Client::connect(host, port).await.map_err(|e| e.to_string())?;
-    conn.write_all(b"hello\n").await.map_err(|e| e.to_string())?;
-    let reply = conn.read().await.map_err(|e| e.to_string())?;
+    let port: u16 = port.parse()?;
+    let conn = Client::connect(host, port).await?;
+    conn.write_all(b"hello\n").await?;
+    let reply = conn.read().await?;
     println!("reply: {}", String::from_utf8_lossy(&reply));
-    conn.close().map_err(|e| e.to_string())
+    Ok(conn.close()?)
 }
 
 export_program!(main);
