@@ -55,12 +55,24 @@ async fn a_connection_parked_in_read_n_does_not_delay_the_others(backend: Backen
     service.stop().await;
 }
 
-/// A connection whose callback waits in `read(18)`: it sent 6 of the 18 bytes.
+/// A connection whose callback waits in `read(18)`: it sent 6 of the 18
+/// bytes, and the service has taken them.
 async fn parked_in_read(service: &TestService) -> tokio::net::TcpStream {
     let mut parked = service.connect().await;
     parked.write_all(b"ThisIs").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    taken_by_the_service(&parked, "the parked connection's 6 bytes").await;
     parked
+}
+
+/// Returns once the service has read everything sent on `stream` (see
+/// [`unread_by_peer`]); fails after 10 s.
+async fn taken_by_the_service(stream: &tokio::net::TcpStream, what: &str) {
+    let (local, peer) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread_by_peer(local, peer) > 0 {
+        assert!(Instant::now() < deadline, "the service did not read {what} within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A stop lets a callback that is still running finish, but not forever:
@@ -94,18 +106,20 @@ async fn a_stop_closes_a_connection_still_busy_after_the_grace_period() {
 async fn a_read_parked_in_a_batch_holds_up_none_of_the_others() {
     const OTHERS: usize = 11;
     let service = TestService::scenario("blocking").start();
-    let mut staller = service.connect().await;
     let mut parked = service.connect().await;
     let mut others = Vec::new();
     for _ in 0..OTHERS {
         others.push(service.connect().await);
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Connected last: connections are accepted and set up in the order they
+    // came, so once the host has taken the staller's message (below), the
+    // others are set up too and wait for bytes.
+    let mut staller = service.connect().await;
 
     // While the instance computes, the first 6 bytes of an 18-byte message
     // reach every connection; afterwards they are all ready at once.
     staller.write_all(b"stall-for-a-moment").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    taken_by_the_service(&staller, "the staller's message").await;
     parked.write_all(b"ThisIs").await.unwrap();
     for other in &mut others {
         other.write_all(b"ThisIs").await.unwrap();
@@ -182,13 +196,16 @@ async fn broadcasts_from_many_senders_never_interleave(backend: Backend) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(8 * 1024).unwrap();
     service.listening().await;
-    let listener = socket.connect(service.addr).await.unwrap();
+    let mut listener = socket.connect(service.addr).await.unwrap();
     let mut senders = Vec::new();
     for _ in 0..SENDERS {
         senders.push(service.connect().await);
     }
-    // Every member is in the room before anyone speaks.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every member is in the room before anyone speaks: the listener (the
+    // member whose lines are counted) gets a probe line from a sender. (Each
+    // sender's own lines come after its own on-connect.)
+    senders[0].write_all(b"probe\n").await.unwrap();
+    assert_eq!(read_n(&mut listener, 6).await, b"probe\n", "the listener is in the room");
     let (reader, _keep) = listener.into_split();
     let reading = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{HostProcess, guest, portcullis_bin, test_cache};
+use portcullis_tests::{HostProcess, guest, portcullis_bin, test_cache, unread_by_peer};
 
 const MIB: u64 = 1 << 20;
 
@@ -84,6 +84,17 @@ impl Host {
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         client.write_all(message).unwrap();
         client
+    }
+
+    /// Waits (at most 10 s) until the hostile service has read what
+    /// `attacker` sent: its callback is then under way.
+    fn taken(&self, attacker: &TcpStream) {
+        let (local, peer) = (attacker.local_addr().unwrap(), attacker.peer_addr().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unread_by_peer(local, peer) > 0 {
+            assert!(Instant::now() < deadline, "the hostile service did not read its message within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// One echo round trip with the neighbour; returns how long it took.
@@ -418,8 +429,9 @@ fn eight_spinning_instances_do_not_stall_the_neighbour() {
         "env = { MODE = \"spin\" }\ninstances = \"per-connection\"\ncallback-cpu-ms = 3000",
         &["--max-instances", "16"],
     );
-    let _spinners: Vec<TcpStream> = (0..8).map(|_| host.attack(b"go\n")).collect();
-    std::thread::sleep(Duration::from_millis(100));
+    let spinners: Vec<TcpStream> = (0..8).map(|_| host.attack(b"go\n")).collect();
+    // Every spinner's instance has its message: they all spin.
+    spinners.iter().for_each(|spinner| host.taken(spinner));
     let mut times: Vec<Duration> = (0..20).map(|_| host.neighbour_round_trip()).collect();
     times.sort();
     let (median, slowest) = (times[times.len() / 2], times[times.len() - 1]);
@@ -432,8 +444,8 @@ fn eight_spinning_instances_do_not_stall_the_neighbour() {
 /// the hostile guest is in `mode` (with a CPU bound far beyond that).
 fn sigterm_ends_the_process_in_time(mode: &str, expected_code: i32, expected_log: &str) {
     let host = start(mode, &format!("env = {{ MODE = \"{mode}\" }}\ncallback-cpu-ms = 60000"), &[]);
-    let _attacker = host.attack(b"go\n");
-    std::thread::sleep(Duration::from_millis(200));
+    let attacker = host.attack(b"go\n");
+    host.taken(&attacker);
     host.neighbour_round_trip();
     let (code, took, log) = host.terminate();
     report(&format!("SIGTERM with a {mode} guest: exit code, time to exit"), format!("{code}, {took:?}"));
@@ -457,11 +469,13 @@ fn sigterm_ends_the_process_in_time_with_a_sleeping_guest() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let host = start("second-signal", "env = { MODE = \"spin\" }\ncallback-cpu-ms = 60000", &[]);
-    let _attacker = host.attack(b"go\n");
-    std::thread::sleep(Duration::from_millis(200));
+    let attacker = host.attack(b"go\n");
+    host.taken(&attacker);
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(host.pid() as i32, libc::SIGINT) };
-    std::thread::sleep(Duration::from_millis(300));
+    // The first signal's stop has begun.
+    let stopping = "stopping: no new connections, letting callbacks finish";
+    assert!(host.process.log_with(stopping, 1, Duration::from_secs(10)).contains(stopping), "{}", host.log());
     let (code, took, log) = host.terminate();
     assert!(took < Duration::from_secs(2), "the second signal took {took:?} to end it: {log}");
     assert_eq!(code, 1, "{log}");
@@ -513,7 +527,16 @@ fn concurrent_huge_writes_to_a_silent_client_hold_little_host_memory() {
     // that never reads: the host holds at most 64 KiB of each at a time.
     let host = start("big-writes", "env = { MODE = \"big-writes\", WRITE_MIB = \"100\", COUNT = \"10\" }", &[]);
     let base = host.memory("VmRSS");
-    let _silent = host.attack(b"go\n");
+    let silent = host.attack(b"go\n");
+    // The writes are under way once bytes reach the silent client ...
+    let (local, peer) = (silent.local_addr().unwrap(), silent.peer_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread_by_peer(peer, local) == 0 {
+        assert!(Instant::now() < deadline, "no bytes reached the silent client within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ... and a copy of each write would have grown the host by now: a check
+    // that something does not happen waits.
     std::thread::sleep(Duration::from_secs(2));
     host.neighbour_round_trip();
     let peak = host.memory("VmHWM");
@@ -558,11 +581,22 @@ fn tenants_find(instances: &str) -> Vec<String> {
     );
     let mut found = Vec::new();
     for tenant in 1..=12 {
-        let mut client = host.attack(format!("SECRET-{tenant}.\n").as_bytes());
-        found.push(line(&mut client));
-        drop(client);
-        // Let the instance end (per connection) before the next tenant comes.
-        std::thread::sleep(Duration::from_millis(50));
+        // Per connection, the instance before it ends a moment after its
+        // connection: until it has, its slot is taken and a tenant is
+        // refused (closed unanswered, before any instance saw it): it comes again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            let mut client = TcpStream::connect(&host.hostile).unwrap();
+            client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = client.write_all(format!("SECRET-{tenant}.\n").as_bytes());
+            let answer = line(&mut client);
+            if !answer.is_empty() {
+                break answer;
+            }
+            assert!(Instant::now() < deadline, "tenant {tenant} was refused for 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        found.push(answer);
     }
     found
 }

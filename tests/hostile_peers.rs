@@ -86,8 +86,18 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 fn idle_connections_are_closed_and_a_legitimate_client_is_then_served() {
     // The issue's first row: 150 silent connections against 100 slots.
     let (host, addr) = serve("slowloris", "echo", &["--max-connections", "100", "--idle-timeout-ms", "1000"]);
+    let base = host.descriptors();
     let mut attackers: Vec<TcpStream> = (0..150).map(|_| connect_from("127.0.0.2", addr)).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // The host has taken them up to its limit: every slot is held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.descriptors() < base + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the host holds {} of the 100 connections",
+            host.descriptors().saturating_sub(base)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let started = Instant::now();
     let mut legitimate = connect_from("127.0.0.3", addr);
     echoed(&mut legitimate, b"hello\n").expect("the legitimate client is served once idle ones are closed");
@@ -190,6 +200,8 @@ fn clients_resetting_in_a_loop_do_not_flood_the_log() {
     // `on_error`, which prints it: at most a line a second.
     let (host, addr) = serve("reset-loop", "echo", &[]);
     let resets = reset_loop(addr, 2);
+    // A bound on what the log holds: give the lines that would flood it the
+    // time to come (a check that something does not happen waits).
     std::thread::sleep(Duration::from_millis(1200));
     let log = host.log();
     report("connections reset in 2 s, and the log lines they made", format!("{resets}, {}", log.lines().count()));
@@ -204,6 +216,7 @@ fn clients_resetting_in_a_loop_do_not_flood_the_log_with_an_instance_each() {
     let (host, addr) =
         serve("reset-loop-per-connection", "echo", &["--instances", "per-connection", "--max-instances", "64"]);
     let resets = reset_loop(addr, 2);
+    // As above: the time for lines that would flood the log to come.
     std::thread::sleep(Duration::from_millis(1200));
     let lines = host.log().lines().count();
     report("connections reset in 2 s with an instance each, and the log lines they made", format!("{resets}, {lines}"));
@@ -321,14 +334,19 @@ fn udp_echo_drops_strangers_and_echoes_the_largest_datagram_of_each_family() {
     let (mut host, port) = udp_echo("udp-strangers", friend.local_addr().unwrap());
     // A stranger (another port) floods: dropped, never the program's end.
     let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
-    // In bursts the socket's receive buffer holds (UDP drops the rest).
+    // In bursts the socket's receive buffer holds (UDP drops the rest), each
+    // taken (and dropped) before the next; then the granted sender's
+    // datagram finds room.
     for _ in 0..5 {
         for _ in 0..100 {
             stranger.send_to(b"who am I", ("127.0.0.1", port)).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(30));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while udp_unread(port) > 0 {
+            assert!(Instant::now() < deadline, "udp-echo left {} bytes unread for 10 s", udp_unread(port));
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
-    std::thread::sleep(Duration::from_millis(200));
     let mut buf = vec![0u8; 70_000];
     // The largest IPv4 datagram, from the granted sender, comes back whole.
     let big = vec![4u8; 65_507];
@@ -353,6 +371,24 @@ fn udp_echo_drops_strangers_and_echoes_the_largest_datagram_of_each_family() {
         log.contains(&format!("dropped a datagram from udp://127.0.0.1:{}", stranger.local_addr().unwrap().port()))
     );
     assert!((2..=5).contains(&lines), "500 dropped datagrams in {lines} log lines:\n{log}");
+}
+
+/// Bytes waiting in the receive queues of the UDP sockets on `port`
+/// (`/proc/net/udp{,6}`): 0 once the program has taken every datagram.
+fn udp_unread(port: u16) -> usize {
+    let port = format!(":{port:04X}");
+    let mut unread = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 4 && fields[1].ends_with(&port) {
+                let rx = fields[4].split_once(':').map_or("0", |(_, rx)| rx);
+                unread += usize::from_str_radix(rx, 16).unwrap_or(0);
+            }
+        }
+    }
+    unread
 }
 
 /// Descriptors for the child: few, so that accepting meets the limit soon.
@@ -395,8 +431,8 @@ struct Member {
     received: std::thread::JoinHandle<usize>,
 }
 
-fn join_chat(addr: SocketAddr, lines_expected: usize) -> Member {
-    let stream = connect_from("127.0.0.2", addr);
+/// Counts the lines `stream` (a member's connection) receives from now on.
+fn count_lines(stream: TcpStream, lines_expected: usize) -> Member {
     let mut reader = stream.try_clone().unwrap();
     let received = std::thread::spawn(move || {
         let mut lines = 0;
@@ -413,16 +449,29 @@ fn join_chat(addr: SocketAddr, lines_expected: usize) -> Member {
     Member { stream, received }
 }
 
+/// Returns once `from` and `to` are both in the chat room: a line `from`
+/// sends reaches `to`. (Members join in the order they came: `to` must have
+/// come first, or the line may go out before it joined.)
+fn joined(from: &mut TcpStream, to: &mut TcpStream) {
+    from.write_all(b"joined\n").unwrap();
+    let mut line = [0u8; 7];
+    to.read_exact(&mut line).expect("the line of a member that joined");
+    assert_eq!(&line, b"joined\n");
+}
+
 #[test]
 fn a_chat_member_that_never_reads_is_dropped_and_the_others_keep_receiving() {
     let (host, addr) = serve("chat-silent", "chat", &[]);
     // 8 MiB of 1 KiB lines: more than the kernel buffers on the silent
     // member's way hold (the issue saw the room stall after ~2.7 MiB).
     const LINES: usize = 8 * 1024;
-    let reader = join_chat(addr, LINES);
+    let mut reader = connect_from("127.0.0.2", addr);
     let mut silent = connect_from("127.0.0.2", addr);
     let mut sender = connect_from("127.0.0.2", addr);
-    std::thread::sleep(Duration::from_millis(200)); // all three joined
+    // All three joined: the silent member's line reaches the reader (and the
+    // sender's own lines come after its own join).
+    joined(&mut silent, &mut reader);
+    let reader = count_lines(reader, LINES);
     let mut line = vec![b'x'; 1023];
     line.push(b'\n');
     for _ in 0..LINES {
@@ -441,7 +490,14 @@ fn a_chat_member_that_never_reads_is_dropped_and_the_others_keep_receiving() {
 fn a_full_chat_room_closes_further_connections() {
     let (host, addr) = serve("chat-full", "chat", &[]);
     let mut members: Vec<TcpStream> = (0..256).map(|_| connect_from("127.0.0.2", addr)).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The room is full: the last member's line reaches every other one.
+    let (last, others) = members.split_last_mut().unwrap();
+    last.write_all(b"joined\n").unwrap();
+    for (i, member) in others.iter_mut().enumerate() {
+        let mut line = [0u8; 7];
+        member.read_exact(&mut line).unwrap_or_else(|e| panic!("member {i} is not in the room: {e}"));
+        assert_eq!(&line, b"joined\n");
+    }
     let mut one_more = connect_from("127.0.0.3", addr);
     assert!(closed_within(&mut one_more, Duration::from_secs(5)), "a 257th member");
     assert!(host.log_with("the room is full", 1, Duration::from_secs(3)).contains("the room is full (256)"));
@@ -456,9 +512,10 @@ fn a_full_chat_room_closes_further_connections() {
 fn a_chat_line_over_64_kib_closes_its_sender_only() {
     let (host, addr) = serve("chat-long-line", "chat", &[]);
     let base = host.memory("VmRSS");
-    let reader = join_chat(addr, 1);
+    let mut reader = connect_from("127.0.0.2", addr);
     let mut streamer = connect_from("127.0.0.2", addr);
-    std::thread::sleep(Duration::from_millis(200));
+    joined(&mut streamer, &mut reader);
+    let reader = count_lines(reader, 1);
     // Up to 64 MiB with no newline: closed after the first 64 KiB or so.
     let chunk = vec![b'y'; 64 * 1024];
     let mut sent = 0u64;

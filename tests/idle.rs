@@ -2,7 +2,7 @@
 //! (Its own test binary: it measures this process's CPU time, which other tests
 //! running in parallel would add to.)
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_tests::*;
 use tokio::io::AsyncWriteExt;
@@ -21,8 +21,10 @@ async fn a_service_that_never_reads_is_not_called_again_and_costs_no_cpu(backend
     let mut silent = service.connect().await;
     assert_eq!(read_line(&mut silent).await, "calls 0\n");
     silent.write_all(b"nobody reads this").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut asked = Vec::new();
+    calls_beyond(&service, 0, &mut asked).await;
 
+    // Nothing must happen for a second: a check that something does not happen waits.
     let before = cpu_time();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let spent = cpu_time() - before;
@@ -34,10 +36,28 @@ async fn a_service_that_never_reads_is_not_called_again_and_costs_no_cpu(backend
 
     // New bytes do fire the callback again.
     silent.write_all(b"more").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    calls_beyond(&service, 1, &mut asked).await;
     let mut probe = service.connect().await;
     assert_eq!(read_line(&mut probe).await, "calls 2\n");
     service.stop().await;
+}
+
+/// Returns once the service has been called more than `calls` times, as a
+/// new connection is told (`calls N`); fails after 10 s. The connections
+/// that asked go to `asked`, open: the end of one would be new for the
+/// service, and a call.
+async fn calls_beyond(service: &TestService, calls: u32, asked: &mut Vec<tokio::net::TcpStream>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut probe = service.connect().await;
+        let line = read_line(&mut probe).await;
+        asked.push(probe);
+        if line != format!("calls {calls}\n") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {line:?} 10 s after new bytes came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 on_both_backends!(a_service_that_never_reads_is_not_called_again_and_costs_no_cpu,);

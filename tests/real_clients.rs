@@ -151,6 +151,21 @@ fn split(command: &str) -> Vec<String> {
     args
 }
 
+/// The two ends of `stream` (known before the service may close it).
+fn ends(stream: &TcpStream) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    (stream.local_addr().unwrap(), stream.peer_addr().unwrap())
+}
+
+/// Returns once the service has read everything sent on the connection
+/// with `ends` (see [`unread_by_peer`]); fails after 10 s.
+async fn taken_by_the_service((local, peer): (std::net::SocketAddr, std::net::SocketAddr), what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while unread_by_peer(local, peer) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the service did not read {what} within 10 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// The RESP bytes of `reply`s until `want` bytes came (5 s at most).
 async fn read_exactly(stream: &mut TcpStream, want: usize) -> Vec<u8> {
     tokio::time::timeout(Duration::from_secs(5), read_n(stream, want)).await.expect("the reply within 5 s")
@@ -159,10 +174,11 @@ async fn read_exactly(stream: &mut TcpStream, want: usize) -> Vec<u8> {
 async fn requests_split_across_reads_and_many_in_one_read(backend: Backend) {
     let service = resp_kv(backend);
     let mut client = service.connect().await;
-    // One request a byte at a time, with pauses so that each is a read of its own.
+    // One request a byte at a time, each a read of its own: the service has
+    // taken a byte before the next is sent.
     for byte in b"*3\r\n$3\r\nSET\r\n$5\r\nsplit\r\n$11\r\nhello world\r\n" {
         client.write_all(&[*byte]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        taken_by_the_service(ends(&client), "a byte").await;
     }
     assert_eq!(read_exactly(&mut client, 5).await, b"+OK\r\n");
     // 1000 requests in one write, inline and multibulk mixed.
@@ -241,13 +257,17 @@ async fn clients_holding_too_much_are_disconnected_not_the_instance(backend: Bac
     let mut holders = Vec::new();
     for _ in 0..6 {
         let mut holder = service.connect().await;
+        let holder_ends = ends(&holder);
         let mut request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$500000\r\n".to_vec();
         request.extend_from_slice(&[b'x'; 450_000]);
         holder.write_all(&request).await.unwrap();
+        // The service has read it all (or disconnected the holder) before the next one comes.
+        taken_by_the_service(holder_ends, "a holder's request").await;
         holders.push(holder);
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A request read after all of theirs is answered once the service has
+    // dealt with theirs: whom it disconnects is settled.
+    assert_eq!(redis_cli(port, &["PING"]).await, "PONG");
     let mut open = 0;
     for holder in &mut holders {
         let mut byte = [0u8; 1];

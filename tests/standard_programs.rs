@@ -110,11 +110,12 @@ fn a_client_that_traps_a_service_again_and_again_does_not_grow_its_pauses() {
 
 #[test]
 fn a_service_that_cannot_start_is_logged_at_once_and_tried_again_with_pauses() {
-    // Its memory's minimum (17 pages) is over the bound: every instantiation fails.
+    // Its memory's minimum (17 pages, 1.06 MiB) is over the least bound
+    // accepted (1 MiB, 16 pages): every instantiation fails.
     let mut host = HostProcess::start(
         "unstartable-std-server",
         "std-programs",
-        &["--listen", "127.0.0.1:0", "--max-memory", "64KiB"],
+        &["--listen", "127.0.0.1:0", "--max-memory", "1MiB"],
         None,
     );
     let log = host.log_with("quick ends in a row", 1, Duration::from_secs(30));
@@ -217,7 +218,13 @@ fn a_stop_ends_a_sleeping_program_within_the_grace_period_and_a_second() {
     let (mut host, addr) = std_server("stopped-std-server", &[]);
     let mut client = connect(addr);
     client.write_all(b"sleep 600000").unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // it now sleeps
+    // It has read the request: it now sleeps.
+    let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread_by_peer(local, peer) > 0 {
+        assert!(Instant::now() < deadline, "the program did not read its request within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let asked = Instant::now();
     // SAFETY: kill(2) with our child's pid.
     unsafe { libc::kill(host.pid() as i32, libc::SIGTERM) };

@@ -32,9 +32,10 @@ async fn bytes_and_the_end_sent_together_are_both_served(backend: Backend) {
 async fn partial_reads_gather_exact_lengths(backend: Backend) {
     let service = TestService::scenario("partial").on(backend).start();
     let mut client = service.connect().await;
+    // Each part a read of its own: the service has taken it before the next.
     for part in ["Hello", "from", "client"] {
         client.write_all(part.as_bytes()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        taken_by_the_service(&client).await;
     }
     let reply = read_n(&mut client, "Hello Client 15".len()).await;
     assert_eq!(String::from_utf8_lossy(&reply), "Hello Client 15");
@@ -68,7 +69,8 @@ async fn blocking_read_waits_for_all_eighteen_bytes(backend: Backend) {
     let service = TestService::scenario("blocking").on(backend).start();
     let mut client = service.connect().await;
     client.write_all(b"ThisIs").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    taken_by_the_service(&client).await; // the read now waits for the rest ...
+    tokio::time::sleep(Duration::from_millis(1000)).await; // ... through a pause of the client's
     client.write_all(b"BlockingRead").await.unwrap();
     assert_eq!(read_n(&mut client, 18).await, b"ThisIsBlockingRead");
     service.stop().await;
@@ -104,9 +106,21 @@ async fn five_joins_are_counted_in_shared_state(backend: Backend) {
     for _ in 0..5 {
         clients.push(service.connect().await);
     }
-    // Each answer is sent after all five connected (the first message goes out
-    // only now), so every one of them sees all five joins.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each answer is sent after all five joined, so every one of them sees
+    // all five joins. They have once the first is told so (a join comes a
+    // moment after its connect).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        clients[0].write_all(b"Hello Ballerina\n").await.unwrap();
+        let answer = read_line(&mut clients[0]).await;
+        let joins: Option<u32> = answer.trim_end().strip_prefix("joins ").and_then(|n| n.parse().ok());
+        let joins = joins.unwrap_or_else(|| panic!("not `joins N`: {answer:?}"));
+        if joins >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{answer:?} 10 s after five connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for client in &mut clients {
         client.write_all(b"Hello Ballerina\n").await.unwrap();
         assert_eq!(read_line(client).await, "joins 5\n");
@@ -139,7 +153,7 @@ async fn a_read_tried_again_after_a_time_out_gets_every_byte(backend: Backend, l
     let (first, rest) = sent.split_at(len * 2 / 5);
     let (second, third) = rest.split_at(len * 2 / 5);
     client.write_all(first).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await; // the read now waits for the rest
+    taken_by_the_service(&client).await; // the read now waits for the rest
     client.write_all(second).await.unwrap();
     tokio::time::sleep(timeout * 2).await; // past the time-out: the service reads again
     client.write_all(third).await.unwrap();
@@ -160,10 +174,12 @@ async fn a_read_over_64_kib_tried_again_after_a_time_out_gets_every_byte(backend
 async fn on_close_fires_once_and_kept_handles_outlive_their_callback(backend: Backend) {
     let service = TestService::scenario("close-log").on(backend).start();
     let mut watcher = service.connect().await;
-    let leaver = service.connect().await;
-    // Let both on-connects run, then find out the leaver's id by its absence:
-    // the watcher learns of it only through on-close.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut leaver = service.connect().await;
+    // Both on-connects have run once each is echoed (a callback comes after
+    // its on-connect); then find out the leaver's id by its absence: the
+    // watcher learns of it only through on-close.
+    assert_eq!(round_trip(&mut watcher, b"watching").await, b"watching");
+    assert_eq!(round_trip(&mut leaver, b"leaving").await, b"leaving");
     drop(leaver);
     let line = read_line(&mut watcher).await;
     assert!(line.starts_with("closed ") && line.ends_with('\n'), "got {line:?}");
@@ -180,13 +196,31 @@ async fn a_default_on_connect_is_skipped_but_on_close_still_fires_every_time(bac
     let service = TestService::builder("close-counter").on(backend).start();
     for expected in 0..3 {
         let mut client = service.connect().await;
-        assert_eq!(read_line_after(&mut client, b"count?").await, format!("closed {expected}\n"));
+        // on-close runs a moment after the connection before closed: until
+        // then the count is one short, and this connection asks again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut answer = read_line_after(&mut client, b"count?").await;
+        while expected > 0 && answer == format!("closed {}\n", expected - 1) {
+            assert!(Instant::now() < deadline, "on-close of connection {} did not run within 10 s", expected - 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            answer = read_line_after(&mut client, b"count?").await;
+        }
+        assert_eq!(answer, format!("closed {expected}\n"));
         client.shutdown().await.unwrap();
         assert_eq!(read_to_end(&mut client).await, b"", "the service closes at the end of stream");
-        // on-close runs after the connection closed: give it a moment.
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     service.stop().await;
+}
+
+/// Returns once the service has read everything sent on `stream` (see
+/// [`unread_by_peer`]); fails after 10 s.
+async fn taken_by_the_service(stream: &tokio::net::TcpStream) {
+    let (local, peer) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread_by_peer(local, peer) > 0 {
+        assert!(Instant::now() < deadline, "the service did not read what was sent within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn read_line_after(stream: &mut tokio::net::TcpStream, message: &[u8]) -> String {
@@ -207,7 +241,7 @@ async fn graceful_stop_bounds_a_callback_stuck_in_read(backend: Backend) {
     let service = TestService::scenario("blocking").on(backend).read_timeout(Duration::from_secs(60)).start();
     let mut client = service.connect().await;
     client.write_all(b"only six").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    taken_by_the_service(&client).await; // the callback now waits in read(18)
     let started = Instant::now();
     assert_eq!(service.stop().await, 0);
     let took = started.elapsed();

@@ -335,6 +335,49 @@ pub async fn wait_until_listening(addr: SocketAddr) {
     }
 }
 
+/// How many bytes written on the TCP connection from `local` to `peer` the
+/// process at `peer` has not read yet, as the kernel's `/proc/net/tcp{,6}`
+/// says: those `local`'s socket has not had acknowledged, plus those
+/// waiting in `peer`'s socket's receive queue. 0 once that process took
+/// them all (or when the connection is gone). A test waits for 0, with a
+/// deadline of its own, where it must know that the other end has read
+/// what was sent: a service is now in its callback, or waits in a read for
+/// the rest. (For what was sent the other way, swap the two addresses.)
+pub fn unread_by_peer(local: SocketAddr, peer: SocketAddr) -> usize {
+    // The kernel prints an address as 32-bit words in the host's byte
+    // order; an IPv4 socket may also sit in the IPv6 table, as ::ffff:a.b.c.d.
+    fn spellings(addr: SocketAddr) -> Vec<String> {
+        let words = |octets: &[u8]| -> String {
+            octets.chunks(4).map(|w| format!("{:08X}", u32::from_ne_bytes(w.try_into().unwrap()))).collect()
+        };
+        let port = addr.port();
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => vec![
+                format!("{}:{port:04X}", words(&ip.octets())),
+                format!("{}:{port:04X}", words(&ip.to_ipv6_mapped().octets())),
+            ],
+            std::net::IpAddr::V6(ip) => vec![format!("{}:{port:04X}", words(&ip.octets()))],
+        }
+    }
+    let (local, peer) = (spellings(local), spellings(peer));
+    let hex = |field: &str| usize::from_str_radix(field, 16).unwrap_or(0);
+    let mut unread = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some((tx, rx)) = fields.get(4).and_then(|queues| queues.split_once(':')) else { continue };
+            let (from, to) = (fields[1].to_string(), fields[2].to_string());
+            if local.contains(&from) && peer.contains(&to) {
+                unread += hex(tx);
+            } else if peer.contains(&from) && local.contains(&to) {
+                unread += hex(rx);
+            }
+        }
+    }
+    unread
+}
+
 /// A native (tokio) TCP echo server on loopback, for any number of
 /// connections: the peer a guest's clients are granted to reach.
 pub async fn native_tcp_echo() -> SocketAddr {
@@ -655,5 +698,32 @@ impl Drop for HostProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::unread_by_peer;
+
+    /// The waits built on it would pass vacuously if it always said 0.
+    #[test]
+    fn unread_by_peer_counts_what_the_other_end_has_not_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert_eq!(unread_by_peer(local, peer), 0);
+        client.write_all(b"twelve bytes").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while unread_by_peer(local, peer) != 12 {
+            assert!(std::time::Instant::now() < deadline, "{} unread, not 12", unread_by_peer(local, peer));
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(unread_by_peer(peer, local), 0, "nothing was sent the other way");
+        let mut got = [0u8; 12];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(unread_by_peer(local, peer), 0);
     }
 }
