@@ -82,7 +82,10 @@ fn a_program_cannot_take_listeners_without_callbacks() {
 fn a_program_cannot_have_an_instance_per_connection() {
     let clients = guest("clients");
     let out = portcullis(&["run", clients.to_str().unwrap(), "--instances", "per-connection"], &test_cache());
-    assert_fails_with(&out, "is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
+    assert_fails_with(
+        &out,
+        "is a program (it exports wasi:cli/run): `--instances per-connection` and `per-worker` are for services",
+    );
 }
 
 #[test]
@@ -106,6 +109,14 @@ struct Running {
     child: Child,
     addr: String,
     stderr_log: PathBuf,
+}
+
+/// A test that fails midway leaves no server behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn serve_echo(cache: &Path, log_level: &str) -> Running {
@@ -440,4 +451,33 @@ fn a_port_clash_between_services_names_both() {
     std::fs::write(&manifest, text).unwrap();
     let out = portcullis(&["run", "--manifest", manifest.to_str().unwrap()], &test_cache());
     assert_fails_with(&out, &format!("service `b`: listen on {addr}: unable to start the socket service: Address"));
+}
+
+/// `--instances per-worker --workers 2`: one instance per worker thread, the
+/// connections spread over them by the kernel (`SO_REUSEPORT`), and each
+/// instance counts only the connections its worker accepted: over 32
+/// connections, the share each sees adds up to two instances (one, if all
+/// had gone to one worker: a chance of 1 in 2^31).
+#[test]
+fn per_worker_instances_keep_state_per_worker() {
+    let args = ["--listen", "127.0.0.1:0", "--env", "MODE=join-count", "--instances", "per-worker", "--workers", "2"];
+    let mut host = portcullis_tests::HostProcess::start("per-worker", "scenarios", &args, None);
+    let addr = host.listening_on();
+    let mut conns: Vec<BufReader<TcpStream>> =
+        (0..32).map(|_| BufReader::new(TcpStream::connect(addr).unwrap())).collect();
+    let mut ask = |conn: &mut BufReader<TcpStream>| -> u32 {
+        conn.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.get_mut().write_all(b"count?").unwrap();
+        let mut line = String::new();
+        conn.read_line(&mut line).unwrap();
+        line.trim_end().strip_prefix("joins ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"))
+    };
+    // A reply comes after the connection's on-connect: once each has replied,
+    // every join is counted, and the second round reads the totals.
+    for conn in &mut conns {
+        ask(conn);
+    }
+    let totals: Vec<u32> = conns.iter_mut().map(&mut ask).collect();
+    let instances: f64 = totals.iter().map(|&n| 1.0 / f64::from(n)).sum();
+    assert!((instances - 2.0).abs() < 1e-9, "counts {totals:?} make {instances} instances, not 2\n{}", host.log());
 }

@@ -17,6 +17,7 @@ use crate::limits;
 use crate::manifest;
 use crate::server::{self, Runtime};
 use crate::settings::ServiceSettings;
+use crate::workers::Workers;
 
 #[derive(Parser)]
 #[command(
@@ -75,17 +76,32 @@ pub struct RunArgs {
     /// Do not use the on-disk cache of compiled components.
     #[arg(long = "no-cache")]
     pub no_cache: bool,
+    /// Worker threads, each with a runtime of its own: `per-connection` and
+    /// `per-worker` services spread over all of them, a `shared` service runs
+    /// on one [default: the CPUs this process may use; a manifest's
+    /// `workers = N`].
+    #[arg(long = "workers", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=crate::workers::MAX_WORKERS as i64))]
+    pub workers: Option<u16>,
 }
 
 impl RunArgs {
-    /// The services to run: the manifest's, or the one the flags describe.
-    fn specs(&self) -> Result<Vec<ServiceSpec>> {
-        if let Some(manifest) = &self.manifest {
-            return manifest::load_manifest(manifest);
-        }
-        let spec = self.service.clone().into_spec(None).map_err(|e| anyhow::anyhow!(e.as_flag()))?;
-        spec.grants.policy()?; // a bad grant stops the start-up
-        Ok(vec![spec])
+    /// The services to run (the manifest's, or the one the flags describe)
+    /// and how many workers.
+    fn specs(&self) -> Result<(Vec<ServiceSpec>, usize)> {
+        let (specs, workers) = match &self.manifest {
+            Some(manifest) => {
+                let file = manifest::load_manifest_file(manifest)?;
+                (file.services, file.workers)
+            }
+            None => {
+                let spec = self.service.clone().into_spec(None).map_err(|e| anyhow::anyhow!(e.as_flag()))?;
+                spec.grants.policy()?; // a bad grant stops the start-up
+                (vec![spec], None)
+            }
+        };
+        let workers = self.workers.map(usize::from).or(workers).unwrap_or_else(crate::workers::default_workers);
+        Ok((specs, workers))
     }
 }
 
@@ -93,7 +109,9 @@ impl RunArgs {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match runtime_builder().enable_all().build() {
+    // The main thread only starts the services and waits for them: they run
+    // on worker threads (`workers`), each with a current-thread runtime.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -163,7 +181,7 @@ fn exit_now(code: i32) -> ! {
 }
 
 async fn run(args: RunArgs) -> Result<i32> {
-    let specs = args.specs()?;
+    let (specs, workers) = args.specs()?;
     server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs
     // microseconds instead of mapping fresh memory each time. Each slot has
@@ -188,14 +206,22 @@ async fn run(args: RunArgs) -> Result<i32> {
         runtime = runtime.with_memory_budget(budget);
     }
     // Load and bind everything before serving anything: an error stops the
-    // start-up as a whole.
+    // start-up as a whole. A service spread over the workers gets one set of
+    // listeners per worker (the kernel spreads the connections); any other
+    // runs on one worker, the next in turn.
     let mut ready = Vec::new();
+    let mut next_worker = 0;
     for spec in &specs {
         let loaded = runtime.load(spec)?;
-        let listeners = match loaded.backend() {
+        // Not yet `per-connection`: each worker would keep a spare instance
+        // from the one pool, and near a full pool a worker's spare holds the
+        // slot another worker's connection needs.
+        let spread =
+            spec.instances == Instances::PerWorker && loaded.backend() == Backend::Portcullis && !loaded.has_main();
+        let listener_sets = match loaded.backend() {
             // It binds `--listen` itself (PORTCULLIS_LISTEN), under the policy,
             // and prints its own `listening on` lines.
-            Backend::Wasi => Vec::new(),
+            Backend::Wasi => vec![(next_worker, Vec::new())],
             Backend::Portcullis => {
                 if !loaded.has_main() {
                     loaded.require_callbacks()?;
@@ -210,11 +236,24 @@ async fn run(args: RunArgs) -> Result<i32> {
                 } else if !spec.listen.is_empty() {
                     loaded.require_callbacks()?;
                 }
-                server::bind_all(&spec.listen).with_context(|| format!("service `{}`", spec.name))?
+                let in_service = || format!("service `{}`", spec.name);
+                if spread {
+                    server::bind_spread(&spec.listen, workers)
+                        .with_context(in_service)?
+                        .into_iter()
+                        .enumerate()
+                        .collect()
+                } else {
+                    vec![(next_worker, server::bind_all(&spec.listen).with_context(in_service)?)]
+                }
             }
         };
-        ready.push((spec, loaded, listeners));
+        if !spread {
+            next_worker += 1;
+        }
+        ready.push((spec, loaded, listener_sets));
     }
+    let workers = Workers::start(workers)?;
     // Signal handlers go in before `listening on` is printed: whoever waits for
     // that line may send SIGTERM at once.
     let shutdown = CancellationToken::new();
@@ -222,8 +261,9 @@ async fn run(args: RunArgs) -> Result<i32> {
     // A closed stdout must not stop the start-up: the lines are a courtesy.
     use std::io::Write;
     let mut stdout = std::io::stdout();
-    for (spec, _, listeners) in &ready {
-        for listener in listeners {
+    for (spec, _, sets) in &ready {
+        // Every set holds the same addresses: the first tells them.
+        for listener in sets.first().map(|(_, set)| set.as_slice()).unwrap_or_default() {
             let addr = listener.local_addr().context("reading the bound address")?;
             let _ = match args.manifest {
                 Some(_) => writeln!(stdout, "{}: listening on {addr}", spec.name),
@@ -237,10 +277,23 @@ async fn run(args: RunArgs) -> Result<i32> {
     // a program that failed) stops the others: the process exits with its
     // status, so that a supervisor sees it, and the log names it.
     let several = ready.len() > 1;
-    let runs = ready.into_iter().map(|(spec, loaded, listeners)| {
+    let runs = ready.into_iter().map(|(spec, loaded, sets)| {
         let shutdown = shutdown.clone();
+        let on_workers: Vec<_> = sets
+            .into_iter()
+            .map(|(worker, listeners)| {
+                workers.spawn(worker, server::serve(loaded.clone(), listeners, shutdown.clone()))
+            })
+            .collect();
         async move {
-            let result = server::serve(loaded, listeners, shutdown.clone()).await;
+            // The service's status: its first worker's that failed, else 0.
+            let mut result = Ok(0);
+            for ended in futures::future::join_all(on_workers).await {
+                let ended = ended.map_err(|e| anyhow::anyhow!("a worker stopped: {e}")).and_then(|r| r);
+                if matches!(result, Ok(0)) {
+                    result = ended;
+                }
+            }
             let failed = match &result {
                 Ok(0) => None,
                 Ok(code) => Some(format!("ended with status {code}")),
@@ -304,20 +357,4 @@ fn stop_on_signal(shutdown: CancellationToken) -> Result<()> {
         })
         .context("starting the signal thread")?;
     Ok(())
-}
-
-/// One thread by default: a service's instance is one future anyway, and on
-/// one thread its callbacks, socket readiness and timers need no cross-thread
-/// wake-ups (measured: about twice the echo throughput of tokio's multi-thread
-/// runtime on the same core). `PORTCULLIS_WORKERS=N` (N > 1) spreads the
-/// services of a manifest over N worker threads instead.
-fn runtime_builder() -> tokio::runtime::Builder {
-    match std::env::var("PORTCULLIS_WORKERS").ok().and_then(|w| w.parse::<usize>().ok()) {
-        Some(n) if n > 1 => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
-        _ => tokio::runtime::Builder::new_current_thread(),
-    }
 }

@@ -195,8 +195,10 @@ impl ServiceComponent {
                 let iface = component.get_export_index(None, export)?;
                 component.get_export_index(Some(&iface), "run")
             });
-        if main.is_some() && spec.instances == Instances::PerConnection {
-            bail!("{name} is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
+        if main.is_some() && spec.instances != Instances::Shared {
+            bail!(
+                "{name} is a program (it exports wasi:cli/run): `--instances per-connection` and `per-worker` are for services"
+            );
         }
         let backend = Backend::of(engine, component);
         let warnings = Warnings::new(Arc::from(name.as_str()));

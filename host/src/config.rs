@@ -63,6 +63,11 @@ pub enum Instances {
     /// A fresh instance for every accepted connection, dropped when it closes:
     /// nothing is shared between connections, and a trap ends only its own.
     PerConnection,
+    /// One instance per worker thread (`--workers`), each serving the
+    /// connections its worker accepts: state per worker, for services that
+    /// keep none across connections (echo, an HTTP responder, a proxy); a
+    /// trap ends only that worker's instance and its connections.
+    PerWorker,
 }
 
 /// The grant strings of one service, as the operator wrote them.

@@ -66,5 +66,6 @@ pub mod settings;
 pub(crate) mod state;
 pub(crate) mod sync;
 pub(crate) mod wasi_sockets;
+pub mod workers;
 
 pub use server::Runtime;

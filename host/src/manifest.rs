@@ -36,17 +36,35 @@ use crate::settings::ServiceSettings;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
+    /// Process-wide, as `--workers` (which overrides it).
+    workers: Option<usize>,
     service: Vec<ServiceSettings>,
+}
+
+/// What a manifest says: its services and the process-wide settings.
+#[derive(Debug)]
+pub struct ManifestFile {
+    pub services: Vec<ServiceSpec>,
+    /// `workers = N`: worker threads (see `workers`); `None`: not said.
+    pub workers: Option<usize>,
+}
+
+/// Reads a manifest's services; see [`load_manifest_file`].
+pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
+    Ok(load_manifest_file(path)?.services)
 }
 
 /// Reads a manifest. Component paths are relative to the manifest's folder;
 /// every setting and grant is checked here, so a bad one stops the start-up.
-pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
+pub fn load_manifest_file(path: &Path) -> Result<ManifestFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let manifest: Manifest =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e.to_string())))?;
     if manifest.service.is_empty() {
         bail!("{}: no [[service]] in the manifest", path.display());
+    }
+    if let Some(workers) = manifest.workers.filter(|n| !(1..=crate::workers::MAX_WORKERS).contains(n)) {
+        bail!("{}: workers = {workers}: give 1 to {}", path.display(), crate::workers::MAX_WORKERS);
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut specs: Vec<ServiceSpec> = Vec::new();
@@ -60,7 +78,7 @@ pub fn load_manifest(path: &Path) -> Result<Vec<ServiceSpec>> {
         spec.grants.policy().with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
         specs.push(spec);
     }
-    Ok(specs)
+    Ok(ManifestFile { services: specs, workers: manifest.workers })
 }
 
 /// toml's errors span several lines (with a caret); an operator gets one.
@@ -151,6 +169,16 @@ mod tests {
         assert_eq!((specs[0].limits.max_connections, specs[1].limits.max_connections), (None, NonZeroUsize::new(200)));
         assert_eq!(specs[1].grants.connect, vec!["tcp://db.internal:5432"]);
         assert!(specs[1].grants.block_private);
+    }
+
+    #[test]
+    fn workers_is_a_process_wide_key() {
+        let manifest =
+            write("workers", "workers = 3\n[[service]]\ncomponent = \"a.wasm\"\ninstances = \"per-worker\"\n");
+        let file = load_manifest_file(&manifest.path).unwrap();
+        assert_eq!((file.workers, file.services[0].instances), (Some(3), Instances::PerWorker));
+        let none = write("no-workers", "workers = 0\n[[service]]\ncomponent = \"a.wasm\"\n");
+        assert!(load_manifest_file(&none.path).unwrap_err().to_string().contains("workers = 0: give 1 to 1024"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::config::{Instances, ServiceSpec};
 use crate::dispatch;
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
-use crate::net::listener::{accept_loop, bind_tcp};
+use crate::net::listener::{accept_loop, bind_std};
 
 /// The shared engine, compile cache and memory budget; load components
 /// through it.
@@ -107,11 +107,29 @@ impl Runtime {
 
 /// Binds every address in `addrs`, failing on the first that cannot be bound
 /// (`unable to start the socket service: Address already in use`).
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>> {
     addrs
         .iter()
-        .map(|addr| bind_tcp(*addr).map_err(anyhow::Error::from).with_context(|| format!("listen on {addr}")))
+        .map(|addr| bind_std(*addr, false).map_err(anyhow::Error::from).with_context(|| format!("listen on {addr}")))
         .collect()
+}
+
+/// [`bind_all`] `copies` times over, for a service spread over workers: one
+/// set of listeners per worker, each address bound `SO_REUSEPORT` by every
+/// copy (a port 0 is chosen by the first copy and taken by the others).
+pub fn bind_spread(addrs: &[SocketAddr], copies: usize) -> Result<Vec<Vec<std::net::TcpListener>>> {
+    let mut sets: Vec<Vec<std::net::TcpListener>> = (0..copies.max(1)).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        let bind =
+            |at: SocketAddr| bind_std(at, true).map_err(anyhow::Error::from).with_context(|| format!("listen on {at}"));
+        let first = bind(*addr)?;
+        let bound = first.local_addr().context("reading the bound address")?;
+        sets[0].push(first);
+        for set in &mut sets[1..] {
+            set.push(bind(bound)?);
+        }
+    }
+    Ok(sets)
 }
 
 /// Serves `loaded` on `listeners` (already bound) as its [`ServiceSpec`] says,
@@ -119,19 +137,28 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
 /// callback connections are done. Returns the exit code.
 pub async fn serve(
     loaded: Arc<ServiceComponent>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<std::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     if !listeners.is_empty() {
         loaded.require_callbacks()?;
     }
+    // Taken over by the runtime this runs on (a worker's).
+    let listeners = listeners
+        .into_iter()
+        .map(TcpListener::from_std)
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("taking over a listener")?;
     let (sink, conns) = mpsc::unbounded_channel();
     let admission = loaded.admission().clone();
     for listener in listeners {
         tokio::spawn(accept_loop(listener, admission.clone(), sink.clone(), shutdown.clone(), |_| {}));
     }
     match loaded.instances() {
-        Instances::Shared => dispatch::run_shared(loaded, conns, sink, admission, shutdown).await,
+        // Per worker: each worker runs this with listeners of its own.
+        Instances::Shared | Instances::PerWorker => {
+            dispatch::run_shared(loaded, conns, sink, admission, shutdown).await
+        }
         Instances::PerConnection => {
             drop(sink);
             dispatch::run_per_connection(loaded, conns, admission, shutdown).await

@@ -29,15 +29,28 @@ pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Binds `addr` for listening. Must run inside a tokio runtime.
 pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, SocketError> {
-    let listen = || -> std::io::Result<TcpListener> {
+    let listener = bind_std(addr, false)?;
+    TcpListener::from_std(listener).map_err(|e| SocketError::from_io(LISTEN_FAILED, &e))
+}
+
+/// Binds `addr` for listening, non-blocking, for a runtime to take over
+/// later (`TcpListener::from_std` on the worker that serves it). With
+/// `reuse_port`, other sockets bound the same way may listen on the same
+/// address, and the kernel spreads new connections over them (one per
+/// worker).
+pub fn bind_std(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, SocketError> {
+    let listen = || -> std::io::Result<std::net::TcpListener> {
         use socket2::{Domain, Socket, Type};
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         // As std does: a restarted service can bind while old connections linger.
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         socket.set_nonblocking(true)?;
-        TcpListener::from_std(socket.into())
+        Ok(socket.into())
     };
     listen().map_err(|e| SocketError::from_io(LISTEN_FAILED, &e))
 }
