@@ -481,3 +481,25 @@ fn per_worker_instances_keep_state_per_worker() {
     let instances: f64 = totals.iter().map(|&n| 1.0 / f64::from(n)).sum();
     assert!((instances - 2.0).abs() < 1e-9, "counts {totals:?} make {instances} instances, not 2\n{}", host.log());
 }
+
+/// Caps are per service, not per worker: `--max-connections 2` over two
+/// `per-worker` instances serves two connections at once, wherever the
+/// kernel put them; a third waits in the backlog until one closes.
+#[test]
+fn max_connections_holds_over_all_workers() {
+    let args = ["--instances", "per-worker", "--workers", "2", "--max-connections", "2"];
+    let dir = scratch("max-connections-workers");
+    let running = serve_echo_with(&dir, "info", &args);
+    let mut held: Vec<TcpStream> = (0..2).map(|i| echo_once(&running.addr, format!("{i}").as_bytes())).collect();
+    let mut third = TcpStream::connect(&running.addr).unwrap();
+    third.write_all(b"three").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut reply = [0u8; 5];
+    assert!(third.read_exact(&mut reply).is_err(), "a third connection was served beside two at the cap");
+    drop(held.remove(0));
+    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    third.read_exact(&mut reply).expect("the waiting connection was not served once one closed");
+    assert_eq!(&reply, b"three");
+    let (code, log) = running.terminate();
+    assert_eq!(code, 0, "log: {log}");
+}

@@ -78,13 +78,6 @@ pub async fn accept_loop(
     // One wait for the stop, kept across connections.
     let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
-        let permit = match &admission.limit {
-            Some(limit) => tokio::select! {
-                slot = limit.clone().acquire_owned() => slot.ok(),
-                _ = stopped.as_mut() => return,
-            },
-            None => None,
-        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stopped.as_mut() => return,
@@ -96,6 +89,18 @@ pub async fn accept_loop(
                 tokio::time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
+        };
+        // The cap's place is taken after the accept, not before: a service's
+        // listeners on several workers share the cap, and a loop that held a
+        // place while no client came would keep it from a worker that has
+        // one. So at the cap each loop holds one accepted connection,
+        // unserved, and the rest wait in the kernel's backlog.
+        let permit = match &admission.limit {
+            Some(limit) => tokio::select! {
+                slot = limit.clone().acquire_owned() => slot.ok(),
+                _ = stopped.as_mut() => return,
+            },
+            None => None,
         };
         // Refused: dropping the stream closes it.
         let Some(admitted) = admission.admit(peer.ip(), permit) else { continue };
