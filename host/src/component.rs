@@ -342,7 +342,7 @@ impl ServiceComponent {
         let listen = self.wasi_sockets.as_ref().map(|s| s.listen_addresses()).unwrap_or_default();
         let env = match listen.is_empty() {
             false => {
-                let listen = listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+                let listen = environment::listen_value(&listen);
                 self.env
                     .iter()
                     .map(|(k, v)| (k.clone(), if k == environment::LISTEN { listen.clone() } else { v.clone() }))

@@ -119,12 +119,14 @@ impl ServiceSettings {
     /// needed; a `max-memory` under 1 MiB. Grants are checked by
     /// [`Grants::policy`].
     pub fn into_spec(self, base: Option<&Path>) -> Result<ServiceSpec, SettingError> {
-        let component = self.component.ok_or(SettingError { key: "component", problem: "is missing".into() })?;
-        if component.as_os_str().is_empty() {
+        let Some(written) = &self.component else {
+            return Err(SettingError { key: "component", problem: "is missing".into() });
+        };
+        if written.as_os_str().is_empty() {
             return Err(SettingError { key: "component", problem: "is empty".into() });
         }
-        check_name(&self.name.clone().unwrap_or_else(|| default_name(&component)), self.name.is_some())?;
-        let component = base.map_or(component.clone(), |base| base.join(&component));
+        check_name(&self.service_name(), self.name.is_some())?;
+        let component = base.map_or(written.clone(), |base| base.join(written));
         let at_least_one = |key: &'static str, n: Option<u64>| match n {
             Some(0) => Err(SettingError { key, problem: "must be at least 1".into() }),
             n => Ok(n),

@@ -74,9 +74,9 @@ impl HostState {
         }
     }
 
-    /// The guest truly waited, or a callback starts: its bound starts over.
+    /// A blocking WASI call truly waited (see `limits::cpu`).
     pub fn waited(&mut self) {
-        self.cpu.restart();
+        self.cpu.wait_ended();
     }
 }
 

@@ -78,8 +78,7 @@ impl ServiceEnv {
         let ms = |t: Duration| t.as_millis().max(1).to_string();
         let mut vars = Vec::new();
         if !self.listen.is_empty() {
-            let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
-            vars.push((LISTEN, listen.join(",")));
+            vars.push((LISTEN, listen_value(&self.listen)));
         }
         vars.push((READ_TIMEOUT_MS, ms(self.read_timeout)));
         if let Some(n) = self.max_connections {
@@ -131,6 +130,11 @@ impl ServiceEnv {
     pub fn no_listen_error() -> String {
         format!("{LISTEN} is not set: set it to ADDR:PORT[,ADDR:PORT...] (portcullis run --listen sets it)")
     }
+}
+
+/// [`LISTEN`]'s value for `addrs`: `127.0.0.1:7000,[::1]:7000`.
+pub fn listen_value(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, String> {

@@ -258,8 +258,7 @@ mod tests {
         assert_eq!(cpu.at_epoch(), AtEpoch::Yield);
         cpu.calling_host();
         cpu.entering_guest(); // a realloc inside the call: the guest did not give its thread back
-        assert_eq!(cpu.used(), Duration::from_millis(40).max(cpu.used()), "nothing restarted by the realloc");
-        assert!(cpu.used() >= Duration::from_millis(40));
+        assert!(cpu.used() >= Duration::from_millis(40), "nothing restarted by the realloc");
         cpu.wait_ended();
         cpu.returning_from_host();
         assert_eq!(cpu.used(), Duration::ZERO);

@@ -42,8 +42,8 @@ impl Limits {
     pub(crate) const DEFAULT: Limits = Limits {
         max_accepted: usize::MAX,
         per_ip: usize::MAX,
-        idle: Some(Duration::from_secs(300)),
-        write: Some(Duration::from_secs(300)),
+        idle: Some(portcullis_protocol::environment::DEFAULT_TIMEOUT),
+        write: Some(portcullis_protocol::environment::DEFAULT_TIMEOUT),
     };
 }
 
