@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use portcullis_tests::std_client::line;
 use portcullis_tests::{HostProcess, guest, portcullis_bin, test_cache, unread_by_peer};
 
 const MIB: u64 = 1 << 20;
@@ -114,19 +115,6 @@ impl Host {
         let (code, took) = self.process.terminate(Duration::from_secs(20));
         (code, took, self.log())
     }
-}
-
-/// Reads one line (or what came before the end) from `stream`.
-fn line(stream: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut byte = [0u8; 1];
-    while let Ok(1) = stream.read(&mut byte) {
-        out.push(byte[0]);
-        if byte[0] == b'\n' {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Asserts that the host closes `stream` (a trapped instance's connection).

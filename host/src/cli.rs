@@ -213,11 +213,9 @@ async fn run(args: RunArgs) -> Result<i32> {
     let mut next_worker = 0;
     for spec in &specs {
         let loaded = runtime.load(spec)?;
-        // Not yet `per-connection`: each worker would keep a spare instance
-        // from the one pool, and near a full pool a worker's spare holds the
-        // slot another worker's connection needs.
-        let spread =
-            spec.instances == Instances::PerWorker && loaded.backend() == Backend::Portcullis && !loaded.has_main();
+        let spread = matches!(spec.instances, Instances::PerWorker | Instances::PerConnection)
+            && loaded.backend() == Backend::Portcullis
+            && !loaded.has_main();
         let listener_sets = match loaded.backend() {
             // It binds `--listen` itself (PORTCULLIS_LISTEN), under the policy,
             // and prints its own `listening on` lines.

@@ -22,6 +22,7 @@ use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
 use crate::net::admission::Admission;
 use crate::net::{NetCtx, TcpConn};
 use crate::policy::Policy;
+use crate::pool::Spares;
 use crate::state::{HostState, new_store};
 use crate::wasi_sockets::WasiSockets;
 
@@ -55,6 +56,8 @@ pub struct ServiceComponent {
     pub(crate) warnings: Warnings,
     /// The service's connection caps and time-outs, for all its listeners.
     admission: Admission,
+    /// The spares of the instance pool this component's instances come from.
+    spares: Arc<Spares>,
 }
 
 /// A component's log lines that its instances (or the clients that make
@@ -172,12 +175,13 @@ impl ServiceComponent {
     /// Links `component` against the portcullis and WASI imports. Fails with a
     /// message naming the missing import when the component wants something
     /// portcullis does not provide.
-    pub fn new(
+    pub(crate) fn new(
         engine: &Engine,
         component: &Component,
         spec: &ServiceSpec,
         policy: Arc<Policy>,
         budget: Arc<MemoryBudget>,
+        spares: Arc<Spares>,
     ) -> Result<Self> {
         let name = &spec.name;
         let mut linker = Linker::<HostState>::new(engine);
@@ -244,7 +248,13 @@ impl ServiceComponent {
             unwanted: Unwanted::default(),
             warnings,
             admission: Admission::new(&spec.limits, Arc::from(name.as_str())),
+            spares,
         })
+    }
+
+    /// The spares of the instance pool (see [`crate::pool`]).
+    pub(crate) fn spares(&self) -> &Arc<Spares> {
+        &self.spares
     }
 
     /// A new instance in `store`, with its callbacks looked up.

@@ -60,6 +60,7 @@ pub mod limits;
 pub mod manifest;
 pub(crate) mod net;
 pub mod policy;
+pub(crate) mod pool;
 pub(crate) mod scaffold;
 pub mod server;
 pub mod settings;

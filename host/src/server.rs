@@ -21,6 +21,7 @@ use crate::dispatch;
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
 use crate::net::listener::{accept_loop, bind_std};
+use crate::pool::Spares;
 
 /// The shared engine, compile cache and memory budget; load components
 /// through it.
@@ -32,6 +33,8 @@ pub struct Runtime {
     budget: Arc<MemoryBudget>,
     /// Instance slots of a pooled engine (`--max-instances`), if pooled.
     pool_slots: Option<u32>,
+    /// The spares made ahead from those slots, by every service and worker.
+    spares: Arc<Spares>,
 }
 
 impl Runtime {
@@ -43,6 +46,7 @@ impl Runtime {
             cache_dir: engine::default_cache_dir(),
             budget: MemoryBudget::new(limits::default_memory_budget()),
             pool_slots: None,
+            spares: Spares::new(),
         })
     }
 
@@ -54,6 +58,7 @@ impl Runtime {
             cache_dir: engine::default_cache_dir(),
             budget: MemoryBudget::new(limits::default_memory_budget()),
             pool_slots: Some(max_instances),
+            spares: Spares::new(),
         })
     }
 
@@ -96,7 +101,14 @@ impl Runtime {
             spec.limits.max_connections = self.pool_slots.and_then(|n| NonZeroUsize::new(n as usize));
         }
         let policy = spec.grants.policy()?;
-        Ok(Arc::new(ServiceComponent::new(&self.engine, &component, &spec, Arc::new(policy), self.budget.clone())?))
+        Ok(Arc::new(ServiceComponent::new(
+            &self.engine,
+            &component,
+            &spec,
+            Arc::new(policy),
+            self.budget.clone(),
+            self.spares.clone(),
+        )?))
     }
 
     /// Reads and compiles (or loads from cache) the component at `path`.

@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod std_client;
+
 #[path = "../../xtask/src/layout.rs"]
 mod layout;
 

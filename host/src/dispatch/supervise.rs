@@ -19,6 +19,7 @@ use crate::blocking::Stopped;
 use crate::component::{Backend, MainFunc, ServiceComponent};
 use crate::net::TcpConn;
 use crate::net::admission::Admission;
+use crate::pool::{self, SpareHeld};
 use crate::state::HostState;
 use crate::{guest_text, sync};
 
@@ -141,8 +142,10 @@ pub async fn run_per_connection(
     let mut instances = tokio::task::JoinSet::new();
     // One instance is made ahead, in the time between connections, so that the
     // next connection is served at once instead of after its instantiation.
-    // Every instance is made here, in this one task, so the spare can never
-    // take the last pool slot from a connection that is being set up.
+    // Every instance of this worker is made here, in this one task, so its
+    // spare can never take the last pool slot from a connection it is setting
+    // up; a spare of another worker or service that does is asked back
+    // (see `pool`).
     let mut spare: Option<Spare> = None;
     // After a failed attempt (typically a full pool), try again only once an
     // instance has ended, instead of spinning on a full pool.
@@ -154,10 +157,18 @@ pub async fn run_per_connection(
     let mut refuse_until: Option<Instant> = None;
     let forced_stop = forced_stop(&shutdown);
     let mut stop = sync::cancelled(&shutdown);
+    let mut calls = loaded.spares().calls();
     loop {
         tokio::select! {
             biased;
             _ = &mut stop => break,
+            // Before connections: in a flood they are always ready.
+            Ok(()) = calls.changed() => if let Some(given) = spare.take() {
+                // A connection elsewhere found the pool full: this slot is its.
+                drop(given);
+                loaded.spares().gave_back();
+                may_prepare = false;
+            },
             conn = conns.recv() => match conn {
                 Some(conn) => {
                     let tried = Instant::now();
@@ -166,7 +177,7 @@ pub async fn run_per_connection(
                         (None, Some(until)) if Instant::now() < until => {
                             Err(anyhow::anyhow!("instances fail to start; the next try at most {:?} from now", until - Instant::now()))
                         }
-                        (None, _) => Spare::new(&loaded, admission.clone(), forced_stop.clone()).await,
+                        (None, _) => instance_for(&loaded, &admission, &forced_stop).await,
                     };
                     match made {
                         Ok(spare) => {
@@ -199,10 +210,17 @@ pub async fn run_per_connection(
                 }
                 let tried = Instant::now();
                 (tried, Spare::new(&loaded, admission.clone(), forced_stop.clone()).await)
-            }, if spare.is_none() && may_prepare => match made {
+            }, if spare.is_none() && may_prepare && loaded.spares().wanted() => match made {
                 (_, Ok(made)) => {
-                    spare = Some(made);
                     refuse_until = None;
+                    if loaded.spares().wanted() {
+                        spare = Some(made);
+                    } else {
+                        // Made while a connection waited for a slot: it is that one's.
+                        drop(made);
+                        loaded.spares().gave_back();
+                        may_prepare = false;
+                    }
                 }
                 (tried, Err(e)) => {
                     if !pool_full(&e) {
@@ -222,6 +240,33 @@ pub async fn run_per_connection(
     Ok(0)
 }
 
+/// An instance for a connection that found no spare ready. If the pool is
+/// full while spares (of other workers or services) hold slots, they are
+/// asked back, again if another takes the freed slot first, for at most
+/// [`pool::ASK_BACK_WAIT`].
+async fn instance_for(
+    loaded: &ServiceComponent,
+    admission: &Admission,
+    forced_stop: &CancellationToken,
+) -> Result<Spare> {
+    let deadline = Instant::now() + pool::ASK_BACK_WAIT;
+    let mut asking = None;
+    loop {
+        match Spare::new(loaded, admission.clone(), forced_stop.clone()).await {
+            Err(e) if pool_full(&e) && Instant::now() < deadline => {
+                let asking = asking.get_or_insert_with(|| loaded.spares().asking());
+                if !asking.ask_back().await {
+                    // None held: one last try, for a spare that was just
+                    // handed to a connection of its own worker (its slot
+                    // comes under that connection's place in the cap).
+                    return Spare::new(loaded, admission.clone(), forced_stop.clone()).await;
+                }
+            }
+            made => return made,
+        }
+    }
+}
+
 /// Whether an instantiation failed for want of a pool slot (not for what
 /// the component did).
 fn pool_full(error: &anyhow::Error) -> bool {
@@ -238,16 +283,21 @@ pub struct Spare {
     sink: mpsc::UnboundedSender<TcpConn>,
     conns: mpsc::UnboundedReceiver<TcpConn>,
     active_listeners: Arc<AtomicUsize>,
+    /// Counts it among the pool's spares (dropped after the store).
+    held: SpareHeld,
 }
 
 impl Spare {
     /// A fresh store and instance for one connection, made before it arrives.
     async fn new(component: &ServiceComponent, admission: Admission, forced_stop: CancellationToken) -> Result<Spare> {
+        // Held from before the slot is taken: a connection that finds the
+        // pool full meanwhile knows to wait for this one.
+        let held = component.spares().hold();
         let (sink, conns) = mpsc::unbounded_channel();
         let active_listeners = Arc::new(AtomicUsize::new(0));
         let mut store = component.new_store(sink.clone(), active_listeners.clone(), admission, forced_stop);
         let (_instance, callbacks) = component.instantiate(&mut store).await?;
-        Ok(Spare { store, callbacks, sink, conns, active_listeners })
+        Ok(Spare { store, callbacks, sink, conns, active_listeners, held })
     }
 }
 
@@ -310,7 +360,9 @@ async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn,
     // The connection's place under `--max-connections` is given back after the
     // store (declared later, dropped earlier) has returned its pool slot.
     let _permit = conn.take_permit();
-    let Spare { mut store, callbacks, sink, mut conns, active_listeners } = spare;
+    let Spare { mut store, callbacks, sink, mut conns, active_listeners, held } = spare;
+    // A spare no longer: it serves its connection.
+    drop(held);
     let (id, remote) = (conn.id(), conn.remote_addr());
     let _ = sink.send(conn);
     let sources =

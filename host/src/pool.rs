@@ -1,0 +1,137 @@
+//! Spares of the instance pool. With `--instances per-connection` each
+//! worker makes a service's next instance ahead, a *spare*, so that a
+//! connection is served without waiting for its instantiation. Every spare
+//! holds a slot of the one pool (`--max-instances`), shared by all workers
+//! and services: near a full pool, a spare on one worker could hold the
+//! slot a connection on another worker needs. Such a connection asks every
+//! spare back, and no new spare is made while it waits (a moment at most)
+//! for a slot; only then is it refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+/// How long a connection that found the pool full may wait for a slot
+/// while spares are asked back: a worker gives its spare back when its event
+/// loop next runs, which a callback running on that worker can delay.
+pub(crate) const ASK_BACK_WAIT: Duration = Duration::from_millis(500);
+
+/// How often such a connection tries again meanwhile: a spare its own worker
+/// hands to a connection of its own is no longer held, and frees no slot to
+/// tell of, but the slot of any instance that ends is free.
+const RETRY_EVERY: Duration = Duration::from_millis(5);
+
+/// The spares of one pool: how many are held, who is asking for them back,
+/// and the calls to give them back.
+pub(crate) struct Spares {
+    held: AtomicUsize,
+    /// Connections waiting for a slot: no new spare is made meanwhile.
+    askers: AtomicUsize,
+    /// Bumped by each call to give spares back; every supervisor watches it.
+    calls: watch::Sender<u64>,
+    given_back: Notify,
+}
+
+impl Spares {
+    pub(crate) fn new() -> Arc<Spares> {
+        Arc::new(Spares {
+            held: AtomicUsize::new(0),
+            askers: AtomicUsize::new(0),
+            calls: watch::Sender::new(0),
+            given_back: Notify::new(),
+        })
+    }
+
+    /// Counts a spare just made as held until the returned guard drops.
+    pub(crate) fn hold(self: &Arc<Self>) -> SpareHeld {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        SpareHeld(self.clone())
+    }
+
+    /// Whether a spare may be made now: no connection is waiting for a slot.
+    pub(crate) fn wanted(&self) -> bool {
+        self.askers.load(Ordering::Relaxed) == 0
+    }
+
+    /// The calls to give spares back, for a supervisor to watch.
+    pub(crate) fn calls(&self) -> watch::Receiver<u64> {
+        self.calls.subscribe()
+    }
+
+    /// Starts asking for spares back; no new spare is made anywhere until
+    /// the returned guard drops.
+    pub(crate) fn asking(&self) -> Asking<'_> {
+        self.askers.fetch_add(1, Ordering::Relaxed);
+        Asking(self)
+    }
+
+    /// A spare was dropped for a call: its slot is free.
+    pub(crate) fn gave_back(&self) {
+        self.given_back.notify_waiters();
+    }
+}
+
+/// A connection asking for spares back (see [`Spares::asking`]).
+pub(crate) struct Asking<'a>(&'a Spares);
+
+impl Asking<'_> {
+    /// Asks every supervisor to give its spare back, and waits until one
+    /// did or [`RETRY_EVERY`] passed: then the caller tries again. False (at
+    /// once) if no spare is held: nothing to wait for.
+    pub(crate) async fn ask_back(&self) -> bool {
+        let spares = self.0;
+        if spares.held.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let given_back = spares.given_back.notified();
+        tokio::pin!(given_back);
+        given_back.as_mut().enable();
+        spares.calls.send_modify(|n| *n += 1);
+        let _ = tokio::time::timeout(RETRY_EVERY, given_back).await;
+        true
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.0.askers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A spare counted as held (see [`Spares::hold`]); the count drops with it.
+pub(crate) struct SpareHeld(Arc<Spares>);
+
+impl Drop for SpareHeld {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn asking_with_no_spare_held_returns_at_once() {
+        let spares = Spares::new();
+        assert!(!spares.asking().ask_back().await);
+    }
+
+    #[tokio::test]
+    async fn holders_are_called_and_no_spare_is_wanted_while_one_asks() {
+        let spares = Spares::new();
+        let held = spares.hold();
+        let mut calls = spares.calls();
+        let asking = spares.asking();
+        assert!(!spares.wanted(), "a spare may be made while a connection asks for one back");
+        assert!(asking.ask_back().await, "a spare is held: worth trying again");
+        calls.changed().await.expect("the holder was called");
+        drop(held);
+        spares.gave_back();
+        assert!(!asking.ask_back().await, "the spare was counted as still held");
+        drop(asking);
+        assert!(spares.wanted());
+    }
+}

@@ -1,0 +1,186 @@
+//! The bounds that stay process-wide when a service is spread over worker
+//! threads: each test runs the real binary with `--workers 2` and a service
+//! whose connections the kernel spreads over both workers (`per-worker` or
+//! `per-connection` instances), and shows the bound holds for the service or
+//! the process as a whole, not per worker. (`--max-connections` over workers:
+//! `tests/cli.rs`.) Which worker a connection lands on is the kernel's pick
+//! (a hash of its addresses): each test makes enough connections that both
+//! workers take part but for a chance far below one in a thousand.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::HostProcess;
+use portcullis_tests::std_client::{closed_within, connect_from, echoed, line};
+
+/// `portcullis run <guest> --listen 127.0.0.1:0 --workers 2 ARGS`, and the
+/// address it listens on.
+fn serve(test: &str, guest: &str, args: &[&str]) -> (HostProcess, SocketAddr) {
+    serve_with_limits(test, guest, args, None)
+}
+
+fn serve_with_limits(
+    test: &str,
+    guest: &str,
+    args: &[&str],
+    before_exec: Option<fn() -> std::io::Result<()>>,
+) -> (HostProcess, SocketAddr) {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--workers", "2"];
+    all.extend_from_slice(args);
+    let mut host = HostProcess::start(&format!("workers-{test}"), guest, &all, before_exec);
+    let addr = host.listening_on();
+    (host, addr)
+}
+
+#[test]
+fn the_per_address_cap_and_its_log_line_hold_over_workers() {
+    let (host, addr) = serve("per-ip", "echo", &["--instances", "per-worker", "--max-connections-per-ip", "3"]);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.2", addr)).collect();
+    for stream in &mut held {
+        echoed(stream, b"mine\n").unwrap();
+    }
+    // Whichever worker each lands on, a fourth from that address is refused:
+    // the cap counts the service's connections, not a worker's.
+    for _ in 0..40 {
+        let mut again = connect_from("127.0.0.2", addr);
+        let _ = again.write_all(b"more\n");
+        assert!(closed_within(&mut again, Duration::from_secs(5)), "a fourth connection from one address was served");
+    }
+    echoed(&mut connect_from("127.0.0.3", addr), b"other\n").unwrap();
+    // The refusals of both workers are coalesced together: one line, then
+    // counts, not a line per worker per burst.
+    let log = host.log_with("connections refused at --max-connections-per-ip: ", 1, Duration::from_secs(3));
+    let lines = log.lines().filter(|l| l.contains("--max-connections-per-ip")).count();
+    assert!((2..=6).contains(&lines), "40 refusals over two workers in {lines} log lines:\n{log}");
+}
+
+#[test]
+fn the_memory_budget_holds_over_workers() {
+    // Instances per connection of 256 MiB each, each using 200 MiB, in a
+    // process with 500 MiB for all: two fit, whichever workers they are on.
+    let args = [
+        "--env",
+        "MODE=alloc",
+        "--env",
+        "ALLOC_MIB=200",
+        "--instances",
+        "per-connection",
+        "--max-memory",
+        "256MiB",
+        "--memory-budget",
+        "500MiB",
+        "--max-instances",
+        "16",
+    ];
+    let (host, addr) = serve("budget", "hostile", &args);
+    let mut clients = Vec::new();
+    let mut served = 0;
+    for _ in 0..12 {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if line(&mut client) == "ok\n" {
+            served += 1;
+        }
+        clients.push(client);
+    }
+    assert_eq!(served, 2, "two instances fit the budget: {}", host.log());
+    let log = host.log_with("memory budget reached", 1, Duration::from_secs(3));
+    assert!(log.contains("memory budget reached"), "{log}");
+}
+
+/// A hard open-file limit of 256: guests may hold 192 sockets together
+/// (a quarter, at least 64, stays the host's).
+fn few_descriptors() -> std::io::Result<()> {
+    let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+    // SAFETY: setrlimit with a valid struct, in the child before exec.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn the_socket_ceiling_holds_over_workers() {
+    // Every connection's instance binds UDP sockets until refused and keeps
+    // them while its connection is open; --max-sockets would let each have
+    // 1000, the process's ceiling lets all of them together have 192.
+    let args = [
+        "--env",
+        "MODE=udp-flood",
+        "--allow-udp",
+        "udp://127.0.0.1:9",
+        "--max-sockets",
+        "1000",
+        "--instances",
+        "per-connection",
+    ];
+    let (host, addr) = serve_with_limits("socket-ceiling", "hostile", &args, Some(few_descriptors));
+    let mut attackers = Vec::new();
+    let mut opened = 0;
+    for _ in 0..12 {
+        let mut attacker = TcpStream::connect(addr).unwrap();
+        attacker.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        attacker.write_all(b"flood\n").unwrap();
+        let answer = line(&mut attacker);
+        let n: usize = answer
+            .strip_prefix("opened ")
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("answer {answer:?}; log: {}", host.log()));
+        assert!(answer.contains("192 guest sockets at most"), "{answer}");
+        opened += n;
+        attackers.push(attacker);
+    }
+    assert_eq!(opened, 192, "sockets the instances of both workers hold together");
+    assert!(host.descriptors() < 256, "{} descriptors open", host.descriptors());
+}
+
+#[test]
+fn the_output_rate_holds_over_workers() {
+    // Eight clients at once each have an instance print 8 MiB; the service's
+    // output rate (64 KiB a second) is one for all its instances, on every
+    // worker. Its stdout is read until the process exits.
+    let (mut host, addr) = serve("output-rate", "hostile", &["--env", "MODE=print-flood", "--instances", "per-worker"]);
+    let pid = host.pid() as i32;
+    let started = Instant::now();
+    let stopper = std::thread::spawn(move || {
+        let attackers: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut attacker = TcpStream::connect(addr).unwrap();
+                    attacker.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    attacker.write_all(b"go\n").unwrap();
+                    line(&mut attacker)
+                })
+            })
+            .collect();
+        let answers: Vec<String> = attackers.into_iter().map(|a| a.join().unwrap()).collect();
+        let printing = started.elapsed();
+        // What was let through is written by now; the stop closes stdout.
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: plain kill(2) on the host, our child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        (answers, printing)
+    });
+    let mut printed = 0;
+    loop {
+        let line = host.stdout_line();
+        if line.is_empty() {
+            break;
+        }
+        printed += usize::from(line.starts_with('x'));
+    }
+    let (answers, printing) = stopper.join().unwrap();
+    assert!(answers.iter().all(|a| a == "printed\n"), "{answers:?}");
+    // Lines of 1 KiB: 64 a second, in as many one-second windows as the
+    // printing can have touched.
+    let windows = printing.as_secs() as usize + 1;
+    eprintln!(
+        "measured: 8 x 8 MiB printed over two workers: lines of 1 KiB let through, time printing: {printed}, {printing:?}"
+    );
+    assert!(printed > 0, "nothing printed");
+    assert!(printed <= 64 * windows, "{printed} lines of 1 KiB let through in {printing:?} ({windows} window(s))");
+    let log = host.log_with("guest output dropped", 1, Duration::from_secs(3));
+    assert!(log.contains("guest output dropped: over 65536 bytes or 100 writes a second"), "{log}");
+}
