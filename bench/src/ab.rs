@@ -10,13 +10,13 @@
 //! where the load generator, not the server, set the pace. The summary is the
 //! median of the per-round ratios B / A.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::load;
-use crate::servers::{Server, pin_to_core, portcullis_server};
+use crate::servers::{Server, cpu_seconds, pin_to_core, portcullis_server};
 use crate::stats::median;
 
 /// `ab A B LOAD [MODE] [ROUNDS] [SECONDS]`.
@@ -154,17 +154,4 @@ async fn measure(server: &Server, load: Load, run: Duration) -> Result<Sample> {
     let spent = cpu_seconds(pid)? - before;
     let units = rate * run.as_secs_f64();
     Ok(Sample { rate, cpu_us: spent * 1e6 / units.max(1.0) })
-}
-
-/// User plus system CPU time of process `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
-        .context("reading the server's CPU time (needs Linux's /proc)")?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("unexpected /proc stat")?.1.split_whitespace().collect();
-    let ticks: f64 =
-        fields.get(11).context("utime")?.parse::<f64>()? + fields.get(12).context("stime")?.parse::<f64>()?;
-    // SAFETY: sysconf only reads a system constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / per_second)
 }

@@ -12,10 +12,10 @@ use anyhow::{Context, Result, bail};
 use crate::load;
 use crate::report::{Row, row};
 use crate::servers::{
-    hyper_server, native_proxy, native_server, portcullis_example, portcullis_tcp, portcullis_udp, portcullis_wasi_tcp,
-    redis_server, wasmtime_serve, which,
+    Target, hyper_server, native_proxy, native_server, portcullis_example, portcullis_on_workers, portcullis_tcp,
+    portcullis_udp, portcullis_wasi_tcp, redis_server, wasmtime_serve, which,
 };
-use crate::stats::{Paired, alternate, median};
+use crate::stats::{Paired, alternate, median, rate_over};
 use crate::tools;
 
 /// How long and how often a run measures.
@@ -60,11 +60,11 @@ pub async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
     let native = native_server()?;
     let ours = portcullis_tcp(root, &cache, "shared")?;
     let ours_per_conn = portcullis_tcp(root, &cache, "per-connection")?;
-    let (n_tcp, p_tcp, p_tcp_per_conn) = (native.tcp.unwrap(), ours.tcp.unwrap(), ours_per_conn.tcp.unwrap());
+    let (n_tcp, p_tcp, p_tcp_per_conn) = (native.tcp_target(), ours.tcp_target(), ours_per_conn.tcp_target());
 
     let mut rows = tcp_echo(s, n_tcp, p_tcp).await;
     let wasi = portcullis_wasi_tcp(root, &cache)?;
-    rows.extend(tcp_echo_wasi_backend(s, n_tcp, p_tcp, wasi.tcp.unwrap()).await);
+    rows.extend(tcp_echo_wasi_backend(s, n_tcp, p_tcp, wasi.tcp_target()).await);
     drop(wasi);
     rows.extend(tcp_echo_per_connection(s, n_tcp, p_tcp_per_conn).await);
     rows.extend(connection_churn(s, n_tcp, p_tcp, p_tcp_per_conn).await);
@@ -73,11 +73,12 @@ pub async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
     drop(ours);
     drop(ours_per_conn);
     rows.extend(idle_memory(s, root, &cache).await?);
-    rows.extend(udp_echo(s, root, &cache, native.udp.unwrap()).await?);
+    rows.extend(udp_echo(s, root, &cache, native.udp_target()).await?);
     drop(native);
     rows.extend(resp_kv_against_redis(s, root, &cache).await?);
     rows.extend(tcp_proxy_in_front_of_redis(s, root, &cache).await?);
     rows.extend(http_hello_under_wrk(s, root, &cache).await?);
+    rows.extend(workers(s, root, &cache).await?);
     rows.extend(start_up(s, root)?);
     let (instantiation_rows, probe_ns) = instantiation(s)?;
     rows.extend(instantiation_rows);
@@ -86,17 +87,19 @@ pub async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
 
 /// Closed-loop echo on 50 connections, 64 B and 16 KiB messages, one shared
 /// instance: messages and megabytes per second.
-async fn tcp_echo(s: &Settings, native: SocketAddr, ours: SocketAddr) -> Vec<Row> {
+async fn tcp_echo(s: &Settings, native: Target, ours: Target) -> Vec<Row> {
     let mut rows = Vec::new();
     for (size, label) in [(64usize, "64 B"), (16 * 1024, "16 KiB")] {
         eprintln!("bench: tcp echo {label}");
         let run = s.run;
-        let paired =
-            alternate(s.rounds, native, ours, |addr| async move { vec![load::tcp_echo(addr, 50, size, run).await] })
-                .await;
+        let paired = alternate(s.rounds, native, ours, rate_over(0, run), |addr| async move {
+            vec![load::tcp_echo(addr, 50, size, run).await]
+        })
+        .await;
         let scenario = format!("tcp echo {label}, 50 conns");
         rows.push(paired.row(&scenario, "shared", "msg/s", 0));
         rows.push(paired.scaled_row(&scenario, "shared", "MB/s", 0, size as f64 / 1e6));
+        rows.push(paired.cpu_row(&scenario, "shared", "msg"));
     }
     rows
 }
@@ -105,48 +108,57 @@ async fn tcp_echo(s: &Settings, native: SocketAddr, ours: SocketAddr) -> Vec<Row
 /// WASI backend (on wasmtime-wasi's sockets, under portcullis): against
 /// native tokio, and against the same echo on the portcullis backend (in
 /// that row the baseline column is the portcullis backend).
-async fn tcp_echo_wasi_backend(s: &Settings, native: SocketAddr, ours: SocketAddr, wasi: SocketAddr) -> Vec<Row> {
+async fn tcp_echo_wasi_backend(s: &Settings, native: Target, ours: Target, wasi: Target) -> Vec<Row> {
     eprintln!("bench: tcp echo 64 B, WASI backend");
     let run = s.run;
     let echo = |addr| async move { vec![load::tcp_echo(addr, 50, 64, run).await] };
-    let against_native = alternate(s.rounds, native, wasi, echo).await;
-    let against_ours = alternate(s.rounds, ours, wasi, echo).await;
+    let against_native = alternate(s.rounds, native, wasi, rate_over(0, run), echo).await;
+    let against_ours = alternate(s.rounds, ours, wasi, rate_over(0, run), echo).await;
+    let scenario = "tcp echo 64 B, 50 conns";
     vec![
-        against_native.row("tcp echo 64 B, 50 conns", "WASI backend", "msg/s", 0),
-        against_ours.row("tcp echo 64 B, 50 conns", "WASI / portcullis backend", "msg/s", 0),
+        against_native.row(scenario, "WASI backend", "msg/s", 0),
+        against_native.cpu_row(scenario, "WASI backend", "msg"),
+        against_ours.row(scenario, "WASI / portcullis backend", "msg/s", 0),
+        against_ours.cpu_row(scenario, "WASI / portcullis backend", "msg"),
     ]
 }
 
 /// Closed-loop echo on 50 connections, 64 B, an instance per connection.
-async fn tcp_echo_per_connection(s: &Settings, native: SocketAddr, ours_per_conn: SocketAddr) -> Vec<Row> {
+async fn tcp_echo_per_connection(s: &Settings, native: Target, ours_per_conn: Target) -> Vec<Row> {
     eprintln!("bench: tcp echo 64 B, an instance per connection");
     let run = s.run;
-    let paired =
-        alternate(s.rounds, native, ours_per_conn, |addr| async move { vec![load::tcp_echo(addr, 50, 64, run).await] })
-            .await;
-    vec![paired.row("tcp echo 64 B, 50 conns", "per-connection", "msg/s", 0)]
+    let paired = alternate(s.rounds, native, ours_per_conn, rate_over(0, run), |addr| async move {
+        vec![load::tcp_echo(addr, 50, 64, run).await]
+    })
+    .await;
+    let scenario = "tcp echo 64 B, 50 conns";
+    vec![paired.row(scenario, "per-connection", "msg/s", 0), paired.cpu_row(scenario, "per-connection", "msg")]
 }
 
 /// Connect, one 64 B round trip, close, 8 at a time: connections per second,
 /// with a shared instance and with an instance per connection.
-async fn connection_churn(s: &Settings, native: SocketAddr, ours: SocketAddr, ours_per_conn: SocketAddr) -> Vec<Row> {
+async fn connection_churn(s: &Settings, native: Target, ours: Target, ours_per_conn: Target) -> Vec<Row> {
     eprintln!("bench: connection churn");
     let run = s.run;
     let mut rows = Vec::new();
     for (mode, server) in [("shared", ours), ("per-connection", ours_per_conn)] {
-        let paired =
-            alternate(s.rounds, native, server, |addr| async move { vec![load::churn(addr, 8, run).await] }).await;
+        let paired = alternate(s.rounds, native, server, rate_over(0, run), |addr| async move {
+            vec![load::churn(addr, 8, run).await]
+        })
+        .await;
         rows.push(paired.row("connection churn, 64 B round trip", mode, "conn/s", 0));
+        rows.push(paired.cpu_row("connection churn, 64 B round trip", mode, "conn"));
     }
     rows
 }
 
 /// Open-loop echo at 10k messages per second on 50 connections: the p50, p99
 /// and p99.9 round trip, and how far p99 is above native's.
-async fn fixed_rate_latency(s: &Settings, native: SocketAddr, ours: SocketAddr) -> Vec<Row> {
+async fn fixed_rate_latency(s: &Settings, native: Target, ours: Target) -> Vec<Row> {
     eprintln!("bench: fixed-rate latency");
     let run = s.latency_run;
-    let paired = alternate(s.rounds, native, ours, |addr| async move {
+    let sent = move |_: &[f64]| 10_000.0 * run.as_secs_f64();
+    let paired = alternate(s.rounds, native, ours, sent, |addr| async move {
         let (p50, p99, p999) = load::fixed_rate(addr, 50, 10_000.0, run).await;
         vec![p50, p99, p999]
     })
@@ -156,6 +168,7 @@ async fn fixed_rate_latency(s: &Settings, native: SocketAddr, ours: SocketAddr) 
         rows.push(paired.row("fixed rate 10k msg/s, 50 conns", "shared", metric, i));
     }
     rows.push(paired.difference_row("fixed rate 10k msg/s, 50 conns", "shared", "p99 µs above native", 1));
+    rows.push(paired.cpu_row("fixed rate 10k msg/s, 50 conns", "shared", "msg"));
     rows
 }
 
@@ -190,11 +203,11 @@ async fn idle_memory(s: &Settings, root: &Path, cache: &Path) -> Result<Vec<Row>
 }
 
 /// UDP echo of 64 B datagrams from 16 clients: datagrams per second.
-async fn udp_echo(s: &Settings, root: &Path, cache: &Path, native: SocketAddr) -> Result<Vec<Row>> {
+async fn udp_echo(s: &Settings, root: &Path, cache: &Path, native: Target) -> Result<Vec<Row>> {
     eprintln!("bench: udp echo");
     let ours_udp = portcullis_udp(root, cache)?;
     let run = s.run;
-    let paired = alternate(s.rounds, native, ours_udp.udp.unwrap(), |addr| async move {
+    let paired = alternate(s.rounds, native, ours_udp.udp_target(), rate_over(0, run), |addr| async move {
         let (rate, lost) = load::udp_echo(addr, 16, run).await;
         if lost > 0 {
             eprintln!("bench: udp {addr}: {lost} datagram(s) unanswered within 100 ms");
@@ -203,7 +216,8 @@ async fn udp_echo(s: &Settings, root: &Path, cache: &Path, native: SocketAddr) -
     })
     .await;
     drop(ours_udp);
-    Ok(vec![paired.row("udp echo 64 B, 16 clients", "shared", "dgram/s", 0)])
+    let scenario = "udp echo 64 B, 16 clients";
+    Ok(vec![paired.row(scenario, "shared", "dgram/s", 0), paired.cpu_row(scenario, "shared", "dgram")])
 }
 
 /// `redis-benchmark -t set,get -P 16 -c 50` against `addr`: SET and GET
@@ -226,6 +240,11 @@ fn or_zeros(measured: Result<Vec<f64>>, n: usize) -> Vec<f64> {
     })
 }
 
+/// The requests of one [`redis_set_get`] round: `requests` SETs and as many GETs.
+fn redis_work(requests: usize) -> impl Fn(&[f64]) -> f64 {
+    move |_| 2.0 * requests as f64
+}
+
 /// The rows of [`redis_set_get`]'s values, against the baseline `mode` names.
 fn redis_rows(paired: &Paired, scenario: &str, mode: &str) -> Vec<Row> {
     vec![
@@ -243,8 +262,14 @@ async fn resp_kv_against_redis(s: &Settings, root: &Path, cache: &Path) -> Resul
     let redis = redis_server()?;
     let ours = portcullis_example(root, cache, "resp-kv", &[])?;
     let requests = s.redis_requests;
-    let paired = alternate(s.rounds, redis.tcp.unwrap(), ours.tcp.unwrap(), |addr| redis_set_get(addr, requests)).await;
-    Ok(redis_rows(&paired, "resp-kv, redis-benchmark -P 16 -c 50", "vs redis-server"))
+    let paired = alternate(s.rounds, redis.tcp_target(), ours.tcp_target(), redis_work(requests), |addr| {
+        redis_set_get(addr, requests)
+    })
+    .await;
+    let scenario = "resp-kv, redis-benchmark -P 16 -c 50";
+    let mut rows = redis_rows(&paired, scenario, "vs redis-server");
+    rows.push(paired.cpu_row(scenario, "vs redis-server", "req"));
+    Ok(rows)
 }
 
 /// `redis-benchmark` through `tcp-proxy` in front of `redis-server`, against
@@ -259,11 +284,14 @@ async fn tcp_proxy_in_front_of_redis(s: &Settings, root: &Path, cache: &Path) ->
     let native = native_proxy(upstream)?;
     let requests = s.redis_requests;
     let load = |addr| redis_set_get(addr, requests);
-    let direct = alternate(s.rounds, upstream, ours.tcp.unwrap(), load).await;
-    let against_native = alternate(s.rounds, native.tcp.unwrap(), ours.tcp.unwrap(), load).await;
+    // Direct, the CPU compared would be redis's against the proxy's: only
+    // against the native proxy does it say something.
+    let direct = alternate(s.rounds, redis.tcp_target(), ours.tcp_target(), redis_work(requests), load).await;
+    let against_native = alternate(s.rounds, native.tcp_target(), ours.tcp_target(), redis_work(requests), load).await;
     let scenario = "redis-benchmark through tcp-proxy, -P 16 -c 50";
     let mut rows = redis_rows(&direct, scenario, "vs direct");
     rows.extend(redis_rows(&against_native, scenario, "vs native proxy").into_iter().take(2));
+    rows.push(against_native.cpu_row(scenario, "vs native proxy", "req"));
     Ok(rows)
 }
 
@@ -277,18 +305,81 @@ async fn http_hello_under_wrk(s: &Settings, root: &Path, cache: &Path) -> Result
     let load = |addr| async move { or_zeros(tools::wrk(addr, 50, run).map(|(rate, p99)| vec![rate, p99]), 2) };
     let scenario = "http-hello under wrk, 50 conns";
     let hyper = hyper_server()?;
-    let paired = alternate(s.rounds, hyper.tcp.unwrap(), ours.tcp.unwrap(), load).await;
+    let paired = alternate(s.rounds, hyper.tcp_target(), ours.tcp_target(), rate_over(0, run), load).await;
     drop(hyper);
-    let mut rows =
-        vec![paired.row(scenario, "vs native hyper", "req/s", 0), paired.row(scenario, "vs native hyper", "p99 µs", 1)];
+    let mut rows = vec![
+        paired.row(scenario, "vs native hyper", "req/s", 0),
+        paired.row(scenario, "vs native hyper", "p99 µs", 1),
+        paired.cpu_row(scenario, "vs native hyper", "req"),
+    ];
     if which("wasmtime").is_none() {
         eprintln!("bench: no `wasmtime` command (cargo xtask wasmtime): no wasmtime serve rows");
         return Ok(rows);
     }
     let serve = wasmtime_serve(root)?;
-    let paired = alternate(s.rounds, serve.tcp.unwrap(), ours.tcp.unwrap(), load).await;
+    let paired = alternate(s.rounds, serve.tcp_target(), ours.tcp_target(), rate_over(0, run), load).await;
     rows.push(paired.row(scenario, "vs wasmtime serve", "req/s", 0));
     rows.push(paired.row(scenario, "vs wasmtime serve", "p99 µs", 1));
+    rows.push(paired.cpu_row(scenario, "vs wasmtime serve", "req"));
+    Ok(rows)
+}
+
+/// A service over 2 workers against the same over 1 (the baseline column is
+/// the one worker), both free to use every core, the load generator on
+/// core 1: `work` (each 64 B request ~1 ms of the guest's CPU, so the server
+/// and not the load generator sets the pace) with an instance per worker and
+/// per connection; echo 64 B per worker (spreading must not cost CPU per
+/// message); churn with an instance per connection.
+async fn workers(s: &Settings, root: &Path, cache: &Path) -> Result<Vec<Row>> {
+    let run = s.run;
+    let mut rows = Vec::new();
+    let echo = |addr| async move { vec![load::tcp_echo(addr, 50, 64, run).await] };
+    for mode in ["per-worker", "per-connection"] {
+        eprintln!("bench: work (~1 ms a request), 2 workers against 1, {mode}");
+        let (one, two) = (
+            portcullis_on_workers(root, cache, "work", 1, mode)?,
+            portcullis_on_workers(root, cache, "work", 2, mode)?,
+        );
+        let paired = alternate(s.rounds, one.tcp_target(), two.tcp_target(), rate_over(0, run), echo).await;
+        let scenario = "work (~1 ms a request), 50 conns";
+        let mode = format!("2 workers / 1, {mode}");
+        rows.push(paired.row(scenario, &mode, "req/s", 0));
+        rows.push(paired.cpu_row(scenario, &mode, "req"));
+    }
+    eprintln!("bench: echo 64 B, 2 workers against 1");
+    let (one, two) = (
+        portcullis_on_workers(root, cache, "echo", 1, "per-worker")?,
+        portcullis_on_workers(root, cache, "echo", 2, "per-worker")?,
+    );
+    let paired = alternate(s.rounds, one.tcp_target(), two.tcp_target(), rate_over(0, run), echo).await;
+    let (scenario, mode) = ("tcp echo 64 B, 50 conns", "2 workers / 1, per-worker");
+    rows.push(paired.row(scenario, mode, "msg/s", 0));
+    rows.push(paired.cpu_row(scenario, mode, "msg"));
+    // Closed loop, one worker saturates its core while two share the load
+    // generator's: each wakes for fewer messages. At a rate neither
+    // saturates, both see the same load, and CPU per message is what
+    // spreading itself costs.
+    let latency_run = s.latency_run;
+    let paced = |addr| async move {
+        let (p50, p99, _) = load::fixed_rate(addr, 50, 20_000.0, latency_run).await;
+        vec![p50, p99]
+    };
+    let sent = move |_: &[f64]| 20_000.0 * latency_run.as_secs_f64();
+    let paired = alternate(s.rounds, one.tcp_target(), two.tcp_target(), sent, paced).await;
+    let scenario = "fixed rate 20k msg/s, 50 conns";
+    rows.push(paired.row(scenario, mode, "p99 µs", 1));
+    rows.push(paired.cpu_row(scenario, mode, "msg"));
+    drop((one, two));
+    eprintln!("bench: connection churn, 2 workers against 1");
+    let (one, two) = (
+        portcullis_on_workers(root, cache, "echo", 1, "per-connection")?,
+        portcullis_on_workers(root, cache, "echo", 2, "per-connection")?,
+    );
+    let churn = |addr| async move { vec![load::churn(addr, 8, run).await] };
+    let paired = alternate(s.rounds, one.tcp_target(), two.tcp_target(), rate_over(0, run), churn).await;
+    let (scenario, mode) = ("connection churn, 64 B round trip", "2 workers / 1, per-connection");
+    rows.push(paired.row(scenario, mode, "conn/s", 0));
+    rows.push(paired.cpu_row(scenario, mode, "conn"));
     Ok(rows)
 }
 

@@ -18,6 +18,40 @@ pub struct Server {
     pub udp: Option<SocketAddr>,
 }
 
+/// Where a load goes and whose CPU time it is charged to: a server's address
+/// and process.
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub pid: u32,
+}
+
+impl Server {
+    /// Its TCP address and process.
+    pub fn tcp_target(&self) -> Target {
+        Target { addr: self.tcp.expect("a TCP server"), pid: self.child.id() }
+    }
+
+    /// Its UDP address and process.
+    pub fn udp_target(&self) -> Target {
+        Target { addr: self.udp.expect("a UDP server"), pid: self.child.id() }
+    }
+}
+
+/// User plus system CPU time of process `pid` so far (all its threads), in
+/// seconds, from `/proc` (10 ms ticks).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
+        .context("reading the server's CPU time (needs Linux's /proc)")?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("unexpected /proc stat")?.1.split_whitespace().collect();
+    let ticks: f64 =
+        fields.get(11).context("utime")?.parse::<f64>()? + fields.get(12).context("stime")?.parse::<f64>()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / per_second)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -36,6 +70,33 @@ fn on_core_0(program: &Path, args: &[&str]) -> Command {
         cmd.args(args);
         cmd
     }
+}
+
+/// `PROGRAM ARGS` free to run on every core of the machine: not on the
+/// cores of the bench (pinned to core 1), whose affinity a child inherits.
+fn on_every_core(program: &Path, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: sysconf only reads a system constant; CPU_SET fills a set we
+    // own, within its size.
+    let every = unsafe {
+        let mut every: libc::cpu_set_t = std::mem::zeroed();
+        let cores = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        for core in 0..cores.min(libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(core, &mut every);
+        }
+        every
+    };
+    // SAFETY: sched_setaffinity on the child, between fork and exec, with a
+    // set built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &every);
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// Pins the calling thread to `core` (the load generator takes core 1).
@@ -93,11 +154,25 @@ pub fn portcullis_example(root: &Path, cache: &Path, name: &str, args: &[&str]) 
     portcullis_with(&layout::portcullis_bin(root), &layout::guest(root, name), cache, args)
 }
 
+/// `portcullis run` of guest `name` on every core (not pinned) with
+/// `--workers N --instances MODE`: the scenarios that measure the workers.
+pub fn portcullis_on_workers(root: &Path, cache: &Path, name: &str, workers: usize, mode: &str) -> Result<Server> {
+    let workers = workers.to_string();
+    let args = ["--workers", workers.as_str(), "--instances", mode];
+    portcullis_placed(&layout::portcullis_bin(root), &layout::guest(root, name), cache, &args, false)
+}
+
 fn portcullis_with(bin: &Path, guest: &Path, cache: &Path, args: &[&str]) -> Result<Server> {
+    portcullis_placed(bin, guest, cache, args, true)
+}
+
+/// `BIN run GUEST --listen 127.0.0.1:0 ARGS`, on core 0 if `pinned` (then it
+/// has one worker: the default is the cores it may use).
+fn portcullis_placed(bin: &Path, guest: &Path, cache: &Path, args: &[&str], pinned: bool) -> Result<Server> {
     let guest = guest.display().to_string();
     let mut all = vec!["run", guest.as_str(), "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let mut cmd = on_core_0(bin, &all);
+    let mut cmd = if pinned { on_core_0(bin, &all) } else { on_every_core(bin, &all) };
     cmd.env("PORTCULLIS_CACHE_DIR", cache);
     let (child, mut out) = spawn(cmd)?;
     let addr = line(&mut out)?.strip_prefix("listening on ").context("listening line")?.parse()?;

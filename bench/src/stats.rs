@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use crate::report::{Row, row};
+use crate::servers::{Target, cpu_seconds};
 
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -31,6 +32,12 @@ impl Paired {
         self.scaled_row(scenario, mode, metric, i, 1.0)
     }
 
+    /// The server's CPU time per unit of work (µs per `unit`: `msg`, `req`,
+    /// `conn`...), which [`alternate`] appends to every round's values.
+    pub fn cpu_row(&self, scenario: &str, mode: &str, unit: &str) -> Row {
+        self.row(scenario, mode, &format!("server CPU µs/{unit}"), self.ours.len() - 1)
+    }
+
     /// How far above native value `i` is (for targets stated as a difference).
     pub fn difference_row(&self, scenario: &str, mode: &str, metric: &str, i: usize) -> Row {
         row(scenario, mode, metric, self.difference[i], None)
@@ -52,25 +59,42 @@ impl Paired {
 }
 
 /// Runs `measure` against native and portcullis `rounds` times each, in pairs
-/// that alternate which goes first (N P, P N, N P, ...).
+/// that alternate which goes first (N P, P N, N P, ...). Each round also
+/// reads the server's CPU time around it: `work` says how many units of work
+/// (messages, requests, connections) a round's values stand for, and the
+/// server's CPU µs per unit is appended as the last value (see
+/// [`Paired::cpu_row`]).
 ///
 /// The ratio is the median of each pair's ratio, not the ratio of the two
 /// medians: this machine's speed swings by up to 1.8x within seconds (a CPU
 /// loop on one core takes 275-515 ms from one second to the next), and the two
 /// halves of a pair run back to back, so they mostly see the same speed.
-pub async fn alternate<F, Fut>(rounds: usize, native: SocketAddr, ours: SocketAddr, mut measure: F) -> Paired
+pub async fn alternate<F, Fut>(
+    rounds: usize,
+    native: Target,
+    ours: Target,
+    work: impl Fn(&[f64]) -> f64,
+    mut measure: F,
+) -> Paired
 where
     F: FnMut(SocketAddr) -> Fut,
     Fut: std::future::Future<Output = Vec<f64>>,
 {
+    let mut run = async |target: Target| {
+        let before = cpu_seconds(target.pid).unwrap_or(f64::NAN);
+        let mut values = measure(target.addr).await;
+        let spent = cpu_seconds(target.pid).unwrap_or(f64::NAN) - before;
+        values.push(spent * 1e6 / work(&values).max(1.0));
+        values
+    };
     let (mut a, mut b): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         if round % 2 == 0 {
-            a.push(measure(native).await);
-            b.push(measure(ours).await);
+            a.push(run(native).await);
+            b.push(run(ours).await);
         } else {
-            b.push(measure(ours).await);
-            a.push(measure(native).await);
+            b.push(run(ours).await);
+            a.push(run(native).await);
         }
     }
     let values = a[0].len();
@@ -90,4 +114,10 @@ where
         .collect();
     let difference = (0..values).map(|i| median(a.iter().zip(&b).map(|(n, p)| p[i] - n[i]).collect())).collect();
     Paired { native: medians(&a), ours: medians(&b), ratio, ratio_range, difference }
+}
+
+/// The units of work of a round whose value `i` is a rate per second, run
+/// for `run`: `rate × seconds`.
+pub fn rate_over(i: usize, run: std::time::Duration) -> impl Fn(&[f64]) -> f64 {
+    move |values| values[i] * run.as_secs_f64()
 }
