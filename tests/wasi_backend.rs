@@ -263,6 +263,32 @@ async fn idle_per_address_and_write_limits_hold_for_a_wasi_service() {
     assert!(service.running());
 }
 
+/// The idle time-out restarts with every byte: a client that sends a byte
+/// every 200 ms is kept past many idle time-outs of 600 ms (the SDK keeps
+/// one timer while the deadline moves on, and arms another for the rest
+/// when it fires early), and is closed one time-out after it falls silent.
+#[tokio::test]
+async fn a_wasi_service_keeps_a_dripping_client_and_closes_it_once_silent() {
+    let args = ["--listen", &free_port().to_string(), "--idle-timeout-ms", "600"];
+    let mut service = HostProcess::start_on(Backend::Wasi, "wasi-dripping-client", "echo", &args, None);
+    let addr = service.listening_on();
+    let mut client = connect_when_listening(addr).await;
+    for i in 0..10u8 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.write_all(&[b'0' + i]).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), read_n(&mut client, 1)).await;
+        assert_eq!(echoed.unwrap_or_else(|_| panic!("byte {i} was not echoed")), [b'0' + i]);
+    }
+    // Silent now: closed after the idle time-out (600 ms from the echo; at
+    // most a few s on a busy machine), not at once.
+    let silent = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut client)).await;
+    assert_eq!(closed.expect("the silent connection was kept"), b"");
+    let after = silent.elapsed();
+    assert!(after >= Duration::from_millis(500), "closed {after:?} after the last byte");
+    assert!(service.running());
+}
+
 /// A service that reads fixed-size pieces while a client streams without a
 /// pause never truly waits (its read-ahead never empties), yet must not meet
 /// the CPU bound: the SDK gives the runtime a turn every 10 ms.

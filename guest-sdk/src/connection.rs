@@ -12,7 +12,9 @@ use crate::sys;
 ///
 /// A callback receives `&Connection`, valid during that callback. To keep the
 /// connection beyond it (to broadcast to it later, say), `clone` it: the clone
-/// is a new handle to the same connection.
+/// is a new handle to the same connection. Under portcullis each clone (and
+/// its drop) is a host call: keep a clone you look up for every message in
+/// an `Rc` (as `examples/tcp-proxy` does) rather than cloning it each time.
 ///
 /// [`Service`]: crate::Service
 ///

@@ -17,6 +17,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use portcullis_sdk::{Client, ClientConfig, Connection, Error, Service, export_service};
 
@@ -27,8 +28,10 @@ pub const MAX_EARLY: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Proxy {
-    /// Each connection's other end, both ways round, once paired.
-    peer: RefCell<HashMap<u64, Connection>>,
+    /// Each connection's other end, both ways round, once paired. In an
+    /// `Rc`: each message looks its peer up, and a `Connection`'s own clone
+    /// is a host call (a new handle), twice per message with its drop.
+    peer: RefCell<HashMap<u64, Rc<Connection>>>,
     /// Bytes from upstreams not yet paired, and whether they already ended.
     early: RefCell<HashMap<u64, (Vec<u8>, bool)>>,
 }
@@ -54,8 +57,9 @@ impl Service for Proxy {
                 return conn.close();
             }
         };
+        let upstream = Rc::new(upstream);
         self.peer.borrow_mut().insert(conn.id(), upstream.clone());
-        self.peer.borrow_mut().insert(upstream.id(), conn.clone());
+        self.peer.borrow_mut().insert(upstream.id(), Rc::new(conn.clone()));
         // Forward what the upstream sent before the pairing.
         let early = self.early.borrow_mut().remove(&upstream.id());
         if let Some((bytes, ended)) = early {

@@ -29,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bindings::wasi::clocks::monotonic_clock;
 use bindings::wasi::sockets::ip_name_lookup;
@@ -290,12 +290,31 @@ pub(crate) enum Race<T> {
 /// `work` until it is done, `stop` is set, or `timeout` passes (never without
 /// one). `work` is left pinned where it is, so the caller can still cancel it
 /// properly (a cancelled stream read may have read bytes).
-pub(crate) async fn race<F: Future>(
+pub(crate) async fn race<F: Future>(work: Pin<&mut F>, stop: &Signal, timeout: Option<Duration>) -> Race<F::Output> {
+    let mut timer = timeout.map(|t| Box::pin(monotonic_clock::wait_for(nanos(t))));
+    race_with(work, stop, |cx| match timer.as_mut() {
+        Some(timer) => timer.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+    .await
+}
+
+/// [`race`] against `deadline` on `timer`, which outlives this wait (see
+/// [`LazyTimer`]).
+pub(crate) async fn race_until<F: Future>(
+    work: Pin<&mut F>,
+    stop: &Signal,
+    timer: &LazyTimer,
+    deadline: Instant,
+) -> Race<F::Output> {
+    race_with(work, stop, |cx| timer.poll_until(deadline, cx)).await
+}
+
+async fn race_with<F: Future>(
     mut work: Pin<&mut F>,
     stop: &Signal,
-    timeout: Option<Duration>,
+    mut timed_out: impl FnMut(&mut Context<'_>) -> Poll<()>,
 ) -> Race<F::Output> {
-    let mut timer = timeout.map(|t| Box::pin(monotonic_clock::wait_for(t.as_nanos().min(u64::MAX as u128) as u64)));
     poll_fn(|cx| {
         if let Poll::Ready(out) = work.as_mut().poll(cx) {
             return Poll::Ready(Race::Done(out));
@@ -303,14 +322,56 @@ pub(crate) async fn race<F: Future>(
         if stop.poll_set(cx).is_ready() {
             return Poll::Ready(Race::Stopped);
         }
-        if let Some(timer) = timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
-        {
+        if timed_out(cx).is_ready() {
             return Poll::Ready(Race::TimedOut);
         }
         Poll::Pending
     })
     .await
+}
+
+fn nanos(t: Duration) -> u64 {
+    t.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// A time-out timer kept from one wait to the next, for waits that each
+/// restart a time-out (a connection's reads: the idle and read time-outs).
+/// A host timer costs an async call to start and another to cancel, and a
+/// busy connection started one per message; this one keeps its timer while
+/// the deadlines move later, and when it fires before the current deadline
+/// starts another for the rest. One task at a time may wait on it (its
+/// timer wakes the last waiter only).
+#[derive(Default)]
+pub(crate) struct LazyTimer(RefCell<Option<(Instant, Timer)>>);
+
+/// A running host timer (`monotonic-clock.wait-for`).
+type Timer = Pin<Box<dyn Future<Output = ()>>>;
+
+impl LazyTimer {
+    /// Ready once `deadline` has passed.
+    fn poll_until(&self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let mut armed = self.0.borrow_mut();
+        loop {
+            match armed.as_mut() {
+                // Running for this deadline or an earlier one.
+                Some((at, timer)) if *at <= deadline => {
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *armed = None;
+                }
+                // None, or running for a later one than this wait has.
+                _ => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        *armed = None;
+                        return Poll::Ready(());
+                    }
+                    *armed = Some((deadline, Box::pin(monotonic_clock::wait_for(nanos(deadline - now)))));
+                }
+            }
+        }
+    }
 }
 
 thread_local! {

@@ -38,8 +38,8 @@ use super::{
     CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, MAX_IO, SOCKET_CLOSED, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT,
 };
 use super::{
-    Live, Race, Signal, Waiters, bracketed, family, from_wasi, generic, race, read_timed_out, reason, resolve,
-    socket_error, take_turns, to_wasi,
+    LazyTimer, Live, Race, Signal, Waiters, bracketed, family, from_wasi, generic, race, race_until, read_timed_out,
+    reason, resolve, socket_error, take_turns, to_wasi,
 };
 use crate::error::Error;
 use crate::sys::Unread;
@@ -86,6 +86,8 @@ struct Shared {
     write_timeout: Option<Duration>,
     /// When a byte last came or went.
     last_active: Cell<Instant>,
+    /// The time-out of the stream read under way (one at a time: under `receive`).
+    read_timer: LazyTimer,
     /// Kept until the connection closes (the streams outlive it otherwise).
     socket: RefCell<Option<TcpSocket>>,
     inbox: RefCell<Inbox>,
@@ -162,6 +164,7 @@ impl Conn {
             idle_timeout: if accepted { limits.idle } else { None },
             write_timeout: limits.write,
             last_active: Cell::new(Instant::now()),
+            read_timer: LazyTimer::default(),
             socket: RefCell::new(Some(socket)),
             inbox: RefCell::default(),
             receive: Mutex::new(Some(Receive { stream, result })),
@@ -250,7 +253,13 @@ impl Conn {
         };
         let outcome = {
             let mut read = pin!(stream.read(Vec::with_capacity(MAX_IO)));
-            match race(read.as_mut(), &shared.closed, timeout).await {
+            let raced = match timeout {
+                Some(timeout) => {
+                    race_until(read.as_mut(), &shared.closed, &shared.read_timer, Instant::now() + timeout).await
+                }
+                None => race(read.as_mut(), &shared.closed, None).await,
+            };
+            match raced {
                 Race::Done(done) => Some(done),
                 Race::Stopped => None,
                 // Bytes may have come after all: a cancelled read returns them.
