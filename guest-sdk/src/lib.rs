@@ -133,8 +133,8 @@ pub use sys::wasi::export as __export;
 /// One value of `$service` is created (with `Default`) when the first callback
 /// runs and shared by every connection of the instance, like Ballerina's
 /// module-level state: all of the service's connections with `--instances
-/// shared` (the default), one with `--instances per-connection`; a fresh
-/// value after a trap.
+/// shared` (the default), those of one worker thread with `per-worker`, one
+/// with `per-connection`; a fresh value after a trap.
 ///
 /// ```no_run
 /// use portcullis_sdk::{Connection, Error, Service, export_service};

@@ -21,7 +21,8 @@ use crate::{Connection, Error};
 /// connections (use `Cell` / `RefCell`: callbacks interleave but never run in
 /// parallel). How many connections that is, is the operator's choice: with
 /// `--instances shared` (the default) all of the service's connections; with
-/// `--instances per-connection` one, so nothing is shared between clients.
+/// `--instances per-worker` those of one worker thread; with `--instances
+/// per-connection` one, so nothing is shared between clients.
 /// After a trap the host starts a fresh instance, with a fresh value.
 ///
 /// ```no_run

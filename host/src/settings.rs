@@ -46,9 +46,10 @@ pub struct ServiceSettings {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, conflicts_with = "manifest")]
     #[serde(default, deserialize_with = "env_table")]
     pub env: Vec<(String, String)>,
-    /// `shared`: one instance serves every connection (module state shared);
-    /// `per-connection`: a fresh instance per accepted connection (isolated)
-    /// [default: shared].
+    /// `shared`: one instance serves every connection (module state shared; one
+    /// worker); `per-worker`: one instance per worker thread (state per worker;
+    /// every core); `per-connection`: a fresh instance per accepted connection
+    /// (isolated; every core) [default: shared].
     #[arg(long = "instances", value_enum, conflicts_with = "manifest")]
     pub instances: Option<Instances>,
     /// Read time-out of accepted connections, in milliseconds [default: 300000].

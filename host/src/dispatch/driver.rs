@@ -32,7 +32,13 @@ impl EventLoop<'_> {
         };
         self.live.insert(&conn);
         let (id, remote) = (conn.id(), conn.remote_addr());
-        tracing::debug!(component = %self.component.name, id, %remote, "connection open");
+        tracing::debug!(
+            component = %self.component.name,
+            id,
+            %remote,
+            worker = %std::thread::current().name().unwrap_or("main"),
+            "connection open"
+        );
         let result = self.drive_callbacks(acc, callbacks, &conn, shutdown).await;
         self.live.remove(&conn);
         conn.close();
