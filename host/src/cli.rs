@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a component: serve a `service` on the given listeners, or run a
     /// `program`'s main to completion. Or run every service of a manifest.
+    #[command(override_usage = "portcullis run <COMPONENT> [OPTIONS]\n       \
+        portcullis run --manifest <FILE> [--memory-budget SIZE] [--max-instances N] [--workers N] [--no-cache]")]
     Run(Box<RunArgs>),
     /// Show a component's world, imports and exports, and the grants it may need.
     Inspect {
