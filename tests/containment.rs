@@ -563,9 +563,10 @@ fn tenants_find(instances: &str) -> Vec<String> {
     let host = start(
         &format!("residue-{instances}"),
         &format!("env = {{ MODE = \"residue\" }}\ninstances = \"{instances}\""),
-        // One slot for the neighbour, one for the tenants: each gets the slot
-        // the one before it left.
-        &["--max-instances", "2"],
+        // The tenants' pool has one slot for a connection and one per worker
+        // for the instance made ahead: a few slots, each going from one
+        // tenant to a later one many times over.
+        &["--max-instances", "1", "--workers", "2"],
     );
     let mut found = Vec::new();
     for tenant in 1..=12 {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use portcullis_tests::HostProcess;
 use portcullis_tests::std_client::{closed_within, connect_from, echoed, line};
 
-/// `portcullis run <guest> --listen 127.0.0.1:0 --workers 2 ARGS`, and the
-/// address it listens on.
+/// `portcullis run <guest> --listen 127.0.0.1:0 --workers 2 ARGS` (unless
+/// ARGS say how many workers), and the address it listens on.
 fn serve(test: &str, guest: &str, args: &[&str]) -> (HostProcess, SocketAddr) {
     serve_with_limits(test, guest, args, None)
 }
@@ -26,7 +26,10 @@ fn serve_with_limits(
     args: &[&str],
     before_exec: Option<fn() -> std::io::Result<()>>,
 ) -> (HostProcess, SocketAddr) {
-    let mut all = vec!["--listen", "127.0.0.1:0", "--workers", "2"];
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    if !args.contains(&"--workers") {
+        all.extend(["--workers", "2"]);
+    }
     all.extend_from_slice(args);
     let mut host = HostProcess::start(&format!("workers-{test}"), guest, &all, before_exec);
     let addr = host.listening_on();
@@ -89,8 +92,8 @@ fn the_memory_budget_holds_over_workers() {
     assert!(log.contains("memory budget reached"), "{log}");
 }
 
-/// A hard open-file limit of 256: guests may hold 192 sockets together
-/// (a quarter, at least 64, stays the host's).
+/// A hard open-file limit of 256: guests may hold at most 192 sockets
+/// together (a quarter, at least 64, stays the host's).
 fn few_descriptors() -> std::io::Result<()> {
     let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
     // SAFETY: setrlimit with a valid struct, in the child before exec.
@@ -100,11 +103,12 @@ fn few_descriptors() -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_socket_ceiling_holds_over_workers() {
-    // Every connection's instance binds UDP sockets until refused and keeps
-    // them while its connection is open; --max-sockets would let each have
-    // 1000, the process's ceiling lets all of them together have 192.
+/// Every connection's instance binds UDP sockets until refused and keeps
+/// them while its connection is open; --max-sockets would let each have
+/// 1000, the process's ceiling lets all of them together have what the
+/// open-file limit (256) leaves: less a quarter (64) for the host, less what
+/// the workers and listeners hold. Returns the ceiling the guests were told.
+fn socket_ceiling_over(workers: &str) -> usize {
     let args = [
         "--env",
         "MODE=udp-flood",
@@ -114,26 +118,44 @@ fn the_socket_ceiling_holds_over_workers() {
         "1000",
         "--instances",
         "per-connection",
+        "--workers",
+        workers,
     ];
-    let (host, addr) = serve_with_limits("socket-ceiling", "hostile", &args, Some(few_descriptors));
-    let mut attackers = Vec::new();
-    let mut opened = 0;
+    let (mut host, addr) =
+        serve_with_limits(&format!("socket-ceiling-{workers}"), "hostile", &args, Some(few_descriptors));
+    let (mut attackers, mut opened, mut ceiling) = (Vec::new(), 0, None);
     for _ in 0..12 {
         let mut attacker = TcpStream::connect(addr).unwrap();
         attacker.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         attacker.write_all(b"flood\n").unwrap();
+        // `opened N: socket limit reached: ... (C guest sockets at most)`
         let answer = line(&mut attacker);
-        let n: usize = answer
-            .strip_prefix("opened ")
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("answer {answer:?}; log: {}", host.log()));
-        assert!(answer.contains("192 guest sockets at most"), "{answer}");
+        let number = |text: &str| text.trim().parse::<usize>().ok();
+        let n = answer.strip_prefix("opened ").and_then(|rest| number(rest.split(':').next()?));
+        let told =
+            answer.rsplit_once('(').and_then(|(_, rest)| number(rest.strip_suffix(" guest sockets at most)\n")?));
+        let (Some(n), Some(told)) = (n, told) else { panic!("answer {answer:?}; log: {}", host.log()) };
+        assert_eq!(*ceiling.get_or_insert(told), told, "the ceiling moved");
         opened += n;
         attackers.push(attacker);
     }
-    assert_eq!(opened, 192, "sockets the instances of both workers hold together");
-    assert!(host.descriptors() < 256, "{} descriptors open", host.descriptors());
+    let ceiling = ceiling.unwrap();
+    assert_eq!(opened, ceiling, "sockets the instances of all workers hold together");
+    assert!(ceiling < 192, "the descriptors the workers hold were not kept from the guests: {ceiling}");
+    assert!(host.descriptors() < 256 - 32, "{} descriptors open: too few left for accepting", host.descriptors());
+    let (code, _) = host.terminate(Duration::from_secs(10));
+    assert_eq!(code, 0);
+    assert!(!host.log().contains("accept failed"), "{}", host.log());
+    ceiling
+}
+
+#[test]
+fn the_socket_ceiling_holds_over_workers() {
+    let two = socket_ceiling_over("2");
+    // Thirty workers hold more descriptors of their own: the guests get fewer,
+    // and the host keeps its quarter for accepting.
+    let thirty = socket_ceiling_over("30");
+    assert!(thirty < two, "30 workers left the guests {thirty} sockets, 2 workers {two}");
 }
 
 #[test]
@@ -183,4 +205,60 @@ fn the_output_rate_holds_over_workers() {
     assert!(printed <= 64 * windows, "{printed} lines of 1 KiB let through in {printing:?} ({windows} window(s))");
     let log = host.log_with("guest output dropped", 1, Duration::from_secs(3));
     assert!(log.contains("guest output dropped: over 65536 bytes or 100 writes a second"), "{log}");
+}
+
+#[test]
+fn a_spread_service_refuses_an_address_already_in_use() {
+    // `SO_REUSEPORT` would let a second group of sockets join the first and
+    // take a share of its clients: refused instead, as a plain bind is.
+    let (host, addr) = serve("in-use", "echo", &["--instances", "per-worker"]);
+    let address = addr.to_string();
+    let echo = portcullis_tests::guest("echo").display().to_string();
+    let second = ["run", &echo, "--listen", &address, "--instances", "per-worker", "--workers", "2"];
+    let twice = ["run", &echo, "--listen", "127.0.0.1:0", "--listen", &address, "--listen", &address];
+    for args in [&second[..], &twice[..]] {
+        let out = std::process::Command::new(portcullis_tests::portcullis_bin())
+            .args(args)
+            .env("PORTCULLIS_CACHE_DIR", portcullis_tests::test_cache())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} started: {stderr}");
+        assert!(stderr.contains("Address already in use"), "{args:?}: {stderr}");
+    }
+    // The first still has its clients to itself.
+    echoed(&mut connect_from("127.0.0.2", addr), b"mine\n").unwrap();
+    drop(host);
+}
+
+#[test]
+fn per_worker_instances_take_no_slot_of_the_per_connection_pool() {
+    // A pool of 2 slots, both held by connections: the per-worker service's
+    // four instances (and their restarts) come from elsewhere, and every
+    // one of its clients is answered.
+    let manifest = format!(
+        "workers = 4\n\n[[service]]\nname = \"pc\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n\
+         instances = \"per-connection\"\nmax-connections = 2\n\n\
+         [[service]]\nname = \"pw\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\ninstances = \"per-worker\"\n",
+        portcullis_tests::guest("echo"),
+        portcullis_tests::guest("echo"),
+    );
+    let mut host = HostProcess::start_manifest("workers-pool-apart", &manifest, &["--max-instances", "2"]);
+    let (mut pc, mut pw) = (None, None);
+    for _ in 0..2 {
+        let line = host.stdout_line();
+        let (name, addr) = line.split_once(": listening on ").expect("NAME: listening on ADDR");
+        let addr: SocketAddr = addr.parse().unwrap();
+        if name == "pc" { pc = Some(addr) } else { pw = Some(addr) }
+    }
+    let (pc, pw) = (pc.unwrap(), pw.unwrap());
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.2", pc)).collect();
+    for conn in &mut held {
+        echoed(conn, b"held\n").unwrap();
+    }
+    for i in 0..20 {
+        echoed(&mut connect_from("127.0.0.3", pw), format!("client {i}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("per-worker client {i}: {e}; log: {}", host.log()));
+    }
+    assert!(!host.log().contains("failed to start"), "{}", host.log());
 }

@@ -187,11 +187,13 @@ async fn run(args: RunArgs) -> Result<i32> {
     server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs
     // microseconds instead of mapping fresh memory each time. Each slot has
-    // room for the largest `--max-memory` among those services.
-    let pooled_memory =
-        specs.iter().filter(|s| s.instances == Instances::PerConnection).map(|s| s.limits.max_memory).max();
+    // room for the largest `--max-memory` among those services; each worker
+    // makes one ahead per such service, in slots of their own.
+    let per_connection: Vec<&ServiceSpec> = specs.iter().filter(|s| s.instances == Instances::PerConnection).collect();
+    let pooled_memory = per_connection.iter().map(|s| s.limits.max_memory).max();
+    let spare_slots = u32::try_from(per_connection.len() * workers).unwrap_or(u32::MAX);
     let mut runtime = match pooled_memory {
-        Some(max_memory) => Runtime::pooled(args.max_instances, max_memory).with_context(|| {
+        Some(max_memory) => Runtime::pooled(args.max_instances, spare_slots, max_memory).with_context(|| {
             format!(
                 "cannot reserve {} instance slots of {} MiB for --instances per-connection (is address space \
                  limited? try a smaller --max-instances or --max-memory)",
@@ -254,6 +256,8 @@ async fn run(args: RunArgs) -> Result<i32> {
         ready.push((spec, loaded, listener_sets));
     }
     let workers = Workers::start(workers)?;
+    // What the workers and listeners hold is not the guests' to use.
+    crate::limits::fix_guest_socket_ceiling();
     // Signal handlers go in before `listening on` is printed: whoever waits for
     // that line may send SIGTERM at once.
     let shutdown = CancellationToken::new();

@@ -29,7 +29,7 @@ mod memory;
 mod sockets;
 pub use cpu::{AtEpoch, CpuUse, thread_cpu_nanos};
 pub use memory::{HostCharge, InstanceLimiter, MemoryAccount, MemoryBudget};
-pub use sockets::{GuestSocket, SocketCount, SocketSlot, guest_socket_ceiling};
+pub use sockets::{GuestSocket, SocketCount, SocketSlot, fix_guest_socket_ceiling, guest_socket_ceiling};
 
 /// Default [`Limits::max_memory`]: 128 MiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -23,18 +22,29 @@ use crate::limits::{self, MemoryBudget};
 use crate::net::listener::{accept_loop, bind_std};
 use crate::pool::Spares;
 
-/// The shared engine, compile cache and memory budget; load components
-/// through it.
+/// The engines, compile cache and memory budget; load components through
+/// it. Instances per connection come from a pooled engine of their own, so
+/// that its slots (`--max-instances`) are theirs alone: shared and per-worker
+/// instances come from an engine that maps memory on demand.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
+    /// The pooled engine for `--instances per-connection`, if any.
+    pooled: Option<Pooled>,
     cache_dir: Option<std::path::PathBuf>,
     /// `--memory-budget`: what all instances of the process hold together.
     budget: Arc<MemoryBudget>,
-    /// Instance slots of a pooled engine (`--max-instances`), if pooled.
-    pool_slots: Option<u32>,
-    /// The spares made ahead from those slots, by every service and worker.
+    /// The spares made ahead from the pool, by every service and worker.
     spares: Arc<Spares>,
+}
+
+/// The pooled engine and how many of its slots are for connections.
+#[derive(Clone)]
+struct Pooled {
+    engine: Engine,
+    /// `--max-instances`: the connections the pool serves at once (it has
+    /// room for the spares on top).
+    slots: u32,
 }
 
 impl Runtime {
@@ -43,23 +53,22 @@ impl Runtime {
     pub fn new() -> Result<Self> {
         Ok(Runtime {
             engine: engine::new_engine()?,
+            pooled: None,
             cache_dir: engine::default_cache_dir(),
             budget: MemoryBudget::new(limits::default_memory_budget()),
-            pool_slots: None,
             spares: Spares::new(),
         })
     }
 
-    /// A runtime on a pooled engine of `max_instances` slots, each with room
-    /// for `max_memory` bytes of linear memory (see [`engine::new_pooled_engine`]).
-    pub fn pooled(max_instances: u32, max_memory: u64) -> Result<Self> {
-        Ok(Runtime {
-            engine: engine::new_pooled_engine(max_instances, max_memory)?,
-            cache_dir: engine::default_cache_dir(),
-            budget: MemoryBudget::new(limits::default_memory_budget()),
-            pool_slots: Some(max_instances),
-            spares: Spares::new(),
-        })
+    /// A runtime that can also run instances per connection: a pooled engine
+    /// of `max_instances` slots for connections plus `spare_slots` for the
+    /// instances made ahead (one per worker per such service), each with
+    /// room for `max_memory` bytes of linear memory (see
+    /// [`engine::new_pooled_engine`]).
+    pub fn pooled(max_instances: u32, spare_slots: u32, max_memory: u64) -> Result<Self> {
+        let total = max_instances.saturating_add(spare_slots);
+        let pooled = Pooled { engine: engine::new_pooled_engine(total, max_memory)?, slots: max_instances };
+        Ok(Runtime { pooled: Some(pooled), ..Runtime::new()? })
     }
 
     /// Uses `dir` for compiled components, or no cache with `None`.
@@ -92,28 +101,23 @@ impl Runtime {
     /// # Ok(()) }
     /// ```
     pub fn load(&self, spec: &ServiceSpec) -> Result<Arc<ServiceComponent>> {
-        let component = self.compile(&spec.component)?;
-        if spec.instances == Instances::PerConnection && self.pool_slots.is_none() {
-            bail!("{}: `--instances per-connection` needs a pooled runtime (Runtime::pooled)", spec.name);
-        }
         let mut spec = spec.clone();
-        if spec.instances == Instances::PerConnection && spec.limits.max_connections.is_none() {
-            spec.limits.max_connections = self.pool_slots.and_then(|n| NonZeroUsize::new(n as usize));
-        }
+        let engine = match (spec.instances, &self.pooled) {
+            (Instances::PerConnection, Some(pooled)) => {
+                if spec.limits.max_connections.is_none() {
+                    spec.limits.max_connections = NonZeroUsize::new(pooled.slots as usize);
+                }
+                &pooled.engine
+            }
+            (Instances::PerConnection, None) => {
+                bail!("{}: `--instances per-connection` needs a pooled runtime (Runtime::pooled)", spec.name)
+            }
+            _ => &self.engine,
+        };
+        let component = engine::load_component(engine, &spec.component, self.cache_dir.as_deref())?;
         let policy = spec.grants.policy()?;
-        Ok(Arc::new(ServiceComponent::new(
-            &self.engine,
-            &component,
-            &spec,
-            Arc::new(policy),
-            self.budget.clone(),
-            self.spares.clone(),
-        )?))
-    }
-
-    /// Reads and compiles (or loads from cache) the component at `path`.
-    pub fn compile(&self, path: &Path) -> Result<wasmtime::component::Component> {
-        engine::load_component(&self.engine, path, self.cache_dir.as_deref())
+        let (budget, spares) = (self.budget.clone(), self.spares.clone());
+        Ok(Arc::new(ServiceComponent::new(engine, &component, &spec, Arc::new(policy), budget, spares)?))
     }
 }
 
@@ -129,11 +133,21 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>> {
 /// [`bind_all`] `copies` times over, for a service spread over workers: one
 /// set of listeners per worker, each address bound `SO_REUSEPORT` by every
 /// copy (a port 0 is chosen by the first copy and taken by the others).
+///
+/// `SO_REUSEPORT` would let these sockets join a group another service or
+/// process (of the same user) already listens with, and share its clients:
+/// an address in use is refused first, as a plain bind refuses it
+/// (`Address already in use`). (A process of the same user started later
+/// can still join the group: it could as well signal or trace this one.)
 pub fn bind_spread(addrs: &[SocketAddr], copies: usize) -> Result<Vec<Vec<std::net::TcpListener>>> {
     let mut sets: Vec<Vec<std::net::TcpListener>> = (0..copies.max(1)).map(|_| Vec::new()).collect();
     for addr in addrs {
         let bind =
             |at: SocketAddr| bind_std(at, true).map_err(anyhow::Error::from).with_context(|| format!("listen on {at}"));
+        if addr.port() != 0 {
+            // A plain bind fails on any listener there, a reuse-port group included.
+            drop(bind_std(*addr, false).map_err(anyhow::Error::from).with_context(|| format!("listen on {addr}"))?);
+        }
         let first = bind(*addr)?;
         let bound = first.local_addr().context("reading the bound address")?;
         sets[0].push(first);

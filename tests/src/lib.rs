@@ -142,7 +142,7 @@ pub struct TestService {
 /// A runtime with a pool of `slots` instances (as `--instances per-connection`
 /// uses), its own engine: a test can exhaust it without touching the others.
 pub fn pooled_runtime(slots: u32) -> Runtime {
-    Runtime::pooled(slots, portcullis::limits::DEFAULT_MAX_MEMORY)
+    Runtime::pooled(slots, 0, portcullis::limits::DEFAULT_MAX_MEMORY)
         .expect("pooled engine")
         .with_cache_dir(Some(test_cache()))
 }

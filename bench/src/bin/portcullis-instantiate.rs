@@ -35,7 +35,7 @@ fn main() -> Result<()> {
     let slots = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(portcullis::engine::POOLED_INSTANCES);
     let root = layout::root_from(env!("CARGO_MANIFEST_DIR"));
     let guest = args.get(2).map(PathBuf::from).unwrap_or_else(|| layout::guest(&root, "echo"));
-    let runtime = portcullis::Runtime::pooled(slots, portcullis::limits::DEFAULT_MAX_MEMORY)?
+    let runtime = portcullis::Runtime::pooled(slots, 0, portcullis::limits::DEFAULT_MAX_MEMORY)?
         .with_cache_dir(Some(root.join("target/bench/cache")));
     let mut spec = portcullis::config::ServiceSpec::new(guest);
     spec.instances = portcullis::config::Instances::PerConnection;

@@ -87,21 +87,35 @@ impl GuestSocket {
     }
 }
 
+static CEILING: OnceLock<usize> = OnceLock::new();
+
 /// How many sockets all guests of the process may hold together: the
 /// open-file limit less a quarter of it (at least 64) kept for accepting on
-/// the operator's listeners, the compile cache and the host's own files. Read
-/// once, after `server::raise_open_file_limit`.
+/// the operator's listeners, the compile cache and the host's own files, and
+/// less the descriptors open when [`fix_guest_socket_ceiling`] was called
+/// (the workers' own: an event queue, a waker, listeners). Read once, after
+/// `server::raise_open_file_limit`.
 pub fn guest_socket_ceiling() -> usize {
-    static CEILING: OnceLock<usize> = OnceLock::new();
-    *CEILING.get_or_init(|| {
-        // SAFETY: getrlimit fills the struct it is given.
-        let soft = unsafe {
-            let mut limit: libc::rlimit = std::mem::zeroed();
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 { 1024 } else { limit.rlim_cur }
-        };
-        let soft = soft.min(1 << 20) as usize;
-        soft.saturating_sub((soft / 4).max(64))
-    })
+    *CEILING.get_or_init(|| ceiling_with(0))
+}
+
+/// Fixes [`guest_socket_ceiling`] now, less the descriptors the process has
+/// open at this moment: `portcullis run` calls it once its workers run and
+/// its listeners are bound, before any guest runs. Returns the ceiling (the
+/// one already fixed, if it was).
+pub fn fix_guest_socket_ceiling() -> usize {
+    let open = std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(0);
+    *CEILING.get_or_init(|| ceiling_with(open))
+}
+
+fn ceiling_with(open: usize) -> usize {
+    // SAFETY: getrlimit fills the struct it is given.
+    let soft = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 { 1024 } else { limit.rlim_cur }
+    };
+    let soft = soft.min(1 << 20) as usize;
+    soft.saturating_sub((soft / 4).max(64)).saturating_sub(open)
 }
 
 #[cfg(test)]
