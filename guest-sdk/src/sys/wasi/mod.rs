@@ -245,14 +245,21 @@ impl Waiters {
 /// would otherwise let a busy but honest service run past it.
 const TURN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// [`take_turns`] reads the clock (a host call) once in this many calls: a
+/// call is a read or a write, far shorter than [`TURN_EVERY`] apart.
+const CLOCK_EVERY: u32 = 8;
+
 thread_local! {
     static LAST_TURN: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+    /// Calls of [`take_turns`] since it last read the clock.
+    static UNCLOCKED: Cell<u32> = const { Cell::new(0) };
     /// The turn under way, if any: every task that comes to [`take_turns`]
     /// waits for it to end.
     static TURN: RefCell<Option<Rc<Signal>>> = const { RefCell::new(None) };
 }
 
-/// Gives the runtime a turn if the last one was [`TURN_EVERY`] ago or more.
+/// Gives the runtime a turn if the last one was [`TURN_EVERY`] ago or more
+/// (as seen every [`CLOCK_EVERY`] calls).
 ///
 /// A yield alone would not do: woken, wit-bindgen's executor takes the next
 /// ready event before it returns to the runtime, and a busy service always
@@ -264,6 +271,12 @@ pub(crate) async fn take_turns() {
     if let Some(turn) = TURN.with_borrow(Clone::clone) {
         return turn.wait().await;
     }
+    let unclocked = UNCLOCKED.get() + 1;
+    if unclocked < CLOCK_EVERY {
+        UNCLOCKED.set(unclocked);
+        return;
+    }
+    UNCLOCKED.set(0);
     let now = std::time::Instant::now();
     match LAST_TURN.get() {
         Some(last) if now.duration_since(last) < TURN_EVERY => {}
@@ -295,6 +308,31 @@ pub(crate) async fn race<F: Future>(work: Pin<&mut F>, stop: &Signal, timeout: O
     race_with(work, stop, |cx| match timer.as_mut() {
         Some(timer) => timer.as_mut().poll(cx),
         None => Poll::Pending,
+    })
+    .await
+}
+
+/// [`race`] until `deadline`, reading the clock only if `work` is not done
+/// at once (a clock read is a host call).
+pub(crate) async fn race_deadline<F: Future>(
+    work: Pin<&mut F>,
+    stop: &Signal,
+    deadline: Option<Instant>,
+) -> Race<F::Output> {
+    let mut timer: Option<Timer> = None;
+    race_with(work, stop, |cx| {
+        let Some(deadline) = deadline else { return Poll::Pending };
+        let timer = match timer.as_mut() {
+            Some(timer) => timer,
+            None => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Poll::Ready(());
+                }
+                timer.insert(Box::pin(monotonic_clock::wait_for(nanos(deadline - now))))
+            }
+        };
+        timer.as_mut().poll(cx)
     })
     .await
 }

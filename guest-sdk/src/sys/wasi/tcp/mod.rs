@@ -38,8 +38,8 @@ use super::{
     CONNECT_FAILED, INVALID_READ_LENGTH, LISTEN_FAILED, MAX_IO, SOCKET_CLOSED, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT,
 };
 use super::{
-    LazyTimer, Live, Race, Signal, Waiters, bracketed, family, from_wasi, generic, race, race_until, read_timed_out,
-    reason, resolve, socket_error, take_turns, to_wasi,
+    LazyTimer, Live, Race, Signal, Waiters, bracketed, family, from_wasi, generic, race, race_deadline, race_until,
+    read_timed_out, reason, resolve, socket_error, take_turns, to_wasi,
 };
 use crate::error::Error;
 use crate::sys::Unread;
@@ -189,7 +189,7 @@ impl Conn {
                 take_turns().await;
                 return Ok(out);
             }
-            if !self.fill(Some(self.0.read_timeout)).await? {
+            if !self.fill(Some(Instant::now() + self.0.read_timeout)).await? {
                 return Err(read_timed_out());
             }
         }
@@ -234,12 +234,12 @@ impl Conn {
     }
 
     /// Reads what the stream has (up to [`MAX_IO`] more) into the inbox, waiting
-    /// at most `timeout`. False: it timed out with nothing. A fill by
+    /// at most until `deadline`. False: it timed out with nothing. A fill by
     /// another task while this one waited for the stream counts.
-    async fn fill(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+    async fn fill(&self, deadline: Option<Instant>) -> Result<bool, Error> {
         let shared = &self.0;
         let before = shared.inbox.borrow().mark.arrived;
-        let mut receive = match race(pin!(shared.receive.lock()), &shared.closed, timeout).await {
+        let mut receive = match race_deadline(pin!(shared.receive.lock()), &shared.closed, deadline).await {
             Race::Done(guard) => guard,
             Race::Stopped => return Err(generic(SOCKET_CLOSED)),
             Race::TimedOut => return Ok(false),
@@ -253,10 +253,8 @@ impl Conn {
         };
         let outcome = {
             let mut read = pin!(stream.read(Vec::with_capacity(MAX_IO)));
-            let raced = match timeout {
-                Some(timeout) => {
-                    race_until(read.as_mut(), &shared.closed, &shared.read_timer, Instant::now() + timeout).await
-                }
+            let raced = match deadline {
+                Some(deadline) => race_until(read.as_mut(), &shared.closed, &shared.read_timer, deadline).await,
                 None => race(read.as_mut(), &shared.closed, None).await,
             };
             match raced {
@@ -270,7 +268,7 @@ impl Conn {
             *receive = None;
             return Err(generic(SOCKET_CLOSED));
         };
-        if bytes.is_empty() && status != StreamResult::Dropped && timeout.is_some() {
+        if bytes.is_empty() && status != StreamResult::Dropped && deadline.is_some() {
             return Ok(false);
         }
         if !bytes.is_empty() {
@@ -317,23 +315,23 @@ impl Conn {
                 }
                 Next::ReadOn => {}
             }
-            // Idle for the idle time-out (accepted connections): closed.
-            let idle_left = shared.idle_timeout.map(|idle| idle.saturating_sub(shared.last_active.get().elapsed()));
-            if idle_left == Some(Duration::ZERO) {
-                return Readiness::Closed;
-            }
+            // Idle for the idle time-out (accepted connections): closed. (No
+            // clock read here: the connection's timer tells when it passed.)
+            let idle_until = shared.idle_timeout.map(|idle| shared.last_active.get() + idle);
             // A full read-ahead the service does not read: no more is read
             // (the peer meets back-pressure) until a read takes some.
             let taken = shared.inbox.borrow().mark.taken;
             if shared.inbox.borrow().unread.len() >= MAX_IO {
                 let took = shared.took.until(|| shared.inbox.borrow().mark.taken != taken);
-                if let Race::Stopped = race(pin!(took), &shared.closed, idle_left).await {
-                    return Readiness::Closed;
+                match race_deadline(pin!(took), &shared.closed, idle_until).await {
+                    Race::Done(()) => continue,
+                    Race::Stopped | Race::TimedOut => return Readiness::Closed,
                 }
-                continue;
             }
-            if self.fill(idle_left).await.is_err() {
-                return Readiness::Closed;
+            match self.fill(idle_until).await {
+                Ok(true) => {}
+                // Closed, failed, or idle until the deadline.
+                Ok(false) | Err(_) => return Readiness::Closed,
             }
         }
     }
