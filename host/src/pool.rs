@@ -1,8 +1,10 @@
 //! Spares of the instance pool. With `--instances per-connection` each
 //! worker makes a service's next instance ahead, a *spare*, so that a
 //! connection is served without waiting for its instantiation. Every spare
-//! holds a slot of the one pool (`--max-instances`), shared by all workers
-//! and services: near a full pool, a spare on one worker could hold the
+//! holds a slot of the one pool, shared by all workers and per-connection
+//! services. The pool has a slot per worker per such service for them
+//! beyond `--max-instances`, but services whose connection caps add up past
+//! the pool can still fill it: then a spare on one worker could hold the
 //! slot a connection on another worker needs. Such a connection asks every
 //! spare back, and no new spare is made while it waits (a moment at most)
 //! for a slot; only then is it refused.
