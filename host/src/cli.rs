@@ -257,7 +257,7 @@ async fn run(args: RunArgs) -> Result<i32> {
     }
     let workers = Workers::start(workers)?;
     // What the workers and listeners hold is not the guests' to use.
-    crate::limits::fix_guest_socket_ceiling();
+    limits::fix_guest_socket_ceiling();
     // Signal handlers go in before `listening on` is printed: whoever waits for
     // that line may send SIGTERM at once.
     let shutdown = CancellationToken::new();

@@ -124,10 +124,12 @@ impl Runtime {
 /// Binds every address in `addrs`, failing on the first that cannot be bound
 /// (`unable to start the socket service: Address already in use`).
 pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>> {
-    addrs
-        .iter()
-        .map(|addr| bind_std(*addr, false).map_err(anyhow::Error::from).with_context(|| format!("listen on {addr}")))
-        .collect()
+    addrs.iter().map(|addr| bind(*addr, false)).collect()
+}
+
+/// [`bind_std`], its error naming the address.
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener> {
+    bind_std(addr, reuse_port).map_err(anyhow::Error::from).with_context(|| format!("listen on {addr}"))
 }
 
 /// [`bind_all`] `copies` times over, for a service spread over workers: one
@@ -142,17 +144,15 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>> {
 pub fn bind_spread(addrs: &[SocketAddr], copies: usize) -> Result<Vec<Vec<std::net::TcpListener>>> {
     let mut sets: Vec<Vec<std::net::TcpListener>> = (0..copies.max(1)).map(|_| Vec::new()).collect();
     for addr in addrs {
-        let bind =
-            |at: SocketAddr| bind_std(at, true).map_err(anyhow::Error::from).with_context(|| format!("listen on {at}"));
         if addr.port() != 0 {
             // A plain bind fails on any listener there, a reuse-port group included.
-            drop(bind_std(*addr, false).map_err(anyhow::Error::from).with_context(|| format!("listen on {addr}"))?);
+            drop(bind(*addr, false)?);
         }
-        let first = bind(*addr)?;
+        let first = bind(*addr, true)?;
         let bound = first.local_addr().context("reading the bound address")?;
         sets[0].push(first);
         for set in &mut sets[1..] {
-            set.push(bind(bound)?);
+            set.push(bind(bound, true)?);
         }
     }
     Ok(sets)

@@ -319,22 +319,11 @@ pub(crate) async fn race_deadline<F: Future>(
     stop: &Signal,
     deadline: Option<Instant>,
 ) -> Race<F::Output> {
-    let mut timer: Option<Timer> = None;
-    race_with(work, stop, |cx| {
-        let Some(deadline) = deadline else { return Poll::Pending };
-        let timer = match timer.as_mut() {
-            Some(timer) => timer,
-            None => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Poll::Ready(());
-                }
-                timer.insert(Box::pin(monotonic_clock::wait_for(nanos(deadline - now))))
-            }
-        };
-        timer.as_mut().poll(cx)
-    })
-    .await
+    match deadline {
+        // A timer of this wait's own, armed at its first poll.
+        Some(deadline) => race_until(work, stop, &LazyTimer::default(), deadline).await,
+        None => race(work, stop, None).await,
+    }
 }
 
 /// [`race`] against `deadline` on `timer`, which outlives this wait (see
