@@ -133,7 +133,8 @@ impl Backend {
 /// any `--env` of the same name): where to listen, if `--listen` says, and
 /// the connection limits the host applies to its own connections
 /// (`--max-connections` by default half of `--max-sockets`, so that each
-/// connection may hold one socket more).
+/// connection may hold one socket more), and its CPU bound (the SDK paces its
+/// turns by it).
 fn wasi_env(spec: &ServiceSpec) -> Vec<(&'static str, String)> {
     let limits = &spec.limits;
     ServiceEnv {
@@ -143,6 +144,7 @@ fn wasi_env(spec: &ServiceSpec) -> Vec<(&'static str, String)> {
         max_connections_per_ip: limits.max_connections_per_ip.map(|n| n.get() as u64),
         idle_timeout: limits.idle_timeout,
         write_timeout: limits.write_timeout,
+        callback_cpu: Some(limits.callback_cpu),
     }
     .to_vars()
 }

@@ -20,10 +20,20 @@ pub const MAX_CONNECTIONS_PER_IP: &str = "PORTCULLIS_MAX_CONNECTIONS_PER_IP";
 pub const IDLE_TIMEOUT_MS: &str = "PORTCULLIS_IDLE_TIMEOUT_MS";
 /// Fail a write that sent nothing for this long, in ms; 0: never (`--write-timeout-ms`).
 pub const WRITE_TIMEOUT_MS: &str = "PORTCULLIS_WRITE_TIMEOUT_MS";
+/// The CPU time the guest may compute without truly waiting, in ms
+/// (`--callback-cpu-ms`): the SDK gives the runtime a turn well within it.
+pub const CALLBACK_CPU_MS: &str = "PORTCULLIS_CALLBACK_CPU_MS";
 
 /// Every variable, in the order [`ServiceEnv::to_vars`] gives them.
-pub const ALL: [&str; 6] =
-    [LISTEN, READ_TIMEOUT_MS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, IDLE_TIMEOUT_MS, WRITE_TIMEOUT_MS];
+pub const ALL: [&str; 7] = [
+    LISTEN,
+    READ_TIMEOUT_MS,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_IP,
+    IDLE_TIMEOUT_MS,
+    WRITE_TIMEOUT_MS,
+    CALLBACK_CPU_MS,
+];
 
 /// The default of every time-out: 300 s (as portcullis's flags).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -56,6 +66,9 @@ pub struct ServiceEnv {
     pub idle_timeout: Option<Duration>,
     /// Fail (and close) a write that could send nothing for this long; `None`: never.
     pub write_timeout: Option<Duration>,
+    /// How long the guest may compute without truly waiting before the
+    /// runtime ends it; `None`: not told (the runtime may have no such bound).
+    pub callback_cpu: Option<Duration>,
 }
 
 impl Default for ServiceEnv {
@@ -67,6 +80,7 @@ impl Default for ServiceEnv {
             max_connections_per_ip: None,
             idle_timeout: Some(DEFAULT_TIMEOUT),
             write_timeout: Some(DEFAULT_TIMEOUT),
+            callback_cpu: None,
         }
     }
 }
@@ -89,6 +103,9 @@ impl ServiceEnv {
         }
         vars.push((IDLE_TIMEOUT_MS, self.idle_timeout.map_or("0".to_string(), ms)));
         vars.push((WRITE_TIMEOUT_MS, self.write_timeout.map_or("0".to_string(), ms)));
+        if let Some(cpu) = self.callback_cpu {
+            vars.push((CALLBACK_CPU_MS, ms(cpu)));
+        }
         vars
     }
 
@@ -123,6 +140,7 @@ impl ServiceEnv {
         if let Some(ms) = number(WRITE_TIMEOUT_MS)? {
             env.write_timeout = timeout(ms);
         }
+        env.callback_cpu = number(CALLBACK_CPU_MS)?.map(|ms| Duration::from_millis(ms.max(1)));
         Ok(env)
     }
 
@@ -168,6 +186,7 @@ mod tests {
                 max_connections_per_ip: Some(u64::MAX),
                 idle_timeout: None,
                 write_timeout: Some(ms(86_400_000)),
+                callback_cpu: Some(ms(2000)),
             },
         ];
         for told in cases {
@@ -184,6 +203,8 @@ mod tests {
         assert_eq!(bad, "PORTCULLIS_IDLE_TIMEOUT_MS: `-1` is not a whole number");
         let zero = read(&[(MAX_CONNECTIONS, "0".into()), (WRITE_TIMEOUT_MS, " 0 ".into())]).unwrap();
         assert_eq!((zero.max_connections, zero.write_timeout), (Some(1), None));
+        let cpu = read(&[(CALLBACK_CPU_MS, "0".into())]).unwrap();
+        assert_eq!(cpu.callback_cpu, Some(Duration::from_millis(1)), "a bound of 0 ms counts as 1");
         assert!(ServiceEnv::no_listen_error().starts_with("PORTCULLIS_LISTEN is not set"));
     }
 }

@@ -51,6 +51,7 @@ fn apply_limits() -> Result<ServiceEnv, Error> {
         idle: told.idle_timeout,
         write: told.write_timeout,
     });
+    super::set_turn_every(told.callback_cpu);
     Ok(told)
 }
 

@@ -239,18 +239,17 @@ impl Waiters {
     }
 }
 
-/// How long the SDK runs without giving the runtime a turn: under
-/// portcullis a turn restarts the guest's CPU bound, and bytes that keep
-/// coming (a read-ahead that never empties, writes a fast peer takes at once)
-/// would otherwise let a busy but honest service run past it.
-const TURN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long the SDK runs without giving the runtime a turn, if the runtime
+/// tells no CPU bound ([`set_turn_every`]).
+const DEFAULT_TURN_EVERY: Duration = Duration::from_millis(100);
 
 /// [`take_turns`] reads the clock (a host call) once in this many calls: a
-/// call is a read or a write, far shorter than [`TURN_EVERY`] apart.
+/// call is a read or a write, far shorter than a turn's time apart.
 const CLOCK_EVERY: u32 = 8;
 
 thread_local! {
-    static LAST_TURN: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+    static TURN_EVERY: Cell<Duration> = const { Cell::new(DEFAULT_TURN_EVERY) };
+    static LAST_TURN: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Calls of [`take_turns`] since it last read the clock.
     static UNCLOCKED: Cell<u32> = const { Cell::new(0) };
     /// The turn under way, if any: every task that comes to [`take_turns`]
@@ -258,8 +257,19 @@ thread_local! {
     static TURN: RefCell<Option<Rc<Signal>>> = const { RefCell::new(None) };
 }
 
-/// Gives the runtime a turn if the last one was [`TURN_EVERY`] ago or more
-/// (as seen every [`CLOCK_EVERY`] calls).
+/// Paces [`take_turns`] by the runtime's CPU bound (`PORTCULLIS_CALLBACK_CPU_MS`):
+/// under portcullis a turn restarts it, and a busy but honest service (a
+/// read-ahead that never empties, writes a fast peer takes at once: it never
+/// truly waits) would otherwise run past it. A turn every quarter of the
+/// bound keeps well within it, and seldom parks the guest (a turn waits for
+/// the runtime's next timer tick, about a millisecond). Without a bound
+/// told: every [`DEFAULT_TURN_EVERY`].
+pub(crate) fn set_turn_every(callback_cpu: Option<Duration>) {
+    TURN_EVERY.set(callback_cpu.map_or(DEFAULT_TURN_EVERY, |bound| bound / 4));
+}
+
+/// Gives the runtime a turn if the last one was a turn's time ago or more
+/// (see [`set_turn_every`]; as seen every [`CLOCK_EVERY`] calls).
 ///
 /// A yield alone would not do: woken, wit-bindgen's executor takes the next
 /// ready event before it returns to the runtime, and a busy service always
@@ -277,9 +287,9 @@ pub(crate) async fn take_turns() {
         return;
     }
     UNCLOCKED.set(0);
-    let now = std::time::Instant::now();
+    let now = Instant::now();
     match LAST_TURN.get() {
-        Some(last) if now.duration_since(last) < TURN_EVERY => {}
+        Some(last) if now.duration_since(last) < TURN_EVERY.get() => {}
         Some(_) => {
             LAST_TURN.set(Some(now));
             let turn = Rc::new(Signal::default());
