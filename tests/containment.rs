@@ -153,7 +153,7 @@ fn a_guest_hoarding_memory_stops_at_its_limit() {
     assert_eq!(line(&mut next), "held 64 MiB\n");
     let log = host.log_with("guest trapped");
     assert!(log.contains("memory limit reached"), "{log}");
-    assert!(log.contains("component=hostile") && log.contains("guest trapped"), "{log}");
+    assert!(log.contains("service=hostile") && log.contains("guest trapped"), "{log}");
     assert_eq!(log.matches("memory limit reached").count(), 1, "one line per instance: {log}");
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0);
@@ -253,7 +253,7 @@ fn a_guest_that_never_waits_is_trapped(mode: &str) {
     host.neighbour_round_trip();
     let log = host.log_with("guest trapped");
     assert!(log.contains("without waiting") || log.contains("blocked in wasi:io/poll"), "{mode}: {log}");
-    assert!(log.contains("component=hostile"), "{log}");
+    assert!(log.contains("service=hostile"), "{log}");
     let (code, _, _) = host.terminate();
     assert_eq!(code, 0, "{mode}");
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::component::Backend;
 use crate::config::{Instances, ServiceSpec};
 use crate::inspect;
@@ -28,6 +29,12 @@ use crate::workers::Workers;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written on stderr: `text` for people, `json` (one
+    /// object a line: timestamp, level, target, message, service,
+    /// connection where known) for a log collector.
+    #[arg(long = "log-format", value_name = "FORMAT", global = true, default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -35,7 +42,7 @@ pub enum Command {
     /// Run a component: serve a `service` on the given listeners, or run a
     /// `program`'s main to completion. Or run every service of a manifest.
     #[command(override_usage = "portcullis run <COMPONENT> [OPTIONS]\n       \
-        portcullis run --manifest <FILE> [--memory-budget SIZE] [--max-instances N] [--workers N] [--no-cache]")]
+        portcullis run --manifest <FILE> [--memory-budget SIZE] [--max-instances N] [--workers N] [--admin ADDR:PORT] [--no-cache]")]
     Run(Box<RunArgs>),
     /// Show a component's world, imports and exports, and the grants it may need.
     Inspect {
@@ -85,32 +92,43 @@ pub struct RunArgs {
     #[arg(long = "workers", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=crate::workers::MAX_WORKERS as i64))]
     pub workers: Option<u16>,
+    /// Serve the admin endpoint here: `/metrics` (Prometheus), `/healthz`,
+    /// `/readyz` [default: none; a manifest's `[admin] listen`].
+    #[arg(long = "admin", value_name = "ADDR:PORT")]
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// What `portcullis run` runs: the services and the process-wide settings.
+struct Plan {
+    specs: Vec<ServiceSpec>,
+    workers: usize,
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl RunArgs {
-    /// The services to run (the manifest's, or the one the flags describe)
-    /// and how many workers.
-    fn specs(&self) -> Result<(Vec<ServiceSpec>, usize)> {
-        let (specs, workers) = match &self.manifest {
+    /// The services to run (the manifest's, or the one the flags describe),
+    /// how many workers, and where the admin endpoint listens.
+    fn plan(&self) -> Result<Plan> {
+        let (specs, workers, admin) = match &self.manifest {
             Some(manifest) => {
                 let file = manifest::load_manifest_file(manifest)?;
-                (file.services, file.workers)
+                (file.services, file.workers, file.admin)
             }
             None => {
                 let spec = self.service.clone().into_spec(None).map_err(|e| anyhow::anyhow!(e.as_flag()))?;
                 spec.grants.policy()?; // a bad grant stops the start-up
-                (vec![spec], None)
+                (vec![spec], None, None)
             }
         };
         let workers = self.workers.map(usize::from).or(workers).unwrap_or_else(crate::workers::default_workers);
-        Ok((specs, workers))
+        Ok(Plan { specs, workers, admin: self.admin.or(admin) })
     }
 }
 
 /// Parses the arguments, runs, and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format == "json");
     // The main thread only starts the services and waits for them: they run
     // on worker threads (`workers`), each with a current-thread runtime.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -150,17 +168,19 @@ static LOG_FLUSH: std::sync::Mutex<Option<tracing_appender::non_blocking::Worker
 
 /// Logs go to stderr through a writer thread of their own: a closed stderr
 /// or a full pipe then drops log lines (tracing-appender's lossy mode)
-/// instead of stalling serving or signal handling. Colours only on a terminal.
-fn init_logging() {
+/// instead of stalling serving or signal handling. Colours only on a
+/// terminal; `json`: tracing-subscriber's JSON lines, fields at the top level.
+fn init_logging(json: bool) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    if json {
+        logs.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     *LOG_FLUSH.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
 }
 
@@ -183,7 +203,7 @@ fn exit_now(code: i32) -> ! {
 }
 
 async fn run(args: RunArgs) -> Result<i32> {
-    let (specs, workers) = args.specs()?;
+    let Plan { specs, workers, admin } = args.plan()?;
     server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs
     // microseconds instead of mapping fresh memory each time. Each slot has
@@ -255,6 +275,10 @@ async fn run(args: RunArgs) -> Result<i32> {
         }
         ready.push((spec, loaded, listener_sets));
     }
+    let admin = match admin {
+        Some(addr) => Some(admin::bind(addr)?),
+        None => None,
+    };
     let workers = Workers::start(workers)?;
     // What the workers and listeners hold is not the guests' to use.
     limits::fix_guest_socket_ceiling();
@@ -274,6 +298,23 @@ async fn run(args: RunArgs) -> Result<i32> {
                 None => writeln!(stdout, "listening on {addr}"),
             };
         }
+    }
+    if let Some(listener) = admin {
+        let addr = listener.local_addr().context("reading the admin endpoint's address")?;
+        // Ready while each service that serves from a standing instance has one.
+        let standing = ready
+            .iter()
+            .filter(|(spec, loaded, _)| spec.instances != Instances::PerConnection || loaded.backend() == Backend::Wasi)
+            .map(|(spec, loaded, _)| (spec.name.clone(), loaded.metrics().clone()))
+            .collect();
+        let endpoint = admin::Admin::new(runtime.metrics().clone(), standing, shutdown.clone());
+        // It answers until the process exits: through a stop, `/readyz` says so.
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, endpoint, CancellationToken::new()).await {
+                tracing::error!("{e:#}");
+            }
+        });
+        let _ = writeln!(stdout, "admin: listening on {addr}");
     }
     let _ = stdout.flush();
 

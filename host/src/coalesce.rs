@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 /// How often a burst writes its count.
@@ -24,6 +25,8 @@ pub struct Coalesced {
     error: bool,
     interval: Duration,
     window: Mutex<Window>,
+    /// Counts every warning, written or not (the metric of its kind).
+    counter: Option<Counter>,
 }
 
 #[derive(Default)]
@@ -53,12 +56,26 @@ impl Coalesced {
 
     /// [`Coalesced::new`] for errors: written at error level.
     pub fn errors(what: &'static str, component: Option<Arc<str>>) -> Arc<Self> {
-        Arc::new(Coalesced { what, component, error: true, interval: INTERVAL, window: Mutex::default() })
+        Arc::new(Coalesced {
+            what,
+            component,
+            error: true,
+            interval: INTERVAL,
+            window: Mutex::default(),
+            counter: None,
+        })
     }
 
     /// [`Coalesced::new`] with a count line per `interval` instead of [`INTERVAL`].
     pub fn with_interval(what: &'static str, component: Option<Arc<str>>, interval: Duration) -> Arc<Self> {
-        Arc::new(Coalesced { what, component, error: false, interval, window: Mutex::default() })
+        Arc::new(Coalesced { what, component, error: false, interval, window: Mutex::default(), counter: None })
+    }
+
+    /// [`Coalesced::new`] that also counts every warning in `counter` (a
+    /// metric: the log coalesces, the count does not).
+    pub fn counted(what: &'static str, component: Option<Arc<str>>, counter: Counter) -> Arc<Self> {
+        let counter = Some(counter);
+        Arc::new(Coalesced { what, component, error: false, interval: INTERVAL, window: Mutex::default(), counter })
     }
 
     /// Writes the warning `message()` (at warn level, or error for
@@ -66,6 +83,9 @@ impl Coalesced {
     /// otherwise counts it, to be written as part of the burst's next count
     /// line (the message is only made when it is needed).
     pub fn warn(self: &Arc<Self>, message: impl FnOnce() -> String) {
+        if let Some(counter) = &self.counter {
+            counter.inc();
+        }
         let now = Instant::now();
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if window.until.is_none_or(|until| now >= until) && window.unwritten == 0 {
@@ -130,8 +150,8 @@ impl Coalesced {
 
     fn write(&self, line: &str) {
         match (&self.component, self.error) {
-            (Some(component), true) => tracing::error!(component = %component, "{line}"),
-            (Some(component), false) => tracing::warn!(component = %component, "{line}"),
+            (Some(component), true) => tracing::error!(service = %component, "{line}"),
+            (Some(component), false) => tracing::warn!(service = %component, "{line}"),
             (None, true) => tracing::error!("{line}"),
             (None, false) => tracing::warn!("{line}"),
         }

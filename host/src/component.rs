@@ -19,6 +19,7 @@ use crate::coalesce::Coalesced;
 use crate::config::{Instances, ServiceSpec};
 use crate::guest_output::OutputRate;
 use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
+use crate::metrics::{Limit, Overflow, ServiceMetrics};
 use crate::net::admission::Admission;
 use crate::net::{NetCtx, TcpConn};
 use crate::policy::Policy;
@@ -58,6 +59,8 @@ pub struct ServiceComponent {
     admission: Admission,
     /// The spares of the instance pool this component's instances come from.
     spares: Arc<Spares>,
+    /// The service's counters (`/metrics`).
+    metrics: Arc<ServiceMetrics>,
 }
 
 /// A component's log lines that its instances (or the clients that make
@@ -78,15 +81,19 @@ pub(crate) struct Warnings {
 }
 
 impl Warnings {
-    fn new(component: Arc<str>) -> Self {
+    fn new(component: Arc<str>, metrics: &ServiceMetrics) -> Self {
         let c = || Some(component.clone());
         Warnings {
             denials: Coalesced::new("denials", c()),
             udp_refusals: Coalesced::new("datagrams dropped", c()),
-            memory_refusals: Coalesced::new("memory refusals", c()),
+            memory_refusals: Coalesced::counted("memory refusals", c(), metrics.limit_counter(Limit::memory)),
             traps: Coalesced::errors("instances ended", c()),
             trapped_connections: Coalesced::errors("connections whose callback trapped", c()),
-            unserved: Coalesced::new("connections without an instance", c()),
+            unserved: Coalesced::counted(
+                "connections without an instance",
+                c(),
+                metrics.overflow_counter(Overflow::pool),
+            ),
             output: OutputRate::new(component.clone()),
         }
     }
@@ -184,6 +191,7 @@ impl ServiceComponent {
         policy: Arc<Policy>,
         budget: Arc<MemoryBudget>,
         spares: Arc<Spares>,
+        metrics: Arc<ServiceMetrics>,
     ) -> Result<Self> {
         let name = &spec.name;
         let mut linker = Linker::<HostState>::new(engine);
@@ -207,7 +215,7 @@ impl ServiceComponent {
             );
         }
         let backend = Backend::of(engine, component);
-        let warnings = Warnings::new(Arc::from(name.as_str()));
+        let warnings = Warnings::new(Arc::from(name.as_str()), &metrics);
         let mut env = spec.env.clone();
         let wasi_sockets = match backend {
             Backend::Portcullis => None,
@@ -232,6 +240,7 @@ impl ServiceComponent {
                     spec.listen.clone(),
                     warnings.denials.clone(),
                     warnings.udp_refusals.clone(),
+                    metrics.clone(),
                 ))
             }
         };
@@ -249,14 +258,20 @@ impl ServiceComponent {
             budget,
             unwanted: Unwanted::default(),
             warnings,
-            admission: Admission::new(&spec.limits, Arc::from(name.as_str())),
+            admission: Admission::new(&spec.limits, Arc::from(name.as_str()), metrics.clone()),
             spares,
+            metrics,
         })
     }
 
     /// The spares of the instance pool (see [`crate::pool`]).
     pub(crate) fn spares(&self) -> &Arc<Spares> {
         &self.spares
+    }
+
+    /// The service's counters (`/metrics`).
+    pub fn metrics(&self) -> &Arc<ServiceMetrics> {
+        &self.metrics
     }
 
     /// A new instance in `store`, with its callbacks looked up.
@@ -348,6 +363,7 @@ impl ServiceComponent {
             limit_logged: AtomicBool::new(false),
             denials: self.warnings.denials.clone(),
             udp_refusals: self.warnings.udp_refusals.clone(),
+            metrics: self.metrics.clone(),
         };
         // Told where its first instance listened, so a restart keeps the address.
         // (Only what `--listen` set: a PORTCULLIS_LISTEN of `--env` is the operator's.)
@@ -370,6 +386,7 @@ impl ServiceComponent {
             memory,
             &self.limits,
             forced_stop,
+            self.metrics.instance_made(),
         );
         new_store(self.pre.engine(), state, &self.limits)
     }

@@ -45,6 +45,7 @@
 //! What the host and the SDK's WASI backend must agree on (the delivery
 //! rule, messages, `PORTCULLIS_*`) is the `portcullis-protocol` crate.
 
+pub mod admin;
 pub(crate) mod bindings;
 pub(crate) mod blocking;
 pub mod cli;
@@ -58,6 +59,7 @@ pub mod guest_text;
 pub(crate) mod inspect;
 pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub(crate) mod net;
 pub mod policy;
 pub(crate) mod pool;

@@ -19,6 +19,9 @@
 //! allow-listen = []
 //! allow-udp = []
 //! block-private = false
+//!
+//! [admin]                                       # optional: off unless asked
+//! listen = "127.0.0.1:9901"                     # /metrics, /healthz, /readyz
 //! ```
 //!
 //! Unknown keys are errors (a misspelt grant must not silently grant nothing).
@@ -38,7 +41,16 @@ use crate::settings::ServiceSettings;
 struct Manifest {
     /// Process-wide, as `--workers` (which overrides it).
     workers: Option<usize>,
+    /// Process-wide, as `--admin` (which overrides it).
+    admin: Option<AdminTable>,
     service: Vec<ServiceSettings>,
+}
+
+/// `[admin]`: the admin endpoint (see `admin`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminTable {
+    listen: std::net::SocketAddr,
 }
 
 /// What a manifest says: its services and the process-wide settings.
@@ -47,6 +59,8 @@ pub struct ManifestFile {
     pub services: Vec<ServiceSpec>,
     /// `workers = N`: worker threads (see `workers`); `None`: not said.
     pub workers: Option<usize>,
+    /// `[admin] listen = "ADDR:PORT"`: where the admin endpoint listens.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Reads a manifest's services; see [`load_manifest_file`].
@@ -78,7 +92,7 @@ pub fn load_manifest_file(path: &Path) -> Result<ManifestFile> {
         spec.grants.policy().with_context(|| format!("{}: service `{}`", path.display(), spec.name))?;
         specs.push(spec);
     }
-    Ok(ManifestFile { services: specs, workers: manifest.workers })
+    Ok(ManifestFile { services: specs, workers: manifest.workers, admin: manifest.admin.map(|a| a.listen) })
 }
 
 /// toml's errors span several lines (with a caret); an operator gets one.

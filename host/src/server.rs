@@ -19,6 +19,7 @@ use crate::config::{Instances, ServiceSpec};
 use crate::dispatch;
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
+use crate::metrics::Metrics;
 use crate::net::listener::{accept_loop, bind_std};
 use crate::pool::Spares;
 
@@ -36,6 +37,8 @@ pub struct Runtime {
     budget: Arc<MemoryBudget>,
     /// The spares made ahead from the pool, by every service and worker.
     spares: Arc<Spares>,
+    /// The process's counters, per service (`/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 /// The pooled engine and how many of its slots are for connections.
@@ -57,6 +60,7 @@ impl Runtime {
             cache_dir: engine::default_cache_dir(),
             budget: MemoryBudget::new(limits::default_memory_budget()),
             spares: Spares::new(),
+            metrics: Metrics::new(),
         })
     }
 
@@ -89,6 +93,11 @@ impl Runtime {
         &self.budget
     }
 
+    /// The counters of every service this runtime loaded (`/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Reads, compiles (or loads from cache) and links `spec`'s component, to
     /// run as `spec` says. With an instance per connection and no
     /// `max_connections`, the pool's size caps the connections (so that a
@@ -116,8 +125,8 @@ impl Runtime {
         };
         let component = engine::load_component(engine, &spec.component, self.cache_dir.as_deref())?;
         let policy = spec.grants.policy()?;
-        let (budget, spares) = (self.budget.clone(), self.spares.clone());
-        Ok(Arc::new(ServiceComponent::new(engine, &component, &spec, Arc::new(policy), budget, spares)?))
+        let (budget, spares, metrics) = (self.budget.clone(), self.spares.clone(), self.metrics.service(&spec.name));
+        Ok(Arc::new(ServiceComponent::new(engine, &component, &spec, Arc::new(policy), budget, spares, metrics)?))
     }
 }
 

@@ -24,6 +24,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::guest_output::{GuestOutput, OutputRate};
 use crate::limits::{AtEpoch, CpuUse, InstanceLimiter, Limits, MemoryAccount};
+use crate::metrics::LiveInstance;
 use crate::net::NetCtx;
 use crate::net::view::{NetHost, NetView};
 use crate::wasi_sockets::WasiSockets;
@@ -49,6 +50,8 @@ pub struct HostState {
     /// Cancelled when a stop's grace period is over: a guest still waiting
     /// in a blocking WASI call then ends (see `blocking`).
     pub forced_stop: CancellationToken,
+    /// This instance in `instances_live`, until the store goes.
+    _live: LiveInstance,
 }
 
 impl HostState {
@@ -60,6 +63,7 @@ impl HostState {
         memory: Arc<MemoryAccount>,
         limits: &Limits,
         forced_stop: CancellationToken,
+        live: LiveInstance,
     ) -> Self {
         HostState {
             table: ResourceTable::new(),
@@ -71,7 +75,13 @@ impl HostState {
             limiter: InstanceLimiter::new(memory),
             cpu: CpuUse::new(limits.callback_cpu),
             forced_stop,
+            _live: live,
         }
+    }
+
+    /// Whether this instance was refused memory (a trap then is memory's).
+    pub fn memory_refused(&self) -> bool {
+        self.limiter.account().was_refused()
     }
 
     /// A blocking WASI call truly waited (see `limits::cpu`).

@@ -29,6 +29,7 @@ use wasmtime_wasi::p3::bindings::sockets::types::IpAddress;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 use crate::coalesce::Coalesced;
+use crate::metrics::{Operation, ServiceMetrics};
 use crate::policy::{self, Action, Policy, Ports, Use};
 
 /// How long the addresses a granted name resolved to stay admitted.
@@ -70,6 +71,8 @@ pub struct WasiSockets {
     denials: Arc<Coalesced>,
     /// Datagrams from senders no grant covers (wasmtime-wasi drops them).
     udp_refusals: Arc<Coalesced>,
+    /// The service's counters (accepted connections, denials).
+    metrics: Arc<ServiceMetrics>,
 }
 
 /// An address a granted name resolved to, for that grant's ports.
@@ -86,6 +89,7 @@ impl WasiSockets {
         listen: Vec<SocketAddr>,
         denials: Arc<Coalesced>,
         udp_refusals: Arc<Coalesced>,
+        metrics: Arc<ServiceMetrics>,
     ) -> Arc<Self> {
         let udp_receives = Arc::new(tokio::sync::Semaphore::new(MAX_UDP_RECEIVES));
         let first_ports = Mutex::new(vec![0; listen.len()]);
@@ -99,6 +103,7 @@ impl WasiSockets {
             udp_receives,
             denials,
             udp_refusals,
+            metrics,
         })
     }
 
@@ -119,6 +124,7 @@ impl WasiSockets {
             }
             SocketAddrUse::TcpAccept => {
                 self.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.cx_total.inc();
                 (true, Use::TcpListen)
             }
             SocketAddrUse::TcpConnect => (self.reaches(addr, Use::TcpConnect), Use::TcpConnect),
@@ -135,6 +141,13 @@ impl WasiSockets {
             }
         };
         if !allowed {
+            self.metrics.denied(if denied_use == Use::TcpConnect {
+                Operation::connect
+            } else if denied_use == Use::TcpListen {
+                Operation::listen
+            } else {
+                Operation::udp
+            });
             self.denials.warn(|| {
                 let target = policy::target_text(denied_use, &addr.ip().to_string(), addr.port());
                 format!("permission denied: {} {target} is not granted (wasi:sockets)", denied_use.verb())
@@ -230,6 +243,7 @@ impl WasiSockets {
             .flat_map(|action| self.policy.ports_for_name(action, &name).into_iter().map(move |p| (action, p)))
             .collect();
         if grants.is_empty() {
+            self.metrics.denied(Operation::lookup);
             self.denials.warn(|| format!("permission denied: look up {name}: no grant names it (wasi:sockets)"));
             return Err(ErrorCode::AccessDenied);
         }
@@ -247,6 +261,7 @@ impl WasiSockets {
         let blocked: Vec<String> =
             ips.iter().filter(|ip| self.policy.is_blocked_ip(**ip)).map(|ip| ip.to_string()).collect();
         if !blocked.is_empty() {
+            self.metrics.denied(Operation::lookup);
             self.denials.warn(|| {
                 format!(
                     "permission denied: {name} resolves to blocked addresses ({}) (wasi:sockets)",
@@ -493,7 +508,7 @@ mod tests {
         use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::ErrorCode;
         let policy = Policy::parse(&["tcp://localhost:7000".into()], &[], &[], false).unwrap();
         let log = || crate::coalesce::Coalesced::new("denials", None);
-        let sockets = WasiSockets::new(Arc::new(policy), vec![], log(), log());
+        let sockets = WasiSockets::new(Arc::new(policy), vec![], log(), log(), ServiceMetrics::detached("test"));
         assert!(sockets.resolve("localhost".into()).await.unwrap().iter().all(|ip| ip.is_loopback()));
         assert!(matches!(sockets.resolve("localhost:7000".into()).await, Err(ErrorCode::InvalidArgument)));
         assert!(matches!(sockets.resolve("example.com".into()).await, Err(ErrorCode::AccessDenied)));
@@ -507,7 +522,13 @@ mod tests {
         use wasmtime_wasi::sockets::SocketAddrUse;
         let log = || crate::coalesce::Coalesced::new("denials", None);
         let policy = Arc::new(Policy::parse(&[], &[], &[], false).unwrap());
-        let sockets = WasiSockets::new(policy, vec!["127.0.0.1:0".parse().unwrap()], log(), log());
+        let sockets = WasiSockets::new(
+            policy,
+            vec!["127.0.0.1:0".parse().unwrap()],
+            log(),
+            log(),
+            ServiceMetrics::detached("test"),
+        );
         assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
         assert_eq!(sockets.listen_addresses(), vec!["127.0.0.1:41234".parse().unwrap()]);
     }
@@ -520,7 +541,13 @@ mod tests {
         use wasmtime_wasi::sockets::SocketAddrUse;
         let policy = Policy::parse(&["tcp://127.0.0.1:7000".into()], &[], &[], false).unwrap();
         let log = || crate::coalesce::Coalesced::new("denials", None);
-        let sockets = WasiSockets::new(Arc::new(policy), vec!["127.0.0.1:0".parse().unwrap()], log(), log());
+        let sockets = WasiSockets::new(
+            Arc::new(policy),
+            vec!["127.0.0.1:0".parse().unwrap()],
+            log(),
+            log(),
+            ServiceMetrics::detached("test"),
+        );
         assert!(sockets.check("127.0.0.1:7000".parse().unwrap(), SocketAddrUse::TcpConnect));
         assert!(!sockets.check("127.0.0.1:7001".parse().unwrap(), SocketAddrUse::TcpConnect));
         assert!(sockets.check("127.0.0.1:41234".parse().unwrap(), SocketAddrUse::TcpListen));
@@ -538,7 +565,7 @@ mod tests {
         let policy = Policy::parse(&strings(connect), &strings(listen_grants), &strings(udp), block).unwrap();
         let listen = listen.iter().map(|a| a.parse().unwrap()).collect();
         let log = || Coalesced::new("test", None);
-        WasiSockets::new(Arc::new(policy), listen, log(), log())
+        WasiSockets::new(Arc::new(policy), listen, log(), log(), ServiceMetrics::detached("test"))
     }
 
     fn at(addr: &str) -> SocketAddr {

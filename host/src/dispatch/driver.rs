@@ -13,6 +13,7 @@ use wasmtime::component::{Accessor, Resource};
 use super::event_loop::{EventLoop, Ready};
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
 use crate::component::Unwanted;
+use crate::metrics::Limit;
 use crate::net::tcp::{EndSeen, Mark, Readiness};
 use crate::net::{Connection, TcpConn};
 use crate::state::HostState;
@@ -33,8 +34,8 @@ impl EventLoop<'_> {
         self.live.insert(&conn);
         let (id, remote) = (conn.id(), conn.remote_addr());
         tracing::debug!(
-            component = %self.component.name,
-            id,
+            service = %self.component.name,
+            connection = id,
             %remote,
             worker = %std::thread::current().name().unwrap_or("main"),
             "connection open"
@@ -43,7 +44,7 @@ impl EventLoop<'_> {
         self.live.remove(&conn);
         conn.close();
         match &result {
-            Ok(()) => tracing::debug!(component = %self.component.name, id, %remote, "connection closed"),
+            Ok(()) => tracing::debug!(service = %self.component.name, connection = id, %remote, "connection closed"),
             // Which connection: the trap itself (with its backtrace) is logged
             // once, when the instance ends (`run`, `serve_alone`).
             Err(_) => self
@@ -69,10 +70,13 @@ impl EventLoop<'_> {
         let handle = acc.with(|mut a| a.get().table.push(Connection::new(conn.clone())))?;
         let borrow = || Resource::<Connection>::new_borrow(handle.rep());
 
+        let counted = &self.component.metrics().callbacks;
         if !self.component.unwanted.on_connect.load(Ordering::Relaxed) {
+            counted.inc();
             match callbacks.call_on_connect(acc, borrow()).await? {
                 Ok(answer) => Unwanted::note(&self.component.unwanted.on_connect, answer),
                 Err(err) => {
+                    counted.inc();
                     callbacks.call_on_error(acc, borrow(), err).await?;
                 }
             }
@@ -91,8 +95,9 @@ impl EventLoop<'_> {
                 r = conn.wait_ready(seen) => r,
                 _ = &mut stop => Readiness::Closed,
                 _ = conn.idle_out(idle.as_mut()) => {
-                    tracing::debug!(component = %self.component.name, id = conn.id(), remote = %conn.remote_addr(),
+                    tracing::debug!(service = %self.component.name, connection = conn.id(), remote = %conn.remote_addr(),
                         "closing an idle connection (--idle-timeout-ms)");
+                    conn.count_limit(Limit::idle_timeout);
                     Readiness::Closed
                 }
             };
@@ -103,6 +108,7 @@ impl EventLoop<'_> {
             // Queue for the next `on-read-ready` and wait until the guest is done
             // with this connection (the whole batch need not be).
             served.reset();
+            counted.inc();
             self.ready.push(Ready { conn: conn.clone(), handle: handle.rep(), served: served.clone() });
             served.wait().await;
             conn.end_delivery();
@@ -131,6 +137,7 @@ impl EventLoop<'_> {
         }
         conn.close();
         if !self.component.unwanted.on_close.load(Ordering::Relaxed) {
+            counted.inc();
             Unwanted::note(&self.component.unwanted.on_close, callbacks.call_on_close(acc, borrow()).await?);
         }
         acc.with(|mut a| a.get().table.delete(handle))?;

@@ -287,11 +287,11 @@ impl<'a> EventLoop<'a> {
                 }
                 _ = &mut force_timer, if armed => {
                     if forced {
-                        tracing::warn!(component = %self.component.name, "callbacks still running after a forced stop; abandoning them");
+                        tracing::warn!(service = %self.component.name, "callbacks still running after a forced stop; abandoning them");
                         return Ok(exit_code);
                     }
                     let n = self.live.close_all();
-                    tracing::warn!(component = %self.component.name, "{n} connection(s) still busy after {STOP_GRACE:?}; closing them");
+                    tracing::warn!(service = %self.component.name, "{n} connection(s) still busy after {STOP_GRACE:?}; closing them");
                     forced = true;
                     // Within the process's own deadline (grace + 1 s, `cli::STOP_DEADLINE`).
                     force_timer.as_mut().reset(Instant::now() + Duration::from_millis(500));

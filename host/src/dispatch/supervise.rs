@@ -17,6 +17,7 @@ use super::restart::Backoff;
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
 use crate::blocking::Stopped;
 use crate::component::{Backend, MainFunc, ServiceComponent};
+use crate::metrics::TrapCause;
 use crate::net::TcpConn;
 use crate::net::admission::Admission;
 use crate::pool::{self, SpareHeld};
@@ -70,28 +71,38 @@ pub async fn run_shared(
                 let failed_start = wasi_service && !loaded.wasi_listened();
                 match ended {
                     Ok(code) if shutdown.is_cancelled() || !wasi_service || failed_start => return Ok(code),
-                    Ok(code) => (format!("exited with status {code}"), closed, None),
+                    Ok(code) => {
+                        loaded.metrics().trapped(TrapCause::exit);
+                        (format!("exited with status {code}"), closed, None)
+                    }
                     Err(trap) if trap.is::<Stopped>() => {
                         // Still waiting in a blocking WASI call when the stop's grace ran out.
-                        tracing::info!(component = %loaded.name, "{Stopped}");
+                        tracing::info!(service = %loaded.name, "{Stopped}");
                         return Ok(0);
                     }
                     Err(trap) => match trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
                         Some(exit) if program || failed_start => return Ok(exit.0),
-                        Some(exit) => (format!("exited with status {}", exit.0), closed, None),
+                        Some(exit) => {
+                            loaded.metrics().trapped(TrapCause::exit);
+                            (format!("exited with status {}", exit.0), closed, None)
+                        }
                         None if program => {
                             // A program whose main trapped has failed; nothing to restart.
                             let trap = guest_text::error_line(&trap);
-                            tracing::error!(component = %loaded.name, "guest trapped: {trap}; closed its {closed} connection(s)");
+                            tracing::error!(service = %loaded.name, "guest trapped: {trap}; closed its {closed} connection(s)");
                             return Ok(1);
                         }
-                        None => ("trapped".to_string(), closed, Some(guest_text::error_line(&trap))),
+                        None => {
+                            loaded.metrics().trapped(trap_cause(&trap, store.data().memory_refused()));
+                            ("trapped".to_string(), closed, Some(guest_text::error_line(&trap)))
+                        }
                     },
                 }
             }
             // A program that cannot start has failed; a service tries again.
             Err(e) if program => bail!("{}", guest_text::anyhow_line(&e)),
             Err(e) => {
+                loaded.metrics().trapped(TrapCause::start);
                 started = false;
                 ("failed to start".to_string(), 0, Some(guest_text::anyhow_line(&e)))
             }
@@ -369,6 +380,7 @@ async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn,
         Sources { callbacks: callbacks.as_ref(), main: None, conns: &mut conns, active_listeners: &active_listeners };
     let (ended, live) = serve_instance(&loaded, &mut store, sources, true, &shutdown).await;
     if let Err(trap) = ended {
+        loaded.metrics().trapped(trap_cause(&trap, store.data().memory_refused()));
         let closed = live.close_all();
         loaded.warnings.traps.warn(|| {
             let trap = guest_text::error_line(&trap);
@@ -376,5 +388,18 @@ async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn,
                 "guest trapped (closed the instance of connection {id} from {remote}, {closed} connection(s)): {trap}"
             )
         });
+    }
+}
+
+/// Why an instance trapped, for the metrics: its CPU bound (the epoch
+/// callback's error says the flag), memory (it was refused some before it
+/// aborted), or a guest fault of its own (a panic, `unreachable`).
+fn trap_cause(trap: &wasmtime::Error, memory_refused: bool) -> TrapCause {
+    if format!("{trap:#}").contains("(--callback-cpu-ms)") {
+        TrapCause::cpu
+    } else if memory_refused {
+        TrapCause::memory
+    } else {
+        TrapCause::panic
     }
 }

@@ -54,11 +54,18 @@ pub struct MemoryAccount {
     /// (with an instance per connection, "once per instance" would be once
     /// per connection).
     refusals: Arc<Coalesced>,
+    /// A growth or charge was refused (a trap that follows is memory's).
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryAccount {
     pub fn new(max: u64, budget: Arc<MemoryBudget>, refusals: Arc<Coalesced>) -> Arc<Self> {
-        Arc::new(MemoryAccount { max, used: AtomicU64::new(0), budget, refusals })
+        Arc::new(MemoryAccount { max, used: AtomicU64::new(0), budget, refusals, refused: Default::default() })
+    }
+
+    /// Whether anything of this instance was refused for memory.
+    pub fn was_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Bytes this instance holds right now.
@@ -89,6 +96,7 @@ impl MemoryAccount {
                 )
             }
         };
+        self.refused.store(true, Ordering::Relaxed);
         self.refusals.warn(|| refusal.clone());
         Err(refusal)
     }

@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::coalesce::Coalesced;
 use crate::limits::Limits;
+use crate::metrics::{OpenConnection, Overflow, ServiceMetrics};
 
 /// The time-outs a connection lives by (see [`crate::limits::Limits`] for
 /// the flags and defaults).
@@ -54,26 +55,35 @@ pub struct Admission {
     refusals: Arc<Coalesced>,
     /// Failed accepts (the open-file limit, mostly), for the log.
     pub accept_failures: Arc<Coalesced>,
+    /// The service's counters: connections, refusals, bytes.
+    pub metrics: Arc<ServiceMetrics>,
 }
 
-/// A connection's places under the caps, given back when dropped.
+/// A connection's places under the caps, given back when dropped (and
+/// the connection counted as closed).
 #[derive(Default)]
 pub struct Admitted {
     _permit: Option<OwnedSemaphorePermit>,
     _address: Option<AddressSlot>,
+    _open: Option<OpenConnection>,
 }
 
 impl Admission {
     /// The rules `limits` describe, for the service `component`.
-    pub fn new(limits: &Limits, component: Arc<str>) -> Self {
+    pub fn new(limits: &Limits, component: Arc<str>, metrics: Arc<ServiceMetrics>) -> Self {
         Admission {
             // Beyond tokio's permit ceiling (2^61) a cap is no cap at all.
             limit: limits.max_connections.map(|n| Arc::new(Semaphore::new(n.get().min(Semaphore::MAX_PERMITS)))),
             per_address: limits.max_connections_per_ip.map(PerAddress::new),
             timeouts: Timeouts { read: limits.read_timeout, idle: limits.idle_timeout, write: limits.write_timeout },
-            refusals: Coalesced::new("connections refused at --max-connections-per-ip", Some(component.clone())),
+            refusals: Coalesced::counted(
+                "connections refused at --max-connections-per-ip",
+                Some(component.clone()),
+                metrics.overflow_counter(Overflow::per_address_cap),
+            ),
             accept_failures: Coalesced::new("accept failures", Some(component.clone())),
             component,
+            metrics,
         }
     }
 
@@ -95,7 +105,7 @@ impl Admission {
             },
             None => None,
         };
-        Some(Admitted { _permit: permit, _address: address })
+        Some(Admitted { _permit: permit, _address: address, _open: Some(self.metrics.connection_opened()) })
     }
 }
 
@@ -155,7 +165,7 @@ mod tests {
         use std::num::NonZeroUsize;
 
         let limits = Limits { max_connections_per_ip: NonZeroUsize::new(1), ..Limits::default() };
-        let admission = Admission::new(&limits, "echo".into());
+        let admission = Admission::new(&limits, "echo".into(), ServiceMetrics::detached("echo"));
         let first = admission.admit("127.0.0.2".parse().unwrap(), None);
         assert!(first.is_some());
         // The same address spelt as IPv4-mapped IPv6 is at its cap.
@@ -175,7 +185,7 @@ mod tests {
     #[test]
     fn the_cap_counts_one_address_however_it_is_spelt_and_frees_on_drop() {
         let limits = Limits { max_connections_per_ip: NonZeroUsize::new(2), ..Limits::default() };
-        let admission = Admission::new(&limits, Arc::from("test"));
+        let admission = Admission::new(&limits, Arc::from("test"), ServiceMetrics::detached("test"));
         let v4: IpAddr = "127.0.0.2".parse().unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
         let first = admission.admit(v4, None).expect("first");

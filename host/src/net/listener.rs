@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{HostCharge, SocketSlot};
+use crate::metrics::Overflow;
 
 use super::admission::Admission;
 use super::error::{LISTEN_FAILED, SocketError};
@@ -96,15 +97,21 @@ pub async fn accept_loop(
         // one. So at the cap each loop holds one accepted connection,
         // unserved, and the rest wait in the kernel's backlog.
         let permit = match &admission.limit {
-            Some(limit) => tokio::select! {
-                slot = limit.clone().acquire_owned() => slot.ok(),
-                _ = stopped.as_mut() => return,
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    admission.metrics.overflow(Overflow::connection_cap);
+                    tokio::select! {
+                        slot = limit.clone().acquire_owned() => slot.ok(),
+                        _ = stopped.as_mut() => return,
+                    }
+                }
             },
             None => None,
         };
         // Refused: dropping the stream closes it.
         let Some(admitted) = admission.admit(peer.ip(), permit) else { continue };
-        match TcpConn::from_accept(stream, peer, local, admission.timeouts) {
+        match TcpConn::from_accept(stream, peer, local, admission.timeouts, admission.metrics.clone()) {
             Ok(conn) => {
                 conn.hold_permit(admitted);
                 on_accept(&conn);

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use self::admission::Admission;
 use crate::coalesce::Coalesced;
 use crate::limits::{HostCharge, SocketCount};
+use crate::metrics::{Limit, Operation, ServiceMetrics};
 use crate::policy::Policy;
 use crate::sync::Served;
 
@@ -91,6 +92,8 @@ pub struct NetCtx {
     pub denials: Arc<Coalesced>,
     /// Datagrams dropped because their sender is not granted, for the log.
     pub udp_refusals: Arc<Coalesced>,
+    /// The service's counters (denials, socket refusals).
+    pub metrics: Arc<ServiceMetrics>,
 }
 
 impl NetCtx {
@@ -98,6 +101,7 @@ impl NetCtx {
     /// coalesced per instance) and passes it on.
     pub fn logged(&self, err: SocketError) -> SocketError {
         if err.kind == error::ErrorKind::PermissionDenied {
+            self.metrics.denied(Operation::of_denial(&err.message));
             self.denials.warn(|| err.message.clone());
         }
         err
@@ -106,8 +110,9 @@ impl NetCtx {
     /// A refusal at a socket limit, as the guest gets it; logged at warn the
     /// first time for this instance.
     pub fn limited(&self, message: String) -> SocketError {
+        self.metrics.limit_hit(Limit::sockets);
         if !self.limit_logged.swap(true, Ordering::Relaxed) {
-            tracing::warn!(component = %self.component, "{message} (further refusals of this instance are not logged)");
+            tracing::warn!(service = %self.component, "{message} (further refusals of this instance are not logged)");
         }
         SocketError::generic(message)
     }

@@ -36,6 +36,7 @@ use super::admission::Admitted;
 pub use super::admission::Timeouts;
 use super::error::{SOCKET_CLOSED, SocketError, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT};
 use crate::limits::{GuestSocket, MAX_IO};
+use crate::metrics::{Limit, ServiceMetrics};
 use crate::sync::{Closing, OpQueue};
 
 /// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
@@ -96,6 +97,8 @@ struct Inner {
     /// socket limit and its buffer's memory charge, held until the socket is
     /// gone (the last handle dropped).
     _guest_socket: Option<GuestSocket>,
+    /// A client's connection: its service's counters of bytes in and out.
+    traffic: Option<Arc<ServiceMetrics>>,
 }
 
 impl TcpConn {
@@ -107,12 +110,13 @@ impl TcpConn {
         peer: SocketAddr,
         local: Option<SocketAddr>,
         timeouts: Timeouts,
+        traffic: Arc<ServiceMetrics>,
     ) -> io::Result<Self> {
         let local = match local {
             Some(local) => local,
             None => stream.local_addr()?,
         };
-        Self::new(stream, local, Some(peer), timeouts, None)
+        Self::new(stream, local, Some(peer), timeouts, None, Some(traffic))
     }
 
     /// Wraps a connected stream, accepted by a listener (`peer` known) or
@@ -124,6 +128,7 @@ impl TcpConn {
         peer: Option<SocketAddr>,
         timeouts: Timeouts,
         guest_socket: Option<GuestSocket>,
+        traffic: Option<Arc<ServiceMetrics>>,
     ) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let accepted = peer.is_some();
@@ -150,6 +155,7 @@ impl TcpConn {
             consumed: Notify::new(),
             permit: Mutex::new(None),
             _guest_socket: guest_socket,
+            traffic,
         })))
     }
 
@@ -169,7 +175,7 @@ impl TcpConn {
                 Ok(Ok(stream)) => {
                     return stream
                         .local_addr()
-                        .and_then(|local| TcpConn::new(stream, local, None, timeouts, Some(socket)))
+                        .and_then(|local| TcpConn::new(stream, local, None, timeouts, Some(socket), None))
                         .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
                 }
                 Ok(Err(e)) => last = e,
@@ -199,9 +205,12 @@ impl TcpConn {
     /// Reads from the socket into `side` (see `ReadSide::fill_from`);
     /// whatever came counts as activity for the idle time-out.
     fn fill(&self, side: &mut ReadSide) -> bool {
-        let progressed = side.fill_from(&self.0.stream);
+        let (progressed, bytes) = side.fill_from(&self.0.stream);
         if progressed {
             self.touch();
+        }
+        if let Some(traffic) = self.0.traffic.as_ref().filter(|_| bytes > 0) {
+            traffic.rx_bytes.inc_by(bytes as u64);
         }
         progressed
     }
@@ -209,6 +218,21 @@ impl TcpConn {
     /// Records that bytes (or the end) arrived or were sent now.
     fn touch(&self) {
         self.0.last_active.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Counts a client connection's meeting with `limit` for its service.
+    pub fn count_limit(&self, limit: Limit) {
+        if let Some(traffic) = &self.0.traffic {
+            traffic.limit_hit(limit);
+        }
+    }
+
+    /// Records that `bytes` were sent now.
+    fn sent(&self, bytes: usize) {
+        self.touch();
+        if let Some(traffic) = &self.0.traffic {
+            traffic.tx_bytes.inc_by(bytes as u64);
+        }
     }
 
     /// Resolves once the connection has been idle (nothing received or sent)
@@ -263,7 +287,7 @@ impl TcpConn {
                 }
             }
             if written > before {
-                self.touch();
+                self.sent(written - before);
             }
             if written == data.len() {
                 return Ok(written as u32);
@@ -282,6 +306,7 @@ impl TcpConn {
                     Ok(r) => r.map_err(|e| self.write_failed(e))?,
                     Err(_) => {
                         self.close();
+                        self.count_limit(Limit::write_timeout);
                         return Err(SocketError::generic(WRITE_TIMED_OUT));
                     }
                 },
@@ -312,7 +337,7 @@ impl TcpConn {
             }
         }
         if written > 0 {
-            self.touch();
+            self.sent(written);
         }
         Ok(written as u32)
     }
@@ -435,7 +460,14 @@ pub(super) mod tests {
         let (stream, from) = listener.accept().await.unwrap();
         assert_eq!(from, peer.local_addr().unwrap());
         // No local address given: the connection asks its socket.
-        let conn = TcpConn::from_accept(stream, from, None, Timeouts::read_only(Duration::from_secs(5))).unwrap();
+        let conn = TcpConn::from_accept(
+            stream,
+            from,
+            None,
+            Timeouts::read_only(Duration::from_secs(5)),
+            crate::metrics::ServiceMetrics::detached("test"),
+        )
+        .unwrap();
         assert_eq!(conn.local_addr(), peer.peer_addr().unwrap());
         assert_eq!(conn.remote_addr(), from);
         (conn, peer)

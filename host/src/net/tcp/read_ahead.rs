@@ -143,8 +143,9 @@ impl ReadSide {
     }
 
     /// Reads from the socket until it would block or the buffer is full.
-    /// Returns whether anything happened (bytes, end of stream or an error).
-    pub(super) fn fill_from(&mut self, stream: &TcpStream) -> bool {
+    /// Returns whether anything happened (bytes, end of stream or an error),
+    /// and how many bytes came.
+    pub(super) fn fill_from(&mut self, stream: &TcpStream) -> (bool, usize) {
         let mut progressed = false;
         let mut brought = 0;
         while !self.end.is_over() {
@@ -197,7 +198,7 @@ impl ReadSide {
         if brought > 0 {
             self.last_fill = brought;
         }
-        progressed
+        (progressed, brought)
     }
 }
 

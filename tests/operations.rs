@@ -1,0 +1,249 @@
+//! Operating portcullis: the admin endpoint (`--admin`, a manifest's
+//! `[admin]`) as an operator's tools see it — `curl` on each path, a real
+//! Prometheus scraping `/metrics` — and the counters it shows moving with
+//! what clients and guests do.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{HostProcess, connect_when_listening, guest, read_line, read_to_end, round_trip};
+use tokio::io::AsyncWriteExt;
+
+/// `curl -s URL` (with `-X METHOD`): the status and the body.
+fn curl(method: &str, url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-X", method, "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The value of the sample `series` (`name{labels}`) in a `/metrics` text.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `/metrics` of `admin` once `series` reads `want` (the host counts a
+/// close a moment after the client's), or as it is after 10 s.
+fn metrics_when(admin: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = curl("GET", &format!("http://{admin}/metrics"));
+        assert_eq!(status, 200, "{body}");
+        if sample(&body, series) == Some(want) || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The address of the `admin: listening on ADDR` line.
+fn admin_address(host: &mut HostProcess) -> SocketAddr {
+    let line = host.stdout_line();
+    line.strip_prefix("admin: listening on ").unwrap_or_else(|| panic!("not the admin line: {line:?}")).parse().unwrap()
+}
+
+#[tokio::test]
+async fn curl_reads_the_metrics_health_and_readiness() {
+    let mut host =
+        HostProcess::start("admin-curl", "echo", &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"], None);
+    let addr = host.listening_on();
+    let admin = admin_address(&mut host);
+    for i in 0..5 {
+        let mut client = connect_when_listening(addr).await;
+        let hello = format!("hello {i}\n");
+        assert_eq!(round_trip(&mut client, hello.as_bytes()).await, hello.as_bytes());
+    }
+    let metrics = metrics_when(admin, "portcullis_downstream_cx_destroy_total{service=\"echo.wasm\"}", 5.0);
+    let value = |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+    assert_eq!(value("portcullis_downstream_cx_total{service=\"echo.wasm\"}"), 5.0);
+    assert_eq!(value("portcullis_downstream_cx_destroy_total{service=\"echo.wasm\"}"), 5.0);
+    assert_eq!(value("portcullis_downstream_cx_active{service=\"echo.wasm\"}"), 0.0);
+    // "hello N\n" is 8 bytes, each way.
+    assert_eq!(value("portcullis_downstream_cx_rx_bytes_total{service=\"echo.wasm\"}"), 40.0);
+    assert_eq!(value("portcullis_downstream_cx_tx_bytes_total{service=\"echo.wasm\"}"), 40.0);
+    assert!(value("portcullis_guest_callbacks_total{service=\"echo.wasm\"}") >= 5.0, "{metrics}");
+    assert_eq!(value("portcullis_instances_live{service=\"echo.wasm\"}"), 1.0);
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    // No label carries a client's address.
+    assert!(!metrics.contains("127.0.0.1"), "{metrics}");
+
+    assert_eq!(curl("GET", &format!("http://{admin}/healthz")), (200, "ok\n".into()));
+    assert_eq!(curl("GET", &format!("http://{admin}/readyz")), (200, "ready\n".into()));
+    assert_eq!(curl("GET", &format!("http://{admin}/nothing")).0, 404);
+    assert_eq!(curl("POST", &format!("http://{admin}/metrics")).0, 405);
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_connection_counter() {
+    let mut host =
+        HostProcess::start("admin-prometheus", "echo", &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"], None);
+    let addr = host.listening_on();
+    let admin = admin_address(&mut host);
+    for _ in 0..7 {
+        let mut client = connect_when_listening(addr).await;
+        assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
+    }
+    let prometheus = Prometheus::start("admin-prometheus", admin);
+    // Scraped every second: within 60 s it has the counter, and it says 7.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = prometheus.query("portcullis_downstream_cx_total");
+        if last.contains("\"service\":\"echo.wasm\"") && last.contains(",\"7\"]") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(last.contains(",\"7\"]"), "Prometheus never saw 7 connections: {last}\n{}", prometheus.log());
+    let up = prometheus.query("up");
+    assert!(up.contains(",\"1\"]"), "the scrape is not up: {up}");
+}
+
+/// Debian's `prometheus` on a free loopback port, scraping one target every
+/// second, its data in the test's scratch folder; killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    web: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(test: &str, target: SocketAddr) -> Prometheus {
+        let dir = portcullis_tests::root().join("target/test-scratch").join(test).join("prometheus");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: portcullis\n    \
+                 static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let web = portcullis_tests::free_port();
+        let log = dir.join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("prometheus runs (apt-get install prometheus; .ci/run installs it)");
+        Prometheus { child, web, log }
+    }
+
+    /// The query API's JSON answer to `query` (empty while it starts).
+    fn query(&self, query: &str) -> String {
+        curl("GET", &format!("http://{}/api/v1/query?query={query}", self.web)).1
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn traps_refusals_and_denials_are_counted_by_cause() {
+    // Three hostile services and an echo with a per-address cap of 1, in
+    // one process with the admin endpoint in the manifest.
+    let hostile = guest("hostile");
+    let manifest = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[service]]\nname = \"spin\"\ncomponent = {hostile:?}\nlisten = [\"127.0.0.1:0\"]\n\
+         env = {{ MODE = \"spin\" }}\ncallback-cpu-ms = 200\n\n\
+         [[service]]\nname = \"hoard\"\ncomponent = {hostile:?}\nlisten = [\"127.0.0.1:0\"]\n\
+         env = {{ MODE = \"hoard\" }}\nmax-memory = \"100MiB\"\n\n\
+         [[service]]\nname = \"connect\"\ncomponent = {hostile:?}\nlisten = [\"127.0.0.1:0\"]\n\
+         env = {{ MODE = \"connect-flood\", TARGET = \"127.0.0.1:9\" }}\n\n\
+         [[service]]\nname = \"echo\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\nmax-connections-per-ip = 1\n",
+        guest("echo")
+    );
+    let mut host = HostProcess::start_manifest("admin-causes", &manifest, &[]);
+    let mut addrs = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let line = host.stdout_line();
+        let (name, addr) = line.split_once(": listening on ").expect("NAME: listening on ADDR");
+        addrs.insert(name.to_string(), addr.parse::<SocketAddr>().unwrap());
+    }
+    let admin = admin_address(&mut host);
+
+    // A spin past the CPU bound, and an allocation past --max-memory: each
+    // ends its instance (the client sees its connection closed).
+    let mut spin = connect_when_listening(addrs["spin"]).await;
+    spin.write_all(b"go\n").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), read_to_end(&mut spin)).await;
+    let mut hoard = connect_when_listening(addrs["hoard"]).await;
+    hoard.write_all(b"more\n").await.unwrap();
+    assert_eq!(read_line(&mut hoard).await, "held 64 MiB\n");
+    hoard.write_all(b"more\n").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), read_to_end(&mut hoard)).await;
+    // A connect nobody granted: denied, and the guest says so.
+    let mut client = connect_when_listening(addrs["connect"]).await;
+    client.write_all(b"go\n").await.unwrap();
+    let answer = read_line(&mut client).await;
+    assert!(answer.contains("permission denied"), "{answer}");
+    // A second connection from the address that holds one: closed at once.
+    let mut first = connect_when_listening(addrs["echo"]).await;
+    assert_eq!(round_trip(&mut first, b"one").await, b"one");
+    let mut second = connect_when_listening(addrs["echo"]).await;
+    assert_eq!(read_to_end(&mut second).await, b"");
+
+    let metrics = metrics_when(admin, "portcullis_guest_traps_total{service=\"hoard\",cause=\"memory\"}", 1.0);
+    for series in [
+        "portcullis_guest_traps_total{service=\"spin\",cause=\"cpu\"}",
+        "portcullis_guest_traps_total{service=\"hoard\",cause=\"memory\"}",
+        "portcullis_limit_hits_total{service=\"hoard\",limit=\"memory\"}",
+        "portcullis_denials_total{service=\"connect\",operation=\"connect\"}",
+        "portcullis_downstream_cx_overflow_total{service=\"echo\",reason=\"per_address_cap\"}",
+    ] {
+        let value = sample(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+        assert!(value >= 1.0, "{series} is {value}\n{metrics}\n{}", host.log());
+    }
+    for series in [
+        "portcullis_guest_traps_total{service=\"spin\",cause=\"panic\"}",
+        "portcullis_guest_traps_total{service=\"echo\",cause=\"cpu\"}",
+    ] {
+        assert_eq!(sample(&metrics, series), Some(0.0), "{series}\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_with_the_service() {
+    let mut host = HostProcess::start(
+        "log-json",
+        "echo",
+        &["--listen", "127.0.0.1:0", "--max-connections-per-ip", "1", "--log-format", "json"],
+        None,
+    );
+    let addr = host.listening_on();
+    let mut first = connect_when_listening(addr).await;
+    assert_eq!(round_trip(&mut first, b"one").await, b"one");
+    let mut second = connect_when_listening(addr).await;
+    assert_eq!(read_to_end(&mut second).await, b"");
+    let log = host.log_with("--max-connections-per-ip", 1, Duration::from_secs(10));
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let refusal = lines
+        .iter()
+        .find(|line| line["message"].as_str().is_some_and(|m| m.contains("--max-connections-per-ip")))
+        .unwrap_or_else(|| panic!("no refusal line in\n{log}"));
+    assert_eq!(refusal["level"], "WARN", "{refusal}");
+    assert_eq!(refusal["service"], "echo.wasm", "{refusal}");
+    assert!(refusal["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{refusal}");
+    assert!(refusal["target"].as_str().is_some_and(|t| t.starts_with("portcullis")), "{refusal}");
+}
