@@ -71,6 +71,23 @@ async fn curl_reads_the_metrics_health_and_readiness() {
     // No label carries a client's address.
     assert!(!metrics.contains("127.0.0.1"), "{metrics}");
 
+    // docs/operations.md's table names every series, and no other.
+    let doc = std::fs::read_to_string(portcullis_tests::root().join("docs/operations.md")).unwrap();
+    let mut documented: Vec<&str> = doc
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `")?.split_once('`').map(|(name, _)| name))
+        .filter(|name| name.starts_with("portcullis_"))
+        .collect();
+    let mut served: Vec<&str> = metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('{').map(|(name, _)| name))
+        .collect();
+    documented.sort();
+    served.sort();
+    served.dedup();
+    assert_eq!(documented, served, "docs/operations.md and /metrics disagree");
+
     assert_eq!(curl("GET", &format!("http://{admin}/healthz")), (200, "ok\n".into()));
     assert_eq!(curl("GET", &format!("http://{admin}/readyz")), (200, "ready\n".into()));
     assert_eq!(curl("GET", &format!("http://{admin}/nothing")).0, 404);

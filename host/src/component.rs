@@ -386,7 +386,6 @@ impl ServiceComponent {
             memory,
             &self.limits,
             forced_stop,
-            self.metrics.instance_made(),
         );
         new_store(self.pre.engine(), state, &self.limits)
     }

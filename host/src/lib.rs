@@ -11,7 +11,8 @@
 //! The map, top to bottom (arrows go down; the one exception is `bindings`,
 //! whose `with:` names `net`'s types; ARCHITECTURE.md draws them):
 //!
-//! - [`cli`]: `portcullis run | inspect | new`; [`manifest`] and
+//! - [`cli`]: `portcullis run | inspect | new`; [`admin`]: the admin
+//!   endpoint (`/metrics`, `/healthz`, `/readyz`); [`manifest`] and
 //!   [`settings`]: a manifest or the flags to a [`config::ServiceSpec`];
 //!   `inspect`: what a component needs; `scaffold`: a service crate of
 //!   one's own.
@@ -39,6 +40,7 @@
 //! - [`limits`]: every bound a guest meets (memory, sockets, CPU), as plain
 //!   data with defaults and as the accounts that enforce it.
 //!   `coalesce`: repeated warnings written as one line per interval.
+//!   [`metrics`]: the counters per service that `/metrics` shows.
 //!   `sync`: the hand-written synchronisation primitives of the message
 //!   path, and why tokio's own did not do.
 //!

@@ -63,8 +63,8 @@ impl HostState {
         memory: Arc<MemoryAccount>,
         limits: &Limits,
         forced_stop: CancellationToken,
-        live: LiveInstance,
     ) -> Self {
+        let live = net.metrics.instance_made();
         HostState {
             table: ResourceTable::new(),
             wasi: None,
