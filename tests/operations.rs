@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{HostProcess, connect_when_listening, guest, read_line, read_to_end, round_trip};
+use portcullis_tests::{HostProcess, connect_when_listening, guest, read_line, read_n, read_to_end, round_trip};
 use tokio::io::AsyncWriteExt;
 
 /// `curl -s URL` (with `-X METHOD`): the status and the body.
@@ -263,4 +263,120 @@ async fn json_logs_are_one_object_a_line_with_the_service() {
     assert_eq!(refusal["service"], "echo.wasm", "{refusal}");
     assert!(refusal["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{refusal}");
     assert!(refusal["target"].as_str().is_some_and(|t| t.starts_with("portcullis")), "{refusal}");
+}
+
+/// `systemd-socket-activate` (systemd's own test tool) listening on
+/// `sockets` with their `names`, starting `portcullis ARGS` at the first
+/// connection with the sockets passed (`LISTEN_FDS`); its stderr in a file.
+struct Activated {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Activated {
+    fn start(test: &str, sockets: &[SocketAddr], names: &[&str], args: &[&str]) -> Activated {
+        let dir = portcullis_tests::root().join("target/test-scratch").join(test);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("stderr.log");
+        let mut command = Command::new("systemd-socket-activate");
+        for socket in sockets {
+            command.arg("-l").arg(socket.to_string());
+        }
+        if !names.is_empty() {
+            command.arg(format!("--fdname={}", names.join(":")));
+        }
+        command.arg("-E").arg("PORTCULLIS_CACHE_DIR").env("PORTCULLIS_CACHE_DIR", portcullis_tests::test_cache());
+        let child = command
+            .arg(portcullis_tests::portcullis_bin())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("systemd-socket-activate runs (Debian's systemd)");
+        // It listens before it prints; a connect before that is refused.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log).unwrap_or_default().matches("Listening on").count().eq(&sockets.len()) {
+            assert!(Instant::now() < deadline, "systemd-socket-activate did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Activated { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        // SAFETY: SIGTERM to our own child (portcullis, once exec'd).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_socket_passed_by_systemd_serves_without_listen() {
+    // One unnamed socket, matched by order; spread over two workers.
+    let socket = portcullis_tests::free_port();
+    let echo = guest("echo");
+    let args = ["run", echo.to_str().unwrap(), "--workers", "2", "--instances", "per-worker"];
+    let activated = Activated::start("activation-one", &[socket], &[], &args);
+    // The first client starts portcullis and waits in the backlog meanwhile.
+    for i in 0..4 {
+        let mut client = tokio::net::TcpStream::connect(socket).await.unwrap();
+        let hello = format!("passed {i}");
+        let echoed = tokio::time::timeout(Duration::from_secs(30), round_trip(&mut client, hello.as_bytes())).await;
+        assert_eq!(echoed.expect("an echo within 30 s"), hello.as_bytes(), "{}", activated.log());
+    }
+}
+
+#[tokio::test]
+async fn named_sockets_go_to_the_services_of_their_names() {
+    let (first, second) = (portcullis_tests::free_port(), portcullis_tests::free_port());
+    let manifest = format!(
+        "[[service]]\nname = \"kv\"\ncomponent = {:?}\n\n[[service]]\nname = \"echo\"\ncomponent = {:?}\n",
+        guest("resp-kv"),
+        guest("echo")
+    );
+    let dir = portcullis_tests::root().join("target/test-scratch/activation-named-manifest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, manifest).unwrap();
+    // In the other order than the manifest's: the names decide.
+    let activated = Activated::start(
+        "activation-named",
+        &[first, second],
+        &["echo", "kv"],
+        &["run", "--manifest", path.to_str().unwrap()],
+    );
+    let mut echo = tokio::net::TcpStream::connect(first).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(30), round_trip(&mut echo, b"to echo")).await;
+    assert_eq!(echoed.expect("an echo within 30 s"), b"to echo", "{}", activated.log());
+    let mut kv = tokio::net::TcpStream::connect(second).await.unwrap();
+    kv.write_all(b"PING\r\n").await.unwrap();
+    assert_eq!(read_n(&mut kv, 7).await, b"+PONG\r\n", "{}", activated.log());
+}
+
+#[tokio::test]
+async fn a_passed_socket_no_service_takes_stops_the_start() {
+    let (first, second) = (portcullis_tests::free_port(), portcullis_tests::free_port());
+    let echo = guest("echo");
+    let activated = Activated::start("activation-left-over", &[first, second], &[], &["run", echo.to_str().unwrap()]);
+    // The connection that starts it is closed with it.
+    let mut client = tokio::net::TcpStream::connect(first).await.unwrap();
+    let _ = client.write_all(b"x").await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), read_to_end(&mut client)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !activated.log().contains("no service took") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = activated.log();
+    assert!(log.contains("error: LISTEN_FDS: no service took an unnamed one (127.0.0.1:"), "{log}");
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::activation;
 use crate::admin;
 use crate::component::Backend;
 use crate::config::{Instances, ServiceSpec};
@@ -128,6 +129,8 @@ impl RunArgs {
 /// Parses the arguments, runs, and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // Before any thread starts: it takes the variables out of the environment.
+    let passed = activation::Passed::from_env();
     init_logging(cli.log_format == "json");
     // The main thread only starts the services and waits for them: they run
     // on worker threads (`workers`), each with a current-thread runtime.
@@ -139,7 +142,7 @@ pub fn main() -> i32 {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => runtime.block_on(run(*args)),
+        Command::Run(args) => passed.and_then(|passed| runtime.block_on(run(*args, passed))),
         Command::Inspect { component } => inspect::inspect(&component).map(|report| {
             print!("{report}");
             0
@@ -202,7 +205,7 @@ fn exit_now(code: i32) -> ! {
     std::process::exit(code)
 }
 
-async fn run(args: RunArgs) -> Result<i32> {
+async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     let Plan { specs, workers, admin } = args.plan()?;
     server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs
@@ -245,7 +248,19 @@ async fn run(args: RunArgs) -> Result<i32> {
             // and prints its own `listening on` lines.
             Backend::Wasi => vec![(next_worker, Vec::new())],
             Backend::Portcullis => {
-                if !loaded.has_main() {
+                // Listeners the service manager passed (LISTEN_FDS) serve
+                // instead of `listen`'s addresses.
+                let inherited = passed.take_for(&spec.name, !loaded.has_main());
+                if !inherited.is_empty() {
+                    loaded.require_callbacks()?;
+                    if !spec.listen.is_empty() {
+                        tracing::info!(
+                            "service `{}`: serving the sockets the service manager passed (LISTEN_FDS), not its \
+                             own listen addresses",
+                            spec.name
+                        );
+                    }
+                } else if !loaded.has_main() {
                     loaded.require_callbacks()?;
                     if spec.listen.is_empty() {
                         match args.manifest {
@@ -259,14 +274,22 @@ async fn run(args: RunArgs) -> Result<i32> {
                     loaded.require_callbacks()?;
                 }
                 let in_service = || format!("service `{}`", spec.name);
-                if spread {
-                    server::bind_spread(&spec.listen, workers)
+                match (inherited.is_empty(), spread) {
+                    // Each worker accepts on a copy of the passed sockets.
+                    (false, true) => (0..workers)
+                        .map(|worker| {
+                            let copies: std::io::Result<Vec<_>> =
+                                inherited.iter().map(std::net::TcpListener::try_clone).collect();
+                            copies.map(|set| (worker, set)).context("copying a passed socket for a worker")
+                        })
+                        .collect::<Result<_>>()?,
+                    (false, false) => vec![(next_worker, inherited)],
+                    (true, true) => server::bind_spread(&spec.listen, workers)
                         .with_context(in_service)?
                         .into_iter()
                         .enumerate()
-                        .collect()
-                } else {
-                    vec![(next_worker, server::bind_all(&spec.listen).with_context(in_service)?)]
+                        .collect(),
+                    (true, false) => vec![(next_worker, server::bind_all(&spec.listen).with_context(in_service)?)],
                 }
             }
         };
@@ -274,6 +297,12 @@ async fn run(args: RunArgs) -> Result<i32> {
             next_worker += 1;
         }
         ready.push((spec, loaded, listener_sets));
+    }
+    if let Some(left) = passed.left_over() {
+        bail!(
+            "LISTEN_FDS: no service took {left}: name each socket as its service (FileDescriptorName= in the \
+             .socket unit), or pass one unnamed socket per service, in the manifest's order"
+        );
     }
     let admin = match admin {
         Some(addr) => Some(admin::bind(addr)?),

@@ -47,6 +47,7 @@
 //! What the host and the SDK's WASI backend must agree on (the delivery
 //! rule, messages, `PORTCULLIS_*`) is the `portcullis-protocol` crate.
 
+pub(crate) mod activation;
 pub mod admin;
 pub(crate) mod bindings;
 pub(crate) mod blocking;
