@@ -54,11 +54,19 @@ pub struct MemoryAccount {
     /// (with an instance per connection, "once per instance" would be once
     /// per connection).
     refusals: Arc<Coalesced>,
+    /// The budget refused a charge (see [`MemoryAccount::budget_refused`]).
+    budget_refused: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryAccount {
     pub fn new(max: u64, budget: Arc<MemoryBudget>, refusals: Arc<Coalesced>) -> Arc<Self> {
-        Arc::new(MemoryAccount { max, used: AtomicU64::new(0), budget, refusals })
+        Arc::new(MemoryAccount { max, used: AtomicU64::new(0), budget, refusals, budget_refused: Default::default() })
+    }
+
+    /// Whether the process's budget (not this instance's own limit) refused
+    /// it something: another instance giving memory back could change that.
+    pub fn budget_refused(&self) -> bool {
+        self.budget_refused.load(Ordering::Relaxed)
     }
 
     /// Bytes this instance holds right now.
@@ -82,6 +90,7 @@ impl MemoryAccount {
             Ok(_) if self.budget.try_charge(bytes) => return Ok(()),
             Ok(_) => {
                 self.used.fetch_sub(bytes, Ordering::AcqRel);
+                self.budget_refused.store(true, Ordering::Relaxed);
                 format!(
                     "memory budget reached: {what} of {bytes} bytes would take the process over its {} bytes \
                      (--memory-budget)",
