@@ -262,3 +262,64 @@ fn per_worker_instances_take_no_slot_of_the_per_connection_pool() {
     }
     assert!(!host.log().contains("failed to start"), "{}", host.log());
 }
+
+#[test]
+fn no_more_connections_are_served_at_once_than_max_instances() {
+    // A cap of 50 connections for the service, but 2 instances for the
+    // process: over 4 workers (each with a spare made ahead), still 2
+    // connections are served at once; the rest are closed after a moment.
+    let args = ["--instances", "per-connection", "--max-instances", "2", "--max-connections", "50", "--workers", "4"];
+    let (host, addr) = serve("max-instances", "echo", &args);
+    let mut served = Vec::new();
+    let mut closed = 0;
+    for i in 0..10 {
+        let mut client = connect_from("127.0.0.2", addr);
+        match echoed(&mut client, format!("client {i}\n").as_bytes()) {
+            Ok(()) => served.push(client),
+            Err(_) => closed += 1,
+        }
+    }
+    assert_eq!(served.len(), 2, "served at once past --max-instances 2 ({closed} closed): {}", host.log());
+    // Honest clients after them are served again once those leave.
+    drop(served);
+    std::thread::sleep(Duration::from_millis(200));
+    echoed(&mut connect_from("127.0.0.3", addr), b"after\n").unwrap_or_else(|e| panic!("{e}: {}", host.log()));
+}
+
+#[test]
+fn spares_made_ahead_give_the_memory_budget_back_to_connections() {
+    // Four per-connection services over 16 workers: 64 spares made ahead,
+    // each holding its instance's memory against the process's budget. A
+    // connection the budget cannot fit asks them back, as it does for a
+    // pool slot: one service's clients are served as with one worker.
+    let echo = portcullis_tests::guest("echo");
+    let mut manifest = String::from("workers = 16\n");
+    for name in ["a", "b", "c", "d"] {
+        manifest.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\ncomponent = {echo:?}\nlisten = [\"127.0.0.1:0\"]\n\
+             instances = \"per-connection\"\n"
+        ));
+    }
+    let mut host = HostProcess::start_manifest("workers-spares-budget", &manifest, &["--memory-budget", "80MiB"]);
+    let mut first = None;
+    for _ in 0..4 {
+        let line = host.stdout_line();
+        let (name, addr) = line.split_once(": listening on ").expect("NAME: listening on ADDR");
+        if name == "a" {
+            first = Some(addr.parse::<SocketAddr>().unwrap());
+        }
+    }
+    let addr = first.unwrap();
+    // Let every worker make its spares.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut served = Vec::new();
+    for i in 0..50 {
+        let mut client = connect_from("127.0.0.2", addr);
+        if echoed(&mut client, format!("client {i}\n").as_bytes()).is_ok() {
+            served.push(client);
+        }
+    }
+    // An echo instance holds about 1 MiB: ~75 fit in 80 MiB once the idle
+    // spares are given back (before, the spares kept all but ~27 out).
+    assert_eq!(served.len(), 50, "clients served within the budget: {}", host.log());
+}

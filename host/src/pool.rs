@@ -7,13 +7,18 @@
 //! the pool can still fill it: then a spare on one worker could hold the
 //! slot a connection on another worker needs. Such a connection asks every
 //! spare back, and no new spare is made while it waits (a moment at most)
-//! for a slot; only then is it refused.
+//! for a slot; only then is it refused. The same holds for the process's
+//! `--memory-budget`, which every spare's memory counts against.
+//!
+//! The extra slots are for spares only: at most `--max-instances`
+//! connections are served at once, over every service and worker (a
+//! permit each, held as long as its instance lives).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 /// How long a connection that found the pool full may wait for a slot
 /// while spares are asked back: a worker gives its spare back when its event
@@ -28,6 +33,9 @@ const RETRY_EVERY: Duration = Duration::from_millis(5);
 /// The spares of one pool: how many are held, who is asking for them back,
 /// and the calls to give them back.
 pub(crate) struct Spares {
+    /// `--max-instances`: one permit per connection served at once (spares
+    /// hold none: the pool's extra slots are theirs).
+    serving: Arc<Semaphore>,
     held: AtomicUsize,
     /// Connections waiting for a slot: no new spare is made meanwhile.
     askers: AtomicUsize,
@@ -37,13 +45,24 @@ pub(crate) struct Spares {
 }
 
 impl Spares {
-    pub(crate) fn new() -> Arc<Spares> {
+    /// Spares for a pool that serves at most `serving` connections at once.
+    pub(crate) fn new(serving: usize) -> Arc<Spares> {
         Arc::new(Spares {
+            serving: Arc::new(Semaphore::new(serving.min(Semaphore::MAX_PERMITS))),
             held: AtomicUsize::new(0),
             askers: AtomicUsize::new(0),
             calls: watch::Sender::new(0),
             given_back: Notify::new(),
         })
+    }
+
+    /// A place among the connections served at once (`--max-instances`),
+    /// waiting at most [`ASK_BACK_WAIT`] for one; `None`: none came free.
+    pub(crate) async fn serve_slot(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.serving.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        tokio::time::timeout(ASK_BACK_WAIT, self.serving.clone().acquire_owned()).await.ok()?.ok()
     }
 
     /// Counts a spare just made as held until the returned guard drops.
@@ -116,14 +135,24 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn no_more_connections_are_served_at_once_than_max_instances() {
+        let spares = Spares::new(2);
+        let (a, _b) = (spares.serve_slot().await, spares.serve_slot().await);
+        assert!(a.is_some());
+        assert!(spares.serve_slot().await.is_none(), "a third, past the wait");
+        drop(a);
+        assert!(spares.serve_slot().await.is_some(), "the slot of one that ended");
+    }
+
+    #[tokio::test]
     async fn asking_with_no_spare_held_returns_at_once() {
-        let spares = Spares::new();
+        let spares = Spares::new(1);
         assert!(!spares.asking().ask_back().await);
     }
 
     #[tokio::test]
     async fn holders_are_called_and_no_spare_is_wanted_while_one_asks() {
-        let spares = Spares::new();
+        let spares = Spares::new(1);
         let held = spares.hold();
         let mut calls = spares.calls();
         let asking = spares.asking();

@@ -59,7 +59,7 @@ impl Runtime {
             pooled: None,
             cache_dir: engine::default_cache_dir(),
             budget: MemoryBudget::new(limits::default_memory_budget()),
-            spares: Spares::new(),
+            spares: Spares::new(usize::MAX),
             metrics: Metrics::new(),
         })
     }
@@ -72,7 +72,7 @@ impl Runtime {
     pub fn pooled(max_instances: u32, spare_slots: u32, max_memory: u64) -> Result<Self> {
         let total = max_instances.saturating_add(spare_slots);
         let pooled = Pooled { engine: engine::new_pooled_engine(total, max_memory)?, slots: max_instances };
-        Ok(Runtime { pooled: Some(pooled), ..Runtime::new()? })
+        Ok(Runtime { pooled: Some(pooled), spares: Spares::new(max_instances as usize), ..Runtime::new()? })
     }
 
     /// Uses `dir` for compiled components, or no cache with `None`.
@@ -150,6 +150,9 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener> {
 /// an address in use is refused first, as a plain bind refuses it
 /// (`Address already in use`). (A process of the same user started later
 /// can still join the group: it could as well signal or trace this one.)
+/// Two starting at the same moment could both pass the plain bind before
+/// either holds the address: so once bound, the kernel's list of listeners
+/// is checked for one that is not ours, and the start fails if it has one.
 pub fn bind_spread(addrs: &[SocketAddr], copies: usize) -> Result<Vec<Vec<std::net::TcpListener>>> {
     let mut sets: Vec<Vec<std::net::TcpListener>> = (0..copies.max(1)).map(|_| Vec::new()).collect();
     for addr in addrs {
@@ -163,8 +166,46 @@ pub fn bind_spread(addrs: &[SocketAddr], copies: usize) -> Result<Vec<Vec<std::n
         for set in &mut sets[1..] {
             set.push(bind(bound, true)?);
         }
+        if addr.port() != 0 {
+            let ours: Vec<&std::net::TcpListener> = sets.iter().filter_map(|set| set.last()).collect();
+            if others_listen_beside(&ours) {
+                bail!("listen on {addr}: Address already in use (another process bound it at the same moment)");
+            }
+        }
     }
     Ok(sets)
+}
+
+/// Whether a listening socket that is none of `ours` shares their local
+/// address (`/proc/net/tcp` or `tcp6`: the same address and port, in the
+/// listening state); false if that cannot be read.
+fn others_listen_beside(ours: &[&std::net::TcpListener]) -> bool {
+    use std::os::fd::AsRawFd;
+    let inode = |listener: &std::net::TcpListener| {
+        // SAFETY: fstat on a descriptor we own, into a zeroed struct.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(listener.as_raw_fd(), &mut stat) } == 0).then_some(stat.st_ino.to_string())
+    };
+    let inodes: Vec<String> = ours.iter().filter_map(|l| inode(l)).collect();
+    let table = match ours.first().and_then(|l| l.local_addr().ok()) {
+        Some(SocketAddr::V4(_)) => "/proc/net/tcp",
+        Some(SocketAddr::V6(_)) => "/proc/net/tcp6",
+        None => return false,
+    };
+    let Ok(text) = std::fs::read_to_string(table) else { return false };
+    // Fields: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+    let listening: Vec<(&str, &str)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 9 && fields[3] == "0A").then(|| (fields[1], fields[9]))
+        })
+        .collect();
+    let Some(local) = listening.iter().find(|(_, inode)| inodes.iter().any(|i| i == inode)).map(|(l, _)| *l) else {
+        return false;
+    };
+    listening.iter().any(|(l, inode)| *l == local && !inodes.iter().any(|i| i == inode))
 }
 
 /// Serves `loaded` on `listeners` (already bound) as its [`ServiceSpec`] says,

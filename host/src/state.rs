@@ -84,6 +84,11 @@ impl HostState {
         self.limiter.account().was_refused()
     }
 
+    /// Whether the process's memory budget refused this instance something.
+    pub fn budget_refused(&self) -> bool {
+        self.limiter.account().budget_refused()
+    }
+
     /// A blocking WASI call truly waited (see `limits::cpu`).
     pub fn waited(&mut self) {
         self.cpu.wait_ended();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use anyhow::{Result, bail};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
@@ -182,6 +182,20 @@ pub async fn run_per_connection(
             },
             conn = conns.recv() => match conn {
                 Some(conn) => {
+                    // One of the connections served at once (`--max-instances`,
+                    // over every service and worker), or none after a wait.
+                    let Some(serving) = loaded.spares().serve_slot().await else {
+                        loaded.warnings.unserved.warn(|| {
+                            format!(
+                                "no instance for connection {} from {}: --max-instances connections are served \
+                                 at once",
+                                conn.id(),
+                                conn.remote_addr()
+                            )
+                        });
+                        conn.close();
+                        continue;
+                    };
                     let tried = Instant::now();
                     let made = match (spare.take(), refuse_until) {
                         (Some(spare), _) => Ok(spare),
@@ -193,10 +207,10 @@ pub async fn run_per_connection(
                     match made {
                         Ok(spare) => {
                             backoff = Backoff::default();
-                            instances.spawn(serve_alone(loaded.clone(), spare, conn, shutdown.clone()));
+                            instances.spawn(serve_alone(loaded.clone(), spare, conn, serving, shutdown.clone()));
                         }
                         Err(e) => {
-                            if !pool_full(&e) && refuse_until.is_none_or(|t| Instant::now() >= t) {
+                            if !short_of_room(&e) && refuse_until.is_none_or(|t| Instant::now() >= t) {
                                 refuse_until = Some(Instant::now() + backoff.next(tried.elapsed(), false));
                             }
                             // Typically the instance pool is exhausted: refuse this
@@ -234,7 +248,7 @@ pub async fn run_per_connection(
                     }
                 }
                 (tried, Err(e)) => {
-                    if !pool_full(&e) {
+                    if !short_of_room(&e) {
                         refuse_until = Some(Instant::now() + backoff.next(tried.elapsed(), false));
                     }
                     may_prepare = false;
@@ -264,7 +278,7 @@ async fn instance_for(
     let mut asking = None;
     loop {
         match Spare::new(loaded, admission.clone(), forced_stop.clone()).await {
-            Err(e) if pool_full(&e) && Instant::now() < deadline => {
+            Err(e) if short_of_room(&e) && Instant::now() < deadline => {
                 let asking = asking.get_or_insert_with(|| loaded.spares().asking());
                 if !asking.ask_back().await {
                     // None held: one last try, for a spare that was just
@@ -278,10 +292,23 @@ async fn instance_for(
     }
 }
 
-/// Whether an instantiation failed for want of a pool slot (not for what
-/// the component did).
-fn pool_full(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+/// Whether an instantiation failed for want of room another instance may
+/// give back (a pool slot, or the process's `--memory-budget`), not for
+/// what the component did: then spares are asked back, and a failure is no
+/// failed start.
+fn short_of_room(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<BudgetFull>().is_some()
+        || error.chain().any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+}
+
+/// An instance could not be made within the process's `--memory-budget`.
+#[derive(Debug)]
+struct BudgetFull;
+
+impl std::fmt::Display for BudgetFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the process's --memory-budget has no room for another instance")
+    }
 }
 
 /// A fresh instance waiting for its connection (`--instances per-connection`),
@@ -307,7 +334,11 @@ impl Spare {
         let (sink, conns) = mpsc::unbounded_channel();
         let active_listeners = Arc::new(AtomicUsize::new(0));
         let mut store = component.new_store(sink.clone(), active_listeners.clone(), admission, forced_stop);
-        let (_instance, callbacks) = component.instantiate(&mut store).await?;
+        let (_instance, callbacks) = match component.instantiate(&mut store).await {
+            Ok(made) => made,
+            Err(e) if store.data().budget_refused() => return Err(e.context(BudgetFull)),
+            Err(e) => return Err(e),
+        };
         Ok(Spare { store, callbacks, sink, conns, active_listeners, held })
     }
 }
@@ -367,10 +398,18 @@ async fn serve_instance(
 
 /// One connection in an instance of its own, from instantiation to `on-close`
 /// (and to the end of any client connection the instance opened meanwhile).
-async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn, shutdown: CancellationToken) {
-    // The connection's place under `--max-connections` is given back after the
-    // store (declared later, dropped earlier) has returned its pool slot.
+async fn serve_alone(
+    loaded: Arc<ServiceComponent>,
+    spare: Spare,
+    conn: TcpConn,
+    serving: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    // The connection's place under `--max-connections` and among those
+    // served at once is given back after the store (declared later, dropped
+    // earlier) has returned its pool slot.
     let _permit = conn.take_permit();
+    let _serving = serving;
     let Spare { mut store, callbacks, sink, mut conns, active_listeners, held } = spare;
     // A spare no longer: it serves its connection.
     drop(held);
@@ -380,8 +419,13 @@ async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn,
         Sources { callbacks: callbacks.as_ref(), main: None, conns: &mut conns, active_listeners: &active_listeners };
     let (ended, live) = serve_instance(&loaded, &mut store, sources, true, &shutdown).await;
     if let Err(trap) = ended {
-        loaded.metrics().trapped(trap_cause(&trap, store.data().memory_refused()));
         let closed = live.close_all();
+        if trap.is::<Stopped>() {
+            // Still waiting in a blocking WASI call when the stop's grace ran out.
+            tracing::info!(service = %loaded.name, "{Stopped}");
+            return;
+        }
+        loaded.metrics().trapped(trap_cause(&trap, store.data().memory_refused()));
         loaded.warnings.traps.warn(|| {
             let trap = guest_text::error_line(&trap);
             format!(

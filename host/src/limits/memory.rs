@@ -56,16 +56,31 @@ pub struct MemoryAccount {
     refusals: Arc<Coalesced>,
     /// A growth or charge was refused (a trap that follows is memory's).
     refused: std::sync::atomic::AtomicBool,
+    /// The budget refused a charge (see [`MemoryAccount::budget_refused`]).
+    budget_refused: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryAccount {
     pub fn new(max: u64, budget: Arc<MemoryBudget>, refusals: Arc<Coalesced>) -> Arc<Self> {
-        Arc::new(MemoryAccount { max, used: AtomicU64::new(0), budget, refusals, refused: Default::default() })
+        Arc::new(MemoryAccount {
+            max,
+            used: AtomicU64::new(0),
+            budget,
+            refusals,
+            refused: Default::default(),
+            budget_refused: Default::default(),
+        })
     }
 
     /// Whether anything of this instance was refused for memory.
     pub fn was_refused(&self) -> bool {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether the process's budget (not this instance's own limit) refused
+    /// it something: another instance giving memory back could change that.
+    pub fn budget_refused(&self) -> bool {
+        self.budget_refused.load(Ordering::Relaxed)
     }
 
     /// Bytes this instance holds right now.
@@ -89,6 +104,7 @@ impl MemoryAccount {
             Ok(_) if self.budget.try_charge(bytes) => return Ok(()),
             Ok(_) => {
                 self.used.fetch_sub(bytes, Ordering::AcqRel);
+                self.budget_refused.store(true, Ordering::Relaxed);
                 format!(
                     "memory budget reached: {what} of {bytes} bytes would take the process over its {} bytes \
                      (--memory-budget)",
