@@ -82,10 +82,22 @@ fn a_program_cannot_take_listeners_without_callbacks() {
 fn a_program_cannot_have_an_instance_per_connection() {
     let clients = guest("clients");
     let out = portcullis(&["run", clients.to_str().unwrap(), "--instances", "per-connection"], &test_cache());
-    assert_fails_with(
-        &out,
-        "is a program (it exports wasi:cli/run): `--instances per-connection` and `per-worker` are for services",
-    );
+    assert_fails_with(&out, "is a program (it exports wasi:cli/run): `--instances per-connection` is for services");
+}
+
+#[test]
+fn a_wasi_backend_service_runs_shared_only_and_says_so() {
+    let echo = portcullis_tests::Backend::Wasi.guest("echo");
+    for mode in ["per-worker", "per-connection"] {
+        let out =
+            portcullis(&["run", echo.to_str().unwrap(), "--listen", "127.0.0.1:0", "--instances", mode], &test_cache());
+        assert_fails_with(
+            &out,
+            &format!(
+                "is a WASI-backend component (it binds its own listeners, in one instance): it runs with `--instances shared` only, not `{mode}`"
+            ),
+        );
+    }
 }
 
 #[test]

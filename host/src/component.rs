@@ -209,12 +209,20 @@ impl ServiceComponent {
                 let iface = component.get_export_index(None, export)?;
                 component.get_export_index(Some(&iface), "run")
             });
-        if main.is_some() && spec.instances != Instances::Shared {
-            bail!(
-                "{name} is a program (it exports wasi:cli/run): `--instances per-connection` and `per-worker` are for services"
-            );
-        }
         let backend = Backend::of(engine, component);
+        if main.is_some() && spec.instances != Instances::Shared {
+            let mode = spec.instances.flag();
+            match backend {
+                Backend::Wasi => bail!(
+                    "{name} is a WASI-backend component (it binds its own listeners, in one instance): it runs \
+                     with `--instances shared` only, not `{mode}`"
+                ),
+                Backend::Portcullis => bail!(
+                    "{name} is a program (it exports wasi:cli/run): `--instances {mode}` is for services, which \
+                     export the callbacks"
+                ),
+            }
+        }
         let warnings = Warnings::new(Arc::from(name.as_str()), &metrics);
         let mut env = spec.env.clone();
         let wasi_sockets = match backend {

@@ -70,6 +70,17 @@ pub enum Instances {
     PerWorker,
 }
 
+impl Instances {
+    /// The mode as `--instances` and the manifest spell it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Instances::Shared => "shared",
+            Instances::PerConnection => "per-connection",
+            Instances::PerWorker => "per-worker",
+        }
+    }
+}
+
 /// The grant strings of one service, as the operator wrote them.
 #[derive(Debug, Clone, Default)]
 pub struct Grants {

@@ -51,13 +51,19 @@ pub fn new_crate(name: &str, dir: &Path, program: bool, sdk: Option<&Path>) -> R
     std::fs::write(dir.join(".cargo/config.toml"), "[build]\ntarget = \"wasm32-wasip2\"\n")?;
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
     std::fs::write(dir.join("src/lib.rs"), if program { PROGRAM } else { SERVICE })?;
-    let wasm = format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
-    let run = if program {
-        format!("portcullis run {wasm} --env TARGET=127.0.0.1:7000 --allow-connect tcp://127.0.0.1:7000")
-    } else {
-        format!("portcullis run {wasm} --listen 127.0.0.1:7000")
+    let file = format!("{}.wasm", name.replace('-', "_"));
+    let run = |wasm: &str| match program {
+        true => format!("portcullis run {wasm} --env TARGET=127.0.0.1:7000 --allow-connect tcp://127.0.0.1:7000"),
+        false => format!("portcullis run {wasm} --listen 127.0.0.1:7000"),
     };
-    Ok(format!("created {}\nnext:\n  cd {}\n  cargo build --release\n  {run}\n", dir.display(), dir.display()))
+    Ok(format!(
+        "created {}\nnext:\n  cd {}\n  cargo build --release\n  {}\nthe same source on standard wasi:sockets (docs/wasi.md):\n  \
+         cargo build --release --features portcullis-sdk/wasi --target-dir target/wasi\n  {}\n",
+        dir.display(),
+        dir.display(),
+        run(&format!("target/wasm32-wasip2/release/{file}")),
+        run(&format!("target/wasi/wasm32-wasip2/release/{file}")),
+    ))
 }
 
 const SERVICE: &str = r#"//! A service: portcullis calls it back for each connection.

@@ -28,6 +28,10 @@ const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick] |
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = default_target_dir() {
+        eprintln!("xtask: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.first().map(String::as_str) {
         Some("build") => build(),
         Some("demo") => demo(),
@@ -332,4 +336,26 @@ fn test(extra: &[String]) -> Result<()> {
     eprintln!("xtask: smoke run of the bench (`cargo xtask bench --quick`)");
     build_bench()?;
     run(Command::new(bench_bin()).arg("--quick"))
+}
+
+/// xtask finds what it built under the checkout's `target/`: a
+/// `CARGO_TARGET_DIR` elsewhere would build for minutes, then fail to find
+/// it. Said at once instead.
+fn default_target_dir() -> Result<()> {
+    let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") else { return Ok(()) };
+    let wanted = root().join("target");
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(Path::new(&dir), &wanted) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "CARGO_TARGET_DIR={} is set, but xtask builds and runs from {} only: unset it (or make {} a link \
+         to that folder)",
+        Path::new(&dir).display(),
+        wanted.display(),
+        wanted.display()
+    )
 }
