@@ -81,7 +81,7 @@ async fn curl_reads_the_metrics_health_and_readiness() {
     let mut served: Vec<&str> = metrics
         .lines()
         .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split_once('{').map(|(name, _)| name))
+        .filter_map(|line| line.split([' ', '{']).next())
         .collect();
     documented.sort();
     served.sort();
@@ -379,4 +379,131 @@ async fn a_passed_socket_no_service_takes_stops_the_start() {
     }
     let log = activated.log();
     assert!(log.contains("error: LISTEN_FDS: no service took an unnamed one (127.0.0.1:"), "{log}");
+}
+
+/// One client's round trip on a connection of its own: the reply, or why
+/// there was none (refused, reset, cut short).
+fn one_round(addr: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).map_err(|e| format!("write: {e}"))?;
+    let mut reply = vec![0u8; 512];
+    let n = stream.read(&mut reply).map_err(|e| format!("read: {e}"))?;
+    reply.truncate(n);
+    Ok(reply)
+}
+
+/// `kill -HUP`.
+fn hang_up(host: &HostProcess) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(host.pid() as i32, libc::SIGHUP) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_the_component_for_new_connections_and_refuses_none() {
+    for mode in ["per-worker", "shared", "per-connection"] {
+        reload_under_load(mode).await;
+    }
+}
+
+async fn reload_under_load(mode: &str) {
+    // The service's component is a file the test replaces: echo, then
+    // http-hello (which answers an HTTP request instead of echoing it).
+    let dir = portcullis_tests::root().join(format!("target/test-scratch/reload-files-{mode}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let component = dir.join("svc.wasm");
+    std::fs::copy(guest("echo"), &component).unwrap();
+    let manifest = format!(
+        "workers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[service]]\nname = \"svc\"\ncomponent = {component:?}\n\
+         listen = [\"127.0.0.1:0\"]\ninstances = \"{mode}\"\n"
+    );
+    let mut host = HostProcess::start_manifest(&format!("reload-{mode}"), &manifest, &[]);
+    let line = host.stdout_line();
+    let addr: SocketAddr = line.strip_prefix("svc: listening on ").expect(&line).parse().unwrap();
+    let admin = admin_address(&mut host);
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(one_round(addr, request).unwrap(), request, "echo before the reload");
+
+    // A connection open across the reload finishes on the old version.
+    let mut open = connect_when_listening(addr).await;
+    assert_eq!(round_trip(&mut open, b"before").await, b"before");
+
+    // Clients all through the reload, each on a connection of its own.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut echoes, mut answers, mut wrong) = (0, 0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match one_round(addr, request) {
+                        Ok(reply) if reply == request => echoes += 1,
+                        Ok(reply) if reply.starts_with(b"HTTP/1.1 200") => answers += 1,
+                        Ok(reply) => wrong.push(format!("reply {:?}", String::from_utf8_lossy(&reply))),
+                        Err(e) => wrong.push(e),
+                    }
+                }
+                (echoes, answers, wrong)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::copy(guest("http-hello"), &component).unwrap();
+    hang_up(&host);
+    let log = host.log_with("reloaded", 1, Duration::from_secs(30));
+    assert!(log.contains("service=svc") && log.contains("reloaded"), "{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut echoes, mut answers, mut wrong) = (0, 0, Vec::new());
+    for client in clients {
+        let (e, a, w) = client.join().unwrap();
+        (echoes, answers) = (echoes + e, answers + a);
+        wrong.extend(w);
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} clients refused, reset or answered wrong: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(echoes > 0 && answers > 0, "echoes {echoes}, answers {answers}: both versions served");
+    assert!(one_round(addr, request).unwrap().starts_with(b"HTTP/1.1 200"), "the new version serves new clients");
+    // The connection opened before the reload is still the old version's.
+    assert_eq!(round_trip(&mut open, b"after").await, b"after");
+    let metrics = metrics_when(admin, "portcullis_reloads_total{service=\"svc\"}", 1.0);
+    assert_eq!(sample(&metrics, "portcullis_reloads_total{service=\"svc\"}"), Some(1.0), "{metrics}");
+
+    // A component that does not load changes nothing.
+    std::fs::write(&component, b"not a component").unwrap();
+    hang_up(&host);
+    let log = host.log_with("reload refused", 1, Duration::from_secs(30));
+    assert!(log.contains("reload refused, every service goes on as it was"), "{log}");
+    assert!(one_round(addr, request).unwrap().starts_with(b"HTTP/1.1 200"), "the running version goes on");
+    let metrics = metrics_when(admin, "portcullis_reload_failures_total", 1.0);
+    assert_eq!(sample(&metrics, "portcullis_reload_failures_total"), Some(1.0), "{metrics}");
+    assert!(host.running());
+}
+
+#[tokio::test]
+async fn a_reload_that_would_add_a_service_or_move_a_listener_is_refused() {
+    let manifest_for = |port: &str| {
+        format!("[[service]]\nname = \"svc\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:{port}\"]\n", guest("echo"))
+    };
+    let mut host = HostProcess::start_manifest("reload-refused", &manifest_for("0"), &[]);
+    let line = host.stdout_line();
+    let addr: SocketAddr = line.strip_prefix("svc: listening on ").expect(&line).parse().unwrap();
+    let path = portcullis_tests::root().join("target/test-scratch/reload-refused/portcullis.toml");
+    // Another listen address: refused, the old one serves on.
+    std::fs::write(&path, manifest_for(&(addr.port().wrapping_add(1)).to_string())).unwrap();
+    hang_up(&host);
+    let log = host.log_with("reload refused", 1, Duration::from_secs(30));
+    assert!(log.contains("a change of its listen addresses or instance mode needs a restart"), "{log}");
+    // A manifest with an error: refused, named.
+    std::fs::write(&path, "[[service]]\nname = \"svc\"\ncomponent = 7\n").unwrap();
+    hang_up(&host);
+    let log = host.log_with("reload refused", 2, Duration::from_secs(30));
+    assert_eq!(log.matches("reload refused").count(), 2, "{log}");
+    assert_eq!(one_round(addr, b"still here").unwrap(), b"still here");
 }

@@ -17,6 +17,7 @@ use crate::config::{Instances, ServiceSpec};
 use crate::inspect;
 use crate::limits;
 use crate::manifest;
+use crate::reload;
 use crate::server::{self, Runtime};
 use crate::settings::ServiceSettings;
 use crate::workers::Workers;
@@ -296,7 +297,8 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
         if !spread {
             next_worker += 1;
         }
-        ready.push((spec, loaded, listener_sets));
+        let running = reload::Running::new(spec, loaded.clone())?;
+        ready.push((spec, loaded, listener_sets, running));
     }
     if let Some(left) = passed.left_over() {
         bail!(
@@ -315,10 +317,11 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     // that line may send SIGTERM at once.
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
+    let hangups = reload::hangups()?;
     // A closed stdout must not stop the start-up: the lines are a courtesy.
     use std::io::Write;
     let mut stdout = std::io::stdout();
-    for (spec, _, sets) in &ready {
+    for (spec, _, sets, _) in &ready {
         // Every set holds the same addresses: the first tells them.
         for listener in sets.first().map(|(_, set)| set.as_slice()).unwrap_or_default() {
             let addr = listener.local_addr().context("reading the bound address")?;
@@ -333,8 +336,10 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
         // Ready while each service that serves from a standing instance has one.
         let standing = ready
             .iter()
-            .filter(|(spec, loaded, _)| spec.instances != Instances::PerConnection || loaded.backend() == Backend::Wasi)
-            .map(|(spec, loaded, _)| (spec.name.clone(), loaded.metrics().clone()))
+            .filter(|(spec, loaded, _, _)| {
+                spec.instances != Instances::PerConnection || loaded.backend() == Backend::Wasi
+            })
+            .map(|(spec, loaded, _, _)| (spec.name.clone(), loaded.metrics().clone()))
             .collect();
         let endpoint = admin::Admin::new(runtime.metrics().clone(), standing, shutdown.clone());
         // It answers until the process exits: through a stop, `/readyz` says so.
@@ -351,14 +356,35 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     // a program that failed) stops the others: the process exits with its
     // status, so that a supervisor sees it, and the log names it.
     let several = ready.len() > 1;
-    let runs = ready.into_iter().map(|(spec, loaded, sets)| {
+    let mut running = Vec::new();
+    let runs: Vec<_> = ready
+        .into_iter()
+        .map(|(spec, _loaded, sets, versions)| {
+            let shutdown = shutdown.clone();
+            let on_workers: Vec<_> = sets
+                .into_iter()
+                .map(|(worker, listeners)| {
+                    workers.spawn(worker, server::serve_versions(versions.versions(), listeners, shutdown.clone()))
+                })
+                .collect();
+            running.push(versions);
+            (spec, on_workers)
+        })
+        .collect();
+    // SIGHUP reloads what changed (see `reload`).
+    let read_plan: reload::ReadPlan = {
+        let (manifest, service) = (args.manifest.clone(), args.service.clone());
+        Box::new(move || match &manifest {
+            Some(manifest) => Ok(manifest::load_manifest_file(manifest)?.services),
+            None => {
+                let spec = service.clone().into_spec(None).map_err(|e| anyhow::anyhow!(e.as_flag()))?;
+                Ok(vec![spec])
+            }
+        })
+    };
+    reload::Reloader::new(runtime.clone(), read_plan, running).on(hangups);
+    let runs = runs.into_iter().map(|(spec, on_workers)| {
         let shutdown = shutdown.clone();
-        let on_workers: Vec<_> = sets
-            .into_iter()
-            .map(|(worker, listeners)| {
-                workers.spawn(worker, server::serve(loaded.clone(), listeners, shutdown.clone()))
-            })
-            .collect();
         async move {
             // The service's status: its first worker's that failed, else 0.
             let mut result = Ok(0);

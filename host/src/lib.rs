@@ -12,7 +12,8 @@
 //! whose `with:` names `net`'s types; ARCHITECTURE.md draws them):
 //!
 //! - [`cli`]: `portcullis run | inspect | new`; [`admin`]: the admin
-//!   endpoint (`/metrics`, `/healthz`, `/readyz`); [`manifest`] and
+//!   endpoint (`/metrics`, `/healthz`, `/readyz`); `reload`: SIGHUP;
+//!   `activation`: listeners from systemd; [`manifest`] and
 //!   [`settings`]: a manifest or the flags to a [`config::ServiceSpec`];
 //!   `inspect`: what a component needs; `scaffold`: a service crate of
 //!   one's own.
@@ -66,6 +67,7 @@ pub mod metrics;
 pub(crate) mod net;
 pub mod policy;
 pub(crate) mod pool;
+pub(crate) mod reload;
 pub(crate) mod scaffold;
 pub mod server;
 pub mod settings;

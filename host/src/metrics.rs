@@ -137,6 +137,9 @@ struct DenialLabels {
 pub struct Metrics {
     registry: Mutex<Registry>,
     families: Families,
+    /// Reloads refused (a manifest or component that did not load): the
+    /// process's, not a service's.
+    pub reload_failures: Counter,
 }
 
 #[derive(Default)]
@@ -181,7 +184,9 @@ impl Metrics {
         registry.register("denials", "Requests the grants refused (operation)", f.denials.clone());
         registry.register("instances_live", "Instances alive now, spares included", f.instances_live.clone());
         registry.register("reloads", "Reloads that changed the service", f.reloads.clone());
-        Arc::new(Metrics { registry: Mutex::new(registry), families })
+        let reload_failures = Counter::default();
+        registry.register("reload_failures", "Reloads refused, every service left as it was", reload_failures.clone());
+        Arc::new(Metrics { registry: Mutex::new(registry), families, reload_failures })
     }
 
     /// The handles of service `name` (made at its first use, then shared).

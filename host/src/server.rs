@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
@@ -20,7 +20,7 @@ use crate::dispatch;
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
 use crate::metrics::Metrics;
-use crate::net::listener::{accept_loop, bind_std};
+use crate::net::listener::{Route, accept_loop, bind_std};
 use crate::pool::Spares;
 
 /// The engines, compile cache and memory budget; load components through
@@ -216,6 +216,21 @@ pub async fn serve(
     listeners: Vec<std::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<i32> {
+    let (_unchanging, versions) = watch::channel(loaded);
+    serve_versions(versions, listeners, shutdown).await
+}
+
+/// [`serve`] of the latest of `versions`: a new version (a reload) takes
+/// the listeners over, which stay open throughout. Each connection accepted
+/// from then on goes to the new version; the old one is retired (see
+/// [`dispatch::Stop`]): the connections it has finish on it, and any still
+/// open [`dispatch::STOP_GRACE`] later are closed.
+pub async fn serve_versions(
+    mut versions: watch::Receiver<Arc<ServiceComponent>>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<i32> {
+    let loaded = versions.borrow_and_update().clone();
     if !listeners.is_empty() {
         loaded.require_callbacks()?;
     }
@@ -225,20 +240,67 @@ pub async fn serve(
         .map(TcpListener::from_std)
         .collect::<std::io::Result<Vec<_>>>()
         .context("taking over a listener")?;
-    let (sink, conns) = mpsc::unbounded_channel();
-    let admission = loaded.admission().clone();
+    let mut current = Dispatcher::start(loaded, &shutdown);
+    let (route, routes) = watch::channel(current.route.clone());
     for listener in listeners {
-        tokio::spawn(accept_loop(listener, admission.clone(), sink.clone(), shutdown.clone(), |_| {}));
+        tokio::spawn(accept_loop(listener, routes.clone(), shutdown.clone(), |_| {}));
     }
-    match loaded.instances() {
-        // Per worker: each worker runs this with listeners of its own.
-        Instances::Shared | Instances::PerWorker => {
-            dispatch::run_shared(loaded, conns, sink, admission, shutdown).await
+    let mut retired = tokio::task::JoinSet::new();
+    let mut reloads = true;
+    loop {
+        tokio::select! {
+            ended = &mut current.task => {
+                // Retired versions still finish what they serve.
+                while retired.join_next().await.is_some() {}
+                return ended;
+            }
+            changed = versions.changed(), if reloads => {
+                if changed.is_err() {
+                    reloads = false; // no reloads any more
+                    continue;
+                }
+                let next = Dispatcher::start(versions.borrow_and_update().clone(), &shutdown);
+                route.send_replace(next.route.clone());
+                let Dispatcher { name, stop, task, .. } = std::mem::replace(&mut current, next);
+                stop.retire.cancel();
+                retired.spawn(async move {
+                    if let Err(e) = task.await {
+                        tracing::warn!(service = %name, "the version before the reload ended: {e:#}");
+                    }
+                });
+            }
+            Some(_) = retired.join_next() => {}
         }
-        Instances::PerConnection => {
-            drop(sink);
-            dispatch::run_per_connection(loaded, conns, admission, shutdown).await
-        }
+    }
+}
+
+/// One version of a service, dispatching: where its connections go, its
+/// stop, and the dispatcher itself.
+struct Dispatcher {
+    name: String,
+    route: Route,
+    stop: dispatch::Stop,
+    task: std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32>> + Send>>,
+}
+
+impl Dispatcher {
+    fn start(loaded: Arc<ServiceComponent>, shutdown: &CancellationToken) -> Dispatcher {
+        let (sink, conns) = mpsc::unbounded_channel();
+        let admission = loaded.admission().clone();
+        let stop = dispatch::Stop::under(shutdown);
+        let route = Route { admission: admission.clone(), sink: sink.clone() };
+        let name = loaded.name.clone();
+        let task: std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32>> + Send>> = match loaded.instances() {
+            // Per worker: each worker runs this with listeners of its own.
+            Instances::Shared | Instances::PerWorker => {
+                Box::pin(dispatch::run_shared(loaded, conns, sink, admission, stop.clone()))
+            }
+            Instances::PerConnection => {
+                drop(sink);
+                Box::pin(dispatch::run_per_connection(loaded, conns, admission, stop.clone()))
+            }
+        };
+        Dispatcher { name, route, stop, task }
     }
 }
 

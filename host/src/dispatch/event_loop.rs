@@ -12,10 +12,9 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Accessor, Resource};
 
-use super::STOP_GRACE;
+use super::{STOP_GRACE, Stop};
 use crate::bindings::exports::portcullis::socket::callbacks::{Delivery, Guest as Callbacks};
 use crate::component::{MainFunc, ServiceComponent};
 use crate::net::{Connection, TcpConn};
@@ -218,8 +217,9 @@ impl<'a> EventLoop<'a> {
         acc: &Accessor<HostState>,
         main: Option<MainFunc>,
         conns: &mut mpsc::UnboundedReceiver<TcpConn>,
-        shutdown: &CancellationToken,
+        stop: &Stop,
     ) -> wasmtime::Result<i32> {
+        let shutdown = &stop.shutdown;
         let mut drivers = FuturesUnordered::new();
         // `on-read-ready` calls under way; each is done when all its
         // connections are, and gives back its bytes of the delivery budget.
@@ -233,13 +233,13 @@ impl<'a> EventLoop<'a> {
         });
         let mut main_running = main.is_some();
         let mut exit_code = 0;
-        let mut stopping = shutdown.is_cancelled();
+        let mut stopping = stop.retire.is_cancelled();
         // Whether `force_timer` is running: a stop began (it ends the grace).
         let mut armed = false;
         let mut forced = false;
         // The loop turns at least once per message: the waits that cost work
         // on every poll are polled again only once they woke (see `sync::WakeGate`).
-        let mut cancelled = sync::cancelled(shutdown);
+        let mut cancelled = sync::cancelled(&stop.retire);
         let conns_gate = WakeGate::default();
         // Made once and re-armed at a stop, not made anew on every turn.
         let mut force_timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
@@ -248,7 +248,10 @@ impl<'a> EventLoop<'a> {
                 && !main_running
                 && self.active_listeners.load(Ordering::SeqCst) == 0
                 && conns.is_empty();
-            if (idle || stopping) && drivers.is_empty() {
+            // Retired (not stopped): connections handed over before the
+            // reload switched listeners are still served.
+            let draining = stopping && !shutdown.is_cancelled();
+            if (idle || stopping) && drivers.is_empty() && (!draining || conns.is_empty()) {
                 return Ok(exit_code);
             }
             if let Some(callbacks) = self.callbacks {
@@ -270,7 +273,7 @@ impl<'a> EventLoop<'a> {
                     deliveries.in_guest -= bytes;
                     served?;
                 }
-                Some(conn) = poll_fn(|cx| conns_gate.poll(cx, |cx| conns.poll_recv(cx))), if !stopping => {
+                Some(conn) = poll_fn(|cx| conns_gate.poll(cx, |cx| conns.poll_recv(cx))), if !stopping || draining => {
                     drivers.push(self.drive(acc, conn, shutdown));
                 }
                 result = &mut main_call, if main_running => {

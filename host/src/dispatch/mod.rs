@@ -32,8 +32,33 @@ pub mod supervise;
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 pub use supervise::{Spare, instantiate_once, run_per_connection, run_shared};
 
 /// How long a graceful stop lets running callbacks finish before it closes their
 /// connections under them.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// When a dispatcher winds down.
+///
+/// - `retire`: it takes no new connection, and ends once those it serves
+///   are done, closing any still open [`STOP_GRACE`] later. A reload
+///   retires the old version of a service this way (its connections finish
+///   on it); the process's stop does too.
+/// - `shutdown`: the process stops: open connections also close at their
+///   next turn, busy callbacks get the grace.
+///
+/// `retire` is cancelled whenever `shutdown` is.
+#[derive(Clone)]
+pub struct Stop {
+    pub retire: CancellationToken,
+    pub shutdown: CancellationToken,
+}
+
+impl Stop {
+    /// A dispatcher's stop under the process's `shutdown`.
+    pub fn under(shutdown: &CancellationToken) -> Stop {
+        Stop { retire: shutdown.child_token(), shutdown: shutdown.clone() }
+    }
+}

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 
+use super::Stop;
 use super::event_loop::{EventLoop, Live};
 use super::restart::Backoff;
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
@@ -25,7 +26,8 @@ use crate::state::HostState;
 use crate::{guest_text, sync};
 
 /// Runs `loaded` until it is done: a program until its `main` returned and its
-/// callback connections and listeners are gone, a service until `shutdown`.
+/// callback connections and listeners are gone, a service until `stop`
+/// retires it (see [`Stop`]).
 /// Connections arrive on `conns`; the guest's own listeners accept under
 /// `admission` (the service's connection caps and time-outs). Returns the program's exit code
 /// (0 for a service).
@@ -34,10 +36,10 @@ pub async fn run_shared(
     mut conns: mpsc::UnboundedReceiver<TcpConn>,
     sink: mpsc::UnboundedSender<TcpConn>,
     admission: Admission,
-    shutdown: CancellationToken,
+    stop: Stop,
 ) -> Result<i32> {
     let active_listeners = Arc::new(AtomicUsize::new(0));
-    let forced_stop = forced_stop(&shutdown);
+    let forced_stop = forced_stop(&stop.retire);
     // A WASI-backend service's `main` is its accept loop: it runs in every
     // instance, and its end (a return, an `exit`) ends only that instance.
     let wasi_service = loaded.backend() == Backend::Wasi && loaded.serves_listen();
@@ -62,7 +64,7 @@ pub async fn run_shared(
                     conns: &mut conns,
                     active_listeners: &active_listeners,
                 };
-                let (ended, live) = serve_instance(&loaded, &mut store, sources, false, &shutdown).await;
+                let (ended, live) = serve_instance(&loaded, &mut store, sources, false, &stop).await;
                 let closed = live.close_all();
                 served = live.served_any() || loaded.wasi_accepted() > accepted_before;
                 // A WASI service that ends (returns or exits) before it ever
@@ -70,7 +72,7 @@ pub async fn run_shared(
                 // status is the process's, as a program's is.
                 let failed_start = wasi_service && !loaded.wasi_listened();
                 match ended {
-                    Ok(code) if shutdown.is_cancelled() || !wasi_service || failed_start => return Ok(code),
+                    Ok(code) if stop.retire.is_cancelled() || !wasi_service || failed_start => return Ok(code),
                     Ok(code) => {
                         loaded.metrics().trapped(TrapCause::exit);
                         (format!("exited with status {code}"), closed, None)
@@ -110,7 +112,7 @@ pub async fn run_shared(
         // Gone before the pause: its memory, and its sockets (a WASI
         // service's listener: clients are refused, not accepted and reset).
         drop(store);
-        if shutdown.is_cancelled() {
+        if stop.retire.is_cancelled() {
             return Ok(0);
         }
         let pause = backoff.next(born.elapsed(), served);
@@ -134,7 +136,7 @@ pub async fn run_shared(
         run_main = wasi_service;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.cancelled() => return Ok(0),
+            _ = stop.retire.cancelled() => return Ok(0),
         }
     }
 }
@@ -148,7 +150,7 @@ pub async fn run_per_connection(
     loaded: Arc<ServiceComponent>,
     mut conns: mpsc::UnboundedReceiver<TcpConn>,
     admission: Admission,
-    shutdown: CancellationToken,
+    stop: Stop,
 ) -> Result<i32> {
     let mut instances = tokio::task::JoinSet::new();
     // One instance is made ahead, in the time between connections, so that the
@@ -166,13 +168,23 @@ pub async fn run_per_connection(
     // goes on: a client's connection must not buy a failing start each time.
     let mut backoff = Backoff::default();
     let mut refuse_until: Option<Instant> = None;
-    let forced_stop = forced_stop(&shutdown);
-    let mut stop = sync::cancelled(&shutdown);
+    let forced_stop = forced_stop(&stop.retire);
+    let mut retiring = sync::cancelled(&stop.retire);
+    // Retired by a reload: the connections already handed over are still
+    // served; then it ends.
+    let mut retired = false;
     let mut calls = loaded.spares().calls();
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => break,
+            _ = &mut retiring, if !retired => {
+                if stop.shutdown.is_cancelled() {
+                    break;
+                }
+                retired = true;
+                drop(spare.take());
+            }
+            _ = std::future::ready(()), if retired && conns.is_empty() => break,
             // Before connections: in a flood they are always ready.
             Ok(()) = calls.changed() => if let Some(given) = spare.take() {
                 // A connection elsewhere found the pool full: this slot is its.
@@ -207,7 +219,7 @@ pub async fn run_per_connection(
                     match made {
                         Ok(spare) => {
                             backoff = Backoff::default();
-                            instances.spawn(serve_alone(loaded.clone(), spare, conn, serving, shutdown.clone()));
+                            instances.spawn(serve_alone(loaded.clone(), spare, conn, serving, stop.clone()));
                         }
                         Err(e) => {
                             if !short_of_room(&e) && refuse_until.is_none_or(|t| Instant::now() >= t) {
@@ -235,7 +247,7 @@ pub async fn run_per_connection(
                 }
                 let tried = Instant::now();
                 (tried, Spare::new(&loaded, admission.clone(), forced_stop.clone()).await)
-            }, if spare.is_none() && may_prepare && loaded.spares().wanted() => match made {
+            }, if spare.is_none() && may_prepare && !retired && loaded.spares().wanted() => match made {
                 (_, Ok(made)) => {
                     refuse_until = None;
                     if loaded.spares().wanted() {
@@ -384,15 +396,13 @@ async fn serve_instance(
     store: &mut Store<HostState>,
     sources: Sources<'_>,
     until_idle: bool,
-    shutdown: &CancellationToken,
+    stop: &Stop,
 ) -> (wasmtime::Result<i32>, Live) {
     let live = Live::default();
     let Sources { callbacks, main, conns, active_listeners } = sources;
     let event_loop = EventLoop::new(component, callbacks, &live, active_listeners, until_idle);
-    let ended = store
-        .run_concurrent(async |acc| event_loop.run(acc, main, conns, shutdown).await)
-        .await
-        .and_then(|inner| inner);
+    let ended =
+        store.run_concurrent(async |acc| event_loop.run(acc, main, conns, stop).await).await.and_then(|inner| inner);
     (ended, live)
 }
 
@@ -403,7 +413,7 @@ async fn serve_alone(
     spare: Spare,
     conn: TcpConn,
     serving: OwnedSemaphorePermit,
-    shutdown: CancellationToken,
+    stop: Stop,
 ) {
     // The connection's place under `--max-connections` and among those
     // served at once is given back after the store (declared later, dropped
@@ -417,7 +427,7 @@ async fn serve_alone(
     let _ = sink.send(conn);
     let sources =
         Sources { callbacks: callbacks.as_ref(), main: None, conns: &mut conns, active_listeners: &active_listeners };
-    let (ended, live) = serve_instance(&loaded, &mut store, sources, true, &shutdown).await;
+    let (ended, live) = serve_instance(&loaded, &mut store, sources, true, &stop).await;
     if let Err(trap) = ended {
         let closed = live.close_all();
         if trap.is::<Stopped>() {

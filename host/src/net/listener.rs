@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{HostCharge, SocketSlot};
@@ -23,6 +23,21 @@ use super::tcp::{TcpConn, WeakConn};
 /// Connections the kernel queues for a listener before they are accepted
 /// (tokio's default; std's is 128, which a burst of idle clients fills).
 pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Where a listener's connections go: the admission they are accepted under
+/// and the dispatcher that serves them.
+#[derive(Clone)]
+pub struct Route {
+    pub admission: Admission,
+    pub sink: mpsc::UnboundedSender<TcpConn>,
+}
+
+impl Route {
+    /// A route that never changes (a guest's own listener).
+    pub fn fixed(admission: Admission, sink: mpsc::UnboundedSender<TcpConn>) -> watch::Receiver<Route> {
+        watch::channel(Route { admission, sink }).1
+    }
+}
 
 /// The pause after a failed accept (at the open-file limit, mostly) before
 /// the next try, for the host's listeners and a WASI 0.2 guest's.
@@ -65,10 +80,13 @@ pub fn bind_std(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListe
 /// backlog (and their clients wait) until one of the service's connections
 /// closes. One from an address at its `--max-connections-per-ip` is closed
 /// at once.
+///
+/// `route` says where connections go and under which admission: a reload
+/// switches it to the new version of the service, and each connection
+/// accepted after that goes there (see `server::serve_reloadable`).
 pub async fn accept_loop(
     listener: TcpListener,
-    admission: Admission,
-    sink: mpsc::UnboundedSender<TcpConn>,
+    route: watch::Receiver<Route>,
     stop: CancellationToken,
     mut on_accept: impl FnMut(&TcpConn),
 ) {
@@ -83,6 +101,9 @@ pub async fn accept_loop(
             r = listener.accept() => r,
             _ = stopped.as_mut() => return,
         };
+        // This connection's admission and dispatcher (cloned: the permit wait
+        // below must not hold the route).
+        let admission = route.borrow().admission.clone();
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -115,7 +136,9 @@ pub async fn accept_loop(
             Ok(conn) => {
                 conn.hold_permit(admitted);
                 on_accept(&conn);
-                if sink.send(conn).is_err() {
+                // Read now, after any wait above: a reload meanwhile sends it
+                // to the new version (an old one drains what it was sent).
+                if route.borrow().sink.send(conn).is_err() {
                     return; // the dispatcher is gone
                 }
             }
@@ -203,7 +226,7 @@ impl GuestListener {
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
         admission.timeouts.read = self.read_timeout;
-        tokio::spawn(accept_loop(listener, admission, sink, stop.clone(), move |conn| {
+        tokio::spawn(accept_loop(listener, Route::fixed(admission, sink), stop.clone(), move |conn| {
             let mut list = remember.lock().unwrap();
             list.retain(|c| c.open().is_some());
             list.push(conn.downgrade());

@@ -1,0 +1,173 @@
+//! Reload on `SIGHUP`: the manifest (or, for `portcullis run FILE`, the
+//! component and flags) is read again, and each service that changed —
+//! its component's bytes, its env, grants or limits — gets the new version
+//! for new connections while its open ones finish on the old instance
+//! (`server::serve_versions`). Listeners stay open throughout: no client
+//! is refused.
+//!
+//! All or nothing: a manifest that does not parse, a component that does
+//! not load, or a change a reload cannot make (a service added or removed,
+//! its listen addresses or instance mode changed, a program or a
+//! WASI-backend service, which own their listeners or run to an end) is
+//! refused with one log line, and every service goes on as it was.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::component::{Backend, ServiceComponent};
+use crate::config::{Instances, ServiceSpec};
+use crate::metrics::Metrics;
+use crate::server::Runtime;
+
+/// The process's `SIGHUP`s, caught from now on: installed before anything
+/// tells the world it serves (the default action of `SIGHUP` ends the
+/// process).
+pub fn hangups() -> Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).context("installing the SIGHUP handler")
+}
+
+/// Reads the services as the process was started with them (the manifest,
+/// or the flags) again.
+pub type ReadPlan = Box<dyn Fn() -> Result<Vec<ServiceSpec>> + Send + Sync>;
+
+/// One running service, as a reload compares it.
+pub struct Running {
+    pub name: String,
+    listen: Vec<SocketAddr>,
+    instances: Instances,
+    /// What it runs: its spec and its component's bytes, hashed.
+    fingerprint: String,
+    /// Whether a reload may replace it (a service over the host's listeners).
+    replaceable: bool,
+    /// Every worker serving it watches this for a new version.
+    versions: watch::Sender<Arc<ServiceComponent>>,
+}
+
+impl Running {
+    /// `loaded`, started from `spec`: its workers serve the versions of
+    /// the returned sender (`subscribe` one receiver per worker).
+    pub fn new(spec: &ServiceSpec, loaded: Arc<ServiceComponent>) -> Result<Running> {
+        let replaceable = loaded.backend() == Backend::Portcullis && !loaded.has_main();
+        Ok(Running {
+            name: spec.name.clone(),
+            listen: spec.listen.clone(),
+            instances: spec.instances,
+            fingerprint: fingerprint(spec)?,
+            replaceable,
+            versions: watch::Sender::new(loaded),
+        })
+    }
+
+    /// The versions its workers serve (see `server::serve_versions`).
+    pub fn versions(&self) -> watch::Receiver<Arc<ServiceComponent>> {
+        self.versions.subscribe()
+    }
+}
+
+/// What a service runs, as text: its settings and a hash of its component.
+fn fingerprint(spec: &ServiceSpec) -> Result<String> {
+    let bytes = std::fs::read(&spec.component).with_context(|| format!("cannot read {}", spec.component.display()))?;
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{spec:?} sha256:{hex}"))
+}
+
+/// The process's services and how to read them again.
+pub struct Reloader {
+    runtime: Runtime,
+    read_plan: ReadPlan,
+    running: Vec<Running>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    pub fn new(runtime: Runtime, read_plan: ReadPlan, running: Vec<Running>) -> Reloader {
+        let metrics = runtime.metrics().clone();
+        Reloader { runtime, read_plan, running, metrics }
+    }
+
+    /// Reloads on every `SIGHUP` of `hangups` (see [`hangups`]), until the
+    /// process ends, one at a time.
+    pub fn on(mut self, mut hangups: tokio::signal::unix::Signal) {
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                self.reload().await;
+            }
+        });
+    }
+
+    /// One reload: all of it, or none of it (then why, in the log).
+    pub async fn reload(&mut self) {
+        tracing::info!("reloading (SIGHUP)");
+        match self.prepare().await {
+            Ok(changes) if changes.is_empty() => tracing::info!("reload: nothing changed"),
+            Ok(changes) => {
+                for (index, loaded, fingerprint) in changes {
+                    let running = &mut self.running[index];
+                    running.fingerprint = fingerprint;
+                    running.versions.send_replace(loaded.clone());
+                    loaded.metrics().reloads.inc();
+                    tracing::info!(
+                        service = %running.name,
+                        "reloaded: new connections go to the new version; open ones finish on the old \
+                         (closed after the stop's grace if still open)"
+                    );
+                }
+            }
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!("reload refused, every service goes on as it was: {e:#}");
+            }
+        }
+    }
+
+    /// The new versions of the services that changed, loaded, or why the
+    /// reload cannot be made.
+    async fn prepare(&self) -> Result<Vec<(usize, Arc<ServiceComponent>, String)>> {
+        let specs = (self.read_plan)()?;
+        let names = |names: Vec<&str>| names.join(", ");
+        let (now, then): (Vec<&str>, Vec<&str>) =
+            (specs.iter().map(|s| s.name.as_str()).collect(), self.running.iter().map(|r| r.name.as_str()).collect());
+        if now.len() != then.len() || now.iter().any(|name| !then.contains(name)) {
+            bail!("the services are now {}, were {}: adding or removing one needs a restart", names(now), names(then));
+        }
+        let mut changes = Vec::new();
+        for spec in specs {
+            let index = self.running.iter().position(|r| r.name == spec.name).expect("the same names");
+            let running = &self.running[index];
+            let fingerprint = fingerprint(&spec).with_context(|| format!("service `{}`", spec.name))?;
+            if fingerprint == running.fingerprint {
+                continue;
+            }
+            if !running.replaceable {
+                bail!(
+                    "service `{}` changed, but a program or a WASI-backend service (it binds its own \
+                     listeners) cannot be reloaded: restart it",
+                    spec.name
+                );
+            }
+            if spec.listen != running.listen || spec.instances != running.instances {
+                bail!("service `{}`: a change of its listen addresses or instance mode needs a restart", spec.name);
+            }
+            spec.grants.policy().with_context(|| format!("service `{}`", spec.name))?;
+            // Compiling may take a while: off the runtime's thread.
+            let runtime = self.runtime.clone();
+            let loading = spec.clone();
+            let loaded = tokio::task::spawn_blocking(move || runtime.load(&loading))
+                .await
+                .context("loading the new version")?
+                .with_context(|| format!("service `{}`", spec.name))?;
+            if loaded.backend() != Backend::Portcullis || loaded.has_main() {
+                bail!("service `{}` is now a program or a WASI-backend component: restart it", spec.name);
+            }
+            loaded.require_callbacks().with_context(|| format!("service `{}`", spec.name))?;
+            changes.push((index, loaded, fingerprint));
+        }
+        Ok(changes)
+    }
+}
