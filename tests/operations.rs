@@ -507,3 +507,27 @@ async fn a_reload_that_would_add_a_service_or_move_a_listener_is_refused() {
     assert_eq!(log.matches("reload refused").count(), 2, "{log}");
     assert_eq!(one_round(addr, b"still here").unwrap(), b"still here");
 }
+
+#[tokio::test]
+async fn the_pool_gauge_counts_instances_serving_and_spares() {
+    let args = ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--instances", "per-connection", "--workers", "1"];
+    let mut host = HostProcess::start("admin-pool", "echo", &args, None);
+    let addr = host.listening_on();
+    let admin = admin_address(&mut host);
+    // One spare made ahead on the one worker.
+    metrics_when(admin, "portcullis_pool_slots_used", 1.0);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut client = connect_when_listening(addr).await;
+        let hello = format!("held {i}");
+        assert_eq!(round_trip(&mut client, hello.as_bytes()).await, hello.as_bytes());
+        held.push(client);
+    }
+    // Three serving, and the next spare.
+    let metrics = metrics_when(admin, "portcullis_pool_slots_used", 4.0);
+    assert_eq!(sample(&metrics, "portcullis_pool_slots_used"), Some(4.0), "{metrics}");
+    assert_eq!(sample(&metrics, "portcullis_instances_live{service=\"echo.wasm\"}"), Some(4.0), "{metrics}");
+    drop(held);
+    let metrics = metrics_when(admin, "portcullis_pool_slots_used", 1.0);
+    assert_eq!(sample(&metrics, "portcullis_pool_slots_used"), Some(1.0), "{metrics}");
+}

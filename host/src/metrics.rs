@@ -140,6 +140,9 @@ pub struct Metrics {
     /// Reloads refused (a manifest or component that did not load): the
     /// process's, not a service's.
     pub reload_failures: Counter,
+    /// Slots of the per-connection instance pool in use (instances serving
+    /// and spares made ahead): the process's.
+    pub pool_slots_used: Gauge,
 }
 
 #[derive(Default)]
@@ -186,7 +189,13 @@ impl Metrics {
         registry.register("reloads", "Reloads that changed the service", f.reloads.clone());
         let reload_failures = Counter::default();
         registry.register("reload_failures", "Reloads refused, every service left as it was", reload_failures.clone());
-        Arc::new(Metrics { registry: Mutex::new(registry), families, reload_failures })
+        let pool_slots_used = Gauge::default();
+        registry.register(
+            "pool_slots_used",
+            "Slots of the per-connection instance pool in use (serving and spares)",
+            pool_slots_used.clone(),
+        );
+        Arc::new(Metrics { registry: Mutex::new(registry), families, reload_failures, pool_slots_used })
     }
 
     /// The handles of service `name` (made at its first use, then shared).

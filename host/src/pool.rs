@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 /// How long a connection that found the pool full may wait for a slot
@@ -36,6 +37,8 @@ pub(crate) struct Spares {
     /// `--max-instances`: one permit per connection served at once (spares
     /// hold none: the pool's extra slots are theirs).
     serving: Arc<Semaphore>,
+    /// Pool slots in use: spares and instances serving (`/metrics`).
+    slots_used: Gauge,
     held: AtomicUsize,
     /// Connections waiting for a slot: no new spare is made meanwhile.
     askers: AtomicUsize,
@@ -45,10 +48,12 @@ pub(crate) struct Spares {
 }
 
 impl Spares {
-    /// Spares for a pool that serves at most `serving` connections at once.
-    pub(crate) fn new(serving: usize) -> Arc<Spares> {
+    /// Spares for a pool that serves at most `serving` connections at once,
+    /// counting the slots in use in `slots_used`.
+    pub(crate) fn new(serving: usize, slots_used: Gauge) -> Arc<Spares> {
         Arc::new(Spares {
             serving: Arc::new(Semaphore::new(serving.min(Semaphore::MAX_PERMITS))),
+            slots_used,
             held: AtomicUsize::new(0),
             askers: AtomicUsize::new(0),
             calls: watch::Sender::new(0),
@@ -58,16 +63,19 @@ impl Spares {
 
     /// A place among the connections served at once (`--max-instances`),
     /// waiting at most [`ASK_BACK_WAIT`] for one; `None`: none came free.
-    pub(crate) async fn serve_slot(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(slot) = self.serving.clone().try_acquire_owned() {
-            return Some(slot);
-        }
-        tokio::time::timeout(ASK_BACK_WAIT, self.serving.clone().acquire_owned()).await.ok()?.ok()
+    pub(crate) async fn serve_slot(&self) -> Option<ServeSlot> {
+        let permit = match self.serving.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(ASK_BACK_WAIT, self.serving.clone().acquire_owned()).await.ok()?.ok()?,
+        };
+        self.slots_used.inc();
+        Some(ServeSlot { _permit: permit, slots_used: self.slots_used.clone() })
     }
 
     /// Counts a spare just made as held until the returned guard drops.
     pub(crate) fn hold(self: &Arc<Self>) -> SpareHeld {
         self.held.fetch_add(1, Ordering::Relaxed);
+        self.slots_used.inc();
         SpareHeld(self.clone())
     }
 
@@ -127,6 +135,20 @@ pub(crate) struct SpareHeld(Arc<Spares>);
 impl Drop for SpareHeld {
     fn drop(&mut self) {
         self.0.held.fetch_sub(1, Ordering::Relaxed);
+        self.0.slots_used.dec();
+    }
+}
+
+/// One connection's place among those served at once; its pool slot is
+/// counted as used until it drops.
+pub(crate) struct ServeSlot {
+    _permit: OwnedSemaphorePermit,
+    slots_used: Gauge,
+}
+
+impl Drop for ServeSlot {
+    fn drop(&mut self) {
+        self.slots_used.dec();
     }
 }
 
@@ -136,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_more_connections_are_served_at_once_than_max_instances() {
-        let spares = Spares::new(2);
+        let spares = Spares::new(2, Gauge::default());
         let (a, _b) = (spares.serve_slot().await, spares.serve_slot().await);
         assert!(a.is_some());
         assert!(spares.serve_slot().await.is_none(), "a third, past the wait");
@@ -146,13 +168,13 @@ mod tests {
 
     #[tokio::test]
     async fn asking_with_no_spare_held_returns_at_once() {
-        let spares = Spares::new(1);
+        let spares = Spares::new(1, Gauge::default());
         assert!(!spares.asking().ask_back().await);
     }
 
     #[tokio::test]
     async fn holders_are_called_and_no_spare_is_wanted_while_one_asks() {
-        let spares = Spares::new(1);
+        let spares = Spares::new(1, Gauge::default());
         let held = spares.hold();
         let mut calls = spares.calls();
         let asking = spares.asking();

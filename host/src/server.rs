@@ -59,7 +59,7 @@ impl Runtime {
             pooled: None,
             cache_dir: engine::default_cache_dir(),
             budget: MemoryBudget::new(limits::default_memory_budget()),
-            spares: Spares::new(usize::MAX),
+            spares: Spares::new(usize::MAX, Default::default()),
             metrics: Metrics::new(),
         })
     }
@@ -72,7 +72,9 @@ impl Runtime {
     pub fn pooled(max_instances: u32, spare_slots: u32, max_memory: u64) -> Result<Self> {
         let total = max_instances.saturating_add(spare_slots);
         let pooled = Pooled { engine: engine::new_pooled_engine(total, max_memory)?, slots: max_instances };
-        Ok(Runtime { pooled: Some(pooled), spares: Spares::new(max_instances as usize), ..Runtime::new()? })
+        let runtime = Runtime::new()?;
+        let spares = Spares::new(max_instances as usize, runtime.metrics.pool_slots_used.clone());
+        Ok(Runtime { pooled: Some(pooled), spares, ..runtime })
     }
 
     /// Uses `dir` for compiled components, or no cache with `None`.

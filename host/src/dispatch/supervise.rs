@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use anyhow::{Result, bail};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
@@ -408,13 +408,7 @@ async fn serve_instance(
 
 /// One connection in an instance of its own, from instantiation to `on-close`
 /// (and to the end of any client connection the instance opened meanwhile).
-async fn serve_alone(
-    loaded: Arc<ServiceComponent>,
-    spare: Spare,
-    conn: TcpConn,
-    serving: OwnedSemaphorePermit,
-    stop: Stop,
-) {
+async fn serve_alone(loaded: Arc<ServiceComponent>, spare: Spare, conn: TcpConn, serving: pool::ServeSlot, stop: Stop) {
     // The connection's place under `--max-connections` and among those
     // served at once is given back after the store (declared later, dropped
     // earlier) has returned its pool slot.
