@@ -92,6 +92,13 @@ async fn curl_reads_the_metrics_health_and_readiness() {
     assert_eq!(curl("GET", &format!("http://{admin}/readyz")), (200, "ready\n".into()));
     assert_eq!(curl("GET", &format!("http://{admin}/nothing")).0, 404);
     assert_eq!(curl("POST", &format!("http://{admin}/metrics")).0, 405);
+
+    // One address holding its share of admin connections keeps no one else out.
+    let held: Vec<_> = (0..8).map(|_| portcullis_tests::std_client::connect_from("127.0.0.2", admin)).collect();
+    let mut ninth = portcullis_tests::std_client::connect_from("127.0.0.2", admin);
+    assert!(portcullis_tests::std_client::closed_within(&mut ninth, Duration::from_secs(5)), "a ninth was kept");
+    assert_eq!(curl("GET", &format!("http://{admin}/healthz")), (200, "ok\n".into()), "a probe from elsewhere");
+    drop(held);
 }
 
 #[tokio::test]
@@ -365,6 +372,40 @@ async fn named_sockets_go_to_the_services_of_their_names() {
 }
 
 #[tokio::test]
+async fn a_passed_unix_socket_is_refused_as_not_tcp() {
+    let dir = portcullis_tests::root().join("target/test-scratch/activation-unix-socket");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let echo = guest("echo");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&path)
+        .arg(portcullis_tests::portcullis_bin())
+        .args(["run", echo.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no socket file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first client starts portcullis, which refuses the socket.
+    let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait();
+        let mut text = String::new();
+        use std::io::Read;
+        child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+        (status, text)
+    });
+    let (status, text) = tokio::time::timeout(Duration::from_secs(30), out).await.unwrap().unwrap();
+    assert_eq!(status.unwrap().code(), Some(1), "{text}");
+    assert!(text.contains("LISTEN_FDS: descriptor 3 is not an IP socket"), "{text}");
+}
+
+#[tokio::test]
 async fn a_passed_socket_no_service_takes_stops_the_start() {
     let (first, second) = (portcullis_tests::free_port(), portcullis_tests::free_port());
     let echo = guest("echo");
@@ -505,6 +546,13 @@ async fn a_reload_that_would_add_a_service_or_move_a_listener_is_refused() {
     hang_up(&host);
     let log = host.log_with("reload refused", 2, Duration::from_secs(30));
     assert_eq!(log.matches("reload refused").count(), 2, "{log}");
+    // A version that loads but cannot start (echo needs more than 1 MiB):
+    // refused before anything switches.
+    std::fs::write(&path, format!("{}max-memory = \"1MiB\"\n", manifest_for("0"))).unwrap();
+    hang_up(&host);
+    let log = host.log_with("reload refused", 3, Duration::from_secs(30));
+    assert!(log.contains("the new version does not start"), "{log}");
+    assert!(!log.contains("reloaded"), "{log}");
     assert_eq!(one_round(addr, b"still here").unwrap(), b"still here");
 }
 

@@ -120,8 +120,12 @@ fn check_listening_tcp(fd: RawFd) -> Result<()> {
         let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
         (rc == 0).then_some(value)
     };
+    let family = int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN);
     match (int_opt(libc::SOL_SOCKET, libc::SO_TYPE), int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)) {
-        (Some(libc::SOCK_STREAM), Some(1)) => Ok(()),
+        (Some(libc::SOCK_STREAM), Some(1)) if matches!(family, Some(libc::AF_INET | libc::AF_INET6)) => Ok(()),
+        (Some(libc::SOCK_STREAM), Some(1)) => {
+            bail!("LISTEN_FDS: descriptor {fd} is not an IP socket (a Unix socket?): portcullis serves TCP only")
+        }
         (None, _) => bail!("LISTEN_FDS: descriptor {fd} is not a socket"),
         (Some(_), _) => {
             bail!("LISTEN_FDS: descriptor {fd} is not a listening TCP socket (a stream socket with `listen`)")

@@ -10,13 +10,15 @@
 //!
 //! It runs on the main thread's runtime, apart from the workers, so a busy
 //! service does not slow a scrape. It is bounded as any listener facing a
-//! network: at most [`MAX_CONNECTIONS`] at once (more are closed at once),
+//! network: at most [`MAX_CONNECTIONS`] at once, [`MAX_PER_ADDRESS`] from
+//! one address (more are closed at once),
 //! a request's head within [`HEAD_TIMEOUT`] and at most [`MAX_HEAD`] bytes,
 //! a connection at most [`MAX_LIFE`]. Anyone who can reach the address can
 //! read the metrics: bind it to loopback or a private network.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +36,9 @@ use crate::metrics::{Metrics, ServiceMetrics};
 
 /// Admin connections open at once; more are closed as they come.
 pub const MAX_CONNECTIONS: usize = 32;
+/// Admin connections open at once from one client address, so that one
+/// client holding many cannot keep a probe from another out.
+pub const MAX_PER_ADDRESS: usize = 8;
 /// How long a client may take to send a request's head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head read.
@@ -123,10 +128,11 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) -> Result<()> {
     let listener = TcpListener::from_std(listener).context("admin endpoint: taking over its listener")?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(std::sync::Mutex::new(HashMap::<IpAddr, usize>::new()));
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::debug!("admin endpoint: accept failed: {e}");
                     tokio::time::sleep(crate::net::listener::ACCEPT_RETRY).await;
@@ -137,6 +143,9 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, shutdown:
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // at the cap: closed at once
+        };
+        let Some(from) = AddressSlot::take(&per_address, peer.ip()) else {
+            continue; // that address holds its share: closed at once
         };
         let admin = admin.clone();
         tokio::spawn(async move {
@@ -150,8 +159,38 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, shutdown:
                 .max_buf_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), answer);
             let _ = tokio::time::timeout(MAX_LIFE, connection).await;
-            drop(slot);
+            drop((slot, from));
         });
+    }
+}
+
+/// One admin connection's place in its address's share.
+struct AddressSlot {
+    ip: IpAddr,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl AddressSlot {
+    fn take(open: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { ip, open: open.clone() })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 

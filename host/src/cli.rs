@@ -181,6 +181,7 @@ fn init_logging(json: bool) {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {
+        crate::guest_output::json_stderr();
         logs.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
     } else {
         logs.with_ansi(std::io::stderr().is_terminal()).init();

@@ -58,10 +58,86 @@ impl GuestOutput {
     }
 
     fn push(&self, bytes: Bytes) {
-        if self.1.admit(bytes.len()) {
-            self.0.push(bytes);
+        if !self.1.admit(bytes.len()) {
+            return;
+        }
+        if std::ptr::eq(self.0, &*STDERR) && JSON_LOGS.load(Ordering::Relaxed) {
+            // The log stream is JSON: the guest's text goes in records of
+            // its own, never as raw bytes a collector would take for (or
+            // glue onto) the host's records.
+            for record in json_records(&self.1.component, &bytes) {
+                self.0.push(record);
+            }
+            return;
+        }
+        self.0.push(bytes);
+    }
+}
+
+/// Whether the process writes its log as JSON (`--log-format json`).
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Frames guest stderr as JSON log records from now on (`--log-format json`).
+pub fn json_stderr() {
+    JSON_LOGS.store(true, Ordering::Relaxed);
+}
+
+/// The longest message of one JSON record of guest text: a record stays
+/// under `PIPE_BUF` (4 KiB), so it reaches a pipe whole, never interleaved
+/// with a host record. Longer lines are split.
+const RECORD_TEXT: usize = 2048;
+
+/// `bytes` of guest stderr as JSON records, one a line: `{"timestamp":...,
+/// "level":"INFO","message":...,"service":...,"stream":"stderr",
+/// "target":"guest"}`.
+fn json_records(service: &str, bytes: &[u8]) -> Vec<Bytes> {
+    let text = String::from_utf8_lossy(bytes);
+    let timestamp = rfc3339(std::time::SystemTime::now());
+    let mut records = Vec::new();
+    for line in text.split('\n').filter(|line| !line.trim().is_empty()) {
+        let mut rest = line;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(RECORD_TEXT);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (message, more) = rest.split_at(cut);
+            rest = more;
+            let record = serde_json::json!({
+                "timestamp": timestamp,
+                "level": "INFO",
+                "message": message,
+                "service": service,
+                "stream": "stderr",
+                "target": "guest",
+            });
+            records.push(Bytes::from(format!("{record}\n")));
         }
     }
+    records
+}
+
+/// `time` as RFC 3339 in UTC, to the microsecond (as the host's records).
+fn rfc3339(time: std::time::SystemTime) -> String {
+    let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (days, secs) = ((since.as_secs() / 86_400) as i64, since.as_secs() % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        since.subsec_micros()
+    )
 }
 
 /// One component's output over time (see [`BYTES_PER_SECOND`]).
@@ -69,13 +145,16 @@ pub struct OutputRate {
     /// When the current second began, and the bytes and writes let through in it.
     window: Mutex<(Option<Instant>, usize, usize)>,
     drops: Arc<Coalesced>,
+    /// Whose output it is (the service's name).
+    component: Arc<str>,
 }
 
 impl OutputRate {
     pub fn new(component: Arc<str>) -> Arc<Self> {
         Arc::new(OutputRate {
             window: Mutex::new((None, 0, 0)),
-            drops: Coalesced::new("guest output drops", Some(component)),
+            drops: Coalesced::new("guest output drops", Some(component.clone())),
+            component,
         })
     }
 
@@ -261,6 +340,25 @@ impl tokio::io::AsyncWrite for GuestOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_text_in_json_records_cannot_forge_or_swallow_one() {
+        let forged = b"{\"level\":\"INFO\",\"message\":\"all good\"}\n{\"message\":\"swallow: ";
+        let records = json_records("svc", forged);
+        assert_eq!(records.len(), 2);
+        for record in &records {
+            let text = std::str::from_utf8(record).unwrap();
+            assert!(text.ends_with('\n') && text.matches('\n').count() == 1, "{text}");
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!((value["service"].as_str(), value["target"].as_str()), (Some("svc"), Some("guest")));
+        }
+        let long = json_records("svc", "é".repeat(5000).as_bytes());
+        assert!(long.len() == 5 && long.iter().all(|r| r.len() < 4096), "split under PIPE_BUF");
+        assert_eq!(
+            rfc3339(std::time::UNIX_EPOCH + Duration::from_micros(1_765_000_000_123_456)),
+            "2025-12-06T05:46:40.123456Z"
+        );
+    }
 
     #[test]
     fn a_component_writes_at_most_its_bytes_a_second() {

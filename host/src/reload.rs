@@ -6,7 +6,7 @@
 //! is refused.
 //!
 //! All or nothing: a manifest that does not parse, a component that does
-//! not load, or a change a reload cannot make (a service added or removed,
+//! not load or whose trial instance does not start, or a change a reload cannot make (a service added or removed,
 //! its listen addresses or instance mode changed, a program or a
 //! WASI-backend service, which own their listeners or run to an end) is
 //! refused with one log line, and every service goes on as it was.
@@ -166,6 +166,11 @@ impl Reloader {
                 bail!("service `{}` is now a program or a WASI-backend component: restart it", spec.name);
             }
             loaded.require_callbacks().with_context(|| format!("service `{}`", spec.name))?;
+            // It must start, not only load: an instance made and dropped
+            // (a start that traps, memory it cannot have, fails here).
+            crate::dispatch::instantiate_once(&loaded)
+                .await
+                .with_context(|| format!("service `{}`: the new version does not start", spec.name))?;
             changes.push((index, loaded, fingerprint));
         }
         Ok(changes)

@@ -242,8 +242,11 @@ pub async fn serve_versions(
         .map(TcpListener::from_std)
         .collect::<std::io::Result<Vec<_>>>()
         .context("taking over a listener")?;
-    let mut current = Dispatcher::start(loaded, &shutdown);
-    let (route, routes) = watch::channel(current.route.clone());
+    // The listeners' route, made first: every version hands over through it.
+    let (unused, _) = mpsc::unbounded_channel();
+    let (route, routes) = watch::channel(Route { admission: loaded.admission().clone(), sink: unused });
+    let mut current = Dispatcher::start(loaded, &shutdown, routes.clone());
+    route.send_replace(current.route.clone());
     for listener in listeners {
         tokio::spawn(accept_loop(listener, routes.clone(), shutdown.clone(), |_| {}));
     }
@@ -261,7 +264,7 @@ pub async fn serve_versions(
                     reloads = false; // no reloads any more
                     continue;
                 }
-                let next = Dispatcher::start(versions.borrow_and_update().clone(), &shutdown);
+                let next = Dispatcher::start(versions.borrow_and_update().clone(), &shutdown, routes.clone());
                 route.send_replace(next.route.clone());
                 let Dispatcher { name, stop, task, .. } = std::mem::replace(&mut current, next);
                 stop.retire.cancel();
@@ -286,10 +289,16 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn start(loaded: Arc<ServiceComponent>, shutdown: &CancellationToken) -> Dispatcher {
+    /// `handoff`: the listeners' route, where this version hands what it
+    /// never started on once a later reload retires it.
+    fn start(
+        loaded: Arc<ServiceComponent>,
+        shutdown: &CancellationToken,
+        handoff: watch::Receiver<Route>,
+    ) -> Dispatcher {
         let (sink, conns) = mpsc::unbounded_channel();
         let admission = loaded.admission().clone();
-        let stop = dispatch::Stop::under(shutdown);
+        let stop = dispatch::Stop { handoff: Some(handoff), ..dispatch::Stop::under(shutdown) };
         let route = Route { admission: admission.clone(), sink: sink.clone() };
         let name = loaded.name.clone();
         let task: std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32>> + Send>> = match loaded.instances() {

@@ -32,7 +32,11 @@ pub mod supervise;
 
 use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::net::TcpConn;
+use crate::net::listener::Route;
 
 pub use supervise::{Spare, instantiate_once, run_per_connection, run_shared};
 
@@ -54,11 +58,34 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct Stop {
     pub retire: CancellationToken,
     pub shutdown: CancellationToken,
+    /// Where a retired dispatcher hands the connections it was sent and
+    /// never started on (the listeners' route, switched to the next
+    /// version); `None`: they are closed.
+    pub handoff: Option<watch::Receiver<Route>>,
 }
 
 impl Stop {
     /// A dispatcher's stop under the process's `shutdown`.
     pub fn under(shutdown: &CancellationToken) -> Stop {
-        Stop { retire: shutdown.child_token(), shutdown: shutdown.clone() }
+        Stop { retire: shutdown.child_token(), shutdown: shutdown.clone(), handoff: None }
+    }
+
+    /// Empties `conns`, a retired dispatcher's queue: to the next version
+    /// when a reload retired it, closed at the process's stop.
+    pub(crate) fn hand_over(&self, conns: &mut mpsc::UnboundedReceiver<TcpConn>) {
+        let next = match &self.handoff {
+            Some(routes) if !self.shutdown.is_cancelled() => Some(routes.borrow().sink.clone()),
+            _ => None,
+        };
+        while let Ok(conn) = conns.try_recv() {
+            match &next {
+                Some(sink) => {
+                    if let Err(mpsc::error::SendError(conn)) = sink.send(conn) {
+                        conn.close();
+                    }
+                }
+                None => conn.close(),
+            }
+        }
     }
 }

@@ -72,7 +72,10 @@ pub async fn run_shared(
                 // status is the process's, as a program's is.
                 let failed_start = wasi_service && !loaded.wasi_listened();
                 match ended {
-                    Ok(code) if stop.retire.is_cancelled() || !wasi_service || failed_start => return Ok(code),
+                    Ok(code) if stop.retire.is_cancelled() || !wasi_service || failed_start => {
+                        stop.hand_over(&mut conns);
+                        return Ok(code);
+                    }
                     Ok(code) => {
                         loaded.metrics().trapped(TrapCause::exit);
                         (format!("exited with status {code}"), closed, None)
@@ -113,6 +116,7 @@ pub async fn run_shared(
         // service's listener: clients are refused, not accepted and reset).
         drop(store);
         if stop.retire.is_cancelled() {
+            stop.hand_over(&mut conns);
             return Ok(0);
         }
         let pause = backoff.next(born.elapsed(), served);
@@ -136,7 +140,12 @@ pub async fn run_shared(
         run_main = wasi_service;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.retire.cancelled() => return Ok(0),
+            _ = stop.retire.cancelled() => {
+                // Retired while no instance ran (a reload during the pause):
+                // what waited goes to the next version.
+                stop.hand_over(&mut conns);
+                return Ok(0);
+            }
         }
     }
 }
@@ -270,9 +279,7 @@ pub async fn run_per_connection(
     }
     drop(spare);
     conns.close();
-    while let Ok(conn) = conns.try_recv() {
-        conn.close();
-    }
+    stop.hand_over(&mut conns);
     while instances.join_next().await.is_some() {}
     Ok(0)
 }
