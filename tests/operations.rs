@@ -579,3 +579,32 @@ async fn the_pool_gauge_counts_instances_serving_and_spares() {
     let metrics = metrics_when(admin, "portcullis_pool_slots_used", 1.0);
     assert_eq!(sample(&metrics, "portcullis_pool_slots_used"), Some(1.0), "{metrics}");
 }
+
+#[tokio::test]
+async fn clients_waiting_on_a_version_that_cannot_start_are_served_by_the_reload_that_fixes_it() {
+    // Echo under 1 MiB of memory cannot start: its instance is retried,
+    // with a growing pause, and accepted clients wait. A reload that lifts
+    // the limit serves them, not closes them.
+    let manifest_with = |extra: &str| {
+        format!("[[service]]\nname = \"svc\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n{extra}", guest("echo"))
+    };
+    let mut host = HostProcess::start_manifest("reload-waiting", &manifest_with("max-memory = \"1MiB\"\n"), &[]);
+    let line = host.stdout_line();
+    let addr: SocketAddr = line.strip_prefix("svc: listening on ").expect(&line).parse().unwrap();
+    let log = host.log_with("failed to start", 2, Duration::from_secs(30));
+    assert!(log.contains("failed to start"), "{log}");
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let mut client = connect_when_listening(addr).await;
+        client.write_all(format!("waiting {i}").as_bytes()).await.unwrap();
+        waiting.push(client);
+    }
+    let path = portcullis_tests::root().join("target/test-scratch/reload-waiting/portcullis.toml");
+    std::fs::write(&path, manifest_with("")).unwrap();
+    hang_up(&host);
+    for (i, client) in waiting.iter_mut().enumerate() {
+        let echoed = tokio::time::timeout(Duration::from_secs(30), read_n(client, 9)).await;
+        let echoed = echoed.unwrap_or_else(|_| panic!("client {i} was not served: {}", host.log()));
+        assert_eq!(echoed, format!("waiting {i}").as_bytes(), "{}", host.log());
+    }
+}
