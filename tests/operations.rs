@@ -608,3 +608,31 @@ async fn clients_waiting_on_a_version_that_cannot_start_are_served_by_the_reload
         assert_eq!(echoed, format!("waiting {i}").as_bytes(), "{}", host.log());
     }
 }
+
+#[tokio::test]
+async fn a_connection_the_memory_budget_cannot_fit_is_counted_as_such() {
+    // A process budget of 1 MiB: no echo instance (about 1.1 MiB) fits, so
+    // a connection is closed, counted under its reason (a guest that fits
+    // and then asks for too much traps instead: `guest_traps{cause="memory"}`).
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--instances",
+        "per-connection",
+        "--memory-budget",
+        "1MiB",
+        "--workers",
+        "1",
+    ];
+    let mut host = HostProcess::start("admin-budget", "echo", &args, None);
+    let addr = host.listening_on();
+    let admin = admin_address(&mut host);
+    let mut client = connect_when_listening(addr).await;
+    let _ = client.write_all(b"no room").await;
+    assert_eq!(read_to_end(&mut client).await, b"", "served without room: {}", host.log());
+    let series = "portcullis_downstream_cx_overflow_total{service=\"echo.wasm\",reason=\"memory_budget\"}";
+    let metrics = metrics_when(admin, series, 1.0);
+    assert_eq!(sample(&metrics, series), Some(1.0), "{metrics}\n{}", host.log());
+}

@@ -19,7 +19,7 @@ use crate::coalesce::Coalesced;
 use crate::config::{Instances, ServiceSpec};
 use crate::guest_output::OutputRate;
 use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
-use crate::metrics::{Limit, Overflow, ServiceMetrics};
+use crate::metrics::{Limit, ServiceMetrics};
 use crate::net::admission::Admission;
 use crate::net::{NetCtx, TcpConn};
 use crate::policy::Policy;
@@ -89,11 +89,7 @@ impl Warnings {
             memory_refusals: Coalesced::counted("memory refusals", c(), metrics.limit_counter(Limit::memory)),
             traps: Coalesced::errors("instances ended", c()),
             trapped_connections: Coalesced::errors("connections whose callback trapped", c()),
-            unserved: Coalesced::counted(
-                "connections without an instance",
-                c(),
-                metrics.overflow_counter(Overflow::pool),
-            ),
+            unserved: Coalesced::new("connections without an instance", c()),
             output: OutputRate::new(component.clone()),
         }
     }

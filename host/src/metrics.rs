@@ -30,6 +30,9 @@ pub enum Overflow {
     /// `--instances per-connection`: no instance for it (the pool full,
     /// `--max-instances`, past the wait), closed.
     pool,
+    /// `--instances per-connection`: no room in `--memory-budget` for its
+    /// instance (past the wait for spares to give some back), closed.
+    memory_budget,
 }
 
 /// Why an instance ended other than by a stop.
@@ -215,6 +218,7 @@ impl Metrics {
                 overflow(Overflow::connection_cap),
                 overflow(Overflow::per_address_cap),
                 overflow(Overflow::pool),
+                overflow(Overflow::memory_budget),
             ],
             rx_bytes: f.cx_rx_bytes.get_or_create_owned(&service()),
             tx_bytes: f.cx_tx_bytes.get_or_create_owned(&service()),
@@ -263,7 +267,7 @@ pub struct ServiceMetrics {
     pub cx_active: Gauge,
     /// Connections closed.
     pub cx_destroy: Counter,
-    overflow: [Counter; 3],
+    overflow: [Counter; 4],
     /// Bytes received from clients.
     pub rx_bytes: Counter,
     /// Bytes sent to clients.

@@ -18,7 +18,7 @@ use super::restart::Backoff;
 use crate::bindings::exports::portcullis::socket::callbacks::Guest as Callbacks;
 use crate::blocking::Stopped;
 use crate::component::{Backend, MainFunc, ServiceComponent};
-use crate::metrics::TrapCause;
+use crate::metrics::{Overflow, TrapCause};
 use crate::net::TcpConn;
 use crate::net::admission::Admission;
 use crate::pool::{self, SpareHeld};
@@ -206,6 +206,7 @@ pub async fn run_per_connection(
                     // One of the connections served at once (`--max-instances`,
                     // over every service and worker), or none after a wait.
                     let Some(serving) = loaded.spares().serve_slot().await else {
+                        loaded.metrics().overflow(Overflow::pool);
                         loaded.warnings.unserved.warn(|| {
                             format!(
                                 "no instance for connection {} from {}: --max-instances connections are served \
@@ -236,6 +237,9 @@ pub async fn run_per_connection(
                             }
                             // Typically the instance pool is exhausted: refuse this
                             // connection, keep serving the others.
+                            let reason =
+                                if e.downcast_ref::<BudgetFull>().is_some() { Overflow::memory_budget } else { Overflow::pool };
+                            loaded.metrics().overflow(reason);
                             loaded.warnings.unserved.warn(|| {
                                 let e = guest_text::anyhow_line(&e);
                                 format!("no instance for connection {} from {}: {e}", conn.id(), conn.remote_addr())
