@@ -265,17 +265,18 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
                 } else if !loaded.has_main() {
                     loaded.require_callbacks()?;
                     if spec.listen.is_empty() {
+                        let hint = unclaimed(&passed);
                         match args.manifest {
                             Some(_) => {
-                                bail!("service `{}` is a service: give it `listen = [\"ADDR:PORT\"]`", spec.name)
+                                bail!("service `{}` is a service: give it `listen = [\"ADDR:PORT\"]`{hint}", spec.name)
                             }
-                            None => bail!("{} is a service: give it at least one --listen ADDR:PORT", spec.name),
+                            None => bail!("{} is a service: give it at least one --listen ADDR:PORT{hint}", spec.name),
                         }
                     }
                 } else if !spec.listen.is_empty() {
                     loaded.require_callbacks()?;
                 }
-                let in_service = || format!("service `{}`", spec.name);
+                let in_service = || format!("service `{}`{}", spec.name, unclaimed(&passed));
                 match (inherited.is_empty(), spread) {
                     // Each worker accepts on a copy of the passed sockets.
                     (false, true) => (0..workers)
@@ -416,6 +417,18 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
         }
     }
     Ok(exit)
+}
+
+/// For an error that a misnamed passed socket may explain: the sockets
+/// the service manager passed that no service took yet, if any.
+fn unclaimed(passed: &activation::Passed) -> String {
+    match passed.left_over() {
+        Some(left) => format!(
+            " (the service manager passed sockets no service took: {left}; name each as its service, with \
+             FileDescriptorName=)"
+        ),
+        None => String::new(),
+    }
 }
 
 /// How long after SIGINT/SIGTERM the process is gone, whatever its guests

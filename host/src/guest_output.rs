@@ -63,9 +63,11 @@ impl GuestOutput {
         }
         if std::ptr::eq(self.0, &*STDERR) && JSON_LOGS.load(Ordering::Relaxed) {
             // The log stream is JSON: the guest's text goes in records of
-            // its own, never as raw bytes a collector would take for (or
-            // glue onto) the host's records.
-            for record in json_records(&self.1.component, &bytes) {
+            // its own, a line each (held until its newline, or 2 KiB),
+            // never as raw bytes a collector would take for (or glue onto)
+            // the host's records.
+            let lines = self.1.whole_lines(&bytes);
+            for record in json_records(&self.1.component, &lines) {
                 self.0.push(record);
             }
             return;
@@ -94,7 +96,7 @@ fn json_records(service: &str, bytes: &[u8]) -> Vec<Bytes> {
     let text = String::from_utf8_lossy(bytes);
     let timestamp = rfc3339(std::time::SystemTime::now());
     let mut records = Vec::new();
-    for line in text.split('\n').filter(|line| !line.trim().is_empty()) {
+    for line in text.split('\n').filter(|line| !line.is_empty()) {
         let mut rest = line;
         while !rest.is_empty() {
             let mut cut = rest.len().min(RECORD_TEXT);
@@ -147,6 +149,9 @@ pub struct OutputRate {
     drops: Arc<Coalesced>,
     /// Whose output it is (the service's name).
     component: Arc<str>,
+    /// Stderr written since its last newline (JSON logs only), at most
+    /// [`RECORD_TEXT`] bytes.
+    partial_line: Mutex<Vec<u8>>,
 }
 
 impl OutputRate {
@@ -155,7 +160,22 @@ impl OutputRate {
             window: Mutex::new((None, 0, 0)),
             drops: Coalesced::new("guest output drops", Some(component.clone())),
             component,
+            partial_line: Mutex::default(),
         })
+    }
+
+    /// `bytes` after what waited for its newline: the whole lines (and a
+    /// piece as long as a record), the rest kept for the next write.
+    fn whole_lines(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut partial = self.partial_line.lock().unwrap_or_else(|e| e.into_inner());
+        partial.extend_from_slice(bytes);
+        let cut = match partial.iter().rposition(|&b| b == b'\n') {
+            Some(newline) => newline + 1,
+            None if partial.len() >= RECORD_TEXT => partial.len(),
+            None => return Vec::new(),
+        };
+        let rest = partial.split_off(cut);
+        std::mem::replace(&mut *partial, rest)
     }
 
     /// Whether `len` more bytes fit this second; logs (coalesced) when not.
@@ -352,6 +372,13 @@ mod tests {
             let value: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!((value["service"].as_str(), value["target"].as_str()), (Some("svc"), Some("guest")));
         }
+        // Pieces written apart are one line, one record.
+        let rate = OutputRate::new("svc".into());
+        let mut lines = Vec::new();
+        for piece in ["127.0.0.1:1", ": ", "Connection refused", " ", "(os error 111)\n", "next"] {
+            lines.extend(rate.whole_lines(piece.as_bytes()));
+        }
+        assert_eq!(lines, b"127.0.0.1:1: Connection refused (os error 111)\n");
         let long = json_records("svc", "é".repeat(5000).as_bytes());
         assert!(long.len() == 5 && long.iter().all(|r| r.len() < 4096), "split under PIPE_BUF");
         assert_eq!(

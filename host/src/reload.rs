@@ -105,7 +105,10 @@ impl Reloader {
     pub async fn reload(&mut self) {
         tracing::info!("reloading (SIGHUP)");
         match self.prepare().await {
-            Ok(changes) if changes.is_empty() => tracing::info!("reload: nothing changed"),
+            Ok(changes) if changes.is_empty() => tracing::info!(
+                "reload: no service changed (process-wide settings, such as workers and [admin], are read at \
+                 start only)"
+            ),
             Ok(changes) => {
                 for (index, loaded, fingerprint) in changes {
                     let running = &mut self.running[index];

@@ -294,7 +294,7 @@ impl<'a> EventLoop<'a> {
                         return Ok(exit_code);
                     }
                     let n = self.live.close_all();
-                    tracing::warn!(service = %self.component.name, "{n} connection(s) still busy after {STOP_GRACE:?}; closing them");
+                    tracing::warn!(service = %self.component.name, "{n} connection(s) still open after {STOP_GRACE:?}; closing them");
                     forced = true;
                     // Within the process's own deadline (grace + 1 s, `cli::STOP_DEADLINE`).
                     force_timer.as_mut().reset(Instant::now() + Duration::from_millis(500));
