@@ -16,9 +16,9 @@
 //! a connection at most [`MAX_LIFE`]. Anyone who can reach the address can
 //! read the metrics: bind it to loopback or a private network.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +33,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::net::admission::PerAddress;
 
 /// Admin connections open at once; more are closed as they come.
 pub const MAX_CONNECTIONS: usize = 32;
-/// Admin connections open at once from one client address, so that one
+/// Admin connections open at once from one client address (as
+/// `--max-connections-per-ip` counts one: an IPv6 /64 is one), so that one
 /// client holding many cannot keep a probe from another out.
 pub const MAX_PER_ADDRESS: usize = 8;
 /// How long a client may take to send a request's head.
@@ -128,7 +130,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) -> Result<()> {
     let listener = TcpListener::from_std(listener).context("admin endpoint: taking over its listener")?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_address = Arc::new(std::sync::Mutex::new(HashMap::<IpAddr, usize>::new()));
+    let per_address = PerAddress::new(NonZeroUsize::new(MAX_PER_ADDRESS).expect("a cap of at least 1"));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -144,7 +146,7 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, shutdown:
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // at the cap: closed at once
         };
-        let Some(from) = AddressSlot::take(&per_address, peer.ip()) else {
+        let Some(from) = per_address.take(peer.ip()) else {
             continue; // that address holds its share: closed at once
         };
         let admin = admin.clone();
@@ -161,36 +163,6 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, shutdown:
             let _ = tokio::time::timeout(MAX_LIFE, connection).await;
             drop((slot, from));
         });
-    }
-}
-
-/// One admin connection's place in its address's share.
-struct AddressSlot {
-    ip: IpAddr,
-    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl AddressSlot {
-    fn take(open: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<AddressSlot> {
-        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= MAX_PER_ADDRESS {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot { ip, open: open.clone() })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
     }
 }
 

@@ -141,12 +141,10 @@ impl WasiSockets {
             }
         };
         if !allowed {
-            self.metrics.denied(if denied_use == Use::TcpConnect {
-                Operation::connect
-            } else if denied_use == Use::TcpListen {
-                Operation::listen
-            } else {
-                Operation::udp
+            self.metrics.denied(match denied_use {
+                Use::TcpConnect => Operation::connect,
+                Use::TcpListen => Operation::listen,
+                Use::UdpBind | Use::UdpSend | Use::UdpReceive => Operation::udp,
             });
             self.denials.warn(|| {
                 let target = policy::target_text(denied_use, &addr.ip().to_string(), addr.port());

@@ -122,11 +122,13 @@ pub struct AddressSlot {
 }
 
 impl PerAddress {
-    fn new(max: NonZeroUsize) -> Arc<Self> {
+    pub fn new(max: NonZeroUsize) -> Arc<Self> {
         Arc::new(PerAddress { max: max.get(), open: Mutex::default() })
     }
 
-    fn take(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
+    /// A place for one more connection from `peer` (by [`address_key`]),
+    /// or `None` when that address holds its most.
+    pub fn take(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
         let key = address_key(peer);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(key).or_insert(0);
