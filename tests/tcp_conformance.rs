@@ -93,7 +93,7 @@ async fn on_error_receives_the_error_on_connect_returned(backend: Backend) {
 
 async fn a_second_listener_on_the_same_port_fails(backend: Backend) {
     let first = portcullis::server::bind_all(&["127.0.0.1:0".parse().unwrap()]).unwrap();
-    let taken = first[0].local_addr().unwrap().to_string();
+    let taken = first[0].socket.local_addr().unwrap().to_string();
     let out = run_program_on(backend, "scenarios", &[], &["--listen", &taken]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -24,6 +24,7 @@ pub struct ClientConfig {
     read_timeout: Duration,
     connect_timeout: Duration,
     callback: bool,
+    tls: bool,
 }
 
 impl ClientConfig {
@@ -40,6 +41,7 @@ impl ClientConfig {
             read_timeout: crate::DEFAULT_READ_TIMEOUT,
             connect_timeout: Duration::from_secs(30),
             callback: false,
+            tls: false,
         }
     }
 
@@ -75,6 +77,22 @@ impl ClientConfig {
     /// ```
     pub fn callback(mut self, callback: bool) -> Self {
         self.callback = callback;
+        self
+    }
+
+    /// With `true`, the host speaks TLS to the server, and you read and
+    /// write plaintext. The server's certificate must be valid for `host`
+    /// (the name your grant covers) and chain to the operator's roots
+    /// (`--tls-ca`, or the system's); if not, the connect fails with
+    /// `unable to start the client socket: TLS ...`. The connect time-out
+    /// covers the handshake. Under the SDK's `wasi` backend the connect
+    /// fails: its runtime gives it plain sockets only.
+    ///
+    /// ```
+    /// let config = portcullis_sdk::ClientConfig::new("db.internal", 5433).tls(true);
+    /// ```
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
         self
     }
 }
@@ -120,8 +138,8 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect_with(config: ClientConfig) -> Result<Connection, Error> {
-        let ClientConfig { host, port, read_timeout, connect_timeout, callback } = config;
-        let conn = sys::tcp::connect(host, port, read_timeout, connect_timeout, callback).await?;
+        let ClientConfig { host, port, read_timeout, connect_timeout, callback, tls } = config;
+        let conn = sys::tcp::connect(host, port, read_timeout, connect_timeout, callback, tls).await?;
         Ok(Connection::from_sys(conn))
     }
 }

@@ -214,6 +214,41 @@ impl Connection {
     pub fn local_addr(&self) -> SocketAddr {
         self.sys.local_addr()
     }
+
+    /// What the connection's TLS agreed on, when it has TLS: accepted on a
+    /// `tls://` listener (the host terminates TLS: you read and write
+    /// plaintext), or opened with [`ClientConfig::tls`](crate::ClientConfig::tls).
+    /// `None` for plain TCP, and always under the SDK's `wasi` backend,
+    /// whose runtime gives it plain sockets.
+    ///
+    /// ```no_run
+    /// # async fn on_connect(conn: &portcullis_sdk::Connection) -> Result<(), portcullis_sdk::Error> {
+    /// match conn.tls().and_then(|tls| tls.peer_subject) {
+    ///     Some(subject) => conn.write_all(format!("hello {subject}\n").as_bytes()).await?,
+    ///     None => conn.write_all(b"hello stranger\n").await?,
+    /// };
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(&self) -> Option<TlsInfo> {
+        self.sys.tls()
+    }
+}
+
+/// What a TLS connection's handshake agreed on ([`Connection::tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub protocol: String,
+    /// The cipher suite's IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher_suite: String,
+    /// The protocol ALPN agreed on (`h2`, `http/1.1`...), if any.
+    pub alpn: Option<String>,
+    /// The name the client asked for (SNI), on an accepted connection.
+    pub server_name: Option<String>,
+    /// The peer certificate's subject (`CN=alice, O=Example`): a client's,
+    /// verified against the operator's `--tls-client-ca`, when the listener
+    /// asks for one; the server's on a client connection.
+    pub peer_subject: Option<String>,
 }
 
 impl Clone for Connection {

@@ -73,7 +73,7 @@ mod sys;
 mod udp;
 
 pub use client::{Client, ClientConfig};
-pub use connection::Connection;
+pub use connection::{Connection, TlsInfo};
 pub use error::{Error, ErrorKind};
 pub use listener::Listener;
 pub use program::warn;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::activation;
 use crate::admin;
 use crate::component::Backend;
-use crate::config::{Instances, ServiceSpec};
+use crate::config::{Instances, Listen, ServiceSpec, Transport};
 use crate::inspect;
 use crate::limits;
 use crate::manifest;
@@ -252,7 +252,19 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
             Backend::Portcullis => {
                 // Listeners the service manager passed (LISTEN_FDS) serve
                 // instead of `listen`'s addresses.
-                let inherited = passed.take_for(&spec.name, !loaded.has_main());
+                // A passed socket serves TLS when the service lists a
+                // tls:// address with its port.
+                let inherited: Vec<server::Listening> = passed
+                    .take_for(&spec.name, !loaded.has_main())
+                    .into_iter()
+                    .map(|socket| {
+                        let port = socket.local_addr().map(|a| a.port()).ok();
+                        let tls =
+                            spec.listen.iter().any(|l| l.transport == Transport::Tls && Some(l.addr.port()) == port);
+                        let transport = if tls { Transport::Tls } else { Transport::Tcp };
+                        server::Listening { socket, transport }
+                    })
+                    .collect();
                 if !inherited.is_empty() {
                     loaded.require_callbacks()?;
                     if !spec.listen.is_empty() {
@@ -282,7 +294,7 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
                     (false, true) => (0..workers)
                         .map(|worker| {
                             let copies: std::io::Result<Vec<_>> =
-                                inherited.iter().map(std::net::TcpListener::try_clone).collect();
+                                inherited.iter().map(server::Listening::try_clone).collect();
                             copies.map(|set| (worker, set)).context("copying a passed socket for a worker")
                         })
                         .collect::<Result<_>>()?,
@@ -326,7 +338,8 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     for (spec, _, sets, _) in &ready {
         // Every set holds the same addresses: the first tells them.
         for listener in sets.first().map(|(_, set)| set.as_slice()).unwrap_or_default() {
-            let addr = listener.local_addr().context("reading the bound address")?;
+            let addr = listener.socket.local_addr().context("reading the bound address")?;
+            let addr = Listen { addr, transport: listener.transport };
             let _ = match args.manifest {
                 Some(_) => writeln!(stdout, "{}: listening on {addr}", spec.name),
                 None => writeln!(stdout, "listening on {addr}"),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use portcullis_protocol::environment::{self, ServiceEnv};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,11 +16,12 @@ use wasmtime::{Engine, Store};
 
 use crate::bindings::exports::portcullis::socket::callbacks::{CallbackUse, Guest as Callbacks, GuestIndices};
 use crate::coalesce::Coalesced;
-use crate::config::{Instances, ServiceSpec};
+use crate::config::{Instances, ServiceSpec, Transport};
 use crate::guest_output::OutputRate;
 use crate::limits::{Limits, MemoryAccount, MemoryBudget, SocketCount};
 use crate::metrics::{Limit, ServiceMetrics};
 use crate::net::admission::Admission;
+use crate::net::tls::{ClientTls, ServerTls};
 use crate::net::{NetCtx, TcpConn};
 use crate::policy::Policy;
 use crate::pool::Spares;
@@ -57,6 +58,10 @@ pub struct ServiceComponent {
     pub(crate) warnings: Warnings,
     /// The service's connection caps and time-outs, for all its listeners.
     admission: Admission,
+    /// The certificate its `tls://` listeners serve (`None`: it has none).
+    server_tls: Option<Arc<ServerTls>>,
+    /// The roots its guests' TLS client connections are verified against.
+    client_tls: Arc<ClientTls>,
     /// The spares of the instance pool this component's instances come from.
     spares: Arc<Spares>,
     /// The service's counters (`/metrics`).
@@ -141,7 +146,7 @@ impl Backend {
 fn wasi_env(spec: &ServiceSpec) -> Vec<(&'static str, String)> {
     let limits = &spec.limits;
     ServiceEnv {
-        listen: spec.listen.clone(),
+        listen: spec.listen_addrs(),
         read_timeout: limits.read_timeout,
         max_connections: Some(limits.max_connections.map_or(limits.max_sockets as u64 / 2, |n| n.get() as u64)),
         max_connections_per_ip: limits.max_connections_per_ip.map(|n| n.get() as u64),
@@ -219,6 +224,20 @@ impl ServiceComponent {
                 ),
             }
         }
+        let serves_tls = spec.listen.iter().any(|l| l.transport == Transport::Tls);
+        if serves_tls && backend == Backend::Wasi {
+            bail!(
+                "{name} is a WASI-backend component (it binds its own listeners with wasi:sockets): the host \
+                 terminates TLS only for the portcullis backend; build it without the SDK's `wasi` feature, or \
+                 listen on plain TCP"
+            );
+        }
+        // Read now (and at every reload): a bad file stops the start.
+        let server_tls = match serves_tls {
+            true => Some(Arc::new(ServerTls::new(&spec.tls).with_context(|| format!("service `{name}`"))?)),
+            false => None,
+        };
+        let client_tls = Arc::new(ClientTls::new(spec.tls.ca.as_deref()).with_context(|| format!("service `{name}`"))?);
         let warnings = Warnings::new(Arc::from(name.as_str()), &metrics);
         let mut env = spec.env.clone();
         let wasi_sockets = match backend {
@@ -241,7 +260,7 @@ impl ServiceComponent {
                 env.extend(told.into_iter().map(|(var, value)| (var.to_string(), value)));
                 Some(WasiSockets::new(
                     policy.clone(),
-                    spec.listen.clone(),
+                    spec.listen_addrs(),
                     warnings.denials.clone(),
                     warnings.udp_refusals.clone(),
                     metrics.clone(),
@@ -263,6 +282,8 @@ impl ServiceComponent {
             unwanted: Unwanted::default(),
             warnings,
             admission: Admission::new(&spec.limits, Arc::from(name.as_str()), metrics.clone()),
+            server_tls,
+            client_tls,
             spares,
             metrics,
         })
@@ -342,6 +363,11 @@ impl ServiceComponent {
         &self.admission
     }
 
+    /// What its `tls://` listeners serve; `None` when it has none.
+    pub fn server_tls(&self) -> Option<Arc<ServerTls>> {
+        self.server_tls.clone()
+    }
+
     /// A store for a new instance of this component: its env, its grants,
     /// where its callback connections go, and the service's admission rules
     /// (for the guest's own listeners). `forced_stop` is cancelled when a
@@ -368,6 +394,7 @@ impl ServiceComponent {
             denials: self.warnings.denials.clone(),
             udp_refusals: self.warnings.udp_refusals.clone(),
             metrics: self.metrics.clone(),
+            client_tls: self.client_tls.clone(),
         };
         // Told where its first instance listened, so a restart keeps the address.
         // (Only what `--listen` set: a PORTCULLIS_LISTEN of `--env` is the operator's.)

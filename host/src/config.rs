@@ -10,6 +10,7 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::limits::Limits;
+use crate::net::tls::TlsSettings;
 use crate::policy::Policy;
 
 /// Everything needed to run one service: what the CLI flags, a manifest
@@ -28,12 +29,15 @@ pub struct ServiceSpec {
     /// For logs and messages.
     pub name: String,
     pub component: PathBuf,
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     pub env: Vec<(String, String)>,
     pub instances: Instances,
     pub grants: Grants,
     /// Every bound of the service (time-outs, connections, memory, sockets, CPU).
     pub limits: Limits,
+    /// Its certificate for `tls://` listeners, and the roots its TLS
+    /// clients are verified against.
+    pub tls: TlsSettings,
 }
 
 impl ServiceSpec {
@@ -48,7 +52,78 @@ impl ServiceSpec {
             instances: Instances::Shared,
             grants: Grants::default(),
             limits: Limits::default(),
+            tls: TlsSettings::default(),
         }
+    }
+
+    /// The addresses it listens on, whatever their transport.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.iter().map(|l| l.addr).collect()
+    }
+}
+
+/// What a listener's clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Plain TCP: the guest sees the client's bytes.
+    #[default]
+    Tcp,
+    /// TLS, which the host terminates: the guest sees the plaintext.
+    Tls,
+}
+
+/// One address a service listens on: `ADDR:PORT` (plain TCP; `tcp://` may
+/// be written) or `tls://ADDR:PORT`.
+///
+/// ```
+/// use portcullis::config::{Listen, Transport};
+/// let listen: Listen = "tls://127.0.0.1:8443".parse().unwrap();
+/// assert_eq!((listen.addr.port(), listen.transport), (8443, Transport::Tls));
+/// assert_eq!(listen.to_string(), "tls://127.0.0.1:8443");
+/// assert_eq!("[::1]:7000".parse::<Listen>().unwrap().transport, Transport::Tcp);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+impl Listen {
+    /// Plain TCP on `addr`.
+    pub fn tcp(addr: SocketAddr) -> Listen {
+        Listen { addr, transport: Transport::Tcp }
+    }
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listen, String> {
+        let (transport, rest) = match text.split_once("://") {
+            Some(("tls", rest)) => (Transport::Tls, rest),
+            Some(("tcp", rest)) => (Transport::Tcp, rest),
+            Some((scheme, _)) => return Err(format!("`{text}`: `{scheme}://` is not a listener (tcp:// or tls://)")),
+            None => (Transport::Tcp, text),
+        };
+        let addr = rest
+            .parse()
+            .map_err(|_| format!("`{text}` is not ADDR:PORT (an IP address and a port: 127.0.0.1:7000, [::1]:7000)"))?;
+        Ok(Listen { addr, transport })
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.transport {
+            Transport::Tcp => write!(f, "{}", self.addr),
+            Transport::Tls => write!(f, "tls://{}", self.addr),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Listen, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -54,6 +54,11 @@ pub const MAX_IO: usize = 64 * 1024;
 /// buffer), charged to the guest's memory account while the socket lives.
 pub const SOCKET_BUFFER: u64 = MAX_IO as u64;
 
+/// What a TLS session holds besides (rustls's buffers: a record being
+/// decrypted, up to 16 KiB of plaintext, up to 64 KiB to send), charged
+/// as [`SOCKET_BUFFER`] is for a guest's TLS client connection.
+pub const TLS_SESSION: u64 = 96 * 1024;
+
 /// The bounds of one service, as the operator set them (flags or manifest)
 /// or as the library's caller fills them in. `Default` gives the documented
 /// defaults.

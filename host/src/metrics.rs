@@ -33,6 +33,20 @@ pub enum Overflow {
     /// `--instances per-connection`: no room in `--memory-budget` for its
     /// instance (past the wait for spares to give some back), closed.
     memory_budget,
+    /// `--tls-max-handshakes` handshakes under way: the listener paused
+    /// accepting (the client waited in the backlog).
+    handshake_cap,
+}
+
+/// Why a TLS handshake on a `tls://` listener did not finish.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HandshakeFailure {
+    /// Not finished within `--tls-handshake-timeout-ms`.
+    timeout,
+    /// Not TLS, a version or cipher this server does not take, a missing or
+    /// bad client certificate, or a peer that went away.
+    error,
 }
 
 /// Why an instance ended other than by a stop.
@@ -110,6 +124,12 @@ struct OverflowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    service: String,
+    reason: HandshakeFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrapLabels {
     service: String,
     cause: TrapCause,
@@ -162,6 +182,8 @@ struct Families {
     denials: Family<DenialLabels, Counter>,
     instances_live: Family<ServiceLabel, Gauge>,
     reloads: Family<ServiceLabel, Counter>,
+    tls_handshakes: Family<ServiceLabel, Counter>,
+    tls_handshake_failures: Family<HandshakeLabels, Counter>,
 }
 
 impl Metrics {
@@ -190,6 +212,12 @@ impl Metrics {
         registry.register("denials", "Requests the grants refused (operation)", f.denials.clone());
         registry.register("instances_live", "Instances alive now, spares included", f.instances_live.clone());
         registry.register("reloads", "Reloads that changed the service", f.reloads.clone());
+        registry.register("tls_handshakes", "TLS handshakes finished on tls:// listeners", f.tls_handshakes.clone());
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on tls:// listeners that failed or timed out (reason)",
+            f.tls_handshake_failures.clone(),
+        );
         let reload_failures = Counter::default();
         registry.register("reload_failures", "Reloads refused, every service left as it was", reload_failures.clone());
         let pool_slots_used = Gauge::default();
@@ -210,6 +238,9 @@ impl Metrics {
         let trap = |cause| f.traps.get_or_create_owned(&TrapLabels { service: name.to_string(), cause });
         let limit = |limit| f.limit_hits.get_or_create_owned(&LimitLabels { service: name.to_string(), limit });
         let denial = |operation| f.denials.get_or_create_owned(&DenialLabels { service: name.to_string(), operation });
+        let handshake = |reason| {
+            f.tls_handshake_failures.get_or_create_owned(&HandshakeLabels { service: name.to_string(), reason })
+        };
         Arc::new(ServiceMetrics {
             cx_total: f.cx_total.get_or_create_owned(&service()),
             cx_active: f.cx_active.get_or_create_owned(&service()),
@@ -219,6 +250,7 @@ impl Metrics {
                 overflow(Overflow::per_address_cap),
                 overflow(Overflow::pool),
                 overflow(Overflow::memory_budget),
+                overflow(Overflow::handshake_cap),
             ],
             rx_bytes: f.cx_rx_bytes.get_or_create_owned(&service()),
             tx_bytes: f.cx_tx_bytes.get_or_create_owned(&service()),
@@ -244,6 +276,8 @@ impl Metrics {
             ],
             instances_live: f.instances_live.get_or_create_owned(&service()),
             reloads: f.reloads.get_or_create_owned(&service()),
+            tls_handshakes: f.tls_handshakes.get_or_create_owned(&service()),
+            handshake_failures: [handshake(HandshakeFailure::timeout), handshake(HandshakeFailure::error)],
         })
     }
 
@@ -267,7 +301,7 @@ pub struct ServiceMetrics {
     pub cx_active: Gauge,
     /// Connections closed.
     pub cx_destroy: Counter,
-    overflow: [Counter; 4],
+    overflow: [Counter; 5],
     /// Bytes received from clients.
     pub rx_bytes: Counter,
     /// Bytes sent to clients.
@@ -281,6 +315,9 @@ pub struct ServiceMetrics {
     pub instances_live: Gauge,
     /// Reloads that changed the service.
     pub reloads: Counter,
+    /// TLS handshakes finished.
+    pub tls_handshakes: Counter,
+    handshake_failures: [Counter; 2],
 }
 
 impl ServiceMetrics {
@@ -313,6 +350,11 @@ impl ServiceMetrics {
     /// Counts one meeting with `limit`.
     pub fn limit_hit(&self, limit: Limit) {
         self.limits[limit as usize].inc();
+    }
+
+    /// Counts one TLS handshake that did not finish.
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures[reason as usize].inc();
     }
 
     /// Counts one request refused by the grants.

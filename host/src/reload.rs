@@ -1,6 +1,7 @@
 //! Reload on `SIGHUP`: the manifest (or, for `portcullis run FILE`, the
 //! component and flags) is read again, and each service that changed —
-//! its component's bytes, its env, grants or limits — gets the new version
+//! its component's bytes, its env, grants or limits, its TLS certificate
+//! (the files' bytes: a certificate renewed in place counts) — gets the new version
 //! for new connections while its open ones finish on the old instance
 //! (`server::serve_versions`). Listeners stay open throughout: no client
 //! is refused.
@@ -11,7 +12,6 @@
 //! WASI-backend service, which own their listeners or run to an end) is
 //! refused with one log line, and every service goes on as it was.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::component::{Backend, ServiceComponent};
-use crate::config::{Instances, ServiceSpec};
+use crate::config::{Instances, Listen, ServiceSpec};
 use crate::metrics::Metrics;
 use crate::server::Runtime;
 
@@ -38,7 +38,7 @@ pub type ReadPlan = Box<dyn Fn() -> Result<Vec<ServiceSpec>> + Send + Sync>;
 /// One running service, as a reload compares it.
 pub struct Running {
     pub name: String,
-    listen: Vec<SocketAddr>,
+    listen: Vec<Listen>,
     instances: Instances,
     /// What it runs: its spec and its component's bytes, hashed.
     fingerprint: String,
@@ -71,9 +71,17 @@ impl Running {
 
 /// What a service runs, as text: its settings and a hash of its component.
 fn fingerprint(spec: &ServiceSpec) -> Result<String> {
-    let bytes = std::fs::read(&spec.component).with_context(|| format!("cannot read {}", spec.component.display()))?;
-    let digest = Sha256::digest(&bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut digest = Sha256::new();
+    // The files it reads, by their bytes: a certificate renewed in place
+    // is a change.
+    let tls = &spec.tls;
+    for path in
+        std::iter::once(&spec.component).chain([&tls.cert, &tls.key, &tls.client_ca, &tls.ca].into_iter().flatten())
+    {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        digest.update(Sha256::digest(&bytes));
+    }
+    let hex: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("{spec:?} sha256:{hex}"))
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
 use crate::component::ServiceComponent;
-use crate::config::{Instances, ServiceSpec};
+use crate::config::{Instances, Listen, ServiceSpec, Transport};
 use crate::dispatch;
 use crate::engine;
 use crate::limits::{self, MemoryBudget};
@@ -132,10 +132,36 @@ impl Runtime {
     }
 }
 
+/// A bound listener, not yet serving, and what its clients speak.
+#[derive(Debug)]
+pub struct Listening {
+    pub socket: std::net::TcpListener,
+    pub transport: Transport,
+}
+
+impl Listening {
+    /// A plain TCP listener.
+    pub fn tcp(socket: std::net::TcpListener) -> Listening {
+        Listening { socket, transport: Transport::Tcp }
+    }
+
+    /// Another handle to the same socket, for another worker.
+    pub fn try_clone(&self) -> std::io::Result<Listening> {
+        Ok(Listening { socket: self.socket.try_clone()?, transport: self.transport })
+    }
+}
+
 /// Binds every address in `addrs`, failing on the first that cannot be bound
 /// (`unable to start the socket service: Address already in use`).
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>> {
-    addrs.iter().map(|addr| bind(*addr, false)).collect()
+///
+/// ```no_run
+/// let listeners = portcullis::server::bind_all(&["tls://127.0.0.1:8443".parse().unwrap()]).unwrap();
+/// ```
+pub fn bind_all(addrs: &[Listen]) -> Result<Vec<Listening>> {
+    addrs
+        .iter()
+        .map(|listen| Ok(Listening { socket: bind(listen.addr, false)?, transport: listen.transport }))
+        .collect()
 }
 
 /// [`bind_std`], its error naming the address.
@@ -155,21 +181,22 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener> {
 /// Two starting at the same moment could both pass the plain bind before
 /// either holds the address: so once bound, the kernel's list of listeners
 /// is checked for one that is not ours, and the start fails if it has one.
-pub fn bind_spread(addrs: &[SocketAddr], copies: usize) -> Result<Vec<Vec<std::net::TcpListener>>> {
-    let mut sets: Vec<Vec<std::net::TcpListener>> = (0..copies.max(1)).map(|_| Vec::new()).collect();
-    for addr in addrs {
+pub fn bind_spread(addrs: &[Listen], copies: usize) -> Result<Vec<Vec<Listening>>> {
+    let mut sets: Vec<Vec<Listening>> = (0..copies.max(1)).map(|_| Vec::new()).collect();
+    for &Listen { addr, transport } in addrs {
         if addr.port() != 0 {
             // A plain bind fails on any listener there, a reuse-port group included.
-            drop(bind(*addr, false)?);
+            drop(bind(addr, false)?);
         }
-        let first = bind(*addr, true)?;
+        let first = bind(addr, true)?;
         let bound = first.local_addr().context("reading the bound address")?;
-        sets[0].push(first);
+        sets[0].push(Listening { socket: first, transport });
         for set in &mut sets[1..] {
-            set.push(bind(bound, true)?);
+            set.push(Listening { socket: bind(bound, true)?, transport });
         }
         if addr.port() != 0 {
-            let ours: Vec<&std::net::TcpListener> = sets.iter().filter_map(|set| set.last()).collect();
+            let ours: Vec<&std::net::TcpListener> =
+                sets.iter().filter_map(|set| set.last()).map(|l| &l.socket).collect();
             if others_listen_beside(&ours) {
                 bail!("listen on {addr}: Address already in use (another process bound it at the same moment)");
             }
@@ -215,7 +242,7 @@ fn others_listen_beside(ours: &[&std::net::TcpListener]) -> bool {
 /// callback connections are done. Returns the exit code.
 pub async fn serve(
     loaded: Arc<ServiceComponent>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listening>,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let (_unchanging, versions) = watch::channel(loaded);
@@ -229,7 +256,7 @@ pub async fn serve(
 /// open [`dispatch::STOP_GRACE`] later are closed.
 pub async fn serve_versions(
     mut versions: watch::Receiver<Arc<ServiceComponent>>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listening>,
     shutdown: CancellationToken,
 ) -> Result<i32> {
     let loaded = versions.borrow_and_update().clone();
@@ -239,16 +266,19 @@ pub async fn serve_versions(
     // Taken over by the runtime this runs on (a worker's).
     let listeners = listeners
         .into_iter()
-        .map(TcpListener::from_std)
+        .map(|l| Ok((TcpListener::from_std(l.socket)?, l.transport)))
         .collect::<std::io::Result<Vec<_>>>()
         .context("taking over a listener")?;
+    if listeners.iter().any(|(_, transport)| *transport == Transport::Tls) && loaded.server_tls().is_none() {
+        bail!("service `{}`: a tls:// listener, but no tls-cert and tls-key", loaded.name);
+    }
     // The listeners' route, made first: every version hands over through it.
     let (unused, _) = mpsc::unbounded_channel();
-    let (route, routes) = watch::channel(Route { admission: loaded.admission().clone(), sink: unused });
+    let (route, routes) = watch::channel(Route { admission: loaded.admission().clone(), sink: unused, tls: None });
     let mut current = Dispatcher::start(loaded, &shutdown, routes.clone());
     route.send_replace(current.route.clone());
-    for listener in listeners {
-        tokio::spawn(accept_loop(listener, routes.clone(), shutdown.clone(), |_| {}));
+    for (listener, transport) in listeners {
+        tokio::spawn(accept_loop(listener, transport, routes.clone(), shutdown.clone(), |_| {}));
     }
     let mut retired = tokio::task::JoinSet::new();
     let mut reloads = true;
@@ -299,7 +329,7 @@ impl Dispatcher {
         let (sink, conns) = mpsc::unbounded_channel();
         let admission = loaded.admission().clone();
         let stop = dispatch::Stop { handoff: Some(handoff), ..dispatch::Stop::under(shutdown) };
-        let route = Route { admission: admission.clone(), sink: sink.clone() };
+        let route = Route { admission: admission.clone(), sink: sink.clone(), tls: loaded.server_tls() };
         let name = loaded.name.clone();
         let task: std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32>> + Send>> = match loaded.instances() {
             // Per worker: each worker runs this with listeners of its own.

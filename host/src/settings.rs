@@ -6,7 +6,6 @@
 //! `--max-instances`, `--no-cache`) stay in `cli`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{Grants, Instances, ServiceSpec, default_name};
+use crate::config::{Grants, Instances, Listen, ServiceSpec, Transport, default_name};
 use crate::limits;
 
 /// What the operator says about one service: the flags of `portcullis run
@@ -38,10 +37,12 @@ pub struct ServiceSettings {
     #[arg(long, value_name = "NAME", conflicts_with = "manifest")]
     pub name: Option<String>,
     /// Listen on ADDR:PORT and send its connections to the component's callbacks
-    /// (repeatable; port 0 picks a free port).
-    #[arg(long = "listen", value_name = "ADDR:PORT", conflicts_with = "manifest")]
+    /// (repeatable; port 0 picks a free port). `tls://ADDR:PORT`: the host
+    /// terminates TLS there (needs --tls-cert and --tls-key), and the
+    /// component sees plaintext.
+    #[arg(long = "listen", value_name = "[tls://]ADDR:PORT", conflicts_with = "manifest")]
     #[serde(default)]
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     /// An environment variable for the guest (repeatable; in a manifest, a table).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, conflicts_with = "manifest")]
     #[serde(default, deserialize_with = "env_table")]
@@ -106,6 +107,35 @@ pub struct ServiceSettings {
     #[arg(long = "block-private", conflicts_with = "manifest")]
     #[serde(default)]
     pub block_private: bool,
+    /// The certificate chain (PEM, the service's own first) its tls://
+    /// listeners present. Read at start and at every reload.
+    #[arg(long = "tls-cert", value_name = "FILE", conflicts_with = "manifest")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", conflicts_with = "manifest")]
+    pub tls_key: Option<PathBuf>,
+    /// Ask tls:// clients for a certificate chaining to these CAs (PEM);
+    /// a client without a valid one is refused in the handshake. The guest
+    /// can read the certificate's subject [default: no client certificates].
+    #[arg(long = "tls-client-ca", value_name = "FILE", conflicts_with = "manifest")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// An ALPN protocol tls:// listeners offer, most preferred first
+    /// (repeatable: `--tls-alpn h2 --tls-alpn http/1.1`) [default: none].
+    #[arg(long = "tls-alpn", value_name = "PROTOCOL", conflicts_with = "manifest")]
+    #[serde(default)]
+    pub tls_alpn: Vec<String>,
+    /// How long a tls:// client has to finish its handshake, in
+    /// milliseconds; then it is closed [default: 10000].
+    #[arg(long = "tls-handshake-timeout-ms", value_name = "N", conflicts_with = "manifest")]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    /// The most TLS handshakes the service runs at once; further clients
+    /// wait in the listen backlog [default: 256].
+    #[arg(long = "tls-max-handshakes", value_name = "N", conflicts_with = "manifest")]
+    pub tls_max_handshakes: Option<u64>,
+    /// The CAs (PEM) the guest's TLS client connections are verified
+    /// against [default: the system's].
+    #[arg(long = "tls-ca", value_name = "FILE", conflicts_with = "manifest")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl ServiceSettings {
@@ -162,6 +192,39 @@ impl ServiceSettings {
         if let Some(name) = self.name {
             spec.name = name;
         }
+        let tls_listeners = self.listen.iter().any(|l| l.transport == Transport::Tls);
+        match (tls_listeners, &self.tls_cert, &self.tls_key) {
+            (true, None, _) => {
+                return Err(SettingError { key: "tls-cert", problem: "is needed by a tls:// listener".into() });
+            }
+            (true, _, None) => {
+                return Err(SettingError { key: "tls-key", problem: "is needed by a tls:// listener".into() });
+            }
+            (false, Some(_), _) | (false, _, Some(_)) => {
+                return Err(SettingError {
+                    key: "tls-cert",
+                    problem: "is for tls:// listeners, and no listen address is one (write tls://ADDR:PORT)".into(),
+                });
+            }
+            _ => {}
+        }
+        if !tls_listeners && (self.tls_client_ca.is_some() || !self.tls_alpn.is_empty()) {
+            let key = if self.tls_client_ca.is_some() { "tls-client-ca" } else { "tls-alpn" };
+            return Err(SettingError { key, problem: "is for tls:// listeners, and no listen address is one".into() });
+        }
+        let tls = &mut spec.tls;
+        if let Some(ms) = at_least_one("tls-handshake-timeout-ms", self.tls_handshake_timeout_ms)? {
+            tls.handshake_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = at_least_one("tls-max-handshakes", self.tls_max_handshakes)? {
+            tls.max_handshakes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        let in_base = |path: PathBuf| base.map_or(path.clone(), |base| base.join(&path));
+        tls.cert = self.tls_cert.map(in_base);
+        tls.key = self.tls_key.map(in_base);
+        tls.client_ca = self.tls_client_ca.map(in_base);
+        tls.ca = self.tls_ca.map(in_base);
+        tls.alpn = self.tls_alpn;
         spec.listen = self.listen;
         spec.env = self.env;
         spec.instances = self.instances.unwrap_or_default();
@@ -307,7 +370,7 @@ mod tests {
             "--listen",
             "127.0.0.1:7000",
             "--listen",
-            "[::1]:7000",
+            "tls://[::1]:7443",
             "--env",
             "UPSTREAM=db:5432",
             "--instances",
@@ -335,13 +398,29 @@ mod tests {
             "--allow-udp",
             "udp://*:53",
             "--block-private",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+            "--tls-client-ca",
+            "clients.pem",
+            "--tls-alpn",
+            "h2",
+            "--tls-alpn",
+            "http/1.1",
+            "--tls-handshake-timeout-ms",
+            "3000",
+            "--tls-max-handshakes",
+            "64",
+            "--tls-ca",
+            "roots.pem",
         ])
         .unwrap();
         let keys: ServiceSettings = toml::from_str(
             r#"
             component = "proxy.wasm"
             name = "proxy"
-            listen = ["127.0.0.1:7000", "[::1]:7000"]
+            listen = ["127.0.0.1:7000", "tls://[::1]:7443"]
             env = { UPSTREAM = "db:5432" }
             instances = "per-connection"
             read-timeout-ms = 5000
@@ -356,6 +435,13 @@ mod tests {
             allow-listen = ["tcp://127.0.0.1:9000"]
             allow-udp = ["udp://*:53"]
             block-private = true
+            tls-cert = "cert.pem"
+            tls-key = "key.pem"
+            tls-client-ca = "clients.pem"
+            tls-alpn = ["h2", "http/1.1"]
+            tls-handshake-timeout-ms = 3000
+            tls-max-handshakes = 64
+            tls-ca = "roots.pem"
             "#,
         )
         .unwrap();
@@ -363,6 +449,9 @@ mod tests {
         assert_eq!(format!("{from_flags:?}"), format!("{from_keys:?}"));
         assert_eq!(from_flags.limits.max_memory, 64 << 20);
         assert_eq!(from_flags.limits.idle_timeout, None, "0: never");
+        assert_eq!(from_flags.listen[1].to_string(), "tls://[::1]:7443");
+        assert_eq!(from_flags.tls.alpn, ["h2", "http/1.1"]);
+        assert_eq!(from_flags.tls.max_handshakes, 64);
         assert_ne!(format!("{from_flags:?}"), format!("{:?}", ServiceSpec::new("proxy.wasm")), "every setting counted");
     }
 

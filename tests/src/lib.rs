@@ -213,15 +213,15 @@ impl<'r> TestServiceBuilder<'r> {
             Backend::Portcullis => "127.0.0.1:0".parse().unwrap(),
             Backend::Wasi | Backend::Wasmtime => free_port(),
         };
-        self.spec.listen = vec![listen];
+        self.spec.listen = vec![portcullis::config::Listen::tcp(listen)];
         if self.backend == Backend::Wasmtime {
             return self.start_on_wasmtime(listen);
         }
         let loaded = self.runtime.load(&self.spec).expect("load guest");
         let (listeners, addr) = match self.backend {
             Backend::Portcullis => {
-                let listeners = server::bind_all(&[listen]).expect("bind");
-                let addr = listeners[0].local_addr().unwrap();
+                let listeners = server::bind_all(&self.spec.listen).expect("bind");
+                let addr = listeners[0].socket.local_addr().unwrap();
                 (listeners, addr)
             }
             Backend::Wasi | Backend::Wasmtime => (Vec::new(), listen),
@@ -628,7 +628,9 @@ impl HostProcess {
     /// The address of its `listening on ADDR` line.
     pub fn listening_on(&mut self) -> SocketAddr {
         let line = self.stdout_line();
-        line.strip_prefix("listening on ").unwrap_or_else(|| panic!("not `listening on`: {line:?}")).parse().unwrap()
+        let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("not `listening on`: {line:?}"));
+        // A tls:// listener's line says so.
+        addr.trim_start_matches("tls://").parse().unwrap()
     }
 
     pub fn pid(&self) -> u32 {

@@ -55,6 +55,8 @@ pub struct Admission {
     refusals: Arc<Coalesced>,
     /// Failed accepts (the open-file limit, mostly), for the log.
     pub accept_failures: Arc<Coalesced>,
+    /// TLS handshakes that failed or timed out, for the log.
+    pub handshake_failures: Arc<Coalesced>,
     /// The service's counters: connections, refusals, bytes.
     pub metrics: Arc<ServiceMetrics>,
 }
@@ -82,6 +84,7 @@ impl Admission {
                 metrics.overflow_counter(Overflow::per_address_cap),
             ),
             accept_failures: Coalesced::new("accept failures", Some(component.clone())),
+            handshake_failures: Coalesced::new("TLS handshake failures", Some(component.clone())),
             component,
             metrics,
         }

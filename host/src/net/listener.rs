@@ -13,29 +13,35 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::Transport;
 use crate::limits::{HostCharge, SocketSlot};
 use crate::metrics::Overflow;
 
 use super::admission::Admission;
 use super::error::{LISTEN_FAILED, SocketError};
 use super::tcp::{TcpConn, WeakConn};
+use super::tls::ServerTls;
 
 /// Connections the kernel queues for a listener before they are accepted
 /// (tokio's default; std's is 128, which a burst of idle clients fills).
 pub const LISTEN_BACKLOG: i32 = 1024;
 
-/// Where a listener's connections go: the admission they are accepted under
-/// and the dispatcher that serves them.
+/// Where a listener's connections go: the admission they are accepted under,
+/// the dispatcher that serves them, and the TLS a `tls://` listener's
+/// connections are served with.
 #[derive(Clone)]
 pub struct Route {
     pub admission: Admission,
     pub sink: mpsc::UnboundedSender<TcpConn>,
+    /// The service's certificate and handshake bounds; `None` when it has
+    /// no `tls://` listener.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Route {
-    /// A route that never changes (a guest's own listener).
+    /// A route that never changes (a guest's own listener: plain TCP).
     pub fn fixed(admission: Admission, sink: mpsc::UnboundedSender<TcpConn>) -> watch::Receiver<Route> {
-        watch::channel(Route { admission, sink }).1
+        watch::channel(Route { admission, sink, tls: None }).1
     }
 }
 
@@ -83,9 +89,17 @@ pub fn bind_std(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListe
 ///
 /// `route` says where connections go and under which admission: a reload
 /// switches it to the new version of the service, and each connection
-/// accepted after that goes there (see `server::serve_reloadable`).
+/// accepted after that goes there (see `server::serve_versions`).
+///
+/// On a [`Transport::Tls`] listener, each admitted connection's handshake
+/// runs on a task of its own, under the route's handshake time-out and
+/// its cap of handshakes at once (at the cap, the loop waits as at
+/// `--max-connections`); only a finished handshake reaches the dispatcher,
+/// so a client that never finishes costs no instance. `on_accept` sees
+/// plain connections only (a guest's own listeners are plain).
 pub async fn accept_loop(
     listener: TcpListener,
+    transport: Transport,
     route: watch::Receiver<Route>,
     stop: CancellationToken,
     mut on_accept: impl FnMut(&TcpConn),
@@ -132,7 +146,59 @@ pub async fn accept_loop(
         };
         // Refused: dropping the stream closes it.
         let Some(admitted) = admission.admit(peer.ip(), permit) else { continue };
-        match TcpConn::from_accept(stream, peer, local, admission.timeouts, admission.metrics.clone()) {
+        if transport == Transport::Tls {
+            let Some(tls) = route.borrow().tls.clone() else {
+                admission.accept_failures.warn(|| "a tls:// listener with no TLS settings: closed".into());
+                continue;
+            };
+            let place = match tls.handshakes.clone().try_acquire_owned() {
+                Ok(place) => place,
+                Err(_) => {
+                    admission.metrics.overflow(Overflow::handshake_cap);
+                    tokio::select! {
+                        place = tls.handshakes.clone().acquire_owned() => match place {
+                            Ok(place) => place,
+                            Err(_) => return,
+                        },
+                        _ = stopped.as_mut() => return,
+                    }
+                }
+            };
+            let (route, stop) = (route.clone(), stop.clone());
+            tokio::spawn(async move {
+                let _place = place;
+                let finished = tokio::select! {
+                    r = tls.handshake(stream) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match finished {
+                    Ok((stream, session)) => {
+                        admission.metrics.tls_handshakes.inc();
+                        let accepted = TcpConn::from_accept(
+                            stream,
+                            peer,
+                            local,
+                            admission.timeouts,
+                            admission.metrics.clone(),
+                            Some(session),
+                        );
+                        match accepted {
+                            Ok(conn) => {
+                                conn.hold_permit(admitted);
+                                let _ = route.borrow().sink.send(conn);
+                            }
+                            Err(e) => admission.accept_failures.warn(|| format!("accepted connection unusable: {e}")),
+                        }
+                    }
+                    Err(e) => {
+                        admission.metrics.handshake_failed(e.reason());
+                        admission.handshake_failures.warn(|| format!("{e} (from {peer})"));
+                    }
+                }
+            });
+            continue;
+        }
+        match TcpConn::from_accept(stream, peer, local, admission.timeouts, admission.metrics.clone(), None) {
             Ok(conn) => {
                 conn.hold_permit(admitted);
                 on_accept(&conn);
@@ -226,7 +292,8 @@ impl GuestListener {
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
         admission.timeouts.read = self.read_timeout;
-        tokio::spawn(accept_loop(listener, Route::fixed(admission, sink), stop.clone(), move |conn| {
+        let route = Route::fixed(admission, sink);
+        tokio::spawn(accept_loop(listener, Transport::Tcp, route, stop.clone(), move |conn| {
             let mut list = remember.lock().unwrap();
             list.retain(|c| c.open().is_some());
             list.push(conn.downgrade());

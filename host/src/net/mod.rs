@@ -2,6 +2,8 @@
 //!
 //! - [`tcp`]: one connection's state machine (read-ahead, reads, writes, close).
 //! - [`listener`]: binding listeners, for the operator's `--listen` and for guests.
+//! - [`tls`]: TLS with rustls: `tls://` listeners' handshakes, guests'
+//!   TLS clients, what a guest may learn of a connection's TLS.
 //! - [`udp`]: one UDP socket (datagrams kept whole, dual-stack by default).
 //! - [`view`]: what the glue sees of a store ([`view::NetView`]), and the
 //!   trait a store's state implements to provide it.
@@ -17,6 +19,7 @@ pub mod error;
 pub mod host;
 pub mod listener;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 pub mod view;
 
@@ -94,6 +97,8 @@ pub struct NetCtx {
     pub udp_refusals: Arc<Coalesced>,
     /// The service's counters (denials, socket refusals).
     pub metrics: Arc<ServiceMetrics>,
+    /// The roots the guest's TLS client connections are verified against.
+    pub client_tls: Arc<tls::ClientTls>,
 }
 
 impl NetCtx {

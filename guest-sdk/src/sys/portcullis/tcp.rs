@@ -213,6 +213,16 @@ impl Conn {
         to_socket_addr(&self.handle.local_address())
     }
 
+    pub(crate) fn tls(&self) -> Option<crate::TlsInfo> {
+        self.handle.tls().map(|tls| crate::TlsInfo {
+            protocol: tls.protocol,
+            cipher_suite: tls.cipher_suite,
+            alpn: tls.alpn,
+            server_name: tls.server_name,
+            peer_subject: tls.peer_subject,
+        })
+    }
+
     /// A new handle to the same connection, valid until dropped.
     pub(crate) fn clone_handle(&self) -> Conn {
         let clone = Conn::owned(self.handle.clone_handle());
@@ -237,6 +247,7 @@ pub(crate) async fn connect(
     read_timeout: Duration,
     connect_timeout: Duration,
     callback: bool,
+    tls: bool,
 ) -> Result<Conn, Error> {
     let config = types::ClientConfig {
         host,
@@ -244,6 +255,7 @@ pub(crate) async fn connect(
         read_timeout_ms: read_timeout.as_millis() as u64,
         connect_timeout_ms: connect_timeout.as_millis() as u64,
         callback,
+        tls,
     };
     tcp::Connection::connect(config).await.map(Conn::owned).sdk()
 }

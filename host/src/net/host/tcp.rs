@@ -8,8 +8,8 @@ use wasmtime::component::{Accessor, Resource};
 
 use super::*;
 use crate::bindings::tcp::{HostConnection, HostConnectionWithStore, HostListener, HostListenerWithStore};
-use crate::bindings::types::{Address, ClientConfig, ListenerConfig};
-use crate::limits::{MAX_IO, SOCKET_BUFFER};
+use crate::bindings::types::{Address, ClientConfig, ListenerConfig, TlsInfo};
+use crate::limits::{MAX_IO, SOCKET_BUFFER, TLS_SESSION};
 use crate::net::error::{CONNECT_FAILED, HostResult, SocketError};
 use crate::net::tcp::{Timeouts, read_too_long};
 use crate::net::view::{Net, NetHost, NetView};
@@ -17,16 +17,18 @@ use crate::net::{Connection, GuestListener, TcpConn};
 
 impl<T: NetHost> HostConnectionWithStore<T> for Net {
     async fn connect(acc: &Accessor<T, Self>, config: ClientConfig) -> HostResult<Resource<Connection>> {
-        let (has_callbacks, sink, policy, service_timeouts) = acc.with(|mut access| {
+        let (has_callbacks, sink, policy, service_timeouts, client_tls) = acc.with(|mut access| {
             let net = &access.get().net;
-            (net.has_callbacks, net.new_connections.clone(), net.policy.clone(), net.admission.timeouts)
+            let client_tls = net.client_tls.clone();
+            (net.has_callbacks, net.new_connections.clone(), net.policy.clone(), net.admission.timeouts, client_tls)
         });
         if config.callback && !has_callbacks {
             let needs = "a callback client needs the component to export portcullis:socket/callbacks";
             return Err(SocketError::generic(needs).into());
         }
         // Counted from before the connect: a flood of connects in flight is capped too.
-        let socket = guest_socket(acc, SOCKET_BUFFER as usize)?;
+        let host_bytes = if config.tls { SOCKET_BUFFER + TLS_SESSION } else { SOCKET_BUFFER };
+        let socket = guest_socket(acc, host_bytes as usize)?;
         let resolving = policy.resolve_outbound(Use::TcpConnect, &config.host, config.port);
         let addrs = match wait_in_host(acc, resolving).await {
             Ok(addrs) => addrs,
@@ -45,7 +47,8 @@ impl<T: NetHost> HostConnectionWithStore<T> for Net {
             idle: if config.callback { service_timeouts.idle } else { None },
             write: service_timeouts.write,
         };
-        let connecting = TcpConn::connect(&addrs, connect_timeout, timeouts, socket);
+        let tls = config.tls.then_some((&*client_tls, config.host.as_str()));
+        let connecting = TcpConn::connect(&addrs, connect_timeout, timeouts, socket, tls);
         let conn = wait_in_host(acc, connecting).await?;
         tracing::debug!(id = conn.id(), remote = %conn.remote_addr(), "client connection open");
         if config.callback {
@@ -128,6 +131,16 @@ impl HostConnection for NetView<'_> {
 
     fn local_address(&mut self, this: Resource<Connection>) -> wasmtime::Result<Address> {
         Ok(to_address(self.table.get(&this)?.conn.local_addr()))
+    }
+
+    fn tls(&mut self, this: Resource<Connection>) -> wasmtime::Result<Option<TlsInfo>> {
+        Ok(self.table.get(&this)?.conn.tls_info().map(|info| TlsInfo {
+            protocol: info.protocol.clone(),
+            cipher_suite: info.cipher_suite.clone(),
+            alpn: info.alpn.clone(),
+            server_name: info.server_name.clone(),
+            peer_subject: info.peer_subject.clone(),
+        }))
     }
 
     fn drop(&mut self, this: Resource<Connection>) -> wasmtime::Result<()> {

@@ -184,7 +184,9 @@ impl TcpConn {
         let inner = &*self.0;
         // The socket is read once it says it is readable, not before: right
         // after a callback took everything, a read would only find it empty.
-        let mut readable = false;
+        // A TLS session may hold plaintext already (what came with the
+        // handshake): look before waiting.
+        let mut readable = self.session().is_some();
         loop {
             if inner.closed.is_closed() {
                 return Readiness::Closed;

@@ -9,13 +9,15 @@
 //!   caps (permits), the time-outs, the write side, close and shutdowns;
 //! - [`read_ahead`]: the bounded read-ahead buffer and the guest's reads;
 //! - [`delivery`]: the host half of the delivery protocol (what the
-//!   dispatcher and `on-read-ready` use).
+//!   dispatcher and `on-read-ready` use);
+//! - [`encrypted`]: the same reads and writes through a TLS session.
 //!
 //! Waiting reads, and waiting writes, each queue in an [`OpQueue`]: they
 //! complete in order, and the plain calls (`try-read`, `try-write`, the
 //! read-ahead) keep off while one is under way.
 
 mod delivery;
+mod encrypted;
 mod read_ahead;
 
 pub use delivery::EndSeen;
@@ -31,12 +33,14 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use self::encrypted::Session;
 use self::read_ahead::{ReadEnd, ReadSide};
 use super::admission::Admitted;
 pub use super::admission::Timeouts;
 use super::error::{SOCKET_CLOSED, SocketError, WRITE_AFTER_CLOSE, WRITE_TIMED_OUT};
 use crate::limits::{GuestSocket, MAX_IO};
 use crate::metrics::{Limit, ServiceMetrics};
+use crate::net::tls::ClientTls;
 use crate::sync::{Closing, OpQueue};
 
 /// Every connection in the process gets a distinct id (Ballerina's `Caller.id`).
@@ -99,24 +103,29 @@ struct Inner {
     _guest_socket: Option<GuestSocket>,
     /// A client's connection: its service's counters of bytes in and out.
     traffic: Option<Arc<ServiceMetrics>>,
+    /// The TLS session every byte goes through, for a `tls://` listener's
+    /// connection or a guest's TLS client; `None`: plain TCP.
+    tls: Option<Session>,
 }
 
 impl TcpConn {
     /// Wraps a stream a listener accepted from `peer` (as `accept` told it:
     /// asking the socket again would cost a syscall per connection), on
-    /// `local` when the listener knows it (bound to one address).
+    /// `local` when the listener knows it (bound to one address); `tls`: the
+    /// session of a `tls://` listener's finished handshake.
     pub fn from_accept(
         stream: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
         timeouts: Timeouts,
         traffic: Arc<ServiceMetrics>,
+        tls: Option<rustls::Connection>,
     ) -> io::Result<Self> {
         let local = match local {
             Some(local) => local,
             None => stream.local_addr()?,
         };
-        Self::new(stream, local, Some(peer), timeouts, None, Some(traffic))
+        Self::new(stream, local, Some(peer), timeouts, None, Some(traffic), tls)
     }
 
     /// Wraps a connected stream, accepted by a listener (`peer` known) or
@@ -129,6 +138,7 @@ impl TcpConn {
         timeouts: Timeouts,
         guest_socket: Option<GuestSocket>,
         traffic: Option<Arc<ServiceMetrics>>,
+        tls: Option<rustls::Connection>,
     ) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let accepted = peer.is_some();
@@ -156,26 +166,39 @@ impl TcpConn {
             permit: Mutex::new(None),
             _guest_socket: guest_socket,
             traffic,
+            tls: tls.map(Session::new),
         })))
     }
 
     /// Connects to the first address of `addrs` that answers, within `timeout`,
     /// for a guest: the connection keeps `socket` (its place under the
-    /// instance's limits) until it is gone.
+    /// instance's limits) until it is gone. With `tls`, a TLS handshake
+    /// follows, verifying the server for the host name given (within what
+    /// is left of the time-out).
     pub async fn connect(
         addrs: &[SocketAddr],
         connect_timeout: Duration,
         timeouts: Timeouts,
         socket: GuestSocket,
+        tls: Option<(&ClientTls, &str)>,
     ) -> Result<Self, SocketError> {
         use super::error::CONNECT_FAILED;
+        let started = tokio::time::Instant::now();
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
         for addr in addrs {
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
+                    let (stream, session) = match tls {
+                        Some((client, host)) => {
+                            let left = connect_timeout.saturating_sub(started.elapsed());
+                            let (stream, session) = client.handshake(stream, host, left).await?;
+                            (stream, Some(session))
+                        }
+                        None => (stream, None),
+                    };
                     return stream
                         .local_addr()
-                        .and_then(|local| TcpConn::new(stream, local, None, timeouts, Some(socket), None))
+                        .and_then(|local| TcpConn::new(stream, local, None, timeouts, Some(socket), None, session))
                         .map_err(|e| SocketError::from_io(CONNECT_FAILED, &e));
                 }
                 Ok(Err(e)) => last = e,
@@ -205,7 +228,10 @@ impl TcpConn {
     /// Reads from the socket into `side` (see `ReadSide::fill_from`);
     /// whatever came counts as activity for the idle time-out.
     fn fill(&self, side: &mut ReadSide) -> bool {
-        let (progressed, bytes) = side.fill_from(&self.0.stream);
+        let (progressed, bytes) = match self.session() {
+            Some(session) => self.fill_encrypted(session, side),
+            None => side.fill_from(&self.0.stream),
+        };
         if progressed {
             self.touch();
         }
@@ -280,7 +306,7 @@ impl TcpConn {
             }
             let before = written;
             while written < data.len() {
-                match inner.stream.try_write(&data[written..]) {
+                match self.send(&data[written..]) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(self.write_failed(e)),
@@ -289,7 +315,8 @@ impl TcpConn {
             if written > before {
                 self.sent(written - before);
             }
-            if written == data.len() {
+            // A TLS write is done once its ciphertext has left too.
+            if written == data.len() && !self.ciphertext_pending() {
                 return Ok(written as u32);
             }
             // The peer is slow: wait for room (back-pressure), or for a
@@ -329,7 +356,7 @@ impl TcpConn {
         }
         let mut written = 0;
         while written < data.len() {
-            match inner.stream.try_write(&data[written..]) {
+            match self.send(&data[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) if written > 0 => break,
@@ -338,8 +365,21 @@ impl TcpConn {
         }
         if written > 0 {
             self.sent(written);
+            // Ciphertext the socket had no room for goes out in the background.
+            if self.ciphertext_pending() {
+                self.flush_later();
+            }
         }
         Ok(written as u32)
+    }
+
+    /// One non-blocking write of `data`'s start: to the socket, or through
+    /// the TLS session.
+    fn send(&self, data: &[u8]) -> io::Result<usize> {
+        match self.session() {
+            Some(session) => self.send_encrypted(session, data),
+            None => self.0.stream.try_write(data),
+        }
     }
 
     /// A write found the connection broken (reset, or gone): the kernel
@@ -371,6 +411,9 @@ impl TcpConn {
         let inner = &*self.0;
         inner.write_shut.store(true, Ordering::Release);
         if inner.closed.close() {
+            if let Some(session) = self.session() {
+                self.close_encrypted(session);
+            }
             // The socket may already be gone (reset by the peer): nothing to do then.
             let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Both);
         }
@@ -397,7 +440,10 @@ impl TcpConn {
         }
         inner.write_shut.store(true, Ordering::Release);
         inner.write_done.cancel();
-        socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Write).map_err(SocketError::from)
+        match self.session() {
+            Some(session) => self.shutdown_encrypted(session).map_err(SocketError::from),
+            None => socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Write).map_err(SocketError::from),
+        }
     }
 
     /// Stops reading: later reads see end of stream. The kernel wakes a read
@@ -466,6 +512,7 @@ pub(super) mod tests {
             None,
             Timeouts::read_only(Duration::from_secs(5)),
             crate::metrics::ServiceMetrics::detached("test"),
+            None,
         )
         .unwrap();
         assert_eq!(conn.local_addr(), peer.peer_addr().unwrap());

@@ -243,6 +243,11 @@ impl TcpConn {
                 if inner.closed.is_closed() {
                     return Err(SocketError::generic(SOCKET_CLOSED));
                 }
+                // A TLS session may hold plaintext already (what came with
+                // the handshake, or beyond a full buffer): no socket wait for it.
+                if self.plaintext_pending() && self.fill(&mut side) {
+                    continue;
+                }
             }
             // Not enough buffered: wait for the socket, bounded by the read time-out.
             let waited = tokio::select! {

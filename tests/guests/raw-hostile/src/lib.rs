@@ -46,6 +46,7 @@ async fn attack(conn: &tcp::Connection) {
                 read_timeout_ms: 1000,
                 connect_timeout_ms: 1000,
                 callback: false,
+                tls: false,
             };
             let error = tcp::Connection::connect(config).await.err().map(|e| e.message).unwrap_or_default();
             say(conn, &format!("{error}\n"));

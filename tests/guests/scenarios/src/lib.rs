@@ -37,6 +37,21 @@ impl Service for Scenarios {
                 self.kept.borrow_mut().insert(conn.id(), conn.clone());
                 Ok(())
             }
+            // Tells the client what the guest learns of its TLS, then echoes.
+            "tls-info" => {
+                let line = match conn.tls() {
+                    Some(tls) => format!(
+                        "tls {} {} alpn={} sni={} subject={}\n",
+                        tls.protocol,
+                        tls.cipher_suite,
+                        tls.alpn.as_deref().unwrap_or("-"),
+                        tls.server_name.as_deref().unwrap_or("-"),
+                        tls.peer_subject.as_deref().unwrap_or("-"),
+                    ),
+                    None => "plain\n".into(),
+                };
+                conn.write_all(line.as_bytes()).await.map(drop)
+            }
             _ => Ok(()),
         }
     }
@@ -130,6 +145,35 @@ impl Service for Scenarios {
                     Err(e) => return Err(e),
                 };
                 conn.write_all(&byte).await?;
+            }
+            "tls-info" => {
+                let data = conn.read().await?;
+                if data.is_empty() {
+                    return conn.close();
+                }
+                conn.write_all(&data).await?;
+            }
+            // "HOST PORT\n": opens a TLS client connection there, sends
+            // `ping\n` and answers `ok REPLY subject=SUBJECT` with the first
+            // line back, or `error MESSAGE`.
+            "tls-client" => {
+                let line = String::from_utf8_lossy(&conn.read().await?).trim().to_string();
+                if line.is_empty() {
+                    return conn.close();
+                }
+                let (host, port) = line.split_once(' ').unwrap_or((&line, "0"));
+                let config = portcullis_sdk::ClientConfig::new(host, port.parse().unwrap_or(0)).tls(true);
+                let answer = match portcullis_sdk::Client::connect_with(config).await {
+                    Ok(upstream) => {
+                        let subject = upstream.tls().and_then(|t| t.peer_subject).unwrap_or_default();
+                        upstream.write_all(b"ping\n").await?;
+                        let reply = upstream.read().await?;
+                        let _ = upstream.close();
+                        format!("ok {} subject={subject}\n", String::from_utf8_lossy(&reply).trim())
+                    }
+                    Err(e) => format!("error {}\n", e.message()),
+                };
+                conn.write_all(answer.as_bytes()).await?;
             }
             // Answers each message with the connection's two ends, as the guest sees them.
             "addresses" => {

@@ -456,6 +456,11 @@ impl Conn {
         self.0.local
     }
 
+    /// `wasi:sockets` gives plain TCP only.
+    pub(crate) fn tls(&self) -> Option<crate::TlsInfo> {
+        None
+    }
+
     pub(crate) fn clone_handle(&self) -> Conn {
         self.clone()
     }
@@ -478,7 +483,14 @@ pub(crate) async fn connect(
     read_timeout: Duration,
     connect_timeout: Duration,
     callback: bool,
+    tls: bool,
 ) -> Result<Conn, Error> {
+    if tls {
+        return Err(generic(format!(
+            "{CONNECT_FAILED}TLS needs the portcullis backend (wasi:sockets has plain TCP only): build without the \
+             SDK's `wasi` feature"
+        )));
+    }
     let asked = || format!("connect tcp://{}:{port}", bracketed(&host));
     let ips = resolve(&host, CONNECT_FAILED, asked).await?;
     let mut last = generic(format!("{CONNECT_FAILED}no address for {host}"));
