@@ -23,8 +23,7 @@ use tokio::net::TcpStream;
 
 use super::TcpConn;
 use super::read_ahead::{READ_AHEAD_LIMIT, ReadEnd, ReadSide};
-use crate::metrics::Limit;
-use crate::net::error::{SocketError, WRITE_TIMED_OUT};
+use crate::net::error::SocketError;
 use crate::net::tls::TlsInfo;
 
 /// A connection's TLS session and what its handshake agreed on.
@@ -241,23 +240,7 @@ impl TcpConn {
             if inner.closed.is_closed() {
                 return Ok(());
             }
-            let room = async {
-                match inner.timeouts.write {
-                    Some(limit) => tokio::time::timeout(limit, inner.stream.writable()).await,
-                    None => Ok(inner.stream.writable().await),
-                }
-            };
-            tokio::select! {
-                r = room => match r {
-                    Ok(r) => r.map_err(|e| self.write_failed(e))?,
-                    Err(_) => {
-                        self.close();
-                        self.count_limit(Limit::write_timeout);
-                        return Err(SocketError::generic(WRITE_TIMED_OUT));
-                    }
-                },
-                _ = inner.closed.closed() => return Ok(()),
-            }
+            self.wait_for_room().await?;
         }
     }
 

@@ -322,23 +322,31 @@ impl TcpConn {
             // The peer is slow: wait for room (back-pressure), or for a
             // close, at most the write time-out (a timer only now, when
             // the socket is full: never on the fast path).
-            let room = async {
-                match inner.timeouts.write {
-                    Some(limit) => tokio::time::timeout(limit, inner.stream.writable()).await,
-                    None => Ok(inner.stream.writable().await),
-                }
-            };
-            tokio::select! {
-                r = room => match r {
-                    Ok(r) => r.map_err(|e| self.write_failed(e))?,
-                    Err(_) => {
-                        self.close();
-                        self.count_limit(Limit::write_timeout);
-                        return Err(SocketError::generic(WRITE_TIMED_OUT));
-                    }
-                },
-                _ = inner.closed.closed() => {}
+            self.wait_for_room().await?;
+        }
+    }
+
+    /// Waits for room in the socket, or for a close, at most the write
+    /// time-out: past it the connection closes, and the write fails with
+    /// `write timed out`.
+    async fn wait_for_room(&self) -> Result<(), SocketError> {
+        let inner = &*self.0;
+        let room = async {
+            match inner.timeouts.write {
+                Some(limit) => tokio::time::timeout(limit, inner.stream.writable()).await,
+                None => Ok(inner.stream.writable().await),
             }
+        };
+        tokio::select! {
+            r = room => match r {
+                Ok(r) => r.map_err(|e| self.write_failed(e)),
+                Err(_) => {
+                    self.close();
+                    self.count_limit(Limit::write_timeout);
+                    Err(SocketError::generic(WRITE_TIMED_OUT))
+                }
+            },
+            _ = inner.closed.closed() => Ok(()),
         }
     }
 
