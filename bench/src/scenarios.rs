@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::load;
 use crate::report::{Row, row};
 use crate::servers::{
-    Target, hyper_server, native_proxy, native_server, portcullis_example, portcullis_on_workers, portcullis_tcp,
+    Target, hyper_server, native_proxy, native_server, portcullis_example, portcullis_example_tls, portcullis_on_workers, portcullis_tcp,
     portcullis_udp, portcullis_wasi_tcp, redis_server, wasmtime_serve, which,
 };
 use crate::stats::{Paired, alternate, median, rate_over};
@@ -78,6 +78,7 @@ pub async fn run_all(root: &Path, s: &Settings) -> Result<(Vec<Row>, f64)> {
     rows.extend(resp_kv_against_redis(s, root, &cache).await?);
     rows.extend(tcp_proxy_in_front_of_redis(s, root, &cache).await?);
     rows.extend(http_hello_under_wrk(s, root, &cache).await?);
+    rows.extend(tls_http_hello_under_wrk(s, root, &cache).await?);
     rows.extend(workers(s, root, &cache).await?);
     rows.extend(start_up(s, root)?);
     let (instantiation_rows, probe_ns) = instantiation(s)?;
@@ -322,6 +323,24 @@ async fn http_hello_under_wrk(s: &Settings, root: &Path, cache: &Path) -> Result
     rows.push(paired.row(scenario, "vs wasmtime serve", "p99 µs", 1));
     rows.push(paired.cpu_row(scenario, "vs wasmtime serve", "req"));
     Ok(rows)
+}
+
+/// `http-hello` on a `tls://` listener against the same on plain TCP, both
+/// portcullis, under `wrk` (50 keep-alive connections: this measures the
+/// encryption of each request and answer, not handshakes).
+async fn tls_http_hello_under_wrk(s: &Settings, root: &Path, cache: &Path) -> Result<Vec<Row>> {
+    eprintln!("bench: http-hello over TLS under wrk");
+    let plain = portcullis_example(root, cache, "http-hello", &[])?;
+    let tls = portcullis_example_tls(root, cache, "http-hello", &cache.join("tls"))?;
+    let tls_addr = tls.tcp_target().addr;
+    let run = s.run;
+    let load = |addr: SocketAddr| async move {
+        let url = if addr == tls_addr { format!("https://{addr}/") } else { format!("http://{addr}/") };
+        or_zeros(tools::wrk_url(&url, 50, run).map(|(rate, p99)| vec![rate, p99]), 2)
+    };
+    let paired = alternate(s.rounds, plain.tcp_target(), tls.tcp_target(), rate_over(0, run), load).await;
+    let (scenario, mode) = ("http-hello over TLS under wrk, 50 conns", "TLS vs plain (both portcullis)");
+    Ok(vec![paired.row(scenario, mode, "req/s", 0), paired.row(scenario, mode, "p99 µs", 1), paired.cpu_row(scenario, mode, "req")])
 }
 
 /// A service over 2 workers against the same over 1 (the baseline column is

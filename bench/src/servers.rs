@@ -166,16 +166,48 @@ fn portcullis_with(bin: &Path, guest: &Path, cache: &Path, args: &[&str]) -> Res
     portcullis_placed(bin, guest, cache, args, true)
 }
 
+/// `portcullis run` of example `name` on core 0 with a `tls://` listener
+/// (and `args`): its certificate and key made by `openssl` in `dir`.
+pub fn portcullis_example_tls(root: &Path, cache: &Path, name: &str, dir: &Path) -> Result<Server> {
+    std::fs::create_dir_all(dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl (apt-get install openssl)")?;
+    if !made.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let args = ["--listen", "tls://127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &key];
+    let guest = layout::guest(root, name).display().to_string();
+    let mut all = vec!["run", guest.as_str()];
+    all.extend_from_slice(&args);
+    spawn_portcullis(&layout::portcullis_bin(root), cache, &all, true)
+}
+
 /// `BIN run GUEST --listen 127.0.0.1:0 ARGS`, on core 0 if `pinned` (then it
 /// has one worker: the default is the cores it may use).
 fn portcullis_placed(bin: &Path, guest: &Path, cache: &Path, args: &[&str], pinned: bool) -> Result<Server> {
     let guest = guest.display().to_string();
     let mut all = vec!["run", guest.as_str(), "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let mut cmd = if pinned { on_core_0(bin, &all) } else { on_every_core(bin, &all) };
+    spawn_portcullis(bin, cache, &all, pinned)
+}
+
+/// `BIN ARGS` (a `run` with one listener), announced by its `listening on` line.
+fn spawn_portcullis(bin: &Path, cache: &Path, all: &[&str], pinned: bool) -> Result<Server> {
+    let mut cmd = if pinned { on_core_0(bin, all) } else { on_every_core(bin, all) };
     cmd.env("PORTCULLIS_CACHE_DIR", cache);
     let (child, mut out) = spawn(cmd)?;
-    let addr = line(&mut out)?.strip_prefix("listening on ").context("listening line")?.parse()?;
+    let line = line(&mut out)?;
+    let addr = line.strip_prefix("listening on ").context("listening line")?;
+    let addr = addr.strip_prefix("tls://").unwrap_or(addr).parse()?;
     Ok(Server { child, tcp: Some(addr), udp: None })
 }
 

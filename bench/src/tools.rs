@@ -58,14 +58,20 @@ pub fn rate_of(rates: &[RedisRate], test: &str) -> (f64, f64) {
 /// `wrk -t1 -c CONNS -d SECONDS --latency http://ADDR/`: requests per second
 /// and p99 latency in µs. Fails on any non-2xx answer or socket error.
 pub fn wrk(addr: SocketAddr, conns: usize, duration: Duration) -> Result<(f64, f64)> {
+    wrk_url(&format!("http://{addr}/"), conns, duration)
+}
+
+/// [`wrk`] of `url` (`https://` for TLS: wrk does not verify the
+/// certificate).
+pub fn wrk_url(url: &str, conns: usize, duration: Duration) -> Result<(f64, f64)> {
     let seconds = format!("{}s", duration.as_secs().max(1));
     let out = Command::new("wrk")
-        .args(["-t", "1", "-c", &conns.to_string(), "-d", &seconds, "--latency", &format!("http://{addr}/")])
+        .args(["-t", "1", "-c", &conns.to_string(), "-d", &seconds, "--latency", url])
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
-        bail!("wrk against {addr}: {text}");
+        bail!("wrk against {url}: {text}");
     }
     parse_wrk(&text)
 }
