@@ -439,6 +439,37 @@ async fn a_guest_tls_client_is_verified_against_the_operators_roots_and_the_name
     let _ = host.log();
 }
 
+#[tokio::test]
+async fn a_reload_serves_a_certificate_renewed_in_place_to_new_connections() {
+    let files = Files::new("renew");
+    let (host, addr, admin) = serve_tls("tls-renew", "scenarios", &files, &["--env", "MODE=tls-info"]);
+    let handshake = |ca: String| async move {
+        let tcp = connect_when_listening(addr).await;
+        connector(Path::new(&ca), None).connect("localhost".try_into().unwrap(), tcp).await
+    };
+    let mut before = handshake(files.path("ca.pem")).await.expect("the first certificate");
+    // The operator renews the certificate from another CA, in place, and signals.
+    let renewed = Ca::new("renewed CA");
+    let (cert, key) = renewed.leaf("localhost", &["localhost"]);
+    std::fs::write(files.dir.join("renewed-ca.pem"), renewed.pem()).unwrap();
+    std::fs::write(files.dir.join("server.pem"), cert).unwrap();
+    std::fs::write(files.dir.join("server.key"), key).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &host.pid().to_string()]).status().unwrap().success());
+    assert_eq!(metric_when(admin, "portcullis_reloads_total{service=\"scenarios.wasm\"}", 1.0), 1.0, "{}", host.log());
+    handshake(files.path("renewed-ca.pem")).await.expect("new connections get the renewed certificate");
+    assert!(handshake(files.path("ca.pem")).await.is_err(), "the old certificate is no longer served");
+    // The connection made before the reload goes on.
+    let mut line = [0u8; 4];
+    before.read_exact(&mut line).await.unwrap();
+    before.write_all(b"still here\n").await.unwrap();
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"still here\n") {
+        let mut byte = [0u8; 1];
+        before.read_exact(&mut byte).await.unwrap();
+        rest.push(byte[0]);
+    }
+}
+
 #[test]
 fn tls_settings_that_cannot_work_stop_the_start_with_a_clear_error() {
     let files = Files::new("settings");

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use crate::load;
 use crate::report::{Row, row};
 use crate::servers::{
-    Target, hyper_server, native_proxy, native_server, portcullis_example, portcullis_example_tls, portcullis_on_workers, portcullis_tcp,
-    portcullis_udp, portcullis_wasi_tcp, redis_server, wasmtime_serve, which,
+    Target, hyper_server, native_proxy, native_server, portcullis_example, portcullis_example_tls,
+    portcullis_on_workers, portcullis_tcp, portcullis_udp, portcullis_wasi_tcp, redis_server, wasmtime_serve, which,
 };
 use crate::stats::{Paired, alternate, median, rate_over};
 use crate::tools;
@@ -340,7 +340,11 @@ async fn tls_http_hello_under_wrk(s: &Settings, root: &Path, cache: &Path) -> Re
     };
     let paired = alternate(s.rounds, plain.tcp_target(), tls.tcp_target(), rate_over(0, run), load).await;
     let (scenario, mode) = ("http-hello over TLS under wrk, 50 conns", "TLS vs plain (both portcullis)");
-    Ok(vec![paired.row(scenario, mode, "req/s", 0), paired.row(scenario, mode, "p99 µs", 1), paired.cpu_row(scenario, mode, "req")])
+    Ok(vec![
+        paired.row(scenario, mode, "req/s", 0),
+        paired.row(scenario, mode, "p99 µs", 1),
+        paired.cpu_row(scenario, mode, "req"),
+    ])
 }
 
 /// A service over 2 workers against the same over 1 (the baseline column is
