@@ -440,7 +440,7 @@ async fn a_guest_tls_client_is_verified_against_the_operators_roots_and_the_name
 }
 
 #[tokio::test]
-async fn a_reload_serves_a_certificate_renewed_in_place_to_new_connections() {
+async fn a_reload_renews_a_certificate_in_place_for_new_connections() {
     let files = Files::new("renew");
     let (host, addr, admin) = serve_tls("tls-renew", "scenarios", &files, &["--env", "MODE=tls-info"]);
     let handshake = |ca: String| async move {
@@ -458,6 +458,10 @@ async fn a_reload_serves_a_certificate_renewed_in_place_to_new_connections() {
     assert_eq!(metric_when(admin, "portcullis_reloads_total{service=\"scenarios.wasm\"}", 1.0), 1.0, "{}", host.log());
     handshake(files.path("renewed-ca.pem")).await.expect("new connections get the renewed certificate");
     assert!(handshake(files.path("ca.pem")).await.is_err(), "the old certificate is no longer served");
+    // In place: no new version (a shared instance's state is kept).
+    let log = host.log();
+    assert!(log.contains("present the renewed certificate"), "{log}");
+    assert!(!log.contains("new connections go to the new version"), "{log}");
     // The connection made before the reload goes on.
     let mut line = [0u8; 4];
     before.read_exact(&mut line).await.unwrap();

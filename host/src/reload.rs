@@ -12,6 +12,7 @@
 //! WASI-backend service, which own their listeners or run to an end) is
 //! refused with one log line, and every service goes on as it was.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use crate::component::{Backend, ServiceComponent};
 use crate::config::{Instances, Listen, ServiceSpec};
 use crate::metrics::Metrics;
+use crate::net::tls::{ServerTls, TlsSettings};
 use crate::server::Runtime;
 
 /// The process's `SIGHUP`s, caught from now on: installed before anything
@@ -40,8 +42,8 @@ pub struct Running {
     pub name: String,
     listen: Vec<Listen>,
     instances: Instances,
-    /// What it runs: its spec and its component's bytes, hashed.
-    fingerprint: String,
+    /// What it runs: its spec and its files' bytes, hashed.
+    fingerprint: Fingerprint,
     /// Whether a reload may replace it (a service over the host's listeners).
     replaceable: bool,
     /// Every worker serving it watches this for a new version.
@@ -70,19 +72,43 @@ impl Running {
 }
 
 /// What a service runs, as text: its settings and a hash of its component.
-fn fingerprint(spec: &ServiceSpec) -> Result<String> {
-    let mut digest = Sha256::new();
-    // The files it reads, by their bytes: a certificate renewed in place
-    // is a change.
+fn fingerprint(spec: &ServiceSpec) -> Result<Fingerprint> {
+    let hash = |paths: &[&PathBuf]| -> Result<String> {
+        let mut digest = Sha256::new();
+        for path in paths {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            digest.update(Sha256::digest(&bytes));
+        }
+        Ok(digest.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    };
+    // What its listeners present (certificate, key, client CAs, ALPN) apart
+    // from the rest: a renewed certificate needs no new version.
     let tls = &spec.tls;
-    for path in
-        std::iter::once(&spec.component).chain([&tls.cert, &tls.key, &tls.client_ca, &tls.ca].into_iter().flatten())
-    {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        digest.update(Sha256::digest(&bytes));
-    }
-    let hex: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{spec:?} sha256:{hex}"))
+    let mut rest = spec.clone();
+    rest.tls = TlsSettings { cert: None, key: None, client_ca: None, alpn: Vec::new(), ..tls.clone() };
+    let served: Vec<&PathBuf> = [&tls.cert, &tls.key, &tls.client_ca].into_iter().flatten().collect();
+    let read: Vec<&PathBuf> = std::iter::once(&spec.component).chain(tls.ca.as_ref()).collect();
+    Ok(Fingerprint {
+        service: format!("{rest:?} sha256:{}", hash(&read)?),
+        certificate: format!("{:?} {:?} sha256:{}", served, tls.alpn, hash(&served)?),
+    })
+}
+
+/// What a reload compares: the service (spec, component, roots), and the
+/// certificate its `tls://` listeners present, the files by their bytes (a
+/// certificate renewed in place is a change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    service: String,
+    certificate: String,
+}
+
+/// What a reload does to one service.
+enum Change {
+    /// A new version takes new connections.
+    Version(Arc<ServiceComponent>),
+    /// Only its certificate changed: renewed in place.
+    Certificate(ServerTls),
 }
 
 /// The process's services and how to read them again.
@@ -118,16 +144,31 @@ impl Reloader {
                  start only)"
             ),
             Ok(changes) => {
-                for (index, loaded, fingerprint) in changes {
+                for (index, change, fingerprint) in changes {
                     let running = &mut self.running[index];
                     running.fingerprint = fingerprint;
-                    running.versions.send_replace(loaded.clone());
-                    loaded.metrics().reloads.inc();
-                    tracing::info!(
-                        service = %running.name,
-                        "reloaded: new connections go to the new version; open ones finish on the old \
-                         (closed after the stop's grace if still open)"
-                    );
+                    let current = running.versions.borrow().clone();
+                    match change {
+                        Change::Version(loaded) => {
+                            running.versions.send_replace(loaded.clone());
+                            tracing::info!(
+                                service = %running.name,
+                                "reloaded: new connections go to the new version; open ones finish on the old \
+                                 (closed after the stop's grace if still open)"
+                            );
+                        }
+                        Change::Certificate(renewed) => {
+                            if let Some(tls) = current.server_tls() {
+                                tls.renew(renewed);
+                            }
+                            tracing::info!(
+                                service = %running.name,
+                                "reloaded: new TLS handshakes present the renewed certificate; the instances and \
+                                 open connections go on"
+                            );
+                        }
+                    }
+                    current.metrics().reloads.inc();
                 }
             }
             Err(e) => {
@@ -139,7 +180,7 @@ impl Reloader {
 
     /// The new versions of the services that changed, loaded, or why the
     /// reload cannot be made.
-    async fn prepare(&self) -> Result<Vec<(usize, Arc<ServiceComponent>, String)>> {
+    async fn prepare(&self) -> Result<Vec<(usize, Change, Fingerprint)>> {
         let specs = (self.read_plan)()?;
         let names = |names: Vec<&str>| names.join(", ");
         let (now, then): (Vec<&str>, Vec<&str>) =
@@ -153,6 +194,11 @@ impl Reloader {
             let running = &self.running[index];
             let fingerprint = fingerprint(&spec).with_context(|| format!("service `{}`", spec.name))?;
             if fingerprint == running.fingerprint {
+                continue;
+            }
+            if fingerprint.service == running.fingerprint.service && running.replaceable {
+                let renewed = ServerTls::new(&spec.tls).with_context(|| format!("service `{}`", spec.name))?;
+                changes.push((index, Change::Certificate(renewed), fingerprint));
                 continue;
             }
             if !running.replaceable {
@@ -182,7 +228,7 @@ impl Reloader {
             crate::dispatch::instantiate_once(&loaded)
                 .await
                 .with_context(|| format!("service `{}`: the new version does not start", spec.name))?;
-            changes.push((index, loaded, fingerprint));
+            changes.push((index, Change::Version(loaded), fingerprint));
         }
         Ok(changes)
     }

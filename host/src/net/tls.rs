@@ -80,7 +80,8 @@ impl Default for TlsSettings {
 /// made from [`TlsSettings`], shared by every connection of one version of
 /// a service.
 pub struct ServerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
+    /// Swapped whole by [`ServerTls::renew`]; read once per handshake.
+    acceptor: std::sync::RwLock<tokio_rustls::TlsAcceptor>,
     timeout: Duration,
     /// A place per handshake under way (`max_handshakes`).
     pub handshakes: Arc<Semaphore>,
@@ -154,7 +155,7 @@ impl ServerTls {
             .with_context(|| format!("tls-cert {} with its tls-key", cert.display()))?;
         config.alpn_protocols = alpn_list(&settings.alpn)?;
         Ok(ServerTls {
-            acceptor: Arc::new(config).into(),
+            acceptor: std::sync::RwLock::new(Arc::new(config).into()),
             timeout: settings.handshake_timeout,
             handshakes: Arc::new(Semaphore::new(settings.max_handshakes.clamp(1, Semaphore::MAX_PERMITS))),
         })
@@ -164,7 +165,8 @@ impl ServerTls {
     /// handshake time-out. What the client sent after its handshake stays
     /// in the returned connection, for the first read.
     pub async fn handshake(&self, stream: TcpStream) -> Result<(TcpStream, rustls::Connection), HandshakeError> {
-        match tokio::time::timeout(self.timeout, self.acceptor.accept(stream)).await {
+        let acceptor = self.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match tokio::time::timeout(self.timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 let (stream, conn) = tls.into_inner();
                 Ok((stream, rustls::Connection::Server(conn)))
@@ -172,6 +174,17 @@ impl ServerTls {
             Ok(Err(e)) => Err(HandshakeError::Refused(e)),
             Err(_) => Err(HandshakeError::Timeout),
         }
+    }
+}
+
+impl ServerTls {
+    /// Serves `renewed`'s certificate (and client CAs, ALPN) from the next
+    /// handshake on; handshakes under way finish with the one they began
+    /// with. A reload that changes only these files renews in place: the
+    /// service's instances and open connections go on.
+    pub fn renew(&self, renewed: ServerTls) {
+        let acceptor = renewed.acceptor.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
     }
 }
 
