@@ -499,7 +499,7 @@ fn tls_settings_that_cannot_work_stop_the_start_with_a_clear_error() {
     // The key of another certificate.
     let other = files.path("alice.key");
     let stderr = run(&["--listen", "tls://127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &other]);
-    assert!(stderr.contains("with its tls-key"), "{stderr}");
+    assert!(stderr.contains("tls-key does not match the first certificate of tls-cert"), "{stderr}");
     let stderr = run(&["--listen", "udp://127.0.0.1:0"]);
     assert!(stderr.contains("`udp://` is not a listener"), "{stderr}");
     // The WASI backend binds its own sockets: the host has no TLS to add.

@@ -239,13 +239,14 @@ impl Connection {
 pub struct TlsInfo {
     /// `TLSv1.3` or `TLSv1.2`.
     pub protocol: String,
-    /// The cipher suite's IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    /// The cipher suite as rustls names it, e.g. `TLS13_AES_128_GCM_SHA256`.
     pub cipher_suite: String,
     /// The protocol ALPN agreed on (`h2`, `http/1.1`...), if any.
     pub alpn: Option<String>,
     /// The name the client asked for (SNI), on an accepted connection.
     pub server_name: Option<String>,
-    /// The peer certificate's subject (`CN=alice, O=Example`): a client's,
+    /// The peer certificate's subject as RFC 4514 text (`CN=alice,O=Example`,
+    /// every special character escaped): a client's,
     /// verified against the operator's `--tls-client-ca`, when the listener
     /// asks for one; the server's on a client connection.
     pub peer_subject: Option<String>,

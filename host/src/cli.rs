@@ -265,6 +265,15 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
                         server::Listening { socket, transport }
                     })
                     .collect();
+                let tls_wanted = spec.listen.iter().any(|l| l.transport == Transport::Tls);
+                if tls_wanted && !inherited.is_empty() && inherited.iter().all(|l| l.transport == Transport::Tcp) {
+                    // A port typo must not serve plaintext where TLS was meant.
+                    bail!(
+                        "service `{}` lists tls:// addresses, but no socket the service manager passed has their \
+                         port: a passed socket serves TLS when a tls:// listen address has its port",
+                        spec.name
+                    );
+                }
                 if !inherited.is_empty() {
                     loaded.require_callbacks()?;
                     if !spec.listen.is_empty() {

@@ -208,9 +208,19 @@ impl ServiceSettings {
             }
             _ => {}
         }
-        if !tls_listeners && (self.tls_client_ca.is_some() || !self.tls_alpn.is_empty()) {
-            let key = if self.tls_client_ca.is_some() { "tls-client-ca" } else { "tls-alpn" };
-            return Err(SettingError { key, problem: "is for tls:// listeners, and no listen address is one".into() });
+        if !tls_listeners {
+            let unused = [
+                ("tls-client-ca", self.tls_client_ca.is_some()),
+                ("tls-alpn", !self.tls_alpn.is_empty()),
+                ("tls-handshake-timeout-ms", self.tls_handshake_timeout_ms.is_some()),
+                ("tls-max-handshakes", self.tls_max_handshakes.is_some()),
+            ];
+            if let Some((key, _)) = unused.into_iter().find(|(_, given)| *given) {
+                return Err(SettingError {
+                    key,
+                    problem: "is for tls:// listeners, and no listen address is one".into(),
+                });
+            }
         }
         let tls = &mut spec.tls;
         if let Some(ms) = at_least_one("tls-handshake-timeout-ms", self.tls_handshake_timeout_ms)? {

@@ -131,8 +131,16 @@ impl ServerTls {
             bail!("a tls:// listener needs tls-cert and tls-key");
         };
         let chain = read_certs(cert, "tls-cert")?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| anyhow::anyhow!("tls-key {}: {}", key.display(), pem_problem(&e)))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            let problem = match e {
+                rustls::pki_types::pem::Error::NoItemsFound => {
+                    "no unencrypted private key in it (PEM: PKCS#8, PKCS#1 or SEC1; an encrypted key is not read)"
+                        .to_string()
+                }
+                e => pem_problem(&e),
+            };
+            anyhow::anyhow!("tls-key {}: {problem}", key.display())
+        })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -150,9 +158,14 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder
-            .with_single_cert(chain, key)
-            .with_context(|| format!("tls-cert {} with its tls-key", cert.display()))?;
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
+                "tls-key does not match the first certificate of tls-cert {} (the service's own certificate \
+                 comes first, then its issuers)",
+                cert.display()
+            ),
+            e => anyhow::anyhow!("tls-cert {} with its tls-key: {e}", cert.display()),
+        })?;
         config.alpn_protocols = alpn_list(&settings.alpn)?;
         Ok(ServerTls {
             acceptor: std::sync::RwLock::new(Arc::new(config).into()),
@@ -262,7 +275,15 @@ impl ClientTls {
                 let (stream, conn) = tls.into_inner();
                 Ok((stream, rustls::Connection::Client(conn)))
             }
-            Ok(Err(e)) => Err(failed(format!("handshake failed: {e}"))),
+            Ok(Err(e)) => {
+                let hint = match e.to_string() {
+                    text if text.contains("UnknownIssuer") => {
+                        " (the operator's --tls-ca, or the system's roots, do not hold its CA)"
+                    }
+                    _ => "",
+                };
+                Err(failed(format!("handshake failed: {e}{hint}")))
+            }
             Err(_) => Err(failed("handshake timed out".into())),
         }
     }
@@ -273,14 +294,14 @@ impl ClientTls {
 pub struct TlsInfo {
     /// `TLSv1.3` or `TLSv1.2`.
     pub protocol: String,
-    /// The cipher suite's IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    /// The cipher suite as rustls names it, e.g. `TLS13_AES_128_GCM_SHA256`.
     pub cipher_suite: String,
     /// The protocol ALPN agreed on, if any.
     pub alpn: Option<String>,
     /// The name the client asked for (SNI), on an accepted connection.
     pub server_name: Option<String>,
-    /// The peer certificate's subject (`CN=alice, O=Example`), when the
-    /// peer gave one: a client under `--tls-client-ca`, or any server.
+    /// The peer certificate's subject as RFC 4514 text (`CN=alice,O=Example`),
+    /// when the peer gave one: a client under `--tls-client-ca`, or any server.
     pub peer_subject: Option<String>,
 }
 
@@ -303,11 +324,85 @@ impl TlsInfo {
     }
 }
 
-/// A certificate's subject as RFC 4514 text, or `None` if it does not parse
-/// (rustls verified it; a subject it cannot print is no reason to refuse).
+/// A certificate's subject as RFC 4514 text (`CN=alice,O=Example`): the
+/// last RDN first, `TYPE=value` with RFC 4514's short names (`CN`, `L`,
+/// `ST`, `O`, `OU`, `C`, `STREET`, `DC`, `UID`) or the dotted OID, `+`
+/// between the attributes of one RDN. Every special character of a value is
+/// escaped (`\,`, control characters as `\0A`), so two different subjects
+/// never read the same; a value that is not text is `#` and its DER in hex.
+/// `None` if the certificate does not parse (rustls verified it; a subject
+/// it cannot print is no reason to refuse).
 fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::ToDer;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(parsed.subject().to_string())
+    let mut rdns: Vec<String> = parsed
+        .subject()
+        .iter_rdn()
+        .map(|rdn| {
+            let attributes: Vec<String> = rdn
+                .iter()
+                .map(|attr| {
+                    let oid = attr.attr_type().to_id_string();
+                    let value = match attr.as_str() {
+                        Ok(text) => rfc4514_escape(text),
+                        Err(_) => {
+                            let der = attr.attr_value().to_der_vec().unwrap_or_default();
+                            format!("#{}", der.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                        }
+                    };
+                    format!("{}={value}", short_name(&oid).unwrap_or(&oid))
+                })
+                .collect();
+            attributes.join("+")
+        })
+        .collect();
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+/// RFC 4514's short name of an attribute type (section 3).
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.6" => "C",
+        "2.5.4.9" => "STREET",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        _ => return None,
+    })
+}
+
+/// A value as RFC 4514 writes it (section 2.4): `"+,;<>\` escaped, a
+/// leading space or `#` and a trailing space escaped, control characters
+/// as `\XX`.
+fn rfc4514_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' | '#' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut bytes = [0u8; 4];
+                for b in c.encode_utf8(&mut bytes).bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Every certificate in the PEM file at `path`; at least one.
@@ -340,4 +435,22 @@ fn alpn_list(names: &[String]) -> Result<Vec<Vec<u8>>> {
             Ok(name.as_bytes().to_vec())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_escaped_so_that_none_reads_as_another() {
+        assert_eq!(rfc4514_escape("alice"), "alice");
+        // A CN chosen to look like two attributes stays one.
+        assert_eq!(rfc4514_escape("alice, O=Example"), "alice\\, O=Example");
+        assert_eq!(rfc4514_escape(" #lead"), "\\ #lead");
+        assert_eq!(rfc4514_escape("#x trail "), "\\#x trail\\ ");
+        assert_eq!(rfc4514_escape("a+b;c<d>e\"f\\g"), "a\\+b\\;c\\<d\\>e\\\"f\\\\g");
+        assert_eq!(rfc4514_escape("line\nbreak"), "line\\0Abreak");
+        assert_eq!(short_name("2.5.4.3"), Some("CN"));
+        assert_eq!(short_name("1.2.840.113549.1.9.1"), None, "emailAddress is no RFC 4514 name: its OID");
+    }
 }
