@@ -636,3 +636,23 @@ async fn a_connection_the_memory_budget_cannot_fit_is_counted_as_such() {
     let metrics = metrics_when(admin, series, 1.0);
     assert_eq!(sample(&metrics, series), Some(1.0), "{metrics}\n{}", host.log());
 }
+
+#[tokio::test]
+async fn guest_cpu_seconds_count_the_guests_work_and_not_its_waits() {
+    let args = ["--env", "MODE=work", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let mut host = HostProcess::start("admin-cpu", "scenarios", &args, None);
+    let addr = host.listening_on();
+    let admin = admin_address(&mut host);
+    let series = "portcullis_guest_cpu_seconds_total{service=\"scenarios.wasm\"}";
+    let read = || sample(&curl("GET", &format!("http://{admin}/metrics")).1, series).expect("the series");
+    // A client that connects and sends nothing for a while costs no guest time.
+    let mut client = connect_when_listening(addr).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle = read();
+    assert!(idle < 0.2, "{idle} s counted for a guest that only waited");
+    // `work 400` computes for 400 ms of wall time: at least a third of a
+    // core's worth even beside two busy loops.
+    assert_eq!(round_trip(&mut client, b"work 400").await, b"work 400");
+    let worked = read() - idle;
+    assert!((0.1..10.0).contains(&worked), "{worked} s counted for 400 ms of work");
+}

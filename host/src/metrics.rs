@@ -10,6 +10,7 @@
 //! a callback): one relaxed add, no lock. Labels are resolved once, when a
 //! service is loaded ([`Metrics::service`]), not per event.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -184,6 +185,7 @@ struct Families {
     reloads: Family<ServiceLabel, Counter>,
     tls_handshakes: Family<ServiceLabel, Counter>,
     tls_handshake_failures: Family<HandshakeLabels, Counter>,
+    guest_cpu_seconds: Family<ServiceLabel, Counter<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -212,6 +214,11 @@ impl Metrics {
         registry.register("denials", "Requests the grants refused (operation)", f.denials.clone());
         registry.register("instances_live", "Instances alive now, spares included", f.instances_live.clone());
         registry.register("reloads", "Reloads that changed the service", f.reloads.clone());
+        registry.register(
+            "guest_cpu_seconds",
+            "Time the guest's code ran: each entry to its return, less waits and yields",
+            f.guest_cpu_seconds.clone(),
+        );
         registry.register("tls_handshakes", "TLS handshakes finished on tls:// listeners", f.tls_handshakes.clone());
         registry.register(
             "tls_handshake_failures",
@@ -277,6 +284,7 @@ impl Metrics {
             instances_live: f.instances_live.get_or_create_owned(&service()),
             reloads: f.reloads.get_or_create_owned(&service()),
             tls_handshakes: f.tls_handshakes.get_or_create_owned(&service()),
+            guest_cpu_seconds: f.guest_cpu_seconds.get_or_create_owned(&service()),
             handshake_failures: [handshake(HandshakeFailure::timeout), handshake(HandshakeFailure::error)],
         })
     }
@@ -317,6 +325,8 @@ pub struct ServiceMetrics {
     pub reloads: Counter,
     /// TLS handshakes finished.
     pub tls_handshakes: Counter,
+    /// Seconds the guest's code ran (see `limits::cpu::CpuUse::leaving_guest`).
+    pub guest_cpu_seconds: Counter<f64, AtomicU64>,
     handshake_failures: [Counter; 2],
 }
 

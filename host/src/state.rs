@@ -65,6 +65,7 @@ impl HostState {
         forced_stop: CancellationToken,
     ) -> Self {
         let live = net.metrics.instance_made();
+        let cpu = CpuUse::new(limits.callback_cpu, net.metrics.guest_cpu_seconds.clone());
         HostState {
             table: ResourceTable::new(),
             wasi: None,
@@ -73,7 +74,7 @@ impl HostState {
             net,
             wasi_sockets,
             limiter: InstanceLimiter::new(memory),
-            cpu: CpuUse::new(limits.callback_cpu),
+            cpu,
             forced_stop,
             _live: live,
         }
@@ -154,7 +155,7 @@ pub fn new_store(engine: &Engine, mut state: HostState, limits: &Limits) -> Stor
             CallHook::CallingHost => cpu.calling_host(),
             CallHook::ReturningFromHost => cpu.returning_from_host(),
             CallHook::CallingWasm => cpu.entering_guest(),
-            CallHook::ReturningFromWasm => {}
+            CallHook::ReturningFromWasm => cpu.leaving_guest(),
         }
         Ok(())
     });

@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::engine::EPOCH_TICK;
 
 /// CPU time the guest has run since it last truly waited, against its
@@ -41,14 +43,27 @@ pub struct CpuUse {
     pub limit: Duration,
     /// Host calls under way (the guest is inside one while this is not 0).
     host_calls: u32,
+    /// Where the time the guest runs is counted: its service's
+    /// `portcullis_guest_cpu_seconds_total` (see [`CpuUse::leaving_guest`]).
+    ran: Counter<f64, AtomicU64>,
 }
 
 /// A reading of one thread's CPU clock; `NONE` in `cpu_nanos`: not taken
-/// since the last restart or yield.
+/// since the last restart or yield. With it, when the guest's current run
+/// began ([`clock_nanos`]; `NONE`: it is not running), for the time it ran.
 #[derive(Default)]
 struct Reading {
     cpu_nanos: AtomicU64,
     thread: AtomicU64,
+    run_since: AtomicU64,
+}
+
+/// Nanoseconds since the process first asked: a monotonic reading that costs
+/// ~20 ns (vDSO). The thread's CPU clock costs a system call (~400 ns), too
+/// much for every entry into a guest.
+fn clock_nanos() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
 }
 
 const NONE: u64 = u64::MAX;
@@ -61,6 +76,17 @@ impl Reading {
 
     fn forget(&self) {
         self.cpu_nanos.store(NONE, Ordering::Relaxed);
+    }
+
+    /// The guest (re)starts running.
+    fn run_starts(&self) {
+        self.run_since.store(clock_nanos(), Ordering::Relaxed);
+    }
+
+    /// The guest stops running: the time since it started, if it was.
+    fn run_ends(&self) -> Option<Duration> {
+        let since = self.run_since.swap(NONE, Ordering::Relaxed);
+        (since != NONE).then(|| Duration::from_nanos(clock_nanos().saturating_sub(since)))
     }
 }
 
@@ -76,10 +102,12 @@ pub enum AtEpoch {
 }
 
 impl CpuUse {
-    pub fn new(limit: Duration) -> Self {
+    /// A guest under `limit`, its running time counted in `ran`.
+    pub fn new(limit: Duration, ran: Counter<f64, AtomicU64>) -> Self {
         let reading = Arc::new(Reading::default());
         reading.forget();
-        CpuUse { used: Duration::ZERO, reading, limit, host_calls: 0 }
+        reading.run_since.store(NONE, Ordering::Relaxed);
+        CpuUse { used: Duration::ZERO, reading, limit, host_calls: 0, ran }
     }
 
     /// The guest calls into the host.
@@ -98,6 +126,34 @@ impl CpuUse {
     pub fn entering_guest(&mut self) {
         if self.host_calls == 0 {
             self.restart();
+            self.reading.run_starts();
+        }
+    }
+
+    /// The guest returns to the event loop (a callback ends, or its task
+    /// waits): the time since it was entered counts as its running time,
+    /// less waits inside host calls and yields at a tick. A run shorter
+    /// than a tick is timed by the monotonic clock (~20 ns a reading: two
+    /// per entry), so on a loaded machine what the kernel takes from the
+    /// worker thread meanwhile counts too; a longer run by the thread's CPU
+    /// clock from its first tick on.
+    pub fn leaving_guest(&mut self) {
+        if self.host_calls == 0 {
+            self.book_run();
+        }
+    }
+
+    /// Books the time run since the entry (the monotonic clock), or, in a
+    /// run longer than a tick, the thread's CPU time since the last tick's
+    /// reading (the thread's clock: a system call, once per such run).
+    fn book_run(&self) {
+        let ran = self.reading.run_ends().or_else(|| {
+            let cpu = self.reading.cpu_nanos.load(Ordering::Relaxed);
+            let same_thread = self.reading.thread.load(Ordering::Relaxed) == thread_key();
+            (cpu != NONE && same_thread).then(|| Duration::from_nanos(thread_cpu_nanos().saturating_sub(cpu)))
+        });
+        if let Some(ran) = ran {
+            self.ran.inc_by(ran.as_secs_f64());
         }
     }
 
@@ -109,6 +165,9 @@ impl CpuUse {
     pub fn wait_ended(&mut self) {
         if self.host_calls > 0 {
             self.restart();
+            // Its running time leaves the wait out (and what ran since the
+            // last tick before it: at most a tick per wait goes uncounted).
+            self.reading.run_starts();
         }
     }
 
@@ -131,19 +190,26 @@ impl CpuUse {
         let same_thread = self.reading.thread.load(Ordering::Relaxed) == thread_key();
         if cpu == NONE || !same_thread {
             // Just (re)started, or resumed on another thread (a runtime with
-            // several workers): count from here.
+            // several workers): count from here. A run this long is timed by
+            // the thread's CPU clock from now on (the monotonic clock would
+            // count what other threads take from this one).
+            if let Some(ran) = self.reading.run_ends() {
+                self.ran.inc_by(ran.as_secs_f64());
+            }
             self.reading.take_now();
             return AtEpoch::Continue;
         }
         let ran = Duration::from_nanos(thread_cpu_nanos().saturating_sub(cpu));
         if self.used + ran >= self.limit {
             self.used += ran;
+            self.ran.inc_by(ran.as_secs_f64());
             return AtEpoch::Exceeded;
         }
         if ran < EPOCH_TICK {
             return AtEpoch::Continue;
         }
         self.used += ran;
+        self.ran.inc_by(ran.as_secs_f64());
         self.reading.forget();
         AtEpoch::Yield
     }
@@ -192,7 +258,7 @@ mod tests {
 
     #[test]
     fn computing_counts_and_traps_past_the_bound() {
-        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        let mut cpu = CpuUse::new(Duration::from_millis(50), Counter::default());
         assert_eq!(cpu.at_epoch(), AtEpoch::Continue, "the first check only takes a reading");
         let mut yields = 0;
         let outcome = loop {
@@ -212,7 +278,7 @@ mod tests {
 
     #[test]
     fn sleeping_counts_nothing() {
-        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        let mut cpu = CpuUse::new(Duration::from_millis(50), Counter::default());
         cpu.at_epoch();
         std::thread::sleep(Duration::from_millis(120));
         assert_eq!(cpu.at_epoch(), AtEpoch::Continue, "wall time is no CPU time");
@@ -224,7 +290,7 @@ mod tests {
     /// whole bound when it enters.
     #[test]
     fn each_entry_from_the_event_loop_gets_the_whole_bound() {
-        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        let mut cpu = CpuUse::new(Duration::from_millis(50), Counter::default());
         cpu.wait_ended();
         cpu.wait_ended();
         for task in ["first", "second"] {
@@ -238,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_wait_ending_while_the_guest_runs_restarts_nothing() {
-        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        let mut cpu = CpuUse::new(Duration::from_millis(50), Counter::default());
         cpu.entering_guest();
         cpu.at_epoch();
         spin(Duration::from_millis(30));
@@ -252,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_wait_inside_a_host_call_restarts_at_once() {
-        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        let mut cpu = CpuUse::new(Duration::from_millis(50), Counter::default());
         cpu.at_epoch();
         spin(Duration::from_millis(40));
         assert_eq!(cpu.at_epoch(), AtEpoch::Yield);
@@ -266,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_restart_forgets_what_was_used() {
-        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        let mut cpu = CpuUse::new(Duration::from_millis(50), Counter::default());
         cpu.at_epoch();
         spin(Duration::from_millis(40));
         assert_eq!(cpu.at_epoch(), AtEpoch::Yield);
@@ -279,7 +345,7 @@ mod tests {
 
     #[test]
     fn another_threads_clock_is_never_compared() {
-        let mut cpu = CpuUse::new(Duration::from_millis(50));
+        let mut cpu = CpuUse::new(Duration::from_millis(50), Counter::default());
         cpu.at_epoch();
         spin(Duration::from_millis(60));
         let cpu = std::thread::spawn(move || {
