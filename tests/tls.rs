@@ -474,6 +474,95 @@ async fn a_reload_renews_a_certificate_in_place_for_new_connections() {
     }
 }
 
+/// `portcullis run GUEST` on a `tls://` listener and a plain one, with
+/// `args`: the process, the TLS address and the plain one.
+fn serve_both(test: &str, guest: &str, files: &Files, args: &[&str]) -> (HostProcess, SocketAddr, SocketAddr) {
+    let mut all: Vec<String> =
+        vec!["--listen".into(), "tls://127.0.0.1:0".into(), "--listen".into(), "127.0.0.1:0".into()];
+    all.extend(files.server_args());
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut host = HostProcess::start(test, guest, &all, None);
+    let tls = host.listening_on();
+    let plain = host.listening_on();
+    (host, tls, plain)
+}
+
+/// A TLS client of `addr` trusting the test CA.
+async fn tls_client(files: &Files, addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = connect_when_listening(addr).await;
+    let connecting = connector(Path::new(&files.path("ca.pem")), None).connect("localhost".try_into().unwrap(), tcp);
+    tokio::time::timeout(Duration::from_secs(20), connecting).await.expect("a handshake in time").expect("a handshake")
+}
+
+#[tokio::test]
+async fn a_client_that_resets_in_the_middle_of_a_download_stalls_nothing() {
+    let files = Files::new("abort");
+    let (_host, tls, plain) = serve_both("tls-abort", "scenarios", &files, &["--env", "MODE=stream-out"]);
+    for _ in 0..3 {
+        let mut download = tls_client(&files, tls).await;
+        download.write_all(b"go").await.unwrap();
+        let mut got = vec![0u8; 4 << 20];
+        download.read_exact(&mut got).await.unwrap();
+        // Gone with the rest unread: the kernel answers the host's next
+        // writes with a reset.
+        let (tcp, _) = download.into_inner();
+        socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(tcp);
+    }
+    // The worker is free: both listeners serve a new client at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = tls_client(&files, tls).await;
+    again.write_all(b"go").await.unwrap();
+    let mut first = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(10), again.read_exact(&mut first)).await.expect("served").unwrap();
+    let mut client = connect_when_listening(plain).await;
+    client.write_all(b"go").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut first)).await.expect("served").unwrap();
+}
+
+#[tokio::test]
+async fn one_write_of_twenty_mebibytes_arrives_whole() {
+    let files = Files::new("big-write");
+    let args = ["--env", "MODE=big-writes", "--env", "COUNT=1", "--env", "WRITE_MIB=20", "--max-memory", "256MiB"];
+    let (_host, tls, _plain) = serve_both("tls-big-write", "hostile", &files, &args);
+    for _ in 0..2 {
+        let mut client = tls_client(&files, tls).await;
+        client.write_all(b"go").await.unwrap();
+        let mut got = vec![0u8; 20 << 20];
+        tokio::time::timeout(Duration::from_secs(60), client.read_exact(&mut got))
+            .await
+            .expect("all 20 MiB within a minute")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_the_handshakes() {
+    let files = Files::new("per-ip");
+    let (_host, addr, admin) = serve_tls(
+        "tls-per-ip",
+        "scenarios",
+        &files,
+        &["--env", "MODE=tls-info", "--tls-max-handshakes", "8", "--tls-max-handshakes-per-ip", "4"],
+    );
+    // 127.0.0.2 opens silent connections past its share: the rest are closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(addr).await.unwrap());
+    }
+    let overflow =
+        "portcullis_downstream_cx_overflow_total{service=\"scenarios.wasm\",reason=\"handshake_per_address_cap\"}";
+    assert_eq!(metric_when(admin, overflow, 6.0), 6.0);
+    // Another client is served at once: the silent ones hold 4 of 8 places.
+    let mut honest = tls_client(&files, addr).await;
+    let mut first = [0u8; 4];
+    honest.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"tls ");
+}
+
 #[test]
 fn tls_settings_that_cannot_work_stop_the_start_with_a_clear_error() {
     let files = Files::new("settings");

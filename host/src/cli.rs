@@ -176,8 +176,15 @@ static LOG_FLUSH: std::sync::Mutex<Option<tracing_appender::non_blocking::Worker
 /// terminal; `json`: tracing-subscriber's JSON lines, fields at the top level.
 fn init_logging(json: bool) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rustls logs each bad handshake in its own words (a client's 60 KB
+    // name, whole): a client could flood the log past the coalescing. The
+    // host's own coalesced line reports them. `RUST_LOG=rustls=...` still
+    // turns them on.
+    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("rustls")) {
+        filter = filter.add_directive("rustls=off".parse().expect("a directive"));
+    }
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {

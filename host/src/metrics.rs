@@ -35,8 +35,11 @@ pub enum Overflow {
     /// instance (past the wait for spares to give some back), closed.
     memory_budget,
     /// `--tls-max-handshakes` handshakes under way: the listener paused
-    /// accepting (the client waited in the backlog).
+    /// accepting (the client waited in the backlog). Counts the pauses.
     handshake_cap,
+    /// `--tls-max-handshakes-per-ip` handshakes under way from the client's
+    /// address: closed at once.
+    handshake_per_address_cap,
 }
 
 /// Why a TLS handshake on a `tls://` listener did not finish.
@@ -258,6 +261,7 @@ impl Metrics {
                 overflow(Overflow::pool),
                 overflow(Overflow::memory_budget),
                 overflow(Overflow::handshake_cap),
+                overflow(Overflow::handshake_per_address_cap),
             ],
             rx_bytes: f.cx_rx_bytes.get_or_create_owned(&service()),
             tx_bytes: f.cx_tx_bytes.get_or_create_owned(&service()),
@@ -309,7 +313,7 @@ pub struct ServiceMetrics {
     pub cx_active: Gauge,
     /// Connections closed.
     pub cx_destroy: Counter,
-    overflow: [Counter; 5],
+    overflow: [Counter; 6],
     /// Bytes received from clients.
     pub rx_bytes: Counter,
     /// Bytes sent to clients.

@@ -132,6 +132,11 @@ pub struct ServiceSettings {
     /// wait in the listen backlog [default: 256].
     #[arg(long = "tls-max-handshakes", value_name = "N", conflicts_with = "manifest")]
     pub tls_max_handshakes: Option<u64>,
+    /// The most TLS handshakes one client address (an IPv4 address or an
+    /// IPv6 /64) may have under way; a further one is closed at once
+    /// [default: 16].
+    #[arg(long = "tls-max-handshakes-per-ip", value_name = "N", conflicts_with = "manifest")]
+    pub tls_max_handshakes_per_ip: Option<u64>,
     /// The CAs (PEM) the guest's TLS client connections are verified
     /// against [default: the system's].
     #[arg(long = "tls-ca", value_name = "FILE", conflicts_with = "manifest")]
@@ -214,6 +219,7 @@ impl ServiceSettings {
                 ("tls-alpn", !self.tls_alpn.is_empty()),
                 ("tls-handshake-timeout-ms", self.tls_handshake_timeout_ms.is_some()),
                 ("tls-max-handshakes", self.tls_max_handshakes.is_some()),
+                ("tls-max-handshakes-per-ip", self.tls_max_handshakes_per_ip.is_some()),
             ];
             if let Some((key, _)) = unused.into_iter().find(|(_, given)| *given) {
                 return Err(SettingError {
@@ -228,6 +234,9 @@ impl ServiceSettings {
         }
         if let Some(n) = at_least_one("tls-max-handshakes", self.tls_max_handshakes)? {
             tls.max_handshakes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = at_least_one("tls-max-handshakes-per-ip", self.tls_max_handshakes_per_ip)? {
+            tls.max_handshakes_per_ip = usize::try_from(n).unwrap_or(usize::MAX);
         }
         let in_base = |path: PathBuf| base.map_or(path.clone(), |base| base.join(&path));
         tls.cert = self.tls_cert.map(in_base);
@@ -422,6 +431,8 @@ mod tests {
             "3000",
             "--tls-max-handshakes",
             "64",
+            "--tls-max-handshakes-per-ip",
+            "4",
             "--tls-ca",
             "roots.pem",
         ])
@@ -451,6 +462,7 @@ mod tests {
             tls-alpn = ["h2", "http/1.1"]
             tls-handshake-timeout-ms = 3000
             tls-max-handshakes = 64
+            tls-max-handshakes-per-ip = 4
             tls-ca = "roots.pem"
             "#,
         )

@@ -129,6 +129,11 @@ impl PerAddress {
         Arc::new(PerAddress { max: max.get(), open: Mutex::default() })
     }
 
+    /// The most connections one address may hold.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// A place for one more connection from `peer` (by [`address_key`]),
     /// or `None` when that address holds its most.
     pub fn take(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {

@@ -151,6 +151,15 @@ pub async fn accept_loop(
                 admission.accept_failures.warn(|| "a tls:// listener with no TLS settings: closed".into());
                 continue;
             };
+            // One client address holds a share of the places at most.
+            let Some(address_place) = tls.per_address.take(peer.ip()) else {
+                admission.metrics.overflow(Overflow::handshake_per_address_cap);
+                let max = tls.per_address.max();
+                admission.handshake_failures.warn(|| {
+                    format!("TLS handshake from {peer} refused: it has {max} under way (--tls-max-handshakes-per-ip)")
+                });
+                continue;
+            };
             let place = match tls.handshakes.clone().try_acquire_owned() {
                 Ok(place) => place,
                 Err(_) => {
@@ -166,7 +175,7 @@ pub async fn accept_loop(
             };
             let (route, stop) = (route.clone(), stop.clone());
             tokio::spawn(async move {
-                let _place = place;
+                let _places = (place, address_place);
                 let finished = tokio::select! {
                     r = tls.handshake(stream) => r,
                     _ = stop.cancelled() => return,

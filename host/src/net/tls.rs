@@ -14,6 +14,7 @@
 //! After the handshake, `net::tcp` drives the `rustls::Connection` on the
 //! same socket readiness as a plain connection.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use super::admission::PerAddress;
 use super::error::{CONNECT_FAILED, SocketError};
 use crate::metrics::HandshakeFailure;
 
@@ -34,6 +36,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// listeners and workers); more clients wait in the listen backlog, as at
 /// `--max-connections`.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+
+/// How many handshakes one client address (an IPv4 address or an IPv6
+/// /64) may have under way at once by default; a further one is closed
+/// at once, so that one client cannot hold every place of
+/// [`DEFAULT_MAX_HANDSHAKES`].
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 16;
 
 /// The longest ALPN protocol name (RFC 7301 allows 255 bytes).
 const MAX_ALPN: usize = 255;
@@ -60,6 +68,9 @@ pub struct TlsSettings {
     /// How many handshakes the service runs at once; further clients wait
     /// in the listen backlog.
     pub max_handshakes: usize,
+    /// How many of them one client address may have; a further one is
+    /// closed at once.
+    pub max_handshakes_per_ip: usize,
 }
 
 impl Default for TlsSettings {
@@ -72,6 +83,7 @@ impl Default for TlsSettings {
             ca: None,
             handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
         }
     }
 }
@@ -85,6 +97,8 @@ pub struct ServerTls {
     timeout: Duration,
     /// A place per handshake under way (`max_handshakes`).
     pub handshakes: Arc<Semaphore>,
+    /// A place per handshake under way, per client address (`max_handshakes_per_ip`).
+    pub per_address: Arc<PerAddress>,
 }
 
 /// Why a handshake did not finish; counted by this name
@@ -171,6 +185,9 @@ impl ServerTls {
             acceptor: std::sync::RwLock::new(Arc::new(config).into()),
             timeout: settings.handshake_timeout,
             handshakes: Arc::new(Semaphore::new(settings.max_handshakes.clamp(1, Semaphore::MAX_PERMITS))),
+            per_address: PerAddress::new(
+                NonZeroUsize::new(settings.max_handshakes_per_ip).unwrap_or(NonZeroUsize::MIN),
+            ),
         })
     }
 

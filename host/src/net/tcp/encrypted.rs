@@ -212,7 +212,11 @@ impl TcpConn {
         tokio::spawn(async move {
             loop {
                 if let Err(e) = conn.flush_all().await {
+                    // The peer is gone (reset, broken pipe): nothing more
+                    // can be sent. Closed, so that nothing tries again.
                     tracing::debug!(id = conn.id(), "TLS flush failed: {}", e.message);
+                    conn.close();
+                    return;
                 }
                 let session = conn.session().expect("a TLS connection");
                 session.flushing.store(false, Ordering::Release);

@@ -185,14 +185,21 @@ impl TcpConn {
         use super::error::CONNECT_FAILED;
         let started = tokio::time::Instant::now();
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        let mut tls_failure = None;
         for addr in addrs {
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let (stream, session) = match tls {
                         Some((client, host)) => {
                             let left = connect_timeout.saturating_sub(started.elapsed());
-                            let (stream, session) = client.handshake(stream, host, left).await?;
-                            (stream, Some(session))
+                            match client.handshake(stream, host, left).await {
+                                Ok((stream, session)) => (stream, Some(session)),
+                                // The next address may be another server.
+                                Err(e) => {
+                                    tls_failure = Some(e);
+                                    continue;
+                                }
+                            }
                         }
                         None => (stream, None),
                     };
@@ -205,7 +212,7 @@ impl TcpConn {
                 Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
             }
         }
-        Err(SocketError::from_io(CONNECT_FAILED, &last))
+        Err(tls_failure.unwrap_or_else(|| SocketError::from_io(CONNECT_FAILED, &last)))
     }
 
     pub fn id(&self) -> u64 {
@@ -315,8 +322,10 @@ impl TcpConn {
             if written > before {
                 self.sent(written - before);
             }
-            // A TLS write is done once its ciphertext has left too.
-            if written == data.len() && !self.ciphertext_pending() {
+            if written == data.len() {
+                // A TLS write is done once its ciphertext has left too
+                // (waiting for room as it must).
+                self.flush_all().await?;
                 return Ok(written as u32);
             }
             // The peer is slow: wait for room (back-pressure), or for a
