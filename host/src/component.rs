@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use portcullis_protocol::environment::{self, ServiceEnv};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -233,11 +233,12 @@ impl ServiceComponent {
             );
         }
         // Read now (and at every reload): a bad file stops the start.
+        // Each error names its file (a reload adds the service's name).
         let server_tls = match serves_tls {
-            true => Some(Arc::new(ServerTls::new(&spec.tls).with_context(|| format!("service `{name}`"))?)),
+            true => Some(Arc::new(ServerTls::new(&spec.tls)?)),
             false => None,
         };
-        let client_tls = Arc::new(ClientTls::new(spec.tls.ca.as_deref()).with_context(|| format!("service `{name}`"))?);
+        let client_tls = Arc::new(ClientTls::new(spec.tls.ca.as_deref())?);
         let warnings = Warnings::new(Arc::from(name.as_str()), &metrics);
         let mut env = spec.env.clone();
         let wasi_sockets = match backend {
