@@ -98,24 +98,6 @@ pub enum Operation {
     lookup,
 }
 
-impl Operation {
-    /// The operation a denial's message names (`permission denied: connect
-    /// tcp://...`, `... look up NAME ...`): the host words them all, by
-    /// `policy::Use::verb`.
-    pub fn of_denial(message: &str) -> Operation {
-        let what = message.strip_prefix("permission denied: ").unwrap_or(message);
-        if what.starts_with("connect") {
-            Operation::connect
-        } else if what.starts_with("listen") {
-            Operation::listen
-        } else if ["bind", "send to", "receive from", "udp"].iter().any(|verb| what.starts_with(verb)) {
-            Operation::udp
-        } else {
-            Operation::lookup
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
@@ -444,18 +426,5 @@ mod tests {
         metrics.service("echo").callbacks.inc();
         metrics.service("echo").callbacks.inc();
         assert!(metrics.encode().contains("portcullis_guest_callbacks_total{service=\"echo\"} 2"));
-    }
-
-    #[test]
-    fn a_denial_is_counted_under_the_operation_it_names() {
-        for (message, operation) in [
-            ("permission denied: connect tcp://10.0.0.5:5432 is not granted", Operation::connect),
-            ("permission denied: listen tcp://0.0.0.0:80 is not granted", Operation::listen),
-            ("permission denied: send to udp://10.0.0.5:53 is not granted", Operation::udp),
-            ("permission denied: bind udp://0.0.0.0:53 is not granted", Operation::udp),
-            ("permission denied: look up db.internal: no grant names it", Operation::lookup),
-        ] {
-            assert_eq!(Operation::of_denial(message), operation, "{message}");
-        }
     }
 }

@@ -141,11 +141,7 @@ impl WasiSockets {
             }
         };
         if !allowed {
-            self.metrics.denied(match denied_use {
-                Use::TcpConnect => Operation::connect,
-                Use::TcpListen => Operation::listen,
-                Use::UdpBind | Use::UdpSend | Use::UdpReceive => Operation::udp,
-            });
+            self.metrics.denied(crate::net::operation_of(denied_use));
             self.denials.warn(|| {
                 let target = policy::target_text(denied_use, &addr.ip().to_string(), addr.port());
                 format!("permission denied: {} {target} is not granted (wasi:sockets)", denied_use.verb())

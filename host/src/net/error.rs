@@ -113,7 +113,7 @@ impl From<wasmtime::component::ResourceTableError> for HostError {
 impl From<PolicyError> for SocketError {
     fn from(err: PolicyError) -> Self {
         match err {
-            PolicyError::Denied(message) => SocketError::permission_denied(message),
+            PolicyError::Denied { message, .. } => SocketError::permission_denied(message),
             PolicyError::InvalidHost(message) => SocketError::generic(message),
             PolicyError::Lookup(err) => SocketError::from_io("", &err),
         }
@@ -166,7 +166,8 @@ mod tests {
     fn a_host_error_is_the_guests_error_or_a_trap() {
         let guest = HostError::from(SocketError::read_timed_out());
         assert_eq!(guest.into_guest_error().unwrap(), SocketError::read_timed_out());
-        let denied = HostError::from(PolicyError::Denied("permission denied: connect tcp://10.0.0.5:1".into()));
+        let message = "permission denied: connect tcp://10.0.0.5:1".to_string();
+        let denied = HostError::from(PolicyError::Denied { use_: crate::policy::Use::TcpConnect, message });
         assert_eq!(denied.into_guest_error().unwrap().kind, ErrorKind::PermissionDenied);
         let trap = HostError::from(wasmtime::component::ResourceTableError::NotPresent);
         assert!(trap.into_guest_error().is_err(), "a handle the guest does not own traps");

@@ -32,7 +32,7 @@ use self::admission::Admission;
 use crate::coalesce::Coalesced;
 use crate::limits::{HostCharge, SocketCount};
 use crate::metrics::{Limit, Operation, ServiceMetrics};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyError, Use};
 use crate::sync::Served;
 
 pub use error::SocketError;
@@ -64,6 +64,15 @@ impl Drop for Connection {
         if let Some(served) = &self.served {
             served.finish();
         }
+    }
+}
+
+/// The metrics' name of a use a grant refused.
+pub fn operation_of(use_: Use) -> Operation {
+    match use_ {
+        Use::TcpConnect => Operation::connect,
+        Use::TcpListen => Operation::listen,
+        Use::UdpBind | Use::UdpSend | Use::UdpReceive => Operation::udp,
     }
 }
 
@@ -102,14 +111,15 @@ pub struct NetCtx {
 }
 
 impl NetCtx {
-    /// Logs a denial (at warn, visible with the default log settings;
-    /// coalesced per instance) and passes it on.
-    pub fn logged(&self, err: SocketError) -> SocketError {
-        if err.kind == error::ErrorKind::PermissionDenied {
-            self.metrics.denied(Operation::of_denial(&err.message));
-            self.denials.warn(|| err.message.clone());
+    /// The guest's error for `err`; a denial is counted under its use and
+    /// logged (at warn, visible with the default log settings; coalesced
+    /// per instance).
+    pub fn logged(&self, err: PolicyError) -> SocketError {
+        if let PolicyError::Denied { use_, message } = &err {
+            self.metrics.denied(operation_of(*use_));
+            self.denials.warn(|| message.clone());
         }
-        err
+        err.into()
     }
 
     /// A refusal at a socket limit, as the guest gets it; logged at warn the

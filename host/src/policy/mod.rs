@@ -325,12 +325,13 @@ impl Policy {
             return Ok(allowed);
         }
         if by_name {
-            return Err(PolicyError::Denied(format!(
+            let message = format!(
                 "permission denied: {} {} resolves only to blocked addresses ({})",
                 use_.verb(),
                 target_text(use_, host, port),
                 blocked.join(", ")
-            )));
+            );
+            return Err(PolicyError::Denied { use_, message });
         }
         Err(denial(use_, host, port))
     }
@@ -400,7 +401,8 @@ pub fn target_text(use_: Use, host: &str, port: u16) -> String {
 
 /// `permission denied: connect tcp://10.0.0.5:5432 is not granted`.
 fn denial(use_: Use, host: &str, port: u16) -> PolicyError {
-    PolicyError::Denied(format!("permission denied: {} {} is not granted", use_.verb(), target_text(use_, host, port)))
+    let message = format!("permission denied: {} {} is not granted", use_.verb(), target_text(use_, host, port));
+    PolicyError::Denied { use_, message }
 }
 
 #[cfg(test)]

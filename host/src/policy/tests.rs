@@ -47,7 +47,7 @@ fn check(grants: &[&str], block_private: bool, use_: Use, host: &str, port: u16)
             let ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
             Allow(ips.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect())
         }
-        Err(PolicyError::Denied(_)) => Deny,
+        Err(PolicyError::Denied { .. }) => Deny,
         Err(e) => panic!("{host}:{port}: expected allow or deny, got {e:?}"),
     }
 }
@@ -228,7 +228,7 @@ fn names_not_granted_are_not_even_resolved() {
 fn denials_name_the_operation_and_target() {
     let policy = Policy::default();
     let err = futures::executor::block_on(policy.resolve_outbound(C, "10.0.0.5", 5432)).unwrap_err();
-    assert!(matches!(err, PolicyError::Denied(_)));
+    assert!(matches!(err, PolicyError::Denied { .. }));
     assert_eq!(err.to_string(), "permission denied: connect tcp://10.0.0.5:5432 is not granted");
     let err = futures::executor::block_on(policy.resolve_outbound(C, "0x7f.1", 80)).unwrap_err();
     assert_eq!(err.to_string(), "permission denied: connect tcp://127.0.0.1:80 is not granted");
@@ -388,12 +388,12 @@ fn assert_denied_everywhere(block_private: bool, ip: Ipv6Addr, what: &str) {
         assert!(!policy.check_addr(SocketAddr::new(IpAddr::V6(ip), 53), use_), "{what}: check_addr {use_:?}");
         for host in [ip.to_string(), format!("[{ip}]")] {
             let checked = policy.check_literal(use_, &host, 53);
-            assert!(matches!(checked, Some(Err(PolicyError::Denied(_)))), "{what}: check_literal {use_:?} {host}");
+            assert!(matches!(checked, Some(Err(PolicyError::Denied { .. }))), "{what}: check_literal {use_:?} {host}");
         }
         let resolved = futures::executor::block_on(policy.resolve_outbound_with(use_, "any.example", 53, |_, port| {
             std::future::ready(Ok(vec![SocketAddr::new(IpAddr::V6(ip), port)]))
         }));
-        assert!(matches!(resolved, Err(PolicyError::Denied(_))), "{what}: a name resolving to it, {use_:?}");
+        assert!(matches!(resolved, Err(PolicyError::Denied { .. })), "{what}: a name resolving to it, {use_:?}");
     }
 }
 

@@ -119,8 +119,8 @@ fn pending_call<T>(acc: &Accessor<T, Net>) -> Result<HostCharge, SocketError> {
 }
 
 /// Logs a denial at warn level (see `NetCtx::logged`) and passes it on.
-fn logged<T>(acc: &Accessor<T, Net>, err: impl Into<SocketError>) -> SocketError {
-    acc.with(|mut access| access.get().net.logged(err.into()))
+fn logged<T>(acc: &Accessor<T, Net>, err: PolicyError) -> SocketError {
+    acc.with(|mut access| access.get().net.logged(err))
 }
 
 /// Writes `data` (already out of the guest) whole. Its bytes are charged to

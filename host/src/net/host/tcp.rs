@@ -32,7 +32,7 @@ impl<T: NetHost> HostConnectionWithStore<T> for Net {
         let resolving = policy.resolve_outbound(Use::TcpConnect, &config.host, config.port);
         let addrs = match wait_in_host(acc, resolving).await {
             Ok(addrs) => addrs,
-            Err(e @ PolicyError::Denied(_)) => return Err(logged(acc, e).into()),
+            Err(e @ PolicyError::Denied { .. }) => return Err(logged(acc, e).into()),
             Err(e) => {
                 let reason = SocketError::from(e).message;
                 return Err(SocketError::generic(format!("{CONNECT_FAILED}{reason}")).into());

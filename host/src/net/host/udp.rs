@@ -101,7 +101,7 @@ pub(super) fn try_send_datagram(
     let host = send_host(&client, data.len(), address.host)?;
     let target = match net.policy.check_literal(Use::UdpSend, &host, address.port) {
         Some(Ok(target)) => target,
-        Some(Err(denied)) => return Err(net.logged(denied.into()).into()),
+        Some(Err(denied)) => return Err(net.logged(denied).into()),
         None => return Ok(None), // a name: `send-to` looks it up
     };
     Ok(client.try_send_to(data, target)?)
