@@ -37,6 +37,8 @@ pub(crate) type MainFunc = TypedFunc<(), (Result<(), ()>,)>;
 /// coalesced warnings, the service's admission).
 pub struct ServiceComponent {
     pub name: String,
+    /// The SHA-256 (hex) of the component file's bytes it was made from.
+    pub sha256: String,
     backend: Backend,
     /// Standard `wasi:sockets` under the policy, for the WASI backend.
     wasi_sockets: Option<Arc<WasiSockets>>,
@@ -270,6 +272,7 @@ impl ServiceComponent {
         };
         Ok(ServiceComponent {
             name: name.to_string(),
+            sha256: String::new(),
             backend,
             wasi_sockets,
             pre,

@@ -157,7 +157,14 @@ fn read_component_file(path: &Path) -> Result<Vec<u8>> {
 /// Reads, validates and compiles `path`, or loads it from `cache_dir` when it was
 /// compiled before. Errors are one clear sentence naming the file.
 pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<Component> {
+    load_component_hashed(engine, path, cache_dir).map(|(component, _)| component)
+}
+
+/// [`load_component`], with the SHA-256 of the bytes it read (hex): what a
+/// reload compares, so that the file is read and hashed once at start.
+pub fn load_component_hashed(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<(Component, String)> {
     let bytes = read_component_file(path)?;
+    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     if !bytes.starts_with(b"\0asm") {
         bail!("{} is not a WebAssembly file", path.display());
     }
@@ -166,7 +173,7 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) ->
         bail!("{} is a core WebAssembly module, not a component (build it for wasm32-wasip2)", path.display());
     }
 
-    let cached = cache_dir.map(|dir| dir.join(format!("{}.cwasm", cache_key(engine, &bytes))));
+    let cached = cache_dir.map(|dir| dir.join(format!("{}.cwasm", cache_key(engine, &sha256))));
     if let Some(cached) = &cached
         && cached.exists()
     {
@@ -176,7 +183,7 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) ->
         match unsafe { Component::deserialize_file(engine, cached) } {
             Ok(component) => {
                 tracing::debug!(path = %path.display(), cache = %cached.display(), "component loaded from cache");
-                return Ok(component);
+                return Ok((component, sha256));
             }
             Err(e) => {
                 tracing::warn!(cache = %cached.display(), "ignoring unusable cache entry: {e:#}")
@@ -191,15 +198,15 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) ->
     {
         tracing::warn!(cache = %cached.display(), "could not cache the compiled component: {e:#}");
     }
-    Ok(component)
+    Ok((component, sha256))
 }
 
-fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
+/// The cache file's name: the component's SHA-256 (its first 16 bytes, in
+/// hex) and the engine configuration's compatibility hash.
+fn cache_key(engine: &Engine, sha256: &str) -> String {
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    let digest = Sha256::digest(bytes);
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("{hex}-{:016x}", hasher.finish())
+    format!("{}-{:016x}", &sha256[..32], hasher.finish())
 }
 
 /// Writes to a temporary file first, so a concurrent reader never sees half a file.

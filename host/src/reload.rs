@@ -59,7 +59,7 @@ impl Running {
             name: spec.name.clone(),
             listen: spec.listen.clone(),
             instances: spec.instances,
-            fingerprint: fingerprint(spec)?,
+            fingerprint: fingerprint(spec, Some(&loaded.sha256))?,
             replaceable,
             versions: watch::Sender::new(loaded),
         })
@@ -72,25 +72,31 @@ impl Running {
 }
 
 /// What a service runs, as text: its settings and a hash of its component.
-fn fingerprint(spec: &ServiceSpec) -> Result<Fingerprint> {
-    let hash = |paths: &[&PathBuf]| -> Result<String> {
-        let mut digest = Sha256::new();
-        for path in paths {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            digest.update(Sha256::digest(&bytes));
-        }
-        Ok(digest.finalize().iter().map(|b| format!("{b:02x}")).collect())
+/// `spec`'s fingerprint; `component`: the SHA-256 of its component, when
+/// known (read at start), else the file is read and hashed now.
+fn fingerprint(spec: &ServiceSpec, component: Option<&str>) -> Result<Fingerprint> {
+    let sha256 = |path: &PathBuf| -> Result<String> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    };
+    let component = match component {
+        Some(known) => known.to_string(),
+        None => sha256(&spec.component)?,
     };
     // What its listeners present (certificate, key, client CAs, ALPN) apart
     // from the rest: a renewed certificate needs no new version.
     let tls = &spec.tls;
     let mut rest = spec.clone();
     rest.tls = TlsSettings { cert: None, key: None, client_ca: None, alpn: Vec::new(), ..tls.clone() };
-    let served: Vec<&PathBuf> = [&tls.cert, &tls.key, &tls.client_ca].into_iter().flatten().collect();
-    let read: Vec<&PathBuf> = std::iter::once(&spec.component).chain(tls.ca.as_ref()).collect();
+    let roots = tls.ca.as_ref().map(sha256).transpose()?;
+    let served: Vec<(&PathBuf, String)> = [&tls.cert, &tls.key, &tls.client_ca]
+        .into_iter()
+        .flatten()
+        .map(|p| Ok((p, sha256(p)?)))
+        .collect::<Result<_>>()?;
     Ok(Fingerprint {
-        service: format!("{rest:?} sha256:{}", hash(&read)?),
-        certificate: format!("{:?} {:?} sha256:{}", served, tls.alpn, hash(&served)?),
+        service: format!("{rest:?} component sha256:{component} roots sha256:{roots:?}"),
+        certificate: format!("{served:?} {:?}", tls.alpn),
     })
 }
 
@@ -192,7 +198,7 @@ impl Reloader {
         for spec in specs {
             let index = self.running.iter().position(|r| r.name == spec.name).expect("the same names");
             let running = &self.running[index];
-            let fingerprint = fingerprint(&spec).with_context(|| format!("service `{}`", spec.name))?;
+            let fingerprint = fingerprint(&spec, None).with_context(|| format!("service `{}`", spec.name))?;
             if fingerprint == running.fingerprint {
                 continue;
             }

@@ -125,10 +125,12 @@ impl Runtime {
             }
             _ => &self.engine,
         };
-        let component = engine::load_component(engine, &spec.component, self.cache_dir.as_deref())?;
+        let (component, sha256) = engine::load_component_hashed(engine, &spec.component, self.cache_dir.as_deref())?;
         let policy = spec.grants.policy()?;
         let (budget, spares, metrics) = (self.budget.clone(), self.spares.clone(), self.metrics.service(&spec.name));
-        Ok(Arc::new(ServiceComponent::new(engine, &component, &spec, Arc::new(policy), budget, spares, metrics)?))
+        let mut loaded = ServiceComponent::new(engine, &component, &spec, Arc::new(policy), budget, spares, metrics)?;
+        loaded.sha256 = sha256;
+        Ok(Arc::new(loaded))
     }
 }
 
