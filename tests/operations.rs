@@ -68,8 +68,9 @@ async fn curl_reads_the_metrics_health_and_readiness() {
     assert!(value("portcullis_guest_callbacks_total{service=\"echo.wasm\"}") >= 5.0, "{metrics}");
     assert_eq!(value("portcullis_instances_live{service=\"echo.wasm\"}"), 1.0);
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
-    // No label carries a client's address.
-    assert!(!metrics.contains("127.0.0.1"), "{metrics}");
+    // No label carries a client's address (the listener's own is one).
+    let without_listener = metrics.replace(&format!("listener=\"{addr}\""), "");
+    assert!(!without_listener.contains("127.0.0.1"), "{metrics}");
 
     // docs/operations.md's table names every series, and no other.
     let doc = std::fs::read_to_string(portcullis_tests::root().join("docs/operations.md")).unwrap();
@@ -655,4 +656,28 @@ async fn guest_cpu_seconds_count_the_guests_work_and_not_its_waits() {
     assert_eq!(round_trip(&mut client, b"work 400").await, b"work 400");
     let worked = read() - idle;
     assert!((0.1..10.0).contains(&worked), "{worked} s counted for 400 ms of work");
+}
+
+#[tokio::test]
+async fn each_listener_counts_its_own_connections() {
+    let args = ["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let mut host = HostProcess::start("admin-listeners", "echo", &args, None);
+    let (first, second) = (host.listening_on(), host.listening_on());
+    let admin = admin_address(&mut host);
+    for (addr, count) in [(first, 2), (second, 1)] {
+        for _ in 0..count {
+            let mut client = connect_when_listening(addr).await;
+            assert_eq!(round_trip(&mut client, b"hi\n").await, b"hi\n");
+        }
+    }
+    let series = |addr: SocketAddr, name: &str| {
+        format!("portcullis_listener_downstream_cx{name}{{service=\"echo.wasm\",listener=\"{addr}\"}}")
+    };
+    let metrics = metrics_when(admin, &series(second, "_destroy_total"), 1.0);
+    assert_eq!(sample(&metrics, &series(first, "_total")), Some(2.0), "{metrics}");
+    assert_eq!(sample(&metrics, &series(second, "_total")), Some(1.0), "{metrics}");
+    let metrics = metrics_when(admin, &series(first, "_active"), 0.0);
+    assert_eq!(sample(&metrics, &series(first, "_active")), Some(0.0), "{metrics}");
+    // The service's own counter has them all.
+    assert_eq!(sample(&metrics, "portcullis_downstream_cx_total{service=\"echo.wasm\"}"), Some(3.0), "{metrics}");
 }

@@ -3,8 +3,10 @@
 //!
 //! The names follow Envoy's (`downstream_cx_*` for the clients' connections),
 //! prefixed `portcullis_`; counters end in `_total` as the format wants. The
-//! labels are bounded: the service's name (from the operator), and a reason,
-//! cause, limit or operation from a fixed list; never a client address.
+//! labels are bounded: the service's name (from the operator), a listener's
+//! address (the operator's; `guest` for all of a guest's own), and a
+//! reason, cause, limit or operation from a fixed list; never a client
+//! address.
 //!
 //! Every handle is an atomic the message path bumps (a connection's bytes,
 //! a callback): one relaxed add, no lock. Labels are resolved once, when a
@@ -110,6 +112,12 @@ struct OverflowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    service: String,
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     service: String,
     reason: HandshakeFailure,
@@ -145,7 +153,7 @@ struct DenialLabels {
 /// ```
 pub struct Metrics {
     registry: Mutex<Registry>,
-    families: Families,
+    families: Arc<Families>,
     /// Reloads refused (a manifest or component that did not load): the
     /// process's, not a service's.
     pub reload_failures: Counter,
@@ -154,7 +162,7 @@ pub struct Metrics {
     pub pool_slots_used: Gauge,
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Families {
     cx_total: Family<ServiceLabel, Counter>,
     cx_active: Family<ServiceLabel, Gauge>,
@@ -171,12 +179,15 @@ struct Families {
     tls_handshakes: Family<ServiceLabel, Counter>,
     tls_handshake_failures: Family<HandshakeLabels, Counter>,
     guest_cpu_seconds: Family<ServiceLabel, Counter<f64, AtomicU64>>,
+    listener_cx_total: Family<ListenerLabels, Counter>,
+    listener_cx_active: Family<ListenerLabels, Gauge>,
+    listener_cx_destroy: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
     /// An empty set, every family registered.
     pub fn new() -> Arc<Metrics> {
-        let families = Families::default();
+        let families = Arc::new(Families::default());
         let mut registry = Registry::with_prefix("portcullis");
         let f = &families;
         registry.register("downstream_cx", "Client connections accepted", f.cx_total.clone());
@@ -203,6 +214,21 @@ impl Metrics {
             "guest_cpu_seconds",
             "Time the guest's code ran: each entry to its return, less waits and yields",
             f.guest_cpu_seconds.clone(),
+        );
+        registry.register(
+            "listener_downstream_cx",
+            "Client connections a listener accepted (listener: its address, or `guest` for the guest's own)",
+            f.listener_cx_total.clone(),
+        );
+        registry.register(
+            "listener_downstream_cx_active",
+            "Client connections open now, by listener",
+            f.listener_cx_active.clone(),
+        );
+        registry.register(
+            "listener_downstream_cx_destroy",
+            "Client connections closed, by listener",
+            f.listener_cx_destroy.clone(),
         );
         registry.register("tls_handshakes", "TLS handshakes finished on tls:// listeners", f.tls_handshakes.clone());
         registry.register(
@@ -271,6 +297,7 @@ impl Metrics {
             reloads: f.reloads.get_or_create_owned(&service()),
             tls_handshakes: f.tls_handshakes.get_or_create_owned(&service()),
             guest_cpu_seconds: f.guest_cpu_seconds.get_or_create_owned(&service()),
+            families: self.families.clone(),
             handshake_failures: [handshake(HandshakeFailure::timeout), handshake(HandshakeFailure::error)],
         })
     }
@@ -313,6 +340,8 @@ pub struct ServiceMetrics {
     pub tls_handshakes: Counter,
     /// Seconds the guest's code ran (see `limits::cpu::CpuUse::leaving_guest`).
     pub guest_cpu_seconds: Counter<f64, AtomicU64>,
+    /// Where its listeners' handles are made ([`ServiceMetrics::listener`]).
+    families: Arc<Families>,
     handshake_failures: [Counter; 2],
 }
 
@@ -366,10 +395,52 @@ impl ServiceMetrics {
         OpenConnection(self.clone())
     }
 
+    /// The handles of one of its listeners, `listener` being its address as
+    /// the operator wrote it (`tls://127.0.0.1:8443`) or `guest` for every
+    /// listener of the guest's own (their addresses are the guest's
+    /// choice: as labels they would be unbounded).
+    pub fn listener(&self, service: &str, listener: &str) -> Arc<ListenerMetrics> {
+        let labels = ListenerLabels { service: service.to_string(), listener: listener.to_string() };
+        let f = &self.families;
+        Arc::new(ListenerMetrics {
+            cx_total: f.listener_cx_total.get_or_create_owned(&labels),
+            cx_active: f.listener_cx_active.get_or_create_owned(&labels),
+            cx_destroy: f.listener_cx_destroy.get_or_create_owned(&labels),
+        })
+    }
+
     /// An instance made: counted as live until the guard is dropped.
     pub fn instance_made(self: &Arc<Self>) -> LiveInstance {
         self.instances_live.inc();
         LiveInstance(self.clone())
+    }
+}
+
+/// One listener's connection counters (Envoy's `listener.*.downstream_cx_*`).
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    cx_total: Counter,
+    cx_active: Gauge,
+    cx_destroy: Counter,
+}
+
+impl ListenerMetrics {
+    /// A connection it accepted: counted now, and as closed when the
+    /// returned guard is dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> ListenerConnection {
+        self.cx_total.inc();
+        self.cx_active.inc();
+        ListenerConnection(self.clone())
+    }
+}
+
+/// One open connection of a listener; closed when dropped.
+pub struct ListenerConnection(Arc<ListenerMetrics>);
+
+impl Drop for ListenerConnection {
+    fn drop(&mut self) {
+        self.0.cx_active.dec();
+        self.0.cx_destroy.inc();
     }
 }
 

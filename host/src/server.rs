@@ -277,10 +277,17 @@ pub async fn serve_versions(
     // The listeners' route, made first: every version hands over through it.
     let (unused, _) = mpsc::unbounded_channel();
     let (route, routes) = watch::channel(Route { admission: loaded.admission().clone(), sink: unused, tls: None });
+    let (name, metrics) = (loaded.name.clone(), loaded.metrics().clone());
     let mut current = Dispatcher::start(loaded, &shutdown, routes.clone());
     route.send_replace(current.route.clone());
     for (listener, transport) in listeners {
-        tokio::spawn(accept_loop(listener, transport, routes.clone(), shutdown.clone(), |_| {}));
+        // Labelled by the address it listens on (the port a 0 became).
+        let label = match listener.local_addr() {
+            Ok(addr) => Listen { addr, transport }.to_string(),
+            Err(_) => "unknown".into(),
+        };
+        let counted = metrics.listener(&name, &label);
+        tokio::spawn(accept_loop(listener, transport, counted, routes.clone(), shutdown.clone(), |_| {}));
     }
     let mut retired = tokio::task::JoinSet::new();
     let mut reloads = true;

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::coalesce::Coalesced;
 use crate::limits::Limits;
-use crate::metrics::{OpenConnection, Overflow, ServiceMetrics};
+use crate::metrics::{ListenerConnection, ListenerMetrics, OpenConnection, Overflow, ServiceMetrics};
 
 /// The time-outs a connection lives by (see [`crate::limits::Limits`] for
 /// the flags and defaults).
@@ -68,6 +68,15 @@ pub struct Admitted {
     _permit: Option<OwnedSemaphorePermit>,
     _address: Option<AddressSlot>,
     _open: Option<OpenConnection>,
+    _listener: Option<ListenerConnection>,
+}
+
+impl Admitted {
+    /// Also counted under the listener that accepted it, until it closes.
+    pub fn on_listener(mut self, listener: &Arc<ListenerMetrics>) -> Admitted {
+        self._listener = Some(listener.connection_opened());
+        self
+    }
 }
 
 impl Admission {
@@ -108,7 +117,12 @@ impl Admission {
             },
             None => None,
         };
-        Some(Admitted { _permit: permit, _address: address, _open: Some(self.metrics.connection_opened()) })
+        Some(Admitted {
+            _permit: permit,
+            _address: address,
+            _open: Some(self.metrics.connection_opened()),
+            _listener: None,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Transport;
 use crate::limits::{HostCharge, SocketSlot};
-use crate::metrics::Overflow;
+use crate::metrics::{ListenerMetrics, Overflow};
 
 use super::admission::Admission;
 use super::error::{LISTEN_FAILED, SocketError};
@@ -100,6 +100,7 @@ pub fn bind_std(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListe
 pub async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
+    counted: Arc<ListenerMetrics>,
     route: watch::Receiver<Route>,
     stop: CancellationToken,
     mut on_accept: impl FnMut(&TcpConn),
@@ -146,6 +147,7 @@ pub async fn accept_loop(
         };
         // Refused: dropping the stream closes it.
         let Some(admitted) = admission.admit(peer.ip(), permit) else { continue };
+        let admitted = admitted.on_listener(&counted);
         if transport == Transport::Tls {
             let Some(tls) = route.borrow().tls.clone() else {
                 admission.accept_failures.warn(|| "a tls:// listener with no TLS settings: closed".into());
@@ -301,8 +303,9 @@ impl GuestListener {
         let remember = accepted.clone();
         active.fetch_add(1, Ordering::SeqCst);
         admission.timeouts.read = self.read_timeout;
+        let counted = admission.metrics.listener(&admission.component, "guest");
         let route = Route::fixed(admission, sink);
-        tokio::spawn(accept_loop(listener, Transport::Tcp, route, stop.clone(), move |conn| {
+        tokio::spawn(accept_loop(listener, Transport::Tcp, counted, route, stop.clone(), move |conn| {
             let mut list = remember.lock().unwrap();
             list.retain(|c| c.open().is_some());
             list.push(conn.downgrade());
