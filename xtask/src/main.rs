@@ -1,7 +1,8 @@
-//! `cargo xtask build | demo | test`: the one place that knows how to build the
+//! `cargo xtask build | demo | test | bench | image`: the one place that knows how to build the
 //! guests and run everything. A fresh machine needs nothing but Rust: the
 //! `wasm32-wasip2` target is installed here when missing.
 
+mod image;
 mod layout;
 
 use std::collections::HashMap;
@@ -23,6 +24,9 @@ const USAGE: &str = "usage: cargo xtask <build | demo | test | bench [--quick] |
          (--quick: a short smoke run, under 2 minutes)
   wasmtime  install the `wasmtime` command-line runtime (the version of the
          host's wasmtime) when it is missing; `test` does this too
+  image  build, then the container image localhost/portcullis:latest with
+         buildah (--storage-driver vfs; needs root): the host, the
+         libraries it links, the examples; see docs/kubernetes.md
   snapshot DIR  build, then copy the host binary and the echo guest to DIR,
          to compare two builds: target/release/portcullis-bench ab DIR_A DIR_B LOAD";
 
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("snapshot") if args.len() == 2 => snapshot(Path::new(&args[1])),
+        Some("image") => build().and_then(|()| image::build_image(&root())),
         Some("wasmtime") => ensure_wasmtime_cli(),
         _ => {
             eprintln!("{USAGE}");
@@ -299,6 +304,8 @@ fn snapshot(dir: &Path) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     build()?;
     ensure_wasmtime_cli()?;
+    // tests/deploy.rs runs the image's entrypoint.
+    image::build_image(&root())?;
     // Release: the tests share the optimised host build with demo and bench, and
     // compile guests with an optimised Cranelift.
     let outcome = run_recording(
