@@ -17,6 +17,7 @@ use crate::config::{Instances, Listen, ServiceSpec, Transport};
 use crate::inspect;
 use crate::limits;
 use crate::manifest;
+use crate::oci;
 use crate::reload;
 use crate::server::{self, Runtime};
 use crate::settings::ServiceSettings;
@@ -46,6 +47,19 @@ pub enum Command {
     #[command(override_usage = "portcullis run <COMPONENT> [OPTIONS]\n       \
         portcullis run --manifest <FILE> [--memory-budget SIZE] [--max-instances N] [--workers N] [--admin ADDR:PORT] [--no-cache]")]
     Run(Box<RunArgs>),
+    /// Publish a component in an OCI registry (the wasm artifact layout:
+    /// config application/vnd.wasm.config.v0+json, one application/wasm
+    /// layer); prints `pushed oci://...@sha256:...`.
+    Push {
+        /// The component (.wasm) to publish.
+        file: PathBuf,
+        /// Where: `oci://HOST/REPO:TAG`.
+        reference: String,
+        /// A registry (`HOST:PORT`) to speak plain HTTP to; loopback ones
+        /// always are (repeatable).
+        #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+        insecure_registry: Vec<String>,
+    },
     /// Show a component's world, imports and exports, and the grants it may need.
     Inspect {
         /// The component (.wasm) to look at.
@@ -98,6 +112,14 @@ pub struct RunArgs {
     /// `/readyz` [default: none; a manifest's `[admin] listen`].
     #[arg(long = "admin", value_name = "ADDR:PORT")]
     pub admin: Option<std::net::SocketAddr>,
+    /// When an `oci://` component is pulled from its registry: `never`
+    /// (the cache only), `missing` (when not pulled before), `always`.
+    #[arg(long = "pull", value_enum, default_value_t = oci::PullPolicy::Missing)]
+    pub pull: oci::PullPolicy,
+    /// A registry (`HOST:PORT`) to speak plain HTTP to; loopback ones
+    /// always are (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registry: Vec<String>,
 }
 
 /// What `portcullis run` runs: the services and the process-wide settings.
@@ -144,6 +166,16 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Run(args) => passed.and_then(|passed| runtime.block_on(run(*args, passed))),
+        Command::Push { file, reference, insecure_registry } => runtime.block_on(async {
+            let registries = oci::Registries::new(oci::PullPolicy::Always, oci_cache()?, insecure_registry);
+            let digest = registries.push(&file, &reference).await?;
+            let pinned = match reference.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')) {
+                Some((repository, _)) => format!("{repository}@{digest}"),
+                None => format!("{reference}@{digest}"),
+            };
+            println!("pushed {pinned}");
+            Ok(0)
+        }),
         Command::Inspect { component } => inspect::inspect(&component).map(|report| {
             print!("{report}");
             0
@@ -214,8 +246,21 @@ fn exit_now(code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// Where pulled components are kept: beside the compiled ones.
+fn oci_cache() -> Result<PathBuf> {
+    crate::engine::default_cache_dir().context("no cache folder for pulled components: set PORTCULLIS_CACHE_DIR")
+}
+
 async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
-    let Plan { specs, workers, admin } = args.plan()?;
+    let Plan { mut specs, workers, admin } = args.plan()?;
+    // Components in a registry are pulled (or found in the cache) first.
+    let registries = match specs.iter().any(|spec| oci::is_reference(&spec.component)) {
+        true => Some(oci::Registries::new(args.pull, oci_cache()?, args.insecure_registry.clone())),
+        false => None,
+    };
+    if let Some(registries) = &registries {
+        registries.resolve(&mut specs).await?;
+    }
     server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs
     // microseconds instead of mapping fresh memory each time. Each slot has
@@ -413,7 +458,7 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
             }
         })
     };
-    reload::Reloader::new(runtime.clone(), read_plan, running).on(hangups);
+    reload::Reloader::new(runtime.clone(), read_plan, running, registries).on(hangups);
     let runs = runs.into_iter().map(|(spec, on_workers)| {
         let shutdown = shutdown.clone();
         async move {

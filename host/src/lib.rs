@@ -65,6 +65,7 @@ pub mod limits;
 pub mod manifest;
 pub mod metrics;
 pub(crate) mod net;
+pub mod oci;
 pub mod policy;
 pub(crate) mod pool;
 pub(crate) mod reload;

@@ -23,6 +23,7 @@ use crate::component::{Backend, ServiceComponent};
 use crate::config::{Instances, Listen, ServiceSpec};
 use crate::metrics::Metrics;
 use crate::net::tls::{ServerTls, TlsSettings};
+use crate::oci::Registries;
 use crate::server::Runtime;
 
 /// The process's `SIGHUP`s, caught from now on: installed before anything
@@ -123,12 +124,19 @@ pub struct Reloader {
     read_plan: ReadPlan,
     running: Vec<Running>,
     metrics: Arc<Metrics>,
+    /// Where `oci://` components are pulled from, when a service has one.
+    registries: Option<Registries>,
 }
 
 impl Reloader {
-    pub fn new(runtime: Runtime, read_plan: ReadPlan, running: Vec<Running>) -> Reloader {
+    pub fn new(
+        runtime: Runtime,
+        read_plan: ReadPlan,
+        running: Vec<Running>,
+        registries: Option<Registries>,
+    ) -> Reloader {
         let metrics = runtime.metrics().clone();
-        Reloader { runtime, read_plan, running, metrics }
+        Reloader { runtime, read_plan, running, metrics, registries }
     }
 
     /// Reloads on every `SIGHUP` of `hangups` (see [`hangups`]), until the
@@ -187,7 +195,20 @@ impl Reloader {
     /// The new versions of the services that changed, loaded, or why the
     /// reload cannot be made.
     async fn prepare(&self) -> Result<Vec<(usize, Change, Fingerprint)>> {
-        let specs = (self.read_plan)()?;
+        let mut specs = (self.read_plan)()?;
+        if specs.iter().any(|spec| crate::oci::is_reference(&spec.component)) {
+            // A service that is new to the registry gets a policy of `missing`.
+            let fallback;
+            let registries = match &self.registries {
+                Some(registries) => registries,
+                None => {
+                    let cache = crate::engine::default_cache_dir().context("no cache folder for pulled components")?;
+                    fallback = Registries::new(crate::oci::PullPolicy::Missing, cache, Vec::new());
+                    &fallback
+                }
+            };
+            registries.resolve(&mut specs).await?;
+        }
         let names = |names: Vec<&str>| names.join(", ");
         let (now, then): (Vec<&str>, Vec<&str>) =
             (specs.iter().map(|s| s.name.as_str()).collect(), self.running.iter().map(|r| r.name.as_str()).collect());

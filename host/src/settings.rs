@@ -30,7 +30,8 @@ use crate::limits;
 #[derive(clap::Args, Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServiceSettings {
-    /// The component (.wasm) to run.
+    /// The component to run: a .wasm file, or `oci://HOST/REPO:TAG` (or
+    /// `@sha256:DIGEST`) in a registry (see `--pull`).
     #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
     pub component: Option<PathBuf>,
     /// The service's name in logs and messages [default: the component's file name].
@@ -162,7 +163,11 @@ impl ServiceSettings {
             return Err(SettingError { key: "component", problem: "is empty".into() });
         }
         check_name(&self.service_name(), self.name.is_some())?;
-        let component = base.map_or(written.clone(), |base| base.join(written));
+        // An `oci://` reference is no path: the registry's, not the manifest folder's.
+        let component = match base {
+            Some(base) if !crate::oci::is_reference(written) => base.join(written),
+            _ => written.clone(),
+        };
         let at_least_one = |key: &'static str, n: Option<u64>| match n {
             Some(0) => Err(SettingError { key, problem: "must be at least 1".into() }),
             n => Ok(n),

@@ -6,7 +6,7 @@
 //! Guests are built by `cargo xtask build` (which `cargo xtask test` runs first).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -586,7 +586,23 @@ impl HostProcess {
         HostProcess::spawn(test, &all, None)
     }
 
+    /// `portcullis ARGS` (`run ...` with a component that is no guest of
+    /// this workspace, an `oci://` one), its cache in `cache`.
+    pub fn start_args(test: &str, args: &[&str], cache: &Path) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        HostProcess::spawn_cached(test, &args, None, cache)
+    }
+
     fn spawn(test: &str, args: &[String], before_exec: Option<fn() -> std::io::Result<()>>) -> Self {
+        HostProcess::spawn_cached(test, args, before_exec, &test_cache())
+    }
+
+    fn spawn_cached(
+        test: &str,
+        args: &[String],
+        before_exec: Option<fn() -> std::io::Result<()>>,
+        cache: &Path,
+    ) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = root().join("target/test-scratch").join(test);
         std::fs::create_dir_all(&dir).unwrap();
@@ -594,7 +610,7 @@ impl HostProcess {
         let mut command = std::process::Command::new(portcullis_bin());
         command
             .args(args)
-            .env("PORTCULLIS_CACHE_DIR", test_cache())
+            .env("PORTCULLIS_CACHE_DIR", cache)
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(&log_path).unwrap());
         if let Some(hook) = before_exec {

@@ -1,0 +1,202 @@
+//! Components from an OCI registry: `portcullis push` to a real registry
+//! (Debian's `docker-registry`, started here on loopback), then `portcullis
+//! run oci://...` by tag and by digest, from a manifest, from the cache with
+//! the registry down; a blob tampered with in the registry's storage is
+//! refused and nothing runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{HostProcess, connect_when_listening, guest, portcullis_bin, root, round_trip};
+
+/// A registry on 127.0.0.1, its storage in the test's scratch folder;
+/// stopped when dropped.
+struct Registry {
+    child: Child,
+    addr: SocketAddr,
+    storage: PathBuf,
+}
+
+impl Registry {
+    fn start(test: &str) -> Registry {
+        let dir = scratch(test).join("registry");
+        let storage = dir.join("data");
+        std::fs::create_dir_all(&storage).unwrap();
+        let addr = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .expect("docker-registry runs (apt-get install docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, addr, storage }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn scratch(test: &str) -> PathBuf {
+    root().join("target/test-scratch").join(format!("oci-{test}"))
+}
+
+/// A cache folder of its own for `name`, empty.
+fn fresh_cache(test: &str, name: &str) -> PathBuf {
+    let cache = scratch(test).join(name);
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(&cache).unwrap();
+    cache
+}
+
+/// `portcullis push FILE REFERENCE`: the pinned reference it printed.
+fn push(file: &Path, reference: &str, cache: &Path) -> String {
+    let out = Command::new(portcullis_bin())
+        .arg("push")
+        .arg(file)
+        .arg(reference)
+        .env("PORTCULLIS_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "push failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout.trim().strip_prefix("pushed ").unwrap_or_else(|| panic!("not `pushed ...`: {stdout}")).to_string()
+}
+
+/// `portcullis run ARGS`' outcome when it does not serve: its code and stderr.
+fn fails(args: &[&str], cache: &Path) -> (Option<i32>, String) {
+    let out = Command::new(portcullis_bin())
+        .arg("run")
+        .args(args)
+        .env("PORTCULLIS_CACHE_DIR", cache)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening on"), "it served: {stdout}");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+async fn serves_echo(host: &mut HostProcess) {
+    let addr = host.listening_on();
+    let mut client = connect_when_listening(addr).await;
+    assert_eq!(round_trip(&mut client, b"from the registry\n").await, b"from the registry\n");
+}
+
+#[tokio::test]
+async fn a_pushed_component_runs_by_tag_and_by_digest() {
+    let registry = Registry::start("tag-digest");
+    let reference = format!("oci://{}/portcullis/echo:v1", registry.addr);
+    let pinned = push(&guest("echo"), &reference, &fresh_cache("tag-digest", "push"));
+    assert!(pinned.starts_with(&format!("oci://{}/portcullis/echo@sha256:", registry.addr)), "{pinned}");
+    let digest = pinned.rsplit_once('@').unwrap().1.to_string();
+
+    let by_tag = fresh_cache("tag-digest", "tag");
+    let mut host = HostProcess::start_args("oci-tag", &["run", &reference, "--listen", "127.0.0.1:0"], &by_tag);
+    serves_echo(&mut host).await;
+    assert!(host.log().contains(&format!("runs {reference} ({digest})")), "the digest it ran: {}", host.log());
+
+    let by_digest = fresh_cache("tag-digest", "digest");
+    let mut host = HostProcess::start_args("oci-digest", &["run", &pinned, "--listen", "127.0.0.1:0"], &by_digest);
+    serves_echo(&mut host).await;
+
+    // A manifest names it the same way.
+    let manifest = scratch("tag-digest").join("portcullis.toml");
+    std::fs::write(&manifest, format!("[[service]]\ncomponent = \"{pinned}\"\nlisten = [\"127.0.0.1:0\"]\n")).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    let mut host = HostProcess::start_args("oci-manifest", &["run", "--manifest", manifest], &by_digest);
+    let line = host.stdout_line();
+    let addr: SocketAddr = line.rsplit_once("listening on ").unwrap().1.parse().unwrap();
+    let mut client = connect_when_listening(addr).await;
+    assert_eq!(round_trip(&mut client, b"manifest\n").await, b"manifest\n");
+}
+
+#[tokio::test]
+async fn a_blob_tampered_with_in_the_registry_is_refused_and_nothing_runs() {
+    let registry = Registry::start("tampered");
+    let reference = format!("oci://{}/portcullis/echo:v1", registry.addr);
+    push(&guest("echo"), &reference, &fresh_cache("tampered", "push"));
+    // The component's bytes, as the registry stores them (by their digest).
+    let component = std::fs::read(guest("echo")).unwrap();
+    let blobs: Vec<PathBuf> = walk(&registry.storage).into_iter().filter(|p| p.ends_with("data")).collect();
+    let layer = blobs.iter().find(|p| std::fs::read(p).unwrap() == component).expect("the layer's blob");
+    let mut bytes = component.clone();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(layer, bytes).unwrap();
+    let (code, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0"], &fresh_cache("tampered", "run"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("pulling") && stderr.to_lowercase().contains("digest"), "{stderr}");
+}
+
+#[tokio::test]
+async fn with_the_registry_down_the_cache_serves_and_a_pull_fails_clearly() {
+    let mut registry = Registry::start("down");
+    let reference = format!("oci://{}/portcullis/echo:v1", registry.addr);
+    push(&guest("echo"), &reference, &fresh_cache("down", "push"));
+    let cache = fresh_cache("down", "run");
+    let mut host = HostProcess::start_args("oci-down-first", &["run", &reference, "--listen", "127.0.0.1:0"], &cache);
+    serves_echo(&mut host).await;
+    drop(host);
+    registry.stop();
+    // Pulled before: `--pull missing` (the default) needs no registry.
+    let mut host = HostProcess::start_args("oci-down-cached", &["run", &reference, "--listen", "127.0.0.1:0"], &cache);
+    serves_echo(&mut host).await;
+    let (code, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0", "--pull", "always"], &cache);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("pulling {reference}")), "{stderr}");
+    let (_, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0", "--pull", "never"], &fresh_cache("down", "empty"));
+    assert!(stderr.contains("is not in the cache") && stderr.contains("--pull never"), "{stderr}");
+}
+
+#[test]
+fn only_components_are_pushed_and_references_are_checked() {
+    let cache = fresh_cache("refused", "push");
+    let text = scratch("refused").join("notes.txt");
+    std::fs::write(&text, "not wasm").unwrap();
+    let out = Command::new(portcullis_bin())
+        .args(["push", text.to_str().unwrap(), "oci://127.0.0.1:1/x/y:z"])
+        .env("PORTCULLIS_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a WebAssembly component"), "{out:?}");
+    let (_, stderr) = fails(&["oci://echo", "--listen", "127.0.0.1:0"], &cache);
+    assert!(stderr.contains("give the registry and the repository"), "{stderr}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
