@@ -84,7 +84,9 @@ fn push(file: &Path, reference: &str, cache: &Path) -> String {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "push failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    stdout.trim().strip_prefix("pushed ").unwrap_or_else(|| panic!("not `pushed ...`: {stdout}")).to_string()
+    let pinned = stdout.trim().strip_prefix("pushed ").unwrap_or_else(|| panic!("not `pushed ...`: {stdout}"));
+    assert!(pinned.ends_with(')') && pinned.contains(" (tag "), "the tag is named: {stdout}");
+    pinned.split_whitespace().next().unwrap().to_string()
 }
 
 /// `portcullis run ARGS`' outcome when it does not serve: its code and stderr.
@@ -119,6 +121,15 @@ async fn a_pushed_component_runs_by_tag_and_by_digest() {
     let mut host = HostProcess::start_args("oci-tag", &["run", &reference, "--listen", "127.0.0.1:0"], &by_tag);
     serves_echo(&mut host).await;
     assert!(host.log().contains(&format!("runs {reference} ({digest})")), "the digest it ran: {}", host.log());
+
+    drop(host);
+    // A copy in the cache changed on disk is pulled again, not run.
+    let blob = walk(&by_tag.join("oci/blobs")).into_iter().next().expect("the cached component");
+    std::fs::write(&blob, std::fs::read(guest("http-hello")).unwrap()).unwrap();
+    let args = ["run", &reference, "--listen", "127.0.0.1:0", "--pull", "always"];
+    let mut host = HostProcess::start_args("oci-repaired", &args, &by_tag);
+    serves_echo(&mut host).await;
+    drop(host);
 
     let by_digest = fresh_cache("tag-digest", "digest");
     let mut host = HostProcess::start_args("oci-digest", &["run", &pinned, "--listen", "127.0.0.1:0"], &by_digest);
@@ -166,6 +177,15 @@ async fn with_the_registry_down_the_cache_serves_and_a_pull_fails_clearly() {
     // Pulled before: `--pull missing` (the default) needs no registry.
     let mut host = HostProcess::start_args("oci-down-cached", &["run", &reference, "--listen", "127.0.0.1:0"], &cache);
     serves_echo(&mut host).await;
+    drop(host);
+    // A copy in the cache changed on disk is not run: with no registry to
+    // pull it from again, the start fails.
+    let blob = walk(&cache.join("oci/blobs")).into_iter().next().expect("the cached component");
+    let kept = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, std::fs::read(guest("http-hello")).unwrap()).unwrap();
+    let (code, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0"], &cache);
+    assert_eq!(code, Some(1), "{stderr}");
+    std::fs::write(&blob, kept).unwrap();
     let (code, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0", "--pull", "always"], &cache);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(&format!("pulling {reference}")), "{stderr}");

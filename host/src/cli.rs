@@ -169,13 +169,15 @@ pub fn main() -> i32 {
         Command::Push { file, reference, insecure_registry } => runtime.block_on(async {
             let registries = oci::Registries::new(oci::PullPolicy::Always, oci_cache()?, insecure_registry);
             let digest = registries.push(&file, &reference).await?;
-            let pinned = match reference.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')) {
-                Some((repository, _)) => format!("{repository}@{digest}"),
-                None => format!("{reference}@{digest}"),
-            };
-            println!("pushed {pinned}");
+            let parsed = oci::parse(&reference)?;
+            let (registry, repository) = (parsed.registry(), parsed.repository());
+            let tag = parsed.tag().unwrap_or("latest");
+            println!("pushed oci://{registry}/{repository}@{digest} (tag {tag})");
             Ok(0)
         }),
+        Command::Inspect { component } if oci::is_reference(&component) => {
+            Err(anyhow::anyhow!("inspect reads a file: `portcullis run` pulls oci:// components into the cache"))
+        }
         Command::Inspect { component } => inspect::inspect(&component).map(|report| {
             print!("{report}");
             0
@@ -253,13 +255,19 @@ fn oci_cache() -> Result<PathBuf> {
 
 async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     let Plan { mut specs, workers, admin } = args.plan()?;
-    // Components in a registry are pulled (or found in the cache) first.
-    let registries = match specs.iter().any(|spec| oci::is_reference(&spec.component)) {
-        true => Some(oci::Registries::new(args.pull, oci_cache()?, args.insecure_registry.clone())),
-        false => None,
-    };
-    if let Some(registries) = &registries {
+    // Components in a registry are pulled (or found in the cache) first;
+    // a reload pulls under the same flags.
+    let registries =
+        oci_cache().ok().map(|cache| oci::Registries::new(args.pull, cache, args.insecure_registry.clone()));
+    if specs.iter().any(|spec| oci::is_reference(&spec.component)) {
+        let registries =
+            registries.as_ref().context("no cache folder for pulled components: set PORTCULLIS_CACHE_DIR")?;
         registries.resolve(&mut specs).await?;
+        for spec in &specs {
+            if let Some(pulled) = &spec.pulled {
+                tracing::info!(service = %spec.name, "runs {pulled}");
+            }
+        }
     }
     server::raise_open_file_limit();
     // Instances per connection come from a pool: instantiating one then costs

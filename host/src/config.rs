@@ -38,6 +38,9 @@ pub struct ServiceSpec {
     /// Its certificate for `tls://` listeners, and the roots its TLS
     /// clients are verified against.
     pub tls: TlsSettings,
+    /// For a component pulled from a registry: its reference and the
+    /// manifest digest (`oci://HOST/REPO:TAG (sha256:...)`), for the log.
+    pub pulled: Option<String>,
 }
 
 impl ServiceSpec {
@@ -53,6 +56,7 @@ impl ServiceSpec {
             grants: Grants::default(),
             limits: Limits::default(),
             tls: TlsSettings::default(),
+            pulled: None,
         }
     }
 

@@ -17,6 +17,7 @@
 //! `[::1]`, `localhost`) or one named by `--insecure-registry`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
@@ -37,6 +38,15 @@ const OLD_WASM_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 
 /// The scheme of a component in a registry.
 const SCHEME: &str = "oci://";
+
+/// How long a registry has to accept a connection, to send the next bytes
+/// of an answer, and to finish a whole pull.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The most of a registry's text an error repeats.
+const MAX_QUOTED: usize = 300;
 
 /// When a component is pulled from its registry (`--pull`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -90,15 +100,24 @@ impl Registries {
     /// a wasm component (its config or layer types), has more than one
     /// layer, or a layer over 512 MiB; a digest that does not match.
     pub async fn fetch(&self, component: &str) -> Result<Fetched> {
+        match tokio::time::timeout(PULL_TIMEOUT, self.fetch_now(component)).await {
+            Ok(fetched) => fetched.map_err(|e| anyhow::anyhow!(quoted(&format!("{e:#}")))),
+            Err(_) => bail!("pulling {component}: not done in {}s", PULL_TIMEOUT.as_secs()),
+        }
+    }
+
+    async fn fetch_now(&self, component: &str) -> Result<Fetched> {
         let reference = parse(component)?;
         let known = self.cached(component, &reference);
         match (self.policy, known) {
             (PullPolicy::Never | PullPolicy::Missing, Some(fetched)) => return Ok(fetched),
-            (PullPolicy::Never, None) => {
-                bail!("{component} is not in the cache ({}), and --pull never", self.cache.display())
-            }
+            (PullPolicy::Never, None) => bail!(
+                "{component} is not in the cache ({}), or its copy there is damaged, and --pull never",
+                self.cache.display()
+            ),
             _ => {}
         }
+        tracing::info!("pulling {component} from {}", reference.resolve_registry());
         let client = self.client(&reference);
         let auth = RegistryAuth::Anonymous;
         let (manifest, digest) = client
@@ -118,24 +137,33 @@ impl Registries {
         if layer.size < 0 || layer.size as u64 > MAX_COMPONENT_FILE {
             bail!("{component}: its layer is {} bytes, more than a component may be (512 MiB)", layer.size);
         }
+        // Bytes from elsewhere than the registry asked (a "foreign layer")
+        // would reach any address the registry names.
+        if layer.urls.as_ref().is_some_and(|urls| !urls.is_empty()) {
+            bail!("{component}: its layer is to be fetched from other addresses (`urls`): refused");
+        }
         let blob = self.blob_path(&layer.digest)?;
-        if !blob.exists() {
-            let mut bytes = Bounded::default();
+        // A copy in the cache counts only if its bytes still have their
+        // digest (a file changed on disk is pulled again).
+        let have = std::fs::read(&blob).is_ok_and(|bytes| digest_of(&bytes) == layer.digest);
+        if !have {
+            // No more than the manifest says (its digest binds the bytes).
+            let mut bytes = Bounded { bytes: Vec::with_capacity(layer.size as usize), limit: layer.size as u64 };
             client
                 .pull_blob(&reference, layer, &mut bytes)
                 .await
                 .with_context(|| format!("pulling {component}: its layer {}", layer.digest))?;
-            write_atomically(&blob, &bytes.0)?;
+            write_atomically(&blob, &bytes.bytes)?;
+            tracing::info!("pulled {component} ({digest})");
         }
         let fetched = Fetched { path: blob, digest };
         let record = format!("{}\n{}\n", fetched.digest, layer.digest);
         write_atomically(&self.ref_path(component), record.as_bytes())?;
-        tracing::info!("pulled {component} ({})", fetched.digest);
         Ok(fetched)
     }
 
     /// Replaces each `oci://` component of `specs` with its local copy,
-    /// pulled as the policy says; logs the digest each service runs.
+    /// pulled as the policy says, noting in `pulled` what it was.
     ///
     /// # Errors
     /// As [`Registries::fetch`], naming the service.
@@ -143,8 +171,8 @@ impl Registries {
         for spec in specs.iter_mut().filter(|spec| is_reference(&spec.component)) {
             let reference = spec.component.to_string_lossy().into_owned();
             let fetched = self.fetch(&reference).await.with_context(|| format!("service `{}`", spec.name))?;
-            tracing::info!(service = %spec.name, "runs {reference} ({})", fetched.digest);
             spec.component = fetched.path;
+            spec.pulled = Some(format!("{reference} ({})", fetched.digest));
         }
         Ok(())
     }
@@ -164,20 +192,29 @@ impl Registries {
         (digest_of(&bytes) == layer).then_some(Fetched { path, digest })
     }
 
-    /// Publishes the component `file` as `component` (`oci://HOST/REPO:TAG`)
-    /// in the wasm artifact layout, and returns the manifest's digest.
+    /// Publishes the component `file` as `component` (`oci://HOST/REPO:TAG`;
+    /// no tag: `latest`) in the wasm artifact layout, and returns the
+    /// manifest's digest.
     ///
     /// # Errors
     /// `file` unreadable or not a component; the reference does not parse;
     /// the registry refuses.
     pub async fn push(&self, file: &Path, component: &str) -> Result<String> {
+        let size = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
+        if !std::fs::metadata(file).is_ok_and(|m| m.is_file()) || size > MAX_COMPONENT_FILE {
+            bail!("{} is not a component file of at most 512 MiB", file.display());
+        }
         let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         if !bytes.starts_with(b"\0asm") || bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
             bail!("{} is not a WebAssembly component (build it for wasm32-wasip2)", file.display());
         }
         let reference = parse(component)?;
+        if reference.digest().is_some() {
+            bail!("push to a tag (oci://HOST/REPO:TAG): a digest is what the registry answers");
+        }
         let layer_digest = digest_of(&bytes);
         let config = serde_json::json!({
+            "created": created_now(),
             "architecture": "wasm",
             "os": "wasip2",
             "layerDigests": [layer_digest],
@@ -186,8 +223,12 @@ impl Registries {
         let layer = ImageLayer::new(bytes, WASM_LAYER.to_string(), None);
         let client = self.client(&reference);
         let auth = RegistryAuth::Anonymous;
+        // The manifest says its own media type, as the OCI spec asks and
+        // wasm tools (oci-wasm, wkg) expect.
+        let mut manifest = oci_client::manifest::OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
+        manifest.media_type = Some(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_string());
         client
-            .push(&reference, &[layer], config, &auth, None)
+            .push(&reference, &[layer], config, &auth, Some(manifest))
             .await
             .with_context(|| format!("pushing {} to {component}", file.display()))?;
         let digest = client
@@ -203,7 +244,12 @@ impl Registries {
         let registry = reference.resolve_registry().to_string();
         let plain = is_loopback(&registry) || self.insecure.contains(&registry);
         let protocol = if plain { ClientProtocol::Http } else { ClientProtocol::Https };
-        Client::new(ClientConfig { protocol, ..Default::default() })
+        Client::new(ClientConfig {
+            protocol,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            ..Default::default()
+        })
     }
 
     fn blob_path(&self, digest: &str) -> Result<PathBuf> {
@@ -218,16 +264,41 @@ impl Registries {
     }
 }
 
+/// Now, as RFC 3339 in UTC (`2026-12-07T15:30:00Z`).
+fn created_now() -> String {
+    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
 /// `oci://HOST/REPO:TAG` as the OCI client takes it.
-fn parse(component: &str) -> Result<Reference> {
+pub fn parse(component: &str) -> Result<Reference> {
     let Some(rest) = component.strip_prefix(SCHEME) else {
         bail!("`{component}` is not an oci:// reference");
     };
-    if !rest.contains('/') {
-        bail!("`{component}`: give the registry and the repository (oci://HOST/REPO:TAG)");
+    // The first part must name a registry (a dot, a port, or localhost):
+    // else the client takes it for a Docker Hub namespace, which anyone may own.
+    let registry = rest.split('/').next().unwrap_or("");
+    let names_registry = registry.contains('.') || registry.contains(':') || registry == "localhost";
+    if !rest.contains('/') || !names_registry {
+        bail!(
+            "`{component}`: give the registry and the repository (oci://HOST[:PORT]/REPO:TAG; the host with a dot \
+             or a port, or localhost)"
+        );
     }
-    rest.parse::<Reference>()
-        .with_context(|| format!("`{component}` is not a reference (oci://HOST/REPO:TAG or @sha256:...)"))
+    rest.parse::<Reference>().with_context(|| {
+        format!("`{component}` is not a reference (oci://HOST/REPO:TAG or @sha256:...; repository names are lowercase)")
+    })
 }
 
 /// A registry on this machine, spoken to over plain HTTP.
@@ -238,6 +309,17 @@ fn is_loopback(registry: &str) -> bool {
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `text` for a log line or an error: a registry's words are its own
+/// (bodies, media types), so at most [`MAX_QUOTED`] characters, control
+/// characters escaped.
+fn quoted(text: &str) -> String {
+    let mut out: String = text.chars().take(MAX_QUOTED).flat_map(char::escape_debug).collect();
+    if text.chars().count() > MAX_QUOTED {
+        out.push_str("...");
+    }
+    out
 }
 
 fn digest_of(bytes: &[u8]) -> String {
@@ -253,10 +335,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A layer's bytes, refused past [`MAX_COMPONENT_FILE`] (a manifest's
-/// size is the registry's word; the bytes are counted here).
-#[derive(Default)]
-struct Bounded(Vec<u8>);
+/// A layer's bytes, refused past `limit`: the size its manifest declared
+/// (at most [`MAX_COMPONENT_FILE`]), counted as they arrive.
+struct Bounded {
+    bytes: Vec<u8>,
+    limit: u64,
+}
 
 impl tokio::io::AsyncWrite for Bounded {
     fn poll_write(
@@ -264,11 +348,11 @@ impl tokio::io::AsyncWrite for Bounded {
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if (self.0.len() + buf.len()) as u64 > MAX_COMPONENT_FILE {
-            let too_big = std::io::Error::other("the layer is more than a component may be (512 MiB)");
+        if (self.bytes.len() + buf.len()) as u64 > self.limit {
+            let too_big = std::io::Error::other("the registry sent more bytes than the layer's size");
             return std::task::Poll::Ready(Err(too_big));
         }
-        self.0.extend_from_slice(buf);
+        self.bytes.extend_from_slice(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
@@ -307,7 +391,12 @@ mod tests {
         ] {
             assert_eq!(is_loopback(registry), plain, "{registry}");
         }
+        assert!(parse("oci://registry/echo:v1").is_err(), "a Docker Hub namespace, not a registry");
         assert!(is_reference(Path::new("oci://ghcr.io/a/b:1")));
+        assert_eq!(quoted("a\nb"), "a\\nb");
+        assert!(quoted(&"x".repeat(10_000)).len() < 400);
+        let created = created_now();
+        assert!(created.len() == 20 && created.starts_with("20") && created.ends_with('Z'), "{created}");
         assert!(!is_reference(Path::new("b.wasm")));
     }
 }

@@ -112,8 +112,9 @@ struct Fingerprint {
 
 /// What a reload does to one service.
 enum Change {
-    /// A new version takes new connections.
-    Version(Arc<ServiceComponent>),
+    /// A new version takes new connections (and, pulled from a registry,
+    /// what it was).
+    Version(Arc<ServiceComponent>, Option<String>),
     /// Only its certificate changed: renewed in place.
     Certificate(ServerTls),
 }
@@ -163,7 +164,10 @@ impl Reloader {
                     running.fingerprint = fingerprint;
                     let current = running.versions.borrow().clone();
                     match change {
-                        Change::Version(loaded) => {
+                        Change::Version(loaded, pulled) => {
+                            if let Some(pulled) = pulled {
+                                tracing::info!(service = %running.name, "runs {pulled}");
+                            }
                             running.versions.send_replace(loaded.clone());
                             tracing::info!(
                                 service = %running.name,
@@ -197,16 +201,7 @@ impl Reloader {
     async fn prepare(&self) -> Result<Vec<(usize, Change, Fingerprint)>> {
         let mut specs = (self.read_plan)()?;
         if specs.iter().any(|spec| crate::oci::is_reference(&spec.component)) {
-            // A service that is new to the registry gets a policy of `missing`.
-            let fallback;
-            let registries = match &self.registries {
-                Some(registries) => registries,
-                None => {
-                    let cache = crate::engine::default_cache_dir().context("no cache folder for pulled components")?;
-                    fallback = Registries::new(crate::oci::PullPolicy::Missing, cache, Vec::new());
-                    &fallback
-                }
-            };
+            let registries = self.registries.as_ref().context("no cache folder for pulled components")?;
             registries.resolve(&mut specs).await?;
         }
         let names = |names: Vec<&str>| names.join(", ");
@@ -255,7 +250,7 @@ impl Reloader {
             crate::dispatch::instantiate_once(&loaded)
                 .await
                 .with_context(|| format!("service `{}`: the new version does not start", spec.name))?;
-            changes.push((index, Change::Version(loaded), fingerprint));
+            changes.push((index, Change::Version(loaded, spec.pulled.clone()), fingerprint));
         }
         Ok(changes)
     }

@@ -1,7 +1,8 @@
 //! `cargo xtask image`: the container image of `portcullis`, assembled
 //! without a base image: the host binary and exactly the shared libraries
-//! it links (what `ldd` names), the examples' components, the CA roots for
-//! guests' TLS clients, and an unprivileged user. Built with `buildah`
+//! it links (what `ldd` names), the examples' components, the public CA
+//! roots (Mozilla's, never the build machine's own bundle) for guests' TLS
+//! clients and registries, and an unprivileged user. Built with `buildah`
 //! (`--storage-driver vfs`, which needs no kernel overlay support), as
 //! `localhost/portcullis:latest`.
 //!
@@ -22,6 +23,9 @@ pub const IMAGE: &str = "localhost/portcullis:latest";
 /// The unprivileged user and group the image runs as (the "nonroot" of
 /// distroless images).
 const USER: u32 = 65532;
+
+/// Where Debian keeps the public CAs it trusts (package ca-certificates).
+pub const MOZILLA_ROOTS: &str = "/usr/share/ca-certificates/mozilla";
 
 /// Where the image keeps compiled components.
 const CACHE: &str = "/var/cache/portcullis";
@@ -52,10 +56,21 @@ pub fn build_image(root: &Path) -> Result<()> {
         let wasm = format!("{}.wasm", example.replace('-', "_"));
         put(&layout::guest(root, &example), &rootfs, &format!("usr/share/portcullis/examples/{wasm}"))?;
     }
-    let roots = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    if roots.exists() {
-        put(roots, &rootfs, "etc/ssl/certs/ca-certificates.crt")?;
+    // The public CAs only (Mozilla's, as Debian packages them): never the
+    // build machine's own bundle, which may hold private CAs added locally.
+    let mut roots: Vec<PathBuf> = match std::fs::read_dir(MOZILLA_ROOTS) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect(),
+        Err(_) => bail!("{MOZILLA_ROOTS} is missing (apt-get install ca-certificates)"),
+    };
+    roots.sort();
+    let mut bundle = String::new();
+    for root in &roots {
+        bundle.push_str(&std::fs::read_to_string(root).with_context(|| format!("reading {}", root.display()))?);
     }
+    write(&rootfs, "etc/ssl/certs/ca-certificates.crt", &bundle)?;
     write(&rootfs, "etc/passwd", &format!("nonroot:x:{USER}:{USER}:nonroot:/nonexistent:/sbin/nologin\n"))?;
     write(&rootfs, "etc/group", &format!("nonroot:x:{USER}:\n"))?;
     // Kubernetes mounts its own /etc/hosts and /etc/resolv.conf over these.

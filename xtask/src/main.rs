@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("snapshot") if args.len() == 2 => snapshot(Path::new(&args[1])),
-        Some("image") => build().and_then(|()| image::build_image(&root())),
+        Some("image") if args.len() == 1 => build().and_then(|()| image::build_image(&root())),
         Some("wasmtime") => ensure_wasmtime_cli(),
         _ => {
             eprintln!("{USAGE}");

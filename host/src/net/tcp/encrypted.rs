@@ -10,6 +10,9 @@
 //!   ([`TcpConn::flush_later`]): nothing accepted is left unsent.
 //! - A peer that ends its TCP stream without TLS's `close_notify` ends the
 //!   guest's stream as a plain close would (as nginx and HAProxy take it).
+//! - At a close, what the session still holds goes out before its
+//!   `close_notify` and the FIN, as the kernel sends a plain socket's
+//!   buffer after a close.
 //!
 //! Lock order: the read side's lock, then the session's; never the other way.
 
@@ -17,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
@@ -270,11 +274,41 @@ impl TcpConn {
         }
     }
 
-    /// At `close`: `close_notify`, sent if the socket has room now (a close
-    /// does not wait).
-    pub(super) fn close_encrypted(&self, session: &Session) {
-        let mut tls = session.lock();
-        tls.send_close_notify();
-        let _ = flush(&mut tls, &self.0.stream);
+    /// At `close`: `close_notify` after what the session holds. Returns
+    /// whether it all went out now; if not, it goes out in the background
+    /// (the caller shuts only the read side): for at most the write
+    /// time-out (60 s without one), then the write side is shut. Nothing
+    /// a write was told it sent is lost at a close.
+    pub(super) fn close_encrypted(&self, session: &Session) -> bool {
+        let flushed = {
+            let mut tls = session.lock();
+            tls.send_close_notify();
+            flush(&mut tls, &self.0.stream)
+        };
+        match flushed {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // All sent, or the socket is broken: nothing more to wait for.
+            _ => return true,
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return true };
+        let conn = self.clone();
+        runtime.spawn(async move {
+            let limit = conn.0.timeouts.write.unwrap_or(Duration::from_secs(60));
+            let drained = tokio::time::timeout(limit, async {
+                loop {
+                    let flushed = flush(&mut conn.session().expect("a TLS connection").lock(), &conn.0.stream);
+                    match flushed {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        _ => return,
+                    }
+                    if conn.0.stream.writable().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let _ = drained.await;
+            let _ = socket2::SockRef::from(&conn.0.stream).shutdown(Shutdown::Write);
+        });
+        false
     }
 }

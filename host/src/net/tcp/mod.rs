@@ -350,8 +350,12 @@ impl TcpConn {
             r = room => match r {
                 Ok(r) => r.map_err(|e| self.write_failed(e)),
                 Err(_) => {
+                    // Counted once per connection (a TLS flush in the
+                    // background may time out beside a write).
+                    if !self.is_closed() {
+                        self.count_limit(Limit::write_timeout);
+                    }
                     self.close();
-                    self.count_limit(Limit::write_timeout);
                     Err(SocketError::generic(WRITE_TIMED_OUT))
                 }
             },
@@ -428,11 +432,13 @@ impl TcpConn {
         let inner = &*self.0;
         inner.write_shut.store(true, Ordering::Release);
         if inner.closed.close() {
-            if let Some(session) = self.session() {
-                self.close_encrypted(session);
-            }
+            // A TLS session's last records and its close_notify go out
+            // first, as the kernel sends a plain socket's buffer after a
+            // close (in the background if the socket is full now).
+            let drained = self.session().is_none_or(|session| self.close_encrypted(session));
             // The socket may already be gone (reset by the peer): nothing to do then.
-            let _ = socket2::SockRef::from(&inner.stream).shutdown(Shutdown::Both);
+            let _ =
+                socket2::SockRef::from(&inner.stream).shutdown(if drained { Shutdown::Both } else { Shutdown::Read });
         }
         drop(self.take_permit());
     }
