@@ -120,7 +120,7 @@ fn json_records(service: &str, bytes: &[u8]) -> Vec<Bytes> {
 }
 
 /// `time` as RFC 3339 in UTC, to the microsecond (as the host's records).
-fn rfc3339(time: std::time::SystemTime) -> String {
+pub(crate) fn rfc3339(time: std::time::SystemTime) -> String {
     let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let (days, secs) = ((since.as_secs() / 86_400) as i64, since.as_secs() % 86_400);
     // Howard Hinnant's civil-from-days.

@@ -264,21 +264,9 @@ impl Registries {
     }
 }
 
-/// Now, as RFC 3339 in UTC (`2026-12-07T15:30:00Z`).
+/// Now, as RFC 3339 in UTC.
 fn created_now() -> String {
-    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+    crate::guest_output::rfc3339(std::time::SystemTime::now())
 }
 
 /// `oci://HOST/REPO:TAG` as the OCI client takes it.
@@ -396,7 +384,7 @@ mod tests {
         assert_eq!(quoted("a\nb"), "a\\nb");
         assert!(quoted(&"x".repeat(10_000)).len() < 400);
         let created = created_now();
-        assert!(created.len() == 20 && created.starts_with("20") && created.ends_with('Z'), "{created}");
+        assert!(created.starts_with("20") && created.ends_with('Z'), "{created}");
         assert!(!is_reference(Path::new("b.wasm")));
     }
 }
