@@ -312,3 +312,79 @@ impl TcpConn {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::net::tcp::Timeouts;
+
+    /// A TLS connection as a `tls://` listener accepts it, and the client's end.
+    async fn tls_pair() -> (TcpConn, tokio_rustls::client::TlsStream<TcpStream>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+        let private = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], private)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let connecting = connector.connect("localhost".try_into().unwrap(), tcp);
+        let accepting = async {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(stream).await.unwrap();
+            let (stream, session) = tls.into_inner();
+            let timeouts =
+                Timeouts { write: Some(Duration::from_secs(10)), ..Timeouts::read_only(Duration::from_secs(10)) };
+            let metrics = crate::metrics::ServiceMetrics::detached("test");
+            TcpConn::from_accept(stream, peer, None, timeouts, metrics, Some(rustls::Connection::Server(session)))
+                .unwrap()
+        };
+        let (conn, client) = tokio::join!(accepting, connecting);
+        (conn, client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_close_sends_what_try_write_took_and_then_close_notify() {
+        let (conn, mut client) = tls_pair().await;
+        // Writes without waiting until one leaves ciphertext behind in the
+        // session (the socket is full): the guest was told those bytes went.
+        let chunk: Vec<u8> = (0..16 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut told = 0usize;
+        for _ in 0..100_000 {
+            told += conn.try_write(&chunk).unwrap() as usize;
+            if conn.ciphertext_pending() {
+                break;
+            }
+        }
+        assert!(conn.ciphertext_pending(), "the socket never filled");
+        conn.close();
+        // The client reads everything the guest was told was written, then
+        // a clean end (close_notify: rustls reports a truncation otherwise).
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut received))
+            .await
+            .expect("the end came")
+            .expect("a clean end, with close_notify");
+        assert_eq!(received.len(), told);
+        assert!(received.chunks(chunk.len()).all(|piece| chunk.starts_with(piece)), "the bytes, in order");
+    }
+}
