@@ -22,6 +22,9 @@ struct Registry {
 impl Registry {
     fn start(test: &str) -> Registry {
         let dir = scratch(test).join("registry");
+        // A registry of its own each run (a blob an earlier run tampered
+        // with must not be taken for the pushed one).
+        let _ = std::fs::remove_dir_all(&dir);
         let storage = dir.join("data");
         std::fs::create_dir_all(&storage).unwrap();
         let addr = free_port();
