@@ -135,7 +135,7 @@ pub struct ServiceSettings {
     pub tls_max_handshakes: Option<u64>,
     /// The most TLS handshakes one client address (an IPv4 address or an
     /// IPv6 /64) may have under way; a further one is closed at once
-    /// [default: 16].
+    /// [default: 64: a load generator opens 50 at once].
     #[arg(long = "tls-max-handshakes-per-ip", value_name = "N", conflicts_with = "manifest")]
     pub tls_max_handshakes_per_ip: Option<u64>,
     /// The CAs (PEM) the guest's TLS client connections are verified

@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
 /// /64) may have under way at once by default; a further one is closed
 /// at once, so that one client cannot hold every place of
 /// [`DEFAULT_MAX_HANDSHAKES`].
-pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 16;
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 64;
 
 /// The longest ALPN protocol name (RFC 7301 allows 255 bytes).
 const MAX_ALPN: usize = 255;
