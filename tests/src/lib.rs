@@ -450,9 +450,15 @@ pub async fn read_line(stream: &mut TcpStream) -> String {
 /// service that missed the end would only close at its read time-out, 30 s in
 /// these tests). A reset counts as an end.
 pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    read_to_end_within(stream, Duration::from_secs(5)).await
+}
+
+/// [`read_to_end`], the end within `limit` (for an end that waits on a
+/// bound of CPU time, which a busy machine stretches in wall time).
+pub async fn read_to_end_within(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    assert!(ended.is_ok(), "no end of stream within 5 s (got {:?} so far)", String::from_utf8_lossy(&out));
+    let ended = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    assert!(ended.is_ok(), "no end of stream within {limit:?} (got {:?} so far)", String::from_utf8_lossy(&out));
     out
 }
 
