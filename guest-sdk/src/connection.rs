@@ -235,22 +235,7 @@ impl Connection {
 }
 
 /// What a TLS connection's handshake agreed on ([`Connection::tls`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub protocol: String,
-    /// The cipher suite as rustls names it, e.g. `TLS13_AES_128_GCM_SHA256`.
-    pub cipher_suite: String,
-    /// The protocol ALPN agreed on (`h2`, `http/1.1`...), if any.
-    pub alpn: Option<String>,
-    /// The name the client asked for (SNI), on an accepted connection.
-    pub server_name: Option<String>,
-    /// The peer certificate's subject as RFC 4514 text (`CN=alice,O=Example`,
-    /// every special character escaped): a client's,
-    /// verified against the operator's `--tls-client-ca`, when the listener
-    /// asks for one; the server's on a client connection.
-    pub peer_subject: Option<String>,
-}
+pub use portcullis_protocol::tls::TlsInfo;
 
 impl Clone for Connection {
     /// A new handle to the same connection, valid until dropped.

@@ -7,7 +7,8 @@
 //! [`delivery::next`] to decide when `on_read_ready` runs, count connections
 //! per client by [`address_key`], fail with the [`messages`] Ballerina's
 //! socket module uses, and the host tells the WASI backend its limits through
-//! the [`environment`] variables.
+//! the [`environment`] variables. What a guest learns of a connection's TLS
+//! is one [`tls::TlsInfo`] on both sides.
 //!
 //! Plain data and pure functions: no I/O, no wasmtime, no tokio, no
 //! dependencies, so it builds for the host and for `wasm32-wasip2`.
@@ -15,6 +16,7 @@
 pub mod delivery;
 pub mod environment;
 pub mod messages;
+pub mod tls;
 
 use std::net::{IpAddr, Ipv6Addr};
 

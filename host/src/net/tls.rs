@@ -9,7 +9,7 @@
 //! - [`ClientTls`]: the roots a guest's TLS connections are verified
 //!   against (`--tls-ca`, or the system's), and the handshake to the host
 //!   name the grant was checked for.
-//! - [`TlsInfo`]: what the guest may learn of a connection's TLS.
+//! - [`info_of`]: what the guest may learn of a connection's TLS.
 //!
 //! After the handshake, `net::tcp` drives the `rustls::Connection` on the
 //! same socket readiness as a plain connection.
@@ -306,39 +306,23 @@ impl ClientTls {
     }
 }
 
-/// What a guest may learn of a connection's TLS (the WIT `tls-info`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub protocol: String,
-    /// The cipher suite as rustls names it, e.g. `TLS13_AES_128_GCM_SHA256`.
-    pub cipher_suite: String,
-    /// The protocol ALPN agreed on, if any.
-    pub alpn: Option<String>,
-    /// The name the client asked for (SNI), on an accepted connection.
-    pub server_name: Option<String>,
-    /// The peer certificate's subject as RFC 4514 text (`CN=alice,O=Example`),
-    /// when the peer gave one: a client under `--tls-client-ca`, or any server.
-    pub peer_subject: Option<String>,
-}
+pub use portcullis_protocol::tls::TlsInfo;
 
-impl TlsInfo {
-    /// What `conn`'s finished handshake agreed on.
-    pub fn of(conn: &rustls::Connection) -> TlsInfo {
-        let protocol = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-            other => format!("{other:?}"),
-        };
-        let cipher_suite = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
-        let alpn = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
-        let server_name = match conn {
-            rustls::Connection::Server(server) => server.server_name().map(str::to_string),
-            rustls::Connection::Client(_) => None,
-        };
-        let peer_subject = conn.peer_certificates().and_then(|chain| chain.first()).and_then(|cert| subject(cert));
-        TlsInfo { protocol, cipher_suite, alpn, server_name, peer_subject }
-    }
+/// What `conn`'s finished handshake agreed on.
+pub fn info_of(conn: &rustls::Connection) -> TlsInfo {
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    let cipher_suite = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    let alpn = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    let server_name = match conn {
+        rustls::Connection::Server(server) => server.server_name().map(str::to_string),
+        rustls::Connection::Client(_) => None,
+    };
+    let peer_subject = conn.peer_certificates().and_then(|chain| chain.first()).and_then(|cert| subject(cert));
+    TlsInfo { protocol, cipher_suite, alpn, server_name, peer_subject }
 }
 
 /// A certificate's subject as RFC 4514 text (`CN=alice,O=Example`): the

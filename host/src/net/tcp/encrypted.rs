@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use super::TcpConn;
 use super::read_ahead::{READ_AHEAD_LIMIT, ReadEnd, ReadSide};
 use crate::net::error::SocketError;
-use crate::net::tls::TlsInfo;
+use crate::net::tls::{TlsInfo, info_of};
 
 /// A connection's TLS session and what its handshake agreed on.
 pub(super) struct Session {
@@ -40,7 +40,7 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn new(tls: rustls::Connection) -> Session {
-        let info = TlsInfo::of(&tls);
+        let info = info_of(&tls);
         Session { tls: Mutex::new(tls), info, flushing: AtomicBool::new(false) }
     }
 
