@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Transport;
 use crate::limits::{HostCharge, SocketSlot};
 use crate::metrics::{ListenerMetrics, Overflow};
 
-use super::admission::Admission;
+use super::admission::{Admission, Admitted};
 use super::error::{LISTEN_FAILED, SocketError};
 use super::tcp::{TcpConn, WeakConn};
 use super::tls::ServerTls;
@@ -133,15 +133,9 @@ pub async fn accept_loop(
         // one. So at the cap each loop holds one accepted connection,
         // unserved, and the rest wait in the kernel's backlog.
         let permit = match &admission.limit {
-            Some(limit) => match limit.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) => {
-                    admission.metrics.overflow(Overflow::connection_cap);
-                    tokio::select! {
-                        slot = limit.clone().acquire_owned() => slot.ok(),
-                        _ = stopped.as_mut() => return,
-                    }
-                }
+            Some(limit) => match place(limit, Overflow::connection_cap, &admission, stopped.as_mut()).await {
+                Some(slot) => Some(slot),
+                None => return,
             },
             None => None,
         };
@@ -162,18 +156,9 @@ pub async fn accept_loop(
                 });
                 continue;
             };
-            let place = match tls.handshakes.clone().try_acquire_owned() {
-                Ok(place) => place,
-                Err(_) => {
-                    admission.metrics.overflow(Overflow::handshake_cap);
-                    tokio::select! {
-                        place = tls.handshakes.clone().acquire_owned() => match place {
-                            Ok(place) => place,
-                            Err(_) => return,
-                        },
-                        _ = stopped.as_mut() => return,
-                    }
-                }
+            let Some(place) = place(&tls.handshakes, Overflow::handshake_cap, &admission, stopped.as_mut()).await
+            else {
+                return;
             };
             let (route, stop) = (route.clone(), stop.clone());
             tokio::spawn(async move {
@@ -185,21 +170,8 @@ pub async fn accept_loop(
                 match finished {
                     Ok((stream, session)) => {
                         admission.metrics.tls_handshakes.inc();
-                        let accepted = TcpConn::from_accept(
-                            stream,
-                            peer,
-                            local,
-                            admission.timeouts,
-                            admission.metrics.clone(),
-                            Some(session),
-                        );
-                        match accepted {
-                            Ok(conn) => {
-                                conn.hold_permit(admitted);
-                                let _ = route.borrow().sink.send(conn);
-                            }
-                            Err(e) => admission.accept_failures.warn(|| format!("accepted connection unusable: {e}")),
-                        }
+                        let Some(conn) = wrap(stream, peer, local, &admission, admitted, Some(session)) else { return };
+                        let _ = route.borrow().sink.send(conn);
                     }
                     Err(e) => {
                         admission.metrics.handshake_failed(e.reason());
@@ -209,17 +181,54 @@ pub async fn accept_loop(
             });
             continue;
         }
-        match TcpConn::from_accept(stream, peer, local, admission.timeouts, admission.metrics.clone(), None) {
-            Ok(conn) => {
-                conn.hold_permit(admitted);
-                on_accept(&conn);
-                // Read now, after any wait above: a reload meanwhile sends it
-                // to the new version (an old one drains what it was sent).
-                if route.borrow().sink.send(conn).is_err() {
-                    return; // the dispatcher is gone
-                }
-            }
-            Err(e) => admission.accept_failures.warn(|| format!("accepted connection unusable: {e}")),
+        let Some(conn) = wrap(stream, peer, local, &admission, admitted, None) else { continue };
+        on_accept(&conn);
+        // Read now, after any wait above: a reload meanwhile sends it
+        // to the new version (an old one drains what it was sent).
+        if route.borrow().sink.send(conn).is_err() {
+            return; // the dispatcher is gone
+        }
+    }
+}
+
+/// A place under `cap`: at once, or (counted as an `overflow` of
+/// `reason`) once one frees, the accept loop waiting meanwhile. `None`
+/// when `stopped` comes first.
+async fn place(
+    cap: &Arc<Semaphore>,
+    reason: Overflow,
+    admission: &Admission,
+    stopped: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(place) = cap.clone().try_acquire_owned() {
+        return Some(place);
+    }
+    admission.metrics.overflow(reason);
+    tokio::select! {
+        place = cap.clone().acquire_owned() => place.ok(),
+        _ = stopped => None,
+    }
+}
+
+/// The connection of an accepted `stream` (with its TLS session, if any),
+/// holding its places under the caps until it closes; `None` (logged,
+/// coalesced) if the socket is unusable.
+fn wrap(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    admission: &Admission,
+    admitted: Admitted,
+    session: Option<rustls::Connection>,
+) -> Option<TcpConn> {
+    match TcpConn::from_accept(stream, peer, local, admission.timeouts, admission.metrics.clone(), session) {
+        Ok(conn) => {
+            conn.hold_permit(admitted);
+            Some(conn)
+        }
+        Err(e) => {
+            admission.accept_failures.warn(|| format!("accepted connection unusable: {e}"));
+            None
         }
     }
 }
