@@ -169,7 +169,7 @@ pub fn main() -> i32 {
         Command::Push { file, reference, insecure_registry } => runtime.block_on(async {
             let registries = oci::Registries::new(oci::PullPolicy::Always, oci_cache()?, insecure_registry);
             let digest = registries.push(&file, &reference).await?;
-            let parsed = oci::parse(&reference)?;
+            let parsed = oci::Reference::parse(&reference)?;
             let (registry, repository) = (parsed.registry(), parsed.repository());
             let tag = parsed.tag().unwrap_or("latest");
             println!("pushed oci://{registry}/{repository}@{digest} (tag {tag})");

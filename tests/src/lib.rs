@@ -595,12 +595,17 @@ impl HostProcess {
     /// `portcullis ARGS` (`run ...` with a component that is no guest of
     /// this workspace, an `oci://` one), its cache in `cache`.
     pub fn start_args(test: &str, args: &[&str], cache: &Path) -> Self {
+        HostProcess::start_args_env(test, args, cache, &[])
+    }
+
+    /// [`HostProcess::start_args`] with `env` (`NAME`, `VALUE`) set for it.
+    pub fn start_args_env(test: &str, args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        HostProcess::spawn_cached(test, &args, None, cache)
+        HostProcess::spawn_cached(test, &args, None, cache, env)
     }
 
     fn spawn(test: &str, args: &[String], before_exec: Option<fn() -> std::io::Result<()>>) -> Self {
-        HostProcess::spawn_cached(test, args, before_exec, &test_cache())
+        HostProcess::spawn_cached(test, args, before_exec, &test_cache(), &[])
     }
 
     fn spawn_cached(
@@ -608,6 +613,7 @@ impl HostProcess {
         args: &[String],
         before_exec: Option<fn() -> std::io::Result<()>>,
         cache: &Path,
+        env: &[(&str, &str)],
     ) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = root().join("target/test-scratch").join(test);
@@ -617,6 +623,7 @@ impl HostProcess {
         command
             .args(args)
             .env("PORTCULLIS_CACHE_DIR", cache)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(&log_path).unwrap());
         if let Some(hook) = before_exec {

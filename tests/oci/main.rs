@@ -2,7 +2,10 @@
 //! (Debian's `docker-registry`, started here on loopback), then `portcullis
 //! run oci://...` by tag and by digest, from a manifest, from the cache with
 //! the registry down; a blob tampered with in the registry's storage is
-//! refused and nothing runs.
+//! refused and nothing runs; an image index, a registry on `[::1]`.
+//! `hostile.rs`: registries that misbehave, and one that asks for a token.
+
+mod hostile;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,15 +24,20 @@ struct Registry {
 
 impl Registry {
     fn start(test: &str) -> Registry {
+        Registry::start_on(test, "127.0.0.1")
+    }
+
+    /// A registry listening on `ip` (`127.0.0.1`, `::1`).
+    fn start_on(test: &str, ip: &str) -> Registry {
         let dir = scratch(test).join("registry");
         // A registry of its own each run (a blob an earlier run tampered
         // with must not be taken for the pushed one).
         let _ = std::fs::remove_dir_all(&dir);
         let storage = dir.join("data");
         std::fs::create_dir_all(&storage).unwrap();
-        let addr = free_port();
+        let addr = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap();
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: \"{addr}\"\n",
             storage.display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
@@ -58,10 +66,6 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -194,6 +198,119 @@ async fn with_the_registry_down_the_cache_serves_and_a_pull_fails_clearly() {
     assert!(stderr.contains(&format!("pulling {reference}")), "{stderr}");
     let (_, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0", "--pull", "never"], &fresh_cache("down", "empty"));
     assert!(stderr.contains("is not in the cache") && stderr.contains("--pull never"), "{stderr}");
+}
+
+/// The manifest `reference` (`oci://HOST/REPO:TAG`) names, as the registry sends it.
+fn manifest_of(registry: &Registry, repository_and_tag: &str) -> Vec<u8> {
+    let (repository, tag) = repository_and_tag.split_once(':').unwrap();
+    let url = format!("http://{}/v2/{repository}/manifests/{tag}", registry.addr);
+    let out = Command::new("curl")
+        .args(["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    out.stdout
+}
+
+#[tokio::test]
+async fn an_image_index_runs_its_wasm_entry_also_pinned_and_from_the_cache() {
+    let mut registry = Registry::start("index");
+    let base = format!("oci://{}/portcullis/echo", registry.addr);
+    let cache = fresh_cache("index", "push");
+    push(&guest("echo"), &format!("{base}:wasm"), &cache);
+    push(&guest("http-hello"), &format!("{base}:other"), &cache);
+    // An index as multi-platform publishers write one: the wasm entry is echo.
+    let entry = |tag: &str, os: &str, architecture: &str| {
+        let manifest = manifest_of(&registry, &format!("portcullis/echo:{tag}"));
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest_of(&manifest),
+            "size": manifest.len(),
+            "platform": {"os": os, "architecture": architecture},
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("other", "linux", "amd64"), entry("wasm", "wasip2", "wasm")],
+    })
+    .to_string();
+    put_manifest(&registry, "multi", "application/vnd.oci.image.index.v1+json", &index);
+    let index_digest = digest_of(index.as_bytes());
+
+    let cache = fresh_cache("index", "run");
+    let by_tag = format!("{base}:multi");
+    let mut host = HostProcess::start_args("oci-index", &["run", &by_tag, "--listen", "127.0.0.1:0"], &cache);
+    serves_echo(&mut host).await;
+    assert!(host.log().contains(&format!("runs {by_tag} ({index_digest})")), "{}", host.log());
+    drop(host);
+
+    let pinned = format!("{base}@{index_digest}");
+    let mut host = HostProcess::start_args("oci-index-pinned", &["run", &pinned, "--listen", "127.0.0.1:0"], &cache);
+    serves_echo(&mut host).await;
+    drop(host);
+    registry.stop();
+    let args = ["run", &pinned, "--listen", "127.0.0.1:0", "--pull", "never"];
+    let mut host = HostProcess::start_args("oci-index-never", &args, &cache);
+    serves_echo(&mut host).await;
+}
+
+/// `body` put as the manifest `tag` of `portcullis/echo`, of `media_type`.
+fn put_manifest(registry: &Registry, tag: &str, media_type: &str, body: &str) {
+    let url = format!("http://{}/v2/portcullis/echo/manifests/{tag}", registry.addr);
+    let file = scratch("put").join(format!("{tag}.json"));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H", &format!("Content-Type: {media_type}")])
+        .args(["--data-binary", &format!("@{}", file.display()), &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the registry took the manifest {tag}: {out:?}");
+}
+
+#[tokio::test]
+async fn a_manifest_as_large_as_registries_take_is_pulled() {
+    // The OCI spec asks registries to take manifests of at least 4 MiB:
+    // one just under that (annotations make it so) is an honest artifact.
+    let registry = Registry::start("big-manifest");
+    let base = format!("oci://{}/portcullis/echo", registry.addr);
+    push(&guest("echo"), &format!("{base}:v1"), &fresh_cache("big-manifest", "push"));
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&manifest_of(&registry, "portcullis/echo:v1")).unwrap();
+    manifest["annotations"] = serde_json::json!({"org.example.notes": "n".repeat((4 << 20) - 4096)});
+    let big = manifest.to_string();
+    put_manifest(&registry, "big", "application/vnd.oci.image.manifest.v1+json", &big);
+    let by_tag = format!("{base}:big");
+    let cache = fresh_cache("big-manifest", "run");
+    let mut host = HostProcess::start_args("oci-big-manifest", &["run", &by_tag, "--listen", "127.0.0.1:0"], &cache);
+    serves_echo(&mut host).await;
+    assert!(host.log().contains(&digest_of(big.as_bytes())), "{}", host.log());
+}
+
+#[tokio::test]
+async fn a_registry_on_ipv6_loopback_is_reached_directly_whatever_the_proxy() {
+    let registry = Registry::start_on("ipv6", "::1");
+    assert!(registry.addr.is_ipv6());
+    let reference = format!("oci://{}/portcullis/echo:v1", registry.addr);
+    assert!(reference.starts_with("oci://[::1]:"), "{reference}");
+    push(&guest("echo"), &reference, &fresh_cache("ipv6", "push"));
+    // A proxy that is not there: a loopback registry never goes through one.
+    let proxy = [
+        ("HTTP_PROXY", "http://127.0.0.1:9"),
+        ("http_proxy", "http://127.0.0.1:9"),
+        ("ALL_PROXY", "http://127.0.0.1:9"),
+    ];
+    let cache = fresh_cache("ipv6", "run");
+    let mut host =
+        HostProcess::start_args_env("oci-ipv6", &["run", &reference, "--listen", "127.0.0.1:0"], &cache, &proxy);
+    serves_echo(&mut host).await;
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 #[test]

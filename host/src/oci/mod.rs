@@ -4,10 +4,12 @@
 //!
 //! An artifact is the CNCF wasm layout that `wkg` publishes: a config of
 //! media type [`WASM_CONFIG`] and one layer of type [`WASM_LAYER`] (the
-//! component's bytes). The OCI client (`oci-client`) checks every digest
-//! it is given: the manifest's against a `@sha256:` reference, the layer's
-//! bytes against the manifest's digest of them; a mismatch is an error and
-//! nothing runs.
+//! component's bytes), or an image index with such a manifest for the
+//! `wasm` architecture. Every digest is checked: the manifest's against a
+//! `@sha256:` reference, an index entry's against the manifest it names,
+//! the layer's bytes against the manifest's digest of them; a mismatch is
+//! an error and nothing runs. Pulling is [`pull`] (bounded against a
+//! hostile registry); pushing goes through `oci-client`.
 //!
 //! Pulled components are kept under `CACHE/oci/` (beside the compiled
 //! ones): `blobs/sha256/HEX.wasm` by the layer's digest, and one file per
@@ -16,17 +18,24 @@
 //! before. Plain HTTP is used only for a loopback registry (`127.0.0.0/8`,
 //! `[::1]`, `localhost`) or one named by `--insecure-registry`.
 
+mod pull;
+mod reference;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use oci_client::Client;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
+
+pub use reference::Reference;
 
 use crate::config::ServiceSpec;
 use crate::engine::MAX_COMPONENT_FILE;
+use pull::{CONNECT_TIMEOUT, Puller, READ_TIMEOUT};
 
 /// The config media type of a wasm component artifact.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
@@ -36,17 +45,13 @@ pub const WASM_LAYER: &str = "application/wasm";
 const OLD_WASM_CONFIG: &str = "application/vnd.wasm.config.v1+json";
 const OLD_WASM_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 
-/// The scheme of a component in a registry.
-const SCHEME: &str = "oci://";
-
-/// How long a registry has to accept a connection, to send the next bytes
-/// of an answer, and to finish a whole pull.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a whole pull may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The most of a registry's text an error repeats.
 const MAX_QUOTED: usize = 300;
+/// The longest error a pull reports.
+const MAX_ERROR_TEXT: usize = 2000;
 
 /// When a component is pulled from its registry (`--pull`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -63,7 +68,7 @@ pub enum PullPolicy {
 
 /// Whether `component` names a registry artifact (`oci://...`), not a file.
 pub fn is_reference(component: &Path) -> bool {
-    component.to_str().is_some_and(|text| text.starts_with(SCHEME))
+    component.to_str().is_some_and(|text| text.starts_with(reference::SCHEME))
 }
 
 /// A component pulled, or found in the cache.
@@ -101,13 +106,15 @@ impl Registries {
     /// layer, or a layer over 512 MiB; a digest that does not match.
     pub async fn fetch(&self, component: &str) -> Result<Fetched> {
         match tokio::time::timeout(PULL_TIMEOUT, self.fetch_now(component)).await {
-            Ok(fetched) => fetched.map_err(|e| anyhow::anyhow!(quoted(&format!("{e:#}")))),
+            // The registry's words are quoted where they are met; this cut
+            // is for any that reached a message unquoted (a JSON error).
+            Ok(fetched) => fetched.map_err(|e| anyhow::anyhow!(cut(&format!("{e:#}"), MAX_ERROR_TEXT))),
             Err(_) => bail!("pulling {component}: not done in {}s", PULL_TIMEOUT.as_secs()),
         }
     }
 
     async fn fetch_now(&self, component: &str) -> Result<Fetched> {
-        let reference = parse(component)?;
+        let reference = Reference::parse(component)?;
         let known = self.cached(component, &reference);
         match (self.policy, known) {
             (PullPolicy::Never | PullPolicy::Missing, Some(fetched)) => return Ok(fetched),
@@ -117,22 +124,36 @@ impl Registries {
             ),
             _ => {}
         }
-        tracing::info!("pulling {component} from {}", reference.resolve_registry());
-        let client = self.client(&reference);
-        let auth = RegistryAuth::Anonymous;
-        let (manifest, digest) = client
-            .pull_image_manifest(&reference, &auth)
-            .await
-            .with_context(|| format!("pulling {component}: its manifest"))?;
+        tracing::info!("pulling {component} from {}", reference.registry());
+        let mut puller = Puller::new(&reference, self.is_plain(&reference))?;
+        let top =
+            puller.manifest(reference.wanted()).await.with_context(|| format!("pulling {component}: its manifest"))?;
+        let chosen = if top.is_index() {
+            let entry = wasm_entry(&top.bytes).with_context(|| format!("pulling {component}: its image index"))?;
+            let chosen =
+                puller.manifest(&entry).await.with_context(|| format!("pulling {component}: the manifest {entry}"))?;
+            if chosen.is_index() {
+                bail!("{component}: its index names another index ({entry}); one level is followed");
+            }
+            Some(chosen)
+        } else {
+            None
+        };
+        let manifest = chosen.as_ref().unwrap_or(&top);
+        let manifest: OciImageManifest = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| anyhow::anyhow!("{component}: its manifest is not an image manifest: {e}"))?;
         let config = manifest.config.media_type.as_str();
         if config != WASM_CONFIG && config != OLD_WASM_CONFIG {
-            bail!("{component} is not a wasm component artifact: its config is `{config}`, not `{WASM_CONFIG}`");
+            bail!(
+                "{component} is not a wasm component artifact: its config is `{}`, not `{WASM_CONFIG}`",
+                quoted(config)
+            );
         }
         let [layer] = manifest.layers.as_slice() else {
             bail!("{component} has {} layers; a wasm component artifact has one", manifest.layers.len());
         };
         if layer.media_type != WASM_LAYER && layer.media_type != OLD_WASM_LAYER {
-            bail!("{component}: its layer is `{}`, not `{WASM_LAYER}`", layer.media_type);
+            bail!("{component}: its layer is `{}`, not `{WASM_LAYER}`", quoted(&layer.media_type));
         }
         if layer.size < 0 || layer.size as u64 > MAX_COMPONENT_FILE {
             bail!("{component}: its layer is {} bytes, more than a component may be (512 MiB)", layer.size);
@@ -147,16 +168,13 @@ impl Registries {
         // digest (a file changed on disk is pulled again).
         let have = std::fs::read(&blob).is_ok_and(|bytes| digest_of(&bytes) == layer.digest);
         if !have {
-            // No more than the manifest says (its digest binds the bytes).
-            let mut bytes = Bounded { bytes: Vec::with_capacity(layer.size as usize), limit: layer.size as u64 };
-            client
-                .pull_blob(&reference, layer, &mut bytes)
+            puller
+                .blob_to_file(&layer.digest, layer.size as u64, &blob)
                 .await
                 .with_context(|| format!("pulling {component}: its layer {}", layer.digest))?;
-            write_atomically(&blob, &bytes.bytes)?;
-            tracing::info!("pulled {component} ({digest})");
+            tracing::info!("pulled {component} ({})", top.digest);
         }
-        let fetched = Fetched { path: blob, digest };
+        let fetched = Fetched { path: blob, digest: top.digest };
         let record = format!("{}\n{}\n", fetched.digest, layer.digest);
         write_atomically(&self.ref_path(component), record.as_bytes())?;
         Ok(fetched)
@@ -208,7 +226,7 @@ impl Registries {
         if !bytes.starts_with(b"\0asm") || bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
             bail!("{} is not a WebAssembly component (build it for wasm32-wasip2)", file.display());
         }
-        let reference = parse(component)?;
+        let reference = Reference::parse(component)?;
         if reference.digest().is_some() {
             bail!("push to a tag (oci://HOST/REPO:TAG): a digest is what the registry answers");
         }
@@ -221,40 +239,39 @@ impl Registries {
         });
         let config = Config::new(config.to_string().into_bytes(), WASM_CONFIG.to_string(), None);
         let layer = ImageLayer::new(bytes, WASM_LAYER.to_string(), None);
-        let client = self.client(&reference);
-        let auth = RegistryAuth::Anonymous;
-        // The manifest says its own media type, as the OCI spec asks and
-        // wasm tools (oci-wasm, wkg) expect.
-        let mut manifest = oci_client::manifest::OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
-        manifest.media_type = Some(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_string());
-        client
-            .push(&reference, &[layer], config, &auth, Some(manifest))
-            .await
-            .with_context(|| format!("pushing {} to {component}", file.display()))?;
-        let digest = client
-            .fetch_manifest_digest(&reference, &auth)
-            .await
-            .with_context(|| format!("reading back the digest of {component}"))?;
-        Ok(digest)
-    }
-
-    /// A client for `reference`'s registry: HTTPS, or plain HTTP for a
-    /// loopback or `--insecure-registry` one.
-    fn client(&self, reference: &Reference) -> Client {
-        let registry = reference.resolve_registry().to_string();
-        let plain = is_loopback(&registry) || self.insecure.contains(&registry);
-        let protocol = if plain { ClientProtocol::Http } else { ClientProtocol::Https };
-        Client::new(ClientConfig {
+        let protocol = if self.is_plain(&reference) { ClientProtocol::Http } else { ClientProtocol::Https };
+        let client = Client::new(ClientConfig {
             protocol,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
             ..Default::default()
-        })
+        });
+        let auth = RegistryAuth::Anonymous;
+        // The manifest says its own media type, as the OCI spec asks and
+        // wasm tools (oci-wasm, wkg) expect.
+        let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
+        manifest.media_type = Some(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_string());
+        client
+            .push(&reference.for_oci_client(), &[layer], config, &auth, Some(manifest))
+            .await
+            .with_context(|| format!("pushing {} to {component}", file.display()))?;
+        let mut puller = Puller::new(&reference, self.is_plain(&reference))?;
+        let pushed = puller
+            .manifest(reference.wanted())
+            .await
+            .with_context(|| format!("reading back the digest of {component}"))?;
+        Ok(pushed.digest)
+    }
+
+    /// Whether `reference`'s registry is spoken to over plain HTTP: a
+    /// loopback one, or one named by `--insecure-registry`.
+    fn is_plain(&self, reference: &Reference) -> bool {
+        reference.is_loopback() || self.insecure.iter().any(|registry| registry == reference.registry())
     }
 
     fn blob_path(&self, digest: &str) -> Result<PathBuf> {
         let hex = digest.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-        let Some(hex) = hex else { bail!("unsupported layer digest `{digest}` (sha256 expected)") };
+        let Some(hex) = hex else { bail!("unsupported layer digest `{}` (sha256 expected)", quoted(digest)) };
         Ok(self.cache.join("blobs/sha256").join(format!("{hex}.wasm")))
     }
 
@@ -269,42 +286,59 @@ fn created_now() -> String {
     crate::guest_output::rfc3339(std::time::SystemTime::now())
 }
 
-/// `oci://HOST/REPO:TAG` as the OCI client takes it.
-pub fn parse(component: &str) -> Result<Reference> {
-    let Some(rest) = component.strip_prefix(SCHEME) else {
-        bail!("`{component}` is not an oci:// reference");
+/// The digest of the manifest for the `wasm` architecture in an image
+/// index; an index of one entry with no platform names that one.
+fn wasm_entry(index: &[u8]) -> Result<String> {
+    let index: OciImageIndex =
+        serde_json::from_slice(index).map_err(|e| anyhow::anyhow!("it is not an image index: {e}"))?;
+    let platform = |entry: &oci_client::manifest::ImageIndexEntry| {
+        entry.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture))
     };
-    // The first part must name a registry (a dot, a port, or localhost):
-    // else the client takes it for a Docker Hub namespace, which anyone may own.
-    let registry = rest.split('/').next().unwrap_or("");
-    let names_registry = registry.contains('.') || registry.contains(':') || registry == "localhost";
-    if !rest.contains('/') || !names_registry {
-        bail!(
-            "`{component}`: give the registry and the repository (oci://HOST[:PORT]/REPO:TAG; the host with a dot \
-             or a port, or localhost)"
-        );
+    let wasm: Vec<_> = index
+        .manifests
+        .iter()
+        .filter(|entry| entry.platform.as_ref().is_some_and(|p| p.architecture.to_string() == "wasm"))
+        .collect();
+    // A component built for WASI 0.2 first, then any other wasm entry.
+    let chosen = wasm
+        .iter()
+        .find(|entry| entry.platform.as_ref().is_some_and(|p| p.os.to_string() == "wasip2"))
+        .or(wasm.first())
+        .copied()
+        .or(match index.manifests.as_slice() {
+            [only] if only.platform.is_none() => Some(only),
+            _ => None,
+        });
+    let Some(entry) = chosen else {
+        let platforms: Vec<String> =
+            index.manifests.iter().take(20).map(|e| platform(e).unwrap_or_else(|| "(none)".into())).collect();
+        bail!("no entry for the wasm architecture (platforms: {})", quoted(&platforms.join(", ")));
+    };
+    if !reference::is_digest(&entry.digest) {
+        bail!("its entry's digest `{}` is not sha256", quoted(&entry.digest));
     }
-    rest.parse::<Reference>().with_context(|| {
-        format!("`{component}` is not a reference (oci://HOST/REPO:TAG or @sha256:...; repository names are lowercase)")
-    })
-}
-
-/// A registry on this machine, spoken to over plain HTTP.
-fn is_loopback(registry: &str) -> bool {
-    let host = match registry.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => registry,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    Ok(entry.digest.clone())
 }
 
 /// `text` for a log line or an error: a registry's words are its own
 /// (bodies, media types), so at most [`MAX_QUOTED`] characters, control
 /// characters escaped.
 fn quoted(text: &str) -> String {
-    let mut out: String = text.chars().take(MAX_QUOTED).flat_map(char::escape_debug).collect();
-    if text.chars().count() > MAX_QUOTED {
+    cut(text, MAX_QUOTED)
+}
+
+/// `text`'s first `max` characters, control characters escaped (a line
+/// break in a registry's words cannot start a log line of its own).
+fn cut(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().count() > max {
         out.push_str("...");
     }
     out
@@ -323,68 +357,41 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A layer's bytes, refused past `limit`: the size its manifest declared
-/// (at most [`MAX_COMPONENT_FILE`]), counted as they arrive.
-struct Bounded {
-    bytes: Vec<u8>,
-    limit: u64,
-}
-
-impl tokio::io::AsyncWrite for Bounded {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if (self.bytes.len() + buf.len()) as u64 > self.limit {
-            let too_big = std::io::Error::other("the registry sent more bytes than the layer's size");
-            return std::task::Poll::Ready(Err(too_big));
-        }
-        self.bytes.extend_from_slice(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn references_parse_and_loopback_registries_speak_plain_http() {
-        assert_eq!(parse("oci://127.0.0.1:5000/team/echo:v1").unwrap().repository(), "team/echo");
-        let pinned = format!("oci://localhost:5000/echo@sha256:{}", "a".repeat(64));
-        assert_eq!(parse(&pinned).unwrap().digest(), Some(format!("sha256:{}", "a".repeat(64)).as_str()));
-        assert!(parse("oci://echo").is_err(), "no registry");
-        assert!(parse("echo.wasm").is_err());
-        for (registry, plain) in [
-            ("127.0.0.1:5000", true),
-            ("localhost:5000", true),
-            ("[::1]:5000", true),
-            ("ghcr.io", false),
-            ("10.0.0.1:5000", false),
-        ] {
-            assert_eq!(is_loopback(registry), plain, "{registry}");
-        }
-        assert!(parse("oci://registry/echo:v1").is_err(), "a Docker Hub namespace, not a registry");
+    fn components_in_a_registry_are_told_from_files() {
         assert!(is_reference(Path::new("oci://ghcr.io/a/b:1")));
-        assert_eq!(quoted("a\nb"), "a\\nb");
+        assert!(!is_reference(Path::new("b.wasm")));
+        assert_eq!(quoted("a\nb's"), "a\\nb's");
         assert!(quoted(&"x".repeat(10_000)).len() < 400);
         let created = created_now();
         assert!(created.starts_with("20") && created.ends_with('Z'), "{created}");
-        assert!(!is_reference(Path::new("b.wasm")));
+    }
+
+    #[test]
+    fn an_index_is_followed_to_its_wasm_entry() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let entry = |c: char, platform: &str| {
+            let platform = match platform.split_once('/') {
+                Some((os, arch)) => format!(r#","platform":{{"os":"{os}","architecture":"{arch}"}}"#),
+                None => String::new(),
+            };
+            format!(r#"{{"mediaType":"{}","digest":"{}","size":500{platform}}}"#, pull::OCI_MANIFEST, digest(c))
+        };
+        let index = |entries: &[String]| {
+            format!(r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#, pull::OCI_INDEX, entries.join(","))
+        };
+        let two = index(&[entry('a', "linux/amd64"), entry('b', "wasip1/wasm"), entry('c', "wasip2/wasm")]);
+        assert_eq!(wasm_entry(two.as_bytes()).unwrap(), digest('c'));
+        let one = index(&[entry('a', "linux/amd64"), entry('b', "wasip1/wasm")]);
+        assert_eq!(wasm_entry(one.as_bytes()).unwrap(), digest('b'));
+        assert_eq!(wasm_entry(index(&[entry('d', "")]).as_bytes()).unwrap(), digest('d'));
+        let none = index(&[entry('a', "linux/amd64"), entry('e', "linux/arm64")]);
+        let error = wasm_entry(none.as_bytes()).unwrap_err().to_string();
+        assert!(error.contains("linux/amd64, linux/arm64"), "{error}");
+        assert!(wasm_entry(b"[1,2]").is_err());
     }
 }

@@ -1,0 +1,338 @@
+//! The pull side of the registry protocol (the OCI distribution spec's
+//! `GET /v2/<name>/manifests/<reference>` and `GET /v2/<name>/blobs/<digest>`,
+//! with the anonymous bearer-token exchange), bounded against a registry
+//! that may be hostile.
+//!
+//! `oci-client` (which `push` uses) reads whole answers into memory and
+//! follows every redirect (rust-oci-client#206), so a registry could send
+//! a manifest of gigabytes, or send a pull on to plain HTTP. Here every
+//! answer is read against a bound, a layer goes to disk as it arrives and
+//! is hashed on the way, and a redirect may neither leave HTTPS nor take
+//! plain HTTP to another host.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode, Url};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::reference::{Reference, is_digest};
+use super::{digest_of, quoted};
+
+/// The largest manifest read. The OCI spec asks registries to take
+/// manifests of at least 4 MiB; twice that leaves room.
+pub const MAX_MANIFEST: u64 = 8 << 20;
+/// The largest token answer read (a JSON object with a token in it).
+const MAX_TOKEN_ANSWER: u64 = 64 << 10;
+/// The most of an error answer's body read, for the error's text.
+const MAX_ERROR_BODY: u64 = 4 << 10;
+/// Redirects followed for one request (blobs go to a CDN: one or two).
+const MAX_REDIRECTS: usize = 5;
+
+/// How long a registry has to accept a connection, and to send the next
+/// bytes of an answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The manifest types asked for: an image manifest or an index, OCI's or
+/// Docker's.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// A manifest as the registry sent it.
+pub struct Manifest {
+    /// Its bytes (at most [`MAX_MANIFEST`]).
+    pub bytes: Vec<u8>,
+    /// `sha256:` of the bytes: the manifest's digest.
+    pub digest: String,
+    /// Its media type: the document's `mediaType`, else the answer's
+    /// `Content-Type`.
+    pub media_type: String,
+}
+
+impl Manifest {
+    /// Whether it lists manifests (an image index) rather than layers.
+    pub fn is_index(&self) -> bool {
+        self.media_type == OCI_INDEX || self.media_type == DOCKER_LIST
+    }
+}
+
+/// Pulls from one repository.
+pub struct Puller {
+    http: reqwest::Client,
+    /// `http` or `https`.
+    scheme: &'static str,
+    reference: Reference,
+    /// A bearer token, once the registry asked for one.
+    token: Option<String>,
+}
+
+impl Puller {
+    /// A puller for `reference`'s repository, over plain HTTP if `plain`.
+    /// A loopback registry is reached directly, never through `HTTP_PROXY`.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built (no TLS roots).
+    pub fn new(reference: &Reference, plain: bool) -> Result<Puller> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let refused = refused_redirect(attempt.url(), attempt.previous());
+                match refused {
+                    Some(why) => attempt.error(why),
+                    None => attempt.follow(),
+                }
+            }));
+        if reference.is_loopback() {
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().context("building the HTTP client")?;
+        let scheme = if plain { "http" } else { "https" };
+        Ok(Puller { http, scheme, reference: reference.clone(), token: None })
+    }
+
+    /// The manifest `wanted` (a tag or a digest) names.
+    ///
+    /// # Errors
+    /// The registry refuses or cannot be reached; the manifest is over
+    /// [`MAX_MANIFEST`]; `wanted` is a digest and the bytes have another.
+    pub async fn manifest(&mut self, wanted: &str) -> Result<Manifest> {
+        let url = self.url("manifests", wanted);
+        let accept = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
+        let response = self.get(&url, Some(&accept)).await?;
+        let header_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.split(';').next().unwrap_or("").trim().to_string());
+        let bytes = read_bounded(response, MAX_MANIFEST, "the manifest").await?;
+        let digest = digest_of(&bytes);
+        if is_digest(wanted) && digest != wanted {
+            bail!("the registry sent a manifest whose digest is {digest}, not {wanted}");
+        }
+        #[derive(serde::Deserialize)]
+        struct MediaType {
+            #[serde(rename = "mediaType")]
+            media_type: Option<String>,
+        }
+        let field = serde_json::from_slice::<MediaType>(&bytes)
+            .map_err(|e| anyhow::anyhow!("the manifest is not JSON: {e}"))?
+            .media_type;
+        let media_type = field.or(header_type).unwrap_or_default();
+        Ok(Manifest { bytes, digest, media_type })
+    }
+
+    /// Writes the blob `digest`, of `size` bytes, to `path` (through a
+    /// file beside it, renamed once the bytes have their digest).
+    ///
+    /// # Errors
+    /// The registry refuses; it sends more or fewer than `size` bytes, or
+    /// bytes of another digest (nothing is left at `path` then); the file
+    /// cannot be written.
+    pub async fn blob_to_file(&mut self, digest: &str, size: u64, path: &Path) -> Result<()> {
+        let url = self.url("blobs", digest);
+        let response = self.get(&url, None).await?;
+        if let Some(length) = response.content_length().filter(|&length| length != size) {
+            bail!("the registry sends {length} bytes for a layer of {size}");
+        }
+        let dir = path.parent().expect("a file in a folder");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let partial = path.with_extension(format!("part{}", std::process::id()));
+        let written = write_blob(response, digest, size, &partial).await;
+        let renamed = written
+            .and_then(|()| std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display())));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        renamed
+    }
+
+    fn url(&self, kind: &str, wanted: &str) -> String {
+        let Puller { scheme, reference, .. } = self;
+        format!("{scheme}://{}/v2/{}/{kind}/{wanted}", reference.registry(), reference.repository())
+    }
+
+    /// GET `url`; a 401 with a bearer challenge is answered once with an
+    /// anonymous token, and the request sent again.
+    async fn get(&mut self, url: &str, accept: Option<&str>) -> Result<Response> {
+        loop {
+            let mut request = self.http.get(url);
+            if let Some(accept) = accept {
+                request = request.header(ACCEPT, accept);
+            }
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            if response.status() == StatusCode::UNAUTHORIZED && self.token.is_none() {
+                let challenge = response.headers().get(WWW_AUTHENTICATE).and_then(|value| value.to_str().ok());
+                self.token = Some(self.token(challenge.unwrap_or("")).await?);
+                continue;
+            }
+            return successful(response).await;
+        }
+    }
+
+    /// An anonymous pull token from the realm a `WWW-Authenticate: Bearer`
+    /// challenge names.
+    async fn token(&self, challenge: &str) -> Result<String> {
+        let bearer = http_auth::parse_challenges(challenge)
+            .ok()
+            .and_then(|challenges| challenges.into_iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer")));
+        let Some(bearer) = bearer else {
+            bail!(
+                "the registry asks for credentials (`{}`); portcullis pulls public repositories, anonymously",
+                quoted(challenge)
+            );
+        };
+        let param = |name: &str| {
+            bearer.params.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.to_unescaped())
+        };
+        let realm = param("realm").context("the registry's bearer challenge names no realm")?;
+        let realm = Url::parse(&realm).with_context(|| format!("the token realm `{}` is not a URL", quoted(&realm)))?;
+        let registry_host = Url::parse(&self.url("manifests", "x")).ok().and_then(|u| u.host_str().map(str::to_string));
+        // The token request carries no secret, but its answer is trusted:
+        // over plain HTTP only from the plain registry's own host.
+        let plain_ok = self.scheme == "http" && realm.host_str().map(str::to_string) == registry_host;
+        if realm.scheme() != "https" && !(realm.scheme() == "http" && plain_ok) {
+            bail!(
+                "the registry names a token realm over {} at another host: {}",
+                realm.scheme(),
+                quoted(realm.as_str())
+            );
+        }
+        let scope = format!("repository:{}:pull", self.reference.repository());
+        let mut query = vec![("scope", scope)];
+        if let Some(service) = param("service") {
+            query.push(("service", service));
+        }
+        let response = self.http.get(realm).query(&query).send().await.context("asking for a token")?;
+        let response = successful(response).await.context("asking for a token")?;
+        let answer = read_bounded(response, MAX_TOKEN_ANSWER, "the token answer").await?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: Answer = serde_json::from_slice(&answer).context("the token answer is not JSON")?;
+        answer
+            .token
+            .or(answer.access_token)
+            .filter(|token| !token.is_empty())
+            .context("the token answer holds no token")
+    }
+}
+
+/// Why a redirect to `next` (after `previous`, the first being the URL
+/// asked for) is not followed, if it is not.
+fn refused_redirect(next: &Url, previous: &[Url]) -> Option<String> {
+    if previous.len() > MAX_REDIRECTS {
+        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    let first = previous.first()?;
+    if next.scheme() == "https" {
+        return None;
+    }
+    let left_https = previous.iter().any(|url| url.scheme() == "https");
+    let same_place =
+        next.host_str() == first.host_str() && next.port_or_known_default() == first.port_or_known_default();
+    if next.scheme() != "http" || left_https || !same_place {
+        return Some(format!(
+            "a redirect to {} refused (HTTPS only, or plain HTTP on the registry's own host)",
+            quoted(next.as_str())
+        ));
+    }
+    None
+}
+
+/// `response` if it is a success; else an error with its status and the
+/// start of its body.
+async fn successful(response: Response) -> Result<Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = read_bounded_cut(response, MAX_ERROR_BODY).await;
+    let body = String::from_utf8_lossy(&body);
+    let detail = if body.trim().is_empty() { String::new() } else { format!(": {}", quoted(body.trim())) };
+    bail!("the registry answered {status}{detail}")
+}
+
+/// The whole body, refused past `limit` bytes.
+async fn read_bounded(mut response: Response, limit: u64, what: &str) -> Result<Vec<u8>> {
+    if let Some(length) = response.content_length().filter(|&length| length > limit) {
+        bail!("{what} is {length} bytes, more than the {limit} read");
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            bail!("{what} is more than the {limit} bytes read");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The body's first `limit` bytes, or what arrived before an error.
+async fn read_bounded_cut(mut response: Response, limit: u64) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit as usize - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() as u64 >= limit {
+            break;
+        }
+    }
+    body
+}
+
+async fn write_blob(mut response: Response, digest: &str, size: u64, path: &Path) -> Result<()> {
+    let mut file = tokio::fs::File::create(path).await.with_context(|| format!("writing {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    while let Some(chunk) = response.chunk().await? {
+        received += chunk.len() as u64;
+        if received > size {
+            bail!("the registry sent more bytes than the layer's size ({size})");
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.with_context(|| format!("writing {}", path.display()))?;
+    }
+    file.flush().await?;
+    if received != size {
+        bail!("the registry sent {received} bytes of a layer of {size}");
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if format!("sha256:{hex}") != digest {
+        bail!("the layer's bytes have digest sha256:{hex}, not {digest}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_stay_on_https_or_on_the_registry_s_own_plain_host() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        let from_tls = [url("https://ghcr.io/v2/a/blobs/x")];
+        assert_eq!(refused_redirect(&url("https://cdn.example/blob"), &from_tls), None);
+        assert!(refused_redirect(&url("http://ghcr.io/v2/a/blobs/x"), &from_tls).is_some(), "a downgrade");
+        let from_plain = [url("http://127.0.0.1:5000/v2/a/blobs/x")];
+        assert_eq!(refused_redirect(&url("http://127.0.0.1:5000/elsewhere"), &from_plain), None);
+        assert_eq!(refused_redirect(&url("https://cdn.example/blob"), &from_plain), None);
+        assert!(refused_redirect(&url("http://169.254.169.254/latest"), &from_plain).is_some());
+        assert!(refused_redirect(&url("http://127.0.0.1:6000/"), &from_plain).is_some(), "another port");
+        assert!(refused_redirect(&url("ftp://127.0.0.1:5000/"), &from_plain).is_some());
+        let hops = vec![url("https://a.example/"); MAX_REDIRECTS + 1];
+        assert!(refused_redirect(&url("https://b.example/"), &hops).is_some(), "too many");
+    }
+}
