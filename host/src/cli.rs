@@ -62,7 +62,8 @@ pub enum Command {
     },
     /// Show a component's world, imports and exports, and the grants it may need.
     Inspect {
-        /// The component (.wasm) to look at.
+        /// The component (.wasm) to look at, or `oci://HOST/REPO:TAG` (pulled
+        /// into the cache first, as `run --pull missing` does).
         component: PathBuf,
     },
     /// Make a service crate of your own in a new folder NAME: `cargo build
@@ -175,9 +176,16 @@ pub fn main() -> i32 {
             println!("pushed oci://{registry}/{repository}@{digest} (tag {tag})");
             Ok(0)
         }),
-        Command::Inspect { component } if oci::is_reference(&component) => {
-            Err(anyhow::anyhow!("inspect reads a file: `portcullis run` pulls oci:// components into the cache"))
-        }
+        // A component in a registry is pulled into the cache (as `run`'s
+        // default, `--pull missing`), then read there.
+        Command::Inspect { component } if oci::is_reference(&component) => runtime.block_on(async {
+            let registries = oci::Registries::new(oci::PullPolicy::Missing, oci_cache()?, Vec::new());
+            let fetched = registries.fetch(&component.to_string_lossy()).await?;
+            let report = inspect::inspect(&fetched.path)?;
+            println!("{} is {}, in the cache as {}", component.display(), fetched.digest, fetched.path.display());
+            print!("{report}");
+            Ok(0)
+        }),
         Command::Inspect { component } => inspect::inspect(&component).map(|report| {
             print!("{report}");
             0

@@ -176,7 +176,28 @@ impl Grants {
     }
 }
 
-/// The name a component gets when none is given: its file name.
+/// The name a component gets when none is given: its file name, or for
+/// `oci://HOST/team/echo:v1` (or `@sha256:...`) the repository's last
+/// part, `echo`.
 pub fn default_name(component: &Path) -> String {
-    component.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "component".into())
+    let name = component.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = name.unwrap_or_else(|| "component".into());
+    if !component.to_string_lossy().starts_with("oci://") {
+        return name;
+    }
+    let without_digest = name.split('@').next().unwrap_or(&name);
+    without_digest.split(':').next().unwrap_or(without_digest).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_is_named_after_its_file_or_its_repository() {
+        assert_eq!(default_name(Path::new("target/echo.wasm")), "echo.wasm");
+        assert_eq!(default_name(Path::new("oci://ghcr.io/team/echo:v1")), "echo");
+        assert_eq!(default_name(Path::new(&format!("oci://[::1]:5000/echo@sha256:{}", "a".repeat(64)))), "echo");
+        assert_eq!(default_name(Path::new("oci://localhost:5000/kv")), "kv");
+    }
 }

@@ -202,7 +202,7 @@ impl Reloader {
         let mut specs = (self.read_plan)()?;
         if specs.iter().any(|spec| crate::oci::is_reference(&spec.component)) {
             let registries = self.registries.as_ref().context("no cache folder for pulled components")?;
-            registries.resolve(&mut specs).await?;
+            registries.resolve_at_reload(&mut specs).await?;
         }
         let names = |names: Vec<&str>| names.join(", ");
         let (now, then): (Vec<&str>, Vec<&str>) =

@@ -82,11 +82,17 @@ fn fresh_cache(test: &str, name: &str) -> PathBuf {
 
 /// `portcullis push FILE REFERENCE`: the pinned reference it printed.
 fn push(file: &Path, reference: &str, cache: &Path) -> String {
+    push_env(file, reference, cache, &[])
+}
+
+/// [`push`] with `env` set for it.
+fn push_env(file: &Path, reference: &str, cache: &Path, env: &[(&str, &str)]) -> String {
     let out = Command::new(portcullis_bin())
         .arg("push")
         .arg(file)
         .arg(reference)
         .env("PORTCULLIS_CACHE_DIR", cache)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -128,8 +134,21 @@ async fn a_pushed_component_runs_by_tag_and_by_digest() {
     let mut host = HostProcess::start_args("oci-tag", &["run", &reference, "--listen", "127.0.0.1:0"], &by_tag);
     serves_echo(&mut host).await;
     assert!(host.log().contains(&format!("runs {reference} ({digest})")), "the digest it ran: {}", host.log());
-
     drop(host);
+    // The digest that was logged runs from the cache, pinned, with no registry asked.
+    let args = ["run", &pinned, "--listen", "127.0.0.1:0", "--pull", "never"];
+    let mut host = HostProcess::start_args("oci-logged-digest", &args, &by_tag);
+    serves_echo(&mut host).await;
+    drop(host);
+    // `inspect` reads it from the cache.
+    let out = Command::new(portcullis_bin())
+        .args(["inspect", &reference])
+        .env("PORTCULLIS_CACHE_DIR", &by_tag)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && report.contains(&digest) && report.contains("export"), "{out:?}");
+
     // A copy in the cache changed on disk is pulled again, not run.
     let blob = walk(&by_tag.join("oci/blobs")).into_iter().next().expect("the cached component");
     std::fs::write(&blob, std::fs::read(guest("http-hello")).unwrap()).unwrap();
@@ -197,7 +216,7 @@ async fn with_the_registry_down_the_cache_serves_and_a_pull_fails_clearly() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(&format!("pulling {reference}")), "{stderr}");
     let (_, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0", "--pull", "never"], &fresh_cache("down", "empty"));
-    assert!(stderr.contains("is not in the cache") && stderr.contains("--pull never"), "{stderr}");
+    assert!(stderr.contains("has not been pulled into the cache") && stderr.contains("--pull never"), "{stderr}");
 }
 
 /// The manifest `reference` (`oci://HOST/REPO:TAG`) names, as the registry sends it.
@@ -286,6 +305,54 @@ async fn a_manifest_as_large_as_registries_take_is_pulled() {
     let mut host = HostProcess::start_args("oci-big-manifest", &["run", &by_tag, "--listen", "127.0.0.1:0"], &cache);
     serves_echo(&mut host).await;
     assert!(host.log().contains(&digest_of(big.as_bytes())), "{}", host.log());
+}
+
+#[tokio::test]
+async fn a_reload_follows_a_moved_tag_and_keeps_the_cached_copy_when_the_registry_is_down() {
+    let mut registry = Registry::start("moved-tag");
+    let reference = format!("oci://{}/portcullis/service:live", registry.addr);
+    let cache = fresh_cache("moved-tag", "push");
+    // The same bytes pushed twice, at one SOURCE_DATE_EPOCH, have one digest.
+    let epoch = [("SOURCE_DATE_EPOCH", "1767225600")];
+    let first = push_env(&guest("echo"), &reference, &cache, &epoch);
+    assert_eq!(push_env(&guest("echo"), &reference, &cache, &epoch), first, "a re-push moved the digest");
+
+    let manifest = scratch("moved-tag").join("portcullis.toml");
+    std::fs::write(&manifest, format!("[[service]]\ncomponent = \"{reference}\"\nlisten = [\"127.0.0.1:0\"]\n"))
+        .unwrap();
+    let run = fresh_cache("moved-tag", "run");
+    let mut host = HostProcess::start_args("oci-moved-tag", &["run", "--manifest", manifest.to_str().unwrap()], &run);
+    let line = host.stdout_line();
+    let addr: SocketAddr = line.rsplit_once("listening on ").unwrap().1.parse().unwrap();
+    let mut client = connect_when_listening(addr).await;
+    assert_eq!(round_trip(&mut client, b"v1\n").await, b"v1\n");
+
+    // The tag moves to http-hello; a reload (with the default --pull missing) follows it.
+    let moved = push(&guest("http-hello"), &reference, &cache);
+    let moved_digest = moved.rsplit_once('@').unwrap().1;
+    hang_up(&host);
+    let log = host.log_with("reloaded: new connections", 1, Duration::from_secs(60));
+    assert!(log.contains(&format!("runs {reference} ({moved_digest})")), "{log}");
+    let mut client = connect_when_listening(addr).await;
+    let reply = round_trip(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+
+    // The registry gone: a reload keeps the cached copy, and says why.
+    registry.stop();
+    hang_up(&host);
+    let log = host.log_with("did not answer for", 1, Duration::from_secs(60));
+    assert!(log.contains(&format!("its copy in the cache ({moved_digest}) goes on")), "{log}");
+    let log = host.log_with("reload: no service changed", 1, Duration::from_secs(30));
+    assert!(log.contains("reload: no service changed"), "{log}");
+    let mut client = connect_when_listening(addr).await;
+    let reply = round_trip(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+}
+
+/// `kill -HUP`: a reload.
+fn hang_up(host: &HostProcess) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(host.pid() as i32, libc::SIGHUP) };
 }
 
 #[tokio::test]

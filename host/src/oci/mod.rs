@@ -105,7 +105,11 @@ impl Registries {
     /// a wasm component (its config or layer types), has more than one
     /// layer, or a layer over 512 MiB; a digest that does not match.
     pub async fn fetch(&self, component: &str) -> Result<Fetched> {
-        match tokio::time::timeout(PULL_TIMEOUT, self.fetch_now(component)).await {
+        self.fetch_as(component, self.policy).await
+    }
+
+    async fn fetch_as(&self, component: &str, policy: PullPolicy) -> Result<Fetched> {
+        match tokio::time::timeout(PULL_TIMEOUT, self.fetch_now(component, policy)).await {
             // The registry's words are quoted where they are met; this cut
             // is for any that reached a message unquoted (a JSON error).
             Ok(fetched) => fetched.map_err(|e| anyhow::anyhow!(cut(&format!("{e:#}"), MAX_ERROR_TEXT))),
@@ -113,13 +117,14 @@ impl Registries {
         }
     }
 
-    async fn fetch_now(&self, component: &str) -> Result<Fetched> {
+    async fn fetch_now(&self, component: &str, policy: PullPolicy) -> Result<Fetched> {
         let reference = Reference::parse(component)?;
         let known = self.cached(component, &reference);
-        match (self.policy, known) {
+        match (policy, known) {
             (PullPolicy::Never | PullPolicy::Missing, Some(fetched)) => return Ok(fetched),
             (PullPolicy::Never, None) => bail!(
-                "{component} is not in the cache ({}), or its copy there is damaged, and --pull never",
+                "{component} has not been pulled into the cache ({}) under this reference (or its copy there was \
+                 changed), and --pull never",
                 self.cache.display()
             ),
             _ => {}
@@ -173,10 +178,16 @@ impl Registries {
                 .await
                 .with_context(|| format!("pulling {component}: its layer {}", layer.digest))?;
             tracing::info!("pulled {component} ({})", top.digest);
+        } else {
+            tracing::info!("pulled {component} ({}; its layer was in the cache)", top.digest);
         }
         let fetched = Fetched { path: blob, digest: top.digest };
         let record = format!("{}\n{}\n", fetched.digest, layer.digest);
         write_atomically(&self.ref_path(component), record.as_bytes())?;
+        // The digest that is logged runs from the cache too, pinned.
+        let pinned =
+            format!("{}{}/{}@{}", reference::SCHEME, reference.registry(), reference.repository(), fetched.digest);
+        write_atomically(&self.ref_path(&pinned), record.as_bytes())?;
         Ok(fetched)
     }
 
@@ -189,6 +200,42 @@ impl Registries {
         for spec in specs.iter_mut().filter(|spec| is_reference(&spec.component)) {
             let reference = spec.component.to_string_lossy().into_owned();
             let fetched = self.fetch(&reference).await.with_context(|| format!("service `{}`", spec.name))?;
+            spec.component = fetched.path;
+            spec.pulled = Some(format!("{reference} ({})", fetched.digest));
+        }
+        Ok(())
+    }
+
+    /// [`Registries::resolve`] for a reload. Under `--pull missing` a
+    /// reference by tag is asked of the registry again (a moved tag is
+    /// what a reload is sent for); if the registry cannot answer, the copy
+    /// in the cache goes on and a warning says why.
+    ///
+    /// # Errors
+    /// As [`Registries::fetch`], naming the service.
+    pub async fn resolve_at_reload(&self, specs: &mut [ServiceSpec]) -> Result<()> {
+        for spec in specs.iter_mut().filter(|spec| is_reference(&spec.component)) {
+            let reference = spec.component.to_string_lossy().into_owned();
+            let by_tag = Reference::parse(&reference).is_ok_and(|parsed| parsed.digest().is_none());
+            let fetched = if self.policy == PullPolicy::Missing && by_tag {
+                match self.fetch_as(&reference, PullPolicy::Always).await {
+                    Ok(fetched) => Ok(fetched),
+                    Err(asked) => match self.fetch_as(&reference, PullPolicy::Never).await {
+                        Ok(kept) => {
+                            tracing::warn!(
+                                "reload: the registry did not answer for {reference} ({asked:#}); its copy in the \
+                                 cache ({}) goes on",
+                                kept.digest
+                            );
+                            Ok(kept)
+                        }
+                        Err(_) => Err(asked),
+                    },
+                }
+            } else {
+                self.fetch(&reference).await
+            };
+            let fetched = fetched.with_context(|| format!("service `{}`", spec.name))?;
             spec.component = fetched.path;
             spec.pulled = Some(format!("{reference} ({})", fetched.digest));
         }
@@ -251,10 +298,17 @@ impl Registries {
         // wasm tools (oci-wasm, wkg) expect.
         let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
         manifest.media_type = Some(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_string());
-        client
-            .push(&reference.for_oci_client(), &[layer], config, &auth, Some(manifest))
-            .await
-            .with_context(|| format!("pushing {} to {component}", file.display()))?;
+        let pushed = client.push(&reference.for_oci_client(), &[layer], config, &auth, Some(manifest)).await;
+        if let Err(e) = pushed {
+            use oci_client::errors::OciDistributionError::{AuthenticationFailure, ServerError, UnauthorizedError};
+            let hint = match &e {
+                ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_) => {
+                    " (the registry asks for credentials; portcullis pushes anonymously, to a registry without auth)"
+                }
+                _ => "",
+            };
+            bail!("pushing {} to {component}: {}{hint}", file.display(), cut(&e.to_string(), MAX_ERROR_TEXT));
+        }
         let mut puller = Puller::new(&reference, self.is_plain(&reference))?;
         let pushed = puller
             .manifest(reference.wanted())
@@ -281,9 +335,16 @@ impl Registries {
     }
 }
 
-/// Now, as RFC 3339 in UTC.
+/// The artifact's `created` time, RFC 3339 in UTC: `SOURCE_DATE_EPOCH`
+/// (seconds) when it is set, as reproducible builds do, so that the same
+/// bytes pushed again have the same digest; else now.
 fn created_now() -> String {
-    crate::guest_output::rfc3339(std::time::SystemTime::now())
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|text| text.trim().parse::<u64>().ok());
+    let when = match epoch {
+        Some(seconds) => std::time::UNIX_EPOCH + Duration::from_secs(seconds),
+        None => std::time::SystemTime::now(),
+    };
+    crate::guest_output::rfc3339(when)
 }
 
 /// The digest of the manifest for the `wasm` architecture in an image
