@@ -262,6 +262,12 @@ fn oci_cache() -> Result<PathBuf> {
 }
 
 async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
+    // The signals are ours before anything slow (a pull, a compile): SIGHUP's
+    // default would end the process (one that comes while starting reloads
+    // once started), and SIGTERM must stop a pull cleanly.
+    let hangups = reload::hangups()?;
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone())?;
     let Plan { mut specs, workers, admin } = args.plan()?;
     // Components in a registry are pulled (or found in the cache) first;
     // a reload pulls under the same flags.
@@ -270,7 +276,11 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     if specs.iter().any(|spec| oci::is_reference(&spec.component)) {
         let registries =
             registries.as_ref().context("no cache folder for pulled components: set PORTCULLIS_CACHE_DIR")?;
-        registries.resolve(&mut specs).await?;
+        tokio::select! {
+            resolved = registries.resolve(&mut specs) => resolved?,
+            // Dropping the pull removes its partial files.
+            () = shutdown.cancelled() => bail!("stopped while pulling components"),
+        }
         for spec in &specs {
             if let Some(pulled) = &spec.pulled {
                 tracing::info!(service = %spec.name, "runs {pulled}");
@@ -404,11 +414,6 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     let workers = Workers::start(workers)?;
     // What the workers and listeners hold is not the guests' to use.
     limits::fix_guest_socket_ceiling();
-    // Signal handlers go in before `listening on` is printed: whoever waits for
-    // that line may send SIGTERM at once.
-    let shutdown = CancellationToken::new();
-    stop_on_signal(shutdown.clone())?;
-    let hangups = reload::hangups()?;
     // A closed stdout must not stop the start-up: the lines are a courtesy.
     use std::io::Write;
     let mut stdout = std::io::stdout();

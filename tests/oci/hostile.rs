@@ -24,6 +24,12 @@ struct Request {
 
 /// What it answers.
 enum Answer {
+    /// A 200 of `length` bytes of which only `sent` come, then silence
+    /// (for at most a minute).
+    Stalled {
+        length: usize,
+        sent: Vec<u8>,
+    },
     Full {
         status: u16,
         headers: Vec<(String, String)>,
@@ -126,6 +132,14 @@ fn serve(
                     return;
                 }
                 sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            Answer::Stalled { length, sent: bytes } => {
+                let head = format!("HTTP/1.1 200 X\r\nContent-Length: {length}\r\n\r\n");
+                if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&bytes)).is_ok() {
+                    sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+                return;
             }
             Answer::Endless { status, content_type, start } => {
                 let head = format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n");
@@ -282,4 +296,50 @@ fn a_registry_cannot_send_a_pull_to_another_plain_host() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("token realm"), "{stderr}");
     assert_eq!(elsewhere.asked(), Vec::<String>::new(), "the other host was asked");
+}
+
+#[test]
+fn a_pull_stopped_by_sigterm_leaves_nothing_in_the_cache() {
+    let component = std::fs::read(guest("echo")).unwrap();
+    let manifest = manifest_for(&component);
+    let registry = FakeRegistry::start("127.0.0.1", move |request| {
+        if request.target.contains("/manifests/") {
+            return Answer::ok(MANIFEST_TYPE, manifest.clone());
+        }
+        Answer::Stalled { length: component.len(), sent: component[..component.len() / 2].to_vec() }
+    });
+    let reference = format!("oci://{}/team/echo:v1", registry.addr);
+    let cache = fresh_cache("sigterm", "run");
+    let mut child = std::process::Command::new(portcullis_tests::portcullis_bin())
+        .args(["run", &reference, "--listen", "127.0.0.1:0"])
+        .env("PORTCULLIS_CACHE_DIR", &cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Half the layer is on its way to the cache when the stop comes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while registry.sent() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the pull did not begin");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGTERM did not stop the pull");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped while pulling"), "{stderr}");
+    let blobs = cache.join("oci/blobs/sha256");
+    let left: Vec<_> =
+        std::fs::read_dir(&blobs).map(|dir| dir.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "a partial layer was left: {left:?}");
 }

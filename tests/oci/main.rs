@@ -361,13 +361,14 @@ async fn a_registry_on_ipv6_loopback_is_reached_directly_whatever_the_proxy() {
     assert!(registry.addr.is_ipv6());
     let reference = format!("oci://{}/portcullis/echo:v1", registry.addr);
     assert!(reference.starts_with("oci://[::1]:"), "{reference}");
-    push(&guest("echo"), &reference, &fresh_cache("ipv6", "push"));
-    // A proxy that is not there: a loopback registry never goes through one.
+    // A proxy that is not there: a loopback registry never goes through one,
+    // to push or to pull.
     let proxy = [
         ("HTTP_PROXY", "http://127.0.0.1:9"),
         ("http_proxy", "http://127.0.0.1:9"),
         ("ALL_PROXY", "http://127.0.0.1:9"),
     ];
+    push_env(&guest("echo"), &reference, &fresh_cache("ipv6", "push"), &proxy);
     let cache = fresh_cache("ipv6", "run");
     let mut host =
         HostProcess::start_args_env("oci-ipv6", &["run", &reference, "--listen", "127.0.0.1:0"], &cache, &proxy);

@@ -18,6 +18,7 @@
 //! before. Plain HTTP is used only for a loopback registry (`127.0.0.0/8`,
 //! `[::1]`, `localhost`) or one named by `--insecure-registry`.
 
+mod cache;
 mod pull;
 mod reference;
 
@@ -35,6 +36,7 @@ pub use reference::Reference;
 
 use crate::config::ServiceSpec;
 use crate::engine::MAX_COMPONENT_FILE;
+use cache::{Cache, Record};
 use pull::{CONNECT_TIMEOUT, Puller, READ_TIMEOUT};
 
 /// The config media type of a wasm component artifact.
@@ -84,7 +86,7 @@ pub struct Fetched {
 #[derive(Debug, Clone)]
 pub struct Registries {
     policy: PullPolicy,
-    cache: PathBuf,
+    cache: Cache,
     /// Registries (`HOST[:PORT]`) spoken to over plain HTTP besides loopback ones.
     insecure: Vec<String>,
 }
@@ -93,7 +95,7 @@ impl Registries {
     /// Pulls under `policy` into `cache/oci` (`cache`: the compile cache's
     /// folder); `insecure`: registries plain HTTP is allowed for.
     pub fn new(policy: PullPolicy, cache: PathBuf, insecure: Vec<String>) -> Registries {
-        Registries { policy, cache: cache.join("oci"), insecure }
+        Registries { policy, cache: Cache::new(cache.join("oci")), insecure }
     }
 
     /// The local copy of `component` (`oci://HOST/REPO:TAG` or
@@ -119,13 +121,13 @@ impl Registries {
 
     async fn fetch_now(&self, component: &str, policy: PullPolicy) -> Result<Fetched> {
         let reference = Reference::parse(component)?;
-        let known = self.cached(component, &reference);
+        let known = self.cached(component, &reference).await;
         match (policy, known) {
             (PullPolicy::Never | PullPolicy::Missing, Some(fetched)) => return Ok(fetched),
             (PullPolicy::Never, None) => bail!(
                 "{component} has not been pulled into the cache ({}) under this reference (or its copy there was \
                  changed), and --pull never",
-                self.cache.display()
+                self.cache.root().display()
             ),
             _ => {}
         }
@@ -161,18 +163,17 @@ impl Registries {
             bail!("{component}: its layer is `{}`, not `{WASM_LAYER}`", quoted(&layer.media_type));
         }
         if layer.size < 0 || layer.size as u64 > MAX_COMPONENT_FILE {
-            bail!("{component}: its layer is {} bytes, more than a component may be (512 MiB)", layer.size);
+            bail!("{component}: its layer's size is {}; a component is at most 512 MiB", layer.size);
         }
         // Bytes from elsewhere than the registry asked (a "foreign layer")
         // would reach any address the registry names.
         if layer.urls.as_ref().is_some_and(|urls| !urls.is_empty()) {
             bail!("{component}: its layer is to be fetched from other addresses (`urls`): refused");
         }
-        let blob = self.blob_path(&layer.digest)?;
+        let blob = self.cache.blob_path(&layer.digest)?;
         // A copy in the cache counts only if its bytes still have their
         // digest (a file changed on disk is pulled again).
-        let have = std::fs::read(&blob).is_ok_and(|bytes| digest_of(&bytes) == layer.digest);
-        if !have {
+        if !self.cache.has_blob(&layer.digest).await {
             puller
                 .blob_to_file(&layer.digest, layer.size as u64, &blob)
                 .await
@@ -181,14 +182,14 @@ impl Registries {
         } else {
             tracing::info!("pulled {component} ({}; its layer was in the cache)", top.digest);
         }
-        let fetched = Fetched { path: blob, digest: top.digest };
-        let record = format!("{}\n{}\n", fetched.digest, layer.digest);
-        write_atomically(&self.ref_path(component), record.as_bytes())?;
+        let record = Record { digest: top.digest, layer: layer.digest.clone() };
+        self.cache.write_record(component, &record)?;
         // The digest that is logged runs from the cache too, pinned.
         let pinned =
-            format!("{}{}/{}@{}", reference::SCHEME, reference.registry(), reference.repository(), fetched.digest);
-        write_atomically(&self.ref_path(&pinned), record.as_bytes())?;
-        Ok(fetched)
+            format!("{}{}/{}@{}", reference::SCHEME, reference.registry(), reference.repository(), record.digest);
+        self.cache.write_record(&pinned, &record)?;
+        self.cache.collect();
+        Ok(Fetched { path: blob, digest: record.digest })
     }
 
     /// Replaces each `oci://` component of `specs` with its local copy,
@@ -244,17 +245,14 @@ impl Registries {
 
     /// `component` as the cache has it, if it was pulled before (and, for a
     /// `@sha256:` reference, with that digest).
-    fn cached(&self, component: &str, reference: &Reference) -> Option<Fetched> {
-        let record = std::fs::read_to_string(self.ref_path(component)).ok()?;
-        let mut lines = record.lines();
-        let (digest, layer) = (lines.next()?.to_string(), lines.next()?);
+    async fn cached(&self, component: &str, reference: &Reference) -> Option<Fetched> {
+        let Record { digest, layer } = self.cache.record(component)?;
         if reference.digest().is_some_and(|wanted| wanted != digest) {
             return None;
         }
-        let path = self.blob_path(layer).ok()?;
         // The bytes are checked again: a cache file changed on disk is pulled anew.
-        let bytes = std::fs::read(&path).ok()?;
-        (digest_of(&bytes) == layer).then_some(Fetched { path, digest })
+        let path = self.cache.blob_path(&layer).ok()?;
+        self.cache.has_blob(&layer).await.then_some(Fetched { path, digest })
     }
 
     /// Publishes the component `file` as `component` (`oci://HOST/REPO:TAG`;
@@ -287,12 +285,20 @@ impl Registries {
         let config = Config::new(config.to_string().into_bytes(), WASM_CONFIG.to_string(), None);
         let layer = ImageLayer::new(bytes, WASM_LAYER.to_string(), None);
         let protocol = if self.is_plain(&reference) { ClientProtocol::Http } else { ClientProtocol::Https };
-        let client = Client::new(ClientConfig {
+        let mut settings = ClientConfig {
             protocol,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
             ..Default::default()
-        });
+        };
+        if reference.is_loopback() {
+            // A proxy named here turns the environment's (HTTP_PROXY) off,
+            // and the loopback addresses are exempt from it: a loopback
+            // registry is reached directly, as a pull reaches it.
+            settings.http_proxy = Some("http://127.0.0.1:9".to_string());
+            settings.no_proxy = Some("127.0.0.0/8,::1/128,localhost".to_string());
+        }
+        let client = Client::new(settings);
         let auth = RegistryAuth::Anonymous;
         // The manifest says its own media type, as the OCI spec asks and
         // wasm tools (oci-wasm, wkg) expect.
@@ -321,17 +327,6 @@ impl Registries {
     /// loopback one, or one named by `--insecure-registry`.
     fn is_plain(&self, reference: &Reference) -> bool {
         reference.is_loopback() || self.insecure.iter().any(|registry| registry == reference.registry())
-    }
-
-    fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let hex = digest.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-        let Some(hex) = hex else { bail!("unsupported layer digest `{}` (sha256 expected)", quoted(digest)) };
-        Ok(self.cache.join("blobs/sha256").join(format!("{hex}.wasm")))
-    }
-
-    fn ref_path(&self, component: &str) -> PathBuf {
-        let key = digest_of(component.as_bytes());
-        self.cache.join("refs").join(&key["sha256:".len()..])
     }
 }
 
@@ -389,11 +384,13 @@ fn quoted(text: &str) -> String {
 }
 
 /// `text`'s first `max` characters, control characters escaped (a line
-/// break in a registry's words cannot start a log line of its own).
+/// break in a registry's words cannot start a log line of its own), and so
+/// are the invisible ones that reorder or break a terminal's line.
 fn cut(text: &str, max: usize) -> String {
+    let invisible = |c: char| matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
     let mut out = String::new();
     for c in text.chars().take(max) {
-        if c.is_control() {
+        if c.is_control() || invisible(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -410,14 +407,6 @@ fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("a file in a folder");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +416,7 @@ mod tests {
         assert!(is_reference(Path::new("oci://ghcr.io/a/b:1")));
         assert!(!is_reference(Path::new("b.wasm")));
         assert_eq!(quoted("a\nb's"), "a\\nb's");
+        assert_eq!(quoted("x\u{202e}y\u{2028}"), "x\\u{202e}y\\u{2028}");
         assert!(quoted(&"x".repeat(10_000)).len() < 400);
         let created = created_now();
         assert!(created.starts_with("20") && created.ends_with('Z'), "{created}");

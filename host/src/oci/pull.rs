@@ -19,6 +19,7 @@ use reqwest::{Response, StatusCode, Url};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::cache::Partial;
 use super::reference::{Reference, is_digest};
 use super::{digest_of, quoted};
 
@@ -130,7 +131,8 @@ impl Puller {
     }
 
     /// Writes the blob `digest`, of `size` bytes, to `path` (through a
-    /// file beside it, renamed once the bytes have their digest).
+    /// file of its own beside it, moved into place once the bytes have
+    /// their digest).
     ///
     /// # Errors
     /// The registry refuses; it sends more or fewer than `size` bytes, or
@@ -142,16 +144,10 @@ impl Puller {
         if let Some(length) = response.content_length().filter(|&length| length != size) {
             bail!("the registry sends {length} bytes for a layer of {size}");
         }
-        let dir = path.parent().expect("a file in a folder");
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let partial = path.with_extension(format!("part{}", std::process::id()));
-        let written = write_blob(response, digest, size, &partial).await;
-        let renamed = written
-            .and_then(|()| std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display())));
-        if renamed.is_err() {
-            let _ = std::fs::remove_file(&partial);
-        }
-        renamed
+        // Dropped (an error, the pull's time-out), the partial file goes.
+        let (partial, file) = Partial::create(path)?;
+        write_blob(response, digest, size, tokio::fs::File::from_std(file)).await?;
+        partial.keep()
     }
 
     fn url(&self, kind: &str, wanted: &str) -> String {
@@ -197,10 +193,12 @@ impl Puller {
         };
         let realm = param("realm").context("the registry's bearer challenge names no realm")?;
         let realm = Url::parse(&realm).with_context(|| format!("the token realm `{}` is not a URL", quoted(&realm)))?;
-        let registry_host = Url::parse(&self.url("manifests", "x")).ok().and_then(|u| u.host_str().map(str::to_string));
+        let registry = Url::parse(&self.url("manifests", "x")).context("the registry's URL")?;
         // The token request carries no secret, but its answer is trusted:
-        // over plain HTTP only from the plain registry's own host.
-        let plain_ok = self.scheme == "http" && realm.host_str().map(str::to_string) == registry_host;
+        // over plain HTTP only from the plain registry's own host and port.
+        let plain_ok = self.scheme == "http"
+            && realm.host_str() == registry.host_str()
+            && realm.port_or_known_default() == registry.port_or_known_default();
         if realm.scheme() != "https" && !(realm.scheme() == "http" && plain_ok) {
             bail!(
                 "the registry names a token realm over {} at another host: {}",
@@ -293,8 +291,7 @@ async fn read_bounded_cut(mut response: Response, limit: u64) -> Vec<u8> {
     body
 }
 
-async fn write_blob(mut response: Response, digest: &str, size: u64, path: &Path) -> Result<()> {
-    let mut file = tokio::fs::File::create(path).await.with_context(|| format!("writing {}", path.display()))?;
+async fn write_blob(mut response: Response, digest: &str, size: u64, mut file: tokio::fs::File) -> Result<()> {
     let mut hasher = Sha256::new();
     let mut received = 0u64;
     while let Some(chunk) = response.chunk().await? {
@@ -303,7 +300,7 @@ async fn write_blob(mut response: Response, digest: &str, size: u64, path: &Path
             bail!("the registry sent more bytes than the layer's size ({size})");
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).await.with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(&chunk).await.context("writing the layer to the cache")?;
     }
     file.flush().await?;
     if received != size {

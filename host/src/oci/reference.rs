@@ -17,6 +17,9 @@ pub const SCHEME: &str = "oci://";
 
 /// The longest repository name a registry takes (the distribution spec's).
 const MAX_REPOSITORY: usize = 255;
+/// The longest reference read: a host name, a port, a repository, a tag
+/// and a digest fit in well under it.
+const MAX_REFERENCE: usize = 1024;
 
 /// A component in a registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,10 @@ impl Reference {
     /// outside the grammar above (digests are `sha256:` and 64 lowercase
     /// hex digits).
     pub fn parse(text: &str) -> Result<Reference> {
+        if text.len() > MAX_REFERENCE {
+            let start: String = text.chars().take(80).flat_map(char::escape_debug).collect();
+            bail!("`{start}...` is longer than a reference may be ({MAX_REFERENCE} bytes)");
+        }
         let Some(rest) = text.strip_prefix(SCHEME) else {
             bail!("`{text}` is not an oci:// reference");
         };
@@ -146,7 +153,11 @@ fn needs_registry(text: &str) -> String {
 fn names_registry(registry: &str) -> bool {
     let (host, port) = match registry.strip_prefix('[') {
         Some(bracketed) => match bracketed.split_once(']') {
-            Some((ip, after)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => (registry, after.strip_prefix(':')),
+            // After the brackets: nothing, or `:PORT` (not `@host`, `?`, ...).
+            Some((ip, "")) if ip.parse::<std::net::Ipv6Addr>().is_ok() => (registry, None),
+            Some((ip, after)) if ip.parse::<std::net::Ipv6Addr>().is_ok() && after.starts_with(':') => {
+                (registry, Some(&after[1..]))
+            }
             _ => return false,
         },
         None => match registry.split_once(':') {
@@ -154,7 +165,9 @@ fn names_registry(registry: &str) -> bool {
             None => (registry, None),
         },
     };
-    if port.is_some_and(|port| port.parse::<u16>().is_err()) {
+    if port.is_some_and(|port| {
+        port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err()
+    }) {
         return false;
     }
     if registry.starts_with('[') {
@@ -243,11 +256,18 @@ mod tests {
             "oci://[::1/echo",
             "oci://[nope]:5000/echo",
             "oci://-bad.io/echo",
+            "oci://[::1]@127.0.0.2:5000/echo", // looks local, is not
+            "oci://[::1]?x/echo",
+            "oci://[::1]:/echo",
+            "oci://[::1]:+80/echo",
+            "oci://host:+80/echo",
         ] {
             assert!(Reference::parse(refused).is_err(), "{refused}");
         }
         let long_tag = format!("oci://ghcr.io/echo:{}", "t".repeat(129));
         assert!(Reference::parse(&long_tag).is_err());
+        let long = format!("oci://ghcr.io/{}", "a/".repeat(50_000));
+        assert!(Reference::parse(&long).unwrap_err().to_string().len() < 300);
     }
 
     #[test]
