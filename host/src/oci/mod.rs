@@ -8,7 +8,7 @@
 //! `wasm` architecture. Every digest is checked: the manifest's against a
 //! `@sha256:` reference, an index entry's against the manifest it names,
 //! the layer's bytes against the manifest's digest of them; a mismatch is
-//! an error and nothing runs. Pulling is [`pull`] (bounded against a
+//! an error and nothing runs. Pulling is `oci::pull`'s (bounded against a
 //! hostile registry); pushing goes through `oci-client`.
 //!
 //! Pulled components are kept under `CACHE/oci/` (beside the compiled
