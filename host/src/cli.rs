@@ -59,12 +59,16 @@ pub enum Command {
         /// always are (repeatable).
         #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
         insecure_registry: Vec<String>,
+        #[command(flatten)]
+        auth: RegistryAuth,
     },
     /// Show a component's world, imports and exports, and the grants it may need.
     Inspect {
         /// The component (.wasm) to look at, or `oci://HOST/REPO:TAG` (pulled
         /// into the cache first, as `run --pull missing` does).
         component: PathBuf,
+        #[command(flatten)]
+        auth: RegistryAuth,
     },
     /// Make a service crate of your own in a new folder NAME: `cargo build
     /// --release` there makes the component `portcullis run` serves.
@@ -121,6 +125,28 @@ pub struct RunArgs {
     /// always are (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registry: Vec<String>,
+    #[command(flatten)]
+    pub auth: RegistryAuth,
+}
+
+/// Where registry logins are read from.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegistryAuth {
+    /// Logins for private registries: a file as `docker login` or `podman
+    /// login` writes it (`{"auths": {"HOST": {"auth": "..."}}}`), or a
+    /// Kubernetes dockerconfigjson Secret's [default: none: anonymous]
+    #[arg(long = "registry-auth", value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+    pub registry_auth: Option<PathBuf>,
+}
+
+impl RegistryAuth {
+    /// `registries` with the logins of the file, if one is given.
+    fn apply(&self, registries: oci::Registries) -> Result<oci::Registries> {
+        Ok(match &self.registry_auth {
+            Some(file) => registries.with_credentials(oci::Credentials::load(file)?),
+            None => registries,
+        })
+    }
 }
 
 /// What `portcullis run` runs: the services and the process-wide settings.
@@ -167,8 +193,9 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Run(args) => passed.and_then(|passed| runtime.block_on(run(*args, passed))),
-        Command::Push { file, reference, insecure_registry } => runtime.block_on(async {
-            let registries = oci::Registries::new(oci::PullPolicy::Always, oci_cache()?, insecure_registry);
+        Command::Push { file, reference, insecure_registry, auth } => runtime.block_on(async {
+            let registries =
+                auth.apply(oci::Registries::new(oci::PullPolicy::Always, oci_cache()?, insecure_registry))?;
             let digest = registries.push(&file, &reference).await?;
             let parsed = oci::Reference::parse(&reference)?;
             let (registry, repository) = (parsed.registry(), parsed.repository());
@@ -178,15 +205,15 @@ pub fn main() -> i32 {
         }),
         // A component in a registry is pulled into the cache (as `run`'s
         // default, `--pull missing`), then read there.
-        Command::Inspect { component } if oci::is_reference(&component) => runtime.block_on(async {
-            let registries = oci::Registries::new(oci::PullPolicy::Missing, oci_cache()?, Vec::new());
+        Command::Inspect { component, auth } if oci::is_reference(&component) => runtime.block_on(async {
+            let registries = auth.apply(oci::Registries::new(oci::PullPolicy::Missing, oci_cache()?, Vec::new()))?;
             let fetched = registries.fetch(&component.to_string_lossy()).await?;
             let report = inspect::inspect(&fetched.path)?;
             println!("{} is {}, in the cache as {}", component.display(), fetched.digest, fetched.path.display());
             print!("{report}");
             Ok(0)
         }),
-        Command::Inspect { component } => inspect::inspect(&component).map(|report| {
+        Command::Inspect { component, .. } => inspect::inspect(&component).map(|report| {
             print!("{report}");
             0
         }),
@@ -271,9 +298,23 @@ async fn run(args: RunArgs, mut passed: activation::Passed) -> Result<i32> {
     let Plan { mut specs, workers, admin } = args.plan()?;
     // Components in a registry are pulled (or found in the cache) first;
     // a reload pulls under the same flags.
-    let registries =
-        oci_cache().ok().map(|cache| oci::Registries::new(args.pull, cache, args.insecure_registry.clone()));
-    if specs.iter().any(|spec| oci::is_reference(&spec.component)) {
+    let pulls = specs.iter().any(|spec| oci::is_reference(&spec.component));
+    let registries = match oci_cache() {
+        Ok(cache) => {
+            let registries = oci::Registries::new(args.pull, cache, args.insecure_registry.clone());
+            // Logins that cannot be read matter only when something is pulled.
+            match args.auth.apply(registries.clone()) {
+                Ok(with_logins) => Some(with_logins),
+                Err(e) if !pulls => {
+                    tracing::warn!("registry logins not read (nothing is pulled): {e:#}");
+                    Some(registries)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(_) => None,
+    };
+    if pulls {
         let registries =
             registries.as_ref().context("no cache folder for pulled components: set PORTCULLIS_CACHE_DIR")?;
         tokio::select! {

@@ -173,14 +173,18 @@ fn manifest_for(layer: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn a_registry_that_asks_for_a_token_and_redirects_its_blobs_is_pulled_from() {
+async fn a_registry_that_asks_for_a_token_for_a_login_and_redirects_its_blobs_is_pulled_from() {
     let component = std::fs::read(guest("echo")).unwrap();
     let manifest = manifest_for(&component);
     let layer = digest_of(&component);
     let registry = FakeRegistry::start("127.0.0.1", move |request| {
         let local = request.local;
         if request.target.starts_with("/token?") {
-            // The scope a pull asks for, as public registries expect it.
+            // The login, as registries' token services take it (bob:hunter2).
+            if request.authorization.as_deref() != Some("Basic Ym9iOmh1bnRlcjI=") {
+                return Answer::Full { status: 401, headers: Vec::new(), body: b"who are you".to_vec() };
+            }
+            // The scope a pull asks for, as registries expect it.
             assert!(request.target.contains("scope=repository%3Ateam%2Fecho%3Apull"), "{}", request.target);
             assert!(request.target.contains("service=fake"), "{}", request.target);
             return Answer::ok("application/json", br#"{"token":"granted","expires_in":300}"#.to_vec());
@@ -207,8 +211,12 @@ async fn a_registry_that_asks_for_a_token_and_redirects_its_blobs_is_pulled_from
         }
     });
     let reference = format!("oci://{}/team/echo:v1", registry.addr);
+    let logins = fresh_cache("token", "logins").join("auth.json");
+    let file = format!(r#"{{"auths": {{"{}/team": {{"username": "bob", "password": "hunter2"}}}}}}"#, registry.addr);
+    std::fs::write(&logins, file).unwrap();
     let cache = fresh_cache("token", "run");
-    let mut host = HostProcess::start_args("oci-token", &["run", &reference, "--listen", "127.0.0.1:0"], &cache);
+    let args = ["run", &reference, "--listen", "127.0.0.1:0", "--registry-auth", logins.to_str().unwrap()];
+    let mut host = HostProcess::start_args("oci-token", &args, &cache);
     serves_echo(&mut host).await;
     let asked = registry.asked();
     assert!(asked.iter().any(|target| target.starts_with("/token?")), "{asked:?}");

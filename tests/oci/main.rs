@@ -29,6 +29,21 @@ impl Registry {
 
     /// A registry listening on `ip` (`127.0.0.1`, `::1`).
     fn start_on(test: &str, ip: &str) -> Registry {
+        Registry::start_with(test, ip, "")
+    }
+
+    /// A registry that asks for a login: alice, password `s3cret`.
+    fn start_private(test: &str) -> Registry {
+        let htpasswd = scratch(test).join("htpasswd");
+        std::fs::create_dir_all(htpasswd.parent().unwrap()).unwrap();
+        // bcrypt of `s3cret` (the registry takes bcrypt only).
+        std::fs::write(&htpasswd, "alice:$2b$05$abcdefghijklmnopqrstuuLK7U1u6pVRmL7L1BBM2aS35PSZnDXlK\n").unwrap();
+        let auth = format!("auth:\n  htpasswd:\n    realm: private\n    path: {}\n", htpasswd.display());
+        Registry::start_with(test, "127.0.0.1", &auth)
+    }
+
+    /// A registry on `ip` with `extra` in its config.
+    fn start_with(test: &str, ip: &str, extra: &str) -> Registry {
         let dir = scratch(test).join("registry");
         // A registry of its own each run (a blob an earlier run tampered
         // with must not be taken for the pushed one).
@@ -37,7 +52,7 @@ impl Registry {
         std::fs::create_dir_all(&storage).unwrap();
         let addr = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap();
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: \"{addr}\"\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: \"{addr}\"\n{extra}",
             storage.display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
@@ -347,6 +362,42 @@ async fn a_reload_follows_a_moved_tag_and_keeps_the_cached_copy_when_the_registr
     let mut client = connect_when_listening(addr).await;
     let reply = round_trip(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+}
+
+#[tokio::test]
+async fn a_private_registry_is_pushed_to_and_pulled_from_with_a_login() {
+    let registry = Registry::start_private("private");
+    let reference = format!("oci://{}/team/echo:v1", registry.addr);
+    // As `docker login` writes it: base64 of alice:s3cret.
+    let logins = scratch("private").join("auth.json");
+    let file = format!(r#"{{"auths": {{"{}": {{"auth": "YWxpY2U6czNjcmV0"}}}}}}"#, registry.addr);
+    std::fs::write(&logins, file).unwrap();
+    let logins = logins.to_str().unwrap();
+
+    // Without the login, a clear word of what is missing.
+    let (code, stderr) = fails(&[&reference, "--listen", "127.0.0.1:0"], &fresh_cache("private", "anonymous"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("asks for credentials") && stderr.contains("--registry-auth"), "{stderr}");
+
+    push_env(&guest("echo"), &reference, &fresh_cache("private", "push"), &[("REGISTRY_AUTH_FILE", logins)]);
+    let cache = fresh_cache("private", "run");
+    let args = ["run", &reference, "--listen", "127.0.0.1:0", "--registry-auth", logins];
+    let mut host = HostProcess::start_args("oci-private", &args, &cache);
+    serves_echo(&mut host).await;
+    assert!(!host.log().contains("s3cret") && !host.log().contains("YWxpY2U6czNjcmV0"), "{}", host.log());
+
+    // A wrong password is refused, and said to be.
+    let wrong = scratch("private").join("wrong.json");
+    std::fs::write(
+        &wrong,
+        format!(r#"{{"auths": {{"{}": {{"username": "alice", "password": "nope"}}}}}}"#, registry.addr),
+    )
+    .unwrap();
+    let args = [reference.as_str(), "--listen", "127.0.0.1:0", "--registry-auth", wrong.to_str().unwrap()];
+    let (code, stderr) = fails(&args, &fresh_cache("private", "wrong"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("refused the login"), "{stderr}");
+    assert!(!stderr.contains("nope"), "{stderr}");
 }
 
 /// `kill -HUP`: a reload.

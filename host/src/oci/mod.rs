@@ -19,6 +19,7 @@
 //! `[::1]`, `localhost`) or one named by `--insecure-registry`.
 
 mod cache;
+mod credentials;
 mod pull;
 mod reference;
 
@@ -32,6 +33,7 @@ use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest, Sha256};
 
+pub use credentials::Credentials;
 pub use reference::Reference;
 
 use crate::config::ServiceSpec;
@@ -89,13 +91,25 @@ pub struct Registries {
     cache: Cache,
     /// Registries (`HOST[:PORT]`) spoken to over plain HTTP besides loopback ones.
     insecure: Vec<String>,
+    /// Logins for private registries (`--registry-auth`).
+    credentials: Credentials,
 }
 
 impl Registries {
     /// Pulls under `policy` into `cache/oci` (`cache`: the compile cache's
     /// folder); `insecure`: registries plain HTTP is allowed for.
     pub fn new(policy: PullPolicy, cache: PathBuf, insecure: Vec<String>) -> Registries {
-        Registries { policy, cache: Cache::new(cache.join("oci")), insecure }
+        Registries { policy, cache: Cache::new(cache.join("oci")), insecure, credentials: Credentials::default() }
+    }
+
+    /// The same, with logins for the registries that ask for them.
+    pub fn with_credentials(self, credentials: Credentials) -> Registries {
+        Registries { credentials, ..self }
+    }
+
+    fn puller(&self, reference: &Reference) -> Result<Puller> {
+        let login = self.credentials.login_for(reference.registry(), reference.repository());
+        Puller::new(reference, self.is_plain(reference), login)
     }
 
     /// The local copy of `component` (`oci://HOST/REPO:TAG` or
@@ -132,7 +146,7 @@ impl Registries {
             _ => {}
         }
         tracing::info!("pulling {component} from {}", reference.registry());
-        let mut puller = Puller::new(&reference, self.is_plain(&reference))?;
+        let mut puller = self.puller(&reference)?;
         let top =
             puller.manifest(reference.wanted()).await.with_context(|| format!("pulling {component}: its manifest"))?;
         let chosen = if top.is_index() {
@@ -299,7 +313,10 @@ impl Registries {
             settings.no_proxy = Some("127.0.0.0/8,::1/128,localhost".to_string());
         }
         let client = Client::new(settings);
-        let auth = RegistryAuth::Anonymous;
+        let auth = match self.credentials.login_for(reference.registry(), reference.repository()) {
+            Some(login) => RegistryAuth::Basic(login.user, login.password),
+            None => RegistryAuth::Anonymous,
+        };
         // The manifest says its own media type, as the OCI spec asks and
         // wasm tools (oci-wasm, wkg) expect.
         let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
@@ -309,13 +326,13 @@ impl Registries {
             use oci_client::errors::OciDistributionError::{AuthenticationFailure, ServerError, UnauthorizedError};
             let hint = match &e {
                 ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_) => {
-                    " (the registry asks for credentials; portcullis pushes anonymously, to a registry without auth)"
+                    " (the registry wants a login: --registry-auth FILE)"
                 }
                 _ => "",
             };
             bail!("pushing {} to {component}: {}{hint}", file.display(), cut(&e.to_string(), MAX_ERROR_TEXT));
         }
-        let mut puller = Puller::new(&reference, self.is_plain(&reference))?;
+        let mut puller = self.puller(&reference)?;
         let pushed = puller
             .manifest(reference.wanted())
             .await

@@ -1,7 +1,7 @@
 //! The pull side of the registry protocol (the OCI distribution spec's
 //! `GET /v2/<name>/manifests/<reference>` and `GET /v2/<name>/blobs/<digest>`,
-//! with the anonymous bearer-token exchange), bounded against a registry
-//! that may be hostile.
+//! with the bearer-token exchange, anonymous or with a login), bounded
+//! against a registry that may be hostile.
 //!
 //! `oci-client` (which `push` uses) reads whole answers into memory and
 //! follows every redirect (rust-oci-client#206), so a registry could send
@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::cache::Partial;
+use super::credentials::Login;
 use super::reference::{Reference, is_digest};
 use super::{digest_of, quoted};
 
@@ -63,23 +64,32 @@ impl Manifest {
     }
 }
 
+/// What a request carries to a registry that asked.
+enum Authorization {
+    Bearer(String),
+    Basic(Login),
+}
+
 /// Pulls from one repository.
 pub struct Puller {
     http: reqwest::Client,
     /// `http` or `https`.
     scheme: &'static str,
     reference: Reference,
-    /// A bearer token, once the registry asked for one.
-    token: Option<String>,
+    /// The login for this repository (`--registry-auth`), if any.
+    login: Option<Login>,
+    /// What the requests carry, once the registry asked for something.
+    authorization: Option<Authorization>,
 }
 
 impl Puller {
-    /// A puller for `reference`'s repository, over plain HTTP if `plain`.
-    /// A loopback registry is reached directly, never through `HTTP_PROXY`.
+    /// A puller for `reference`'s repository, over plain HTTP if `plain`,
+    /// with `login` if the registry asks for one. A loopback registry is
+    /// reached directly, never through `HTTP_PROXY`.
     ///
     /// # Errors
     /// The HTTP client cannot be built (no TLS roots).
-    pub fn new(reference: &Reference, plain: bool) -> Result<Puller> {
+    pub fn new(reference: &Reference, plain: bool, login: Option<Login>) -> Result<Puller> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -96,7 +106,7 @@ impl Puller {
         }
         let http = builder.build().context("building the HTTP client")?;
         let scheme = if plain { "http" } else { "https" };
-        Ok(Puller { http, scheme, reference: reference.clone(), token: None })
+        Ok(Puller { http, scheme, reference: reference.clone(), login, authorization: None })
     }
 
     /// The manifest `wanted` (a tag or a digest) names.
@@ -155,47 +165,61 @@ impl Puller {
         format!("{scheme}://{}/v2/{}/{kind}/{wanted}", reference.registry(), reference.repository())
     }
 
-    /// GET `url`; a 401 with a bearer challenge is answered once with an
-    /// anonymous token, and the request sent again.
+    /// GET `url`. A 401 is answered once: a `Bearer` challenge with a
+    /// token from its realm, a `Basic` one with the login; then the request
+    /// is sent again.
     async fn get(&mut self, url: &str, accept: Option<&str>) -> Result<Response> {
         loop {
             let mut request = self.http.get(url);
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
             }
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
-            }
+            request = match &self.authorization {
+                Some(Authorization::Bearer(token)) => request.bearer_auth(token),
+                Some(Authorization::Basic(login)) => request.basic_auth(&login.user, Some(&login.password)),
+                None => request,
+            };
             let response = request.send().await?;
-            if response.status() == StatusCode::UNAUTHORIZED && self.token.is_none() {
+            if response.status() == StatusCode::UNAUTHORIZED && self.authorization.is_none() {
                 let challenge = response.headers().get(WWW_AUTHENTICATE).and_then(|value| value.to_str().ok());
-                self.token = Some(self.token(challenge.unwrap_or("")).await?);
+                self.authorization = Some(self.answer(challenge.unwrap_or("")).await?);
                 continue;
+            }
+            if response.status() == StatusCode::UNAUTHORIZED && self.login.is_some() {
+                bail!("the registry refused the login for {} (401)", self.reference.registry());
             }
             return successful(response).await;
         }
     }
 
-    /// An anonymous pull token from the realm a `WWW-Authenticate: Bearer`
-    /// challenge names.
-    async fn token(&self, challenge: &str) -> Result<String> {
-        let bearer = http_auth::parse_challenges(challenge)
-            .ok()
-            .and_then(|challenges| challenges.into_iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer")));
-        let Some(bearer) = bearer else {
-            bail!(
-                "the registry asks for credentials (`{}`); portcullis pulls public repositories, anonymously",
-                quoted(challenge)
-            );
-        };
+    /// What answers the challenge of a `WWW-Authenticate` header.
+    async fn answer(&self, challenge: &str) -> Result<Authorization> {
+        let challenges = http_auth::parse_challenges(challenge).unwrap_or_default();
+        let scheme = |name: &str| challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case(name));
+        if let Some(bearer) = scheme("bearer") {
+            return Ok(Authorization::Bearer(self.token(bearer).await?));
+        }
+        match (&self.login, scheme("basic")) {
+            (Some(login), Some(_)) => Ok(Authorization::Basic(login.clone())),
+            _ => bail!(
+                "the registry asks for credentials (`{}`){}",
+                quoted(challenge),
+                if self.login.is_some() { "" } else { ": give them with --registry-auth FILE" }
+            ),
+        }
+    }
+
+    /// A pull token from the realm a `Bearer` challenge names: anonymous,
+    /// or for the login.
+    async fn token(&self, bearer: &http_auth::ChallengeRef<'_>) -> Result<String> {
         let param = |name: &str| {
             bearer.params.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.to_unescaped())
         };
         let realm = param("realm").context("the registry's bearer challenge names no realm")?;
         let realm = Url::parse(&realm).with_context(|| format!("the token realm `{}` is not a URL", quoted(&realm)))?;
         let registry = Url::parse(&self.url("manifests", "x")).context("the registry's URL")?;
-        // The token request carries no secret, but its answer is trusted:
-        // over plain HTTP only from the plain registry's own host and port.
+        // The token request may carry the login, and its answer is trusted:
+        // over plain HTTP only to the plain registry's own host and port.
         let plain_ok = self.scheme == "http"
             && realm.host_str() == registry.host_str()
             && realm.port_or_known_default() == registry.port_or_known_default();
@@ -211,7 +235,11 @@ impl Puller {
         if let Some(service) = param("service") {
             query.push(("service", service));
         }
-        let response = self.http.get(realm).query(&query).send().await.context("asking for a token")?;
+        let mut request = self.http.get(realm).query(&query);
+        if let Some(login) = &self.login {
+            request = request.basic_auth(&login.user, Some(&login.password));
+        }
+        let response = request.send().await.context("asking for a token")?;
         let response = successful(response).await.context("asking for a token")?;
         let answer = read_bounded(response, MAX_TOKEN_ANSWER, "the token answer").await?;
         #[derive(serde::Deserialize)]
