@@ -176,15 +176,26 @@ async fn a_pushed_component_runs_by_tag_and_by_digest() {
     let mut host = HostProcess::start_args("oci-digest", &["run", &pinned, "--listen", "127.0.0.1:0"], &by_digest);
     serves_echo(&mut host).await;
 
-    // A manifest names it the same way.
+    // A manifest names it the same way; its services' pulls run at once.
     let manifest = scratch("tag-digest").join("portcullis.toml");
-    std::fs::write(&manifest, format!("[[service]]\ncomponent = \"{pinned}\"\nlisten = [\"127.0.0.1:0\"]\n")).unwrap();
+    let service = |name: &str, component: &str| {
+        format!("[[service]]\nname = \"{name}\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\n")
+    };
+    std::fs::write(&manifest, service("pinned", &pinned) + &service("tagged", &reference)).unwrap();
     let manifest = manifest.to_str().unwrap();
-    let mut host = HostProcess::start_args("oci-manifest", &["run", "--manifest", manifest], &by_digest);
-    let line = host.stdout_line();
-    let addr: SocketAddr = line.rsplit_once("listening on ").unwrap().1.parse().unwrap();
-    let mut client = connect_when_listening(addr).await;
-    assert_eq!(round_trip(&mut client, b"manifest\n").await, b"manifest\n");
+    let mut host =
+        HostProcess::start_args("oci-manifest", &["run", "--manifest", manifest, "--pull", "always"], &by_digest);
+    for _ in ["pinned", "tagged"] {
+        let line = host.stdout_line();
+        let addr: SocketAddr = line.rsplit_once("listening on ").unwrap().1.parse().unwrap();
+        let mut client = connect_when_listening(addr).await;
+        assert_eq!(round_trip(&mut client, b"manifest\n").await, b"manifest\n");
+    }
+    let log = host.log();
+    assert!(
+        log.contains(&format!("runs {pinned} ({digest})")) && log.contains(&format!("runs {reference} ({digest})")),
+        "{log}"
+    );
 }
 
 #[tokio::test]

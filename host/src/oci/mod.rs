@@ -207,18 +207,14 @@ impl Registries {
     }
 
     /// Replaces each `oci://` component of `specs` with its local copy,
-    /// pulled as the policy says, noting in `pulled` what it was.
+    /// pulled as the policy says, noting in `pulled` what it was. The pulls
+    /// run at once: a slow registry holds the start up by its own pull, not
+    /// by every one before it.
     ///
     /// # Errors
     /// As [`Registries::fetch`], naming the service.
     pub async fn resolve(&self, specs: &mut [ServiceSpec]) -> Result<()> {
-        for spec in specs.iter_mut().filter(|spec| is_reference(&spec.component)) {
-            let reference = spec.component.to_string_lossy().into_owned();
-            let fetched = self.fetch(&reference).await.with_context(|| format!("service `{}`", spec.name))?;
-            spec.component = fetched.path;
-            spec.pulled = Some(format!("{reference} ({})", fetched.digest));
-        }
-        Ok(())
+        self.resolve_each(specs, |reference| async move { self.fetch(&reference).await }).await
     }
 
     /// [`Registries::resolve`] for a reload. Under `--pull missing` a
@@ -229,27 +225,41 @@ impl Registries {
     /// # Errors
     /// As [`Registries::fetch`], naming the service.
     pub async fn resolve_at_reload(&self, specs: &mut [ServiceSpec]) -> Result<()> {
-        for spec in specs.iter_mut().filter(|spec| is_reference(&spec.component)) {
-            let reference = spec.component.to_string_lossy().into_owned();
-            let by_tag = Reference::parse(&reference).is_ok_and(|parsed| parsed.digest().is_none());
-            let fetched = if self.policy == PullPolicy::Missing && by_tag {
-                match self.fetch_as(&reference, PullPolicy::Always).await {
-                    Ok(fetched) => Ok(fetched),
-                    Err(asked) => match self.fetch_as(&reference, PullPolicy::Never).await {
-                        Ok(kept) => {
-                            tracing::warn!(
-                                "reload: the registry did not answer for {reference} ({asked:#}); its copy in the \
-                                 cache ({}) goes on",
-                                kept.digest
-                            );
-                            Ok(kept)
-                        }
-                        Err(_) => Err(asked),
-                    },
-                }
-            } else {
-                self.fetch(&reference).await
-            };
+        self.resolve_each(specs, |reference| async move { self.fetch_at_reload(&reference).await }).await
+    }
+
+    async fn fetch_at_reload(&self, reference: &str) -> Result<Fetched> {
+        let by_tag = Reference::parse(reference).is_ok_and(|parsed| parsed.digest().is_none());
+        if self.policy != PullPolicy::Missing || !by_tag {
+            return self.fetch(reference).await;
+        }
+        let asked = match self.fetch_as(reference, PullPolicy::Always).await {
+            Ok(fetched) => return Ok(fetched),
+            Err(asked) => asked,
+        };
+        let why = format!("{asked:#}");
+        let kept = self.fetch_as(reference, PullPolicy::Never).await.map_err(|_| asked)?;
+        tracing::warn!(
+            "reload: the registry did not answer for {reference} ({why}); its copy in the cache ({}) goes on",
+            kept.digest
+        );
+        Ok(kept)
+    }
+
+    async fn resolve_each<F, Pull>(&self, specs: &mut [ServiceSpec], fetch: F) -> Result<()>
+    where
+        F: Fn(String) -> Pull,
+        Pull: std::future::Future<Output = Result<Fetched>>,
+    {
+        let wanted: Vec<(usize, String)> = specs
+            .iter()
+            .enumerate()
+            .filter(|(_, spec)| is_reference(&spec.component))
+            .map(|(index, spec)| (index, spec.component.to_string_lossy().into_owned()))
+            .collect();
+        let pulls = futures::future::join_all(wanted.iter().map(|(_, reference)| fetch(reference.clone()))).await;
+        for ((index, reference), fetched) in wanted.into_iter().zip(pulls) {
+            let spec = &mut specs[index];
             let fetched = fetched.with_context(|| format!("service `{}`", spec.name))?;
             spec.component = fetched.path;
             spec.pulled = Some(format!("{reference} ({})", fetched.digest));
