@@ -143,7 +143,7 @@ impl RegistryAuth {
     /// `registries` with the logins of the file, if one is given.
     fn apply(&self, registries: oci::Registries) -> Result<oci::Registries> {
         Ok(match &self.registry_auth {
-            Some(file) => registries.with_credentials(oci::Credentials::load(file)?),
+            Some(file) => registries.with_logins(file.clone())?,
             None => registries,
         })
     }

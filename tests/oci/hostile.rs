@@ -351,3 +351,62 @@ fn a_pull_stopped_by_sigterm_leaves_nothing_in_the_cache() {
         std::fs::read_dir(&blobs).map(|dir| dir.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "a partial layer was left: {left:?}");
 }
+
+/// A logins file for `registry` (alice, s3cret), in the test's scratch folder.
+fn logins_for(test: &str, registry: SocketAddr) -> String {
+    let file = fresh_cache(test, "logins").join("auth.json");
+    std::fs::write(&file, format!(r#"{{"auths": {{"{registry}": {{"auth": "YWxpY2U6czNjcmV0"}}}}}}"#)).unwrap();
+    file.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_login_goes_to_no_one_a_redirect_or_a_plain_realm_elsewhere_names() {
+    // Where the login must not go: anyone who asks for it from elsewhere.
+    let elsewhere = FakeRegistry::start("127.0.0.2", |request| {
+        let local = request.local;
+        match request.authorization {
+            Some(_) => Answer::Full { status: 500, headers: Vec::new(), body: b"got a secret".to_vec() },
+            None => Answer::Full {
+                status: 401,
+                headers: vec![("WWW-Authenticate".into(), format!(r#"Bearer realm="https://{local}/token""#))],
+                body: Vec::new(),
+            },
+        }
+    });
+    let target = elsewhere.addr;
+    // A registry whose manifests are "on a CDN" that then asks for a login.
+    let redirecting =
+        FakeRegistry::start("127.0.0.1", move |_| Answer::redirect(format!("http://{target}/cdn/manifest")));
+    let reference = format!("oci://{}/team/echo:v1", redirecting.addr);
+    let logins = logins_for("redirect-login", redirecting.addr);
+    let args = [reference.as_str(), "--listen", "127.0.0.1:0", "--registry-auth", &logins];
+    let (code, stderr) = fails(&args, &fresh_cache("redirect-login", "run"));
+    assert_eq!(code, Some(1), "{stderr}");
+    // A plain redirect to another host is refused before anything is asked.
+    assert!(stderr.contains("redirect"), "{stderr}");
+
+    // A registry whose token realm is plain HTTP on another port: neither
+    // a pull nor a push sends the login there.
+    let realm = FakeRegistry::start("127.0.0.1", |_| Answer::ok("application/json", br#"{"token":"t"}"#.to_vec()));
+    let realm_addr = realm.addr;
+    let registry = FakeRegistry::start("127.0.0.1", move |_| Answer::Full {
+        status: 401,
+        headers: vec![("WWW-Authenticate".into(), format!(r#"Bearer realm="http://{realm_addr}/token""#))],
+        body: Vec::new(),
+    });
+    let reference = format!("oci://{}/team/echo:v1", registry.addr);
+    let logins = logins_for("realm-login", registry.addr);
+    let args = [reference.as_str(), "--listen", "127.0.0.1:0", "--registry-auth", &logins];
+    let (code, stderr) = fails(&args, &fresh_cache("realm-login", "run"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("token realm"), "{stderr}");
+    let out = std::process::Command::new(portcullis_tests::portcullis_bin())
+        .args(["push", guest("echo").to_str().unwrap(), &reference, "--registry-auth", &logins])
+        .env("PORTCULLIS_CACHE_DIR", fresh_cache("realm-login", "push"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("token realm"), "{stderr}");
+    assert_eq!(realm.asked(), Vec::<String>::new(), "the plain realm on another port was asked");
+    assert!(elsewhere.asked().iter().all(|target| !target.contains("token")), "{:?}", elsewhere.asked());
+}

@@ -366,7 +366,7 @@ async fn a_reload_follows_a_moved_tag_and_keeps_the_cached_copy_when_the_registr
     // The registry gone: a reload keeps the cached copy, and says why.
     registry.stop();
     hang_up(&host);
-    let log = host.log_with("did not answer for", 1, Duration::from_secs(60));
+    let log = host.log_with("could not be pulled", 1, Duration::from_secs(60));
     assert!(log.contains(&format!("its copy in the cache ({moved_digest}) goes on")), "{log}");
     let log = host.log_with("reload: no service changed", 1, Duration::from_secs(30));
     assert!(log.contains("reload: no service changed"), "{log}");

@@ -41,36 +41,47 @@ impl Credentials {
     /// Reads `path` (`--registry-auth`, or `REGISTRY_AUTH_FILE`).
     ///
     /// # Errors
-    /// The file is unreadable, over 1 MiB, not JSON of that shape, or an
-    /// `auth` is not base64 of `user:password`. An entry with only an
-    /// `identitytoken` (Docker Desktop's OAuth) is an error too: portcullis
-    /// does not exchange those.
+    /// The file is unreadable, not a regular file, over 1 MiB, not JSON of
+    /// that shape (no `auths`), names one registry twice, or an `auth` is
+    /// not base64 of `user:password`. Entries a credential helper keeps
+    /// (`{}`, or only an `identitytoken`) are skipped: portcullis runs no
+    /// helpers.
     pub fn load(path: &Path) -> Result<Credentials> {
-        let size = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
-        if size > MAX_FILE {
-            bail!("{} is {size} bytes: a credentials file is at most 1 MiB", path.display());
+        // A regular file only: a FIFO would block the start, /dev/zero
+        // would never end (its size says 0).
+        let meta = std::fs::metadata(path).with_context(|| {
+            format!("cannot read {} (registry logins: --registry-auth or REGISTRY_AUTH_FILE)", path.display())
+        })?;
+        if !meta.is_file() || meta.len() > MAX_FILE {
+            bail!("{}: registry logins are a regular file of at most 1 MiB", path.display());
         }
-        let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Credentials::parse(&text).with_context(|| format!("{} (registry credentials)", path.display()))
+        let mut text = Vec::new();
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE + 1), &mut text)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Credentials::parse(&text).with_context(|| format!("{} (registry logins)", path.display()))
     }
 
     fn parse(text: &[u8]) -> Result<Credentials> {
         #[derive(serde::Deserialize)]
         struct File {
-            #[serde(default)]
-            auths: std::collections::BTreeMap<String, Entry>,
+            auths: Option<std::collections::BTreeMap<String, Entry>>,
         }
         #[derive(serde::Deserialize)]
         struct Entry {
             auth: Option<String>,
             username: Option<String>,
             password: Option<String>,
-            identitytoken: Option<String>,
         }
-        // serde_json's errors name a line and column, never the text.
-        let file: File = serde_json::from_slice(text).map_err(|e| anyhow::anyhow!("not a credentials file: {e}"))?;
-        let mut logins = Vec::new();
-        for (key, entry) in file.auths {
+        // Where, never what: serde's messages quote the values (a password).
+        let file: File = serde_json::from_slice(text).map_err(|e| {
+            anyhow::anyhow!("not a logins file ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())
+        })?;
+        let Some(auths) = file.auths else {
+            bail!("no `auths` in it (a `credsStore` or `credHelpers` helper, or an old .dockercfg, is not read)");
+        };
+        let mut logins: Vec<(String, String, Login)> = Vec::new();
+        for (key, entry) in auths {
             let login = match (entry.auth, entry.username, entry.password) {
                 (Some(auth), _, _) if !auth.is_empty() => {
                     let decoded = base64::engine::general_purpose::STANDARD
@@ -83,15 +94,20 @@ impl Credentials {
                     Login { user: user.to_string(), password: password.to_string() }
                 }
                 (_, Some(user), Some(password)) => Login { user, password },
-                _ if entry.identitytoken.is_some() => {
-                    bail!("`{key}` has only an identity token (a credential helper's); give a user and password")
-                }
-                _ => bail!("`{key}` has neither `auth` nor `username` and `password`"),
+                // `{}` (a `credsStore` keeps the login) or an identity token
+                // (Docker Desktop's OAuth): nothing here to send; skipped.
+                _ => continue,
             };
-            let key = key.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
-            let (registry, prefix) = key.split_once('/').unwrap_or((key, ""));
-            // Docker's old key for Docker Hub names its API version, not a namespace.
-            let prefix = if prefix == "v1" || prefix == "v2" { "" } else { prefix };
+            let lower = key.to_ascii_lowercase();
+            let bare = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+            let path = bare.unwrap_or(&lower).trim_end_matches('/');
+            let (registry, prefix) = path.split_once('/').unwrap_or((path, ""));
+            // A URL key (`https://index.docker.io/v1/`) names the API version
+            // it was written for, not a namespace; a bare key's path is one.
+            let prefix = if bare.is_some() && (prefix == "v1" || prefix == "v2") { "" } else { prefix };
+            if logins.iter().any(|(r, p, _)| r == registry && p == prefix) {
+                bail!("two logins for `{registry}{}{prefix}`", if prefix.is_empty() { "" } else { "/" });
+            }
             logins.push((registry.to_string(), prefix.to_string(), login));
         }
         Ok(Credentials { logins })
@@ -137,8 +153,33 @@ mod tests {
         assert!(!format!("{alice:?}").contains("s3cret"), "a password never prints");
 
         assert!(Credentials::parse(br#"{"auths": {"a.io": {"auth": "!!"}}}"#).is_err());
-        assert!(Credentials::parse(br#"{"auths": {"a.io": {"identitytoken": "x"}}}"#).is_err());
+        let helpers = br#"{"auths": {"a.io": {"identitytoken": "x"}, "b.io": {}, "c.io": {"auth": "YTpi"}}}"#;
+        let helpers = Credentials::parse(helpers).unwrap();
+        assert!(
+            helpers.login_for("a.io", "x").is_none() && helpers.login_for("b.io", "x").is_none(),
+            "a helper's: skipped"
+        );
+        assert_eq!(helpers.login_for("c.io", "x").unwrap().user, "a");
         assert!(Credentials::parse(b"[1]").is_err());
-        assert!(Credentials::parse(b"{}").unwrap().login_for("a.io", "x").is_none());
+        // Not regular files: a FIFO would block, /dev/zero never end.
+        assert!(Credentials::load(Path::new("/dev/zero")).is_err());
+        assert!(Credentials::load(Path::new("/")).is_err());
+        assert!(Credentials::parse(br#"{"credsStore": "desktop"}"#).is_err(), "no logins in it: said");
+        assert!(Credentials::parse(br#"{"auths": {}}"#).unwrap().login_for("a.io", "x").is_none());
+        // A value of the wrong type: where, never the value.
+        for leaky in [
+            &br#"{"auths": {"a.io": {"username": "u", "password": 918273645}}}"#[..],
+            br#"{"auths": {"a.io": "c2VjcmV0"}}"#,
+        ] {
+            let error = Credentials::parse(leaky).unwrap_err().to_string();
+            assert!(!error.contains("918273645") && !error.contains("c2VjcmV0"), "{error}");
+        }
+        // `host/v2` is a namespace; only a URL key's /v1/ is Docker's API version.
+        let namespaces = br#"{"auths": {"r.io": {"username": "all", "password": "p"}, "r.io/v2": {"username": "v2", "password": "p"}}}"#;
+        let namespaces = Credentials::parse(namespaces).unwrap();
+        assert_eq!(namespaces.login_for("r.io", "team/echo").unwrap().user, "all");
+        assert_eq!(namespaces.login_for("r.io", "v2/echo").unwrap().user, "v2");
+        let twice = br#"{"auths": {"r.io": {"username": "a", "password": "p"}, "https://R.io": {"username": "b", "password": "p"}}}"#;
+        assert!(Credentials::parse(twice).is_err(), "two logins for one registry");
     }
 }

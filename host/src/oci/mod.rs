@@ -91,25 +91,44 @@ pub struct Registries {
     cache: Cache,
     /// Registries (`HOST[:PORT]`) spoken to over plain HTTP besides loopback ones.
     insecure: Vec<String>,
-    /// Logins for private registries (`--registry-auth`).
-    credentials: Credentials,
+    /// The file of logins for private registries (`--registry-auth`), read
+    /// at each pull (a rotated Secret is taken up by the next reload).
+    logins: Option<PathBuf>,
 }
 
 impl Registries {
     /// Pulls under `policy` into `cache/oci` (`cache`: the compile cache's
     /// folder); `insecure`: registries plain HTTP is allowed for.
     pub fn new(policy: PullPolicy, cache: PathBuf, insecure: Vec<String>) -> Registries {
-        Registries { policy, cache: Cache::new(cache.join("oci")), insecure, credentials: Credentials::default() }
+        Registries { policy, cache: Cache::new(cache.join("oci")), insecure, logins: None }
     }
 
-    /// The same, with logins for the registries that ask for them.
-    pub fn with_credentials(self, credentials: Credentials) -> Registries {
-        Registries { credentials, ..self }
+    /// The same, with the logins of `file` for the registries that ask for
+    /// them (read now, to fail early, and again at each pull).
+    ///
+    /// # Errors
+    /// As [`Credentials::load`].
+    pub fn with_logins(self, file: PathBuf) -> Result<Registries> {
+        Credentials::load(&file)?;
+        Ok(Registries { logins: Some(file), ..self })
+    }
+
+    fn login_for(&self, reference: &Reference) -> Result<Option<credentials::Login>> {
+        let Some(file) = &self.logins else { return Ok(None) };
+        Ok(Credentials::load(file)?.login_for(reference.registry(), reference.repository()))
     }
 
     fn puller(&self, reference: &Reference) -> Result<Puller> {
-        let login = self.credentials.login_for(reference.registry(), reference.repository());
-        Puller::new(reference, self.is_plain(reference), login)
+        let no_login = match &self.logins {
+            Some(file) => format!(
+                "{} has no login for {}/{} (its keys must name the registry as the reference does)",
+                file.display(),
+                reference.registry(),
+                reference.repository()
+            ),
+            None => "give them with --registry-auth FILE".to_string(),
+        };
+        Puller::new(reference, self.is_plain(reference), self.login_for(reference)?, no_login)
     }
 
     /// The local copy of `component` (`oci://HOST/REPO:TAG` or
@@ -240,7 +259,7 @@ impl Registries {
         let why = format!("{asked:#}");
         let kept = self.fetch_as(reference, PullPolicy::Never).await.map_err(|_| asked)?;
         tracing::warn!(
-            "reload: the registry did not answer for {reference} ({why}); its copy in the cache ({}) goes on",
+            "reload: {reference} could not be pulled ({why}); its copy in the cache ({}) goes on",
             kept.digest
         );
         Ok(kept)
@@ -323,10 +342,14 @@ impl Registries {
             settings.no_proxy = Some("127.0.0.0/8,::1/128,localhost".to_string());
         }
         let client = Client::new(settings);
-        let auth = match self.credentials.login_for(reference.registry(), reference.repository()) {
-            Some(login) => RegistryAuth::Basic(login.user, login.password),
-            None => RegistryAuth::Anonymous,
-        };
+        // The token, if any, is asked for here, under the pull's rules.
+        let login = self.login_for(&reference)?;
+        let auth =
+            match self.puller(&reference)?.push_authorization().await.context("asking the registry how to push")? {
+                Some(pull::PushAuthorization::Bearer(token)) => RegistryAuth::Bearer(token),
+                Some(pull::PushAuthorization::Basic(login)) => RegistryAuth::Basic(login.user, login.password),
+                None => RegistryAuth::Anonymous,
+            };
         // The manifest says its own media type, as the OCI spec asks and
         // wasm tools (oci-wasm, wkg) expect.
         let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
@@ -335,12 +358,17 @@ impl Registries {
         if let Err(e) = pushed {
             use oci_client::errors::OciDistributionError::{AuthenticationFailure, ServerError, UnauthorizedError};
             let hint = match &e {
-                ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_) => {
+                ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_)
+                    if login.is_none() =>
+                {
                     " (the registry wants a login: --registry-auth FILE)"
+                }
+                ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_) => {
+                    " (the registry refused the login)"
                 }
                 _ => "",
             };
-            bail!("pushing {} to {component}: {}{hint}", file.display(), cut(&e.to_string(), MAX_ERROR_TEXT));
+            bail!("pushing {} to {component}: {}{hint}", file.display(), cut(e.to_string().trim(), MAX_ERROR_TEXT));
         }
         let mut puller = self.puller(&reference)?;
         let pushed = puller

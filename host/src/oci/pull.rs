@@ -64,6 +64,12 @@ impl Manifest {
     }
 }
 
+/// How a push authenticates (see [`Puller::push_authorization`]).
+pub enum PushAuthorization {
+    Bearer(String),
+    Basic(Login),
+}
+
 /// What a request carries to a registry that asked.
 enum Authorization {
     Bearer(String),
@@ -78,18 +84,21 @@ pub struct Puller {
     reference: Reference,
     /// The login for this repository (`--registry-auth`), if any.
     login: Option<Login>,
+    /// What to tell a registry's demand for a login when there is none.
+    no_login: String,
     /// What the requests carry, once the registry asked for something.
     authorization: Option<Authorization>,
 }
 
 impl Puller {
     /// A puller for `reference`'s repository, over plain HTTP if `plain`,
-    /// with `login` if the registry asks for one. A loopback registry is
-    /// reached directly, never through `HTTP_PROXY`.
+    /// with `login` if the registry asks for one (else `no_login` says
+    /// why there is none). A loopback registry is reached directly, never
+    /// through `HTTP_PROXY`.
     ///
     /// # Errors
     /// The HTTP client cannot be built (no TLS roots).
-    pub fn new(reference: &Reference, plain: bool, login: Option<Login>) -> Result<Puller> {
+    pub fn new(reference: &Reference, plain: bool, login: Option<Login>, no_login: String) -> Result<Puller> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -106,7 +115,7 @@ impl Puller {
         }
         let http = builder.build().context("building the HTTP client")?;
         let scheme = if plain { "http" } else { "https" };
-        Ok(Puller { http, scheme, reference: reference.clone(), login, authorization: None })
+        Ok(Puller { http, scheme, reference: reference.clone(), login, no_login, authorization: None })
     }
 
     /// The manifest `wanted` (a tag or a digest) names.
@@ -181,8 +190,14 @@ impl Puller {
             };
             let response = request.send().await?;
             if response.status() == StatusCode::UNAUTHORIZED && self.authorization.is_none() {
+                // Only the registry's own challenge is answered, never one
+                // from where a redirect led (a CDN, or anyone).
+                let asked = Url::parse(url).context("the request's URL")?;
+                if response.url().origin() != asked.origin() {
+                    bail!("a redirect target ({}) asked for credentials: refused", quoted(response.url().as_str()));
+                }
                 let challenge = response.headers().get(WWW_AUTHENTICATE).and_then(|value| value.to_str().ok());
-                self.authorization = Some(self.answer(challenge.unwrap_or("")).await?);
+                self.authorization = Some(self.answer(challenge.unwrap_or(""), "pull").await?);
                 continue;
             }
             if response.status() == StatusCode::UNAUTHORIZED && self.login.is_some() {
@@ -192,26 +207,45 @@ impl Puller {
         }
     }
 
-    /// What answers the challenge of a `WWW-Authenticate` header.
-    async fn answer(&self, challenge: &str) -> Result<Authorization> {
+    /// How `portcullis push` is to authenticate, found out here so that
+    /// the realm rules above hold for it too (oci-client would send the
+    /// login to any realm): a bearer token for `pull,push`, the login, or
+    /// nothing (the registry asked for none).
+    ///
+    /// # Errors
+    /// As for a pull: the registry unreachable, a realm refused, no token.
+    pub async fn push_authorization(&mut self) -> Result<Option<PushAuthorization>> {
+        let Puller { scheme, reference, .. } = self;
+        let url = format!("{scheme}://{}/v2/", reference.registry());
+        let response = self.http.get(&url).send().await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(None);
+        }
+        let challenge = response.headers().get(WWW_AUTHENTICATE).and_then(|value| value.to_str().ok());
+        Ok(Some(match self.answer(challenge.unwrap_or(""), "pull,push").await? {
+            Authorization::Bearer(token) => PushAuthorization::Bearer(token),
+            Authorization::Basic(login) => PushAuthorization::Basic(login),
+        }))
+    }
+
+    /// What answers the challenge of a `WWW-Authenticate` header, for
+    /// `actions` (`pull`, `pull,push`).
+    async fn answer(&self, challenge: &str, actions: &str) -> Result<Authorization> {
         let challenges = http_auth::parse_challenges(challenge).unwrap_or_default();
         let scheme = |name: &str| challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case(name));
         if let Some(bearer) = scheme("bearer") {
-            return Ok(Authorization::Bearer(self.token(bearer).await?));
+            return Ok(Authorization::Bearer(self.token(bearer, actions).await?));
         }
         match (&self.login, scheme("basic")) {
             (Some(login), Some(_)) => Ok(Authorization::Basic(login.clone())),
-            _ => bail!(
-                "the registry asks for credentials (`{}`){}",
-                quoted(challenge),
-                if self.login.is_some() { "" } else { ": give them with --registry-auth FILE" }
-            ),
+            (Some(_), None) => bail!("the registry asks for credentials of another kind (`{}`)", quoted(challenge)),
+            (None, _) => bail!("the registry asks for credentials (`{}`): {}", quoted(challenge), self.no_login),
         }
     }
 
     /// A pull token from the realm a `Bearer` challenge names: anonymous,
     /// or for the login.
-    async fn token(&self, bearer: &http_auth::ChallengeRef<'_>) -> Result<String> {
+    async fn token(&self, bearer: &http_auth::ChallengeRef<'_>, actions: &str) -> Result<String> {
         let param = |name: &str| {
             bearer.params.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.to_unescaped())
         };
@@ -230,7 +264,7 @@ impl Puller {
                 quoted(realm.as_str())
             );
         }
-        let scope = format!("repository:{}:pull", self.reference.repository());
+        let scope = format!("repository:{}:{actions}", self.reference.repository());
         let mut query = vec![("scope", scope)];
         if let Some(service) = param("service") {
             query.push(("service", service));
@@ -251,8 +285,10 @@ impl Puller {
         answer
             .token
             .or(answer.access_token)
-            .filter(|token| !token.is_empty())
-            .context("the token answer holds no token")
+            .filter(|token| {
+                !token.is_empty() && reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_ok()
+            })
+            .context("the token answer holds no token (or one no header can carry)")
     }
 }
 
