@@ -88,6 +88,9 @@ fn fingerprint(spec: &ServiceSpec, component: Option<&str>) -> Result<Fingerprin
     // from the rest: a renewed certificate needs no new version.
     let tls = &spec.tls;
     let mut rest = spec.clone();
+    // The component's bytes are what run: the same bytes under a new
+    // manifest (pushed again, a new `created`) are no change.
+    rest.pulled = None;
     rest.tls = TlsSettings { cert: None, key: None, client_ca: None, alpn: Vec::new(), ..tls.clone() };
     let roots = tls.ca.as_ref().map(sha256).transpose()?;
     let served: Vec<(&PathBuf, String)> = [&tls.cert, &tls.key, &tls.client_ca]
