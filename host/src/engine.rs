@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
+use crate::partial_file::Partial;
+
 /// The engine every service in the process shares: component model with async,
 /// concurrent calls into one instance, and an epoch that ticks every
 /// [`EPOCH_TICK`] so that no guest can hold its thread.
@@ -209,14 +211,13 @@ fn cache_key(engine: &Engine, sha256: &str) -> String {
     format!("{}-{:016x}", &sha256[..32], hasher.finish())
 }
 
-/// Writes to a temporary file first, so a concurrent reader never sees half a file.
+/// Writes through a file of its own first, so that neither a concurrent
+/// reader nor another writer (a process of the same id in another
+/// container) ever sees or makes half a file.
 fn store_in_cache(component: &Component, cached: &Path) -> Result<()> {
-    let dir = cached.parent().context("cache path has no folder")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?)?;
-    std::fs::rename(&tmp, cached)?;
-    Ok(())
+    let (partial, mut file) = Partial::create(cached)?;
+    std::io::Write::write_all(&mut file, &component.serialize()?)?;
+    partial.keep()
 }
 
 #[cfg(test)]

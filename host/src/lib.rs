@@ -66,6 +66,7 @@ pub mod manifest;
 pub mod metrics;
 pub(crate) mod net;
 pub mod oci;
+pub(crate) mod partial_file;
 pub mod policy;
 pub(crate) mod pool;
 pub(crate) mod reload;

@@ -11,7 +11,6 @@
 //! blobs no record names are removed.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -19,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::quoted;
 use crate::engine::MAX_COMPONENT_FILE;
+use crate::partial_file::{Partial, is_partial};
 
 /// The most references the cache remembers.
 pub const MAX_RECORDS: usize = 64;
@@ -87,7 +87,7 @@ impl Cache {
         let text = format!("{}\n{}\n", record.digest, record.layer);
         let (partial, mut file) = Partial::create(&self.ref_path(component))?;
         std::io::Write::write_all(&mut file, text.as_bytes())
-            .with_context(|| format!("writing {}", partial.path.display()))?;
+            .with_context(|| format!("writing {}", partial.path().display()))?;
         partial.keep()
     }
 
@@ -146,58 +146,6 @@ impl Cache {
     }
 }
 
-/// A file being written beside `target`, under a name of its own; removed
-/// when dropped unless [`Partial::keep`] renamed it to `target`.
-pub struct Partial {
-    path: PathBuf,
-    target: PathBuf,
-    kept: bool,
-}
-
-impl Partial {
-    /// Creates the file exclusively (no other writer shares it).
-    ///
-    /// # Errors
-    /// The folder cannot be made or written.
-    pub fn create(target: &Path) -> Result<(Partial, std::fs::File)> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = target.parent().expect("a file in a folder");
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-        let name = target.file_name().expect("a file name").to_string_lossy();
-        let unique = format!("{name}.{}-{nanos}-{}.partial", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let path = dir.join(unique);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok((Partial { path, target: target.to_path_buf(), kept: false }, file))
-    }
-
-    /// Moves the file into place.
-    ///
-    /// # Errors
-    /// The rename fails (the file is removed then).
-    pub fn keep(mut self) -> Result<()> {
-        std::fs::rename(&self.path, &self.target).with_context(|| format!("writing {}", self.target.display()))?;
-        self.kept = true;
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn is_partial(path: &Path) -> bool {
-    path.extension().is_some_and(|ext| ext == "partial")
-}
-
 fn modified(meta: &std::fs::Metadata) -> SystemTime {
     meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
 }
@@ -235,22 +183,6 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("portcullis-oci-cache-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
-    }
-
-    #[test]
-    fn a_partial_file_is_its_own_and_gone_unless_kept() {
-        let dir = scratch("partial");
-        let target = dir.join("blob.wasm");
-        let (first, _) = Partial::create(&target).unwrap();
-        let (second, _) = Partial::create(&target).unwrap();
-        assert_ne!(first.path, second.path, "two writers, two files");
-        let first_path = first.path.clone();
-        drop(first);
-        assert!(!first_path.exists(), "dropped, removed");
-        second.keep().unwrap();
-        assert!(target.exists());
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "only the kept file");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

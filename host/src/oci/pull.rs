@@ -19,10 +19,10 @@ use reqwest::{Response, StatusCode, Url};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::cache::Partial;
 use super::credentials::Login;
 use super::reference::{Reference, is_digest};
 use super::{digest_of, quoted};
+use crate::partial_file::Partial;
 
 /// The largest manifest read. The OCI spec asks registries to take
 /// manifests of at least 4 MiB; twice that leaves room.
