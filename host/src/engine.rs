@@ -166,7 +166,7 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: Option<&Path>) ->
 /// reload compares, so that the file is read and hashed once at start.
 pub fn load_component_hashed(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<(Component, String)> {
     let bytes = read_component_file(path)?;
-    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hex(&Sha256::digest(&bytes));
     if !bytes.starts_with(b"\0asm") {
         bail!("{} is not a WebAssembly file", path.display());
     }
@@ -201,6 +201,11 @@ pub fn load_component_hashed(engine: &Engine, path: &Path, cache_dir: Option<&Pa
         tracing::warn!(cache = %cached.display(), "could not cache the compiled component: {e:#}");
     }
     Ok((component, sha256))
+}
+
+/// `bytes` in lowercase hex, as digests are written (`sha256:` + 64 of it).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The cache file's name: the component's SHA-256 (its first 16 bytes, in

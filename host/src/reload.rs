@@ -78,7 +78,7 @@ impl Running {
 fn fingerprint(spec: &ServiceSpec, component: Option<&str>) -> Result<Fingerprint> {
     let sha256 = |path: &PathBuf| -> Result<String> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+        Ok(crate::engine::hex(&Sha256::digest(&bytes)))
     };
     let component = match component {
         Some(known) => known.to_string(),

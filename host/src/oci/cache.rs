@@ -73,10 +73,7 @@ impl Cache {
 
     /// What `component` resolved to when it was pulled, if it was.
     pub fn record(&self, component: &str) -> Option<Record> {
-        let text = std::fs::read_to_string(self.ref_path(component)).ok()?;
-        let mut lines = text.lines();
-        let (digest, layer) = (lines.next()?.to_string(), lines.next()?.to_string());
-        Some(Record { digest, layer })
+        read_record(&self.ref_path(component))
     }
 
     /// Remembers what `component` resolved to.
@@ -114,9 +111,7 @@ impl Cache {
         let mut kept_blobs: Vec<PathBuf> = Vec::new();
         let mut bytes = 0u64;
         for (index, (_, path)) in records.iter().enumerate() {
-            let blob = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|text| text.lines().nth(1).and_then(|layer| self.blob_path(layer).ok()));
+            let blob = read_record(path).and_then(|record| self.blob_path(&record.layer).ok());
             let size = blob.as_ref().and_then(|blob| std::fs::metadata(blob).ok()).map_or(0, |meta| meta.len());
             let new_blob = blob.as_ref().is_some_and(|blob| !kept_blobs.contains(blob));
             let fits = index == 0 || (index < MAX_RECORDS && bytes + if new_blob { size } else { 0 } <= MAX_BYTES);
@@ -146,6 +141,14 @@ impl Cache {
     }
 }
 
+/// A record's file: the digest, then the layer's, a line each.
+fn read_record(path: &Path) -> Option<Record> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let (digest, layer) = (lines.next()?.to_string(), lines.next()?.to_string());
+    Some(Record { digest, layer })
+}
+
 fn modified(meta: &std::fs::Metadata) -> SystemTime {
     meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
 }
@@ -171,8 +174,7 @@ fn file_digest(path: &Path) -> Option<String> {
     let mut file = std::fs::File::open(path).ok()?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).ok()?;
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("sha256:{hex}"))
+    Some(super::sha256_digest(hasher))
 }
 
 #[cfg(test)]

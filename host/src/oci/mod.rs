@@ -306,8 +306,8 @@ impl Registries {
     /// `file` unreadable or not a component; the reference does not parse;
     /// the registry refuses.
     pub async fn push(&self, file: &Path, component: &str) -> Result<String> {
-        let size = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
-        if !std::fs::metadata(file).is_ok_and(|m| m.is_file()) || size > MAX_COMPONENT_FILE {
+        let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+        if !meta.is_file() || meta.len() > MAX_COMPONENT_FILE {
             bail!("{} is not a component file of at most 512 MiB", file.display());
         }
         let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -343,13 +343,12 @@ impl Registries {
         }
         let client = Client::new(settings);
         // The token, if any, is asked for here, under the pull's rules.
-        let login = self.login_for(&reference)?;
-        let auth =
-            match self.puller(&reference)?.push_authorization().await.context("asking the registry how to push")? {
-                Some(pull::PushAuthorization::Bearer(token)) => RegistryAuth::Bearer(token),
-                Some(pull::PushAuthorization::Basic(login)) => RegistryAuth::Basic(login.user, login.password),
-                None => RegistryAuth::Anonymous,
-            };
+        let mut puller = self.puller(&reference)?;
+        let auth = match puller.push_authorization().await.context("asking the registry how to push")? {
+            Some(pull::Authorization::Bearer(token)) => RegistryAuth::Bearer(token),
+            Some(pull::Authorization::Basic(login)) => RegistryAuth::Basic(login.user, login.password),
+            None => RegistryAuth::Anonymous,
+        };
         // The manifest says its own media type, as the OCI spec asks and
         // wasm tools (oci-wasm, wkg) expect.
         let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
@@ -357,20 +356,15 @@ impl Registries {
         let pushed = client.push(&reference.for_oci_client(), &[layer], config, &auth, Some(manifest)).await;
         if let Err(e) = pushed {
             use oci_client::errors::OciDistributionError::{AuthenticationFailure, ServerError, UnauthorizedError};
-            let hint = match &e {
-                ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_)
-                    if login.is_none() =>
-                {
-                    " (the registry wants a login: --registry-auth FILE)"
-                }
-                ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_) => {
-                    " (the registry refused the login)"
-                }
-                _ => "",
+            let refused =
+                matches!(e, ServerError { code: 401 | 403, .. } | UnauthorizedError { .. } | AuthenticationFailure(_));
+            let hint = match (refused, puller.has_login()) {
+                (true, false) => " (the registry wants a login: --registry-auth FILE)",
+                (true, true) => " (the registry refused the login)",
+                (false, _) => "",
             };
             bail!("pushing {} to {component}: {}{hint}", file.display(), cut(e.to_string().trim(), MAX_ERROR_TEXT));
         }
-        let mut puller = self.puller(&reference)?;
         let pushed = puller
             .manifest(reference.wanted())
             .await
@@ -457,9 +451,14 @@ fn cut(text: &str, max: usize) -> String {
     out
 }
 
+/// `sha256:HEX` of `bytes`.
 fn digest_of(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    sha256_digest(Sha256::new().chain_update(bytes))
+}
+
+/// `sha256:HEX` of what `hasher` was given.
+fn sha256_digest(hasher: Sha256) -> String {
+    format!("sha256:{}", crate::engine::hex(&hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::credentials::Login;
 use super::reference::{Reference, is_digest};
-use super::{digest_of, quoted};
+use super::{digest_of, quoted, sha256_digest};
 use crate::partial_file::Partial;
 
 /// The largest manifest read. The OCI spec asks registries to take
@@ -64,14 +64,8 @@ impl Manifest {
     }
 }
 
-/// How a push authenticates (see [`Puller::push_authorization`]).
-pub enum PushAuthorization {
-    Bearer(String),
-    Basic(Login),
-}
-
 /// What a request carries to a registry that asked.
-enum Authorization {
+pub enum Authorization {
     Bearer(String),
     Basic(Login),
 }
@@ -169,9 +163,13 @@ impl Puller {
         partial.keep()
     }
 
+    /// The registry's API root: `SCHEME://HOST[:PORT]/v2/`.
+    fn base(&self) -> String {
+        format!("{}://{}/v2/", self.scheme, self.reference.registry())
+    }
+
     fn url(&self, kind: &str, wanted: &str) -> String {
-        let Puller { scheme, reference, .. } = self;
-        format!("{scheme}://{}/v2/{}/{kind}/{wanted}", reference.registry(), reference.repository())
+        format!("{}{}/{kind}/{wanted}", self.base(), self.reference.repository())
     }
 
     /// GET `url`. A 401 is answered once: a `Bearer` challenge with a
@@ -214,18 +212,18 @@ impl Puller {
     ///
     /// # Errors
     /// As for a pull: the registry unreachable, a realm refused, no token.
-    pub async fn push_authorization(&mut self) -> Result<Option<PushAuthorization>> {
-        let Puller { scheme, reference, .. } = self;
-        let url = format!("{scheme}://{}/v2/", reference.registry());
-        let response = self.http.get(&url).send().await?;
+    pub async fn push_authorization(&self) -> Result<Option<Authorization>> {
+        let response = self.http.get(self.base()).send().await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
         }
         let challenge = response.headers().get(WWW_AUTHENTICATE).and_then(|value| value.to_str().ok());
-        Ok(Some(match self.answer(challenge.unwrap_or(""), "pull,push").await? {
-            Authorization::Bearer(token) => PushAuthorization::Bearer(token),
-            Authorization::Basic(login) => PushAuthorization::Basic(login),
-        }))
+        Ok(Some(self.answer(challenge.unwrap_or(""), "pull,push").await?))
+    }
+
+    /// Whether a login was given for this repository.
+    pub fn has_login(&self) -> bool {
+        self.login.is_some()
     }
 
     /// What answers the challenge of a `WWW-Authenticate` header, for
@@ -251,13 +249,11 @@ impl Puller {
         };
         let realm = param("realm").context("the registry's bearer challenge names no realm")?;
         let realm = Url::parse(&realm).with_context(|| format!("the token realm `{}` is not a URL", quoted(&realm)))?;
-        let registry = Url::parse(&self.url("manifests", "x")).context("the registry's URL")?;
+        let registry = Url::parse(&self.base()).context("the registry's URL")?;
         // The token request may carry the login, and its answer is trusted:
-        // over plain HTTP only to the plain registry's own host and port.
-        let plain_ok = self.scheme == "http"
-            && realm.host_str() == registry.host_str()
-            && realm.port_or_known_default() == registry.port_or_known_default();
-        if realm.scheme() != "https" && !(realm.scheme() == "http" && plain_ok) {
+        // over plain HTTP only to the plain registry's own origin (scheme,
+        // host and port).
+        if realm.scheme() != "https" && realm.origin() != registry.origin() {
             bail!(
                 "the registry names a token realm over {} at another host: {}",
                 realm.scheme(),
@@ -302,10 +298,10 @@ fn refused_redirect(next: &Url, previous: &[Url]) -> Option<String> {
     if next.scheme() == "https" {
         return None;
     }
+    // Plain HTTP (or anything else) only back to a plain first origin, with
+    // no HTTPS on the way.
     let left_https = previous.iter().any(|url| url.scheme() == "https");
-    let same_place =
-        next.host_str() == first.host_str() && next.port_or_known_default() == first.port_or_known_default();
-    if next.scheme() != "http" || left_https || !same_place {
+    if left_https || next.origin() != first.origin() {
         return Some(format!(
             "a redirect to {} refused (HTTPS only, or plain HTTP on the registry's own host)",
             quoted(next.as_str())
@@ -370,9 +366,9 @@ async fn write_blob(mut response: Response, digest: &str, size: u64, mut file: t
     if received != size {
         bail!("the registry sent {received} bytes of a layer of {size}");
     }
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if format!("sha256:{hex}") != digest {
-        bail!("the layer's bytes have digest sha256:{hex}, not {digest}");
+    let received = sha256_digest(hasher);
+    if received != digest {
+        bail!("the layer's bytes have digest {received}, not {digest}");
     }
     Ok(())
 }
