@@ -172,6 +172,19 @@ fn manifest_for(layer: &[u8]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A registry whose manifests are echo's, and whose layer is answered by
+/// `layer` (given echo's bytes).
+fn serving_echo(layer: impl Fn(&[u8]) -> Answer + Send + Sync + 'static) -> FakeRegistry {
+    let component = std::fs::read(guest("echo")).unwrap();
+    let manifest = manifest_for(&component);
+    FakeRegistry::start("127.0.0.1", move |request| {
+        if request.target.contains("/manifests/") {
+            return Answer::ok(MANIFEST_TYPE, manifest.clone());
+        }
+        layer(&component)
+    })
+}
+
 #[tokio::test]
 async fn a_registry_that_asks_for_a_token_for_a_login_and_redirects_its_blobs_is_pulled_from() {
     let component = std::fs::read(guest("echo")).unwrap();
@@ -251,12 +264,10 @@ fn an_endless_or_oversized_manifest_is_not_read_past_its_bound() {
 #[test]
 fn an_endless_layer_or_error_answer_is_cut() {
     let component = std::fs::read(guest("echo")).unwrap();
-    let manifest = manifest_for(&component);
-    let registry = FakeRegistry::start("127.0.0.1", move |request| {
-        if request.target.contains("/manifests/") {
-            return Answer::ok(MANIFEST_TYPE, manifest.clone());
-        }
-        Answer::Endless { status: 200, content_type: "application/octet-stream".into(), start: Vec::new() }
+    let registry = serving_echo(|_| Answer::Endless {
+        status: 200,
+        content_type: "application/octet-stream".into(),
+        start: Vec::new(),
     });
     let reference = format!("oci://{}/team/echo:v1", registry.addr);
     let cache = fresh_cache("endless-layer", "run");
@@ -308,13 +319,9 @@ fn a_registry_cannot_send_a_pull_to_another_plain_host() {
 
 #[test]
 fn a_pull_stopped_by_sigterm_leaves_nothing_in_the_cache() {
-    let component = std::fs::read(guest("echo")).unwrap();
-    let manifest = manifest_for(&component);
-    let registry = FakeRegistry::start("127.0.0.1", move |request| {
-        if request.target.contains("/manifests/") {
-            return Answer::ok(MANIFEST_TYPE, manifest.clone());
-        }
-        Answer::Stalled { length: component.len(), sent: component[..component.len() / 2].to_vec() }
+    let registry = serving_echo(|component| Answer::Stalled {
+        length: component.len(),
+        sent: component[..component.len() / 2].to_vec(),
     });
     let reference = format!("oci://{}/team/echo:v1", registry.addr);
     let cache = fresh_cache("sigterm", "run");
